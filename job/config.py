@@ -1,0 +1,316 @@
+"""The job's one typed configuration.
+
+Every way of setting an option maps onto :class:`JobConfig`. Precedence, lowest to highest:
+
+1. the dataclass defaults below;
+2. the named preset (``preset: blog``), if any;
+3. the YAML file (``--config FILE``);
+4. environment variables ``JOB_<FIELD>`` (e.g. ``JOB_EPOCHS=2``);
+5. command-line flags (``--epochs 2``).
+
+The preset itself may be chosen at any of levels 3-5; it is applied beneath the YAML file, the
+environment and the flags, so an explicit value always beats a preset value.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import typing
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from job.errors import JobError
+
+ENV_PREFIX = "JOB_"
+EMBEDDED_DATA = "embedded"
+AUTO_MODEL = "auto"
+ONLINE_DEFAULT_MODEL = "BAAI/bge-base-en-v1.5"
+OFFLINE_DEFAULT_MODEL = "bundled:all-MiniLM-L6-v2"
+
+
+def _opt(default: Any, help: str, **extra: Any) -> Any:
+    meta = {"help": help, **extra}
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass
+class JobConfig:
+    # --- where things go -------------------------------------------------------------------
+    run_dir: str = _opt("runs/default", "Run directory: prepared data, metrics, checkpoints, model, report.")
+    # --- model -----------------------------------------------------------------------------
+    model: str = _opt(
+        AUTO_MODEL,
+        "Base model: a Hugging Face Hub id or a local path. 'auto' means "
+        f"{ONLINE_DEFAULT_MODEL} online and the bundled all-MiniLM-L6-v2 when HF_HUB_OFFLINE=1. "
+        f"'{OFFLINE_DEFAULT_MODEL}' always means the bundled copy.",
+    )
+    matryoshka_dims: list[int] | None = _opt(
+        None, "Matryoshka dims, e.g. 768,512,256,128,64. Default: derived from the model's dimension."
+    )
+    max_seq_length: int | None = _opt(None, "Token limit for texts; longer texts are truncated. Default: the model's.")
+    query_prompt: str | None = _opt(None, "Text prepended to every question (baseline and fine-tuned alike).")
+    passage_prompt: str | None = _opt(None, "Text prepended to every passage (baseline and fine-tuned alike).")
+    # --- data ------------------------------------------------------------------------------
+    data: str = _opt(
+        EMBEDDED_DATA,
+        "Training pairs: a CSV/JSON/JSONL/Parquet file, a Hub dataset id, or 'embedded' for the bundled "
+        "Corvane Industries annual-report pairs.",
+    )
+    data_split: str = _opt("train", "Split to read when --data is a Hub dataset id.")
+    question_column: str | None = _opt(None, "Column holding the question (anchor). Default: auto-detect.")
+    passage_column: str | None = _opt(None, "Column holding the passage (positive). Default: auto-detect.")
+    check_column_order: bool = _opt(
+        True, "Refuse data whose 'questions' are much longer than its 'passages' (columns likely swapped)."
+    )
+    drop_invalid: bool = _opt(False, "Drop rows with empty or non-text values (and report them) instead of failing.")
+    eval_data: str | None = _opt(
+        None,
+        "BEIR-format folder (corpus.jsonl, queries.jsonl, qrels/<split>.tsv) used for the test evaluation "
+        "instead of a held-out split of --data.",
+    )
+    eval_split: str = _opt("test", "qrels split to read from --eval-data.")
+    val_fraction: float = _opt(0.1, "Fraction of pairs held out for validation (model selection).")
+    test_fraction: float = _opt(0.1, "Fraction of pairs held out for the final test (ignored with --eval-data).")
+    split_by: str = _opt(
+        "pair",
+        "'pair' splits pairs at random; 'passage' keeps all questions of one passage in one split (no leakage).",
+        choices=("pair", "passage"),
+    )
+    seed: int = _opt(42, "Seed for the split, the sampler and the model initialisation.")
+    # --- training recipe -------------------------------------------------------------------
+    preset: str | None = _opt(None, "Named recipe: see `job presets`.")
+    loss: str = _opt(
+        "mnrl",
+        "'mnrl' (MultipleNegativesRankingLoss) or 'cached_mnrl' (GradCache: large batches in little memory); "
+        "both wrapped in MatryoshkaLoss.",
+        choices=("mnrl", "cached_mnrl"),
+    )
+    mini_batch_size: int = _opt(32, "Mini-batch size for cached_mnrl.")
+    epochs: float = _opt(4.0, "Training epochs.")
+    max_steps: int = _opt(-1, "Stop after this many optimizer steps (-1: run all epochs).")
+    batch_size: int = _opt(32, "Pairs per batch: every other passage in the batch is a negative.")
+    gradient_accumulation_steps: int = _opt(1, "Optimizer steps every N batches (does not add negatives).")
+    learning_rate: float = _opt(1e-4, "Peak learning rate.")
+    warmup_ratio: float = _opt(0.1, "Fraction of steps spent warming up the learning rate.")
+    lr_scheduler: str = _opt("cosine", "Learning-rate schedule (transformers' lr_scheduler_type).")
+    weight_decay: float = _opt(0.0, "AdamW weight decay.")
+    best_model_dim: int | None = _opt(
+        None, "Dim whose validation NDCG@10 picks the best checkpoint. Default: the largest Matryoshka dim."
+    )
+    eval_steps: int | None = _opt(None, "Validate and checkpoint every N steps instead of every epoch.")
+    eval_batch_size: int = _opt(64, "Batch size for encoding during evaluation.")
+    save_total_limit: int = _opt(2, "Checkpoints kept on disk (the best one is always kept).")
+    logging_steps: int = _opt(10, "Log the training loss every N steps.")
+    mixed_precision: str = _opt(
+        "auto",
+        "'auto' uses bf16 autocast (fp32 master weights) and tf32 where CUDA supports them; 'no' keeps fp32.",
+        choices=("auto", "no"),
+    )
+    dataloader_workers: int = _opt(0, "DataLoader worker processes.")
+
+    # ----------------------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def fingerprint(self, names: typing.Iterable[str]) -> dict[str, Any]:
+        """The values of ``names``: what a step's outputs depend on."""
+        d = self.to_dict()
+        return {n: d[n] for n in sorted(names)}
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+FIELDS = {f.name: f for f in fields(JobConfig)}
+_HINTS = typing.get_type_hints(JobConfig)
+
+
+def field_kind(name: str) -> tuple[type, bool, bool]:
+    """(base type, is_list, is_optional) of a config field."""
+    hint = _HINTS[name]
+    optional = False
+    args = typing.get_args(hint)
+    if type(None) in args:
+        optional = True
+        hint = next(a for a in args if a is not type(None))
+    if typing.get_origin(hint) is list:
+        return typing.get_args(hint)[0], True, optional
+    return hint, False, optional
+
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+
+
+def coerce(name: str, value: Any, source: str) -> Any:
+    """Convert ``value`` (a string from env/argv/hyperparameters, or a YAML scalar) to the field's type."""
+    if name not in FIELDS:
+        raise JobError(
+            f"Unknown configuration key '{name}' in {source}.",
+            f"use one of: {', '.join(sorted(FIELDS))}.",
+        )
+    base, is_list, optional = field_kind(name)
+    where = f"'{name}' from {source}"
+    if value is None or (optional and isinstance(value, str) and value.strip().lower() in {"", "none", "null"}):
+        if optional:
+            return None
+        raise JobError(f"{where} must not be empty.", f"give a {base.__name__} value.")
+    try:
+        if is_list:
+            items = value if isinstance(value, (list, tuple)) else str(value).replace(" ", "").split(",")
+            out = [base(item) for item in items if str(item) != ""]
+        elif base is bool:
+            if isinstance(value, bool):
+                out = value
+            elif str(value).strip().lower() in _TRUE:
+                out = True
+            elif str(value).strip().lower() in _FALSE:
+                out = False
+            else:
+                raise ValueError(value)
+        elif base is int:
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError(value)
+            out = int(float(value)) if isinstance(value, str) and "e" in value.lower() else int(value)
+        else:
+            out = base(value)
+    except (TypeError, ValueError):
+        kind = f"comma-separated list of {base.__name__}" if is_list else base.__name__
+        raise JobError(f"{where} has the value {value!r}, which is not a valid {kind}.", f"give a {kind}.") from None
+    choices = FIELDS[name].metadata.get("choices")
+    if choices and out not in choices:
+        raise JobError(f"{where} is {out!r}.", f"use one of: {', '.join(choices)}.")
+    return out
+
+
+# --- presets ------------------------------------------------------------------------------------
+PRESETS: dict[str, dict[str, Any]] = {
+    # The recipe this project is modelled on: MNRL in MatryoshkaLoss, batch 32 x accumulation 16,
+    # lr 2e-5, 4 epochs, cosine schedule with 10 % warm-up.
+    "blog": {
+        "loss": "mnrl",
+        "batch_size": 32,
+        "gradient_accumulation_steps": 16,
+        "learning_rate": 2e-5,
+        "epochs": 4.0,
+        "warmup_ratio": 0.1,
+        "lr_scheduler": "cosine",
+    },
+}
+
+
+def _apply(values: dict[str, Any], updates: dict[str, Any], source: str) -> None:
+    for key, value in updates.items():
+        key = key.replace("-", "_")
+        values[key] = coerce(key, value, source)
+
+
+def load_yaml(path: str | os.PathLike) -> dict[str, Any]:
+    p = Path(path)
+    if not p.is_file():
+        raise JobError(f"Config file {p} does not exist or is not a file.", "pass the path of a YAML file to --config.")
+    try:
+        data = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise JobError(f"Config file {p} is not valid YAML: {exc}.", "fix the YAML syntax.") from None
+    if not isinstance(data, dict):
+        raise JobError(f"Config file {p} must hold a mapping of option: value.", "see `job config` for the keys.")
+    return data
+
+
+def env_values(environ: typing.Mapping[str, str] | None = None) -> dict[str, str]:
+    environ = os.environ if environ is None else environ
+    out = {}
+    for key, value in environ.items():
+        if key.startswith(ENV_PREFIX):
+            name = key[len(ENV_PREFIX) :].lower()
+            if name in FIELDS:
+                out[name] = value
+    return out
+
+
+def resolve_config(
+    yaml_path: str | os.PathLike | None = None,
+    cli: dict[str, Any] | None = None,
+    environ: typing.Mapping[str, str] | None = None,
+) -> JobConfig:
+    """Merge defaults < preset < YAML < environment < CLI into one validated :class:`JobConfig`."""
+    layers: list[tuple[str, dict[str, Any]]] = []
+    if yaml_path:
+        layers.append((f"config file {yaml_path}", load_yaml(yaml_path)))
+    layers.append(("the environment (JOB_*)", env_values(environ)))
+    layers.append(("the command line", {k: v for k, v in (cli or {}).items() if v is not None}))
+
+    explicit: dict[str, Any] = {}
+    for source, layer in layers:
+        _apply(explicit, layer, source)
+
+    values: dict[str, Any] = {}
+    preset = explicit.get("preset")
+    if preset is not None:
+        if preset not in PRESETS:
+            raise JobError(f"Unknown preset '{preset}'.", f"use one of: {', '.join(sorted(PRESETS))} (or no preset).")
+        _apply(values, PRESETS[preset], f"preset '{preset}'")
+    values.update(explicit)
+    cfg = JobConfig(**values)
+    validate_config(cfg)
+    return cfg
+
+
+def validate_config(cfg: JobConfig) -> None:
+    if cfg.eval_steps is not None and cfg.eval_steps < 1:
+        raise JobError(f"eval_steps is {cfg.eval_steps}; it must be at least 1.", "pass a positive --eval-steps or leave it unset.")
+    positive_ints = ("batch_size", "gradient_accumulation_steps", "mini_batch_size", "eval_batch_size", "logging_steps")
+    for name in positive_ints:
+        if getattr(cfg, name) < 1:
+            raise JobError(f"{name} is {getattr(cfg, name)}; it must be at least 1.", f"pass a positive --{name.replace('_', '-')}.")
+    if cfg.epochs <= 0 and cfg.max_steps <= 0:
+        raise JobError(f"epochs is {cfg.epochs}; it must be positive.", "pass --epochs > 0 or --max-steps > 0.")
+    if cfg.learning_rate <= 0:
+        raise JobError(f"learning_rate is {cfg.learning_rate}; it must be positive.", "pass e.g. --learning-rate 1e-4.")
+    for name in ("val_fraction", "test_fraction"):
+        v = getattr(cfg, name)
+        if not 0 <= v < 1:
+            raise JobError(f"{name} is {v}; it must be in [0, 1).", f"pass e.g. --{name.replace('_', '-')} 0.1.")
+    if cfg.val_fraction + cfg.test_fraction >= 1:
+        raise JobError(
+            f"val_fraction + test_fraction = {cfg.val_fraction + cfg.test_fraction:g} leaves no training data.",
+            "lower them so that their sum is below 1 (e.g. 0.1 and 0.1).",
+        )
+    if not 0 <= cfg.warmup_ratio < 1:
+        raise JobError(f"warmup_ratio is {cfg.warmup_ratio}; it must be in [0, 1).", "pass e.g. --warmup-ratio 0.1.")
+    if cfg.matryoshka_dims is not None:
+        if not cfg.matryoshka_dims or any(d < 1 for d in cfg.matryoshka_dims):
+            raise JobError(f"matryoshka_dims {cfg.matryoshka_dims} must be positive integers.", "pass e.g. 384,256,128,64,32.")
+        if len(set(cfg.matryoshka_dims)) != len(cfg.matryoshka_dims):
+            raise JobError(f"matryoshka_dims {cfg.matryoshka_dims} repeats a dim.", "list each dim once.")
+
+
+def fingerprint_digest(values: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(values, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def default_dims(model_dim: int) -> list[int]:
+    """Matryoshka dims for a model: full, then 2/3 (512 for 768) and halvings down to dim/12 or 32.
+
+    768 -> 768, 512, 256, 128, 64;   384 -> 384, 256, 128, 64, 32;   1024 -> 1024, 768, 512, 256, 128, 64.
+    """
+    table = {768: [768, 512, 256, 128, 64], 384: [384, 256, 128, 64, 32], 1024: [1024, 768, 512, 256, 128, 64]}
+    if model_dim in table:
+        return table[model_dim]
+    dims = [model_dim]
+    d = 1 << (model_dim.bit_length() - 1)
+    if d == model_dim:
+        d //= 2
+    while d >= max(8, model_dim // 16) and len(dims) < 6:
+        dims.append(d)
+        d //= 2
+    return dims

@@ -1,0 +1,416 @@
+"""Data preparation: load pairs, map and validate columns, de-duplicate, split, build IR sets.
+
+Everything here is a pure function of its inputs (plus file I/O at the edges), so it is tested
+with numbers. The on-disk evaluation format is BEIR's (``corpus.jsonl``, ``queries.jsonl``,
+``qrels/<split>.tsv``), so a user's own BEIR data and our prepared splits go through one loader.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import random
+import statistics
+from collections import defaultdict
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, Iterable
+
+from job.config import EMBEDDED_DATA
+from job.errors import JobError
+
+QUESTION_COLUMNS = ("question", "query", "anchor", "questions", "queries", "q")
+PASSAGE_COLUMNS = ("context", "passage", "positive", "document", "doc", "text", "chunk", "content")
+LOCAL_SUFFIXES = {".csv": "csv", ".tsv": "tsv", ".json": "json", ".jsonl": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet"}
+SPLITS = ("train", "validation", "test")
+
+
+@dataclass(frozen=True)
+class Pair:
+    question: str
+    passage: str
+
+
+@dataclass
+class Records:
+    """Raw rows from a source, with how to name a row in a message."""
+
+    rows: list[dict[str, Any]]
+    source: str
+    row_label: str = "row"  # "row" (1-based data row, header excluded) or "line" (1-based file line)
+
+    def where(self, index: int) -> str:
+        return f"{self.row_label} {index + 1}"
+
+
+@dataclass
+class IRData:
+    """One evaluation set: corpus id -> text, query id -> text, query id -> {corpus id: grade}."""
+
+    corpus: dict[str, str]
+    queries: dict[str, str]
+    qrels: dict[str, dict[str, int]]
+
+    def relevant_docs(self) -> dict[str, set[str]]:
+        """Binary relevance for InformationRetrievalEvaluator: every grade > 0 counts."""
+        return {q: {d for d, g in docs.items() if g > 0} for q, docs in self.qrels.items() if any(g > 0 for g in docs.values())}
+
+    @property
+    def graded(self) -> bool:
+        return any(g > 1 for docs in self.qrels.values() for g in docs.values())
+
+
+# --- loading -------------------------------------------------------------------------------------
+def embedded_data_path() -> Path:
+    return Path(str(resources.files("job") / "data" / "corvane_10k.jsonl"))
+
+
+def load_records(source: str, split: str = "train") -> Records:
+    """Rows from the embedded data, a local CSV/TSV/JSON/JSONL/Parquet file, or a Hub dataset."""
+    if source == EMBEDDED_DATA:
+        return _load_local(embedded_data_path())
+    path = Path(source).expanduser()
+    if path.is_dir():
+        raise JobError(
+            f"{path} is a directory, but --data expects a file (CSV, TSV, JSON, JSONL or Parquet) or a Hub dataset id.",
+            "pass the data file itself, e.g. --data " + str(path / "pairs.csv") + ".",
+        )
+    if path.exists():
+        return _load_local(path)
+    if path.suffix.lower() in LOCAL_SUFFIXES or source.startswith(("/", ".", "~")) or source.count("/") > 1:
+        raise JobError(f"Data file {path} does not exist.", "check the path given to --data.")
+    return _load_hub(source, split)
+
+
+def _load_local(path: Path) -> Records:
+    kind = LOCAL_SUFFIXES.get(path.suffix.lower())
+    if kind is None:
+        raise JobError(
+            f"Cannot tell the format of {path} from its extension '{path.suffix}'.",
+            f"use one of {', '.join(sorted(LOCAL_SUFFIXES))}.",
+        )
+    if path.stat().st_size == 0:
+        raise JobError(f"Data file {path} is empty.", "give a file with a header and at least one row of pairs.")
+    try:
+        if kind in ("csv", "tsv"):
+            with path.open(newline="", encoding="utf-8-sig") as fh:
+                reader = csv.DictReader(fh, delimiter="\t" if kind == "tsv" else ",")
+                rows = [dict(r) for r in reader]
+                if reader.fieldnames is None:
+                    rows = []
+            records = Records(rows, str(path), "row")
+        elif kind == "parquet":
+            import pyarrow.parquet as pq
+
+            records = Records(pq.read_table(path).to_pylist(), str(path), "row")
+        else:
+            records = _load_json(path, kind)
+    except UnicodeDecodeError as exc:
+        raise JobError(f"Data file {path} is not UTF-8 text ({exc.reason} at byte {exc.start}).", "save it as UTF-8.") from None
+    except (OSError, ValueError) as exc:
+        raise JobError(f"Could not read {path} as {kind}: {exc}.", f"check that the file is valid {kind}.") from None
+    if not records.rows:
+        raise JobError(f"Data file {path} has no rows.", "give a file with at least one (question, passage) row.")
+    return records
+
+
+def _load_json(path: Path, kind: str) -> Records:
+    text = path.read_text(encoding="utf-8-sig")
+    if kind == "json":
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError:
+            kind = "jsonl"  # many ".json" files on the Hub are JSON Lines
+        else:
+            if isinstance(data, dict) and len(data) == 1 and isinstance(next(iter(data.values())), list):
+                data = next(iter(data.values()))
+            if not isinstance(data, list) or not all(isinstance(r, dict) for r in data):
+                raise JobError(f"{path} must hold a list of objects (one per pair).", "write [{\"question\": ..., \"context\": ...}, ...].")
+            return Records(data, str(path), "row")
+    rows = []
+    for lineno, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise JobError(f"{path} line {lineno} is not valid JSON: {exc.msg}.", "fix or remove that line.") from None
+        if not isinstance(obj, dict):
+            raise JobError(f"{path} line {lineno} is not a JSON object.", "write one {\"question\": ..., \"context\": ...} object per line.")
+        obj["__line__"] = lineno
+        rows.append(obj)
+    return Records(rows, str(path), "line")
+
+
+def _load_hub(dataset_id: str, split: str) -> Records:
+    try:
+        import datasets
+
+        ds = datasets.load_dataset(dataset_id, split=split)
+    except Exception as exc:  # noqa: BLE001 - translated into an actionable message
+        msg = f"{type(exc).__name__}: {exc}".splitlines()[0]
+        raise JobError(
+            f"Could not load '{dataset_id}' (split '{split}') as a local file or Hugging Face Hub dataset: {msg}",
+            "pass an existing local file, or a Hub dataset id and --data-split while online.",
+        ) from None
+    return Records(ds.to_list(), f"{dataset_id}[{split}]", "row")
+
+
+# --- columns and validation ---------------------------------------------------------------------
+def detect_columns(columns: list[str], question: str | None, passage: str | None, source: str) -> tuple[str, str]:
+    available = ", ".join(repr(c) for c in columns if c != "__line__") or "(none)"
+    lower = {c.lower(): c for c in columns}
+
+    def pick(given: str | None, candidates: Iterable[str], what: str, flag: str) -> str:
+        if given is not None:
+            if given not in columns:
+                raise JobError(
+                    f"{source} has no {what} column '{given}'. Available columns: {available}.",
+                    f"pass the right name with {flag}.",
+                )
+            return given
+        for cand in candidates:
+            if cand in lower:
+                return lower[cand]
+        raise JobError(
+            f"{source} has no {what} column (looked for {', '.join(candidates)}). Available columns: {available}.",
+            f"name it with {flag} COLUMN.",
+        )
+
+    q = pick(question, QUESTION_COLUMNS, "question", "--question-column")
+    p = pick(passage, PASSAGE_COLUMNS, "passage", "--passage-column")
+    if q == p:
+        raise JobError(f"The question and passage columns are both '{q}'.", "pass two different columns.")
+    return q, p
+
+
+@dataclass
+class ValidationResult:
+    pairs: list[Pair]
+    dropped_rows: dict[str, list[str]] = field(default_factory=dict)  # problem -> row labels
+
+
+def _is_missing(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+def _fmt_rows(rows: list[str], limit: int = 8) -> str:
+    shown = ", ".join(rows[:limit])
+    return shown + (f" and {len(rows) - limit} more" if len(rows) > limit else "")
+
+
+def validate_pairs(
+    records: Records,
+    question_column: str,
+    passage_column: str,
+    *,
+    drop_invalid: bool = False,
+    check_column_order: bool = True,
+) -> ValidationResult:
+    """Map rows onto (question, passage); every bad row is named, and the run fails unless dropping."""
+    problems: dict[str, list[str]] = defaultdict(list)
+    pairs: list[Pair] = []
+    for i, row in enumerate(records.rows):
+        label = f"line {row['__line__']}" if "__line__" in row else records.where(i)
+        texts = []
+        bad = False
+        for column in (question_column, passage_column):
+            value = row.get(column)
+            if _is_missing(value) or (isinstance(value, str) and not value.strip()):
+                problems[f"an empty or whitespace-only '{column}'"].append(label)
+                bad = True
+            elif not isinstance(value, str):
+                problems[f"a non-text '{column}' (e.g. {type(value).__name__} {str(value)[:40]!r})"].append(label)
+                bad = True
+            else:
+                texts.append(value.strip())
+        if not bad:
+            pairs.append(Pair(texts[0], texts[1]))
+    if problems and not drop_invalid:
+        details = "; ".join(f"{len(rows)} rows have {what}: {_fmt_rows(rows)}" for what, rows in problems.items())
+        raise JobError(
+            f"{records.source}: {details}.",
+            "fill in or remove those rows, or pass --drop-invalid to drop them (they are then counted in the report).",
+        )
+    if not pairs:
+        raise JobError(f"{records.source}: no valid (question, passage) rows remain.", "check the column mapping and the data.")
+    if check_column_order:
+        q_len = statistics.median(len(p.question) for p in pairs)
+        p_len = statistics.median(len(p.passage) for p in pairs)
+        if q_len > p_len:
+            raise JobError(
+                f"{records.source}: the question column '{question_column}' (median {q_len:.0f} characters) is longer than "
+                f"the passage column '{passage_column}' (median {p_len:.0f}). The loss treats the first column as the "
+                "query and the second as the passage, so the columns look swapped.",
+                "swap --question-column and --passage-column, or pass --no-check-column-order if this is intended.",
+            )
+    return ValidationResult(pairs, {k: v for k, v in problems.items()})
+
+
+def dedupe_pairs(pairs: list[Pair]) -> tuple[list[Pair], int]:
+    """Drop exact duplicate pairs (after whitespace stripping), keeping the first occurrence."""
+    seen: set[Pair] = set()
+    out = []
+    for p in pairs:
+        if p not in seen:
+            seen.add(p)
+            out.append(p)
+    return out, len(pairs) - len(out)
+
+
+# --- splitting ----------------------------------------------------------------------------------
+def split_pairs(
+    pairs: list[Pair], val_fraction: float, test_fraction: float, seed: int, split_by: str = "pair"
+) -> dict[str, list[Pair]]:
+    """Seeded split. ``pair``: shuffle indices with ``random.Random(seed)``; the first
+    ``round(n * test_fraction)`` are test, the next ``round(n * val_fraction)`` validation.
+    ``passage``: the same over groups of pairs sharing one passage, so no passage crosses splits."""
+    if split_by == "pair":
+        groups = [[p] for p in pairs]
+    else:
+        by_passage: dict[str, list[Pair]] = {}
+        for p in pairs:
+            by_passage.setdefault(p.passage, []).append(p)
+        groups = list(by_passage.values())
+    order = list(range(len(groups)))
+    random.Random(seed).shuffle(order)
+    n = len(pairs)
+    want = {"test": round(n * test_fraction), "validation": round(n * val_fraction)}
+    out: dict[str, list[Pair]] = {s: [] for s in SPLITS}
+    current = "test"
+    for gi in order:
+        while current != "train" and len(out[current]) >= want[current]:
+            current = "validation" if current == "test" else "train"
+        out[current].extend(groups[gi])
+    return out
+
+
+# --- IR sets ------------------------------------------------------------------------------------
+def build_ir_corpus(splits: dict[str, list[Pair]]) -> tuple[dict[str, str], dict[str, str]]:
+    """All unique passages of all splits. Identical passages share one id, so retrieving either
+    copy counts as a hit. Returns (corpus id -> text, text -> corpus id)."""
+    ids: dict[str, str] = {}
+    for split in SPLITS:
+        for p in splits.get(split, []):
+            if p.passage not in ids:
+                ids[p.passage] = f"d{len(ids)}"
+    return {cid: text for text, cid in ids.items()}, ids
+
+
+def build_ir_queries(pairs: list[Pair], passage_ids: dict[str, str], prefix: str) -> tuple[dict[str, str], dict[str, dict[str, int]]]:
+    """One query per unique question; a question paired with several passages has several relevant docs."""
+    qids: dict[str, str] = {}
+    qrels: dict[str, dict[str, int]] = {}
+    for p in pairs:
+        qid = qids.setdefault(p.question, f"{prefix}{len(qids)}")
+        qrels.setdefault(qid, {})[passage_ids[p.passage]] = 1
+    return {qid: text for text, qid in qids.items()}, qrels
+
+
+def leakage_report(splits: dict[str, list[Pair]]) -> dict[str, Any]:
+    train_passages = {p.passage for p in splits["train"]}
+    train_questions = {p.question for p in splits["train"]}
+    test = splits["test"]
+    passage_leaks = [p for p in test if p.passage in train_passages]
+    question_leaks = [p for p in test if p.question in train_questions]
+    return {
+        "test_pairs": len(test),
+        "test_pairs_whose_passage_is_in_train": len(passage_leaks),
+        "fraction_passage_in_train": round(len(passage_leaks) / len(test), 4) if test else 0.0,
+        "test_questions_also_in_train": len(question_leaks),
+        "examples": [{"question": p.question, "passage": p.passage[:200]} for p in passage_leaks[:5]],
+        "note": "A test question whose passage also has a training question is easier than an unseen passage; "
+        "use --split-by passage to keep every passage in one split.",
+    }
+
+
+# --- BEIR format --------------------------------------------------------------------------------
+def write_beir(directory: Path, data: IRData, split: str) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "qrels").mkdir(exist_ok=True)
+    write_jsonl(directory / "corpus.jsonl", ({"_id": cid, "title": "", "text": text} for cid, text in data.corpus.items()))
+    write_jsonl(directory / "queries.jsonl", ({"_id": qid, "text": text} for qid, text in data.queries.items()))
+    with (directory / "qrels" / f"{split}.tsv").open("w", newline="") as fh:
+        w = csv.writer(fh, delimiter="\t", lineterminator="\n")
+        w.writerow(["query-id", "corpus-id", "score"])
+        for qid, docs in data.qrels.items():
+            for cid, grade in docs.items():
+                w.writerow([qid, cid, grade])
+
+
+def load_beir(directory: str | Path, split: str = "test") -> IRData:
+    """Read a BEIR folder; graded relevance (score > 1) is kept, score 0 rows are not relevant."""
+    d = Path(directory).expanduser()
+    if not d.is_dir():
+        raise JobError(f"BEIR folder {d} does not exist.", "pass a folder with corpus.jsonl, queries.jsonl and qrels/<split>.tsv.")
+    qrels_path = d / "qrels" / f"{split}.tsv"
+    for needed in (d / "corpus.jsonl", d / "queries.jsonl", qrels_path):
+        if not needed.is_file():
+            have = sorted(p.name for p in (d / "qrels").glob("*.tsv")) if (d / "qrels").is_dir() else []
+            extra = f" (qrels splits present: {', '.join(have)})" if have and needed == qrels_path else ""
+            raise JobError(f"BEIR folder {d} lacks {needed.relative_to(d)}{extra}.", "add the file or pick another --eval-split.")
+
+    def text_of(obj: dict, path: Path) -> str:
+        title, text = obj.get("title") or "", obj.get("text")
+        if not isinstance(text, str):
+            raise JobError(f"{path}: entry {obj.get('_id')!r} has no text.", "give every entry a \"text\" string.")
+        return f"{title} {text}".strip() if title else text
+
+    corpus = {str(o["_id"]): text_of(o, d / "corpus.jsonl") for o in read_jsonl(d / "corpus.jsonl")}
+    queries = {str(o["_id"]): text_of(o, d / "queries.jsonl") for o in read_jsonl(d / "queries.jsonl")}
+    qrels: dict[str, dict[str, int]] = {}
+    with qrels_path.open(newline="") as fh:
+        for lineno, row in enumerate(csv.reader(fh, delimiter="\t"), 1):
+            if not row or (lineno == 1 and not _is_number(row[-1])):
+                continue
+            if len(row) < 3 or not _is_number(row[2]):
+                raise JobError(f"{qrels_path} line {lineno} is not 'query-id<TAB>corpus-id<TAB>score'.", "fix that line.")
+            qid, cid, grade = row[0], row[1], int(float(row[2]))
+            if qid not in queries or cid not in corpus:
+                missing = "query" if qid not in queries else "corpus"
+                raise JobError(f"{qrels_path} line {lineno} names a {missing} id that is not in {missing}.jsonl.", "fix the ids.")
+            qrels.setdefault(qid, {})[cid] = grade
+    data = IRData(corpus, {q: t for q, t in queries.items() if q in qrels}, qrels)
+    if not data.relevant_docs():
+        raise JobError(f"{qrels_path} has no relevant (score > 0) pairs.", "check the qrels file.")
+    return data
+
+
+def _is_number(s: str) -> bool:
+    try:
+        float(s)
+    except ValueError:
+        return False
+    return True
+
+
+def write_jsonl(path: Path, rows: Iterable[dict]) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    with tmp.open("w", encoding="utf-8") as fh:
+        for r in rows:
+            fh.write(json.dumps(r, ensure_ascii=False) + "\n")
+    tmp.replace(path)
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    with path.open(encoding="utf-8") as fh:
+        return [json.loads(line) for line in fh if line.strip()]
+
+
+def write_pairs(path: Path, pairs: list[Pair]) -> None:
+    write_jsonl(path, ({"anchor": p.question, "positive": p.passage} for p in pairs))
+
+
+def read_pairs(path: Path) -> list[Pair]:
+    return [Pair(r["anchor"], r["positive"]) for r in read_jsonl(path)]
+
+
+def count_truncated(texts: list[str], tokenizer, max_length: int, batch_size: int = 1024) -> int:
+    """How many texts exceed ``max_length`` tokens (special tokens included) and will be truncated."""
+    n = 0
+    for start in range(0, len(texts), batch_size):
+        enc = tokenizer(texts[start : start + batch_size], add_special_tokens=True, truncation=False)["input_ids"]
+        n += sum(len(ids) > max_length for ids in enc)
+    return n

@@ -1,0 +1,394 @@
+"""The job's steps over a run directory: prepare -> baseline -> train -> evaluate.
+
+Every step writes its outputs to a staging place and moves them in only when it has succeeded, so
+a failure leaves earlier outputs intact. Each step ends by writing a small JSON "done" record with
+the configuration values its outputs depend on; ``job run`` skips a step whose record matches the
+current configuration and refuses (rather than silently mixing) one that does not.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from job import data as D
+from job.config import JobConfig, fingerprint_digest
+from job.errors import JobError
+from job.evaluation import evaluate_model
+from job.models import load_model, resolve_best_dim, resolve_dims, resolve_model_name
+from job.report import markdown_table, write_report
+
+logger = logging.getLogger(__name__)
+
+PREPARE_FIELDS = (
+    "data", "data_split", "question_column", "passage_column", "check_column_order", "drop_invalid",
+    "eval_data", "eval_split", "val_fraction", "test_fraction", "split_by", "seed",
+)  # fmt: skip
+MODEL_FIELDS = ("model", "matryoshka_dims", "max_seq_length", "query_prompt", "passage_prompt")
+TRAIN_FIELDS = MODEL_FIELDS + (
+    "loss", "mini_batch_size", "epochs", "max_steps", "batch_size", "gradient_accumulation_steps",
+    "learning_rate", "warmup_ratio", "lr_scheduler", "weight_decay", "best_model_dim", "eval_steps",
+    "mixed_precision", "seed",
+)  # fmt: skip
+
+Echo = Callable[[str], None]
+
+
+@dataclass
+class RunDir:
+    root: Path
+
+    def __post_init__(self) -> None:
+        self.root = Path(self.root).expanduser()
+
+    data = property(lambda self: self.root / "data")
+    checkpoints = property(lambda self: self.root / "checkpoints")
+    model = property(lambda self: self.root / "model")
+    baseline = property(lambda self: self.root / "baseline")
+    report = property(lambda self: self.root / "report")
+
+    def ir(self, split: str) -> Path:
+        return self.root / "ir" / split
+
+    def done_file(self, step: str) -> Path:
+        return {
+            "prepare": self.data / "prepare.json",
+            "baseline": self.baseline / "metrics.json",
+            "train": self.model / "training.json",
+            "evaluate": self.report / "metrics.json",
+        }[step]
+
+    def record(self, step: str) -> dict[str, Any] | None:
+        path = self.done_file(step)
+        return json.loads(path.read_text()) if path.is_file() else None
+
+
+def write_json(path: Path, payload: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(payload, indent=2, default=str))
+    tmp.replace(path)
+
+
+def _replace_dir(staged: Path, final: Path) -> None:
+    if final.exists():
+        old = final.with_name(final.name + ".old")
+        shutil.rmtree(old, ignore_errors=True)
+        final.rename(old)
+        staged.rename(final)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        staged.rename(final)
+
+
+def _require(rd: RunDir, step: str, for_step: str) -> dict[str, Any]:
+    rec = rd.record(step)
+    if rec is None:
+        raise JobError(
+            f"{for_step} needs the output of `job {step}`, which {rd.done_file(step)} does not hold yet.",
+            f"run `job {step} --run-dir {rd.root}` first, or `job run` for every step.",
+        )
+    return rec
+
+
+def step_fingerprint(cfg: JobConfig, rd: RunDir, step: str) -> dict[str, Any]:
+    if step == "prepare":
+        return cfg.fingerprint(PREPARE_FIELDS)
+    data_digest = _require(rd, "prepare", f"job {step}")["data_digest"]
+    fields = MODEL_FIELDS if step == "baseline" else TRAIN_FIELDS
+    return {**cfg.fingerprint(fields), "data_digest": data_digest}
+
+
+def changed_fields(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    return sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+
+
+# --- prepare -------------------------------------------------------------------------------------
+def prepare(cfg: JobConfig, rd: RunDir, echo: Echo = print, model=None) -> dict[str, Any]:
+    records = D.load_records(cfg.data, cfg.data_split)
+    columns = list(dict.fromkeys(k for row in records.rows[:1000] for k in row if k != "__line__"))
+    q_col, p_col = D.detect_columns(columns, cfg.question_column, cfg.passage_column, records.source)
+    validated = D.validate_pairs(
+        records, q_col, p_col, drop_invalid=cfg.drop_invalid, check_column_order=cfg.check_column_order
+    )
+    pairs, n_duplicates = D.dedupe_pairs(validated.pairs)
+    test_fraction = 0.0 if cfg.eval_data else cfg.test_fraction
+    splits = D.split_pairs(pairs, cfg.val_fraction, test_fraction, cfg.seed, cfg.split_by)
+    if not cfg.eval_data and not splits["test"]:
+        raise JobError(
+            f"The split leaves zero test rows: {len(pairs)} pairs x test_fraction {cfg.test_fraction} rounds to 0.",
+            "raise --test-fraction, add data, or give a separate test set with --eval-data.",
+        )
+    if cfg.val_fraction > 0 and not splits["validation"]:
+        raise JobError(
+            f"The split leaves zero validation rows: {len(pairs)} pairs x val_fraction {cfg.val_fraction} rounds to 0.",
+            "raise --val-fraction or add data (--val-fraction 0 trains without model selection).",
+        )
+    if len(splits["train"]) < 2:
+        raise JobError(f"The split leaves {len(splits['train'])} training pairs.", "add data or lower the held-out fractions.")
+
+    corpus, passage_ids = D.build_ir_corpus(splits)
+    ir_sets: dict[str, D.IRData] = {}
+    if splits["validation"]:
+        queries, qrels = D.build_ir_queries(splits["validation"], passage_ids, "qv")
+        ir_sets["validation"] = D.IRData(corpus, queries, qrels)
+    if cfg.eval_data:
+        ir_sets["test"] = D.load_beir(cfg.eval_data, cfg.eval_split)
+    else:
+        queries, qrels = D.build_ir_queries(splits["test"], passage_ids, "qt")
+        ir_sets["test"] = D.IRData(corpus, queries, qrels)
+
+    truncation = {}
+    if model is not None:
+        limit = model.max_seq_length
+        truncation = {
+            "max_seq_length": limit,
+            "questions_truncated": D.count_truncated([p.question for p in pairs], model.tokenizer, limit),
+            "passages_truncated": D.count_truncated(list(passage_ids), model.tokenizer, limit),
+        }
+
+    stage = rd.root / ".prepare.tmp"
+    shutil.rmtree(stage, ignore_errors=True)
+    (stage / "data").mkdir(parents=True)
+    for split, split_pairs in splits.items():
+        D.write_pairs(stage / "data" / f"{split}.jsonl", split_pairs)
+    for split, ir in ir_sets.items():
+        D.write_beir(stage / "ir" / split, ir, split)
+    leakage = D.leakage_report(splits) if splits["test"] else {"note": "test set given separately with --eval-data"}
+    write_json(stage / "data" / "leakage.json", leakage)
+    digest_src = {s: [(p.question, p.passage) for p in v] for s, v in splits.items()}
+    digest_src["test_ir"] = [sorted(ir_sets["test"].qrels.items()), len(ir_sets["test"].corpus)]
+    summary = {
+        "source": records.source,
+        "columns": {"question": q_col, "passage": p_col},
+        "rows_read": len(records.rows),
+        "rows_dropped_invalid": {k: len(v) for k, v in validated.dropped_rows.items()},
+        "duplicate_pairs_dropped": n_duplicates,
+        "pairs": len(pairs),
+        "splits": {s: len(v) for s, v in splits.items()},
+        "corpus_size": len(corpus),
+        "test_queries": len(ir_sets["test"].relevant_docs()),
+        "test_corpus_size": len(ir_sets["test"].corpus),
+        "test_graded_relevance": ir_sets["test"].graded,
+        "validation_queries": len(ir_sets["validation"].relevant_docs()) if "validation" in ir_sets else 0,
+        "truncation": truncation,
+        "leakage": {k: v for k, v in leakage.items() if k != "examples"},
+        "data_digest": fingerprint_digest(digest_src),
+        "fingerprint": step_fingerprint(cfg, rd, "prepare"),
+    }
+    write_json(stage / "data" / "prepare.json", summary)
+    rd.root.mkdir(parents=True, exist_ok=True)
+    (rd.root / "ir").mkdir(exist_ok=True)
+    for split in ir_sets:
+        _replace_dir(stage / "ir" / split, rd.ir(split))
+    for split in set(D.SPLITS) - set(ir_sets):
+        shutil.rmtree(rd.ir(split), ignore_errors=True)
+    _replace_dir(stage / "data", rd.data)
+    shutil.rmtree(stage, ignore_errors=True)
+
+    dropped = sum(summary["rows_dropped_invalid"].values())
+    trunc = (
+        f", {truncation['passages_truncated']} passages over {truncation['max_seq_length']} tokens (truncated)"
+        if truncation
+        else ""
+    )
+    echo(
+        f"prepare: {len(records.rows)} rows -> {len(pairs)} pairs ({n_duplicates} duplicates, {dropped} invalid dropped); "
+        f"train/validation/test {len(splits['train'])}/{len(splits['validation'])}/{summary['test_queries']} "
+        f"questions, corpus {len(corpus)} passages{trunc}; leakage: "
+        f"{leakage.get('test_pairs_whose_passage_is_in_train', 0)} test passages also in train -> {rd.data}"
+    )
+    return summary
+
+
+def load_split(rd: RunDir, split: str) -> D.IRData | None:
+    d = rd.ir(split)
+    return D.load_beir(d, split) if d.is_dir() else None
+
+
+# --- baseline ------------------------------------------------------------------------------------
+def baseline(cfg: JobConfig, rd: RunDir, echo: Echo = print) -> dict[str, Any]:
+    fingerprint = step_fingerprint(cfg, rd, "baseline")
+    test = load_split(rd, "test")
+    model = load_model(cfg.model, max_seq_length=cfg.max_seq_length)
+    dims = resolve_dims(cfg, model)
+    start = time.perf_counter()
+    metrics = _score(cfg, model, test, dims, "test")
+    record = {
+        "model": resolve_model_name(cfg.model),
+        "dims": dims,
+        "split": "test",
+        "queries": len(test.relevant_docs()),
+        "corpus_size": len(test.corpus),
+        "seconds": round(time.perf_counter() - start, 2),
+        "metrics": {str(d): m for d, m in metrics.items()},
+        "fingerprint": fingerprint,
+    }
+    write_json(rd.done_file("baseline"), record)
+    ndcg = ", ".join(f"{d}: {m['ndcg@10']:.4f}" for d, m in metrics.items())
+    echo(f"baseline: NDCG@10 on {record['queries']} test questions by dim {{{ndcg}}} -> {rd.done_file('baseline')}")
+    return record
+
+
+def _score(cfg: JobConfig, model, data: D.IRData, dims: list[int], name: str) -> dict[int, dict[str, float]]:
+    return evaluate_model(
+        model,
+        data,
+        dims,
+        name,
+        batch_size=cfg.eval_batch_size,
+        query_prompt=cfg.query_prompt,
+        passage_prompt=cfg.passage_prompt,
+        show_progress_bar=True,
+    )
+
+
+# --- train ---------------------------------------------------------------------------------------
+def train(
+    cfg: JobConfig, rd: RunDir, echo: Echo = print, resume: bool = False, force: bool = False, callbacks=None
+) -> dict[str, Any]:
+    from job.train import train_model
+
+    fingerprint = step_fingerprint(cfg, rd, "train")
+    marker = rd.checkpoints / "job_fingerprint.json"
+    if resume:
+        old = json.loads(marker.read_text()) if marker.is_file() else fingerprint
+        if old != fingerprint:
+            raise JobError(
+                f"The checkpoints in {rd.checkpoints} were made with a different configuration "
+                f"(changed: {', '.join(changed_fields(old, fingerprint))}).",
+                "resume with the original settings, or pass --force to start training afresh.",
+            )
+    elif rd.checkpoints.exists():
+        from job.train import last_checkpoint
+
+        if last_checkpoint(rd.checkpoints) is not None and not force:
+            raise JobError(
+                f"{rd.checkpoints} holds checkpoints of an earlier, unfinished training run.",
+                "pass --force to discard them and start afresh (`job train --resume` continues a run with its "
+                "original settings).",
+            )
+        shutil.rmtree(rd.checkpoints)
+    write_json(marker, fingerprint)
+
+    model = load_model(cfg.model, max_seq_length=cfg.max_seq_length, train=True)
+    dims = resolve_dims(cfg, model)
+    best_dim = resolve_best_dim(cfg, dims)
+    train_pairs = D.read_pairs(rd.data / "train.jsonl")
+    validation = load_split(rd, "validation")
+    result = train_model(
+        cfg, model, dims, best_dim, train_pairs, validation, rd.checkpoints, resume=resume, callbacks=callbacks
+    )
+    base_name = resolve_model_name(cfg.model)
+    model.model_card_data.model_name = f"{Path(base_name).name} fine-tuned for retrieval (Matryoshka {dims})"
+    stage = rd.root / ".model.tmp"
+    shutil.rmtree(stage, ignore_errors=True)
+    model.save(str(stage))
+    record = {"base_model": base_name, "dims": dims, "best_dim": best_dim, **result.summary, "fingerprint": fingerprint}
+    write_json(stage / "training.json", record)
+    _replace_dir(stage, rd.model)
+    best = f", best validation NDCG@10@{best_dim} {record['best_metric']:.4f}" if record["best_metric"] is not None else ""
+    echo(
+        f"train: {record['global_steps']} steps over {record['train_pairs']} pairs in {record['train_seconds']:.0f} s "
+        f"({record['pairs_per_second']:.1f} pairs/s){best} -> {rd.model}"
+    )
+    return record
+
+
+# --- evaluate ------------------------------------------------------------------------------------
+def evaluate(cfg: JobConfig, rd: RunDir, echo: Echo = print) -> dict[str, Any]:
+    fingerprint = step_fingerprint(cfg, rd, "evaluate")
+    training = _require(rd, "train", "job evaluate")
+    test = load_split(rd, "test")
+    dims = training["dims"]
+    base_rec = rd.record("baseline")
+    if base_rec is not None and base_rec["fingerprint"] == step_fingerprint(cfg, rd, "baseline"):
+        base_metrics = {int(d): m for d, m in base_rec["metrics"].items()}
+    else:
+        echo("evaluate: no matching baseline record; scoring the base model now")
+        base_metrics = _score(cfg, load_model(cfg.model, max_seq_length=cfg.max_seq_length), test, dims, "test")
+    tuned = load_model(str(rd.model), max_seq_length=cfg.max_seq_length)
+    tuned_metrics = _score(cfg, tuned, test, dims, "test")
+    meta = {
+        "model": str(rd.model),
+        "base_model": training["base_model"],
+        "dims": dims,
+        "test_queries": len(test.relevant_docs()),
+        "corpus_size": len(test.corpus),
+        "training": {k: training.get(k) for k in ("train_pairs", "global_steps", "train_seconds", "pairs_per_second", "best_checkpoint", "best_metric")},
+        "fingerprint": fingerprint,
+    }
+    paths = write_report(rd.report, base_metrics, tuned_metrics, meta)
+    _add_results_to_model_card(rd.model, paths["markdown"].read_text())
+    table = markdown_table(base_metrics, tuned_metrics)
+    echo(table)
+    echo(f"evaluate: report {paths['markdown']}, metrics {paths['json']}, plot {paths['plot']}")
+    return json.loads(paths["json"].read_text())
+
+
+_CARD_MARK = "<!-- job:evaluation -->"
+
+
+def _add_results_to_model_card(model_dir: Path, report_md: str) -> None:
+    card = model_dir / "README.md"
+    text = card.read_text() if card.is_file() else ""
+    text = text.split(_CARD_MARK)[0].rstrip()
+    section = (
+        report_md.replace("\n## ", "\n### ")
+        .replace("# Retrieval report", "## Held-out evaluation")
+        .replace("![NDCG@10 by dim](ndcg_by_dim.png)", "")
+    )
+    card.write_text(f"{text}\n\n{_CARD_MARK}\n{section.strip()}\n")
+
+
+# --- run -----------------------------------------------------------------------------------------
+STEPS = ("prepare", "baseline", "train", "evaluate")
+
+
+def run(cfg: JobConfig, rd: RunDir, echo: Echo = print, force: bool = False) -> dict[str, Any]:
+    """Every step in order; a step whose done record matches the configuration is skipped."""
+    results: dict[str, Any] = {}
+    ran_earlier_step = False  # once a step runs, every later step must run on its new output
+    for step in STEPS:
+        rec = rd.record(step)
+        if rec is not None and not force and not ran_earlier_step:
+            want = step_fingerprint(cfg, rd, step)
+            if rec.get("fingerprint") == want:
+                echo(f"{step}: already done for this configuration, skipping ({rd.done_file(step)}); --force redoes it")
+                results[step] = rec
+                continue
+            raise JobError(
+                f"{rd.root} already holds `{step}` output made with a different configuration "
+                f"(changed: {', '.join(changed_fields(rec.get('fingerprint', {}), want))}).",
+                "pass --force to redo the steps (the old outputs are replaced only when each step succeeds), "
+                "or use a new --run-dir.",
+            )
+        ran_earlier_step = True
+        if step == "prepare":
+            results[step] = prepare(cfg, rd, echo, model=load_model(cfg.model, max_seq_length=cfg.max_seq_length))
+        elif step == "baseline":
+            results[step] = baseline(cfg, rd, echo)
+        elif step == "train":
+            resume = _can_resume(cfg, rd) and not force
+            if resume:
+                echo(f"train: resuming from the last checkpoint in {rd.checkpoints}")
+            results[step] = train(cfg, rd, echo, resume=resume, force=force)
+        else:
+            results[step] = evaluate(cfg, rd, echo)
+    return results
+
+
+def _can_resume(cfg: JobConfig, rd: RunDir) -> bool:
+    from job.train import last_checkpoint
+
+    marker = rd.checkpoints / "job_fingerprint.json"
+    return (
+        marker.is_file()
+        and json.loads(marker.read_text()) == step_fingerprint(cfg, rd, "train")
+        and last_checkpoint(rd.checkpoints) is not None
+    )

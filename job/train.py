@@ -1,0 +1,165 @@
+"""Fine-tuning: (Cached)MultipleNegativesRankingLoss inside MatryoshkaLoss, SentenceTransformerTrainer,
+no-duplicates batches, validation-only model selection, checkpoints and resume."""
+
+from __future__ import annotations
+
+import logging
+import resource
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from job.config import JobConfig
+from job.data import IRData, Pair
+from job.errors import JobError
+from job.evaluation import build_evaluator, metric_key
+
+logger = logging.getLogger(__name__)
+
+VALIDATION = "validation"
+
+
+@dataclass
+class TrainResult:
+    model: Any
+    summary: dict[str, Any]
+
+
+def precision_flags(mode: str) -> dict[str, bool]:
+    """bf16 autocast and tf32 only where CUDA supports them; weights stay fp32 (AMP master weights)."""
+    import torch
+
+    if mode == "no" or not torch.cuda.is_available():
+        return {"bf16": False, "tf32": False}
+    major, _ = torch.cuda.get_device_capability()
+    return {"bf16": bool(torch.cuda.is_bf16_supported()), "tf32": major >= 8}
+
+
+def build_loss(model, cfg: JobConfig, dims: list[int]):
+    from sentence_transformers.sentence_transformer.losses import (
+        CachedMultipleNegativesRankingLoss,
+        MatryoshkaLoss,
+        MultipleNegativesRankingLoss,
+    )
+
+    if cfg.loss == "cached_mnrl":
+        inner = CachedMultipleNegativesRankingLoss(model, mini_batch_size=cfg.mini_batch_size)
+    else:
+        inner = MultipleNegativesRankingLoss(model)
+    return MatryoshkaLoss(model, inner, matryoshka_dims=dims)
+
+
+def last_checkpoint(checkpoint_dir: Path) -> str | None:
+    from transformers.trainer_utils import get_last_checkpoint
+
+    return get_last_checkpoint(str(checkpoint_dir)) if checkpoint_dir.is_dir() else None
+
+
+def train_model(
+    cfg: JobConfig,
+    model,
+    dims: list[int],
+    best_dim: int,
+    train_pairs: list[Pair],
+    validation: IRData | None,
+    checkpoint_dir: Path,
+    *,
+    resume: bool = False,
+    callbacks: list | None = None,
+) -> TrainResult:
+    """Train ``model`` in place; with validation data, the best checkpoint (validation NDCG@10 at
+    ``best_dim``) is loaded at the end."""
+    import datasets
+    import torch
+    from sentence_transformers import SentenceTransformerTrainer, SentenceTransformerTrainingArguments
+    from sentence_transformers.base.sampler import BatchSamplers
+
+    if len(train_pairs) < 2:
+        raise JobError(f"Only {len(train_pairs)} training pair(s) remain after the split.", "give more data or lower the held-out fractions.")
+    resume_from = None
+    if resume:
+        resume_from = last_checkpoint(checkpoint_dir)
+        if resume_from is None:
+            raise JobError(f"--resume was given, but {checkpoint_dir} holds no checkpoint.", "drop --resume to start training afresh.")
+        logger.info("resuming from %s", resume_from)
+
+    train_ds = datasets.Dataset.from_dict(
+        {"anchor": [p.question for p in train_pairs], "positive": [p.passage for p in train_pairs]}
+    )
+    batch_size = min(cfg.batch_size, len(train_pairs))
+    loss = build_loss(model, cfg, dims)
+    evaluator = None
+    select: dict[str, Any] = {"eval_strategy": "no", "load_best_model_at_end": False}
+    if validation is not None:
+        evaluator = build_evaluator(
+            validation,
+            dims,
+            VALIDATION,
+            batch_size=cfg.eval_batch_size,
+            query_prompt=cfg.query_prompt,
+            passage_prompt=cfg.passage_prompt,
+        )
+        select = {
+            "eval_strategy": "steps" if cfg.eval_steps else "epoch",
+            "load_best_model_at_end": True,
+            "metric_for_best_model": "eval_" + metric_key(VALIDATION, best_dim, model.similarity_fn_name),
+            "greater_is_better": True,
+        }
+        if cfg.eval_steps:
+            select["eval_steps"] = cfg.eval_steps
+    prompts = {k: v for k, v in (("anchor", cfg.query_prompt), ("positive", cfg.passage_prompt)) if v}
+    args = SentenceTransformerTrainingArguments(
+        output_dir=str(checkpoint_dir),
+        num_train_epochs=cfg.epochs,
+        max_steps=cfg.max_steps,
+        per_device_train_batch_size=batch_size,
+        per_device_eval_batch_size=cfg.eval_batch_size,
+        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+        learning_rate=cfg.learning_rate,
+        warmup_steps=cfg.warmup_ratio,  # a float < 1 is a ratio in transformers 5
+        lr_scheduler_type=cfg.lr_scheduler,
+        weight_decay=cfg.weight_decay,
+        batch_sampler=BatchSamplers.NO_DUPLICATES,
+        save_strategy="steps" if cfg.eval_steps else "epoch",
+        save_steps=cfg.eval_steps or 500,
+        save_total_limit=cfg.save_total_limit,
+        logging_steps=cfg.logging_steps,
+        seed=cfg.seed,
+        data_seed=cfg.seed,
+        report_to="none",
+        dataloader_num_workers=cfg.dataloader_workers,
+        prompts=prompts or None,
+        **precision_flags(cfg.mixed_precision),
+        **select,
+    )
+    trainer = SentenceTransformerTrainer(
+        model=model, args=args, train_dataset=train_ds, loss=loss, evaluator=evaluator, callbacks=callbacks
+    )
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+    start = time.perf_counter()
+    output = trainer.train(resume_from_checkpoint=resume_from)
+    seconds = time.perf_counter() - start
+    state = trainer.state
+    history = [
+        {k: v for k, v in entry.items() if k in ("epoch", "step") or k.endswith("ndcg@10") or k == "loss"}
+        for entry in state.log_history
+    ]
+    summary = {
+        "train_pairs": len(train_pairs),
+        "batch_size": batch_size,
+        "global_steps": state.global_step,
+        "epochs": state.epoch,
+        "train_seconds": round(seconds, 2),
+        "pairs_per_second": round(output.metrics.get("train_samples_per_second", 0.0), 2),
+        "train_loss": output.training_loss,
+        "resumed_from": resume_from,
+        "best_checkpoint": state.best_model_checkpoint,
+        "best_metric": state.best_metric,
+        "best_metric_name": select.get("metric_for_best_model"),
+        "peak_host_memory_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "peak_gpu_memory_mib": round(torch.cuda.max_memory_allocated() / 2**20, 1) if torch.cuda.is_available() else None,
+        "log_history": history,
+    }
+    return TrainResult(model, summary)
