@@ -58,6 +58,10 @@ def _setup_logging(debug: bool) -> None:
     for noisy in ("sentence_transformers", "transformers", "datasets", "httpx", "urllib3", "filelock"):
         logging.getLogger(noisy).setLevel(logging.INFO if debug else logging.WARNING)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if not debug:  # weight loading/saving bars are noise; encoding and training keep theirs
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
 
 
 def echo(msg: str) -> None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import os
 import typing
 from dataclasses import dataclass, field, fields
@@ -150,6 +151,25 @@ _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
 
 
+def _scalar(base: type, value: Any) -> Any:
+    """int/float/str conversion that never truncates: 1.5 is not an int, nan/inf are not numbers."""
+    if base in (int, float) and isinstance(value, bool):
+        raise ValueError(value)
+    if base is int:
+        if isinstance(value, int):
+            return value
+        number = float(value)
+        if not number.is_integer():
+            raise ValueError(value)
+        return int(number)
+    if base is float:
+        number = float(value)
+        if not math.isfinite(number):
+            raise ValueError(value)
+        return number
+    return base(value)
+
+
 def coerce(name: str, value: Any, source: str) -> Any:
     """Convert ``value`` (a string from env/argv/hyperparameters, or a YAML scalar) to the field's type."""
     if name not in FIELDS:
@@ -166,7 +186,7 @@ def coerce(name: str, value: Any, source: str) -> Any:
     try:
         if is_list:
             items = value if isinstance(value, (list, tuple)) else str(value).replace(" ", "").split(",")
-            out = [base(item) for item in items if str(item) != ""]
+            out = [_scalar(base, item) for item in items if str(item) != ""]
         elif base is bool:
             if isinstance(value, bool):
                 out = value
@@ -176,15 +196,13 @@ def coerce(name: str, value: Any, source: str) -> Any:
                 out = False
             else:
                 raise ValueError(value)
-        elif base is int:
-            if isinstance(value, float) and not value.is_integer():
-                raise ValueError(value)
-            out = int(float(value)) if isinstance(value, str) and "e" in value.lower() else int(value)
         else:
-            out = base(value)
+            out = _scalar(base, value)
     except (TypeError, ValueError):
         kind = f"comma-separated list of {base.__name__}" if is_list else base.__name__
         raise JobError(f"{where} has the value {value!r}, which is not a valid {kind}.", f"give a {kind}.") from None
+    if base is str and not is_list and not optional and not out.strip():
+        raise JobError(f"{where} must not be empty.", "give a value.")
     choices = FIELDS[name].metadata.get("choices")
     if choices and out not in choices:
         raise JobError(f"{where} is {out!r}.", f"use one of: {', '.join(choices)}.")
@@ -299,7 +317,7 @@ def fingerprint_digest(values: dict[str, Any]) -> str:
 
 
 def default_dims(model_dim: int) -> list[int]:
-    """Matryoshka dims for a model: full, then 2/3 (512 for 768) and halvings down to dim/12 or 32.
+    """Matryoshka dims for a model: the usual lists for 384/768/1024, else halvings down to dim/16 (at least 8).
 
     768 -> 768, 512, 256, 128, 64;   384 -> 384, 256, 128, 64, 32;   1024 -> 1024, 768, 512, 256, 128, 64.
     """

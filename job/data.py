@@ -93,13 +93,23 @@ def _load_local(path: Path) -> Records:
         )
     if path.stat().st_size == 0:
         raise JobError(f"Data file {path} is empty.", "give a file with a header and at least one row of pairs.")
+    if kind != "parquet":
+        try:
+            path.read_bytes().decode("utf-8")  # whole-file decode: the offset is the file's own
+        except UnicodeDecodeError as exc:
+            raise JobError(f"Data file {path} is not UTF-8 text ({exc.reason} at byte {exc.start}).", "save it as UTF-8.") from None
     try:
         if kind in ("csv", "tsv"):
             with path.open(newline="", encoding="utf-8-sig") as fh:
                 reader = csv.DictReader(fh, delimiter="\t" if kind == "tsv" else ",")
-                rows = [dict(r) for r in reader]
-                if reader.fieldnames is None:
-                    rows = []
+                rows = []
+                for i, r in enumerate(reader):
+                    if None in r:
+                        raise JobError(
+                            f"{path} row {i + 1} has more fields than the header ({len(reader.fieldnames or [])} columns).",
+                            "quote fields that contain the delimiter, or fix that row.",
+                        )
+                    rows.append(dict(r))
             records = Records(rows, str(path), "row")
         elif kind == "parquet":
             import pyarrow.parquet as pq
@@ -107,8 +117,6 @@ def _load_local(path: Path) -> Records:
             records = Records(pq.read_table(path).to_pylist(), str(path), "row")
         else:
             records = _load_json(path, kind)
-    except UnicodeDecodeError as exc:
-        raise JobError(f"Data file {path} is not UTF-8 text ({exc.reason} at byte {exc.start}).", "save it as UTF-8.") from None
     except (OSError, ValueError) as exc:
         raise JobError(f"Could not read {path} as {kind}: {exc}.", f"check that the file is valid {kind}.") from None
     if not records.rows:
@@ -126,6 +134,8 @@ def _load_json(path: Path, kind: str) -> Records:
         else:
             if isinstance(data, dict) and len(data) == 1 and isinstance(next(iter(data.values())), list):
                 data = next(iter(data.values()))
+            elif isinstance(data, dict):
+                data = [data]  # a one-line JSON Lines file
             if not isinstance(data, list) or not all(isinstance(r, dict) for r in data):
                 raise JobError(f"{path} must hold a list of objects (one per pair).", "write [{\"question\": ..., \"context\": ...}, ...].")
             return Records(data, str(path), "row")
@@ -222,14 +232,16 @@ def validate_pairs(
                 problems[f"an empty or whitespace-only '{column}'"].append(label)
                 bad = True
             elif not isinstance(value, str):
-                problems[f"a non-text '{column}' (e.g. {type(value).__name__} {str(value)[:40]!r})"].append(label)
+                problems[f"a non-text '{column}' (a number, list or object instead of a string)"].append(label)
                 bad = True
             else:
                 texts.append(value.strip())
         if not bad:
             pairs.append(Pair(texts[0], texts[1]))
     if problems and not drop_invalid:
-        details = "; ".join(f"{len(rows)} rows have {what}: {_fmt_rows(rows)}" for what, rows in problems.items())
+        details = "; ".join(
+            f"{len(rows)} {'row has' if len(rows) == 1 else 'rows have'} {what}: {_fmt_rows(rows)}" for what, rows in problems.items()
+        )
         raise JobError(
             f"{records.source}: {details}.",
             "fill in or remove those rows, or pass --drop-invalid to drop them (they are then counted in the report).",
@@ -358,8 +370,22 @@ def load_beir(directory: str | Path, split: str = "test") -> IRData:
             raise JobError(f"{path}: entry {obj.get('_id')!r} has no text.", "give every entry a \"text\" string.")
         return f"{title} {text}".strip() if title else text
 
-    corpus = {str(o["_id"]): text_of(o, d / "corpus.jsonl") for o in read_jsonl(d / "corpus.jsonl")}
-    queries = {str(o["_id"]): text_of(o, d / "queries.jsonl") for o in read_jsonl(d / "queries.jsonl")}
+    def entries(path: Path) -> dict[str, str]:
+        out = {}
+        for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise JobError(f"{path} line {lineno} is not valid JSON: {exc.msg}.", "fix or remove that line.") from None
+            if not isinstance(obj, dict) or "_id" not in obj:
+                raise JobError(f"{path} line {lineno} has no \"_id\".", "give every entry an \"_id\" and a \"text\".")
+            out[str(obj["_id"])] = text_of(obj, path)
+        return out
+
+    corpus = entries(d / "corpus.jsonl")
+    queries = entries(d / "queries.jsonl")
     qrels: dict[str, dict[str, int]] = {}
     with qrels_path.open(newline="") as fh:
         for lineno, row in enumerate(csv.reader(fh, delimiter="\t"), 1):
@@ -380,10 +406,9 @@ def load_beir(directory: str | Path, split: str = "test") -> IRData:
 
 def _is_number(s: str) -> bool:
     try:
-        float(s)
+        return math.isfinite(float(s))
     except ValueError:
         return False
-    return True
 
 
 def write_jsonl(path: Path, rows: Iterable[dict]) -> None:

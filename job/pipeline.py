@@ -110,6 +110,10 @@ def changed_fields(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
 
 # --- prepare -------------------------------------------------------------------------------------
 def prepare(cfg: JobConfig, rd: RunDir, echo: Echo = print, model=None) -> dict[str, Any]:
+    """Prepare the data; given the base model, also check the dims and count truncated texts
+    so that a bad setting fails here, before any expensive step."""
+    if model is not None:
+        resolve_best_dim(cfg, resolve_dims(cfg, model))
     records = D.load_records(cfg.data, cfg.data_split)
     columns = list(dict.fromkeys(k for row in records.rows[:1000] for k in row if k != "__line__"))
     q_col, p_col = D.detect_columns(columns, cfg.question_column, cfg.passage_column, records.source)

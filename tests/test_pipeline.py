@@ -1,0 +1,160 @@
+"""The steps over a run directory, on the tiny random BERT: outputs, skipping, resume, model selection."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from transformers import TrainerCallback
+
+from job.config import resolve_config
+from job.errors import JobError
+from job.pipeline import RunDir, baseline, evaluate, prepare, run, train
+
+
+def _cfg(tmp_path, model, data, **extra):
+    values = {
+        "run_dir": str(tmp_path / "run"),
+        "model": str(model),
+        "data": str(data),
+        "batch_size": 8,
+        "epochs": 1,
+        "eval_batch_size": 16,
+        "logging_steps": 1,
+        **extra,
+    }
+    return resolve_config(cli=values, environ={})
+
+
+def test_prepare_writes_splits_corpus_and_reports(tmp_path, tiny_model_path, pairs_file):
+    from sentence_transformers import SentenceTransformer
+
+    cfg = _cfg(tmp_path, tiny_model_path, pairs_file, val_fraction=0.2, test_fraction=0.2)
+    rd = RunDir(cfg.run_dir)
+    summary = prepare(cfg, rd, echo=lambda m: None, model=SentenceTransformer(str(tiny_model_path)))
+    # 12 passages x 5 questions = 60 pairs; 20 % test, 20 % validation.
+    assert summary["pairs"] == 60
+    assert summary["splits"] == {"train": 36, "validation": 12, "test": 12}
+    assert summary["corpus_size"] == 12  # every passage once, shared by its 5 questions
+    assert summary["test_queries"] == 12
+    assert summary["truncation"]["max_seq_length"] == 64
+    assert summary["truncation"]["passages_truncated"] == 0
+    for name in ("train", "validation", "test"):
+        assert (rd.data / f"{name}.jsonl").is_file()
+    assert (rd.ir("test") / "qrels" / "test.tsv").is_file()
+    leak = json.loads((rd.data / "leakage.json").read_text())
+    # with 5 questions per passage, a random pair split leaves most test passages also in train
+    assert leak["test_pairs"] == 12
+    assert 0 < leak["test_pairs_whose_passage_is_in_train"] <= 12
+
+
+def test_split_by_passage_has_no_leakage(tmp_path, tiny_model_path, pairs_file):
+    cfg = _cfg(tmp_path, tiny_model_path, pairs_file, split_by="passage", val_fraction=0.2, test_fraction=0.2)
+    summary = prepare(cfg, RunDir(cfg.run_dir), echo=lambda m: None)
+    assert summary["leakage"]["test_pairs_whose_passage_is_in_train"] == 0
+
+
+class _StopAt(TrainerCallback):
+    """Simulates a crash (e.g. a spot interruption) after step ``n`` has been checkpointed."""
+
+    def __init__(self, n):
+        self.n = n
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == self.n:
+            raise KeyboardInterrupt("simulated interruption")
+
+
+def test_train_resume_continues_from_last_checkpoint(tmp_path, tiny_model_path, pairs_file):
+    cfg = _cfg(tmp_path, tiny_model_path, pairs_file, max_steps=4, eval_steps=2)
+    rd = RunDir(cfg.run_dir)
+    prepare(cfg, rd, echo=lambda m: None)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, rd, echo=lambda m: None, callbacks=[_StopAt(3)])
+    assert (rd.checkpoints / "checkpoint-2").is_dir()
+    assert not rd.model.exists()
+    # A fresh `job train` refuses to throw the checkpoints away silently.
+    with pytest.raises(JobError, match="--force"):
+        train(cfg, rd, echo=lambda m: None)
+    record = train(cfg, rd, echo=lambda m: None, resume=True)
+    assert record["resumed_from"].endswith("checkpoint-2")
+    assert record["global_steps"] == 4
+    assert (rd.model / "model.safetensors").is_file()
+    assert (rd.model / "README.md").is_file()  # model card
+
+
+def test_resume_refuses_checkpoints_of_another_config(tmp_path, tiny_model_path, pairs_file):
+    cfg = _cfg(tmp_path, tiny_model_path, pairs_file, max_steps=4, eval_steps=2)
+    rd = RunDir(cfg.run_dir)
+    prepare(cfg, rd, echo=lambda m: None)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, rd, echo=lambda m: None, callbacks=[_StopAt(3)])
+    other = _cfg(tmp_path, tiny_model_path, pairs_file, max_steps=4, eval_steps=2, learning_rate=3e-4)
+    with pytest.raises(JobError, match="learning_rate"):
+        train(other, rd, echo=lambda m: None, resume=True)
+
+
+def test_best_checkpoint_is_chosen_on_validation_at_the_configured_dim(tmp_path, tiny_model_path, pairs_file):
+    cfg = _cfg(tmp_path, tiny_model_path, pairs_file, max_steps=4, eval_steps=2, matryoshka_dims=[32, 16], best_model_dim=16)
+    rd = RunDir(cfg.run_dir)
+    prepare(cfg, rd, echo=lambda m: None)
+    record = train(cfg, rd, echo=lambda m: None)
+    assert record["best_metric_name"] == "eval_validation_dim16_cosine_ndcg@10"
+    evals = [e for e in record["log_history"] if "eval_validation_dim16_cosine_ndcg@10" in e]
+    assert [e["step"] for e in evals] == [2, 4]
+    best = max(evals, key=lambda e: e["eval_validation_dim16_cosine_ndcg@10"])
+    assert record["best_metric"] == pytest.approx(best["eval_validation_dim16_cosine_ndcg@10"])
+    assert record["best_checkpoint"].endswith(f"checkpoint-{best['step']}")
+
+
+def test_run_does_every_step_then_skips_them(tmp_path, tiny_model_path, pairs_file):
+    cfg = _cfg(tmp_path, tiny_model_path, pairs_file, matryoshka_dims=[32, 16, 8])
+    rd = RunDir(cfg.run_dir)
+    lines: list[str] = []
+    results = run(cfg, rd, echo=lines.append)
+    report = results["evaluate"]
+    assert [row["dim"] for row in report["comparison"]] == [32, 16, 8]
+    assert report["comparison"][0]["baseline_retention"] == pytest.approx(1.0)
+    assert set(report["finetuned"]["8"]) >= {"ndcg@10", "mrr@10", "map@100", "recall@10", "accuracy@1"}
+    for name in ("report.md", "metrics.json", "ndcg_by_dim.png"):
+        assert (rd.report / name).is_file()
+    assert (rd.report / "ndcg_by_dim.png").read_bytes()[:4] == b"\x89PNG"
+    assert "Held-out evaluation" in (rd.model / "README.md").read_text()
+    # the base model's test scores are reused from the baseline step, not recomputed
+    base = json.loads(rd.done_file("baseline").read_text())["metrics"]
+    assert report["baseline"] == base
+
+    lines.clear()
+    run(cfg, rd, echo=lines.append)
+    assert len(lines) == 4 and all("skipping" in line for line in lines)
+
+    changed = _cfg(tmp_path, tiny_model_path, pairs_file, matryoshka_dims=[32, 16, 8], learning_rate=5e-4)
+    with pytest.raises(JobError, match="learning_rate"):
+        run(changed, rd, echo=lines.append)
+
+
+def test_steps_need_their_inputs(tmp_path, tiny_model_path, pairs_file):
+    cfg = _cfg(tmp_path, tiny_model_path, pairs_file)
+    with pytest.raises(JobError, match="job prepare"):
+        baseline(cfg, RunDir(cfg.run_dir), echo=lambda m: None)
+    prepare(cfg, RunDir(cfg.run_dir), echo=lambda m: None)
+    with pytest.raises(JobError, match="job train"):
+        evaluate(cfg, RunDir(cfg.run_dir), echo=lambda m: None)
+
+
+def test_beir_eval_data_is_used_for_the_test(tmp_path, tiny_model_path, pairs_file):
+    beir = tmp_path / "beir"
+    (beir / "qrels").mkdir(parents=True)
+    (beir / "corpus.jsonl").write_text(
+        '{"_id": "a", "title": "Backlog", "text": "Backlog was 5.3 billion."}\n{"_id": "b", "text": "Dividend up."}\n'
+    )
+    (beir / "queries.jsonl").write_text('{"_id": "1", "text": "what is the backlog"}\n{"_id": "2", "text": "dividend"}\n')
+    (beir / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\n1\ta\t2\n1\tb\t0\n2\tb\t1\n")
+    cfg = _cfg(tmp_path, tiny_model_path, pairs_file, eval_data=str(beir))
+    rd = RunDir(cfg.run_dir)
+    summary = prepare(cfg, rd, echo=lambda m: None)
+    assert summary["test_queries"] == 2 and summary["test_corpus_size"] == 2
+    assert summary["test_graded_relevance"] is True
+    assert summary["splits"]["test"] == 0  # every pair is used for training and validation
+    record = baseline(cfg, rd, echo=lambda m: None)
+    assert record["queries"] == 2 and record["corpus_size"] == 2
