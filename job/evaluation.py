@@ -113,11 +113,11 @@ def build_evaluator(
             batch_size=batch_size,
             query_prompt=query_prompt,
             corpus_prompt=passage_prompt,
-            show_progress_bar=show_progress_bar,
+            show_progress_bar=show_progress_bar and i == 0,  # only the first dim encodes; the rest slice
             write_csv=False,
             cache=cache,
         )
-        for dim in dims
+        for i, dim in enumerate(dims)
     ]
     return MatryoshkaEvaluator(evaluators, cache, dims, name)
 
