@@ -116,6 +116,12 @@ class JobConfig:
         choices=("auto", "no"),
     )
     dataloader_workers: int = _opt(0, "DataLoader worker processes.")
+    # --- publishing ------------------------------------------------------------------------
+    s3_uri: str | None = _opt(
+        None, "Publish model and report under this s3://bucket/prefix (one sub-prefix per run) after `job run`."
+    )
+    hub_repo: str | None = _opt(None, "Push the model (with its evaluation card) to this Hugging Face Hub repo after `job run`.")
+    hub_private: bool = _opt(True, "Create the Hub repo as private.")
 
     # ----------------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
