@@ -15,8 +15,9 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
-from typing import Any, Iterator
+from typing import Any
 
 from job.errors import JobError
 
@@ -118,21 +119,37 @@ def _client_error(exc: BaseException):
     return None
 
 
-def _credentials_source() -> str:
-    try:
-        import boto3
+_CREDENTIAL_SOURCES = {
+    "env": "the environment variables AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY",
+    "shared-credentials-file": "the shared credentials file (~/.aws/credentials)",
+    "config-file": "the AWS config file (~/.aws/config)",
+    "explicit": "explicit arguments",
+}
 
-        creds = boto3.session.Session().get_credentials()
-    except Exception:  # noqa: BLE001 - only used to word a message
-        return ""
+
+def _credentials_source(client=None) -> str:
+    """"; they came from X" for a message: where boto found the credentials (never their values)."""
+    creds = getattr(getattr(client, "_request_signer", None), "_credentials", None)
     if creds is None:
-        return ""
+        try:
+            import boto3
+
+            creds = boto3.session.Session().get_credentials()
+        except Exception:  # noqa: BLE001 - only used to word a message
+            creds = None
     method = getattr(creds, "method", "") or ""
-    where = {"env": "the environment (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY)", "shared-credentials-file": "~/.aws/credentials", "config-file": "~/.aws/config"}.get(method, method)
-    return f" (credentials taken from {where})" if where else ""
+    where = _CREDENTIAL_SOURCES.get(method, method)
+    return f"; they came from {where}" if where else ""
 
 
-def translate_error(exc: BaseException, bucket: str | None = None, key: str | None = None, endpoint: str | None = None, action: str = "access") -> JobError:
+def translate_error(
+    exc: BaseException,
+    bucket: str | None = None,
+    key: str | None = None,
+    endpoint: str | None = None,
+    action: str = "access",
+    client=None,
+) -> JobError:
     """A JobError for a boto3/botocore failure, naming the bucket/endpoint and the fix.
 
     Only codes and names are used, never a credential: boto's own messages do not carry the
@@ -167,43 +184,55 @@ def translate_error(exc: BaseException, bucket: str | None = None, key: str | No
         return JobError(f"The S3 endpoint {where} stopped answering while trying to {action} {target}.", "retry; check the network and the server's health.")
     if isinstance(err, ClientError):
         code = str(err.response.get("Error", {}).get("Code", ""))
+        detail = str(err.response.get("Error", {}).get("Message", "")).strip()
         status = err.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
         if code in _NO_BUCKET_CODES or (code in _NOT_FOUND_CODES and not key):
             return JobError(
                 f"The bucket '{bucket}' does not exist at {where}.",
-                f"create it first (aws s3 mb s3://{bucket}), or fix the bucket name in the S3 URI.",
+                f"create it first (e.g. `aws s3 mb s3://{bucket}`), or fix the bucket name in the S3 URI.",
             )
         if code in _CREDENTIAL_CODES:
             return JobError(
-                f"{where} rejected the AWS credentials ({code}) when trying to {action} {target}{_credentials_source()}.",
+                f"{where} rejected the AWS credentials ({code}) when trying to {action} {target}{_credentials_source(client)}.",
                 "check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (or the AWS_PROFILE in use) and that they belong "
                 "to this endpoint.",
             )
         if code in _ACCESS_CODES or status == 403:
+            # A HEAD request has no body, so a bare 403 may also mean wrong credentials.
+            maybe = " (or the credentials are wrong)" if code in ("403", "Forbidden") else ""
             return JobError(
-                f"Access denied ({code or status}) when trying to {action} {target} at {where}{_credentials_source()}.",
-                f"grant these credentials s3:ListBucket, s3:GetObject and s3:PutObject on bucket '{bucket}', "
-                "or use credentials that have them.",
+                f"Access denied ({code or status}){maybe} when trying to {action} {target} at {where}{_credentials_source(client)}.",
+                f"check the credentials, and grant them s3:ListBucket, s3:GetObject and s3:PutObject on bucket '{bucket}'.",
             )
         if code in _NOT_FOUND_CODES:
             return JobError(f"{target} does not exist at {where}.", "check the S3 URI.")
-        return JobError(f"S3 error {code or status} when trying to {action} {target} at {where}.", "see the message above; retry with --debug for details.")
-    return JobError(f"S3 failure ({type(err).__name__}) when trying to {action} {target} at {where}.", "retry with --debug for details.")
+        said = f": {detail}" if detail else ""
+        return JobError(
+            f"S3 error {code or status} when trying to {action} {target} at {where}{said}",
+            "retry; if it persists, check the server (re-run with --debug for the traceback).",
+        )
+    return JobError(
+        f"S3 failure ({type(err).__name__}) when trying to {action} {target} at {where}.",
+        "retry; re-run with --debug for the traceback.",
+    )
 
 
 def _raise(exc: BaseException, client, bucket: str | None, key: str | None, action: str) -> None:
-    raise translate_error(exc, bucket, key, endpoint_of(client), action) from exc
+    raise translate_error(exc, bucket, key, endpoint_of(client), action, client) from exc
 
 
 # --- bucket and objects --------------------------------------------------------------------------
 def check_bucket(s3_uri_: str, client=None) -> None:
-    """Fail with a JobError unless the bucket exists and the credentials may list it."""
+    """Fail with a JobError unless the bucket exists and the credentials may list it.
+
+    Uses ListObjectsV2 (one request) rather than HeadBucket: a HEAD answer has no body, so it
+    cannot tell "wrong credentials" from "access denied".
+    """
     from botocore.exceptions import BotoCoreError, ClientError
 
     bucket, prefix = parse_s3_uri(s3_uri_)
     client = client or s3_client()
     try:
-        client.head_bucket(Bucket=bucket)
         client.list_objects_v2(Bucket=bucket, Prefix=prefix, MaxKeys=1)
     except (ClientError, BotoCoreError) as exc:
         _raise(exc, client, bucket, None, "reach")
@@ -224,6 +253,18 @@ def _files_under(local: Path) -> list[Path]:
     return sorted(p for p in local.rglob("*") if p.is_file())
 
 
+def upload_file(path: Path, bucket: str, key: str, client, *, config=None, extra_args: dict[str, Any] | None = None, callback=None) -> str:
+    """Upload one file through the transfer manager (multipart above the threshold); return its URI."""
+    from boto3.exceptions import S3UploadFailedError
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    try:
+        client.upload_file(str(path), bucket, key, ExtraArgs=extra_args or None, Config=config or transfer_config(), Callback=callback)
+    except (ClientError, BotoCoreError, S3UploadFailedError) as exc:
+        _raise(exc, client, bucket, key, "upload to")
+    return s3_uri(bucket, key)
+
+
 def upload_path(local: Path, s3_uri_: str, client=None, *, config=None, extra_args: dict[str, Any] | None = None) -> list[str]:
     """Upload a file or a whole directory; return the ``s3://`` URIs written.
 
@@ -231,10 +272,10 @@ def upload_path(local: Path, s3_uri_: str, client=None, *, config=None, extra_ar
     ``/`` or names only the bucket. A directory's files go to ``<prefix>/<relative path>``.
     ``config`` is a boto3 ``TransferConfig`` (default: :func:`transfer_config`, 8 MiB multipart
     threshold); ``extra_args`` are passed to ``upload_file`` (e.g. ``{"ChecksumAlgorithm": "SHA256"}``).
-    """
-    from botocore.exceptions import BotoCoreError, ClientError
-    from boto3.exceptions import S3UploadFailedError
 
+    The bucket is checked first (:func:`check_bucket`): some S3-compatible servers (SeaweedFS)
+    answer a PUT into a missing bucket with a retried InternalError and create the bucket.
+    """
     local = Path(local)
     bucket, prefix = parse_s3_uri(s3_uri_)
     if local.is_file():
@@ -245,15 +286,9 @@ def upload_path(local: Path, s3_uri_: str, client=None, *, config=None, extra_ar
     else:
         raise JobError(f"{local} does not exist.", "pass an existing file or directory to upload.")
     client = client or s3_client()
+    check_bucket(s3_uri_, client)
     config = config or transfer_config()
-    written = []
-    for path, key in pairs:
-        try:
-            client.upload_file(str(path), bucket, key, ExtraArgs=extra_args or None, Config=config)
-        except (ClientError, BotoCoreError, S3UploadFailedError) as exc:
-            _raise(exc, client, bucket, key, "upload to")
-        written.append(s3_uri(bucket, key))
-    return written
+    return [upload_file(path, bucket, key, client, config=config, extra_args=extra_args) for path, key in pairs]
 
 
 def _safe_local(local_dir: Path, rel: str, uri: str) -> Path:
@@ -294,3 +329,13 @@ def download_prefix(s3_uri_: str, local_dir: Path, client=None, *, config=None) 
             _raise(exc, client, bucket, key, "download")
         out.append(path)
     return out
+
+
+def error_code(exc: BaseException) -> str | None:
+    """The S3 error code behind ``exc`` (e.g. ``"NoSuchBucket"``), also through JobError/transfer wrappers."""
+    from botocore.exceptions import ClientError
+
+    err = _client_error(exc)
+    if isinstance(err, ClientError):
+        return str(err.response.get("Error", {}).get("Code", "")) or None
+    return None
