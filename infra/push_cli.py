@@ -1,0 +1,74 @@
+"""``job push``: publish a finished run to S3 and/or the Hugging Face Hub.
+
+Registered on the main group with ``cli.add_command(push)`` in :mod:`job.cli`; errors are
+JobErrors, which ``job.cli.main`` prints as one paragraph with exit code 2.
+"""
+
+from __future__ import annotations
+
+import click
+
+from job.errors import JobError
+
+
+def push_run(
+    run_dir,
+    s3_uri: str | None = None,
+    hub_repo: str | None = None,
+    hub_private: bool = True,
+    endpoint_url: str | None = None,
+    echo=click.echo,
+    progress: bool = False,
+) -> str:
+    """Check every destination first, then publish; return the one-line summary (also echoed)."""
+    from infra import publish as P
+
+    if not s3_uri and not hub_repo:
+        raise JobError("Nothing to publish to.", "pass --s3-uri s3://BUCKET/PREFIX and/or --hub-repo NAMESPACE/NAME.")
+    root = P.run_root(run_dir)
+    client = None
+    if hub_repo:
+        from infra.hub import check_hub_token
+
+        check_hub_token(hub_repo)
+    if s3_uri:
+        from infra.s3 import s3_client
+
+        client = s3_client(endpoint_url)
+        P.check_s3_destination(s3_uri, client)
+
+    done = []
+    if s3_uri:
+        pub = P.publish_s3(root, s3_uri, client=client, progress=progress, echo=echo)
+        done.append(f"S3 {pub.uri} ({pub.status}: {pub.files} files, {pub.bytes / 1e6:.1f} MB, manifest {pub.manifest_uri})")
+    if hub_repo:
+        from infra.hub import publish_hub
+
+        hub = publish_hub(root, hub_repo, private=hub_private)
+        done.append(f"Hub {hub.url} ({'private' if hub.private else 'public'})")
+    line = f"push: {root} -> " + "; ".join(done)
+    echo(line)
+    return line
+
+
+@click.command("push")
+@click.option("--run-dir", required=True, type=click.Path(file_okay=False), help="A finished run directory (after `job run`).")
+@click.option("--s3-uri", envvar="JOB_S3_URI", default=None, help="Publish under s3://BUCKET/PREFIX/<run-id>/.  [env JOB_S3_URI]")
+@click.option("--hub-repo", envvar="JOB_HUB_REPO", default=None, help="Push the model to this Hub repo (NAMESPACE/NAME).  [env JOB_HUB_REPO]")
+@click.option(
+    "--hub-private/--public", "hub_private", envvar="JOB_HUB_PRIVATE", default=True,
+    help="Create the Hub repo as private (default) or public.  [env JOB_HUB_PRIVATE]",
+)  # fmt: skip
+@click.option(
+    "--endpoint-url", envvar="AWS_ENDPOINT_URL_S3", default=None,
+    help="S3-compatible endpoint (MinIO, SeaweedFS...).  [env AWS_ENDPOINT_URL_S3]",
+)  # fmt: skip
+@click.option("--debug", is_flag=True, help="Show Python tracebacks for errors.")
+def push(run_dir: str, s3_uri: str | None, hub_repo: str | None, hub_private: bool, endpoint_url: str | None, debug: bool) -> None:
+    """Publish a finished run: model, report and manifest to S3; the model with its card to the Hub.
+
+    Credentials come from the environment only: AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY (or an
+    AWS profile) for S3, HF_TOKEN or the token file (HF_TOKEN_PATH, `hf auth login`) for the Hub.
+    Both destinations are checked before anything is uploaded.
+    """
+    push_run(run_dir, s3_uri, hub_repo, hub_private, endpoint_url, echo=click.echo, progress=True)

@@ -1,0 +1,190 @@
+"""Hub publishing (infra.hub).
+
+The Hub cannot be reached here, so the upload itself is tested with a local fake at the HfApi
+boundary only: ``HfApi.create_repo``, ``HfApi.model_info`` and ``HfApi.upload_folder`` are
+monkeypatched to record their calls. Token discovery, the fail-fast checks, the model-card check
+and the scrubbing of the token from errors are the real code.
+"""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+
+from infra import hub as H
+from job.errors import JobError
+
+TOKEN = "hf_FakeTokenForTests0123456789abcdef"
+
+
+@pytest.fixture()
+def hub_env(monkeypatch, tmp_path):
+    """Online mode, no token anywhere (HF_HOME points to an empty folder)."""
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    monkeypatch.delenv("HF_TOKEN_PATH", raising=False)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
+    return tmp_path / "hf-home"
+
+
+@pytest.fixture()
+def fake_hub(monkeypatch):
+    """Record HfApi calls instead of making HTTP requests; ``state`` steers the answers."""
+    from huggingface_hub import HfApi
+
+    state = SimpleNamespace(calls=[], public_repo=False, fail_with=None)
+
+    def create_repo(self, repo_id, **kw):
+        state.calls.append(("create_repo", self.token, repo_id, kw))
+        return SimpleNamespace(url=f"https://huggingface.co/{repo_id}")
+
+    def model_info(self, repo_id, **kw):
+        state.calls.append(("model_info", self.token, repo_id, kw))
+        return SimpleNamespace(private=not state.public_repo)
+
+    def upload_folder(self, **kw):
+        state.calls.append(("upload_folder", self.token, kw["repo_id"], kw))
+        if state.fail_with is not None:
+            raise state.fail_with
+        return SimpleNamespace(commit_url=f"https://huggingface.co/{kw['repo_id']}/commit/abc123")
+
+    monkeypatch.setattr(HfApi, "create_repo", create_repo)
+    monkeypatch.setattr(HfApi, "model_info", model_info)
+    monkeypatch.setattr(HfApi, "upload_folder", upload_folder)
+    return state
+
+
+# --- token discovery -----------------------------------------------------------------------------
+def test_no_token_fails_fast(hub_env):
+    with pytest.raises(JobError) as info:
+        H.check_hub_token("me/model")
+    msg = info.value.message
+    assert "no token was found" in msg and str(hub_env / "token") in msg
+    assert "export HF_TOKEN" in msg and "Never pass it on the command line" in msg
+
+
+def test_offline_mode_fails_fast(hub_env, monkeypatch):
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(JobError, match="HF_HUB_OFFLINE=1"):
+        H.check_hub_token()
+
+
+def test_token_sources(hub_env, monkeypatch, tmp_path):
+    hub_env.mkdir()
+    (hub_env / "token").write_text(TOKEN + "-file\n")
+    assert H.hub_token() == TOKEN + "-file"  # the standard token file ($HF_HOME/token)
+    secret = tmp_path / "secret"
+    secret.write_text(f"  {TOKEN}-secret\n")
+    monkeypatch.setenv("HF_TOKEN_PATH", str(secret))
+    assert H.hub_token() == TOKEN + "-secret"  # HF_TOKEN_PATH beats the standard file
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
+    assert H.hub_token() == TOKEN  # the environment variable beats both
+    H.check_hub_token("me/model")
+
+
+def test_token_path_that_does_not_exist(hub_env, monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_TOKEN_PATH", str(tmp_path / "missing"))
+    with pytest.raises(JobError, match=r"HF_TOKEN_PATH points to .*missing, which is not a file"):
+        H.check_hub_token()
+
+
+def test_bad_repo_id(hub_env, monkeypatch):
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
+    with pytest.raises(JobError, match="is not a valid Hub repo id"):
+        H.check_hub_token("not a/valid//id")
+
+
+def test_scrub():
+    assert H.scrub(f"Bearer {TOKEN} failed", TOKEN) == "Bearer *** failed"
+    assert H.scrub("leaked hf_abcdefghijklmnop here") == "leaked hf_*** here"
+
+
+# --- publishing (fake HfApi) ---------------------------------------------------------------------
+def test_publish_hub_uploads_model_folder(hub_env, monkeypatch, fake_run_dir, fake_hub):
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
+    pub = H.publish_hub(fake_run_dir, "me/tiny-embed")
+    assert pub.url == "https://huggingface.co/me/tiny-embed" and pub.private is True
+    assert pub.commit_url.endswith("/commit/abc123")
+    names = [c[0] for c in fake_hub.calls]
+    assert names == ["create_repo", "model_info", "upload_folder"]
+    assert all(c[1] == TOKEN for c in fake_hub.calls)  # the token goes to the client, nowhere else
+    create = fake_hub.calls[0][3]
+    assert create["private"] is True and create["exist_ok"] is True and create["repo_type"] == "model"
+    upload = fake_hub.calls[2][3]
+    assert upload["folder_path"] == str(fake_run_dir / "model")
+    assert "(run run-a-" in upload["commit_message"]
+
+
+def test_publish_hub_public(hub_env, monkeypatch, fake_run_dir, fake_hub):
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
+    fake_hub.public_repo = True
+    assert H.publish_hub(fake_run_dir, "me/open", private=False).private is False
+    assert [c[0] for c in fake_hub.calls] == ["create_repo", "upload_folder"]
+    assert fake_hub.calls[0][3]["private"] is False
+
+
+def test_private_push_into_an_existing_public_repo_is_refused(hub_env, monkeypatch, fake_run_dir, fake_hub):
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
+    fake_hub.public_repo = True
+    with pytest.raises(JobError, match="already exists and is public"):
+        H.publish_hub(fake_run_dir, "me/open")
+    assert "upload_folder" not in [c[0] for c in fake_hub.calls]
+
+
+def test_missing_token_stops_before_any_hub_call(hub_env, fake_run_dir, fake_hub):
+    with pytest.raises(JobError, match="no token was found"):
+        H.publish_hub(fake_run_dir, "me/tiny-embed")
+    assert fake_hub.calls == []
+
+
+def test_card_without_evaluation_is_refused(hub_env, monkeypatch, fake_run_dir, fake_hub):
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
+    (fake_run_dir / "model" / "README.md").write_text("# a card without results\n")
+    with pytest.raises(JobError, match="does not carry the evaluation table.*job evaluate"):
+        H.publish_hub(fake_run_dir, "me/tiny-embed")
+    assert fake_hub.calls == []
+
+
+def _http_error(status: int, message: str):
+    import httpx
+    from huggingface_hub.errors import HfHubHTTPError
+
+    request = httpx.Request("POST", "https://huggingface.co/api/repos/create", headers={"authorization": f"Bearer {TOKEN}"})
+    return HfHubHTTPError(message, response=httpx.Response(status, request=request))
+
+
+@pytest.mark.parametrize(
+    "error, expected",
+    [
+        (lambda: _http_error(401, f"401 Unauthorized for token {TOKEN}"), "rejected the token (401 Unauthorized)"),
+        (lambda: _http_error(403, f"403 Forbidden: token {TOKEN} cannot write"), "403 Forbidden"),
+        (lambda: RuntimeError(f"connection reset while sending Authorization: Bearer {TOKEN}"), "failed: connection reset"),
+    ],
+)
+def test_token_never_appears_in_errors(hub_env, monkeypatch, fake_run_dir, fake_hub, error, expected):
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
+    fake_hub.fail_with = error()
+    with pytest.raises(JobError) as info:
+        H.publish_hub(fake_run_dir, "me/tiny-embed")
+    assert expected in info.value.message
+    assert TOKEN not in info.value.message
+    assert info.value.__cause__ is None and info.value.__suppress_context__  # no traceback chain holding it
+
+
+def test_push_command_hub(hub_env, monkeypatch, fake_run_dir, fake_hub, capsys):
+    """`job push --hub-repo`: the token comes from the environment, never appears in the output."""
+    from infra.push_cli import push
+    from job import cli
+
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
+    monkeypatch.setitem(cli.cli.commands, "push", push)
+    assert cli.main(["push", "--run-dir", str(fake_run_dir), "--hub-repo", "me/tiny-embed"]) == 0
+    out, err = capsys.readouterr()
+    assert out.strip().splitlines()[-1] == f"push: {fake_run_dir} -> Hub https://huggingface.co/me/tiny-embed (private)"
+    assert TOKEN not in out + err
+    fake_hub.fail_with = _http_error(401, f"bad token {TOKEN}")
+    assert cli.main(["push", "--run-dir", str(fake_run_dir), "--hub-repo", "me/tiny-embed", "--public"]) == 2
+    out, err = capsys.readouterr()
+    assert "error: The Hub rejected the token" in err and TOKEN not in out + err
