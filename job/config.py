@@ -116,6 +116,11 @@ class JobConfig:
         choices=("auto", "no"),
     )
     dataloader_workers: int = _opt(0, "DataLoader worker processes.")
+    token_cache: bool = _opt(
+        True,
+        "Fast data pipeline: tokenize each distinct training text once (not in every batch of every epoch) and "
+        "check batch duplicates on integer ids. Same batches and tensors as sentence-transformers' own pipeline.",
+    )
     # --- publishing ------------------------------------------------------------------------
     s3_uri: str | None = _opt(
         None, "Publish model and report under this s3://bucket/prefix (one sub-prefix per run) after `job run`."

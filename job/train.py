@@ -14,6 +14,8 @@ from job.config import JobConfig
 from job.data import IRData, Pair
 from job.errors import JobError
 from job.evaluation import build_evaluator, metric_key
+from job.sampler import IdNoDuplicatesBatchSampler
+from job.token_cache import cached_trainer_class
 
 logger = logging.getLogger(__name__)
 
@@ -120,7 +122,8 @@ def train_model(
         warmup_steps=cfg.warmup_ratio,  # a float < 1 is a ratio in transformers 5
         lr_scheduler_type=cfg.lr_scheduler,
         weight_decay=cfg.weight_decay,
-        batch_sampler=BatchSamplers.NO_DUPLICATES,
+        # sentence-transformers' no-duplicates batches, with duplicate checks on precomputed ids
+        batch_sampler=IdNoDuplicatesBatchSampler if cfg.token_cache else BatchSamplers.NO_DUPLICATES,
         save_strategy="steps" if cfg.eval_steps else "epoch",
         save_steps=cfg.eval_steps or 500,
         save_total_limit=cfg.save_total_limit,
@@ -133,9 +136,12 @@ def train_model(
         **precision_flags(cfg.mixed_precision),
         **select,
     )
-    trainer = SentenceTransformerTrainer(
+    trainer_class = cached_trainer_class() if cfg.token_cache else SentenceTransformerTrainer
+    trainer = trainer_class(
         model=model, args=args, train_dataset=train_ds, loss=loss, evaluator=evaluator, callbacks=callbacks
     )
+    if cfg.token_cache:
+        trainer.warm_token_cache(train_ds)
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
     start = time.perf_counter()

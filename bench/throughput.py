@@ -1,0 +1,191 @@
+"""Training throughput: pairs/s and where each step's time goes.
+
+    python bench/throughput.py --data ../shared/data/financial-qa-10k/Financial-QA-10k.csv \
+        [--parts pipeline,tiny,minilm] [--steps 20] [--batch-size 32] [--threads 1]
+
+Parts:
+  pipeline  the data pipeline alone, no model: the no-duplicates batch sampler, the row fetch and
+            the collator's tokenization, as the trainer's DataLoader runs them (one process), with the
+            job's fast pipeline (token cache + id-based sampler); pipeline-nocache: sentence-transformers'
+            own (row lookups in the sampler, tokenization in every batch).
+  tiny      full training steps with a tiny random BERT (the host-side cost dominates).
+  minilm    full training steps with all-MiniLM-L6-v2 (the bundled offline copy).
+On CUDA the model parts run on the GPU. Each prints pairs/s, the split of a step into waiting for
+data vs forward/backward/optimizer, and peak host (and GPU) memory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import resource
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+from transformers import TrainerCallback  # noqa: E402
+
+from job import data as D  # noqa: E402
+from job.config import resolve_config  # noqa: E402
+from job.models import load_model, resolve_dims  # noqa: E402
+from job.train import train_model  # noqa: E402
+
+
+def load_pairs(path: str, limit: int | None) -> list[D.Pair]:
+    records = D.load_records(path)
+    q, p = D.detect_columns(list(records.rows[0]), None, None, records.source)
+    pairs = D.validate_pairs(records, q, p, drop_invalid=True).pairs
+    return pairs[:limit] if limit else pairs
+
+
+def bench_pipeline(pairs: list[D.Pair], model, batch_size: int, token_cache: bool, epochs: int = 2) -> dict:
+    """Sampler + fetch + tokenize/collate exactly as the job's trainer builds its DataLoader;
+    epoch 1 includes tokenizing into the cache (when on), later epochs show the steady state."""
+    import datasets
+    from sentence_transformers import SentenceTransformerTrainer, SentenceTransformerTrainingArguments
+    from sentence_transformers.base.sampler import BatchSamplers
+    from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
+
+    from job.sampler import IdNoDuplicatesBatchSampler
+    from job.token_cache import cached_trainer_class
+
+    ds = datasets.Dataset.from_dict({"anchor": [p.question for p in pairs], "positive": [p.passage for p in pairs]})
+    with tempfile.TemporaryDirectory() as tmp:
+        args = SentenceTransformerTrainingArguments(
+            output_dir=tmp, per_device_train_batch_size=batch_size,
+            batch_sampler=IdNoDuplicatesBatchSampler if token_cache else BatchSamplers.NO_DUPLICATES,
+            report_to="none", use_cpu=not torch.cuda.is_available(),
+        )  # fmt: skip
+        cls = cached_trainer_class() if token_cache else SentenceTransformerTrainer
+        trainer = cls(model=model, args=args, train_dataset=ds, loss=MultipleNegativesRankingLoss(model))
+        t0 = time.perf_counter()
+        if token_cache:
+            trainer.warm_token_cache(ds)
+        warm_s = time.perf_counter() - t0
+        loader = trainer.get_train_dataloader()
+        t0 = time.perf_counter()
+        n_batches = sum(1 for _ in loader.batch_sampler)
+        sampler_s = time.perf_counter() - t0
+        per_epoch = []
+        for epoch in range(epochs):
+            loader.batch_sampler.set_epoch(epoch) if hasattr(loader.batch_sampler, "set_epoch") else None
+            t0 = time.perf_counter()
+            n = sum(batch["anchor_input_ids"].shape[0] for batch in loader)
+            per_epoch.append(round(n / (time.perf_counter() - t0 + (warm_s if epoch == 0 else 0.0)), 1))
+    return {
+        "token_cache": token_cache,
+        "pairs": len(pairs),
+        "batches": n_batches,
+        "sampler_only_pairs_per_s": round(len(pairs) / sampler_s, 1),
+        "tokenize_into_cache_seconds": round(warm_s, 2),
+        "pairs_per_s_by_epoch": per_epoch,
+    }
+
+
+class StepTimer(TrainerCallback):
+    """Splits wall time into 'inside the step' (forward, backward, optimizer) and 'between steps'
+    (waiting for the next batch: sampling, fetching, tokenizing, collating, host-to-device)."""
+
+    def __init__(self):
+        self.inside: list[float] = []
+        self.between: list[float] = []
+        self._t = None
+        self._end = None
+
+    def on_step_begin(self, args, state, control, **kw):
+        now = time.perf_counter()
+        if self._end is not None:
+            self.between.append(now - self._end)
+        self._t = now
+
+    def on_step_end(self, args, state, control, **kw):
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        self._end = time.perf_counter()
+        self.inside.append(self._end - self._t)
+
+
+def bench_training(pairs: list[D.Pair], model_name: str, batch_size: int, steps: int, extra: dict) -> dict:
+    cfg = resolve_config(
+        cli={"model": model_name, "batch_size": batch_size, "max_steps": steps, "logging_steps": 1000, **extra}, environ={}
+    )
+    model = load_model(cfg.model, max_seq_length=cfg.max_seq_length, train=True)
+    dims = resolve_dims(cfg, model)
+    timer = StepTimer()
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+    with tempfile.TemporaryDirectory() as tmp:
+        t0 = time.perf_counter()
+        result = train_model(cfg, model, dims, dims[0], pairs, None, Path(tmp), callbacks=[timer])
+        wall = time.perf_counter() - t0
+    inside = timer.inside[2:] or timer.inside  # drop warm-up steps
+    between = timer.between[2:] or timer.between or [0.0]
+    step = statistics.mean(inside) + statistics.mean(between)
+    return {
+        "model": model_name,
+        "steps": result.summary["global_steps"],
+        "batch_size": batch_size,
+        "wall_seconds_incl_setup": round(wall, 2),
+        "trainer_pairs_per_s": result.summary["pairs_per_second"],
+        "steady_pairs_per_s": round(batch_size / step, 1),
+        "ms_per_step_compute": round(statistics.mean(inside) * 1000, 1),
+        "ms_per_step_waiting_for_data": round(statistics.mean(between) * 1000, 1),
+        "data_share": round(statistics.mean(between) / step, 3),
+        "peak_gpu_mib": round(torch.cuda.max_memory_allocated() / 2**20) if torch.cuda.is_available() else None,
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", required=True)
+    ap.add_argument("--parts", default="pipeline-nocache,pipeline,tiny,minilm")
+    ap.add_argument("--limit", type=int, default=None, help="use the first N valid pairs")
+    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    ap.add_argument("--tiny-model", default=None, help="path of a tiny model (default: build one)")
+    ap.add_argument("--set", action="append", default=[], help="extra config KEY=VALUE for training parts")
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    extra = dict(kv.split("=", 1) for kv in args.set)
+    pairs = load_pairs(args.data, args.limit)
+    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"CPU x{torch.get_num_threads()} threads"
+    info = {"machine": f"{platform.machine()} {device}", "torch": torch.__version__, "pairs": len(pairs)}
+    print("setup:", json.dumps(info), flush=True)
+    out = {"setup": info}
+    tiny = args.tiny_model
+    if "tiny" in args.parts:
+        if tiny is None:
+            sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+            from conftest import build_tiny_model
+
+            texts = [p.question for p in pairs[:2000]] + [p.passage for p in pairs[:2000]]
+            tiny = str(build_tiny_model(Path(tempfile.mkdtemp()), texts))
+    for part in args.parts.split(","):
+        if part in ("pipeline", "pipeline-nocache"):
+            model = load_model("bundled:all-MiniLM-L6-v2")  # its tokenizer; no forward pass is run
+            res = bench_pipeline(pairs, model, args.batch_size, token_cache=part == "pipeline")
+        elif part == "tiny":
+            res = bench_training(pairs, tiny, args.batch_size, args.steps, extra)
+        elif part == "minilm":
+            res = bench_training(pairs, "bundled:all-MiniLM-L6-v2", args.batch_size, args.steps, extra)
+        else:
+            raise SystemExit(f"unknown part {part!r}")
+        res["peak_host_mib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+        out[part] = res
+        print(f"{part}:", json.dumps(res), flush=True)
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(out, indent=2))
+
+
+if __name__ == "__main__":
+    main()
