@@ -95,6 +95,12 @@ class JobConfig:
         choices=("mnrl", "cached_mnrl"),
     )
     mini_batch_size: int = _opt(32, "Mini-batch size for cached_mnrl.")
+    hard_negatives: int = _opt(
+        0, "Mine N hard negatives per pair from the training passages with the base model before training (0: off)."
+    )
+    hard_negative_margin: float = _opt(
+        0.05, "Relative margin: a mined negative must score below (1 - margin) x the positive's score."
+    )
     epochs: float = _opt(4.0, "Training epochs.")
     max_steps: int = _opt(-1, "Stop after this many optimizer steps (-1: run all epochs).")
     batch_size: int = _opt(32, "Pairs per batch: every other passage in the batch is a negative.")
@@ -295,6 +301,8 @@ def resolve_config(
 
 
 def validate_config(cfg: JobConfig) -> None:
+    if cfg.hard_negatives < 0:
+        raise JobError(f"hard_negatives is {cfg.hard_negatives}; it must be 0 or more.", "pass e.g. --hard-negatives 1.")
     if cfg.eval_steps is not None and cfg.eval_steps < 1:
         raise JobError(f"eval_steps is {cfg.eval_steps}; it must be at least 1.", "pass a positive --eval-steps or leave it unset.")
     positive_ints = ("batch_size", "gradient_accumulation_steps", "mini_batch_size", "eval_batch_size", "logging_steps")

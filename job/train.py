@@ -14,6 +14,7 @@ from job.config import JobConfig
 from job.data import IRData, Pair
 from job.errors import JobError
 from job.evaluation import build_evaluator, metric_key
+from job.negatives import add_hard_negatives
 from job.sampler import IdNoDuplicatesBatchSampler
 from job.token_cache import cached_trainer_class
 
@@ -86,9 +87,17 @@ def train_model(
             raise JobError(f"--resume was given, but {checkpoint_dir} holds no checkpoint.", "drop --resume to start training afresh.")
         logger.info("resuming from %s", resume_from)
 
-    train_ds = datasets.Dataset.from_dict(
-        {"anchor": [p.question for p in train_pairs], "positive": [p.passage for p in train_pairs]}
-    )
+    negatives_stats = None
+    if cfg.hard_negatives:
+        train_ds, negatives_stats = add_hard_negatives(
+            train_pairs, model, cfg.hard_negatives, margin=cfg.hard_negative_margin, seed=cfg.seed,
+            batch_size=cfg.eval_batch_size, query_prompt=cfg.query_prompt, passage_prompt=cfg.passage_prompt,
+        )  # fmt: skip
+        logger.info("hard negatives: %s", negatives_stats)
+    else:
+        train_ds = datasets.Dataset.from_dict(
+            {"anchor": [p.question for p in train_pairs], "positive": [p.passage for p in train_pairs]}
+        )
     batch_size = min(cfg.batch_size, len(train_pairs))
     loss = build_loss(model, cfg, dims)
     evaluator = None
@@ -111,6 +120,8 @@ def train_model(
         if cfg.eval_steps:
             select["eval_steps"] = cfg.eval_steps
     prompts = {k: v for k, v in (("anchor", cfg.query_prompt), ("positive", cfg.passage_prompt)) if v}
+    if cfg.passage_prompt:  # mined negatives are passages too
+        prompts.update({c: cfg.passage_prompt for c in train_ds.column_names if c.startswith("negative")})
     args = SentenceTransformerTrainingArguments(
         output_dir=str(checkpoint_dir),
         num_train_epochs=cfg.epochs,
@@ -160,6 +171,7 @@ def train_model(
         "train_seconds": round(seconds, 2),
         "pairs_per_second": round(output.metrics.get("train_samples_per_second", 0.0), 2),
         "train_loss": output.training_loss,
+        "hard_negatives": negatives_stats,
         "resumed_from": resume_from,
         "best_checkpoint": state.best_model_checkpoint,
         "best_metric": state.best_metric,

@@ -158,3 +158,39 @@ def test_beir_eval_data_is_used_for_the_test(tmp_path, tiny_model_path, pairs_fi
     assert summary["splits"]["test"] == 0  # every pair is used for training and validation
     record = baseline(cfg, rd, echo=lambda m: None)
     assert record["queries"] == 2 and record["corpus_size"] == 2
+
+
+def test_hard_negatives_are_mined_and_trained_on(tmp_path, tiny_model_path, pairs_file):
+    cfg = _cfg(tmp_path, tiny_model_path, pairs_file, hard_negatives=2, max_steps=2)
+    rd = RunDir(cfg.run_dir)
+    prepare(cfg, rd, echo=lambda m: None)
+    record = train(cfg, rd, echo=lambda m: None)
+    stats = record["hard_negatives"]
+    assert stats["negatives_per_pair"] == 2
+    assert stats["pairs_with_mined_negatives"] + stats["pairs_with_random_fallback"] == record["train_pairs"] == 48
+
+
+def test_hard_negatives_never_use_the_positive_or_its_duplicates(tiny_model_path):
+    from sentence_transformers import SentenceTransformer
+
+    from job.data import Pair
+    from job.negatives import add_hard_negatives
+
+    from conftest import make_pairs
+
+    pairs = [Pair(r["question"], r["context"]) for r in make_pairs(3)]  # each passage appears 3 times
+    ds, stats = add_hard_negatives(pairs, SentenceTransformer(str(tiny_model_path)), 3, seed=1)
+    assert ds.column_names == ["anchor", "positive", "negative_1", "negative_2", "negative_3"]
+    assert len(ds) == len(pairs)
+    for row in ds:
+        negatives = [row["negative_1"], row["negative_2"], row["negative_3"]]
+        assert row["positive"] not in negatives
+        assert len(set(negatives)) == 3
+
+
+def test_too_few_passages_for_the_requested_negatives(tmp_path, tiny_model_path, pairs_file):
+    cfg = _cfg(tmp_path, tiny_model_path, pairs_file, hard_negatives=12, max_steps=1)
+    rd = RunDir(cfg.run_dir)
+    prepare(cfg, rd, echo=lambda m: None)
+    with pytest.raises(JobError, match=r"only 12 distinct passages.*at most 11"):
+        train(cfg, rd, echo=lambda m: None)
