@@ -279,8 +279,15 @@ def _download_sha256(client, bucket: str, key: str) -> str:
 
 
 def verify_object(client, bucket: str, key: str, f: RunFile) -> tuple[bool, str]:
-    """Does the object at ``key`` hold exactly ``f``? Returns (ok, method used)."""
-    head = _call(client, bucket, key, "verify", client.head_object, ChecksumMode="ENABLED")
+    """Does the object at ``key`` hold exactly ``f``? Returns (ok, method used); (False, "missing") if absent."""
+    from botocore.exceptions import ClientError
+
+    try:
+        head = client.head_object(Bucket=bucket, Key=key, ChecksumMode="ENABLED")
+    except ClientError as exc:
+        if S.error_code(exc) in ("404", "NoSuchKey", "NotFound"):
+            return False, "missing"
+        raise S.translate_error(exc, bucket, key, S.endpoint_of(client), "verify", client) from exc
     if head.get("ContentLength") != f.size:
         return False, "size"
     remote = head.get("ChecksumSHA256")

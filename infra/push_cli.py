@@ -11,6 +11,24 @@ import click
 from job.errors import JobError
 
 
+def check_destinations(s3_uri: str | None, hub_repo: str | None, endpoint_url: str | None = None, client=None):
+    """Fail fast, before any training or upload: the Hub token (and offline mode, repo id) when
+    ``hub_repo`` is set; the bucket, endpoint and credentials when ``s3_uri`` is set. Makes no
+    request to the Hub; one ListObjectsV2 to S3. Returns the S3 client (or None) for reuse."""
+    if hub_repo:
+        from infra.hub import check_hub_token
+
+        check_hub_token(hub_repo)
+    if s3_uri:
+        from infra.publish import check_s3_destination
+        from infra.s3 import s3_client
+
+        client = client or s3_client(endpoint_url)
+        check_s3_destination(s3_uri, client)
+        return client
+    return None
+
+
 def push_run(
     run_dir,
     s3_uri: str | None = None,
@@ -26,17 +44,7 @@ def push_run(
     if not s3_uri and not hub_repo:
         raise JobError("Nothing to publish to.", "pass --s3-uri s3://BUCKET/PREFIX and/or --hub-repo NAMESPACE/NAME.")
     root = P.run_root(run_dir)
-    client = None
-    if hub_repo:
-        from infra.hub import check_hub_token
-
-        check_hub_token(hub_repo)
-    if s3_uri:
-        from infra.s3 import s3_client
-
-        client = s3_client(endpoint_url)
-        P.check_s3_destination(s3_uri, client)
-
+    client = check_destinations(s3_uri, hub_repo, endpoint_url)
     done = []
     if s3_uri:
         pub = P.publish_s3(root, s3_uri, client=client, progress=progress, echo=echo)

@@ -181,6 +181,17 @@ def test_verify_object_by_checksum_and_by_download(s3_env, s3_bucket, fake_run_d
     assert P.verify_object(client, s3_bucket, key, f) == (True, "checksum-sha256")
 
 
+def test_republishing_restores_a_deleted_object(s3_env, s3_bucket, fake_run_dir):
+    client = S.s3_client()
+    pub = P.publish_s3(fake_run_dir, f"s3://{s3_bucket}/m", client=client)
+    key = f"m/{pub.run_id}/report/report.md"
+    client.delete_object(Bucket=s3_bucket, Key=key)
+    f = next(f for f in P.run_files(fake_run_dir) if f.path == "report/report.md")
+    assert P.verify_object(client, s3_bucket, key, f) == (False, "missing")
+    assert P.publish_s3(fake_run_dir, f"s3://{s3_bucket}/m", client=client).status == "republished"
+    assert P.verify_object(client, s3_bucket, key, f) == (True, "checksum-sha256")
+
+
 def test_multipart_objects_verify_by_composite_checksum(s3_env, s3_bucket, tmp_path):
     run = make_run_dir(tmp_path, weights=os.urandom(9 * MiB))
     client = S.s3_client()
@@ -254,3 +265,16 @@ def test_push_command_errors_exit_2(s3_env, s3_bucket, fake_run_dir, job_cli, ca
     assert job_cli.main(argv) == 2
     assert "no token was found" in capsys.readouterr().err
     assert _keys(s3_env.client(), s3_bucket) == []
+
+
+def test_job_run_checks_destinations_before_any_step(s3_env, tmp_path, capsys):
+    """Once job/cli.py wires publishing into `job run` (see the lead's integration), a bad
+    destination stops the run before any step: here nothing is even created in the run dir."""
+    from job import cli
+
+    if "push" not in cli.cli.commands:
+        pytest.skip("job/cli.py does not register `job push` / publish after `job run` yet")
+    run_dir = tmp_path / "run"
+    assert cli.main(["run", "--run-dir", str(run_dir), "--s3-uri", "s3://absent-bucket/x"]) == 2
+    assert "The bucket 'absent-bucket' does not exist" in capsys.readouterr().err
+    assert not run_dir.exists()
