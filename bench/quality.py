@@ -67,7 +67,11 @@ def main() -> None:
     ap.add_argument("--test-limit", type=int, default=None, help="score only the first N test questions")
     ap.add_argument("--epochs", type=float, default=None, help="override every preset's epochs")
     ap.add_argument("--max-seq-length", type=int, default=None)
-    ap.add_argument("--set", action="append", default=[], help="extra config KEY=VALUE for the trained rows")
+    ap.add_argument("--set", action="append", default=[], help="extra config KEY=VALUE for every trained row")
+    ap.add_argument(
+        "--variant", action="append", default=[],
+        help="an extra row NAME:KEY=VALUE[,KEY=VALUE...] on top of the default recipe, e.g. hn1:hard_negatives=1",
+    )  # fmt: skip
     ap.add_argument("--out", default=None, help="write the results as JSON here")
     args = ap.parse_args()
 
@@ -99,11 +103,16 @@ def main() -> None:
     }
     print("protocol:", json.dumps(protocol), flush=True)
 
+    variants = {}
+    for spec in args.variant:
+        name, _, settings = spec.partition(":")
+        variants[name] = dict(kv.split("=", 1) for kv in settings.split(",") if kv)
     results = []
-    for preset in args.presets.split(","):
+    for preset in [p for p in args.presets.split(",") if p] + list(variants):
         extra = dict(kv.split("=", 1) for kv in args.set) if preset not in ("base",) else {}
+        extra.update(variants.get(preset, {}))
         cli = {"model": args.model, "max_seq_length": args.max_seq_length, "seed": args.seed, **extra}
-        if preset not in ("base", "default"):
+        if preset not in ("base", "default") and preset not in variants:
             cli["preset"] = preset
         if args.epochs is not None:
             cli["epochs"] = args.epochs

@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 import resource
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +37,16 @@ def precision_flags(mode: str) -> dict[str, bool]:
         return {"bf16": False, "tf32": False}
     major, _ = torch.cuda.get_device_capability()
     return {"bf16": bool(torch.cuda.is_bf16_supported()), "tf32": major >= 8}
+
+
+def _free_accelerator_memory() -> None:
+    import gc
+
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def build_loss(model, cfg: JobConfig, dims: list[int]):
@@ -156,7 +166,30 @@ def train_model(
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
     start = time.perf_counter()
-    output = trainer.train(resume_from_checkpoint=resume_from)
+    try:
+        output = trainer.train(resume_from_checkpoint=resume_from)
+    except torch.OutOfMemoryError:
+        if trainer.state.global_step == 0 and cfg.loss == "mnrl" and not resume_from:
+            # Nothing was updated yet: retry with GradCache, which keeps the same in-batch
+            # negatives but only holds a mini-batch of activations at a time.
+            mini = min(cfg.mini_batch_size, batch_size)
+            logger.warning(
+                "batch size %d does not fit in accelerator memory with mnrl; retrying with cached_mnrl "
+                "(same negatives, mini-batches of %d)", batch_size, mini
+            )
+            del trainer, loss
+            _free_accelerator_memory()
+            return train_model(
+                replace(cfg, loss="cached_mnrl", mini_batch_size=mini), model, dims, best_dim, train_pairs,
+                validation, checkpoint_dir, resume=False, callbacks=callbacks,
+            )  # fmt: skip
+        _free_accelerator_memory()
+        raise JobError(
+            f"Training ran out of accelerator memory at step {trainer.state.global_step} with batch size {batch_size} "
+            f"and loss {cfg.loss} (mini-batch {cfg.mini_batch_size}).",
+            "lower --mini-batch-size (cached_mnrl) or --batch-size, or --max-seq-length; "
+            "`job train --resume` continues from the last checkpoint.",
+        ) from None
     seconds = time.perf_counter() - start
     state = trainer.state
     history = [
@@ -164,6 +197,7 @@ def train_model(
         for entry in state.log_history
     ]
     summary = {
+        "loss": cfg.loss,
         "train_pairs": len(train_pairs),
         "batch_size": batch_size,
         "global_steps": state.global_step,

@@ -194,3 +194,42 @@ def test_too_few_passages_for_the_requested_negatives(tmp_path, tiny_model_path,
     prepare(cfg, rd, echo=lambda m: None)
     with pytest.raises(JobError, match=r"only 12 distinct passages.*at most 11"):
         train(cfg, rd, echo=lambda m: None)
+
+
+class _OutOfMemoryOnFirstStep(TrainerCallback):
+    """Raises the accelerator's out-of-memory error on the very first step (before any update)."""
+
+    def __init__(self):
+        self.calls = 0
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        self.calls += 1
+        if self.calls == 1:
+            import torch
+
+            raise torch.OutOfMemoryError("simulated: CUDA out of memory")
+
+
+def test_out_of_memory_at_the_first_step_falls_back_to_the_cached_loss(tmp_path, tiny_model_path, pairs_file):
+    cfg = _cfg(tmp_path, tiny_model_path, pairs_file, max_steps=2)
+    rd = RunDir(cfg.run_dir)
+    prepare(cfg, rd, echo=lambda m: None)
+    record = train(cfg, rd, echo=lambda m: None, callbacks=[_OutOfMemoryOnFirstStep()])
+    assert record["global_steps"] == 2
+    assert record["loss"] == "cached_mnrl"
+
+
+class _OutOfMemoryLater(TrainerCallback):
+    def on_step_begin(self, args, state, control, **kwargs):
+        if state.global_step == 1:
+            import torch
+
+            raise torch.OutOfMemoryError("simulated: CUDA out of memory")
+
+
+def test_out_of_memory_after_updates_is_a_clear_error(tmp_path, tiny_model_path, pairs_file):
+    cfg = _cfg(tmp_path, tiny_model_path, pairs_file, max_steps=3)
+    rd = RunDir(cfg.run_dir)
+    prepare(cfg, rd, echo=lambda m: None)
+    with pytest.raises(JobError, match=r"out of accelerator memory at step 1 with batch size 8.*--resume"):
+        train(cfg, rd, echo=lambda m: None, callbacks=[_OutOfMemoryLater()])
