@@ -217,7 +217,7 @@ def read_manifest(client, bucket: str, key: str) -> dict[str, Any] | None:
         manifest = json.loads(body)
     except ValueError:
         raise JobError(
-            f"{S.s3_uri(bucket, key)} exists but is not a valid manifest (not JSON).",
+            f"{S.to_s3_uri(bucket, key)} exists but is not a valid manifest (not JSON).",
             "inspect that prefix; publish under another --s3-uri or remove it if it is junk.",
         ) from None
     return manifest if isinstance(manifest, dict) else {"content_sha256": None}
@@ -386,7 +386,7 @@ def publish_s3(
     S.check_bucket(s3_uri, client)  # also stops SeaweedFS from creating a missing bucket on PUT
     run_id = run_id or run_id_for(root)
     prefix = S.join_key(base, run_id)
-    uri = S.s3_uri(bucket, prefix + "/")
+    uri = S.to_s3_uri(bucket, prefix + "/")
     manifest_key = S.join_key(prefix, MANIFEST_NAME)
     files = run_files(root)
     digest = content_digest(files)
@@ -399,7 +399,7 @@ def publish_s3(
             raise _different_run(uri, existing, run_id)
         bad, methods = _verify_all(client, bucket, prefix, files)
         if not bad:
-            return S3Publication(run_id, uri, S.s3_uri(bucket, manifest_key), len(files), total, "already published", methods)
+            return S3Publication(run_id, uri, S.to_s3_uri(bucket, manifest_key), len(files), total, "already published", methods)
         say(f"s3: {len(bad)} objects under {uri} do not match the manifest ({', '.join(bad[:3])}...); re-uploading the run")
         _call(client, bucket, manifest_key, "remove the stale manifest of", client.delete_object)
         status = "republished"
@@ -429,4 +429,4 @@ def publish_s3(
             raise _different_run(uri, other, run_id)
         status = "already published"
     say(f"s3: {len(files)} files ({total / 1e6:.1f} MB) verified in {time.perf_counter() - start:.1f} s -> {uri}")
-    return S3Publication(run_id, uri, S.s3_uri(bucket, manifest_key), len(files), total, status, methods)
+    return S3Publication(run_id, uri, S.to_s3_uri(bucket, manifest_key), len(files), total, status, methods)

@@ -55,7 +55,7 @@ def join_key(*parts: str) -> str:
     return "/".join(p.strip("/") for p in parts if p and p.strip("/"))
 
 
-def s3_uri(bucket: str, key: str = "") -> str:
+def to_s3_uri(bucket: str, key: str = "") -> str:
     return f"s3://{bucket}/{key}"
 
 
@@ -168,7 +168,7 @@ def translate_error(
         return exc
     err = _client_error(exc) or exc
     where = endpoint or "AWS S3"
-    target = s3_uri(bucket, key or "") if bucket else where
+    target = to_s3_uri(bucket, key or "") if bucket else where
     if isinstance(err, (NoCredentialsError, PartialCredentialsError)):
         return JobError(
             f"No usable AWS credentials were found to {action} {target}.",
@@ -222,7 +222,7 @@ def _raise(exc: BaseException, client, bucket: str | None, key: str | None, acti
 
 
 # --- bucket and objects --------------------------------------------------------------------------
-def check_bucket(s3_uri_: str, client=None) -> None:
+def check_bucket(s3_uri: str, client=None) -> None:
     """Fail with a JobError unless the bucket exists and the credentials may list it.
 
     Uses ListObjectsV2 (one request) rather than HeadBucket: a HEAD answer has no body, so it
@@ -230,7 +230,7 @@ def check_bucket(s3_uri_: str, client=None) -> None:
     """
     from botocore.exceptions import BotoCoreError, ClientError
 
-    bucket, prefix = parse_s3_uri(s3_uri_)
+    bucket, prefix = parse_s3_uri(s3_uri)
     client = client or s3_client()
     try:
         client.list_objects_v2(Bucket=bucket, Prefix=prefix, MaxKeys=1)
@@ -262,10 +262,10 @@ def upload_file(path: Path, bucket: str, key: str, client, *, config=None, extra
         client.upload_file(str(path), bucket, key, ExtraArgs=extra_args or None, Config=config or transfer_config(), Callback=callback)
     except (ClientError, BotoCoreError, S3UploadFailedError) as exc:
         _raise(exc, client, bucket, key, "upload to")
-    return s3_uri(bucket, key)
+    return to_s3_uri(bucket, key)
 
 
-def upload_path(local: Path, s3_uri_: str, client=None, *, config=None, extra_args: dict[str, Any] | None = None) -> list[str]:
+def upload_path(local: Path, s3_uri: str, client=None, *, config=None, extra_args: dict[str, Any] | None = None) -> list[str]:
     """Upload a file or a whole directory; return the ``s3://`` URIs written.
 
     A file goes to the URI's key, or under it as ``<prefix>/<file name>`` when the URI ends with
@@ -277,7 +277,7 @@ def upload_path(local: Path, s3_uri_: str, client=None, *, config=None, extra_ar
     answer a PUT into a missing bucket with a retried InternalError and create the bucket.
     """
     local = Path(local)
-    bucket, prefix = parse_s3_uri(s3_uri_)
+    bucket, prefix = parse_s3_uri(s3_uri)
     if local.is_file():
         key = join_key(prefix, local.name) if (not prefix or prefix.endswith("/")) else prefix
         pairs = [(local, key)]
@@ -286,7 +286,7 @@ def upload_path(local: Path, s3_uri_: str, client=None, *, config=None, extra_ar
     else:
         raise JobError(f"{local} does not exist.", "pass an existing file or directory to upload.")
     client = client or s3_client()
-    check_bucket(s3_uri_, client)
+    check_bucket(s3_uri, client)
     config = config or transfer_config()
     return [upload_file(path, bucket, key, client, config=config, extra_args=extra_args) for path, key in pairs]
 
@@ -298,15 +298,15 @@ def _safe_local(local_dir: Path, rel: str, uri: str) -> Path:
     return local_dir.joinpath(*parts)
 
 
-def download_prefix(s3_uri_: str, local_dir: Path, client=None, *, config=None) -> list[Path]:
-    """Download every object under ``s3_uri_`` into ``local_dir`` (keys relative to the prefix).
+def download_prefix(s3_uri: str, local_dir: Path, client=None, *, config=None) -> list[Path]:
+    """Download every object under ``s3_uri`` into ``local_dir`` (keys relative to the prefix).
 
     ``s3://b/runs/x`` takes ``runs/x/...`` (not ``runs/xyz``); a URI naming one object downloads that
     object as ``local_dir/<its name>``. Raises a JobError when nothing is there.
     """
     from botocore.exceptions import BotoCoreError, ClientError
 
-    bucket, prefix = parse_s3_uri(s3_uri_)
+    bucket, prefix = parse_s3_uri(s3_uri)
     client = client or s3_client()
     config = config or transfer_config()
     local_dir = Path(local_dir)
@@ -315,11 +315,11 @@ def download_prefix(s3_uri_: str, local_dir: Path, client=None, *, config=None) 
     for obj in iter_objects(client, bucket, prefix):
         key = obj["Key"]
         if key == prefix and not key.endswith("/"):
-            jobs.append((key, _safe_local(local_dir, PurePosixPath(key).name, s3_uri(bucket, key))))
+            jobs.append((key, _safe_local(local_dir, PurePosixPath(key).name, to_s3_uri(bucket, key))))
         elif key.startswith(folder) and not key.endswith("/"):
-            jobs.append((key, _safe_local(local_dir, key[len(folder) :], s3_uri(bucket, key))))
+            jobs.append((key, _safe_local(local_dir, key[len(folder) :], to_s3_uri(bucket, key))))
     if not jobs:
-        raise JobError(f"Nothing to download: no objects under {s3_uri_} at {endpoint_of(client)}.", "check the S3 URI (bucket and prefix).")
+        raise JobError(f"Nothing to download: no objects under {s3_uri} at {endpoint_of(client)}.", "check the S3 URI (bucket and prefix).")
     out = []
     for key, path in jobs:
         path.parent.mkdir(parents=True, exist_ok=True)

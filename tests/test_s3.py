@@ -57,6 +57,10 @@ def test_file_round_trip(s3_env, s3_bucket, tmp_path):
     assert S.upload_path(src, f"s3://{s3_bucket}/docs/") == [f"s3://{s3_bucket}/docs/notes.txt"]
     assert S.upload_path(src, f"s3://{s3_bucket}/renamed.txt") == [f"s3://{s3_bucket}/renamed.txt"]
 
+    # the documented keyword names are part of the interface (the SageMaker launcher uses them)
+    assert S.upload_path(local=src, s3_uri=f"s3://{s3_bucket}/kw/", client=None) == [f"s3://{s3_bucket}/kw/notes.txt"]
+    assert S.download_prefix(s3_uri=f"s3://{s3_bucket}/kw/", local_dir=tmp_path / "kw", client=None)
+
     got = S.download_prefix(f"s3://{s3_bucket}/docs/notes.txt", tmp_path / "out")
     assert got == [tmp_path / "out" / "notes.txt"]
     assert got[0].read_text() == "hello s3"
