@@ -72,8 +72,11 @@ def s3_client(endpoint_url: str | None = None):
     servers rarely resolve ``bucket.host`` names. Retries follow ``AWS_MAX_ATTEMPTS`` /
     ``AWS_RETRY_MODE`` (boto3's "standard" mode by default).
     """
-    import boto3
-    from botocore.config import Config
+    try:
+        import boto3
+        from botocore.config import Config
+    except ImportError:
+        raise JobError("S3 support needs boto3, which is not installed.", "pip install 'rag-embed-finetune[aws]'.") from None
 
     session = boto3.session.Session()
     region = session.region_name or os.environ.get("AWS_REGION") or DEFAULT_REGION
