@@ -55,7 +55,7 @@ def config_options(func):
 
 def _setup_logging(debug: bool) -> None:
     logging.basicConfig(level=logging.DEBUG if debug else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    for noisy in ("sentence_transformers", "transformers", "datasets", "httpx", "urllib3", "filelock"):
+    for noisy in ("sentence_transformers", "transformers", "datasets", "httpx", "urllib3", "filelock", "botocore", "boto3", "s3transfer"):
         logging.getLogger(noisy).setLevel(logging.INFO if debug else logging.WARNING)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     if not debug:  # weight loading/saving bars are noise; encoding and training keep theirs
@@ -147,10 +147,26 @@ def evaluate_cmd(cfg) -> None:
 @config_options
 @click.option("--force", is_flag=True, help="Redo steps whose outputs already exist.")
 def run_cmd(cfg, force: bool) -> None:
-    """Run every step; finished steps are skipped, an interrupted training resumes."""
-    from job.pipeline import run
+    """Run every step; finished steps are skipped, an interrupted training resumes.
+
+    With --s3-uri and/or --hub-repo the finished run is then published (as `job push` does); both
+    destinations are checked before any step runs.
+    """
+    from infra.push_cli import check_destinations, push_run
+
+    publish = bool(cfg.s3_uri or cfg.hub_repo)
+    if publish:
+        check_destinations(cfg.s3_uri, cfg.hub_repo)
+    from job.pipeline import run  # after the checks: importing torch takes seconds
 
     run(cfg, _rd(cfg), echo, force=force)
+    if publish:
+        push_run(cfg.run_dir, cfg.s3_uri, cfg.hub_repo, cfg.hub_private, echo=echo, progress=True)
+
+
+from infra.push_cli import push  # noqa: E402 - `job push` lives with the publishing code
+
+cli.add_command(push)
 
 
 def main(argv: list[str] | None = None) -> int:
