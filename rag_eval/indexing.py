@@ -1,0 +1,80 @@
+"""`rag-eval index`: embed the corpus once per model, write one collection per dim."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+from job.data import IRData
+from job.errors import JobError
+from rag_eval import store as S
+from rag_eval.sources import LoadedModel
+from rag_eval.vectors import corpus_fingerprint, encode_passages, truncate_normalise
+
+Echo = Callable[[str], None]
+
+
+def check_dims(dims: list[int], model: LoadedModel) -> list[int]:
+    """Dims largest first; each must fit the model's embedding dimension."""
+    if not dims or any(d < 1 for d in dims):
+        raise JobError(f"Dims {dims} must be positive integers.", "pass e.g. --dims 384,256,128,64,32.")
+    too_big = [d for d in dims if d > model.dim]
+    if too_big:
+        raise JobError(
+            f"Dims {too_big} are larger than the embedding dimension of {model.label} model {model.spec.ref} ({model.dim}).",
+            f"use dims of at most {model.dim}.",
+        )
+    return sorted(set(dims), reverse=True)
+
+
+@dataclass
+class IndexedCollection:
+    label: str
+    dim: int
+    name: str
+    action: str
+    note: str
+    vectors: int
+    seconds: float
+
+
+def index_models(
+    client,
+    models: list[LoadedModel],
+    data: IRData,
+    data_source: str,
+    dims: list[int],
+    settings: S.HnswSettings,
+    *,
+    prefix: str = S.DEFAULT_PREFIX,
+    force: bool = False,
+    batch_size: int = 64,
+    progress: bool = False,
+    echo: Echo = print,
+) -> list[IndexedCollection]:
+    """For each model: encode the corpus at full dim once; per dim truncate, re-normalise, write."""
+    settings.check()
+    S.check_prefix(prefix)
+    for m in models:  # check every model before any expensive step
+        check_dims(dims, m)
+    ids = list(data.corpus)
+    texts = [data.corpus[i] for i in ids]
+    fingerprint = corpus_fingerprint(data.corpus)
+    done = []
+    for m in models:
+        start = time.perf_counter()
+        full = encode_passages(m.model, texts, m.spec.passage_prompt, batch_size, progress)
+        echo(f"index: {m.label} corpus of {len(ids)} passages encoded once at {m.dim} dims in {time.perf_counter() - start:.1f} s")
+        for dim in check_dims(dims, m):
+            name = S.collection_name(prefix, m.spec.key, dim)
+            meta = S.build_metadata(
+                model=m.spec.ref, model_key=m.spec.key, model_fingerprint=m.fingerprint, model_dim=m.dim, dim=dim,
+                corpus_fingerprint=fingerprint, corpus_size=len(ids), data_source=data_source, settings=settings,
+                query_prompt=m.spec.query_prompt, passage_prompt=m.spec.passage_prompt,
+            )  # fmt: skip
+            result = S.write_collection(client, name, ids, truncate_normalise(full, dim), texts, meta, settings, force=force)
+            done.append(IndexedCollection(m.label, dim, name, result.action, result.note, len(ids), result.seconds))
+            note = f" ({result.note})" if result.note else ""
+            echo(f"index: {m.label} dim {dim}: {result.action} {name}, {len(ids)} vectors in {result.seconds:.1f} s{note}")
+    return done

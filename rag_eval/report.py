@@ -1,0 +1,185 @@
+"""The score report: Markdown tables (also printed), JSON with every number, a PNG plot."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from rag_eval.metrics import REPORTED
+
+_LABELS = {"ndcg@10": "NDCG@10", "mrr@10": "MRR@10", "map@100": "MAP@100", "recall@1": "R@1", "recall@3": "R@3", "recall@5": "R@5", "recall@10": "R@10"}
+
+
+def _rows(result: dict[str, Any]):
+    """(dim, label, row) for every scored pair, dims largest first, models in report order."""
+    for dim in sorted(result["dims"], reverse=True):
+        for label, model in result["models"].items():
+            row = model["dims"].get(str(dim))
+            if row is not None:
+                yield dim, label, row
+
+
+def _mib(n: int | None) -> str:
+    return "n/a" if n is None else f"{n / 2**20:.2f}"
+
+
+def ndcg_table(result: dict[str, Any]) -> str:
+    """Per dim, each model side by side: NDCG@10 through Chroma, exact, the difference, ANN recall@10."""
+    labels = list(result["models"])
+    ref = "exact evaluator" if result["reference"] == "evaluator" else "exact search (graded)"
+    head = ["dim"]
+    for label in labels:
+        head += [f"{label} Chroma", f"{label} {ref}", "Δ", "ANN recall@10"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---:|" * len(head)]
+    for dim in sorted(result["dims"], reverse=True):
+        cells = [str(dim)]
+        for label in labels:
+            r = result["models"][label]["dims"].get(str(dim))
+            if r is None:
+                cells += ["-"] * 4
+                continue
+            reference = r["evaluator"] if result["reference"] == "evaluator" else r["exact"]
+            cells += [f"{r['chroma']['ndcg@10']:.4f}", f"{reference['ndcg@10']:.4f}", f"{r['ndcg_delta']:+.4f}", f"{r['ann_recall@10']:.3f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def metrics_table(result: dict[str, Any]) -> str:
+    """Every metric through Chroma, with the exact evaluator's number in brackets."""
+    key = "evaluator" if result["reference"] == "evaluator" else "exact"
+    head = ["dim", "model", *(_LABELS[m] for m in REPORTED)]
+    lines = ["| " + " | ".join(head) + " |", "|---:|:---|" + "---:|" * len(REPORTED)]
+    for dim, label, r in _rows(result):
+        cells = [f"{r['chroma'][m]:.3f} ({r[key][m]:.3f})" for m in REPORTED]
+        lines.append(f"| {dim} | {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def cost_table(result: dict[str, Any]) -> str:
+    """Disk footprint and Chroma query latency per dim and model."""
+    batch = next((r["latency"]["batch_size"] for _, _, r in _rows(result)), "?")
+    head = ["dim", "model", "vectors", "disk MiB", "bytes/vector", "single p50 ms", "single p95 ms", f"batch of {batch} p50 ms", f"batch of {batch} p95 ms"]
+    lines = ["| " + " | ".join(head) + " |", "|---:|:---|" + "---:|" * (len(head) - 2)]
+    for dim, label, r in _rows(result):
+        lat = r["latency"]
+        bpv = "n/a" if r["bytes_per_vector"] is None else f"{r['bytes_per_vector']:.0f}"
+        lines.append(
+            f"| {dim} | {label} | {r['vectors']} | {_mib(r['disk_bytes'])} | {bpv} | {lat['single_p50_ms']:.2f} | "
+            f"{lat['single_p95_ms']:.2f} | {lat['batch_p50_ms']:.2f} | {lat['batch_p95_ms']:.2f} |"
+        )
+    return "\n".join(lines)
+
+
+def agreement_line(result: dict[str, Any]) -> str:
+    a = result["agreement"]
+    what = "the exact evaluator's" if result["reference"] == "evaluator" else "exact search's (graded)"
+    verdict = "agrees with" if a["ok"] else "DIFFERS from"
+    line = (
+        f"NDCG@10 through Chroma {verdict} {what} within {a['max_abs_ndcg_delta']:.4f} at every dim "
+        f"(tolerance {a['tolerance']}); lowest ANN recall@10 {a['min_ann_recall@10']:.3f}"
+    )
+    if not a["ok"] or a["min_ann_recall@10"] < a["ann_recall_target"]:
+        line += f" (below {a['ann_recall_target']}: re-index with a higher --ef-search / --ef-construction / --max-neighbors)"
+    return line + "."
+
+
+def markdown(result: dict[str, Any], meta: dict[str, Any]) -> str:
+    d = result["data"]
+    hnsw = next((r["hnsw"] for _, _, r in _rows(result)), {})
+    settings = ", ".join(f"{k} {v}" for k, v in hnsw.items())
+    relevance = "graded relevance (NDCG with graded gains)" if d["graded"] else "binary relevance"
+    models = "; ".join(f"{label}: {m['model']}" for label, m in result["models"].items())
+    return "\n".join(
+        [
+            "# Retrieval through Chroma, by Matryoshka dim",
+            "",
+            f"{d['queries']} questions against {d['corpus_size']} passages ({meta.get('data_source', '')}; {relevance}). "
+            f"Store: {result['store']}. HNSW: {settings}. Models: {models}.",
+            "",
+            "Chroma: metrics of the rankings the vector store returns. Exact: sentence-transformers' "
+            "InformationRetrievalEvaluator on the same data"
+            + (" (binary relevance; for graded qrels the reference is exact search with graded gains)" if d["graded"] else "")
+            + ". ANN recall@10: overlap of Chroma's top 10 with exact search over the same stored vectors.",
+            "",
+            "## NDCG@10",
+            "",
+            ndcg_table(result),
+            "",
+            agreement_line(result),
+            "",
+            "## All metrics through Chroma (exact in brackets)",
+            "",
+            metrics_table(result),
+            "",
+            "## Index size and query latency",
+            "",
+            "Disk: the collection alone in an embedded store (SQLite log, records and documents, HNSW files). "
+            "Latency: Chroma's query call only (top 10 with documents), embedding excluded.",
+            "",
+            cost_table(result),
+            "",
+            "![NDCG@10 and index size by dim](rag_eval_by_dim.png)",
+            "",
+        ]
+    )
+
+
+def plot(result: dict[str, Any], path: Path) -> None:
+    """Left: NDCG@10 against dim (Chroma solid, exact dashed). Right: index size against dim."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    dims = sorted(result["dims"])
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4.2), dpi=120)
+    colours = ["#888888", "#1f77b4", "#d62728", "#2ca02c"]
+    key = "evaluator" if result["reference"] == "evaluator" else "exact"
+    for i, (label, model) in enumerate(result["models"].items()):
+        c = colours[i % len(colours)]
+        rows = [model["dims"][str(d)] for d in dims]
+        left.plot(dims, [r["chroma"]["ndcg@10"] for r in rows], "o-", color=c, label=f"{label} (Chroma)")
+        left.plot(dims, [r[key]["ndcg@10"] for r in rows], "x--", color=c, alpha=0.6, label=f"{label} (exact)")
+        sizes = [r["disk_bytes"] for r in rows]
+        if all(s is not None for s in sizes):
+            right.plot(dims, [s / 2**20 for s in sizes], "o-", color=c, label=label)
+    for ax in (left, right):
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(dims)
+        ax.set_xticklabels([str(d) for d in dims])
+        ax.set_xlabel("embedding dim (Matryoshka truncation)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    left.set_ylabel("NDCG@10 (test)")
+    left.set_title("NDCG@10 by dim")
+    right.set_ylim(bottom=0)
+    right.set_ylabel("collection size on disk (MiB)")
+    right.set_title("Index size by dim")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def _clean(obj: Any) -> Any:
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _clean(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_clean(v) for v in obj]
+    return obj
+
+
+def write(out_dir: Path, result: dict[str, Any], meta: dict[str, Any]) -> dict[str, Path]:
+    """report.md, metrics.json and rag_eval_by_dim.png in ``out_dir``; metrics.json is written last."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = {"markdown": out_dir / "report.md", "json": out_dir / "metrics.json", "plot": out_dir / "rag_eval_by_dim.png"}
+    paths["markdown"].write_text(markdown(result, meta))
+    plot(result, paths["plot"])
+    tmp = paths["json"].with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(_clean({**meta, **result}), indent=2))
+    tmp.replace(paths["json"])
+    return paths

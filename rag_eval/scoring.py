@@ -1,0 +1,221 @@
+"""`rag-eval score`: the held-out questions through each collection, beside the exact numbers.
+
+Per model and dim:
+- **Chroma**: metrics of the rankings Chroma returns (top 100, ties by ascending id);
+- **exact search**: the same metrics over brute-force search of the very vectors Chroma stores, so
+  the difference between the two is the approximate search alone; ANN recall@10 compares the two
+  rankings directly;
+- **evaluator**: sentence-transformers' ``InformationRetrievalEvaluator`` (via the job's
+  ``evaluate_model``) on the same data, encoding on its own. Its relevance is binary, so on graded
+  qrels its NDCG is not comparable and the agreement is judged against exact search instead;
+- disk footprint of the collection, and query latency (single queries and batches) of Chroma alone,
+  embedding time excluded.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from typing import Any, Callable
+
+import numpy as np
+
+from job.data import IRData
+from job.errors import JobError
+from job.evaluation import evaluate_model
+from rag_eval import metrics as M
+from rag_eval import store as S
+from rag_eval.sources import LoadedModel, ModelSpec
+from rag_eval.vectors import corpus_fingerprint, encode_queries, truncate_normalise
+
+Echo = Callable[[str], None]
+AGREEMENT_TOLERANCE = 0.002  # |NDCG@10 through Chroma - exact| allowed at high ef_search
+ANN_RECALL_TARGET = 0.99
+
+
+@dataclass
+class ScoreOptions:
+    latency_samples: int = 200  # single queries timed (the questions, cycled)
+    batch_queries: int = 32  # queries per batched call
+    latency_k: int = 10  # n_results of the timed queries
+    measure_disk: bool = True
+    batch_size: int = 64  # encoding batch size
+
+
+def check_indexed(client, target: S.StoreTarget, specs: list[ModelSpec], dims: list[int], prefix: str) -> None:
+    """Every (model, dim) has a collection; checked before any model is loaded. The error lists what is indexed."""
+    names = set(S.list_names(client))
+    for spec in specs:
+        missing = [d for d in dims if S.collection_name(prefix, spec.key, d) not in names]
+        if not missing:
+            continue
+        who = f"the {spec.label} model {spec.ref}"
+        indexed = S.dims_in_store(client, prefix, spec.key)
+        if indexed:
+            listed = ", ".join(map(str, indexed))
+            raise JobError(
+                f"Dim {', '.join(map(str, missing))} is not indexed for {who} in the {target.describe()}; indexed dims: {listed}.",
+                f"pick from {listed}, or index it first (`rag-eval index ... --dims {','.join(map(str, missing))}`).",
+            )
+        raise JobError(
+            f"Nothing is indexed for {who} in the {target.describe()}.",
+            "run `rag-eval index` first, with the same --model and store options (--chroma-path or --chroma-host/--chroma-port).",
+        )
+
+
+def open_collection(client, target: S.StoreTarget, model: LoadedModel, dim: int, prefix: str, corpus_fp: str | None = None):
+    """The collection for (model, dim), checked against the model (and the corpus, when given)."""
+    name = S.collection_name(prefix, model.spec.key, dim)
+    col = S.get_collection(client, name)
+    who = f"the {model.label} model {model.spec.ref}"
+    if col is None:
+        check_indexed(client, target, [model.spec], [dim], prefix)
+        raise JobError(f"Collection {name} vanished from the {target.describe()} while it was being opened.", "run the command again.")
+    kind, problems = S.inspect(col, dim)
+    if kind != S.OURS:
+        raise JobError(
+            f"Collection {name} in the {target.describe()} is {kind}: {'; '.join(problems)}.",
+            "re-index it with `rag-eval index ... --force` (that replaces it).",
+        )
+    meta = col.metadata
+    if meta["model_dim"] != model.dim:
+        raise JobError(
+            f"{who.capitalize()} makes {model.dim}-dim embeddings, but collection {name} was indexed from a "
+            f"{meta['model_dim']}-dim model ({meta['model']}).",
+            "query with the model the collection was built from, or re-index with this one (`rag-eval index`).",
+        )
+    if meta["model_fingerprint"] != model.fingerprint:
+        raise JobError(
+            f"Collection {name} was indexed from other weights than {model.spec.ref} holds now (re-trained or replaced since).",
+            "re-run `rag-eval index` for this model.",
+        )
+    if meta["passage_prompt"] != (model.spec.passage_prompt or ""):
+        raise JobError(
+            f"Collection {name} was indexed with passage prompt {meta['passage_prompt']!r}, not {model.spec.passage_prompt or ''!r}.",
+            "use the same --passage-prompt as at indexing, or re-index.",
+        )
+    if corpus_fp is not None and meta["corpus_fingerprint"] != corpus_fp:
+        raise JobError(
+            f"Collection {name} holds another corpus ({meta['corpus_size']} passages from {meta.get('data_source', '?')}) "
+            "than the evaluation data given now.",
+            "score with the data it was indexed from, or re-run `rag-eval index` with this --data.",
+        )
+    return col
+
+
+def query_rankings(collection, queries: np.ndarray, n_results: int, batch: int = 256) -> list[list[tuple[str, float]]]:
+    """(id, cosine similarity) lists, in Chroma's order."""
+    out = []
+    for s in range(0, len(queries), batch):
+        got = collection.query(query_embeddings=queries[s : s + batch], n_results=n_results, include=["distances"])
+        out += [[(cid, 1.0 - float(d)) for cid, d in zip(ids, dists)] for ids, dists in zip(got["ids"], got["distances"])]
+    return out
+
+
+def measure_latency(collection, queries: np.ndarray, opts: ScoreOptions) -> dict[str, Any]:
+    """Wall time of Chroma's query call, in ms: single questions, and batches of ``batch_queries``."""
+    k = opts.latency_k
+    include = ["distances", "documents"]  # what an application asks for
+    collection.query(query_embeddings=queries[:1], n_results=k, include=include)  # warm-up
+    single = []
+    for i in range(opts.latency_samples):
+        t = time.perf_counter()
+        collection.query(query_embeddings=queries[i % len(queries)][None, :], n_results=k, include=include)
+        single.append((time.perf_counter() - t) * 1000)
+    batched = []
+    n_batches = max(5, opts.latency_samples // opts.batch_queries)
+    for b in range(n_batches):
+        idx = [(b * opts.batch_queries + j) % len(queries) for j in range(opts.batch_queries)]
+        t = time.perf_counter()
+        collection.query(query_embeddings=queries[idx], n_results=k, include=include)
+        batched.append((time.perf_counter() - t) * 1000)
+    return {
+        "single_p50_ms": M.percentile(single, 50),
+        "single_p95_ms": M.percentile(single, 95),
+        "batch_p50_ms": M.percentile(batched, 50),
+        "batch_p95_ms": M.percentile(batched, 95),
+        "batch_size": opts.batch_queries,
+        "single_samples": len(single),
+        "batches": len(batched),
+        "n_results": k,
+    }
+
+
+def score_models(
+    client,
+    target: S.StoreTarget,
+    models: list[LoadedModel],
+    data: IRData,
+    dims: list[int],
+    *,
+    prefix: str = S.DEFAULT_PREFIX,
+    opts: ScoreOptions | None = None,
+    echo: Echo = print,
+) -> dict[str, Any]:
+    """Every (model, dim): Chroma vs exact search vs the evaluator, size and latency. JSON-ready."""
+    opts = opts or ScoreOptions()
+    fp = corpus_fingerprint(data.corpus)
+    qrels = {q: g for q, g in data.qrels.items() if any(v > 0 for v in g.values())}
+    qids = list(qrels)
+    qtexts = [data.queries[q] for q in qids]
+    reference = "exact" if data.graded else "evaluator"
+    # open (and check) every collection before any expensive step
+    cols = {(m.label, d): open_collection(client, target, m, d, prefix, fp) for m in models for d in dims}
+    out: dict[str, Any] = {}
+    for m in models:
+        start = time.perf_counter()
+        evaluator = evaluate_model(
+            m.model, data, dims, "exact", batch_size=opts.batch_size,
+            query_prompt=m.spec.query_prompt, passage_prompt=m.spec.passage_prompt,
+        )  # fmt: skip
+        full_q = encode_queries(m.model, qtexts, m.spec.query_prompt, opts.batch_size)
+        echo(f"score: {m.label}: exact evaluator at {len(dims)} dims and query encoding in {time.perf_counter() - start:.1f} s")
+        per_dim: dict[str, Any] = {}
+        for dim in dims:
+            col = cols[(m.label, dim)]
+            settings = S.HnswSettings.of(col)
+            q = truncate_normalise(full_q, dim)
+            ids, vectors, documents = S.fetch_all(col)
+            depth = min(M.DEPTH, len(ids))
+            chroma_rank = [M.rank_hits(hits) for hits in query_rankings(col, q, depth)]
+            exact_rank = M.exact_search(q, vectors, ids, depth)
+            chroma = M.score_rankings(dict(zip(qids, chroma_rank)), qrels)
+            exact = M.score_rankings(dict(zip(qids, exact_rank)), qrels)
+            ev = {k: evaluator[dim][k] for k in M.REPORTED}
+            ref = ev if reference == "evaluator" else exact
+            disk = S.footprint_bytes(ids, vectors, documents, settings) if opts.measure_disk else None
+            row = {
+                "collection": col.name,
+                "vectors": len(ids),
+                "hnsw": asdict(settings),
+                "chroma": chroma,
+                "exact": exact,
+                "evaluator": ev,
+                "ndcg_delta": chroma["ndcg@10"] - ref["ndcg@10"],
+                "ann_recall@10": M.mean_overlap_at_k(chroma_rank, exact_rank, 10),
+                "disk_bytes": disk,
+                "bytes_per_vector": disk / len(ids) if disk is not None and ids else None,
+                "latency": measure_latency(col, q, opts),
+            }
+            per_dim[str(dim)] = row
+            echo(
+                f"score: {m.label} dim {dim}: NDCG@10 {chroma['ndcg@10']:.4f} through Chroma, {ref['ndcg@10']:.4f} exact; "
+                f"ANN recall@10 {row['ann_recall@10']:.3f}; {row['latency']['single_p50_ms']:.2f} ms per query (p50)"
+            )
+        out[m.label] = {"model": m.spec.ref, "fingerprint": m.fingerprint, "model_dim": m.dim, "dims": per_dim}
+    deltas = [abs(r["ndcg_delta"]) for v in out.values() for r in v["dims"].values()]
+    recalls = [r["ann_recall@10"] for v in out.values() for r in v["dims"].values()]
+    return {
+        "store": target.describe(),
+        "data": {"queries": len(qids), "corpus_size": len(data.corpus), "graded": data.graded, "corpus_fingerprint": fp},
+        "dims": dims,
+        "reference": reference,
+        "models": out,
+        "agreement": {
+            "max_abs_ndcg_delta": max(deltas),
+            "tolerance": AGREEMENT_TOLERANCE,
+            "ok": max(deltas) <= AGREEMENT_TOLERANCE,
+            "min_ann_recall@10": min(recalls),
+            "ann_recall_target": ANN_RECALL_TARGET,
+        },
+    }

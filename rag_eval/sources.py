@@ -1,0 +1,179 @@
+"""What to index and score: models and evaluation data, from a job run directory or given directly.
+
+A run directory (``job run --run-dir DIR``) supplies two models, ``baseline`` (training.json's
+``base_model``) and ``fine-tuned`` (``DIR/model``), the prompts they were trained and evaluated
+with, their Matryoshka dims and the held-out test set (``DIR/ir/test``, BEIR format). Anything else
+is one model (a folder or a Hub id) and an evaluation set given as a BEIR folder or a pairs file,
+read with the job's own loaders.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from job import data as D
+from job.errors import JobError
+from job.models import hub_offline, load_model, model_dim, resolve_model_name
+from job.pipeline import RunDir
+from rag_eval.vectors import model_fingerprint
+
+BASELINE, FINETUNED, MODEL = "baseline", "fine-tuned", "model"
+
+
+@dataclass
+class ModelSpec:
+    """One model to index or query: a label for tables, and how to load and prompt it."""
+
+    label: str
+    ref: str  # what job.models.load_model takes: a local folder or a Hub id (already resolved)
+    query_prompt: str | None = None
+    passage_prompt: str | None = None
+
+    @property
+    def key(self) -> str:
+        """Identity of the model for collection names: its absolute path, or its Hub id."""
+        path = Path(self.ref)
+        return str(path.resolve()) if path.exists() else self.ref
+
+
+@dataclass
+class LoadedModel:
+    spec: ModelSpec
+    model: Any  # a SentenceTransformer (or anything with encode_query / encode_document)
+    fingerprint: str
+    dim: int  # full embedding dimension
+
+    @property
+    def label(self) -> str:
+        return self.spec.label
+
+
+@dataclass
+class Sources:
+    models: list[ModelSpec]
+    run_dir: RunDir | None = None
+    dims: list[int] | None = None  # the run's Matryoshka dims, if a run directory says so
+    training: dict[str, Any] = field(default_factory=dict)
+
+
+def _looks_like_run_dir(path: Path) -> bool:
+    return path.is_dir() and ((path / "model" / "training.json").is_file() or (path / "data" / "prepare.json").is_file())
+
+
+def _missing(value: str, what: str) -> JobError:
+    return JobError(
+        f"{what} {value} does not exist (no such run directory or model folder"
+        + (", and the Hugging Face Hub cannot be reached to load it as a Hub id)." if hub_offline() else ")."),
+        "check the path; pass a job run directory (made by `job run --run-dir DIR`), a model folder, or a Hub id.",
+    )
+
+
+def resolve_models(
+    model: str,
+    baseline: str | None = None,
+    *,
+    with_baseline: bool = True,
+    query_prompt: str | None = None,
+    passage_prompt: str | None = None,
+) -> Sources:
+    """``model`` is a run directory, a model folder or a Hub id; ``baseline`` optionally another model.
+
+    Explicit prompts win over the run's; a run's prompts apply to both of its models, as in the job."""
+    path = Path(model).expanduser()
+    if _looks_like_run_dir(path):
+        rd = RunDir(path)
+        training = rd.record("train")
+        if training is None:
+            raise JobError(
+                f"Run directory {rd.root} has no trained model yet ({rd.done_file('train')} is missing).",
+                f"finish the run first (`job run --run-dir {rd.root}`), or pass a model folder or Hub id to --model.",
+            )
+        fp = training.get("fingerprint", {})
+        qp = query_prompt if query_prompt is not None else fp.get("query_prompt")
+        pp = passage_prompt if passage_prompt is not None else fp.get("passage_prompt")
+        specs = []
+        if with_baseline:
+            base_ref = baseline or training.get("base_model")
+            if not base_ref:
+                raise JobError(f"{rd.done_file('train')} does not name its base model.", "pass it with --baseline.")
+            specs.append(ModelSpec(BASELINE, _resolve(base_ref, "Baseline model"), qp, pp))
+        specs.append(ModelSpec(FINETUNED, str(rd.model), qp, pp))
+        return Sources(specs, rd, [int(d) for d in training.get("dims", [])] or None, training)
+    if path.is_dir() and not any((path / f).is_file() for f in ("modules.json", "config.json")):
+        raise JobError(
+            f"{path} is neither a job run directory (no model/training.json) nor a model folder (no modules.json or config.json).",
+            "pass a run directory made by `job run --run-dir DIR`, a sentence-transformers model folder, or a Hub id.",
+        )
+    ref = _resolve(model, "Model")
+    if baseline and with_baseline:
+        specs = [ModelSpec(BASELINE, _resolve(baseline, "Baseline model"), query_prompt, passage_prompt),
+                 ModelSpec(FINETUNED, ref, query_prompt, passage_prompt)]  # fmt: skip
+    else:
+        specs = [ModelSpec(MODEL, ref, query_prompt, passage_prompt)]
+    return Sources(specs)
+
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$|^[A-Za-z0-9][\w.-]*$")
+
+
+def _resolve(value: str, what: str) -> str:
+    path = Path(value).expanduser()
+    if not path.exists() and not value.startswith("bundled:") and (hub_offline() or not _HUB_ID.match(value)):
+        raise _missing(value, what)
+    return resolve_model_name(value)
+
+
+def load_models(specs: list[ModelSpec], max_seq_length: int | None = None) -> list[LoadedModel]:
+    out = []
+    for spec in specs:
+        st = load_model(spec.ref, max_seq_length=max_seq_length)
+        out.append(LoadedModel(spec, st, model_fingerprint(spec.ref), model_dim(st)))
+    return out
+
+
+def load_eval_data(data: str | None, sources: Sources, split: str = "test") -> tuple[D.IRData, str]:
+    """The evaluation set and where it came from: a run directory's ``ir/<split>``, a BEIR folder,
+    or a (question, passage) pairs file (every pair becomes a query; identical passages share an id)."""
+    if data is None:
+        if sources.run_dir is None:
+            raise JobError(
+                "No evaluation data: --model is not a run directory, so it brings no test set.",
+                "pass --data with a run directory, a BEIR folder (corpus.jsonl, queries.jsonl, qrels/) or a pairs file.",
+            )
+        rd = sources.run_dir
+    else:
+        path = Path(data).expanduser()
+        if not path.exists():
+            raise JobError(f"Evaluation data {path} does not exist.", "pass a run directory, a BEIR folder or a pairs file to --data.")
+        if path.is_file():
+            return _pairs_file(path), str(path)
+        if (path / "corpus.jsonl").is_file():
+            return D.load_beir(path, split), str(path)
+        if not _looks_like_run_dir(path) and not (path / "ir").is_dir():
+            raise JobError(
+                f"{path} is neither a run directory (no ir/ folder) nor a BEIR folder (no corpus.jsonl).",
+                "pass a run directory made by `job prepare`/`job run`, a BEIR folder, or a pairs file.",
+            )
+        rd = RunDir(path)
+    folder = rd.ir(split)
+    if not folder.is_dir():
+        have = sorted(p.name for p in (rd.root / "ir").iterdir()) if (rd.root / "ir").is_dir() else []
+        raise JobError(
+            f"Run directory {rd.root} has no {split} set ({folder} is missing"
+            + (f"; it has: {', '.join(have)})." if have else ")."),
+            f"run `job prepare --run-dir {rd.root}` first, or pick another --split.",
+        )
+    return D.load_beir(folder, split), str(folder)
+
+
+def _pairs_file(path: Path) -> D.IRData:
+    records = D.load_records(str(path))
+    columns = list(dict.fromkeys(k for row in records.rows[:1000] for k in row if k != "__line__"))
+    q_col, p_col = D.detect_columns(columns, None, None, records.source)
+    pairs, _ = D.dedupe_pairs(D.validate_pairs(records, q_col, p_col).pairs)
+    corpus, passage_ids = D.build_ir_corpus({"test": pairs})
+    queries, qrels = D.build_ir_queries(pairs, passage_ids, "q")
+    return D.IRData(corpus, queries, qrels)
