@@ -1,0 +1,103 @@
+"""Helpers for the rag_eval tests: a hand-made table model, the hand-worked dataset, tiny run data."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from sentence_transformers.util import cos_sim
+
+from job.data import IRData, Pair, build_ir_corpus, build_ir_queries
+from rag_eval.sources import FINETUNED, LoadedModel, ModelSpec
+
+
+class _CardData:
+    def set_evaluation_metrics(self, *args, **kwargs):
+        pass
+
+
+class TableModel:
+    """A "model" that looks each text up in a table of vectors; enough for the job's evaluator too."""
+
+    similarity_fn_name = "cosine"
+    model_card_data = _CardData()
+
+    def __init__(self, table: dict[str, list[float]]):
+        self.table = {k: np.asarray(v, dtype=np.float32) for k, v in table.items()}
+        self.encode_calls = 0
+
+    def get_sentence_embedding_dimension(self) -> int:
+        return len(next(iter(self.table.values())))
+
+    @staticmethod
+    def similarity(a, b):
+        return cos_sim(a, b)
+
+    def encode(self, sentences, truncate_dim=None, convert_to_tensor=False, **kwargs):
+        self.encode_calls += 1
+        emb = np.stack([self.table[s] for s in sentences])[:, :truncate_dim]
+        return torch.from_numpy(emb) if convert_to_tensor else emb
+
+    encode_query = encode
+    encode_document = encode
+
+
+def loaded(model: TableModel, label: str = FINETUNED, ref: str = "table-model") -> LoadedModel:
+    return LoadedModel(ModelSpec(label, ref), model, f"fp-{ref}", model.get_sentence_embedding_dimension())
+
+
+# --- the hand-worked dataset (see test_rag_eval_agreement.py for every number) ----------------------
+CORPUS_VECTORS = {
+    "d0": [4, 0, 0, 0],
+    "d1": [0, 4, 0, 0],
+    "d2": [3, 1, 0, 0],
+    "d3": [1, 3, 0, 0],
+    "d4": [2, 2, 0, 4],
+}
+QUERY_VECTORS = {"q0": [1, 0, 0, 0], "q1": [2, 1, 0, 3], "q2": [0, 1, 0, 0]}
+HAND_QRELS = {"q0": {"d2": 1}, "q1": {"d4": 1}, "q2": {"d1": 1, "d3": 1}}
+
+
+def hand_data(qrels=None) -> tuple[IRData, TableModel]:
+    corpus = {cid: f"passage {cid}" for cid in CORPUS_VECTORS}
+    queries = {qid: f"question {qid}" for qid in QUERY_VECTORS}
+    table = {f"passage {k}": v for k, v in CORPUS_VECTORS.items()} | {f"question {k}": v for k, v in QUERY_VECTORS.items()}
+    return IRData(corpus, queries, qrels or HAND_QRELS), TableModel(table)
+
+
+# --- a tiny job run directory --------------------------------------------------------------------
+PASSAGES = [
+    "Revenue grew 6 percent to 8.9 billion dollars on strong pricing.",
+    "The board raised the quarterly dividend to 62 cents per share.",
+    "Senior notes of 500 million dollars due 2031 carry a 4.25 percent coupon.",
+    "The Monterrey plant added a second assembly line for servo drives.",
+    "The company holds about 3,900 active patents worldwide.",
+    "About 31,400 employees work in 24 countries.",
+    "Backlog reached 5.3 billion dollars at year end.",
+    "The effective tax rate was 21.4 percent in fiscal 2024.",
+]
+TOPICS = ["revenue", "dividend", "debt", "plant", "patents", "employees", "backlog", "tax"]
+QUESTION_FORMS = ["What about {t}?", "Tell me the {t} figure.", "How did {t} change?"]
+
+
+def tiny_pairs() -> list[Pair]:
+    return [Pair(form.format(t=t), p) for t, p in zip(TOPICS, PASSAGES) for form in QUESTION_FORMS]
+
+
+def tiny_ir() -> IRData:
+    pairs = tiny_pairs()
+    corpus, ids = build_ir_corpus({"test": pairs})
+    queries, qrels = build_ir_queries(pairs, ids, "qt")
+    return IRData(corpus, queries, qrels)
+
+
+def perturbed_copy(src, dst, seed: int = 1, scale: float = 0.05):
+    """The tiny model with its weights nudged: a stand-in for a fine-tuned model."""
+    from sentence_transformers import SentenceTransformer
+
+    st = SentenceTransformer(str(src), device="cpu")
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in st.parameters():
+            p.add_(torch.randn(p.shape, generator=gen) * scale)
+    st.save(str(dst))
+    return dst

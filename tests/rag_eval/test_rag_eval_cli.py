@@ -1,0 +1,180 @@
+"""`rag-eval index|score|query` on a tiny run directory in an embedded store, and every bad input:
+one `error:` paragraph, exit code 2, no traceback, nothing lost."""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from rag_eval.cli import main
+from rag_eval_helpers import tiny_pairs
+
+FAST_SCORE = ("--latency-samples", "10", "--batch-queries", "4")
+
+
+def _run(capsys, *args):
+    code = main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def _clean_failure(code, err, *needles):
+    assert code == 2, err
+    assert "Traceback" not in err
+    assert err.strip().splitlines()[-1].startswith("error: ")
+    for needle in needles:
+        assert needle in err, err
+
+
+@pytest.fixture(scope="module")
+def indexed(tiny_run_dir, tmp_path_factory):
+    """The tiny run indexed (baseline and fine-tuned, dims 32/16/8) into an embedded store."""
+    store = tmp_path_factory.mktemp("store") / "chroma"
+    code = main(["index", "--model", str(tiny_run_dir), "--chroma-path", str(store)])
+    assert code == 0
+    return tiny_run_dir, store
+
+
+def test_index_writes_one_collection_per_model_and_dim(indexed, capsys):
+    run_dir, store = indexed
+    code, out, err = _run(capsys, "index", "--model", run_dir, "--chroma-path", store, "--dims", "16")
+    assert code == 0, err
+    lines = out.strip().splitlines()
+    assert any(line.startswith("index: baseline dim 16: replaced rag-eval-") for line in lines)
+    assert any(line.startswith("index: fine-tuned dim 16: replaced rag-eval-") for line in lines)
+    assert lines[-1].startswith("index: 2 collections (2 models x dims 16), 8 passages each")
+    assert str(store) in lines[-1]
+
+
+def test_score_prints_the_per_dim_table_next_to_the_exact_numbers(indexed, tmp_path, capsys):
+    run_dir, store = indexed
+    code, out, err = _run(capsys, "score", "--model", run_dir, "--chroma-path", store, "--out", tmp_path / "report", *FAST_SCORE)
+    assert code == 0, err
+    assert "| dim | baseline Chroma | baseline exact evaluator | Δ | ANN recall@10 | fine-tuned Chroma |" in out
+    assert "| 8 | fine-tuned |" in out and "bytes/vector" in out
+    assert "agrees with the exact evaluator's" in out
+    payload = json.loads((tmp_path / "report" / "metrics.json").read_text())
+    assert payload["agreement"]["ok"] and payload["dims"] == [32, 16, 8]
+    for label in ("baseline", "fine-tuned"):
+        for dim in ("32", "16", "8"):
+            row = payload["models"][label]["dims"][dim]
+            assert abs(row["chroma"]["ndcg@10"] - row["evaluator"]["ndcg@10"]) <= 0.002
+            assert row["ann_recall@10"] == 1.0 and row["disk_bytes"] > 0
+            assert set(row["latency"]) >= {"single_p50_ms", "single_p95_ms", "batch_p50_ms", "batch_p95_ms"}
+    assert (tmp_path / "report" / "rag_eval_by_dim.png").stat().st_size > 1000
+    assert "## Index size and query latency" in (tmp_path / "report" / "report.md").read_text()
+
+
+def test_query_shows_top_k_with_scores_and_ids(indexed, capsys):
+    run_dir, store = indexed
+    question = tiny_pairs()[0].question  # a test question: its passage is marked relevant
+    code, out, err = _run(capsys, "query", question, "--model", run_dir, "--chroma-path", store, "--dim", "16", "--k", "3")
+    assert code == 0, err
+    lines = out.strip().splitlines()
+    assert f"Q: {question}" in lines
+    assert any(line.startswith("fine-tuned (") and "dim 16, top 3:" in line for line in lines)
+    hits = [line for line in lines if line[:4].strip().rstrip(".").isdigit()]
+    assert [h.split()[0] for h in hits] == ["1.", "2.", "3."]
+    assert all(h.split()[2].startswith("d") for h in hits)  # score then corpus id
+
+
+def test_query_compare_marks_what_the_fine_tuned_model_ranks_higher(indexed, capsys):
+    run_dir, store = indexed
+    code, out, err = _run(capsys, "query", "dividend per share", "--model", run_dir, "--chroma-path", store, "--dim", "8", "--k", "4", "--compare")
+    assert code == 0, err
+    assert "Left: fine-tuned" in out and "Right: baseline" in out
+    rows = [line for line in out.splitlines() if " | " in line and line[:4].strip().rstrip(".").isdigit()]
+    assert len(rows) == 4
+    assert all(row.split()[3] in {"+", "-", "=", "+*", "-*", "=*"} for row in rows)
+    assert "mark: + fine-tuned ranks the passage higher than baseline does" in out
+
+
+def test_interactive_mode_reads_questions_until_eof(indexed, capsys, monkeypatch):
+    run_dir, store = indexed
+    monkeypatch.setattr(sys, "stdin", io.StringIO("revenue growth\n\nhow many employees\n"))
+    code, out, err = _run(capsys, "query", "--model", run_dir, "--chroma-path", store, "--k", "2")
+    assert code == 0, err
+    assert "Q: revenue growth" in out and "Q: how many employees" in out
+    assert "dim 32, top 2" in out  # the largest indexed dim by default
+    assert out.strip().splitlines()[-1] == "query: answered 2 questions"
+
+
+def test_a_dim_that_was_not_indexed_lists_the_indexed_dims(indexed, capsys):
+    run_dir, store = indexed
+    code, _, err = _run(capsys, "query", "x", "--model", run_dir, "--chroma-path", store, "--dim", "12")
+    _clean_failure(code, err, "Dim 12 is not indexed", "indexed dims: 32, 16, 8")
+    code, _, err = _run(capsys, "score", "--model", run_dir, "--chroma-path", store, "--dims", "12", "--no-disk-size")
+    _clean_failure(code, err, "indexed dims: 32, 16, 8")
+
+
+def test_a_model_whose_dimension_does_not_match_the_collection(tiny_model_path, tiny_run_dir, tmp_path, capsys):
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.sentence_transformer.modules import Dense, Normalize
+
+    model_dir, store = tmp_path / "model", tmp_path / "chroma"
+    shutil.copytree(tiny_model_path, model_dir)
+    code, _, err = _run(capsys, "index", "--model", model_dir, "--data", tiny_run_dir, "--chroma-path", store, "--dims", "32,16")
+    assert code == 0, err
+    # the folder now holds a 16-dim model (e.g. retrained from another base into the same place)
+    st = SentenceTransformer(str(tiny_model_path), device="cpu")
+    narrower = SentenceTransformer(modules=[st[0], st[1], Dense(32, 16), Normalize()], device="cpu")
+    shutil.rmtree(model_dir)
+    narrower.save(str(model_dir))
+    code, _, err = _run(capsys, "query", "x", "--model", model_dir, "--chroma-path", store, "--dim", "16")
+    _clean_failure(code, err, "makes 16-dim embeddings", "was indexed from a 32-dim model")
+    code, _, err = _run(capsys, "index", "--model", model_dir, "--data", tiny_run_dir, "--chroma-path", store, "--dims", "32")
+    _clean_failure(code, err, "Dims [32] are larger than the embedding dimension", "(16)")
+
+
+def test_missing_run_directory_data_file_and_store(tiny_run_dir, tmp_path, capsys):
+    code, _, err = _run(capsys, "index", "--model", tmp_path / "runs" / "nope", "--chroma-path", tmp_path / "c")
+    _clean_failure(code, err, "nope does not exist")
+    code, _, err = _run(capsys, "index", "--model", tiny_run_dir, "--data", tmp_path / "missing.jsonl", "--chroma-path", tmp_path / "c")
+    _clean_failure(code, err, "Evaluation data", "missing.jsonl does not exist")
+    code, _, err = _run(capsys, "score", "--model", tiny_run_dir, "--chroma-path", tmp_path / "empty")
+    _clean_failure(code, err, "There is no Chroma store at", "rag-eval index")
+    assert not (tmp_path / "c").exists() and not (tmp_path / "empty").exists()
+
+
+def test_unreachable_server_names_host_and_port_without_a_traceback(tiny_run_dir, free_port, capsys):
+    code, _, err = _run(capsys, "score", "--model", tiny_run_dir, "--chroma-host", "127.0.0.1", "--chroma-port", free_port)
+    _clean_failure(code, err, f"Cannot reach the Chroma server at 127.0.0.1:{free_port}", "chroma run --host 127.0.0.1")
+
+
+def test_a_foreign_collection_under_the_same_name_is_refused_unless_forced(tiny_model_path, tiny_run_dir, tmp_path, capsys):
+    from rag_eval import store as S
+    from rag_eval.sources import resolve_models
+
+    store = tmp_path / "chroma"
+    client = S.connect(S.StoreTarget(path=store))
+    key = resolve_models(str(tiny_model_path)).models[0].key
+    name = S.collection_name(S.DEFAULT_PREFIX, key, 8)
+    client.create_collection(name, metadata={"app": "prod"}, embedding_function=None).add(ids=["a"], embeddings=[[0.0] * 8])
+    args = ("index", "--model", tiny_model_path, "--data", tiny_run_dir, "--chroma-path", store, "--dims", "8")
+    code, _, err = _run(capsys, *args)
+    _clean_failure(code, err, f"A foreign collection named {name} already exists", "--force")
+    assert client.get_collection(name).metadata == {"app": "prod"}
+    code, out, err = _run(capsys, *args, "--force")
+    assert code == 0, err
+    assert "replaced a foreign collection (--force)" in out
+
+
+def test_bad_flags_are_clear_errors(tiny_run_dir, tmp_path, capsys):
+    code, _, err = _run(capsys, "index", "--model", tiny_run_dir, "--dims", "32,x", "--chroma-path", tmp_path / "c")
+    _clean_failure(code, err, "--dims '32,x' is not a comma-separated list of integers")
+    code, _, err = _run(capsys, "query", "x", "--model", tiny_run_dir, "--chroma-path", tmp_path / "c", "--chroma-host", "h")
+    _clean_failure(code, err, "Both --chroma-path and --chroma-host")
+    code, _, err = _run(capsys, "query", "x", "--model", tiny_run_dir / "model", "--compare", "--chroma-path", tmp_path / "c")
+    _clean_failure(code, err, "--compare needs two models")
+
+
+def test_python_dash_m_runs_the_same_command_line():
+    done = subprocess.run([sys.executable, "-m", "rag_eval", "--help"], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0
+    for command in ("index", "score", "query"):
+        assert command in done.stdout

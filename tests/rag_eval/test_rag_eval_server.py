@@ -1,0 +1,82 @@
+"""A real Chroma server on a free loopback port, started and stopped by the test, used through HttpClient."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from rag_eval.cli import main
+
+CHROMA = Path(sys.executable).with_name("chroma")
+
+
+@pytest.fixture()
+def chroma_server(tmp_path, free_port):
+    exe = CHROMA if CHROMA.exists() else shutil.which("chroma")
+    if not exe:
+        pytest.skip("the chroma executable is not installed")
+    log = (tmp_path / "server.log").open("w")
+    proc = subprocess.Popen(
+        [str(exe), "run", "--host", "127.0.0.1", "--port", str(free_port), "--path", str(tmp_path / "server-data")],
+        stdout=log, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    import chromadb
+    from chromadb.config import Settings
+
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            chromadb.HttpClient(host="127.0.0.1", port=free_port, settings=Settings(anonymized_telemetry=False)).heartbeat()
+            break
+        except Exception:  # noqa: BLE001 - not up yet
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                pytest.fail(f"chroma server did not start: {(tmp_path / 'server.log').read_text()[-2000:]}")
+            time.sleep(0.1)
+    yield proc, free_port
+    proc.terminate()
+    try:
+        proc.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+    log.close()
+
+
+def test_index_score_query_through_a_chroma_server(chroma_server, tiny_run_dir, tmp_path, capsys):
+    proc, port = chroma_server
+    server = ("--chroma-host", "127.0.0.1", "--chroma-port", str(port))
+    assert main(["index", "--model", str(tiny_run_dir), "--dims", "32,8", *server]) == 0
+    out = capsys.readouterr().out
+    assert f"-> Chroma server http://127.0.0.1:{port}" in out.strip().splitlines()[-1]
+
+    report = tmp_path / "report"
+    code = main(["score", "--model", str(tiny_run_dir), "--dims", "32,8", *server, "--out", str(report), "--latency-samples", "10", "--batch-queries", "4"])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    payload = json.loads((report / "metrics.json").read_text())
+    assert payload["store"] == f"Chroma server http://127.0.0.1:{port}"
+    assert payload["agreement"]["ok"]
+    for label in ("baseline", "fine-tuned"):
+        for dim in ("32", "8"):
+            row = payload["models"][label]["dims"][dim]
+            assert abs(row["chroma"]["ndcg@10"] - row["evaluator"]["ndcg@10"]) <= 0.002
+            assert row["latency"]["single_p50_ms"] > 0
+
+    assert main(["query", "tax rate", "--model", str(tiny_run_dir), "--dim", "8", "--k", "2", "--compare", *server]) == 0
+    out = capsys.readouterr().out
+    assert "Left: fine-tuned" in out
+
+    # the server goes away: a clear error naming it, no traceback
+    proc.terminate()
+    proc.wait(timeout=15)
+    code = main(["query", "tax rate", "--model", str(tiny_run_dir), "--dim", "8", *server])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err
+    assert f"Cannot reach the Chroma server at 127.0.0.1:{port}" in err
