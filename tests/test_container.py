@@ -1,0 +1,347 @@
+"""The SageMaker container contract, run for real against temp folders laid out like /opt/ml.
+
+The entrypoint (``python -m infra.container train``) reads channels and hyperparameters, runs the
+whole job on the tiny random BERT, and writes the model, the report, metrics and - on failure - the
+failure file. The SIGTERM test runs the entrypoint as its own process and stops it with a real
+signal, as a spot interruption would, then restarts it on the same checkpoint folder.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+import pytest
+
+from infra import container as K
+from job.errors import JobError
+from conftest import make_pairs
+
+ROOT = Path(__file__).resolve().parents[1]
+
+FAST = {
+    "max_steps": "2",
+    "batch_size": "8",
+    "eval_batch_size": "16",
+    "logging_steps": "1",
+    "matryoshka_dims": "[32, 16]",
+}
+
+
+def layout(tmp_path: Path, model: Path | None, hps: dict | None = None, pairs: bool = True, promised=None) -> Path:
+    """A folder shaped like /opt/ml: channels, hyperparameters.json, inputdataconfig.json."""
+    root = tmp_path / "opt_ml"
+    config = root / "input" / "config"
+    config.mkdir(parents=True)
+    channels = {}
+    if pairs:
+        train = root / "input" / "data" / "train"
+        train.mkdir(parents=True)
+        (train / "pairs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in make_pairs(5)))
+        channels["train"] = {"TrainingInputMode": "File"}
+    if model is not None:
+        shutil.copytree(model, root / "input" / "data" / "model")
+        channels["model"] = {"TrainingInputMode": "File"}
+    (config / "hyperparameters.json").write_text(json.dumps(FAST if hps is None else hps))
+    (config / "inputdataconfig.json").write_text(json.dumps(promised if promised is not None else channels))
+    return root
+
+
+def run_train(root: Path, capsys, *extra: str) -> tuple[int, str, str]:
+    code = K.main(["train", "--opt-ml", str(root), *extra])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def failure(root: Path) -> str:
+    return (root / "output" / "failure").read_text()
+
+
+# --- the whole contract --------------------------------------------------------------------------
+def test_contract_writes_model_report_and_metrics(tmp_path, tiny_model_path, capsys):
+    root = layout(tmp_path, tiny_model_path)
+    code, out, err = run_train(root, capsys)
+    assert code == 0, err
+    assert not (root / "output" / "failure").exists()
+    # model: a loadable sentence-transformers folder with the evaluation in its card
+    assert (root / "model" / "modules.json").is_file()
+    assert "Held-out evaluation" in (root / "model" / "README.md").read_text()
+    # output/data: a run directory minus the model, and a flat metrics.json
+    data = root / "output" / "data"
+    for rel in ("report/report.md", "report/metrics.json", "baseline/metrics.json", "data/prepare.json", "ir/test/corpus.jsonl"):
+        assert (data / rel).is_file(), rel
+    flat = json.loads((data / "metrics.json").read_text())
+    assert set(flat) >= {"test_ndcg@10_dim32", "test_ndcg@10_dim16", "baseline_ndcg@10_dim32", "train_seconds"}
+    assert flat["global_steps"] == 2
+    # the run directory lives in the checkpoint folder (SageMaker syncs it for spot restarts)
+    assert (root / "checkpoints" / "run" / "model" / "training.json").is_file()
+    # the channels and converted hyperparameters reached the job configuration
+    prepare = json.loads((data / "data" / "prepare.json").read_text())
+    assert prepare["source"] == str(root / "input" / "data" / "train" / "pairs.jsonl")
+    report = json.loads((data / "report" / "metrics.json").read_text())
+    assert report["dims"] == [32, 16]
+    assert report["base_model"] == str(root / "input" / "data" / "model")
+
+    # Every METRIC line is matched by exactly one of the launcher's metric definitions, with its value.
+    defs = [(d["Name"], re.compile(d["Regex"])) for d in K.metric_definitions([32, 16])]
+    lines = [line for line in out.splitlines() if line.startswith("METRIC ")]
+    names = set()
+    for line in lines:
+        hits = [(name, float(m.group(1))) for name, rx in defs if (m := rx.search(line))]
+        assert len(hits) == 1, line
+        name, value = hits[0]
+        assert line == f"METRIC {name}={value:.6g}"
+        names.add(name)
+    assert names >= {"train_loss", "baseline_ndcg@10_dim32", "val_ndcg@10_dim16", "test_ndcg@10_dim32", "test_ndcg@10_dim16"}
+    test_line = next(line for line in lines if line.startswith("METRIC test_ndcg@10_dim32="))
+    assert float(test_line.split("=")[1]) == pytest.approx(flat["test_ndcg@10_dim32"], rel=1e-5)
+
+    # A second start on the same folders (a restart after the job finished) skips every step.
+    code, out, err = run_train(root, capsys)
+    assert code == 0, err
+    assert out.count("already done for this configuration") == 4
+    assert "METRIC test_ndcg@10_dim32=" in out
+
+
+def test_every_path_can_be_overridden(tmp_path, tiny_model_path, capsys):
+    root = layout(tmp_path, tiny_model_path)
+    out_dirs = {name: tmp_path / "elsewhere" / name for name in ("model", "data", "ckpt")}
+    code, _, err = run_train(
+        tmp_path / "no-such-root", capsys,
+        "--train-dir", str(root / "input" / "data" / "train"),
+        "--base-model-dir", str(root / "input" / "data" / "model"),
+        "--hyperparameters", str(root / "input" / "config" / "hyperparameters.json"),
+        "--model-dir", str(out_dirs["model"]),
+        "--output-data-dir", str(out_dirs["data"]),
+        "--checkpoint-dir", str(out_dirs["ckpt"]),
+    )  # fmt: skip
+    assert code == 0, err
+    assert (out_dirs["model"] / "modules.json").is_file()
+    assert (out_dirs["data"] / "report" / "report.md").is_file()
+    assert (out_dirs["ckpt"] / "run" / "data" / "prepare.json").is_file()
+    assert not (tmp_path / "no-such-root").exists()
+
+
+# --- hyperparameters -----------------------------------------------------------------------------
+def test_hyperparameters_are_converted_to_the_field_types(tmp_path):
+    path = tmp_path / "hyperparameters.json"
+    path.write_text(
+        json.dumps(
+            {
+                "epochs": "2",
+                "learning_rate": "5e-05",
+                "max_steps": "10",
+                "matryoshka_dims": "[64, 32]",  # the SDK's JSON form of a list
+                "check_column_order": "false",
+                "split-by": "passage",
+                "query_prompt": "query: ",
+                "max_seq_length": "None",
+                "sagemaker_program": "ignored.py",  # SageMaker's own keys are not configuration
+                "_tuning_objective_metric": "test_ndcg@10_dim64",
+            }
+        )
+    )
+    assert K.read_hyperparameters(path) == {
+        "epochs": 2.0,
+        "learning_rate": 5e-05,
+        "max_steps": 10,
+        "matryoshka_dims": [64, 32],
+        "check_column_order": False,
+        "split_by": "passage",
+        "query_prompt": "query: ",
+        "max_seq_length": None,
+    }
+    path.write_text(json.dumps({"matryoshka_dims": "64,32"}))
+    assert K.read_hyperparameters(path) == {"matryoshka_dims": [64, 32]}
+
+
+@pytest.mark.parametrize(
+    "hps, needles",
+    [
+        ({"epochz": "2"}, ["Unknown configuration key 'epochz'", "SageMaker hyperparameters"]),
+        ({"epochs": "two"}, ["'epochs'", "'two'", "not a valid float"]),
+        ({"max_steps": "2.5"}, ["'max_steps'", "'2.5'", "not a valid int"]),
+        ({"loss": "triplet"}, ["'loss'", "mnrl, cached_mnrl"]),
+        ({"run_dir": "/tmp/x"}, ["Hyperparameter 'run_dir'", "cannot be set in the container"]),
+    ],
+)
+def test_bad_hyperparameter_is_named_in_the_failure_file(tmp_path, tiny_model_path, capsys, hps, needles):
+    root = layout(tmp_path, tiny_model_path, hps={**FAST, **hps})
+    code, _, err = run_train(root, capsys)
+    assert code == 2
+    reason = failure(root)
+    for needle in needles:
+        assert needle in reason, reason
+    assert "Traceback" not in err
+    assert not (root / "model").exists() and not (root / "checkpoints" / "run").exists()
+
+
+# --- channels ------------------------------------------------------------------------------------
+def test_missing_train_channel_is_named(tmp_path, tiny_model_path, capsys):
+    root = layout(tmp_path, tiny_model_path, pairs=False)
+    code, _, _ = run_train(root, capsys)
+    assert code == 2
+    assert failure(root).startswith(f"The 'train' channel is missing: {root}/input/data/train does not exist")
+
+
+def test_promised_channel_that_is_missing_is_named(tmp_path, tiny_model_path, capsys):
+    promised = {"train": {}, "model": {}, "eval": {"TrainingInputMode": "File"}}
+    root = layout(tmp_path, tiny_model_path, promised=promised)
+    code, _, _ = run_train(root, capsys)
+    assert code == 2
+    assert "The 'eval' channel is missing" in failure(root)
+    assert "inputdataconfig.json lists it" in failure(root)
+
+
+def test_train_channel_with_two_files_needs_the_data_hyperparameter(tmp_path, tiny_model_path):
+    root = layout(tmp_path, tiny_model_path)
+    train = root / "input" / "data" / "train"
+    shutil.copy(train / "pairs.jsonl", train / "more.jsonl")
+    paths = K.ContainerPaths.create(root)
+    with pytest.raises(JobError, match=r"holds 2 data files \(more.jsonl, pairs.jsonl\)"):
+        K.channel_values(paths, {})
+    assert K.channel_values(paths, {"data": "more.jsonl"})["data"] == str(train / "more.jsonl")
+    with pytest.raises(JobError, match="has no such file"):
+        K.channel_values(paths, {"data": "other.csv"})
+
+
+def test_embedded_data_needs_no_train_channel_and_eval_channel_is_the_test_set(tmp_path, tiny_model_path):
+    root = layout(tmp_path, tiny_model_path, pairs=False)
+    beir = root / "input" / "data" / "eval"
+    beir.mkdir(parents=True)
+    (beir / "corpus.jsonl").write_text('{"_id": "d1", "text": "x"}\n')
+    values = K.channel_values(K.ContainerPaths.create(root), {"data": "embedded"})
+    assert values == {"eval_data": str(beir), "model": str(root / "input" / "data" / "model")}
+
+
+def test_base_model_channel_may_hold_a_model_tarball(tmp_path, tiny_model_path):
+    """A previous job's model.tar.gz can be the next job's base model."""
+    root = layout(tmp_path, None)
+    channel = root / "input" / "data" / "model"
+    channel.mkdir(parents=True)
+    with tarfile.open(channel / "model.tar.gz", "w:gz") as tf:
+        for p in tiny_model_path.rglob("*"):
+            tf.add(p, arcname=p.relative_to(tiny_model_path).as_posix(), recursive=False)
+    model = Path(K.channel_values(K.ContainerPaths.create(root), {})["model"])
+    assert (model / "modules.json").is_file()
+    from sentence_transformers import SentenceTransformer
+
+    assert SentenceTransformer(str(model)).get_sentence_embedding_dimension() == 32
+
+
+def test_two_model_sources_are_refused(tmp_path, tiny_model_path):
+    root = layout(tmp_path, tiny_model_path)
+    with pytest.raises(JobError, match="give the base model one way"):
+        K.channel_values(K.ContainerPaths.create(root), {"model": "BAAI/bge-small-en-v1.5"})
+
+
+def test_several_instances_are_refused(tmp_path, tiny_model_path, capsys):
+    root = layout(tmp_path, tiny_model_path)
+    (root / "input" / "config" / "resourceconfig.json").write_text(json.dumps({"current_host": "algo-1", "hosts": ["algo-1", "algo-2"]}))
+    code, _, _ = run_train(root, capsys)
+    assert code == 2
+    assert "runs on 2 instances" in failure(root) and "ml.g5.12xlarge" in failure(root)
+
+
+# --- metrics -------------------------------------------------------------------------------------
+@pytest.mark.parametrize("value", [0.8194, 1e-05, 12.5, -0.25, 3.0, 123456789.0])
+def test_metric_regexes_parse_every_printed_number(value):
+    (rx,) = [re.compile(d["Regex"]) for d in K.metric_definitions([384]) if d["Name"] == "test_ndcg@10_dim384"]
+    line = K.metric_line("test_ndcg@10_dim384", value)
+    assert float(rx.search(line).group(1)) == pytest.approx(value, rel=1e-5)
+    assert rx.search(K.metric_line("test_ndcg@10_dim3840", value)) is None
+
+
+def test_metric_definitions_fit_sagemakers_limit():
+    defs = K.metric_definitions()
+    assert len(defs) == 1 + 3 * len(K.COMMON_DIMS) <= 40  # SageMaker allows 40 per job
+    assert len({d["Name"] for d in defs}) == len(defs)
+
+
+# --- the other entry: the job's own commands -----------------------------------------------------
+def test_anything_but_train_is_the_job_command_line(capsys):
+    assert K.main(["config", "--epochs", "3"]) == 0
+    assert "epochs: 3.0" in capsys.readouterr().out
+
+
+# --- SIGTERM: save a checkpoint, exit non-zero, resume on restart ----------------------------------
+def test_sigterm_saves_a_checkpoint_and_the_restart_resumes(tmp_path, tiny_model_path, capsys):
+    hps = {**FAST, "max_steps": "100000", "eval_steps": "100000", "val_fraction": "0.1"}
+    root = layout(tmp_path, tiny_model_path, hps=hps)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "JOB_NPROC_PER_NODE": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "infra.container", "train", "--opt-ml", str(root)],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    seen = []
+    deadline = time.monotonic() + 120
+    for line in proc.stdout:  # wait until training is under way (a few loss lines), then stop it
+        seen.append(line)
+        if sum(line.count("METRIC train_loss=") for line in seen) >= 3:
+            proc.send_signal(signal.SIGTERM)
+            break
+        assert time.monotonic() < deadline, "".join(seen)
+    rest = proc.communicate(timeout=120)[0]
+    output = "".join(seen) + rest
+    assert proc.returncode == K.EXIT_SIGTERM, output
+    reason = failure(root)
+    assert reason.startswith("Stopped by SIGTERM during training; a checkpoint of step ")
+    step = int(re.search(r"checkpoint of step (\d+)", reason).group(1))
+    assert step >= 3
+    assert (root / "checkpoints" / "run" / "checkpoints" / f"checkpoint-{step}").is_dir()
+    assert not (root / "model" / "modules.json").exists()
+
+    # The restart (same checkpoint folder, as SageMaker restores it) resumes from that checkpoint.
+    (root / "output" / "failure").unlink()
+    (root / "input" / "config" / "hyperparameters.json").write_text(json.dumps({**hps, "max_steps": str(step + 2)}))
+    code, out, err = run_train(root, capsys)
+    # max_steps is part of the training fingerprint: changing it refuses to resume with a clear error.
+    assert code == 2 and "changed: max_steps" in failure(root)
+    (root / "input" / "config" / "hyperparameters.json").write_text(json.dumps(hps))
+    code, out, err = _run_until_resumed(root, capsys, step)
+    assert f"train: resuming from {root}/checkpoints/run/checkpoints/checkpoint-{step}" in out
+
+
+def _run_until_resumed(root, capsys, step):
+    """Restart with the original settings; stop the (very long) resumed run right after it resumed."""
+    from transformers import TrainerCallback
+
+    class StopAfterResume(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            assert state.global_step > step  # it continued from the checkpoint, not from 0
+            control.should_training_stop = True
+
+    code = K.contract_main(["--opt-ml", str(root)], callbacks=[StopAfterResume()])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    training = json.loads((root / "checkpoints" / "run" / "model" / "training.json").read_text())
+    assert training["resumed_from"].endswith(f"checkpoint-{step}")
+    assert training["global_steps"] == step + 1
+    assert (root / "model" / "modules.json").is_file()
+    return code, out, err
+
+
+# --- several GPUs: the train step under torchrun --------------------------------------------------
+@pytest.mark.slow
+def test_train_step_runs_under_torchrun_with_several_processes(tmp_path, tiny_model_path, capsys, monkeypatch):
+    """Two CPU processes (gloo) stand in for two GPUs: the same code path as JOB_NPROC_PER_NODE=2 on a g5.12xlarge."""
+    root = layout(tmp_path, tiny_model_path, hps={**FAST, "max_steps": "4", "eval_steps": "2"})
+    monkeypatch.setenv(K.NPROC_ENV, "2")
+    monkeypatch.chdir(ROOT)
+    code, out, err = run_train(root, capsys)
+    assert code == 0, err + out
+    training = json.loads((root / "checkpoints" / "run" / "model" / "training.json").read_text())
+    assert training["global_steps"] == 4
+    # Both ranks took part: each saved its RNG state into the shared checkpoint (DDP over gloo).
+    last = root / "checkpoints" / "run" / "checkpoints" / "checkpoint-4"
+    assert (last / "rng_state_0.pth").is_file() and (last / "rng_state_1.pth").is_file()
+    assert (root / "model" / "modules.json").is_file()
+    assert (root / "output" / "data" / "report" / "metrics.json").is_file()
