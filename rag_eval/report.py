@@ -151,7 +151,10 @@ def plot(result: dict[str, Any], path: Path) -> None:
         ax.set_xticklabels([str(d) for d in dims])
         ax.set_xlabel("embedding dim (Matryoshka truncation)")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        if ax.get_lines():
+            ax.legend(fontsize=8)
+    if not right.get_lines():
+        right.text(0.5, 0.5, "not measured (--no-disk-size)", ha="center", va="center", transform=right.transAxes)
     left.set_ylabel("NDCG@10 (test)")
     left.set_title("NDCG@10 by dim")
     right.set_ylim(bottom=0)

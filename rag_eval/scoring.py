@@ -54,7 +54,8 @@ def check_indexed(client, target: S.StoreTarget, specs: list[ModelSpec], dims: l
         if indexed:
             listed = ", ".join(map(str, indexed))
             raise JobError(
-                f"Dim {', '.join(map(str, missing))} is not indexed for {who} in the {target.describe()}; indexed dims: {listed}.",
+                f"{'Dim' if len(missing) == 1 else 'Dims'} {', '.join(map(str, missing))} {'is' if len(missing) == 1 else 'are'} "
+                f"not indexed for {who} in the {target.describe()}; indexed dims: {listed}.",
                 f"pick from {listed}, or index it first (`rag-eval index ... --dims {','.join(map(str, missing))}`).",
             )
         raise JobError(

@@ -52,7 +52,7 @@ def test_hand_values_exact_evaluator_and_chroma_agree(tmp_path):
         for metric, value in expected.items():
             assert exact[dim][metric] == pytest.approx(value, abs=1e-6), ("evaluator", dim, metric)
 
-    result = _index_and_score(tmp_path, data, model)
+    result = _index_and_score(tmp_path, data, model, settings=S.HnswSettings(ef_search=500))  # a high ef_search
     for dim, expected in EXPECTED.items():
         row = result["models"]["fine-tuned"]["dims"][str(dim)]
         for metric, value in expected.items():

@@ -178,3 +178,27 @@ def test_python_dash_m_runs_the_same_command_line():
     assert done.returncode == 0
     for command in ("index", "score", "query"):
         assert command in done.stdout
+
+
+def test_graded_beir_folder_and_pairs_file_as_evaluation_data(tiny_model_path, tmp_path, capsys):
+    from job.data import IRData, write_beir
+    from rag_eval_helpers import tiny_ir
+
+    ir = tiny_ir()
+    graded = IRData(ir.corpus, ir.queries, {q: {d: 2 if i % 2 else 1 for d in docs} for i, (q, docs) in enumerate(ir.qrels.items())})
+    write_beir(tmp_path / "beir", graded, "test")
+    common = ("--model", tiny_model_path, "--chroma-path", tmp_path / "chroma", "--dims", "16")
+    assert main(["index", *map(str, common), "--data", str(tmp_path / "beir")]) == 0
+    code, out, err = _run(capsys, "score", *common, "--data", tmp_path / "beir", "--out", tmp_path / "r", *FAST_SCORE, "--no-disk-size")
+    assert code == 0, err
+    payload = json.loads((tmp_path / "r" / "metrics.json").read_text())
+    assert payload["data"]["graded"] and payload["reference"] == "exact" and payload["agreement"]["ok"]
+    assert "| model Chroma | model exact search (graded) |" in out
+    assert payload["models"]["model"]["dims"]["16"]["disk_bytes"] is None
+
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text("".join(json.dumps({"question": p.question, "context": p.passage}) + "\n" for p in tiny_pairs()))
+    # the same corpus from a pairs file: same fingerprint, so the collections built from the BEIR folder serve it
+    code, out, err = _run(capsys, "score", *common, "--data", pairs, "--out", tmp_path / "r2", *FAST_SCORE, "--no-disk-size")
+    assert code == 0, err
+    assert json.loads((tmp_path / "r2" / "metrics.json").read_text())["data"]["queries"] == 24
