@@ -122,6 +122,7 @@ class JobConfig:
         choices=("auto", "no"),
     )
     dataloader_workers: int = _opt(0, "DataLoader worker processes.")
+    nproc: int = _opt(0, "Training processes (DDP through torchrun); 0 = one per visible GPU, 1 on CPU.")
     token_cache: bool = _opt(
         True,
         "Fast data pipeline: tokenize each distinct training text once (not in every batch of every epoch) and "
@@ -301,6 +302,8 @@ def resolve_config(
 
 
 def validate_config(cfg: JobConfig) -> None:
+    if cfg.nproc < 0:
+        raise JobError(f"nproc is {cfg.nproc}; it must be 0 (one per GPU) or more.", "pass e.g. --nproc 2.")
     if cfg.hard_negatives < 0:
         raise JobError(f"hard_negatives is {cfg.hard_negatives}; it must be 0 or more.", "pass e.g. --hard-negatives 1.")
     if cfg.eval_steps is not None and cfg.eval_steps < 1:

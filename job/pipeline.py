@@ -256,9 +256,58 @@ def _score(cfg: JobConfig, model, data: D.IRData, dims: list[int], name: str) ->
 def train(
     cfg: JobConfig, rd: RunDir, echo: Echo = print, resume: bool = False, force: bool = False, callbacks=None
 ) -> dict[str, Any]:
+    from job import distributed
     from job.train import train_model
 
     fingerprint = step_fingerprint(cfg, rd, "train")
+    if not distributed.inside_torchrun():
+        nproc = distributed.resolve_nproc(cfg)
+        if nproc > 1:
+            _check_checkpoints(rd, fingerprint, resume, force)
+            echo(f"train: starting {nproc} processes (torchrun, DDP)")
+            distributed.launch_training(cfg, rd.root, nproc, resume=resume, force=force)
+            record = _require(rd, "train", "job train")
+            _echo_train(echo, rd, record)
+            return record
+        _check_checkpoints(rd, fingerprint, resume, force)
+    elif distributed.is_main_process():
+        # torchrun rank 0: the launcher already checked the checkpoints (and --force cleared them)
+        _check_checkpoints(rd, fingerprint, resume=resume, force=force)
+
+    model = load_model(cfg.model, max_seq_length=cfg.max_seq_length, train=True)
+    dims = resolve_dims(cfg, model)
+    best_dim = resolve_best_dim(cfg, dims)
+    train_pairs = D.read_pairs(rd.data / "train.jsonl")
+    validation = load_split(rd, "validation")
+    result = train_model(
+        cfg, model, dims, best_dim, train_pairs, validation, rd.checkpoints, resume=resume, callbacks=callbacks
+    )
+    base_name = resolve_model_name(cfg.model)
+    record = {"base_model": base_name, "dims": dims, "best_dim": best_dim, **result.summary, "fingerprint": fingerprint}
+    if not distributed.is_main_process():
+        return record  # exactly one model is written, by rank 0
+    model.model_card_data.model_name = f"{Path(base_name).name} fine-tuned for retrieval (Matryoshka {dims})"
+    stage = rd.root / ".model.tmp"
+    shutil.rmtree(stage, ignore_errors=True)
+    model.save(str(stage))
+    write_json(stage / "training.json", record)
+    _replace_dir(stage, rd.model)
+    _echo_train(echo, rd, record)
+    return record
+
+
+def _echo_train(echo: Echo, rd: RunDir, record: dict[str, Any]) -> None:
+    best_dim = record["best_dim"]
+    best = f", best validation NDCG@10@{best_dim} {record['best_metric']:.4f}" if record["best_metric"] is not None else ""
+    procs = f" on {record['world_size']} processes" if record.get("world_size", 1) > 1 else ""
+    echo(
+        f"train: {record['global_steps']} steps over {record['train_pairs']} pairs{procs} in {record['train_seconds']:.0f} s "
+        f"({record['pairs_per_second']:.1f} pairs/s){best} -> {rd.model}"
+    )
+
+
+def _check_checkpoints(rd: RunDir, fingerprint: dict[str, Any], resume: bool, force: bool) -> None:
+    """Resume only checkpoints of this configuration; never discard unfinished ones without --force."""
     marker = rd.checkpoints / "job_fingerprint.json"
     if resume:
         old = json.loads(marker.read_text()) if marker.is_file() else fingerprint
@@ -279,29 +328,6 @@ def train(
             )
         shutil.rmtree(rd.checkpoints)
     write_json(marker, fingerprint)
-
-    model = load_model(cfg.model, max_seq_length=cfg.max_seq_length, train=True)
-    dims = resolve_dims(cfg, model)
-    best_dim = resolve_best_dim(cfg, dims)
-    train_pairs = D.read_pairs(rd.data / "train.jsonl")
-    validation = load_split(rd, "validation")
-    result = train_model(
-        cfg, model, dims, best_dim, train_pairs, validation, rd.checkpoints, resume=resume, callbacks=callbacks
-    )
-    base_name = resolve_model_name(cfg.model)
-    model.model_card_data.model_name = f"{Path(base_name).name} fine-tuned for retrieval (Matryoshka {dims})"
-    stage = rd.root / ".model.tmp"
-    shutil.rmtree(stage, ignore_errors=True)
-    model.save(str(stage))
-    record = {"base_model": base_name, "dims": dims, "best_dim": best_dim, **result.summary, "fingerprint": fingerprint}
-    write_json(stage / "training.json", record)
-    _replace_dir(stage, rd.model)
-    best = f", best validation NDCG@10@{best_dim} {record['best_metric']:.4f}" if record["best_metric"] is not None else ""
-    echo(
-        f"train: {record['global_steps']} steps over {record['train_pairs']} pairs in {record['train_seconds']:.0f} s "
-        f"({record['pairs_per_second']:.1f} pairs/s){best} -> {rd.model}"
-    )
-    return record
 
 
 # --- evaluate ------------------------------------------------------------------------------------

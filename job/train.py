@@ -12,6 +12,7 @@ from typing import Any
 
 from job.config import JobConfig
 from job.data import IRData, Pair
+from job.distributed import world_size
 from job.errors import JobError
 from job.evaluation import build_evaluator, metric_key
 from job.negatives import add_hard_negatives
@@ -39,6 +40,18 @@ def precision_flags(mode: str) -> dict[str, bool]:
     return {"bf16": bool(torch.cuda.is_bf16_supported()), "tf32": major >= 8}
 
 
+def _param_checksums(model) -> list[float]:
+    """Sum of all weights on every rank (one entry per rank): equal values mean the ranks stayed in sync."""
+    import torch
+
+    local = float(sum(p.detach().double().sum().item() for p in model.parameters()))
+    if world_size() > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
+        gathered: list[float] = [0.0] * world_size()
+        torch.distributed.all_gather_object(gathered, local)
+        return gathered
+    return [local]
+
+
 def _free_accelerator_memory() -> None:
     import gc
 
@@ -56,10 +69,11 @@ def build_loss(model, cfg: JobConfig, dims: list[int]):
         MultipleNegativesRankingLoss,
     )
 
+    gather = world_size() > 1  # under DDP, every rank scores its queries against all ranks' passages
     if cfg.loss == "cached_mnrl":
-        inner = CachedMultipleNegativesRankingLoss(model, mini_batch_size=cfg.mini_batch_size)
+        inner = CachedMultipleNegativesRankingLoss(model, mini_batch_size=cfg.mini_batch_size, gather_across_devices=gather)
     else:
-        inner = MultipleNegativesRankingLoss(model)
+        inner = MultipleNegativesRankingLoss(model, gather_across_devices=gather)
     return MatryoshkaLoss(model, inner, matryoshka_dims=dims)
 
 
@@ -109,6 +123,8 @@ def train_model(
             {"anchor": [p.question for p in train_pairs], "positive": [p.passage for p in train_pairs]}
         )
     batch_size = min(cfg.batch_size, len(train_pairs))
+    world = world_size()
+    per_device_batch = max(1, batch_size // world)
     loss = build_loss(model, cfg, dims)
     evaluator = None
     select: dict[str, Any] = {"eval_strategy": "no", "load_best_model_at_end": False}
@@ -136,7 +152,7 @@ def train_model(
         output_dir=str(checkpoint_dir),
         num_train_epochs=cfg.epochs,
         max_steps=cfg.max_steps,
-        per_device_train_batch_size=batch_size,
+        per_device_train_batch_size=per_device_batch,
         per_device_eval_batch_size=cfg.eval_batch_size,
         gradient_accumulation_steps=cfg.gradient_accumulation_steps,
         learning_rate=cfg.learning_rate,
@@ -155,6 +171,7 @@ def train_model(
         dataloader_num_workers=cfg.dataloader_workers,
         prompts=prompts or None,
         **precision_flags(cfg.mixed_precision),
+        **({"ddp_backend": "gloo", "use_cpu": True} if world > 1 and not torch.cuda.is_available() else {}),
         **select,
     )
     trainer_class = cached_trainer_class() if cfg.token_cache else SentenceTransformerTrainer
@@ -200,6 +217,8 @@ def train_model(
         "loss": cfg.loss,
         "train_pairs": len(train_pairs),
         "batch_size": batch_size,
+        "world_size": world,
+        "rank_param_checksums": _param_checksums(model),
         "global_steps": state.global_step,
         "epochs": state.epoch,
         "train_seconds": round(seconds, 2),

@@ -233,3 +233,28 @@ def test_out_of_memory_after_updates_is_a_clear_error(tmp_path, tiny_model_path,
     prepare(cfg, rd, echo=lambda m: None)
     with pytest.raises(JobError, match=r"out of accelerator memory at step 1 with batch size 8.*--resume"):
         train(cfg, rd, echo=lambda m: None, callbacks=[_OutOfMemoryLater()])
+
+
+def test_two_process_ddp_on_cpu_stays_in_sync_and_saves_one_model(tmp_path, tiny_model_path, pairs_file):
+    """A real 2-process torchrun (gloo) run of the training step."""
+    cfg = _cfg(tmp_path, tiny_model_path, pairs_file, max_steps=3, nproc=2, batch_size=8, val_fraction=0.0)
+    rd = RunDir(cfg.run_dir)
+    prepare(cfg, rd, echo=lambda m: None)
+    lines = []
+    record = train(cfg, rd, echo=lines.append)
+    assert lines[0] == "train: starting 2 processes (torchrun, DDP)"
+    assert record["world_size"] == 2 and record["global_steps"] == 3
+    checksums = record["rank_param_checksums"]
+    assert len(checksums) == 2 and checksums[0] == pytest.approx(checksums[1], rel=1e-12)
+    assert sorted(p.name for p in rd.root.iterdir() if p.name.startswith((".model", "model"))) == ["model"]
+    assert (rd.model / "model.safetensors").is_file()
+
+
+def test_more_processes_than_cores_is_a_clear_error(tmp_path, tiny_model_path, pairs_file):
+    import os
+
+    cfg = _cfg(tmp_path, tiny_model_path, pairs_file, nproc=(os.cpu_count() or 1) + 1, batch_size=8 * ((os.cpu_count() or 1) + 1))
+    rd = RunDir(cfg.run_dir)
+    prepare(cfg, rd, echo=lambda m: None)
+    with pytest.raises(JobError, match="more CPU training processes than there are cores"):
+        train(cfg, rd, echo=lambda m: None)
