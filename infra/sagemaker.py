@@ -33,7 +33,6 @@ import shutil
 import tarfile
 import tempfile
 import time
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -314,9 +313,30 @@ def _source_bundle(spec: LaunchSpec, where: Path) -> Path:
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
     for pkg in ("job", "infra"):
         shutil.copytree(spec.source_dir / pkg, src / pkg, ignore=ignore)
-    deps = tomllib.loads((spec.source_dir / "pyproject.toml").read_text())["project"]["dependencies"]
+    deps = _project_dependencies(spec.source_dir / "pyproject.toml")
     (src / "requirements.txt").write_text("\n".join(deps) + "\n")
     return src
+
+
+def _project_dependencies(pyproject: Path) -> list[str]:
+    try:
+        import tomllib  # Python 3.11+
+    except ModuleNotFoundError:  # Python 3.10: the installed distribution's own requirements
+        from importlib.metadata import requires
+
+        return [r for r in requires("rag-embed-finetune") or [] if "extra ==" not in r]
+    return tomllib.loads(pyproject.read_text())["project"]["dependencies"]
+
+
+def _require_sdk() -> None:
+    try:
+        import boto3  # noqa: F401
+        import sagemaker.train  # noqa: F401
+    except ImportError as exc:
+        raise JobError(
+            f"The SageMaker SDK is not installed ({exc.name} is missing).",
+            "pip install 'rag-embed-finetune[aws]' (boto3 and sagemaker-train, the v3 SDK).",
+        ) from None
 
 
 def _session(region: str, dry_run: bool, bucket: str, prefix: str, uploads: list[tuple[str, str]], captured: dict):
@@ -439,6 +459,7 @@ def _metric_definitions(cfg: C.JobConfig):
 
 def launch(cfg: C.JobConfig, spec: LaunchSpec, *, dry_run: bool = False, wait: bool = False, echo: Echo = print, poll_s: float = 30) -> LaunchResult:
     """Check, upload (unless ``dry_run``), create the training job; return the exact CreateTrainingJob request."""
+    _require_sdk()
     spec = check_spec(spec)
     plan = plan_inputs(cfg, spec)
     hps = hyperparameters_for(cfg, plan)  # fails here, before any upload, on a value SageMaker would refuse
@@ -474,6 +495,7 @@ def launch(cfg: C.JobConfig, spec: LaunchSpec, *, dry_run: bool = False, wait: b
 
 # --- following a job up --------------------------------------------------------------------------
 def sagemaker_client(region: str | None = None):
+    _require_sdk()
     import boto3
 
     return boto3.session.Session(region_name=resolve_region(region)).client("sagemaker")
@@ -614,4 +636,8 @@ def fetch(name: str, run_dir: Path | None = None, region: str | None = None, *, 
         shutil.move(str(stage), str(run_dir))
     report = run_dir / "report" / "report.md"
     echo(f"fetch: {name} -> {run_dir} (model/{', report/' if report.is_file() else ''}); load it with SentenceTransformer('{run_dir / 'model'}')")
+    training = run_dir / "model" / "training.json"
+    base = json.loads(training.read_text()).get("base_model", "") if training.is_file() else ""
+    if base.startswith(("/opt/ml/", tempfile.gettempdir())):
+        echo(f"fetch: the base model came in through the job's model channel ({base}); give its local copy to rag_eval as --baseline")
     return run_dir
