@@ -1,12 +1,24 @@
-"""Helpers for the rag_eval tests: a hand-made table model, the hand-worked dataset, tiny run data."""
+"""Helpers and fixtures for the rag_eval tests: a hand-made table model, the hand-worked dataset,
+a tiny job run directory and a free loopback port.
+
+Not a conftest.py: other test modules import the top-level tests/conftest.py as ``conftest``, and a
+second conftest module here would shadow it. Test modules import the fixtures they use from here.
+Every store is an embedded Chroma in a temp dir or a server the test starts itself; no network.
+"""
 
 from __future__ import annotations
 
+import json
+import socket
+from pathlib import Path
+
 import numpy as np
+import pytest
 import torch
 from sentence_transformers.util import cos_sim
 
-from job.data import IRData, Pair, build_ir_corpus, build_ir_queries
+from job.data import IRData, Pair, build_ir_corpus, build_ir_queries, write_beir
+from job.pipeline import RunDir, write_json
 from rag_eval.sources import FINETUNED, LoadedModel, ModelSpec
 
 
@@ -101,3 +113,33 @@ def perturbed_copy(src, dst, seed: int = 1, scale: float = 0.05):
             p.add_(torch.randn(p.shape, generator=gen) * scale)
     st.save(str(dst))
     return dst
+
+
+_RUN_DIRS: dict[str, Path] = {}
+
+
+@pytest.fixture(scope="session")
+def tiny_run_dir(tmp_path_factory, tiny_model_path):
+    """A finished job run directory: model/ (+ training.json naming the tiny base model, dims 32/16/8)
+    and ir/test. Built once per session (each test module imports this fixture). Treat it as
+    read-only; stores go elsewhere (pass --chroma-path)."""
+    if str(tiny_model_path) in _RUN_DIRS:
+        return _RUN_DIRS[str(tiny_model_path)]
+    rd = RunDir(tmp_path_factory.mktemp("run"))
+    perturbed_copy(tiny_model_path, rd.model)
+    write_json(
+        rd.model / "training.json",
+        {"base_model": str(tiny_model_path), "dims": [32, 16, 8], "fingerprint": {"query_prompt": None, "passage_prompt": None}},
+    )
+    write_beir(rd.ir("test"), tiny_ir(), "test")
+    (rd.root / "data").mkdir()
+    (rd.root / "data" / "prepare.json").write_text(json.dumps({"note": "made by the rag_eval fixture"}))
+    _RUN_DIRS[str(tiny_model_path)] = rd.root
+    return rd.root
+
+
+@pytest.fixture()
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

@@ -12,7 +12,7 @@ import sys
 import pytest
 
 from rag_eval.cli import main
-from rag_eval_helpers import tiny_pairs
+from rag_eval_helpers import free_port, tiny_pairs, tiny_run_dir  # noqa: F401 - fixtures
 
 FAST_SCORE = ("--latency-samples", "10", "--batch-queries", "4")
 

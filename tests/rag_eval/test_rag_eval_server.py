@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from rag_eval.cli import main
+from rag_eval_helpers import free_port, tiny_run_dir  # noqa: F401 - fixtures
 
 CHROMA = Path(sys.executable).with_name("chroma")
 
