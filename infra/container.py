@@ -32,11 +32,13 @@ same entrypoint runs on a laptop against a folder laid out like ``/opt/ml``:
 On SIGTERM (spot interruption, StopTrainingJob, ``docker stop``) during training, the trainer saves
 a checkpoint at the end of the current step and the process exits with 143. Metrics are printed
 as ``METRIC <name>=<value>`` lines; :func:`metric_definitions` gives the matching regexes.
-With several GPUs the train step runs under torchrun (one process per GPU); the other steps run once.
+With several GPUs (the ``nproc`` field: 0 = one process per visible GPU) the train step runs under
+torchrun, started here so that every rank gets the SIGTERM and metric callbacks; the other steps run once.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -67,7 +69,6 @@ RESERVED_PREFIXES = ("sagemaker_", "_")
 # Fields the container decides itself: where the run lives, and publishing (SageMaker uploads the
 # model; `job launch fetch` brings it back, `job` publishing commands take it from there).
 CONTAINER_FIELDS = ("run_dir", "s3_uri", "hub_repo")
-NPROC_ENV = "JOB_NPROC_PER_NODE"
 # Dims that get a SageMaker metric definition when the configuration does not list its own.
 COMMON_DIMS = (1024, 768, 512, 384, 256, 128, 64, 32)
 FAILURE_LIMIT = 1024  # SageMaker keeps the first 1 KiB of output/failure as FailureReason
@@ -146,9 +147,13 @@ def read_hyperparameters(path: Path) -> dict[str, Any]:
     try:
         raw = json.loads(path.read_text() or "{}")
     except json.JSONDecodeError as exc:
-        raise JobError(f"{path} is not valid JSON ({exc}).", "pass hyperparameters as a JSON object of name: value.") from None
+        raise JobError(
+            f"{path} is not valid JSON ({exc}).", "pass hyperparameters as a JSON object of name: value."
+        ) from None
     if not isinstance(raw, dict):
-        raise JobError(f"{path} must hold a JSON object of name: value.", "pass hyperparameters as {\"epochs\": \"2\", ...}.")
+        raise JobError(
+            f"{path} must hold a JSON object of name: value.", 'pass hyperparameters as {"epochs": "2", ...}.'
+        )
     values: dict[str, Any] = {}
     for key, value in raw.items():
         if key.startswith(RESERVED_PREFIXES):
@@ -205,7 +210,9 @@ def _unpack_model(channel: Path) -> Path:
     """The base-model channel as a model folder: the folder itself, its one sub-folder, or an unpacked tarball."""
     tarballs = [p for p in channel.iterdir() if p.name.endswith((".tar.gz", ".tgz"))]
     if len(tarballs) == 1 and not (channel / "modules.json").exists() and not (channel / "config.json").exists():
-        target = Path(tempfile.gettempdir()) / "job-base-model"  # a fixed path: the run's fingerprint holds it
+        # the same path on every start of this job (the run's fingerprint holds it), another for another channel
+        tag = hashlib.sha256(str(channel.resolve()).encode()).hexdigest()[:8]
+        target = Path(tempfile.gettempdir()) / f"job-base-model-{tag}"
         shutil.rmtree(target, ignore_errors=True)
         target.mkdir(parents=True)
         with tarfile.open(tarballs[0]) as tf:
@@ -226,7 +233,9 @@ def channel_values(paths: ContainerPaths, hps: dict[str, Any]) -> dict[str, Any]
 
     # train: required unless the data hyperparameter names a dataset that needs no file.
     data_hp = hps.get("data")
-    train = _channel(paths, TRAIN, required=data_hp is None, why="it holds the training pairs; no 'data' hyperparameter was given")
+    train = _channel(
+        paths, TRAIN, required=data_hp is None, why="it holds the training pairs; no 'data' hyperparameter was given"
+    )
     if train is not None:
         if data_hp is not None:
             inside = _inside(train, data_hp)
@@ -403,21 +412,6 @@ SIGTERM = _SigtermState()
 
 
 # --- the job -------------------------------------------------------------------------------------
-def nproc_per_node(environ: Mapping[str, str] | None = None) -> int:
-    env = os.environ if environ is None else environ
-    if env.get(NPROC_ENV):
-        try:
-            n = int(env[NPROC_ENV])
-        except ValueError:
-            raise JobError(f"{NPROC_ENV}={env[NPROC_ENV]!r} is not a whole number.", "set it to the number of GPUs, or unset it.") from None
-        if n < 1:
-            raise JobError(f"{NPROC_ENV} is {n}; it must be at least 1.", "set it to the number of GPUs, or unset it.")
-        return n
-    import torch
-
-    return max(1, torch.cuda.device_count())
-
-
 def run_steps(cfg: C.JobConfig, echo: Echo, nproc: int = 1, callbacks: list | None = None) -> dict[str, Any]:
     """prepare -> baseline -> train -> evaluate with the same skip/refuse rules as ``job run``; training
     resumes from the run's checkpoints (a spot restart) and runs under torchrun when ``nproc`` > 1."""
@@ -486,43 +480,34 @@ def _train_distributed(cfg: C.JobConfig, rd, nproc: int, resume: bool, echo: Ech
         sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
         "-m", "infra.container", "_train-rank", "--config", str(cfg_file), "--resume" if resume else "--fresh",
     ]  # fmt: skip
-    env = dict(os.environ)
-    import torch
-
-    if not torch.cuda.is_available():  # CPU processes (a stand-in for GPUs): make accelerate use DDP over gloo
-        env.setdefault("ACCELERATE_USE_CPU", "1")
-    echo(f"train: {nproc} processes under torchrun (one per GPU)")
-    SIGTERM.child = subprocess.Popen(cmd, env=env)
+    echo(f"train: {nproc} processes under torchrun (DDP)")
+    SIGTERM.child = subprocess.Popen(cmd)
     try:
         code = SIGTERM.child.wait()
     finally:
         SIGTERM.child = None
     if SIGTERM.received:
-        raise Interrupted("Stopped by SIGTERM during distributed training; the ranks saved a checkpoint in " f"{rd.checkpoints}.")
+        raise Interrupted(
+            f"Stopped by SIGTERM during distributed training; the ranks saved a checkpoint in {rd.checkpoints}."
+        )
     if code != 0:
         raise RuntimeError(f"distributed training failed (torchrun exit code {code}); see the ranks' output above")
     return rd.record("train")
 
 
 def train_rank(cfg: C.JobConfig, resume: bool) -> None:
-    """One torchrun rank: rank 0 runs the job's train step (checkpoints, model); the others only train."""
+    """One torchrun rank of the train step: the job's own train step (rank 0 writes), plus our callbacks."""
+    from job import distributed
     from job import pipeline as P
 
-    rd = P.RunDir(cfg.run_dir)
-    callbacks = _callbacks(distributed=True)
-    if int(os.environ.get("RANK", "0")) == 0:
-        P.train(cfg, rd, echo, resume=resume, callbacks=callbacks)
-        return
-    from job.data import read_pairs
-    from job.models import load_model, resolve_best_dim, resolve_dims
-    from job.train import train_model
-
-    model = load_model(cfg.model, max_seq_length=cfg.max_seq_length, train=True)
-    dims = resolve_dims(cfg, model)
-    train_model(
-        cfg, model, dims, resolve_best_dim(cfg, dims), read_pairs(rd.data / "train.jsonl"), P.load_split(rd, "validation"),
-        rd.checkpoints, resume=resume, callbacks=callbacks,
-    )  # fmt: skip
+    quiet = lambda msg: None  # noqa: E731 - one rank speaks
+    P.train(
+        cfg,
+        P.RunDir(cfg.run_dir),
+        echo if distributed.is_main_process() else quiet,
+        resume=resume,
+        callbacks=_callbacks(distributed=True),
+    )
 
 
 def export_outputs(cfg: C.JobConfig, paths: ContainerPaths, results: dict[str, Any]) -> None:
@@ -575,17 +560,23 @@ def echo(msg: str) -> None:
     print(msg, flush=True)
 
 
-def run_contract(paths: ContainerPaths, environ: Mapping[str, str] | None = None, callbacks: list | None = None) -> dict[str, Any]:
+def run_contract(
+    paths: ContainerPaths, environ: Mapping[str, str] | None = None, callbacks: list | None = None
+) -> dict[str, Any]:
     """The whole contract; raises on failure (see :func:`train_command` for the failure file)."""
     start = time.perf_counter()
     _check_single_node(paths)
     cfg = resolve_container_config(paths, environ)
     _check_writable(paths)
-    nproc = nproc_per_node(environ)
+    from job import distributed
+
+    nproc = distributed.resolve_nproc(cfg)
     echo(f"container: run dir {cfg.run_dir}, model {cfg.model}, data {cfg.data}, {nproc} process(es) for training")
     results = run_steps(cfg, echo, nproc=nproc, callbacks=(callbacks or []) + _callbacks())
     export_outputs(cfg, paths, results)
-    echo(f"container: done in {time.perf_counter() - start:.0f} s -> model {paths.model}, report {paths.output_data / 'report'}")
+    echo(
+        f"container: done in {time.perf_counter() - start:.0f} s -> model {paths.model}, report {paths.output_data / 'report'}"
+    )
     return results
 
 
@@ -595,7 +586,12 @@ def _path_option(flag: str, help_text: str):
 
 
 @click.command("train", context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
-@click.option("--opt-ml", type=click.Path(path_type=Path), default=None, help=f"Root of the layout [default: $OPT_ML or {OPT_ML}].")
+@click.option(
+    "--opt-ml",
+    type=click.Path(path_type=Path),
+    default=None,
+    help=f"Root of the layout [default: $OPT_ML or {OPT_ML}].",
+)
 @_path_option("--train-dir", "Training-pairs channel [default: ROOT/input/data/train].")
 @_path_option("--eval-dir", "Optional BEIR test-set channel [default: ROOT/input/data/eval].")
 @_path_option("--base-model-dir", "Optional base-model channel [default: ROOT/input/data/model].")
@@ -648,7 +644,9 @@ def contract_main(argv: list[str], callbacks: list | None = None) -> int:
         return exc.exit_code
     except Interrupted as exc:
         print(str(exc), file=sys.stderr, flush=True)
-        write_failure(paths, f"{exc} The job resumes from the checkpoint when it is restarted with the same checkpoint location.")
+        write_failure(
+            paths, f"{exc} The job resumes from the checkpoint when it is restarted with the same checkpoint location."
+        )
         return EXIT_SIGTERM
     except BaseException as exc:  # noqa: BLE001 - the contract: every failure is reported
         traceback.print_exc()

@@ -29,7 +29,9 @@ def parse_duration(value: str | int | None, flag: str) -> int | None:
         return value
     m = _DURATION.match(str(value))
     if not m:
-        raise JobError(f"{flag} {value!r} is not a duration.", f"write it as seconds or with a unit: {flag} 4h, 90m, 3600.")
+        raise JobError(
+            f"{flag} {value!r} is not a duration.", f"write it as seconds or with a unit: {flag} 4h, 90m, 3600."
+        )
     return int(float(m.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(2)])
 
 
@@ -58,21 +60,46 @@ def launch() -> None:
 @click.option("--region", default=None, help="AWS region  [default: AWS_REGION / AWS_DEFAULT_REGION / your AWS config]")
 @click.option("--bucket", default=None, help="S3 bucket for inputs, outputs and checkpoints  [env SAGEMAKER_BUCKET]")
 @click.option("--prefix", default="rag-embed-finetune", show_default=True, help="Key prefix in the bucket.")
-@click.option("--image", default=None, help="Our image's ECR URI, or 'huggingface' (the Hugging Face training image + this code).")
-@click.option("--instance-type", default="ml.g5.2xlarge", show_default=True, help="Several GPUs (e.g. ml.g5.12xlarge) train under torchrun.")
+@click.option(
+    "--image", default=None, help="Our image's ECR URI, or 'huggingface' (the Hugging Face training image + this code)."
+)
+@click.option(
+    "--instance-type",
+    default="ml.g5.2xlarge",
+    show_default=True,
+    help="Several GPUs (e.g. ml.g5.12xlarge) train under torchrun.",
+)
 @click.option("--instance-count", type=int, default=1, show_default=True, help="Instances (the job trains on one).")
 @click.option("--volume-size", type=int, default=50, show_default=True, help="Storage volume, GB.")
 @click.option("--max-run", default="4h", show_default=True, help="Stop the job after this long (3600, 90m, 4h).")
-@click.option("--spot/--no-spot", default=False, show_default=True, help="Managed spot training (checkpoints resume it).")
-@click.option("--max-wait", default=None, help="Spot: give up after this long, waiting included  [default: 2 x --max-run]")
-@click.option("--checkpoint-s3-uri", default=None, help="Where checkpoints are synced  [default with --spot: per job, under the bucket]")
-@click.option("--output-path", default=None, help="S3 URI for model.tar.gz / output.tar.gz  [default: s3://BUCKET/PREFIX/output/]")
+@click.option(
+    "--spot/--no-spot", default=False, show_default=True, help="Managed spot training (checkpoints resume it)."
+)
+@click.option(
+    "--max-wait", default=None, help="Spot: give up after this long, waiting included  [default: 2 x --max-run]"
+)
+@click.option(
+    "--checkpoint-s3-uri",
+    default=None,
+    help="Where checkpoints are synced  [default with --spot: per job, under the bucket]",
+)
+@click.option(
+    "--output-path", default=None, help="S3 URI for model.tar.gz / output.tar.gz  [default: s3://BUCKET/PREFIX/output/]"
+)
 @click.option("--base-job-name", default="rag-embed-finetune", show_default=True, help="Job name before the timestamp.")
 @click.option("--tag", "tags", multiple=True, metavar="KEY=VALUE", help="Tag for the job (repeatable).")
-@click.option("--env", "env", multiple=True, metavar="KEY=VALUE", help="Environment variable in the container (repeatable).")
+@click.option(
+    "--env", "env", multiple=True, metavar="KEY=VALUE", help="Environment variable in the container (repeatable)."
+)
 @click.option("--wait/--no-wait", default=True, show_default=True, help="Wait until the job ends.")
-@click.option("--dry-run", is_flag=True, help="Print the complete CreateTrainingJob request; upload nothing, call no AWS endpoint.")
-@click.option("--poll", type=float, default=30, show_default=True, hidden=True, help="Seconds between status checks with --wait.")
+@click.option(
+    "--dry-run",
+    is_flag=True,
+    help="Print the complete CreateTrainingJob request; upload nothing, call no AWS endpoint.",
+)
+@click.option(
+    "--poll", type=float, default=30, show_default=True, hidden=True, help="Seconds between status checks with --wait."
+)
 def sagemaker_cmd(cfg, role, region, bucket, prefix, image, instance_type, instance_count, volume_size, max_run, spot,
                   max_wait, checkpoint_s3_uri, output_path, base_job_name, tags, env, wait, dry_run, poll) -> None:  # fmt: skip
     """Start the job on SageMaker with this configuration (flags, --config, JOB_* as for `job run`).
@@ -102,7 +129,9 @@ def sagemaker_cmd(cfg, role, region, bucket, prefix, image, instance_type, insta
 @launch.command("status")
 @click.argument("name")
 @click.option("--region", default=None, help="AWS region of the job.")
-@click.option("--price", type=float, default=None, help="USD per instance-hour for the cost line  [default: on-demand list price]")
+@click.option(
+    "--price", type=float, default=None, help="USD per instance-hour for the cost line  [default: on-demand list price]"
+)
 def status_cmd(name, region, price) -> None:
     """Show a training job's status, times, cost and final metrics (NDCG@10 per dim)."""
     from infra import sagemaker as L

@@ -12,8 +12,8 @@ CreateTrainingJob request:
   Hugging Face PyTorch training image plus this repository's ``job``/``infra`` packages as source
   code, which runs the same entrypoint;
 * metric definitions match the container's ``METRIC`` lines (NDCG@10 per dim);
-* spot training sets the checkpoint S3 URI and the maximum wait; several GPUs per instance start
-  torchrun inside the container (``JOB_NPROC_PER_NODE``).
+* spot training sets the checkpoint S3 URI and the maximum wait; on an instance with several GPUs
+  the ``nproc`` hyperparameter makes the container train under torchrun, one process per GPU.
 
 ``dry_run`` builds the request through the same ModelTrainer code path but stops it before it is
 sent: nothing is uploaded and no AWS endpoint is called. :func:`status` and :func:`fetch` read a job
@@ -240,9 +240,13 @@ def plan_inputs(cfg: C.JobConfig, spec: LaunchSpec) -> InputPlan:
         if name == "eval_data":
             raise JobError(f"--eval-data {value} does not exist.", "pass a local BEIR folder or an s3:// URI.")
         if name == "model" and (value.startswith(("/", ".", "~")) or value.count("/") > 1):
-            raise JobError(f"Model path {value} does not exist.", "pass a local model folder, an s3:// URI or a Hub id.")
+            raise JobError(
+                f"Model path {value} does not exist.", "pass a local model folder, an s3:// URI or a Hub id."
+            )
         if name == "data" and Path(value).suffix.lower() in _data_suffixes():
-            raise JobError(f"Data file {value} does not exist.", "check the path given to --data, or pass an s3:// URI.")
+            raise JobError(
+                f"Data file {value} does not exist.", "check the path given to --data, or pass an s3:// URI."
+            )
         plan.hyperparameters[name] = value  # a Hub id (or 'embedded' / 'bundled:...'), resolved in the container
     return plan
 
@@ -260,7 +264,10 @@ def upload_inputs(plan: InputPlan, echo: Echo, client=None) -> None:
         bucket, prefix = S3.parse_s3_uri(uri)
         have = {o["Key"]: o["Size"] for o in S3.iter_objects(client, bucket, prefix)} if _bucket_ok(uri, client) else {}
         files = [local] if local.is_file() else sorted(p for p in local.rglob("*") if p.is_file())
-        want = {S3.join_key(prefix, p.name if p == local else p.relative_to(local).as_posix()): p.stat().st_size for p in files}
+        want = {
+            S3.join_key(prefix, p.name if p == local else p.relative_to(local).as_posix()): p.stat().st_size
+            for p in files
+        }
         if want and all(have.get(k) == size for k, size in want.items()):
             echo(f"launch: {local} is already at {uri} (same content), not uploading again")
             continue
@@ -284,10 +291,14 @@ def _as_string(value: Any) -> str:
     return str(value)
 
 
-def hyperparameters_for(cfg: C.JobConfig, plan: InputPlan) -> dict[str, str]:
+def hyperparameters_for(cfg: C.JobConfig, plan: InputPlan, spec: LaunchSpec | None = None) -> dict[str, str]:
     """The configuration as SageMaker hyperparameters: every value that differs from its default,
-    except the channels and the local-only fields, as strings."""
+    except the channels and the local-only fields, as strings. On an instance with several GPUs,
+    ``nproc`` says how many training processes torchrun starts (one per GPU) unless it is set."""
     out: dict[str, str] = {}
+    gpus = gpus_per_instance(spec.instance_type, spec.region or "us-east-1") if spec else None
+    if gpus and gpus > 1 and cfg.nproc == C.FIELDS["nproc"].default:
+        out["nproc"] = str(gpus)
     defaults = C.JobConfig()
     for name in C.FIELDS:
         if name in NOT_SENT or name in CHANNEL_FIELDS:
@@ -298,7 +309,10 @@ def hyperparameters_for(cfg: C.JobConfig, plan: InputPlan) -> dict[str, str]:
     out.update({k: _as_string(v) for k, v in plan.hyperparameters.items()})
     for key, value in out.items():
         if len(value) > 256:
-            raise JobError(f"The value of '{key}' is {len(value)} characters; SageMaker allows 256 per hyperparameter.", "shorten it.")
+            raise JobError(
+                f"The value of '{key}' is {len(value)} characters; SageMaker allows 256 per hyperparameter.",
+                "shorten it.",
+            )
     return dict(sorted(out.items()))
 
 
@@ -374,7 +388,9 @@ def _session(region: str, dry_run: bool, bucket: str, prefix: str, uploads: list
 
     # The SDK's usage telemetry is an HTTP request of its own: off, so that nothing but our requests leave.
     no_telemetry = {"SchemaVersion": "1.0", "SageMaker": {"PythonSDK": {"Modules": {"TelemetryOptOut": True}}}}
-    return LaunchSession(boto_session=boto_session, default_bucket=bucket, default_bucket_prefix=prefix, sagemaker_config=no_telemetry)
+    return LaunchSession(
+        boto_session=boto_session, default_bucket=bucket, default_bucket_prefix=prefix, sagemaker_config=no_telemetry
+    )
 
 
 @contextlib.contextmanager
@@ -414,12 +430,11 @@ def build_trainer(spec: LaunchSpec, cfg: C.JobConfig, plan: InputPlan, session, 
             py_version=HF_PY_VERSION, instance_type=spec.instance_type, image_scope="training",
         )  # fmt: skip
         source_code = SourceCode(
-            source_dir=str(_source_bundle(spec, workdir)), requirements="requirements.txt", command="python -m infra.container train"
+            source_dir=str(_source_bundle(spec, workdir)),
+            requirements="requirements.txt",
+            command="python -m infra.container train",
         )
     environment = dict(spec.environment)
-    gpus = gpus_per_instance(spec.instance_type, spec.region)
-    if gpus and gpus > 1:
-        environment.setdefault(K.NPROC_ENV, str(gpus))
     output_path = spec.output_path or f"s3://{spec.bucket}/{S3.join_key(spec.prefix, 'output')}/"
     trainer = ModelTrainer(
         sagemaker_session=session,
@@ -438,7 +453,7 @@ def build_trainer(spec: LaunchSpec, cfg: C.JobConfig, plan: InputPlan, session, 
         ),
         output_data_config=OutputDataConfig(s3_output_path=output_path, compression_type="GZIP"),
         input_data_config=[InputData(channel_name=ch, data_source=uri) for ch, uri in sorted(plan.channels.items())],
-        hyperparameters=hyperparameters_for(cfg, plan),
+        hyperparameters=hyperparameters_for(cfg, plan, spec),
         environment=environment,
         tags=[Tag(key=k, value=v) for k, v in sorted(spec.tags.items())] or None,
     )
@@ -457,12 +472,20 @@ def _metric_definitions(cfg: C.JobConfig):
     return [MetricDefinition(name=d["Name"], regex=d["Regex"]) for d in K.metric_definitions(cfg.matryoshka_dims)]
 
 
-def launch(cfg: C.JobConfig, spec: LaunchSpec, *, dry_run: bool = False, wait: bool = False, echo: Echo = print, poll_s: float = 30) -> LaunchResult:
+def launch(
+    cfg: C.JobConfig,
+    spec: LaunchSpec,
+    *,
+    dry_run: bool = False,
+    wait: bool = False,
+    echo: Echo = print,
+    poll_s: float = 30,
+) -> LaunchResult:
     """Check, upload (unless ``dry_run``), create the training job; return the exact CreateTrainingJob request."""
     _require_sdk()
     spec = check_spec(spec)
     plan = plan_inputs(cfg, spec)
-    hps = hyperparameters_for(cfg, plan)  # fails here, before any upload, on a value SageMaker would refuse
+    hps = hyperparameters_for(cfg, plan, spec)  # fails here, before any upload, on a value SageMaker would refuse
     uploads = [(str(p), uri) for p, uri in plan.uploads]
     if not dry_run:
         upload_inputs(plan, echo)
@@ -511,11 +534,19 @@ def describe(name: str, region: str | None = None, client=None) -> dict[str, Any
         code = exc.response.get("Error", {}).get("Code", "")
         message = exc.response.get("Error", {}).get("Message", "")
         # AWS answers "Requested resource not found."; moto "Could not find training job ..."
-        if code in ("ValidationException", "ResourceNotFound") and re.search(r"not found|could not find|does not exist", message, re.I):
-            raise JobError(f"There is no training job named {name} in {client.meta.region_name}.", "check the name and --region.") from None
-        raise JobError(f"DescribeTrainingJob {name} failed: {code} {message}".strip(), "check the credentials and --region.") from None
+        if code in ("ValidationException", "ResourceNotFound") and re.search(
+            r"not found|could not find|does not exist", message, re.I
+        ):
+            raise JobError(
+                f"There is no training job named {name} in {client.meta.region_name}.", "check the name and --region."
+            ) from None
+        raise JobError(
+            f"DescribeTrainingJob {name} failed: {code} {message}".strip(), "check the credentials and --region."
+        ) from None
     except BotoCoreError as exc:
-        raise JobError(f"Could not reach SageMaker to describe {name}: {exc}.", "check the network, credentials and --region.") from None
+        raise JobError(
+            f"Could not reach SageMaker to describe {name}: {exc}.", "check the network, credentials and --region."
+        ) from None
 
 
 def wait_for(name: str, region: str | None, echo: Echo, poll_s: float = 30, client=None) -> dict[str, Any]:
@@ -559,7 +590,11 @@ def status_lines(desc: dict[str, Any], price_per_hour: float | None = None) -> l
         lines.append(f"failure:   {desc['FailureReason']}")
     train_s, bill_s = desc.get("TrainingTimeInSeconds"), desc.get("BillableTimeInSeconds")
     if train_s is not None:
-        saved = f", spot saved {1 - bill_s / train_s:.0%}" if desc.get("EnableManagedSpotTraining") and bill_s and train_s else ""
+        saved = (
+            f", spot saved {1 - bill_s / train_s:.0%}"
+            if desc.get("EnableManagedSpotTraining") and bill_s and train_s
+            else ""
+        )
         lines.append(f"time:      {train_s} s training, {bill_s} s billable{saved}")
     usd, basis = job_cost(desc, price_per_hour)
     lines.append(f"cost:      {'$%.2f' % usd if usd is not None else 'unknown'} ({basis})")
@@ -579,7 +614,9 @@ def _metric_order(name: str) -> tuple:
     return (kinds.get(m.group(1), 3), -int(m.group(2))) if m else (9, 0, name)
 
 
-def status(name: str, region: str | None = None, echo: Echo = print, price_per_hour: float | None = None, client=None) -> dict[str, Any]:
+def status(
+    name: str, region: str | None = None, echo: Echo = print, price_per_hour: float | None = None, client=None
+) -> dict[str, Any]:
     desc = describe(name, region, client)
     for line in status_lines(desc, price_per_hour):
         echo(line)
@@ -600,21 +637,35 @@ def _extract(tarball: Path, into: Path) -> None:
         with tarfile.open(tarball) as tf:
             tf.extractall(into, filter="data")
     except (tarfile.TarError, OSError) as exc:
-        raise JobError(f"{tarball.name} could not be unpacked: {exc}.", "download it again; check that the job completed.") from None
+        raise JobError(
+            f"{tarball.name} could not be unpacked: {exc}.", "download it again; check that the job completed."
+        ) from None
 
 
-def fetch(name: str, run_dir: Path | None = None, region: str | None = None, *, force: bool = False, echo: Echo = print, client=None, s3=None) -> Path:
+def fetch(
+    name: str,
+    run_dir: Path | None = None,
+    region: str | None = None,
+    *,
+    force: bool = False,
+    echo: Echo = print,
+    client=None,
+    s3=None,
+) -> Path:
     """Download model.tar.gz and output.tar.gz of a completed job and unpack them into a run directory."""
     desc = describe(name, region, client)
     if desc["TrainingJobStatus"] != "Completed":
         raise JobError(
             f"Training job {name} is {desc['TrainingJobStatus']}; only a completed job has a model to fetch.",
-            f"wait for it (`job launch status {name}`)" + (f"; it failed: {desc['FailureReason']}" if desc.get("FailureReason") else "."),
+            f"wait for it (`job launch status {name}`)"
+            + (f"; it failed: {desc['FailureReason']}" if desc.get("FailureReason") else "."),
         )
     run_dir = Path(run_dir or Path("runs") / name)
     if run_dir.exists() and any(run_dir.iterdir()):
         if not force:
-            raise JobError(f"{run_dir} already exists and is not empty.", "pass --force to replace it, or another --run-dir.")
+            raise JobError(
+                f"{run_dir} already exists and is not empty.", "pass --force to replace it, or another --run-dir."
+            )
         shutil.rmtree(run_dir)
     model_uri, output_uri = output_uris(desc)
     s3 = s3 or S3.s3_client()
@@ -630,14 +681,23 @@ def fetch(name: str, run_dir: Path | None = None, region: str | None = None, *, 
         if output_tgz is not None:
             _extract(output_tgz, stage)
         if not (stage / "model" / "modules.json").is_file():
-            raise JobError(f"{model_uri} holds no sentence-transformers model (no modules.json).", "check that the job used this project's image.")
-        (stage / "launch.json").write_text(json.dumps({"training_job": name, "model": model_uri, "output": output_uri}, indent=2))
+            raise JobError(
+                f"{model_uri} holds no sentence-transformers model (no modules.json).",
+                "check that the job used this project's image.",
+            )
+        (stage / "launch.json").write_text(
+            json.dumps({"training_job": name, "model": model_uri, "output": output_uri}, indent=2)
+        )
         run_dir.parent.mkdir(parents=True, exist_ok=True)
         shutil.move(str(stage), str(run_dir))
     report = run_dir / "report" / "report.md"
-    echo(f"fetch: {name} -> {run_dir} (model/{', report/' if report.is_file() else ''}); load it with SentenceTransformer('{run_dir / 'model'}')")
+    echo(
+        f"fetch: {name} -> {run_dir} (model/{', report/' if report.is_file() else ''}); load it with SentenceTransformer('{run_dir / 'model'}')"
+    )
     training = run_dir / "model" / "training.json"
     base = json.loads(training.read_text()).get("base_model", "") if training.is_file() else ""
     if base.startswith(("/opt/ml/", tempfile.gettempdir())):
-        echo(f"fetch: the base model came in through the job's model channel ({base}); give its local copy to rag_eval as --baseline")
+        echo(
+            f"fetch: the base model came in through the job's model channel ({base}); give its local copy to rag_eval as --baseline"
+        )
     return run_dir

@@ -101,7 +101,9 @@ def _ignored(path: str, patterns: list[str]) -> bool:
 
 
 def test_dockerignore_keeps_tests_runs_caches_and_git_out():
-    patterns = [p.strip() for p in (ROOT / ".dockerignore").read_text().splitlines() if p.strip() and not p.startswith("#")]
+    patterns = [
+        p.strip() for p in (ROOT / ".dockerignore").read_text().splitlines() if p.strip() and not p.startswith("#")
+    ]
     for path in ("tests/test_container.py", "runs/demo/model/model.safetensors", ".venv/bin/python", ".git/HEAD",
                  "bench/quality.py", "job/__pycache__/cli.cpython-311.pyc", "Makefile", ".pytest_cache/v/x"):  # fmt: skip
         assert _ignored(path, patterns), path

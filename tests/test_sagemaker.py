@@ -23,7 +23,6 @@ from infra import container as K
 from infra import launch_cli
 from infra import sagemaker as L
 from job.config import resolve_config
-from job.errors import JobError
 
 ROLE = "arn:aws:iam::123456789012:role/SageMakerExecution"
 IMAGE = "123456789012.dkr.ecr.us-east-1.amazonaws.com/rag-embed-finetune:1.0"
@@ -75,7 +74,9 @@ def _keys(s3, bucket: str, prefix: str = "") -> list[str]:
 
 
 # --- the request -------------------------------------------------------------------------------
-def test_launch_uploads_inputs_and_sends_the_exact_request(aws, s3_bucket, tmp_path, pairs_file, tiny_model_path, capsys):
+def test_launch_uploads_inputs_and_sends_the_exact_request(
+    aws, s3_bucket, tmp_path, pairs_file, tiny_model_path, capsys
+):
     cfg = _cfg(
         data=str(pairs_file), model=str(tiny_model_path), eval_data=str(_beir(tmp_path / "beir")),
         epochs=2, learning_rate=5e-5, matryoshka_dims="32,16", check_column_order=False, query_prompt="query: ",
@@ -90,12 +91,17 @@ def test_launch_uploads_inputs_and_sends_the_exact_request(aws, s3_bucket, tmp_p
     name = result.job_name
     assert re.fullmatch(r"rag-embed-finetune-\d{14}", name)
 
-    digest = {ch: re.search(rf"inputs/{ch}-([0-9a-f]{{12}})/", json.dumps(result.request)).group(1) for ch in ("train", "eval", "model")}
+    digest = {
+        ch: re.search(rf"inputs/{ch}-([0-9a-f]{{12}})/", json.dumps(result.request)).group(1)
+        for ch in ("train", "eval", "model")
+    }
     prefix = "rag-embed-finetune/inputs"
     s3_uri = lambda ch: f"s3://{s3_bucket}/{prefix}/{ch}-{digest[ch]}/"  # noqa: E731
     channel = lambda ch: {  # noqa: E731
         "ChannelName": ch,
-        "DataSource": {"S3DataSource": {"S3DataType": "S3Prefix", "S3Uri": s3_uri(ch), "S3DataDistributionType": "FullyReplicated"}},
+        "DataSource": {
+            "S3DataSource": {"S3DataType": "S3Prefix", "S3Uri": s3_uri(ch), "S3DataDistributionType": "FullyReplicated"}
+        },
         "InputMode": "File",
     }
     metric = lambda n: {"Name": n, "Regex": f"METRIC {n}={NUMBER}"}  # noqa: E731
@@ -107,6 +113,7 @@ def test_launch_uploads_inputs_and_sends_the_exact_request(aws, s3_bucket, tmp_p
             "epochs": "2.0",
             "learning_rate": "5e-05",
             "matryoshka_dims": "32,16",
+            "nproc": "4",  # ml.g5.12xlarge has 4 x A10G: the container trains under torchrun, 4 processes
             "query_prompt": "query: ",
         },
         "AlgorithmSpecification": {
@@ -126,7 +133,6 @@ def test_launch_uploads_inputs_and_sends_the_exact_request(aws, s3_bucket, tmp_p
             "S3Uri": f"s3://{s3_bucket}/rag-embed-finetune/rag-embed-finetune/{name}/checkpoints",
             "LocalPath": "/opt/ml/checkpoints",
         },
-        "Environment": {"JOB_NPROC_PER_NODE": "4"},  # 4 x A10G: torchrun with 4 processes in the container
     }
     # The inputs really are in S3 (SeaweedFS), where the channels point.
     assert _keys(aws, s3_bucket, f"{prefix}/train-") == [f"{prefix}/train-{digest['train']}/pairs.jsonl"]
@@ -164,7 +170,13 @@ def test_launch_uploads_inputs_and_sends_the_exact_request(aws, s3_bucket, tmp_p
 def test_dry_run_calls_no_endpoint_and_uploads_nothing(monkeypatch, tmp_path, pairs_file, capsys):
     """Every AWS endpoint points at a closed port and no credentials exist: a dry run still prints the request."""
     dead = f"http://127.0.0.1:{_free_port()}"
-    for var in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE", "SAGEMAKER_VALIDATE_ROLE"):
+    for var in (
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+        "AWS_SESSION_TOKEN",
+        "AWS_PROFILE",
+        "SAGEMAKER_VALIDATE_ROLE",
+    ):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
@@ -172,7 +184,20 @@ def test_dry_run_calls_no_endpoint_and_uploads_nothing(monkeypatch, tmp_path, pa
     monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
     monkeypatch.setenv("SAGEMAKER_ROLE", ROLE)
     monkeypatch.setenv("SAGEMAKER_BUCKET", "no-such-bucket")
-    code = launch_cli.main(["sagemaker", "--region", "eu-west-1", "--image", "huggingface", "--data", str(pairs_file), "--epochs", "1", "--dry-run"])
+    code = launch_cli.main(
+        [
+            "sagemaker",
+            "--region",
+            "eu-west-1",
+            "--image",
+            "huggingface",
+            "--data",
+            str(pairs_file),
+            "--epochs",
+            "1",
+            "--dry-run",
+        ]
+    )
     out, err = capsys.readouterr()
     assert code == 0, err
     request = json.loads(out)
@@ -183,20 +208,31 @@ def test_dry_run_calls_no_endpoint_and_uploads_nothing(monkeypatch, tmp_path, pa
     assert request["AlgorithmSpecification"]["ContainerEntrypoint"] == ["/bin/bash"]
     assert [c["ChannelName"] for c in request["InputDataConfig"]] == ["train", "code", "sm_drivers"]
     assert request["HyperParameters"] == {"data": "pairs.jsonl", "epochs": "1.0"}
-    assert "Environment" not in request  # one A10G: no torchrun
+    assert "nproc" not in request["HyperParameters"]  # one A10G: no torchrun
     assert "would upload" in err and "/input/code" in err
     assert "SAGEMAKER_VALIDATE_ROLE" not in __import__("os").environ  # restored after the dry run
 
 
 def test_hugging_face_mode_uploads_our_code_with_its_requirements(aws, s3_bucket, capsys):
-    result = L.launch(_cfg(data="embedded", max_steps=2), L.LaunchSpec(role=ROLE, region="us-east-1", bucket=s3_bucket, image="huggingface"), echo=lambda m: None)
-    code = next(c for c in result.request["InputDataConfig"] if c["ChannelName"] == "code")["DataSource"]["S3DataSource"]["S3Uri"]
+    result = L.launch(
+        _cfg(data="embedded", max_steps=2),
+        L.LaunchSpec(role=ROLE, region="us-east-1", bucket=s3_bucket, image="huggingface"),
+        echo=lambda m: None,
+    )
+    code = next(c for c in result.request["InputDataConfig"] if c["ChannelName"] == "code")["DataSource"][
+        "S3DataSource"
+    ]["S3Uri"]
     keys = _keys(aws, s3_bucket, code.split(f"{s3_bucket}/", 1)[1] + "/")
     names = {k.split("/input/code/", 1)[1] for k in keys}
     assert {"requirements.txt", "infra/container.py", "job/cli.py", "job/pipeline.py"} <= names
     assert any(n.startswith("job/data/") and n.endswith(".jsonl") for n in names)  # the embedded dataset
     assert not any("__pycache__" in n for n in names)
-    body = aws.client().get_object(Bucket=s3_bucket, Key=next(k for k in keys if k.endswith("requirements.txt")))["Body"].read().decode()
+    body = (
+        aws.client()
+        .get_object(Bucket=s3_bucket, Key=next(k for k in keys if k.endswith("requirements.txt")))["Body"]
+        .read()
+        .decode()
+    )
     assert "sentence-transformers>=6.0,<7" in body.splitlines()
     assert result.request["HyperParameters"] == {"data": "embedded", "max_steps": "2"}
 
@@ -268,8 +304,23 @@ def test_missing_bucket_gets_the_s3_error(aws, pairs_file, capsys):
 
 
 # --- status and cost ---------------------------------------------------------------------------
+def test_wait_follows_the_job_to_its_end(aws, s3_bucket):
+    messages: list[str] = []
+    spec = L.LaunchSpec(role=ROLE, region="us-east-1", bucket=s3_bucket, image=IMAGE)
+    name = L.launch(_cfg(data="embedded"), spec, wait=True, poll_s=0.1, echo=messages.append).job_name
+    assert messages == [
+        f"launch: started training job {name} in us-east-1; follow it with `job launch status {name}`",
+        f"launch: {name}: Completed / Completed",  # moto: completed at once
+        f"launch: {name} completed; `job launch fetch {name}` downloads the model and report",
+    ]
+
+
 def test_status_shows_the_job_from_the_control_plane(aws, s3_bucket, capsys):
-    name = L.launch(_cfg(data="embedded"), L.LaunchSpec(role=ROLE, region="us-east-1", bucket=s3_bucket, image=IMAGE), echo=lambda m: None).job_name
+    name = L.launch(
+        _cfg(data="embedded"),
+        L.LaunchSpec(role=ROLE, region="us-east-1", bucket=s3_bucket, image=IMAGE),
+        echo=lambda m: None,
+    ).job_name
     assert launch_cli.main(["status", name, "--region", "us-east-1"]) == 0
     out = capsys.readouterr().out
     assert f"job:       {name}" in out
@@ -324,7 +375,11 @@ def test_fetch_makes_a_run_directory_that_loads(aws, s3_bucket, tmp_path, tiny_m
     assert K.main(["train", "--opt-ml", str(root)]) == 0, capsys.readouterr().err
     capsys.readouterr()
     # 2. A launched job (moto) whose artifacts SageMaker would have uploaded: put them where it says.
-    name = L.launch(_cfg(data="embedded"), L.LaunchSpec(role=ROLE, region="us-east-1", bucket=s3_bucket, image=IMAGE), echo=lambda m: None).job_name
+    name = L.launch(
+        _cfg(data="embedded"),
+        L.LaunchSpec(role=ROLE, region="us-east-1", bucket=s3_bucket, image=IMAGE),
+        echo=lambda m: None,
+    ).job_name
     model_uri, output_uri = L.output_uris(L.describe(name, "us-east-1"))
     for src, uri in ((root / "model", model_uri), (root / "output" / "data", output_uri)):
         bucket, key = uri[len("s3://") :].split("/", 1)
@@ -334,7 +389,14 @@ def test_fetch_makes_a_run_directory_that_loads(aws, s3_bucket, tmp_path, tiny_m
     assert launch_cli.main(["fetch", name, "--region", "us-east-1", "--run-dir", str(run_dir)]) == 0
     out = capsys.readouterr().out
     assert f"fetch: {name} -> {run_dir} (model/, report/)" in out
-    for rel in ("model/modules.json", "model/training.json", "report/metrics.json", "ir/test/corpus.jsonl", "data/prepare.json", "baseline/metrics.json"):
+    for rel in (
+        "model/modules.json",
+        "model/training.json",
+        "report/metrics.json",
+        "ir/test/corpus.jsonl",
+        "data/prepare.json",
+        "baseline/metrics.json",
+    ):
         assert (run_dir / rel).is_file(), rel
     assert json.loads((run_dir / "launch.json").read_text())["training_job"] == name
     from sentence_transformers import SentenceTransformer
