@@ -27,6 +27,7 @@ import contextlib
 import copy
 import hashlib
 import json
+import logging
 import os
 import re
 import shutil
@@ -230,6 +231,11 @@ def plan_inputs(cfg: C.JobConfig, spec: LaunchSpec) -> InputPlan:
                 plan.hyperparameters["data"] = value.rstrip("/").rsplit("/", 1)[-1]
             continue
         local = Path(value).expanduser()
+        if local.is_file() and name == "data" and local.suffix.lower() not in _data_suffixes():
+            raise JobError(
+                f"Cannot tell the format of {local} from its extension '{local.suffix}'.",
+                f"use one of {', '.join(sorted(_data_suffixes()))}.",
+            )
         if local.exists():
             prefix = f"s3://{spec.bucket}/{S3.join_key(spec.prefix, 'inputs', f'{channel}-{_digest(local)}')}/"
             plan.channels[channel] = prefix
@@ -340,6 +346,26 @@ def _project_dependencies(pyproject: Path) -> list[str]:
 
         return [r for r in requires("rag-embed-finetune") or [] if "extra ==" not in r]
     return tomllib.loads(pyproject.read_text())["project"]["dependencies"]
+
+
+class _NoRegionWarning(logging.Filter):
+    """The SDK warns "No region provided" when it builds a client from our session, which has one."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "No region provided" not in record.getMessage()
+
+
+def _quiet_sdk_logs() -> None:
+    """The SDK's INFO chatter off (warnings stay), unless the job runs with --debug."""
+    if logging.getLogger().level <= logging.DEBUG:
+        return
+    names = [n for n in logging.root.manager.loggerDict if n == "sagemaker" or n.startswith("sagemaker.")]
+    for name in ["sagemaker", "sagemaker.config", *names]:  # sagemaker.config sets INFO itself if unset
+        log = logging.getLogger(name)
+        log.setLevel(max(log.level, logging.WARNING))
+    utils = logging.getLogger("sagemaker.core.utils.utils")
+    if not any(isinstance(f, _NoRegionWarning) for f in utils.filters):
+        utils.addFilter(_NoRegionWarning())
 
 
 def _require_sdk() -> None:
@@ -483,6 +509,7 @@ def launch(
 ) -> LaunchResult:
     """Check, upload (unless ``dry_run``), create the training job; return the exact CreateTrainingJob request."""
     _require_sdk()
+    _quiet_sdk_logs()
     spec = check_spec(spec)
     plan = plan_inputs(cfg, spec)
     hps = hyperparameters_for(cfg, plan, spec)  # fails here, before any upload, on a value SageMaker would refuse

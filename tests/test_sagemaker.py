@@ -287,6 +287,7 @@ def test_missing_region_is_refused_before_any_upload(aws, s3_bucket, pairs_file,
         (["--max-run", "soon"], "is not a duration"),
         (["--tag", "team"], "is not KEY=VALUE"),
         (["--eval-data", "/no/such/beir"], "--eval-data /no/such/beir does not exist"),
+        (["--data", str(Path(__file__).parents[1] / "README.md")], "Cannot tell the format of"),
     ],
 )
 def test_bad_launch_settings_are_refused_before_any_upload(aws, s3_bucket, pairs_file, capsys, extra, needle):
