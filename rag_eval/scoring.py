@@ -124,7 +124,7 @@ def measure_latency(collection, queries: np.ndarray, opts: ScoreOptions) -> dict
         collection.query(query_embeddings=queries[i % len(queries)][None, :], n_results=k, include=include)
         single.append((time.perf_counter() - t) * 1000)
     batched = []
-    n_batches = max(5, opts.latency_samples // opts.batch_queries)
+    n_batches = max(20, opts.latency_samples // opts.batch_queries)  # enough batches for a p95
     for b in range(n_batches):
         idx = [(b * opts.batch_queries + j) % len(queries) for j in range(opts.batch_queries)]
         t = time.perf_counter()
