@@ -46,14 +46,14 @@ def config_options(func):
     @functools.wraps(func)
     def wrapper(*args, config_file=None, debug=False, **kwargs):
         cli_values = {k: kwargs.pop(k) for k in list(kwargs) if k in C.FIELDS}
-        _setup_logging(debug)
+        setup_logging(debug)
         cfg = C.resolve_config(config_file, cli_values)
         return func(*args, cfg=cfg, **kwargs)
 
     return wrapper
 
 
-def _setup_logging(debug: bool) -> None:
+def setup_logging(debug: bool) -> None:
     logging.basicConfig(level=logging.DEBUG if debug else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     for noisy in ("sentence_transformers", "transformers", "datasets", "httpx", "urllib3", "filelock", "botocore", "boto3", "s3transfer"):
         logging.getLogger(noisy).setLevel(logging.INFO if debug else logging.WARNING)
@@ -62,6 +62,9 @@ def _setup_logging(debug: bool) -> None:
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()
+
+
+_setup_logging = setup_logging  # the earlier private name, still used by infra.container
 
 
 def echo(msg: str) -> None:
@@ -169,11 +172,13 @@ from infra.push_cli import push  # noqa: E402 - `job push` lives with the publis
 cli.add_command(push)
 
 
-def main(argv: list[str] | None = None) -> int:
+def run_cli(group: click.Group, argv: list[str] | None, prog_name: str, interrupted_hint: str, debug_env: str = "JOB_DEBUG") -> int:
+    """Run a click group with the project's error contract: a JobError prints one `error:` paragraph
+    and exits 2 (traceback only with --debug or DEBUG_ENV=1); anything unexpected exits 1."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    debug = "--debug" in argv or os.environ.get("JOB_DEBUG", "") not in ("", "0")
+    debug = "--debug" in argv or os.environ.get(debug_env, "") not in ("", "0")
     try:
-        cli.main(args=argv, prog_name="job", standalone_mode=False)
+        group.main(args=argv, prog_name=prog_name, standalone_mode=False)
     except JobError as exc:
         if debug:
             traceback.print_exc()
@@ -188,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     except click.exceptions.Exit as exc:
         return exc.exit_code
     except KeyboardInterrupt:
-        click.echo("interrupted; `job run` resumes from the last checkpoint", err=True)
+        click.echo(f"interrupted; {interrupted_hint}", err=True)
         return 130
     except Exception as exc:  # noqa: BLE001
         if debug:
@@ -196,6 +201,10 @@ def main(argv: list[str] | None = None) -> int:
         click.echo(f"error: unexpected {type(exc).__name__}: {exc} (re-run with --debug for the traceback)", err=True)
         return 1
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_cli(cli, argv, "job", "`job run` resumes from the last checkpoint")
 
 
 def entrypoint() -> None:

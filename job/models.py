@@ -44,7 +44,11 @@ def resolve_model_name(model: str) -> str:
                 "pass the folder that holds the model files.",
             )
         return str(path)
-    looks_like_path = model.startswith(("/", ".", "~")) or model.count("/") > 1 or "\\" in model or not _HUB_ID.match(model)
+    # "runs/nope" matches the Hub id pattern, but when "runs" is a local folder it is a missing path
+    parent_is_local = len(path.parts) > 1 and path.parent.is_dir()
+    looks_like_path = (
+        model.startswith(("/", ".", "~")) or model.count("/") > 1 or "\\" in model or not _HUB_ID.match(model) or parent_is_local
+    )
     if looks_like_path:
         raise JobError(
             f"Model path {model} does not exist.",

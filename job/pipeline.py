@@ -51,6 +51,8 @@ class RunDir:
     model = property(lambda self: self.root / "model")
     baseline = property(lambda self: self.root / "baseline")
     report = property(lambda self: self.root / "report")
+    chroma = property(lambda self: self.root / "chroma")  # rag-eval's embedded vector store
+    rag_eval = property(lambda self: self.root / "rag_eval")  # rag-eval's reports
 
     def ir(self, split: str) -> Path:
         return self.root / "ir" / split

@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import functools
 import logging
-import os
 import sys
-import traceback
 from pathlib import Path
 
 import click
@@ -28,7 +26,7 @@ def echo(msg: str) -> None:
 
 
 def _setup_logging(debug: bool) -> None:
-    from job.cli import _setup_logging as job_setup_logging
+    from job.cli import setup_logging as job_setup_logging
 
     job_setup_logging(debug)
     for noisy in ("chromadb", "posthog", "matplotlib"):
@@ -283,32 +281,9 @@ def query_cmd(question, model, baseline, no_baseline, query_prompt, passage_prom
 # --- entry point ---------------------------------------------------------------------------------
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; the same contract as ``job.cli.main``."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    debug = "--debug" in argv or os.environ.get(DEBUG_ENV, "") not in ("", "0")
-    try:
-        cli.main(args=argv, prog_name="rag-eval", standalone_mode=False)
-    except JobError as exc:
-        if debug:
-            traceback.print_exc()
-        click.echo(f"error: {exc.message}", err=True)
-        return exc.exit_code
-    except click.exceptions.Abort:
-        click.echo("aborted", err=True)
-        return 130
-    except click.ClickException as exc:
-        exc.show()
-        return exc.exit_code
-    except click.exceptions.Exit as exc:
-        return exc.exit_code
-    except KeyboardInterrupt:
-        click.echo("interrupted; a collection being written is left as it was before", err=True)
-        return 130
-    except Exception as exc:  # noqa: BLE001
-        if debug:
-            raise
-        click.echo(f"error: unexpected {type(exc).__name__}: {exc} (re-run with --debug for the traceback)", err=True)
-        return 1
-    return 0
+    from job.cli import run_cli
+
+    return run_cli(cli, argv, "rag-eval", "a collection being written is left as it was before", DEBUG_ENV)
 
 
 def entrypoint() -> None:

@@ -133,3 +133,10 @@ def test_help_everywhere(capsys):
     for cmd in ([], ["prepare"], ["baseline"], ["train"], ["evaluate"], ["run"], ["config"], ["presets"]):
         code, out, _ = _run(capsys, *cmd, "--help")
         assert code == 0 and "Usage:" in out
+
+
+def test_missing_relative_model_path_is_not_taken_for_a_hub_id(prepared, pairs_file, capsys, tmp_path, monkeypatch):
+    run_dir, record = prepared
+    monkeypatch.chdir(tmp_path)  # tmp_path holds "run/", so "run/nope" names a missing local folder
+    code, _, err = _run(capsys, *_prepare_args(run_dir, "run/nope", pairs_file))
+    _assert_clean_failure(code, err, "Model path run/nope does not exist")
