@@ -626,9 +626,9 @@ def contract_main(argv: list[str], callbacks: list | None = None) -> int:
     try:
         ctx = train_command.make_context("train", list(argv))
         paths = _paths_from_options(ctx.params)
-        from job.cli import _setup_logging
+        from job.cli import setup_logging
 
-        _setup_logging(debug=False)
+        setup_logging(debug=False)
         signal.signal(signal.SIGTERM, SIGTERM.handler)
         run_contract(paths, callbacks=callbacks)
         return 0
