@@ -9,7 +9,7 @@ RUN_DIR ?= runs/demo
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: setup demo test bench clean
+.PHONY: setup demo test lint-docker docker-smoke clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -26,6 +26,12 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+lint-docker: $(STAMP)   # also part of `make test` (tests/test_dockerfile.py)
+	$(VENV)/bin/hadolint Dockerfile
+
+docker-smoke: $(STAMP)  # root; builds the image on its own dockerd and runs it like SageMaker (~10 min)
+	scripts/docker_smoke.sh
 
 clean:
 	rm -rf runs .pytest_cache

@@ -167,9 +167,11 @@ def run_cmd(cfg, force: bool) -> None:
         push_run(cfg.run_dir, cfg.s3_uri, cfg.hub_repo, cfg.hub_private, echo=echo, progress=True)
 
 
+from infra.launch_cli import launch  # noqa: E402 - `job launch` (SageMaker) lives with the cloud code
 from infra.push_cli import push  # noqa: E402 - `job push` lives with the publishing code
 
 cli.add_command(push)
+cli.add_command(launch)
 
 
 def run_cli(group: click.Group, argv: list[str] | None, prog_name: str, interrupted_hint: str, debug_env: str = "JOB_DEBUG") -> int:
