@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from job import data as D  # noqa: E402
 from job.config import JobConfig, resolve_config  # noqa: E402
-from job.evaluation import evaluate_model  # noqa: E402
+from job.evaluation import evaluate_model, evaluation_options  # noqa: E402
 from job.models import load_model, resolve_best_dim, resolve_dims  # noqa: E402
 from job.train import train_model  # noqa: E402
 
@@ -129,7 +129,7 @@ def main() -> None:
                 row["pairs_per_second"] = result.summary["pairs_per_second"]
                 row["global_steps"] = result.summary["global_steps"]
                 row["best_checkpoint"] = Path(result.summary["best_checkpoint"] or "").name
-        kw = {"batch_size": cfg.eval_batch_size, "query_prompt": cfg.query_prompt, "passage_prompt": cfg.passage_prompt}
+        kw = evaluation_options(cfg)
         row["plain"] = {d: m["ndcg@10"] for d, m in evaluate_model(model, plain, dims, "plain", **kw).items()}
         row["dedup"] = {d: m["ndcg@10"] for d, m in evaluate_model(model, dedup, dims, "dedup", **kw).items()}
         row["peak_host_memory_mib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)

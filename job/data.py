@@ -140,18 +140,23 @@ def _load_json(path: Path, kind: str) -> Records:
                 raise JobError(f"{path} must hold a list of objects (one per pair).", "write [{\"question\": ..., \"context\": ...}, ...].")
             return Records(data, str(path), "row")
     rows = []
-    for lineno, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise JobError(f"{path} line {lineno} is not valid JSON: {exc.msg}.", "fix or remove that line.") from None
+    for lineno, obj in json_lines(path, text):
         if not isinstance(obj, dict):
             raise JobError(f"{path} line {lineno} is not a JSON object.", "write one {\"question\": ..., \"context\": ...} object per line.")
         obj["__line__"] = lineno
         rows.append(obj)
     return Records(rows, str(path), "line")
+
+
+def json_lines(path: Path, text: str):
+    """(line number, parsed object) for every non-blank line; a bad line is a JobError naming it."""
+    for lineno, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            yield lineno, json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise JobError(f"{path} line {lineno} is not valid JSON: {exc.msg}.", "fix or remove that line.") from None
 
 
 def _load_hub(dataset_id: str, split: str) -> Records:
@@ -372,13 +377,7 @@ def load_beir(directory: str | Path, split: str = "test") -> IRData:
 
     def entries(path: Path) -> dict[str, str]:
         out = {}
-        for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise JobError(f"{path} line {lineno} is not valid JSON: {exc.msg}.", "fix or remove that line.") from None
+        for lineno, obj in json_lines(path, path.read_text(encoding="utf-8")):
             if not isinstance(obj, dict) or "_id" not in obj:
                 raise JobError(f"{path} line {lineno} has no \"_id\".", "give every entry an \"_id\" and a \"text\".")
             out[str(obj["_id"])] = text_of(obj, path)

@@ -140,6 +140,11 @@ def per_dim_metrics(raw: dict[str, float], name: str) -> dict[int, dict[str, flo
     return {dim: {label: out[dim][suffix] for label, suffix in REPORTED_METRICS if suffix in out[dim]} for dim in sorted(out, reverse=True)}
 
 
+def evaluation_options(cfg) -> dict[str, Any]:
+    """The evaluator settings a JobConfig fixes: encoding batch size and the prompts."""
+    return {"batch_size": cfg.eval_batch_size, "query_prompt": cfg.query_prompt, "passage_prompt": cfg.passage_prompt}
+
+
 def evaluate_model(model, data: IRData, dims: list[int], name: str, **kwargs) -> dict[int, dict[str, float]]:
     """Score ``model`` on ``data`` at every dim: ``{dim: {"ndcg@10": ..., "mrr@10": ..., ...}}``."""
     evaluator = build_evaluator(data, dims, name, **kwargs)

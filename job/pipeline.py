@@ -19,7 +19,7 @@ from typing import Any, Callable
 from job import data as D
 from job.config import JobConfig, fingerprint_digest
 from job.errors import JobError
-from job.evaluation import evaluate_model
+from job.evaluation import evaluate_model, evaluation_options
 from job.models import load_model, resolve_best_dim, resolve_dims, resolve_model_name
 from job.report import markdown_table, write_report
 
@@ -242,16 +242,7 @@ def baseline(cfg: JobConfig, rd: RunDir, echo: Echo = print) -> dict[str, Any]:
 
 
 def _score(cfg: JobConfig, model, data: D.IRData, dims: list[int], name: str) -> dict[int, dict[str, float]]:
-    return evaluate_model(
-        model,
-        data,
-        dims,
-        name,
-        batch_size=cfg.eval_batch_size,
-        query_prompt=cfg.query_prompt,
-        passage_prompt=cfg.passage_prompt,
-        show_progress_bar=True,
-    )
+    return evaluate_model(model, data, dims, name, **evaluation_options(cfg), show_progress_bar=True)
 
 
 # --- train ---------------------------------------------------------------------------------------

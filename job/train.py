@@ -14,7 +14,7 @@ from job.config import JobConfig
 from job.data import IRData, Pair
 from job.distributed import world_size
 from job.errors import JobError
-from job.evaluation import build_evaluator, metric_key
+from job.evaluation import build_evaluator, evaluation_options, metric_key
 from job.negatives import add_hard_negatives
 from job.sampler import IdNoDuplicatesBatchSampler
 from job.token_cache import cached_trainer_class
@@ -129,14 +129,7 @@ def train_model(
     evaluator = None
     select: dict[str, Any] = {"eval_strategy": "no", "load_best_model_at_end": False}
     if validation is not None:
-        evaluator = build_evaluator(
-            validation,
-            dims,
-            VALIDATION,
-            batch_size=cfg.eval_batch_size,
-            query_prompt=cfg.query_prompt,
-            passage_prompt=cfg.passage_prompt,
-        )
+        evaluator = build_evaluator(validation, dims, VALIDATION, **evaluation_options(cfg))
         select = {
             "eval_strategy": "steps" if cfg.eval_steps else "epoch",
             "load_best_model_at_end": True,
