@@ -129,6 +129,8 @@ def main() -> None:
                 row["pairs_per_second"] = result.summary["pairs_per_second"]
                 row["global_steps"] = result.summary["global_steps"]
                 row["best_checkpoint"] = Path(result.summary["best_checkpoint"] or "").name
+                # what a recipe choice may look at: validation NDCG@10 (largest dim) of the kept checkpoint
+                row["validation_ndcg@10"] = result.summary["best_metric"]
         kw = evaluation_options(cfg)
         row["plain"] = {d: m["ndcg@10"] for d, m in evaluate_model(model, plain, dims, "plain", **kw).items()}
         row["dedup"] = {d: m["ndcg@10"] for d, m in evaluate_model(model, dedup, dims, "dedup", **kw).items()}
@@ -139,11 +141,12 @@ def main() -> None:
     dims = list(results[0]["plain"])
     print()
     print("NDCG@10, plain corpus (duplicate-aware in brackets)")
-    print("| recipe | train s | pairs/s | " + " | ".join(str(d) for d in dims) + " |")
-    print("|---|---:|---:|" + "---:|" * len(dims))
+    print("| recipe | train s | pairs/s | validation NDCG@10 | " + " | ".join(str(d) for d in dims) + " |")
+    print("|---|---:|---:|---:|" + "---:|" * len(dims))
     for r in results:
         cells = " | ".join(f"{r['plain'][d]:.3f} ({r['dedup'][d]:.3f})" for d in dims)
-        print(f"| {r['preset']} | {r.get('train_seconds', '-')} | {r.get('pairs_per_second', '-')} | {cells} |")
+        val = f"{r['validation_ndcg@10']:.3f}" if r.get("validation_ndcg@10") is not None else "-"
+        print(f"| {r['preset']} | {r.get('train_seconds', '-')} | {r.get('pairs_per_second', '-')} | {val} | {cells} |")
     print(f"peak host memory: {max(r['peak_host_memory_mib'] for r in results)} MiB")
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
