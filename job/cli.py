@@ -64,9 +64,6 @@ def setup_logging(debug: bool) -> None:
         hf_logging.disable_progress_bar()
 
 
-_setup_logging = setup_logging  # the earlier private name, still used by infra.container
-
-
 def echo(msg: str) -> None:
     click.echo(msg)
 
