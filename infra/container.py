@@ -413,54 +413,20 @@ SIGTERM = _SigtermState()
 
 # --- the job -------------------------------------------------------------------------------------
 def run_steps(cfg: C.JobConfig, echo: Echo, nproc: int = 1, callbacks: list | None = None) -> dict[str, Any]:
-    """prepare -> baseline -> train -> evaluate with the same skip/refuse rules as ``job run``; training
-    resumes from the run's checkpoints (a spot restart) and runs under torchrun when ``nproc`` > 1."""
+    """``job run``'s steps and skip/refuse rules (``job.pipeline.run``); training resumes from the run's
+    checkpoints (a spot restart), carries our callbacks, and runs under torchrun when ``nproc`` > 1."""
     from job import pipeline as P
-    from job.models import load_model
-    from job.train import last_checkpoint
 
     rd = P.RunDir(cfg.run_dir)
-    results: dict[str, Any] = {}
-    ran_earlier_step = False
-    for step in P.STEPS:
-        rec = rd.record(step)
-        if rec is not None and not ran_earlier_step:
-            want = P.step_fingerprint(cfg, rd, step)
-            if rec.get("fingerprint") == want:
-                echo(f"{step}: already done for this configuration, skipping ({rd.done_file(step)})")
-                results[step] = rec
-                _emit_step(step, rec)
-                continue
-            raise JobError(
-                f"{rd.root} already holds `{step}` output made with a different configuration "
-                f"(changed: {', '.join(P.changed_fields(rec.get('fingerprint', {}), want))}).",
-                "start the job with an empty checkpoint location (a new --checkpoint-s3-uri, or an empty checkpoints folder).",
-            )
-        ran_earlier_step = True
-        if step == "prepare":
-            results[step] = P.prepare(cfg, rd, echo, model=load_model(cfg.model, max_seq_length=cfg.max_seq_length))
-        elif step == "baseline":
-            results[step] = P.baseline(cfg, rd, echo)
-        elif step == "train":
-            resume = P._can_resume(cfg, rd)
-            if not resume and last_checkpoint(rd.checkpoints) is not None:
-                marker = rd.checkpoints / "job_fingerprint.json"
-                old = json.loads(marker.read_text()) if marker.is_file() else {}
-                changed = P.changed_fields(old, P.step_fingerprint(cfg, rd, "train"))
-                raise JobError(
-                    f"{rd.checkpoints} holds checkpoints made with a different configuration (changed: {', '.join(changed)}).",
-                    "start the job with an empty checkpoint location (a new --checkpoint-s3-uri), or the original settings.",
-                )
-            if resume:
-                echo(f"train: resuming from {last_checkpoint(rd.checkpoints)}")
-            if nproc > 1:
-                results[step] = _train_distributed(cfg, rd, nproc, resume, echo)
-            else:
-                results[step] = P.train(cfg, rd, echo, resume=resume, callbacks=callbacks)
-        else:
-            results[step] = P.evaluate(cfg, rd, echo)
-        _emit_step(step, results[step])
-    return results
+    fix = "start the job with an empty checkpoint location (a new --checkpoint-s3-uri, or an empty checkpoints folder), or the original settings."
+
+    def train_step(resume: bool) -> dict[str, Any]:
+        P.check_checkpoints(rd, P.step_fingerprint(cfg, rd, "train"), resume=resume, force=False, fix=fix)
+        if nproc > 1:
+            return _train_distributed(cfg, rd, nproc, resume, echo)
+        return P.train(cfg, rd, echo, resume=resume, callbacks=callbacks)
+
+    return P.run(cfg, rd, echo, on_step=_emit_step, train_step=train_step, mismatch_fix=fix)
 
 
 def _emit_step(step: str, result: dict[str, Any]) -> None:

@@ -256,16 +256,16 @@ def train(
     if not distributed.inside_torchrun():
         nproc = distributed.resolve_nproc(cfg)
         if nproc > 1:
-            _check_checkpoints(rd, fingerprint, resume, force)
+            check_checkpoints(rd, fingerprint, resume, force)
             echo(f"train: starting {nproc} processes (torchrun, DDP)")
             distributed.launch_training(cfg, rd.root, nproc, resume=resume, force=force)
             record = _require(rd, "train", "job train")
             _echo_train(echo, rd, record)
             return record
-        _check_checkpoints(rd, fingerprint, resume, force)
+        check_checkpoints(rd, fingerprint, resume, force)
     elif distributed.is_main_process():
         # torchrun rank 0: the launcher already checked the checkpoints (and --force cleared them)
-        _check_checkpoints(rd, fingerprint, resume=resume, force=force)
+        check_checkpoints(rd, fingerprint, resume=resume, force=force)
 
     model = load_model(cfg.model, max_seq_length=cfg.max_seq_length, train=True)
     dims = resolve_dims(cfg, model)
@@ -299,7 +299,7 @@ def _echo_train(echo: Echo, rd: RunDir, record: dict[str, Any]) -> None:
     )
 
 
-def _check_checkpoints(rd: RunDir, fingerprint: dict[str, Any], resume: bool, force: bool) -> None:
+def check_checkpoints(rd: RunDir, fingerprint: dict[str, Any], resume: bool, force: bool, fix: str | None = None) -> None:
     """Resume only checkpoints of this configuration; never discard unfinished ones without --force."""
     marker = rd.checkpoints / "job_fingerprint.json"
     if resume:
@@ -308,15 +308,19 @@ def _check_checkpoints(rd: RunDir, fingerprint: dict[str, Any], resume: bool, fo
             raise JobError(
                 f"The checkpoints in {rd.checkpoints} were made with a different configuration "
                 f"(changed: {', '.join(changed_fields(old, fingerprint))}).",
-                "resume with the original settings, or pass --force to start training afresh.",
+                fix or "resume with the original settings, or pass --force to start training afresh.",
             )
     elif rd.checkpoints.exists():
         from job.train import last_checkpoint
 
         if last_checkpoint(rd.checkpoints) is not None and not force:
+            old = json.loads(marker.read_text()) if marker.is_file() else {}
+            changed = changed_fields(old, fingerprint) if old else []
+            what = f"made with a different configuration (changed: {', '.join(changed)})" if changed else "of an earlier, unfinished training run"
             raise JobError(
-                f"{rd.checkpoints} holds checkpoints of an earlier, unfinished training run.",
-                "pass --force to discard them and start afresh (`job train --resume` continues a run with its "
+                f"{rd.checkpoints} holds checkpoints {what}.",
+                fix
+                or "pass --force to discard them and start afresh (`job train --resume` continues a run with its "
                 "original settings).",
             )
         shutil.rmtree(rd.checkpoints)
@@ -373,8 +377,22 @@ def _add_results_to_model_card(model_dir: Path, report_md: str) -> None:
 STEPS = ("prepare", "baseline", "train", "evaluate")
 
 
-def run(cfg: JobConfig, rd: RunDir, echo: Echo = print, force: bool = False) -> dict[str, Any]:
-    """Every step in order; a step whose done record matches the configuration is skipped."""
+def run(
+    cfg: JobConfig,
+    rd: RunDir,
+    echo: Echo = print,
+    force: bool = False,
+    *,
+    on_step: Callable[[str, dict[str, Any]], None] | None = None,
+    train_step: Callable[[bool], dict[str, Any]] | None = None,
+    mismatch_fix: str | None = None,
+) -> dict[str, Any]:
+    """Every step in order; a step whose done record matches the configuration is skipped.
+
+    ``on_step(step, result)`` sees every step's result, skipped ones included; ``train_step(resume)``
+    replaces the training call (the SageMaker container runs its own, with its callbacks);
+    ``mismatch_fix`` replaces the advice given when the run dir holds another configuration's output.
+    """
     results: dict[str, Any] = {}
     ran_earlier_step = False  # once a step runs, every later step must run on its new output
     for step in STEPS:
@@ -382,13 +400,17 @@ def run(cfg: JobConfig, rd: RunDir, echo: Echo = print, force: bool = False) -> 
         if rec is not None and not force and not ran_earlier_step:
             want = step_fingerprint(cfg, rd, step)
             if rec.get("fingerprint") == want:
-                echo(f"{step}: already done for this configuration, skipping ({rd.done_file(step)}); --force redoes it")
+                hint = "; --force redoes it" if mismatch_fix is None else ""
+                echo(f"{step}: already done for this configuration, skipping ({rd.done_file(step)}){hint}")
                 results[step] = rec
+                if on_step:
+                    on_step(step, rec)
                 continue
             raise JobError(
                 f"{rd.root} already holds `{step}` output made with a different configuration "
                 f"(changed: {', '.join(changed_fields(rec.get('fingerprint', {}), want))}).",
-                "pass --force to redo the steps (the old outputs are replaced only when each step succeeds), "
+                mismatch_fix
+                or "pass --force to redo the steps (the old outputs are replaced only when each step succeeds), "
                 "or use a new --run-dir.",
             )
         ran_earlier_step = True
@@ -399,10 +421,14 @@ def run(cfg: JobConfig, rd: RunDir, echo: Echo = print, force: bool = False) -> 
         elif step == "train":
             resume = _can_resume(cfg, rd) and not force
             if resume:
-                echo(f"train: resuming from the last checkpoint in {rd.checkpoints}")
-            results[step] = train(cfg, rd, echo, resume=resume, force=force)
+                from job.train import last_checkpoint
+
+                echo(f"train: resuming from {last_checkpoint(rd.checkpoints)}")
+            results[step] = train_step(resume) if train_step else train(cfg, rd, echo, resume=resume, force=force)
         else:
             results[step] = evaluate(cfg, rd, echo)
+        if on_step:
+            on_step(step, results[step])
     return results
 
 
