@@ -440,16 +440,15 @@ def _emit_step(step: str, result: dict[str, Any]) -> None:
 
 
 def _train_distributed(cfg: C.JobConfig, rd, nproc: int, resume: bool, echo: Echo) -> dict[str, Any]:
-    cfg_file = rd.root / "container-config.yaml"
-    cfg_file.write_text(cfg.to_yaml())
-    cmd = [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-        "-m", "infra.container", "_train-rank", "--config", str(cfg_file), "--resume" if resume else "--fresh",
-    ]  # fmt: skip
+    from job.distributed import launch_training
+
     echo(f"train: {nproc} processes under torchrun (DDP)")
-    SIGTERM.child = subprocess.Popen(cmd)
+
+    def track(proc) -> None:
+        SIGTERM.child = proc  # SIGTERM is passed on to torchrun, which passes it to every rank
+
     try:
-        code = SIGTERM.child.wait()
+        code = launch_training(cfg, rd.root, nproc, resume=resume, entry=("infra.container", "_train-rank"), on_start=track)
     finally:
         SIGTERM.child = None
     if SIGTERM.received:
@@ -623,7 +622,7 @@ def contract_main(argv: list[str], callbacks: list | None = None) -> int:
 
 
 def _train_rank_main(argv: list[str]) -> int:
-    """Internal: one torchrun rank of the train step (``_train-rank --config FILE --resume|--fresh``)."""
+    """Internal: one torchrun rank of the train step (``_train-rank --config FILE [--resume]``)."""
     cfg_file = argv[argv.index("--config") + 1]
     signal.signal(signal.SIGTERM, SIGTERM.handler)
     try:

@@ -11,9 +11,9 @@ its meaning (the number of pairs whose passages are scored against each other): 
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from job.config import ENV_PREFIX, JobConfig
@@ -62,20 +62,29 @@ def resolve_nproc(cfg: JobConfig) -> int:
     return cfg.nproc
 
 
-def launch_training(cfg: JobConfig, run_dir: Path, nproc: int, *, resume: bool, force: bool) -> None:
-    """Run ``job train`` under torchrun with this exact configuration (written to the run dir)."""
-    config_file = run_dir / "checkpoints" / "ddp_config.yaml"
+def launch_training(
+    cfg: JobConfig,
+    run_dir: Path,
+    nproc: int,
+    *,
+    resume: bool,
+    force: bool = False,
+    entry: tuple[str, ...] = ("job", "train"),
+    on_start: Callable[[subprocess.Popen], None] | None = None,
+) -> int:
+    """Run the training step under torchrun with this exact configuration (written to the run dir);
+    returns torchrun's exit code. ``entry`` is the module (and subcommand) each rank runs; it gets
+    ``--config FILE`` and ``--resume`` / ``--force``. ``on_start`` sees the process (e.g. to pass on
+    SIGTERM)."""
+    # Outside checkpoints/: rank 0 may clear that folder while the other ranks still read this file.
+    config_file = run_dir / "ddp_config.yaml"
     config_file.parent.mkdir(parents=True, exist_ok=True)
     config_file.write_text(cfg.to_yaml())
-    torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent)) or shutil.which("torchrun")
-    cmd = [torchrun, "--standalone", f"--nproc-per-node={nproc}", "-m", "job", "train", "--config", str(config_file)]
-    cmd += ["--resume"] if resume else []
-    cmd += ["--force"] if force else []
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}", "-m", *entry]
+    cmd += ["--config", str(config_file)] + (["--resume"] if resume else []) + (["--force"] if force else [])
     # The YAML holds the fully resolved configuration: JOB_* variables must not override it again.
     env = {k: v for k, v in os.environ.items() if not k.startswith(ENV_PREFIX)}
-    result = subprocess.run(cmd, env=env)
-    if result.returncode != 0:
-        raise JobError(
-            f"Distributed training ({nproc} processes) failed with exit code {result.returncode}; its output is above.",
-            "fix the error shown by the failing rank; `job train --resume` continues from the last checkpoint.",
-        )
+    proc = subprocess.Popen(cmd, env=env)
+    if on_start:
+        on_start(proc)
+    return proc.wait()

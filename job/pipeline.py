@@ -258,7 +258,12 @@ def train(
         if nproc > 1:
             check_checkpoints(rd, fingerprint, resume, force)
             echo(f"train: starting {nproc} processes (torchrun, DDP)")
-            distributed.launch_training(cfg, rd.root, nproc, resume=resume, force=force)
+            code = distributed.launch_training(cfg, rd.root, nproc, resume=resume, force=force)
+            if code != 0:
+                raise JobError(
+                    f"Distributed training ({nproc} processes) failed with exit code {code}; its output is above.",
+                    "fix the error shown by the failing rank; `job train --resume` continues from the last checkpoint.",
+                )
             record = _require(rd, "train", "job train")
             _echo_train(echo, rd, record)
             return record
