@@ -120,6 +120,12 @@ def _load(sources):
 
 
 # --- commands ------------------------------------------------------------------------------------
+def data_options(func):
+    """--data and --split, shared by index and score."""
+    func = click.option("--split", default="test", show_default=True, help="Which ir/<split> (run directory) or qrels/<split>.tsv (BEIR) to read.")(func)
+    return click.option("--data", default=None, help="Evaluation data: a run directory, a BEIR folder or a pairs file. Default: the --model run directory.")(func)
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
 @click.version_option(package_name="rag-embed-finetune", prog_name="rag-eval")
 def cli() -> None:
@@ -132,8 +138,7 @@ def cli() -> None:
 
 @cli.command("index")
 @model_options
-@click.option("--data", default=None, help="Evaluation data: a run directory, a BEIR folder or a pairs file. Default: the --model run directory.")
-@click.option("--split", default="test", show_default=True, help="Which ir/<split> (run directory) or qrels/<split>.tsv (BEIR) to read.")
+@data_options
 @click.option("--dims", default=None, help="Comma-separated dims. Default: the run's Matryoshka dims, else derived from the model.")
 @store_options
 @click.option("--ef-construction", type=int, default=S.HnswSettings.ef_construction, show_default=True, help="HNSW build-time candidate list size.")
@@ -173,8 +178,7 @@ def index_cmd(model, baseline, no_baseline, query_prompt, passage_prompt, data, 
 
 @cli.command("score")
 @model_options
-@click.option("--data", default=None, help="Evaluation data: a run directory, a BEIR folder or a pairs file. Default: the --model run directory.")
-@click.option("--split", default="test", show_default=True, help="Which ir/<split> (run directory) or qrels/<split>.tsv (BEIR) to read.")
+@data_options
 @click.option("--dims", default=None, help="Comma-separated dims. Default: the run's dims, else every indexed dim.")
 @store_options
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="Report folder. Default: RUN_DIR/rag_eval, else ./rag_eval_report.")
