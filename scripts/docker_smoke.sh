@@ -110,7 +110,9 @@ echo "[smoke] image $IMAGE: $(docker image inspect "$IMAGE" --format '{{.Size}}'
 phase "image checks"
 uid="$(docker run --rm --network none --entrypoint id "$IMAGE" -u)"
 [ "$uid" = 1000 ] || die "the image runs as uid $uid, not the non-root user 1000"
-docker run --rm --network none "$IMAGE" run --help | grep -q "Run every step" || die "'run --help' did not reach the job CLI"
+# Capture first: `cmd | grep -q` under pipefail fails when grep exits before docker finishes writing.
+HELP_OUT=$(docker run --rm --network none "$IMAGE" run --help 2>&1) || die "'run --help' failed: $HELP_OUT"
+grep -q "Run every step" <<<"$HELP_OUT" || die "'run --help' did not reach the job CLI: $HELP_OUT"
 docker run --rm --network none --entrypoint sh "$IMAGE" -c 'test ! -e /src && ! ls /opt/venv/lib/python3*/site-packages | grep -qx tests' \
     || die "sources or tests were left in the image"
 
