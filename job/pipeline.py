@@ -278,7 +278,8 @@ def train(
     train_pairs = D.read_pairs(rd.data / "train.jsonl")
     validation = load_split(rd, "validation")
     result = train_model(
-        cfg, model, dims, best_dim, train_pairs, validation, rd.checkpoints, resume=resume, callbacks=callbacks
+        cfg, model, dims, best_dim, train_pairs, validation, rd.checkpoints, resume=resume, callbacks=callbacks,
+        source=str(rd.data / "train.jsonl"),
     )
     base_name = resolve_model_name(cfg.model)
     record = {"base_model": base_name, "dims": dims, "best_dim": best_dim, **result.summary, "fingerprint": fingerprint}

@@ -46,7 +46,18 @@ class TokenCache:
         for start in range(0, len(todo), self.chunk_size):
             if self.disabled:
                 return
-            self._fill(todo[start : start + self.chunk_size], prompt, task, kwargs)
+            self._fill_around_failures(todo[start : start + self.chunk_size], prompt, task, kwargs)
+
+    def _fill_around_failures(self, texts: list[str], prompt, task, kwargs) -> None:
+        """Fill ``texts``; a text that cannot be tokenized is left out (halving the chunk to find it),
+        so the training batch that holds it raises and names its pair."""
+        try:
+            self._fill(texts, prompt, task, kwargs)
+        except Exception:  # noqa: BLE001
+            if len(texts) > 1 and not self.disabled:
+                middle = len(texts) // 2
+                self._fill_around_failures(texts[:middle], prompt, task, kwargs)
+                self._fill_around_failures(texts[middle:], prompt, task, kwargs)
 
     def _fill(self, texts: list[str], prompt, task, kwargs) -> None:
         out = self.fn(texts, prompt=prompt, task=task, **kwargs)

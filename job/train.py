@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import logging
 import resource
+import shutil
+import tempfile
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from job.collate import RowNamingCollator, raise_for_batch_failure, raise_for_failing_pair, worker_signals_paused
 from job.config import JobConfig
 from job.data import IRData, Pair
 from job.distributed import world_size
@@ -94,9 +97,11 @@ def train_model(
     *,
     resume: bool = False,
     callbacks: list | None = None,
+    source: str = "the training pairs",
 ) -> TrainResult:
     """Train ``model`` in place; with validation data, the best checkpoint (validation NDCG@10 at
-    ``best_dim``) is loaded at the end."""
+    ``best_dim``) is loaded at the end. ``source`` names the file the pairs came from (one pair per
+    line), for errors that point at a pair."""
     import datasets
     import torch
     from sentence_transformers import SentenceTransformerTrainer, SentenceTransformerTrainingArguments
@@ -167,10 +172,20 @@ def train_model(
         **({"ddp_backend": "gloo", "use_cpu": True} if world > 1 and not torch.cuda.is_available() else {}),
         **select,
     )
-    trainer_class = cached_trainer_class() if cfg.token_cache else SentenceTransformerTrainer
-    trainer = trainer_class(
-        model=model, args=args, train_dataset=train_ds, loss=loss, evaluator=evaluator, callbacks=callbacks
-    )
+    trace_dir = Path(tempfile.mkdtemp(prefix="job-batches-")) if cfg.dataloader_workers > 0 else None
+    pair_index = {(p.question, p.passage): line for line, p in enumerate(train_pairs, 1)}
+    base_class = cached_trainer_class() if cfg.token_cache else SentenceTransformerTrainer
+
+    class Trainer(base_class):
+        def get_data_collator(self, model, args, processing_class=None):
+            inner = super().get_data_collator(model=model, args=args, processing_class=processing_class)
+            return RowNamingCollator(inner, pair_index, source, trace_dir)
+
+    try:
+        trainer = Trainer(model=model, args=args, train_dataset=train_ds, loss=loss, evaluator=evaluator, callbacks=callbacks)
+    except Exception:
+        raise_for_failing_pair(train_pairs, model.preprocess, source)
+        raise
     if cfg.token_cache:
         trainer.warm_token_cache(train_ds)
     if torch.cuda.is_available():
@@ -191,7 +206,7 @@ def train_model(
             _free_accelerator_memory()
             return train_model(
                 replace(cfg, loss="cached_mnrl", mini_batch_size=mini), model, dims, best_dim, train_pairs,
-                validation, checkpoint_dir, resume=False, callbacks=callbacks,
+                validation, checkpoint_dir, resume=False, callbacks=callbacks, source=source,
             )  # fmt: skip
         _free_accelerator_memory()
         raise JobError(
@@ -200,6 +215,17 @@ def train_model(
             "lower --mini-batch-size (cached_mnrl) or --batch-size, or --max-seq-length; "
             "`job train --resume` continues from the last checkpoint.",
         ) from None
+    except Exception as error:
+        with worker_signals_paused():
+            try:
+                raise_for_batch_failure(error, trace_dir, source)
+            except RuntimeError as late:  # torch's SIGCHLD handler, firing while the first error is handled
+                raise_for_batch_failure(late, trace_dir, source)
+                raise
+        raise
+    finally:
+        if trace_dir is not None:
+            shutil.rmtree(trace_dir, ignore_errors=True)
     seconds = time.perf_counter() - start
     state = trainer.state
     history = [
