@@ -29,9 +29,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from job import data as D  # noqa: E402
 from job.config import JobConfig, resolve_config  # noqa: E402
-from job.evaluation import evaluate_model, evaluation_options  # noqa: E402
+from job.evaluation import evaluate_model, evaluation_options, per_dim_metrics  # noqa: E402
 from job.models import load_model, resolve_best_dim, resolve_dims  # noqa: E402
-from job.train import train_model  # noqa: E402
+from job.train import VALIDATION, train_model  # noqa: E402
 
 
 def protocol_split(pairs: list[D.Pair], seed: int, val_rows: int, test_fraction: float = 0.1):
@@ -56,6 +56,30 @@ def ir_sets(pairs: list[D.Pair], test: list[int], test_limit: int | None):
     return plain, dedup, ids
 
 
+def parse_settings(text: str) -> dict[str, str]:
+    """"a=1,b=2,3" -> {"a": "1", "b": "2,3"}: a piece without "=" continues the previous (list) value."""
+    out: dict[str, str] = {}
+    last = None
+    for piece in text.split(","):
+        if "=" in piece:
+            last, value = piece.split("=", 1)
+            out[last] = value
+        elif last is not None and piece:
+            out[last] += "," + piece
+    return out
+
+
+def validation_at_best(summary: dict) -> dict[int, float]:
+    """Validation NDCG@10 at every dim, from the evaluation of the checkpoint that was kept."""
+    step = int(Path(summary["best_checkpoint"] or "checkpoint--1").name.rsplit("-", 1)[1])
+    for entry in summary["log_history"]:
+        if entry.get("step") == step:
+            found = per_dim_metrics(entry, VALIDATION)
+            if found:
+                return {d: m["ndcg@10"] for d, m in found.items()}
+    return {}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", required=True)
@@ -70,7 +94,8 @@ def main() -> None:
     ap.add_argument("--set", action="append", default=[], help="extra config KEY=VALUE for every trained row")
     ap.add_argument(
         "--variant", action="append", default=[],
-        help="an extra row NAME:KEY=VALUE[,KEY=VALUE...] on top of the default recipe, e.g. hn1:hard_negatives=1",
+        help="an extra row NAME:KEY=VALUE[,KEY=VALUE...] on top of the default recipe, e.g. hn1:hard_negatives=1 "
+        "or w:matryoshka_weights=1,1,1,2,2",
     )  # fmt: skip
     ap.add_argument("--out", default=None, help="write the results as JSON here")
     args = ap.parse_args()
@@ -106,7 +131,7 @@ def main() -> None:
     variants = {}
     for spec in args.variant:
         name, _, settings = spec.partition(":")
-        variants[name] = dict(kv.split("=", 1) for kv in settings.split(",") if kv)
+        variants[name] = parse_settings(settings)
     results = []
     for preset in [p for p in args.presets.split(",") if p] + list(variants):
         extra = dict(kv.split("=", 1) for kv in args.set) if preset not in ("base",) else {}
@@ -131,6 +156,7 @@ def main() -> None:
                 row["best_checkpoint"] = Path(result.summary["best_checkpoint"] or "").name
                 # what a recipe choice may look at: validation NDCG@10 (largest dim) of the kept checkpoint
                 row["validation_ndcg@10"] = result.summary["best_metric"]
+                row["validation"] = validation_at_best(result.summary)
         kw = evaluation_options(cfg)
         row["plain"] = {d: m["ndcg@10"] for d, m in evaluate_model(model, plain, dims, "plain", **kw).items()}
         row["dedup"] = {d: m["ndcg@10"] for d, m in evaluate_model(model, dedup, dims, "dedup", **kw).items()}
@@ -147,6 +173,14 @@ def main() -> None:
         cells = " | ".join(f"{r['plain'][d]:.3f} ({r['dedup'][d]:.3f})" for d in dims)
         val = f"{r['validation_ndcg@10']:.3f}" if r.get("validation_ndcg@10") is not None else "-"
         print(f"| {r['preset']} | {r.get('train_seconds', '-')} | {r.get('pairs_per_second', '-')} | {val} | {cells} |")
+    if any(r.get("validation") for r in results):
+        print()
+        print("validation NDCG@10 of the kept checkpoint (what a recipe choice may look at)")
+        print("| recipe | " + " | ".join(str(d) for d in dims) + " |")
+        print("|---|" + "---:|" * len(dims))
+        for r in results:
+            if r.get("validation"):
+                print(f"| {r['preset']} | " + " | ".join(f"{r['validation'].get(d, float('nan')):.3f}" for d in dims) + " |")
     print(f"peak host memory: {max(r['peak_host_memory_mib'] for r in results)} MiB")
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)

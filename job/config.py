@@ -56,6 +56,9 @@ class JobConfig:
     matryoshka_dims: list[int] | None = _opt(
         None, "Matryoshka dims, e.g. 768,512,256,128,64. Default: derived from the model's dimension."
     )
+    matryoshka_weights: list[float] | None = _opt(
+        None, "Loss weight of each Matryoshka dim, largest dim first (e.g. 1,1,1,2,2). Default: all 1."
+    )
     max_seq_length: int | None = _opt(None, "Token limit for texts; longer texts are truncated. Default: the model's.")
     query_prompt: str | None = _opt(None, "Text prepended to every question (baseline and fine-tuned alike).")
     passage_prompt: str | None = _opt(None, "Text prepended to every passage (baseline and fine-tuned alike).")
@@ -332,6 +335,14 @@ def validate_config(cfg: JobConfig) -> None:
             raise JobError(f"matryoshka_dims {cfg.matryoshka_dims} must be positive integers.", "pass e.g. 384,256,128,64,32.")
         if len(set(cfg.matryoshka_dims)) != len(cfg.matryoshka_dims):
             raise JobError(f"matryoshka_dims {cfg.matryoshka_dims} repeats a dim.", "list each dim once.")
+    if cfg.matryoshka_weights is not None:
+        if not cfg.matryoshka_weights or any(w <= 0 for w in cfg.matryoshka_weights):
+            raise JobError(f"matryoshka_weights {cfg.matryoshka_weights} must be positive numbers.", "pass e.g. 1,1,1,2,2.")
+        if cfg.matryoshka_dims is not None and len(cfg.matryoshka_weights) != len(cfg.matryoshka_dims):
+            raise JobError(
+                f"matryoshka_weights has {len(cfg.matryoshka_weights)} values for {len(cfg.matryoshka_dims)} matryoshka_dims.",
+                "give one weight per dim, in the same order (largest dim first).",
+            )
 
 
 def fingerprint_digest(values: dict[str, Any]) -> str:

@@ -31,7 +31,7 @@ PREPARE_FIELDS = (
 )  # fmt: skip
 MODEL_FIELDS = ("model", "matryoshka_dims", "max_seq_length", "query_prompt", "passage_prompt")
 TRAIN_FIELDS = MODEL_FIELDS + (
-    "loss", "mini_batch_size", "hard_negatives", "hard_negative_margin", "epochs", "max_steps", "batch_size", "gradient_accumulation_steps",
+    "matryoshka_weights", "loss", "mini_batch_size", "hard_negatives", "hard_negative_margin", "epochs", "max_steps", "batch_size", "gradient_accumulation_steps",
     "learning_rate", "warmup_ratio", "lr_scheduler", "weight_decay", "best_model_dim", "eval_steps",
     "mixed_precision", "seed",
 )  # fmt: skip

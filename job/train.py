@@ -77,7 +77,13 @@ def build_loss(model, cfg: JobConfig, dims: list[int]):
         inner = CachedMultipleNegativesRankingLoss(model, mini_batch_size=cfg.mini_batch_size, gather_across_devices=gather)
     else:
         inner = MultipleNegativesRankingLoss(model, gather_across_devices=gather)
-    return MatryoshkaLoss(model, inner, matryoshka_dims=dims)
+    weights = cfg.matryoshka_weights
+    if weights is not None and len(weights) != len(dims):
+        raise JobError(
+            f"matryoshka_weights has {len(weights)} values for the {len(dims)} Matryoshka dims {dims}.",
+            "give one weight per dim, largest dim first, or set --matryoshka-dims to match.",
+        )
+    return MatryoshkaLoss(model, inner, matryoshka_dims=dims, matryoshka_weights=weights)
 
 
 def last_checkpoint(checkpoint_dir: Path) -> str | None:
@@ -116,6 +122,7 @@ def train_model(
             raise JobError(f"--resume was given, but {checkpoint_dir} holds no checkpoint.", "drop --resume to start training afresh.")
         logger.info("resuming from %s", resume_from)
 
+    loss = build_loss(model, cfg, dims)  # first: its settings errors come before any mining
     negatives_stats = None
     if cfg.hard_negatives:
         train_ds, negatives_stats = add_hard_negatives(
@@ -130,7 +137,6 @@ def train_model(
     batch_size = min(cfg.batch_size, len(train_pairs))
     world = world_size()
     per_device_batch = max(1, batch_size // world)
-    loss = build_loss(model, cfg, dims)
     evaluator = None
     select: dict[str, Any] = {"eval_strategy": "no", "load_best_model_at_end": False}
     if validation is not None:

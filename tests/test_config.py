@@ -447,3 +447,16 @@ def test_fingerprint_digest():
     assert len(expected) == 16
     assert fingerprint_digest({"epochs": 4.0, "seed": 43}) != expected
     assert fingerprint_digest(JobConfig().fingerprint(["epochs", "seed"])) == expected
+
+
+# --- Matryoshka weights -----------------------------------------------------------------------------
+def test_matryoshka_weights_parse_and_validate():
+    cfg = resolve_config(None, {"matryoshka_weights": "1,1,1,2,2"}, {})
+    assert cfg.matryoshka_weights == [1.0, 1.0, 1.0, 2.0, 2.0]
+    assert _error(resolve_config, None, {"matryoshka_weights": "1,0"}, {}) == (
+        "matryoshka_weights [1.0, 0.0] must be positive numbers. Fix: pass e.g. 1,1,1,2,2."
+    )
+    assert _error(resolve_config, None, {"matryoshka_dims": "64,32", "matryoshka_weights": "1,1,2"}, {}) == (
+        "matryoshka_weights has 3 values for 2 matryoshka_dims. "
+        "Fix: give one weight per dim, in the same order (largest dim first)."
+    )

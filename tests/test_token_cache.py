@@ -85,3 +85,23 @@ def test_training_with_and_without_the_cache_is_identical(tmp_path, tiny_model_p
         losses[flag] = [e["loss"] for e in result.summary["log_history"] if "loss" in e]
     assert len(losses[True]) == 4
     assert losses[True] == pytest.approx(losses[False], rel=1e-6)
+
+
+def test_a_text_that_cannot_be_tokenized_is_left_out_of_the_cache_not_the_others():
+    def preprocess(texts, prompt=None, task=None, **kwargs):
+        if "bad" in texts:
+            raise ValueError("cannot tokenize")
+        ids = [torch.tensor([1, len(t)]) for t in texts]
+        return {"input_ids": torch.stack(ids), "attention_mask": torch.ones(len(texts), 2, dtype=torch.long)}
+
+    class Tok:
+        pad_token_id = 0
+        padding_side = "right"
+
+    cache = TokenCache(preprocess, Tok(), chunk_size=8)
+    texts = [f"text {i}" for i in range(6)] + ["bad"] + [f"more {i}" for i in range(5)]
+    cache.warm(texts)
+    assert not cache.disabled
+    assert len(cache._rows) == len(texts) - 1  # every text but the bad one, though it shared chunks with them
+    with pytest.raises(ValueError, match="cannot tokenize"):
+        cache(["text 0", "bad"])  # the batch that holds it raises (the collator then names its pair)
