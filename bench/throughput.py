@@ -11,7 +11,10 @@ Parts:
   tiny      full training steps with a tiny random BERT (the host-side cost dominates).
   minilm    full training steps with all-MiniLM-L6-v2 (the bundled offline copy).
 On CUDA the model parts run on the GPU. Each prints pairs/s, the split of a step into waiting for
-data vs forward/backward/optimizer, and peak host (and GPU) memory.
+data vs forward + loss + backward / optimizer / the rest, and peak host (and GPU) memory.
+--profile N adds a torch.profiler pass over N steps: the share of step time inside PyTorch
+operators (the remainder is Python: trainer, loss, data path) and the top operators. Profiling
+slows the steps it covers and the one after, so take timings from a run without it.
 """
 
 from __future__ import annotations
@@ -88,15 +91,22 @@ def bench_pipeline(pairs: list[D.Pair], model, batch_size: int, token_cache: boo
     }
 
 
+def _sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
 class StepTimer(TrainerCallback):
-    """Splits wall time into 'inside the step' (forward, backward, optimizer) and 'between steps'
-    (waiting for the next batch: sampling, fetching, tokenizing, collating, host-to-device)."""
+    """Splits wall time into 'inside the step' and 'between steps' (waiting for the next batch:
+    sampling, fetching, tokenizing, collating, host-to-device), and the inside into forward +
+    loss + backward (step begin -> before the optimizer), the optimizer step, and the rest (lr
+    scheduler, zero_grad, the trainer's bookkeeping up to step end)."""
 
     def __init__(self):
         self.inside: list[float] = []
         self.between: list[float] = []
-        self._t = None
-        self._end = None
+        self.parts: dict[str, list[float]] = {"forward_loss_backward": [], "optimizer": [], "after_optimizer": []}
+        self._t = self._pre = self._opt = self._end = None
 
     def on_step_begin(self, args, state, control, **kw):
         now = time.perf_counter()
@@ -104,25 +114,78 @@ class StepTimer(TrainerCallback):
             self.between.append(now - self._end)
         self._t = now
 
+    def on_pre_optimizer_step(self, args, state, control, **kw):
+        _sync()
+        self._pre = time.perf_counter()
+
+    def on_optimizer_step(self, args, state, control, **kw):
+        _sync()
+        self._opt = time.perf_counter()
+
     def on_step_end(self, args, state, control, **kw):
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
+        _sync()
         self._end = time.perf_counter()
         self.inside.append(self._end - self._t)
+        if self._pre is not None and self._opt is not None:
+            self.parts["forward_loss_backward"].append(self._pre - self._t)
+            self.parts["optimizer"].append(self._opt - self._pre)
+            self.parts["after_optimizer"].append(self._end - self._opt)
 
 
-def bench_training(pairs: list[D.Pair], model_name: str, batch_size: int, steps: int, extra: dict) -> dict:
+class OpProfile(TrainerCallback):
+    """torch.profiler over ``steps`` steps after ``warmup``: the share of step time spent in
+    PyTorch operators (the rest is Python in the trainer, the loss and the data path) and the
+    operators that dominate."""
+
+    def __init__(self, warmup: int, steps: int):
+        self.warmup, self.steps = warmup, steps
+        self.prof = None
+        self.result: dict | None = None
+        self._t0 = None
+
+    def on_step_begin(self, args, state, control, **kw):
+        if state.global_step == self.warmup and self.prof is None:
+            activities = [torch.profiler.ProfilerActivity.CPU]
+            if torch.cuda.is_available():
+                activities.append(torch.profiler.ProfilerActivity.CUDA)
+            self.prof = torch.profiler.profile(activities=activities)
+            self.prof.__enter__()
+            self._t0 = time.perf_counter()
+
+    def on_step_end(self, args, state, control, **kw):
+        if self.prof is not None and self.result is None and state.global_step >= self.warmup + self.steps:
+            _sync()
+            wall = time.perf_counter() - self._t0
+            self.prof.__exit__(None, None, None)
+            events = self.prof.key_averages()
+            # top-level operator time: what PyTorch itself spends (self times of all ops add up to it)
+            op_seconds = sum(e.self_cpu_time_total for e in events) / 1e6
+            top = sorted(events, key=lambda e: e.self_cpu_time_total, reverse=True)[:12]
+            self.result = {
+                "profiled_steps": self.steps,
+                "ms_per_step_wall": round(wall / self.steps * 1000, 1),
+                "ms_per_step_in_torch_ops": round(op_seconds / self.steps * 1000, 1),
+                "torch_op_share": round(op_seconds / wall, 3),
+                "top_ops_ms_per_step": {e.key: round(e.self_cpu_time_total / 1000 / self.steps, 2) for e in top},
+            }
+
+
+def bench_training(pairs: list[D.Pair], model_name: str, batch_size: int, steps: int, extra: dict, profile: int = 0) -> dict:
     cfg = resolve_config(
         cli={"model": model_name, "batch_size": batch_size, "max_steps": steps, "logging_steps": 1000, **extra}, environ={}
     )
     model = load_model(cfg.model, max_seq_length=cfg.max_seq_length, train=True)
     dims = resolve_dims(cfg, model)
     timer = StepTimer()
+    callbacks: list[TrainerCallback] = [timer]
+    profiler = OpProfile(warmup=2, steps=profile) if profile else None
+    if profiler is not None:
+        callbacks.append(profiler)
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
-        result = train_model(cfg, model, dims, dims[0], pairs, None, Path(tmp), callbacks=[timer])
+        result = train_model(cfg, model, dims, dims[0], pairs, None, Path(tmp), callbacks=callbacks)
         wall = time.perf_counter() - t0
     inside = timer.inside[2:] or timer.inside  # drop warm-up steps
     between = timer.between[2:] or timer.between or [0.0]
@@ -137,6 +200,8 @@ def bench_training(pairs: list[D.Pair], model_name: str, batch_size: int, steps:
         "ms_per_step_compute": round(statistics.mean(inside) * 1000, 1),
         "ms_per_step_waiting_for_data": round(statistics.mean(between) * 1000, 1),
         "data_share": round(statistics.mean(between) / step, 3),
+        "ms_per_step_by_phase": {k: round(statistics.mean(v[2:] or v) * 1000, 1) for k, v in timer.parts.items() if v},
+        "profile": profiler.result if profiler is not None else None,
         "peak_gpu_mib": round(torch.cuda.max_memory_allocated() / 2**20) if torch.cuda.is_available() else None,
     }
 
@@ -151,6 +216,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     ap.add_argument("--tiny-model", default=None, help="path of a tiny model (default: build one)")
     ap.add_argument("--set", action="append", default=[], help="extra config KEY=VALUE for training parts")
+    ap.add_argument("--profile", type=int, default=0, help="torch.profiler over N steps (after 2 warm-up steps) of each training part")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     if args.threads:
@@ -174,9 +240,9 @@ def main() -> None:
             model = load_model("bundled:all-MiniLM-L6-v2")  # its tokenizer; no forward pass is run
             res = bench_pipeline(pairs, model, args.batch_size, token_cache=part == "pipeline")
         elif part == "tiny":
-            res = bench_training(pairs, tiny, args.batch_size, args.steps, extra)
+            res = bench_training(pairs, tiny, args.batch_size, args.steps, extra, args.profile)
         elif part == "minilm":
-            res = bench_training(pairs, "bundled:all-MiniLM-L6-v2", args.batch_size, args.steps, extra)
+            res = bench_training(pairs, "bundled:all-MiniLM-L6-v2", args.batch_size, args.steps, extra, args.profile)
         else:
             raise SystemExit(f"unknown part {part!r}")
         res["peak_host_mib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
