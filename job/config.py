@@ -99,7 +99,7 @@ class JobConfig:
     )
     mini_batch_size: int = _opt(32, "Mini-batch size for cached_mnrl.")
     hard_negatives: int = _opt(
-        0, "Mine N hard negatives per pair from the training passages with the base model before training (0: off)."
+        1, "Mine N hard negatives per pair from the training passages with the base model before training (0: off)."
     )
     hard_negative_margin: float = _opt(
         0.05, "Relative margin: a mined negative must score below (1 - margin) x the positive's score."
@@ -242,6 +242,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "epochs": 4.0,
         "warmup_ratio": 0.1,
         "lr_scheduler": "cosine",
+        "hard_negatives": 0,
     },
 }
 

@@ -43,6 +43,8 @@ class TokenCache:
     def warm(self, texts: Iterable[str], prompt: str | None = None, task: str | None = None, **kwargs) -> None:
         """Tokenize the distinct ``texts`` in large chunks (much faster than batch by batch)."""
         todo = [t for t in dict.fromkeys(texts) if self._key(t, prompt, task, kwargs) not in self._rows]
+        # Chunks of similar length pad little: the tokenizer pads each chunk to its longest text.
+        todo.sort(key=len)
         for start in range(0, len(todo), self.chunk_size):
             if self.disabled:
                 return

@@ -57,6 +57,7 @@ def test_defaults():
     assert (cfg.val_fraction, cfg.test_fraction, cfg.split_by, cfg.seed) == (0.1, 0.1, "pair", 42)
     assert cfg.preset is None
     assert (cfg.loss, cfg.mini_batch_size, cfg.epochs, cfg.max_steps) == ("mnrl", 32, 4.0, -1)
+    assert (cfg.hard_negatives, cfg.hard_negative_margin, cfg.matryoshka_weights) == (1, 0.05, None)
     assert (cfg.batch_size, cfg.gradient_accumulation_steps, cfg.learning_rate) == (32, 1, 1e-4)
     assert (cfg.warmup_ratio, cfg.lr_scheduler, cfg.weight_decay) == (0.1, "cosine", 0.0)
     assert (cfg.best_model_dim, cfg.eval_steps, cfg.eval_batch_size) == (None, None, 64)
@@ -120,7 +121,7 @@ def test_empty_yaml_file_means_defaults(tmp_path):
 
 
 # --- presets ----------------------------------------------------------------------------------------
-BLOG = {"loss": "mnrl", "batch_size": 32, "gradient_accumulation_steps": 16, "learning_rate": 2e-5, "epochs": 4.0, "warmup_ratio": 0.1, "lr_scheduler": "cosine"}  # fmt: skip
+BLOG = {"loss": "mnrl", "batch_size": 32, "gradient_accumulation_steps": 16, "learning_rate": 2e-5, "epochs": 4.0, "warmup_ratio": 0.1, "lr_scheduler": "cosine", "hard_negatives": 0}  # fmt: skip
 
 
 def test_preset_blog_values_applied():
