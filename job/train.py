@@ -125,10 +125,16 @@ def train_model(
     loss = build_loss(model, cfg, dims)  # first: its settings errors come before any mining
     negatives_stats = None
     if cfg.hard_negatives:
-        train_ds, negatives_stats = add_hard_negatives(
-            train_pairs, model, cfg.hard_negatives, margin=cfg.hard_negative_margin, seed=cfg.seed,
-            batch_size=cfg.eval_batch_size, query_prompt=cfg.query_prompt, passage_prompt=cfg.passage_prompt,
-        )  # fmt: skip
+        try:
+            train_ds, negatives_stats = add_hard_negatives(
+                train_pairs, model, cfg.hard_negatives, margin=cfg.hard_negative_margin, seed=cfg.seed,
+                batch_size=cfg.eval_batch_size, query_prompt=cfg.query_prompt, passage_prompt=cfg.passage_prompt,
+            )  # fmt: skip
+        except JobError:
+            raise
+        except Exception:
+            raise_for_failing_pair(train_pairs, model.preprocess, source)
+            raise
         logger.info("hard negatives: %s", negatives_stats)
     else:
         train_ds = datasets.Dataset.from_dict(

@@ -19,7 +19,7 @@ from job.pipeline import RunDir, prepare, train
 def _prepared(tmp_path, model, data, **extra):
     values = {
         "run_dir": str(tmp_path / "run"), "model": str(model), "data": str(data), "batch_size": 4,
-        "epochs": 1, "eval_batch_size": 16, "val_fraction": 0.0, **extra,
+        "epochs": 1, "eval_batch_size": 16, "val_fraction": 0.0, "hard_negatives": 0, **extra,
     }  # fmt: skip
     cfg = resolve_config(cli=values, environ={})
     rd = RunDir(cfg.run_dir)
@@ -89,8 +89,9 @@ def test_a_worker_that_dies_names_the_batch_it_was_building(tmp_path, tiny_model
     assert "lower --dataloader-workers" in message
 
 
-def test_a_pair_that_fails_before_training_is_named(tmp_path, tiny_model_path, pairs_file, monkeypatch):
-    cfg, rd = _prepared(tmp_path, tiny_model_path, pairs_file)
+@pytest.mark.parametrize("hard_negatives", [0, 1])  # 1: hard-negative mining meets it first
+def test_a_pair_that_fails_before_training_is_named(tmp_path, tiny_model_path, pairs_file, monkeypatch, hard_negatives):
+    cfg, rd = _prepared(tmp_path, tiny_model_path, pairs_file, hard_negatives=hard_negatives)
     bad = json.loads((rd.data / "train.jsonl").read_text().splitlines()[6])["positive"]
     _poison(monkeypatch, bad, _raise)  # everywhere: the trainer's start-up tokenization meets it first
     with pytest.raises(JobError, match=r"Tokenizing the training data failed on line \d+ of .*train.jsonl.*simulated") as info:
