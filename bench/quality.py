@@ -163,6 +163,9 @@ def main() -> None:
         row["peak_host_memory_mib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
         results.append(row)
         print("result:", json.dumps(row), flush=True)
+        if args.out:  # after every row, so a run cut short keeps what it finished
+            Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.out).write_text(json.dumps({"protocol": protocol, "results": results}, indent=2, default=str))
 
     dims = list(results[0]["plain"])
     print()
@@ -182,9 +185,6 @@ def main() -> None:
             if r.get("validation"):
                 print(f"| {r['preset']} | " + " | ".join(f"{r['validation'].get(d, float('nan')):.3f}" for d in dims) + " |")
     print(f"peak host memory: {max(r['peak_host_memory_mib'] for r in results)} MiB")
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps({"protocol": protocol, "results": results}, indent=2, default=str))
 
 
 if __name__ == "__main__":

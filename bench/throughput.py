@@ -14,7 +14,7 @@ On CUDA the model parts run on the GPU. Each prints pairs/s, the split of a step
 data vs forward + loss + backward / optimizer / the rest, and peak host (and GPU) memory.
 --profile N adds a torch.profiler pass over N steps: the share of step time inside PyTorch
 operators (the remainder is Python: trainer, loss, data path) and the top operators. Profiling
-slows the steps it covers and the one after, so take timings from a run without it.
+slows the steps it covers, so take timings from a run without it.
 """
 
 from __future__ import annotations
@@ -107,11 +107,13 @@ class StepTimer(TrainerCallback):
         self.between: list[float] = []
         self.parts: dict[str, list[float]] = {"forward_loss_backward": [], "optimizer": [], "after_optimizer": []}
         self._t = self._pre = self._opt = self._end = None
+        self.skip_next_gap = False  # set by OpProfile: its shutdown falls between two steps
 
     def on_step_begin(self, args, state, control, **kw):
         now = time.perf_counter()
-        if self._end is not None:
+        if self._end is not None and not self.skip_next_gap:
             self.between.append(now - self._end)
+        self.skip_next_gap = False
         self._t = now
 
     def on_pre_optimizer_step(self, args, state, control, **kw):
@@ -137,8 +139,8 @@ class OpProfile(TrainerCallback):
     PyTorch operators (the rest is Python in the trainer, the loss and the data path) and the
     operators that dominate."""
 
-    def __init__(self, warmup: int, steps: int):
-        self.warmup, self.steps = warmup, steps
+    def __init__(self, warmup: int, steps: int, timer: StepTimer | None = None):
+        self.warmup, self.steps, self.timer = warmup, steps, timer
         self.prof = None
         self.result: dict | None = None
         self._t0 = None
@@ -157,6 +159,8 @@ class OpProfile(TrainerCallback):
             _sync()
             wall = time.perf_counter() - self._t0
             self.prof.__exit__(None, None, None)
+            if self.timer is not None:
+                self.timer.skip_next_gap = True
             events = self.prof.key_averages()
             # top-level operator time: what PyTorch itself spends (self times of all ops add up to it)
             op_seconds = sum(e.self_cpu_time_total for e in events) / 1e6
@@ -178,7 +182,7 @@ def bench_training(pairs: list[D.Pair], model_name: str, batch_size: int, steps:
     dims = resolve_dims(cfg, model)
     timer = StepTimer()
     callbacks: list[TrainerCallback] = [timer]
-    profiler = OpProfile(warmup=2, steps=profile) if profile else None
+    profiler = OpProfile(warmup=2, steps=profile, timer=timer) if profile else None
     if profiler is not None:
         callbacks.append(profiler)
     if torch.cuda.is_available():
@@ -215,6 +219,7 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     ap.add_argument("--tiny-model", default=None, help="path of a tiny model (default: build one)")
+    ap.add_argument("--minilm", default="bundled:all-MiniLM-L6-v2", help="all-MiniLM-L6-v2: the bundled copy or a path")
     ap.add_argument("--set", action="append", default=[], help="extra config KEY=VALUE for training parts")
     ap.add_argument("--profile", type=int, default=0, help="torch.profiler over N steps (after 2 warm-up steps) of each training part")
     ap.add_argument("--out", default=None)
@@ -237,12 +242,12 @@ def main() -> None:
             tiny = str(build_tiny_model(Path(tempfile.mkdtemp()), texts))
     for part in args.parts.split(","):
         if part in ("pipeline", "pipeline-nocache"):
-            model = load_model("bundled:all-MiniLM-L6-v2")  # its tokenizer; no forward pass is run
+            model = load_model(args.minilm)  # its tokenizer; no forward pass is run
             res = bench_pipeline(pairs, model, args.batch_size, token_cache=part == "pipeline")
         elif part == "tiny":
             res = bench_training(pairs, tiny, args.batch_size, args.steps, extra, args.profile)
         elif part == "minilm":
-            res = bench_training(pairs, "bundled:all-MiniLM-L6-v2", args.batch_size, args.steps, extra, args.profile)
+            res = bench_training(pairs, args.minilm, args.batch_size, args.steps, extra, args.profile)
         else:
             raise SystemExit(f"unknown part {part!r}")
         res["peak_host_mib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
