@@ -71,7 +71,9 @@ def parse_settings(text: str) -> dict[str, str]:
 
 def validation_at_best(summary: dict) -> dict[int, float]:
     """Validation NDCG@10 at every dim, from the evaluation of the checkpoint that was kept."""
-    step = int(Path(summary["best_checkpoint"] or "checkpoint--1").name.rsplit("-", 1)[1])
+    if not summary["best_checkpoint"]:
+        return {}
+    step = int(Path(summary["best_checkpoint"]).name.rsplit("-", 1)[1])
     for entry in summary["log_history"]:
         if entry.get("step") == step:
             found = per_dim_metrics(entry, VALIDATION)

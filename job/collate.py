@@ -12,7 +12,7 @@ traceback. :class:`RowNamingCollator` wraps the real collator so that
   cleared when the batch is done, so a worker that dies leaves the batch it died on behind.
 
 :func:`raise_for_batch_failure` turns either case into a :class:`~job.errors.JobError`;
-:func:`raise_for_failing_pair` does the same for a failure before training starts (the trainer
+:func:`failing_pair_named` does the same for a failure before training starts (the trainer
 tokenizes the data for its model card when it is built).
 """
 
@@ -121,6 +121,19 @@ def raise_for_failing_pair(pairs: Sequence[Any], preprocess_fn: Callable, source
             f"{_one_line(error)}.",
             _FIX,
         ) from None
+
+
+@contextmanager
+def failing_pair_named(pairs: Sequence[Any], preprocess_fn: Callable, source: str):
+    """Around work that tokenizes the training pairs outside the collator: an unexpected error
+    becomes a :class:`JobError` naming the pair that fails on its own, if there is one."""
+    try:
+        yield
+    except JobError:
+        raise
+    except Exception:
+        raise_for_failing_pair(pairs, preprocess_fn, source)
+        raise
 
 
 def _one_line(error: BaseException) -> str:

@@ -12,7 +12,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from job.collate import RowNamingCollator, raise_for_batch_failure, raise_for_failing_pair, worker_signals_paused
+from job.collate import RowNamingCollator, failing_pair_named, raise_for_batch_failure, worker_signals_paused
 from job.config import JobConfig
 from job.data import IRData, Pair
 from job.distributed import world_size
@@ -125,16 +125,11 @@ def train_model(
     loss = build_loss(model, cfg, dims)  # first: its settings errors come before any mining
     negatives_stats = None
     if cfg.hard_negatives:
-        try:
+        with failing_pair_named(train_pairs, model.preprocess, source):
             train_ds, negatives_stats = add_hard_negatives(
                 train_pairs, model, cfg.hard_negatives, margin=cfg.hard_negative_margin, seed=cfg.seed,
                 batch_size=cfg.eval_batch_size, query_prompt=cfg.query_prompt, passage_prompt=cfg.passage_prompt,
             )  # fmt: skip
-        except JobError:
-            raise
-        except Exception:
-            raise_for_failing_pair(train_pairs, model.preprocess, source)
-            raise
         logger.info("hard negatives: %s", negatives_stats)
     else:
         train_ds = datasets.Dataset.from_dict(
@@ -193,11 +188,8 @@ def train_model(
             inner = super().get_data_collator(model=model, args=args, processing_class=processing_class)
             return RowNamingCollator(inner, pair_index, source, trace_dir)
 
-    try:
+    with failing_pair_named(train_pairs, model.preprocess, source):  # the trainer tokenizes for its model card
         trainer = Trainer(model=model, args=args, train_dataset=train_ds, loss=loss, evaluator=evaluator, callbacks=callbacks)
-    except Exception:
-        raise_for_failing_pair(train_pairs, model.preprocess, source)
-        raise
     if cfg.token_cache:
         trainer.warm_token_cache(train_ds)
     if torch.cuda.is_available():
