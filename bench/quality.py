@@ -16,10 +16,12 @@ every row and are printed with the results.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import platform
 import random
 import resource
+import shutil
 import sys
 import tempfile
 import time
@@ -28,10 +30,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from job import data as D  # noqa: E402
-from job.config import JobConfig, resolve_config  # noqa: E402
+from job.config import JobConfig, fingerprint_digest, resolve_config  # noqa: E402
 from job.evaluation import evaluate_model, evaluation_options, per_dim_metrics  # noqa: E402
 from job.models import load_model, resolve_best_dim, resolve_dims  # noqa: E402
-from job.train import VALIDATION, train_model  # noqa: E402
+from job.layout import write_json  # noqa: E402
+from job.train import VALIDATION, last_checkpoint, train_model  # noqa: E402
 
 
 def protocol_split(pairs: list[D.Pair], seed: int, val_rows: int, test_fraction: float = 0.1):
@@ -82,6 +85,54 @@ def validation_at_best(summary: dict) -> dict[int, float]:
     return {}
 
 
+def row_fingerprint(protocol: dict, cfg_dict: dict) -> str:
+    """What a row's numbers depend on: the protocol (machine aside) and the full configuration."""
+    return fingerprint_digest({"protocol": {k: v for k, v in protocol.items() if k != "machine"}, "config": cfg_dict})
+
+
+class _ElapsedOnSave:
+    """Trainer callback: training seconds so far, written next to the checkpoints at every save, so a
+    resumed row reports the whole training time (time between saves that was lost is not counted)."""
+
+    def __init__(self, path: Path, before: float) -> None:
+        self.path, self.before, self.start = path, before, time.perf_counter()
+
+    def seconds(self) -> float:
+        return self.before + time.perf_counter() - self.start
+
+    def on_save(self, args, state, control, **kwargs):
+        saved = json.loads(self.path.read_text()) if self.path.is_file() else {}
+        saved[f"checkpoint-{state.global_step}"] = round(self.seconds(), 1)
+        write_json(self.path, saved)
+
+
+def train_row(cfg, model, dims, train_pairs, validation, row_dir: Path, fingerprint: str, log) -> dict:
+    """Train one row in ``row_dir``, continuing from its last complete checkpoint when one of the
+    same row fingerprint is there (a run cut short, e.g. by the end of a session)."""
+    from transformers import TrainerCallback
+
+    checkpoints = row_dir / "checkpoints"
+    marker = row_dir / "row.json"
+    old = json.loads(marker.read_text()).get("fingerprint") if marker.is_file() else None
+    if old != fingerprint and row_dir.exists():
+        shutil.rmtree(row_dir)  # another configuration's leftovers: never resume those
+    row_dir.mkdir(parents=True, exist_ok=True)
+    write_json(marker, {"fingerprint": fingerprint})
+    resume_from = last_checkpoint(checkpoints)
+    elapsed_file = row_dir / "elapsed.json"
+    before = 0.0
+    if resume_from:
+        before = json.loads(elapsed_file.read_text()).get(Path(resume_from).name, 0.0) if elapsed_file.is_file() else 0.0
+        log(f"continuing from {resume_from} ({before:.0f} s of training already done)")
+    clock = _ElapsedOnSave(elapsed_file, before)
+    callback = type("ElapsedOnSave", (TrainerCallback,), {"on_save": lambda self, *a, **k: clock.on_save(*a, **k)})()
+    result = train_model(
+        cfg, model, dims, resolve_best_dim(cfg, dims), train_pairs, validation, checkpoints,
+        resume=resume_from is not None, callbacks=[callback],
+    )  # fmt: skip
+    return {"result": result, "train_seconds": round(clock.seconds(), 1), "resumed_from": resume_from}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", required=True)
@@ -99,8 +150,17 @@ def main() -> None:
         help="an extra row NAME:KEY=VALUE[,KEY=VALUE...] on top of the default recipe, e.g. hn1:hard_negatives=1 "
         "or w:matryoshka_weights=1,1,1,2,2",
     )  # fmt: skip
-    ap.add_argument("--out", default=None, help="write the results as JSON here")
+    ap.add_argument("--out", default=None, help="write the results as JSON here (after every row)")
+    ap.add_argument(
+        "--work-dir", default=None,
+        help="checkpoints of the rows being trained (default .bench/quality/<out file stem>); a rerun of the same "
+        "command skips rows already in --out and continues a row from its last checkpoint",
+    )  # fmt: skip
     args = ap.parse_args()
+    work = Path(args.work_dir or Path(".bench/quality") / (Path(args.out).stem if args.out else "run"))
+
+    def log(msg: str) -> None:
+        print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
     records = D.load_records(args.data)
     q_col, p_col = D.detect_columns(list(records.rows[0]), None, None, records.source)
@@ -126,67 +186,97 @@ def main() -> None:
         "corpus_dedup": len(dedup.corpus),
         "epochs_override": args.epochs,
         "max_seq_length": args.max_seq_length,
+        "reduced": bool(args.train_limit or args.test_limit or args.epochs is not None or args.max_seq_length),
         "machine": f"{platform.machine()} {platform.processor() or ''} python {platform.python_version()}".strip(),
+        "cpu_threads": torch_threads(),
     }
     print("protocol:", json.dumps(protocol), flush=True)
+
+    previous = json.loads(Path(args.out).read_text()) if args.out and Path(args.out).is_file() else {}
+    done = {r["name"]: r for r in previous.get("results", []) if "fingerprint" in r}
 
     variants = {}
     for spec in args.variant:
         name, _, settings = spec.partition(":")
         variants[name] = parse_settings(settings)
     results = []
-    for preset in [p for p in args.presets.split(",") if p] + list(variants):
-        extra = dict(kv.split("=", 1) for kv in args.set) if preset not in ("base",) else {}
-        extra.update(variants.get(preset, {}))
+    defaults = JobConfig().to_dict()
+    for name in [p for p in args.presets.split(",") if p] + list(variants):
+        extra = dict(kv.split("=", 1) for kv in args.set) if name not in ("base",) else {}
+        extra.update(variants.get(name, {}))
         cli = {"model": args.model, "max_seq_length": args.max_seq_length, "seed": args.seed, **extra}
-        if preset not in ("base", "default") and preset not in variants:
-            cli["preset"] = preset
-        if args.epochs is not None:
+        if name not in ("base", "default") and name not in variants:
+            cli["preset"] = name
+        if args.epochs is not None and name != "base":
             cli["epochs"] = args.epochs
         cfg = resolve_config(cli=cli, environ={})
-        model = load_model(cfg.model, max_seq_length=cfg.max_seq_length, train=preset != "base")
+        config = {k: v for k, v in cfg.to_dict().items() if v != defaults[k]}
+        fingerprint = row_fingerprint(protocol, {"trained": name != "base", **cfg.to_dict()})
+        if name in done and done[name]["fingerprint"] == fingerprint:
+            log(f"{name}: already measured in {args.out}, kept")
+            results.append(done[name])
+            continue
+        log(f"{name}: start ({config})")
+        model = load_model(cfg.model, max_seq_length=cfg.max_seq_length, train=name != "base")
         dims = resolve_dims(cfg, model)
-        defaults = JobConfig().to_dict()
-        row = {"preset": preset, "config": {k: v for k, v in cfg.to_dict().items() if v != defaults[k]}}
-        if preset != "base":
-            with tempfile.TemporaryDirectory() as tmp:
-                t0 = time.perf_counter()
-                result = train_model(cfg, model, dims, resolve_best_dim(cfg, dims), train_pairs, validation, Path(tmp))
-                row["train_seconds"] = round(time.perf_counter() - t0, 1)
-                row["pairs_per_second"] = result.summary["pairs_per_second"]
-                row["global_steps"] = result.summary["global_steps"]
-                row["best_checkpoint"] = Path(result.summary["best_checkpoint"] or "").name
-                # what a recipe choice may look at: validation NDCG@10 (largest dim) of the kept checkpoint
-                row["validation_ndcg@10"] = result.summary["best_metric"]
-                row["validation"] = validation_at_best(result.summary)
         kw = evaluation_options(cfg)
-        row["plain"] = {d: m["ndcg@10"] for d, m in evaluate_model(model, plain, dims, "plain", **kw).items()}
-        row["dedup"] = {d: m["ndcg@10"] for d, m in evaluate_model(model, dedup, dims, "dedup", **kw).items()}
+        row = {"name": name, "config": config, "is_default": name == "default", "fingerprint": fingerprint}
+        if name != "base":
+            trained = train_row(cfg, model, dims, train_pairs, validation, work / name, fingerprint, log)
+            summary = trained["result"].summary
+            row["train_seconds"] = trained["train_seconds"]
+            row["resumed_from"] = Path(trained["resumed_from"]).name if trained["resumed_from"] else None
+            row["pairs_per_second"] = summary["pairs_per_second"]
+            row["global_steps"] = summary["global_steps"]
+            row["best_checkpoint"] = Path(summary["best_checkpoint"] or "").name or None
+            row["hard_negatives"] = summary["hard_negatives"]
+            # what a recipe choice may look at: validation NDCG@10 of the kept checkpoint
+            row["validation_ndcg@10"] = validation_at_best(summary)
+        else:  # the reference the validation gains are read against
+            row["validation_ndcg@10"] = {d: m["ndcg@10"] for d, m in evaluate_model(model, validation, dims, "validation", **kw).items()}
+        row["test_ndcg@10"] = {d: m["ndcg@10"] for d, m in evaluate_model(model, plain, dims, "plain", **kw).items()}
+        row["test_ndcg@10_dedup"] = {d: m["ndcg@10"] for d, m in evaluate_model(model, dedup, dims, "dedup", **kw).items()}
         row["peak_host_memory_mib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
         results.append(row)
+        log(f"{name}: done")
         print("result:", json.dumps(row), flush=True)
         if args.out:  # after every row, so a run cut short keeps what it finished
-            Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-            Path(args.out).write_text(json.dumps({"protocol": protocol, "results": results}, indent=2, default=str))
+            write_json(Path(args.out), {"protocol": protocol, "results": results})
+        if name != "base":
+            shutil.rmtree(work / name, ignore_errors=True)
+        del model
+        gc.collect()
+    print_tables(results)
 
-    dims = list(results[0]["plain"])
+
+def print_tables(results: list[dict]) -> None:
+    dims = [int(d) for d in results[0]["test_ndcg@10"]]
     print()
-    print("NDCG@10, plain corpus (duplicate-aware in brackets)")
-    print("| recipe | train s | pairs/s | validation NDCG@10 | " + " | ".join(str(d) for d in dims) + " |")
-    print("|---|---:|---:|---:|" + "---:|" * len(dims))
+    print("test NDCG@10, plain corpus (duplicate-aware in brackets)")
+    print("| recipe | train s | pairs/s | " + " | ".join(str(d) for d in dims) + " |")
+    print("|---|---:|---:|" + "---:|" * len(dims))
     for r in results:
-        cells = " | ".join(f"{r['plain'][d]:.3f} ({r['dedup'][d]:.3f})" for d in dims)
-        val = f"{r['validation_ndcg@10']:.3f}" if r.get("validation_ndcg@10") is not None else "-"
-        print(f"| {r['preset']} | {r.get('train_seconds', '-')} | {r.get('pairs_per_second', '-')} | {val} | {cells} |")
-    if any(r.get("validation") for r in results):
-        print()
-        print("validation NDCG@10 of the kept checkpoint (what a recipe choice may look at)")
-        print("| recipe | " + " | ".join(str(d) for d in dims) + " |")
-        print("|---|" + "---:|" * len(dims))
-        for r in results:
-            if r.get("validation"):
-                print(f"| {r['preset']} | " + " | ".join(f"{r['validation'].get(d, float('nan')):.3f}" for d in dims) + " |")
+        test, dedup = _by_dim(r["test_ndcg@10"]), _by_dim(r["test_ndcg@10_dedup"])
+        cells = " | ".join(f"{test[d]:.3f} ({dedup[d]:.3f})" for d in dims)
+        print(f"| {r['name']} | {r.get('train_seconds', '-')} | {r.get('pairs_per_second', '-')} | {cells} |")
+    print()
+    print("validation NDCG@10 (of the kept checkpoint; what a recipe choice may look at)")
+    print("| recipe | " + " | ".join(str(d) for d in dims) + " |")
+    print("|---|" + "---:|" * len(dims))
+    for r in results:
+        val = _by_dim(r.get("validation_ndcg@10") or {})
+        print(f"| {r['name']} | " + " | ".join(f"{val[d]:.3f}" if d in val else "-" for d in dims) + " |")
     print(f"peak host memory: {max(r['peak_host_memory_mib'] for r in results)} MiB")
+
+
+def _by_dim(values: dict) -> dict[int, float]:
+    return {int(d): v for d, v in values.items()}
+
+
+def torch_threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
 
 
 if __name__ == "__main__":

@@ -591,7 +591,7 @@ def contract_main(argv: list[str], callbacks: list | None = None) -> int:
     try:
         ctx = train_command.make_context("train", list(argv))
         paths = _paths_from_options(ctx.params)
-        from job.cli import setup_logging
+        from job.cli_common import setup_logging
 
         setup_logging(debug=False)
         signal.signal(signal.SIGTERM, SIGTERM.handler)

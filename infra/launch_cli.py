@@ -17,7 +17,7 @@ from pathlib import Path
 
 import click
 
-from job.cli import config_options
+from job.cli_common import config_options, run_cli
 from job.errors import JobError
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
@@ -152,12 +152,8 @@ def fetch_cmd(name, run_dir, region, force) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``launch ...`` through the job's command line (its error handling: one paragraph, exit code 2)."""
-    from job import cli as job_cli
-
-    if "launch" not in job_cli.cli.commands:
-        job_cli.cli.add_command(launch)
-    return job_cli.main(["launch", *(sys.argv[1:] if argv is None else argv)])
+    """``launch ...`` on its own, with the job's error contract (one paragraph, exit code 2)."""
+    return run_cli(launch, argv, "job launch", "a started training job keeps running; see `job launch status NAME`")
 
 
 if __name__ == "__main__":

@@ -6,70 +6,19 @@ YAML key (``epochs:``); see :mod:`job.config` for the precedence.
 
 from __future__ import annotations
 
-import functools
-import logging
-import os
 import sys
-import traceback
 
 import click
 
+from infra.launch_cli import launch  # `job launch` (SageMaker) lives with the cloud code
+from infra.push_cli import push  # `job push` lives with the publishing code
 from job import config as C
+from job.cli_common import config_options, echo, run_cli
 from job.errors import JobError
 
 
-def _field_option(name: str):
-    f = C.FIELDS[name]
-    base, is_list, _ = C.field_kind(name)
-    flag = "--" + name.replace("_", "-")
-    help_text = f.metadata.get("help", "")
-    default = f.default if f.default is not C.dataclasses.MISSING else (f.default_factory() if f.default_factory is not C.dataclasses.MISSING else None)
-    help_text += f"  [default: {default}; env {C.ENV_PREFIX}{name.upper()}]"
-    if base is bool and not is_list:
-        return click.option(f"{flag}/--no-{flag[2:]}", name, default=None, help=help_text)
-    if "choices" in f.metadata:
-        ptype = click.Choice(f.metadata["choices"])
-    elif is_list:
-        ptype = str
-    else:
-        ptype = base
-    return click.option(flag, name, type=ptype, default=None, help=help_text, metavar="LIST" if is_list else None)
-
-
-def config_options(func):
-    """Add --config FILE, --debug and one flag per configuration field."""
-    for name in reversed(list(C.FIELDS)):
-        func = _field_option(name)(func)
-    func = click.option("--config", "config_file", type=click.Path(dir_okay=False), default=None, help="YAML file with configuration values.")(func)
-    func = click.option("--debug", is_flag=True, help="Show Python tracebacks for errors.")(func)
-
-    @functools.wraps(func)
-    def wrapper(*args, config_file=None, debug=False, **kwargs):
-        cli_values = {k: kwargs.pop(k) for k in list(kwargs) if k in C.FIELDS}
-        setup_logging(debug)
-        cfg = C.resolve_config(config_file, cli_values)
-        return func(*args, cfg=cfg, **kwargs)
-
-    return wrapper
-
-
-def setup_logging(debug: bool) -> None:
-    logging.basicConfig(level=logging.DEBUG if debug else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    for noisy in ("sentence_transformers", "transformers", "datasets", "httpx", "urllib3", "filelock", "botocore", "boto3", "s3transfer"):
-        logging.getLogger(noisy).setLevel(logging.INFO if debug else logging.WARNING)
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    if not debug:  # weight loading/saving bars are noise; encoding and training keep theirs
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.disable_progress_bar()
-
-
-def echo(msg: str) -> None:
-    click.echo(msg)
-
-
 def _rd(cfg):
-    from job.pipeline import RunDir
+    from job.layout import RunDir
 
     return RunDir(cfg.run_dir)
 
@@ -164,42 +113,8 @@ def run_cmd(cfg, force: bool) -> None:
         push_run(cfg.run_dir, cfg.s3_uri, cfg.hub_repo, cfg.hub_private, echo=echo, progress=True)
 
 
-from infra.launch_cli import launch  # noqa: E402 - `job launch` (SageMaker) lives with the cloud code
-from infra.push_cli import push  # noqa: E402 - `job push` lives with the publishing code
-
 cli.add_command(push)
 cli.add_command(launch)
-
-
-def run_cli(group: click.Group, argv: list[str] | None, prog_name: str, interrupted_hint: str, debug_env: str = "JOB_DEBUG") -> int:
-    """Run a click group with the project's error contract: a JobError prints one `error:` paragraph
-    and exits 2 (traceback only with --debug or DEBUG_ENV=1); anything unexpected exits 1."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    debug = "--debug" in argv or os.environ.get(debug_env, "") not in ("", "0")
-    try:
-        group.main(args=argv, prog_name=prog_name, standalone_mode=False)
-    except JobError as exc:
-        if debug:
-            traceback.print_exc()
-        click.echo(f"error: {exc.message}", err=True)
-        return exc.exit_code
-    except click.exceptions.Abort:
-        click.echo("aborted", err=True)
-        return 130
-    except click.ClickException as exc:
-        exc.show()
-        return exc.exit_code
-    except click.exceptions.Exit as exc:
-        return exc.exit_code
-    except KeyboardInterrupt:
-        click.echo(f"interrupted; {interrupted_hint}", err=True)
-        return 130
-    except Exception as exc:  # noqa: BLE001
-        if debug:
-            raise
-        click.echo(f"error: unexpected {type(exc).__name__}: {exc} (re-run with --debug for the traceback)", err=True)
-        return 1
-    return 0
 
 
 def main(argv: list[str] | None = None) -> int:

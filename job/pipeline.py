@@ -12,11 +12,11 @@ import json
 import logging
 import shutil
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 from job import data as D
+from job.layout import CARD_MARK, CHECKPOINT_FINGERPRINT, STEPS, RunDir, replace_dir, write_json
 from job.config import JobConfig, fingerprint_digest
 from job.errors import JobError
 from job.evaluation import evaluate_model, evaluation_options
@@ -37,55 +37,6 @@ TRAIN_FIELDS = MODEL_FIELDS + (
 )  # fmt: skip
 
 Echo = Callable[[str], None]
-
-
-@dataclass
-class RunDir:
-    root: Path
-
-    def __post_init__(self) -> None:
-        self.root = Path(self.root).expanduser()
-
-    data = property(lambda self: self.root / "data")
-    checkpoints = property(lambda self: self.root / "checkpoints")
-    model = property(lambda self: self.root / "model")
-    baseline = property(lambda self: self.root / "baseline")
-    report = property(lambda self: self.root / "report")
-    chroma = property(lambda self: self.root / "chroma")  # rag-eval's embedded vector store
-    rag_eval = property(lambda self: self.root / "rag_eval")  # rag-eval's reports
-
-    def ir(self, split: str) -> Path:
-        return self.root / "ir" / split
-
-    def done_file(self, step: str) -> Path:
-        return {
-            "prepare": self.data / "prepare.json",
-            "baseline": self.baseline / "metrics.json",
-            "train": self.model / "training.json",
-            "evaluate": self.report / "metrics.json",
-        }[step]
-
-    def record(self, step: str) -> dict[str, Any] | None:
-        path = self.done_file(step)
-        return json.loads(path.read_text()) if path.is_file() else None
-
-
-def write_json(path: Path, payload: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(payload, indent=2, default=str))
-    tmp.replace(path)
-
-
-def _replace_dir(staged: Path, final: Path) -> None:
-    if final.exists():
-        old = final.with_name(final.name + ".old")
-        shutil.rmtree(old, ignore_errors=True)
-        final.rename(old)
-        staged.rename(final)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        staged.rename(final)
 
 
 def _require(rd: RunDir, step: str, for_step: str) -> dict[str, Any]:
@@ -191,10 +142,10 @@ def prepare(cfg: JobConfig, rd: RunDir, echo: Echo = print, model=None) -> dict[
     rd.root.mkdir(parents=True, exist_ok=True)
     (rd.root / "ir").mkdir(exist_ok=True)
     for split in ir_sets:
-        _replace_dir(stage / "ir" / split, rd.ir(split))
+        replace_dir(stage / "ir" / split, rd.ir(split))
     for split in set(D.SPLITS) - set(ir_sets):
         shutil.rmtree(rd.ir(split), ignore_errors=True)
-    _replace_dir(stage / "data", rd.data)
+    replace_dir(stage / "data", rd.data)
     shutil.rmtree(stage, ignore_errors=True)
 
     dropped = sum(summary["rows_dropped_invalid"].values())
@@ -290,7 +241,7 @@ def train(
     shutil.rmtree(stage, ignore_errors=True)
     model.save(str(stage))
     write_json(stage / "training.json", record)
-    _replace_dir(stage, rd.model)
+    replace_dir(stage, rd.model)
     _echo_train(echo, rd, record)
     return record
 
@@ -307,7 +258,7 @@ def _echo_train(echo: Echo, rd: RunDir, record: dict[str, Any]) -> None:
 
 def check_checkpoints(rd: RunDir, fingerprint: dict[str, Any], resume: bool, force: bool, fix: str | None = None) -> None:
     """Resume only checkpoints of this configuration; never discard unfinished ones without --force."""
-    marker = rd.checkpoints / "job_fingerprint.json"
+    marker = rd.checkpoints / CHECKPOINT_FINGERPRINT
     if resume:
         old = json.loads(marker.read_text()) if marker.is_file() else fingerprint
         if old != fingerprint:
@@ -364,25 +315,19 @@ def evaluate(cfg: JobConfig, rd: RunDir, echo: Echo = print) -> dict[str, Any]:
     return json.loads(paths["json"].read_text())
 
 
-_CARD_MARK = "<!-- job:evaluation -->"
-
-
 def _add_results_to_model_card(model_dir: Path, report_md: str) -> None:
     card = model_dir / "README.md"
     text = card.read_text() if card.is_file() else ""
-    text = text.split(_CARD_MARK)[0].rstrip()
+    text = text.split(CARD_MARK)[0].rstrip()
     section = (
         report_md.replace("\n## ", "\n### ")
         .replace("# Retrieval report", "## Held-out evaluation")
         .replace("![NDCG@10 by dim](ndcg_by_dim.png)", "")
     )
-    card.write_text(f"{text}\n\n{_CARD_MARK}\n{section.strip()}\n")
+    card.write_text(f"{text}\n\n{CARD_MARK}\n{section.strip()}\n")
 
 
 # --- run -----------------------------------------------------------------------------------------
-STEPS = ("prepare", "baseline", "train", "evaluate")
-
-
 def run(
     cfg: JobConfig,
     rd: RunDir,
@@ -441,7 +386,7 @@ def run(
 def _can_resume(cfg: JobConfig, rd: RunDir) -> bool:
     from job.train import last_checkpoint
 
-    marker = rd.checkpoints / "job_fingerprint.json"
+    marker = rd.checkpoints / CHECKPOINT_FINGERPRINT
     return (
         marker.is_file()
         and json.loads(marker.read_text()) == step_fingerprint(cfg, rd, "train")

@@ -26,7 +26,7 @@ def echo(msg: str) -> None:
 
 
 def _setup_logging(debug: bool) -> None:
-    from job.cli import setup_logging as job_setup_logging
+    from job.cli_common import setup_logging as job_setup_logging
 
     job_setup_logging(debug)
     for noisy in ("chromadb", "posthog", "matplotlib"):
@@ -285,7 +285,7 @@ def query_cmd(question, model, baseline, no_baseline, query_prompt, passage_prom
 # --- entry point ---------------------------------------------------------------------------------
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; the same contract as ``job.cli.main``."""
-    from job.cli import run_cli
+    from job.cli_common import run_cli
 
     return run_cli(cli, argv, "rag-eval", "a collection being written is left as it was before", DEBUG_ENV)
 

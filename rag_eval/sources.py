@@ -17,7 +17,7 @@ from typing import Any
 from job import data as D
 from job.errors import JobError
 from job.models import hub_offline, load_model, model_dim, resolve_model_name
-from job.pipeline import RunDir
+from job.layout import RunDir
 from rag_eval.vectors import model_fingerprint
 
 BASELINE, FINETUNED, MODEL = "baseline", "fine-tuned", "model"

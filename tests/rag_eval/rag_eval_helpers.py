@@ -18,7 +18,7 @@ import torch
 from sentence_transformers.util import cos_sim
 
 from job.data import IRData, Pair, build_ir_corpus, build_ir_queries, write_beir
-from job.pipeline import RunDir, write_json
+from job.layout import RunDir, write_json
 from rag_eval.sources import FINETUNED, LoadedModel, ModelSpec
 
 

@@ -1,0 +1,103 @@
+"""Command-line pieces shared by every program of the project (``job``, ``rag-eval``, ``job launch``,
+the container): one flag per configuration field, logging set-up, and the error contract.
+
+Kept apart from :mod:`job.cli` (the ``job`` program itself) so that ``infra`` and ``rag_eval`` can use
+them without importing the job's command line, which registers their commands.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import logging
+import os
+import sys
+import traceback
+
+import click
+
+from job import config
+from job.errors import JobError
+
+
+def _field_option(name: str):
+    f = config.FIELDS[name]
+    base, is_list, _ = config.field_kind(name)
+    flag = "--" + name.replace("_", "-")
+    help_text = f.metadata.get("help", "")
+    default = f.default if f.default is not dataclasses.MISSING else (f.default_factory() if f.default_factory is not dataclasses.MISSING else None)
+    help_text += f"  [default: {default}; env {config.ENV_PREFIX}{name.upper()}]"
+    if base is bool and not is_list:
+        return click.option(f"{flag}/--no-{flag[2:]}", name, default=None, help=help_text)
+    if "choices" in f.metadata:
+        ptype = click.Choice(f.metadata["choices"])
+    elif is_list:
+        ptype = str
+    else:
+        ptype = base
+    return click.option(flag, name, type=ptype, default=None, help=help_text, metavar="LIST" if is_list else None)
+
+
+def config_options(func):
+    """Add --config FILE, --debug and one flag per configuration field."""
+    for name in reversed(list(config.FIELDS)):
+        func = _field_option(name)(func)
+    func = click.option("--config", "config_file", type=click.Path(dir_okay=False), default=None, help="YAML file with configuration values.")(func)
+    func = click.option("--debug", is_flag=True, help="Show Python tracebacks for errors.")(func)
+
+    @functools.wraps(func)
+    def wrapper(*args, config_file=None, debug=False, **kwargs):
+        cli_values = {k: kwargs.pop(k) for k in list(kwargs) if k in config.FIELDS}
+        setup_logging(debug)
+        cfg = config.resolve_config(config_file, cli_values)
+        return func(*args, cfg=cfg, **kwargs)
+
+    return wrapper
+
+
+def setup_logging(debug: bool) -> None:
+    logging.basicConfig(level=logging.DEBUG if debug else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    for noisy in ("sentence_transformers", "transformers", "datasets", "httpx", "urllib3", "filelock", "botocore", "boto3", "s3transfer"):
+        logging.getLogger(noisy).setLevel(logging.INFO if debug else logging.WARNING)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if not debug:  # weight loading/saving bars are noise; encoding and training keep theirs
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+
+
+def echo(msg: str) -> None:
+    click.echo(msg)
+
+
+def run_cli(group: click.Group, argv: list[str] | None, prog_name: str, interrupted_hint: str, debug_env: str = "JOB_DEBUG") -> int:
+    """Run a click group with the project's error contract: a JobError prints one `error:` paragraph
+    and exits 2 (traceback only with --debug or DEBUG_ENV=1); anything unexpected exits 1."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv or os.environ.get(debug_env, "") not in ("", "0")
+    try:
+        group.main(args=argv, prog_name=prog_name, standalone_mode=False)
+    except JobError as exc:
+        if debug:
+            traceback.print_exc()
+        click.echo(f"error: {exc.message}", err=True)
+        return exc.exit_code
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        return 130
+    except click.ClickException as exc:
+        exc.show()
+        return exc.exit_code
+    except click.exceptions.Exit as exc:
+        return exc.exit_code
+    except KeyboardInterrupt:
+        click.echo(f"interrupted; {interrupted_hint}", err=True)
+        return 130
+    except Exception as exc:  # noqa: BLE001
+        if debug:
+            raise
+        click.echo(f"error: unexpected {type(exc).__name__}: {exc} (re-run with --debug for the traceback)", err=True)
+        return 1
+    return 0
+
+
