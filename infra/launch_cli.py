@@ -17,6 +17,7 @@ from pathlib import Path
 
 import click
 
+from job import config as C
 from job.cli_common import config_options, run_cli
 from job.errors import JobError
 
@@ -108,18 +109,18 @@ def sagemaker_cmd(cfg, role, region, bucket, prefix, image, instance_type, insta
     are used as they are; a Hub id or 'embedded' is passed on. The configuration travels as
     hyperparameters; the job's metrics (NDCG@10 per dim) show in the SageMaker console.
     """
-    from infra import sagemaker as L
+    from infra import sagemaker_launch
 
-    spec = L.LaunchSpec(
+    spec = sagemaker_launch.LaunchSpec(
         role=role, region=region, bucket=bucket, prefix=prefix, image=image, instance_type=instance_type,
         instance_count=instance_count, volume_gb=volume_size, max_run_s=parse_duration(max_run, "--max-run"), spot=spot,
         max_wait_s=parse_duration(max_wait, "--max-wait"), checkpoint_s3_uri=checkpoint_s3_uri, output_path=output_path,
         base_job_name=base_job_name, tags=_pairs(tags, "--tag"), environment=_pairs(env, "--env"),
     )  # fmt: skip
-    not_sent = [n for n in ("s3_uri", "hub_repo") if getattr(cfg, n)]
+    not_sent = [n for n in C.PUBLISH_FIELDS if getattr(cfg, n) and getattr(cfg, n) != C.FIELDS[n].default]
     if not_sent:
         _echo_err(f"launch: not sent to the job: {', '.join(not_sent)} (publish after `job launch fetch`)")
-    result = L.launch(cfg, spec, dry_run=dry_run, wait=wait, echo=_echo_err, poll_s=poll)
+    result = sagemaker_launch.launch(cfg, spec, dry_run=dry_run, wait=wait, echo=_echo_err, poll_s=poll)
     if dry_run:
         for local, uri in result.uploads:
             _echo_err(f"launch (dry run): would upload {local} -> {uri}")
@@ -134,9 +135,9 @@ def sagemaker_cmd(cfg, role, region, bucket, prefix, image, instance_type, insta
 )
 def status_cmd(name, region, price) -> None:
     """Show a training job's status, times, cost and final metrics (NDCG@10 per dim)."""
-    from infra import sagemaker as L
+    from infra import sagemaker_jobs
 
-    L.status(name, region, echo=click.echo, price_per_hour=price)
+    sagemaker_jobs.status(name, region, echo=click.echo, price_per_hour=price)
 
 
 @launch.command("fetch")
@@ -146,9 +147,9 @@ def status_cmd(name, region, price) -> None:
 @click.option("--force", is_flag=True, help="Replace an existing run directory.")
 def fetch_cmd(name, run_dir, region, force) -> None:
     """Download a completed job's model and report into a run directory (model/, report/, ir/, data/)."""
-    from infra import sagemaker as L
+    from infra import sagemaker_jobs
 
-    L.fetch(name, run_dir, region, force=force, echo=click.echo)
+    sagemaker_jobs.fetch(name, run_dir, region, force=force, echo=click.echo)
 
 
 def main(argv: list[str] | None = None) -> int:

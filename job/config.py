@@ -35,8 +35,12 @@ ONLINE_DEFAULT_MODEL = "BAAI/bge-base-en-v1.5"
 OFFLINE_DEFAULT_MODEL = "bundled:all-MiniLM-L6-v2"
 
 
-def _opt(default: Any, help: str, **extra: Any) -> Any:
-    meta = {"help": help, **extra}
+def _opt(default: Any, help: str, *, step: str | tuple[str, ...] = (), group: str | None = None, **extra: Any) -> Any:
+    """A configuration field. ``step``: the steps whose outputs depend on it (``prepare``, ``model`` - the
+    base model as baseline and training load it -, ``train``), so a change re-runs them and a new field
+    cannot be left out of a fingerprint. ``group``: ``publish`` for publishing destinations, ``local``
+    for what only makes sense on this machine; neither travels to a SageMaker job."""
+    meta = {"help": help, "steps": (step,) if isinstance(step, str) else tuple(step), "group": group, **extra}
     if isinstance(default, list):
         return field(default_factory=lambda: list(default), metadata=meta)
     return field(default=default, metadata=meta)
@@ -45,50 +49,57 @@ def _opt(default: Any, help: str, **extra: Any) -> Any:
 @dataclass
 class JobConfig:
     # --- where things go -------------------------------------------------------------------
-    run_dir: str = _opt("runs/default", "Run directory: prepared data, metrics, checkpoints, model, report.")
+    run_dir: str = _opt("runs/default", "Run directory: prepared data, metrics, checkpoints, model, report.", group="local")
     # --- model -----------------------------------------------------------------------------
     model: str = _opt(
         AUTO_MODEL,
         "Base model: a Hugging Face Hub id or a local path. 'auto' means "
         f"{ONLINE_DEFAULT_MODEL} online and the bundled all-MiniLM-L6-v2 when HF_HUB_OFFLINE=1. "
         f"'{OFFLINE_DEFAULT_MODEL}' always means the bundled copy.",
+        step="model",
     )
     matryoshka_dims: list[int] | None = _opt(
-        None, "Matryoshka dims, e.g. 768,512,256,128,64. Default: derived from the model's dimension."
+        None, "Matryoshka dims, e.g. 768,512,256,128,64. Default: derived from the model's dimension.",
+        step="model",
     )
     matryoshka_weights: list[float] | None = _opt(
-        None, "Loss weight of each Matryoshka dim, largest dim first (e.g. 1,1,1,2,2). Default: all 1."
+        None, "Loss weight of each Matryoshka dim, largest dim first (e.g. 1,1,1,2,2). Default: all 1.",
+        step="train",
     )
-    max_seq_length: int | None = _opt(None, "Token limit for texts; longer texts are truncated. Default: the model's.")
-    query_prompt: str | None = _opt(None, "Text prepended to every question (baseline and fine-tuned alike).")
-    passage_prompt: str | None = _opt(None, "Text prepended to every passage (baseline and fine-tuned alike).")
+    max_seq_length: int | None = _opt(None, "Token limit for texts; longer texts are truncated. Default: the model's.", step="model")
+    query_prompt: str | None = _opt(None, "Text prepended to every question (baseline and fine-tuned alike).", step="model")
+    passage_prompt: str | None = _opt(None, "Text prepended to every passage (baseline and fine-tuned alike).", step="model")
     # --- data ------------------------------------------------------------------------------
     data: str = _opt(
         EMBEDDED_DATA,
         "Training pairs: a CSV/JSON/JSONL/Parquet file, a Hub dataset id, or 'embedded' for the bundled "
         "Corvane Industries annual-report pairs.",
+        step="prepare",
     )
-    data_split: str = _opt("train", "Split to read when --data is a Hub dataset id.")
-    question_column: str | None = _opt(None, "Column holding the question (anchor). Default: auto-detect.")
-    passage_column: str | None = _opt(None, "Column holding the passage (positive). Default: auto-detect.")
+    data_split: str = _opt("train", "Split to read when --data is a Hub dataset id.", step="prepare")
+    question_column: str | None = _opt(None, "Column holding the question (anchor). Default: auto-detect.", step="prepare")
+    passage_column: str | None = _opt(None, "Column holding the passage (positive). Default: auto-detect.", step="prepare")
     check_column_order: bool = _opt(
-        True, "Refuse data whose 'questions' are much longer than its 'passages' (columns likely swapped)."
+        True, "Refuse data whose 'questions' are much longer than its 'passages' (columns likely swapped).",
+        step="prepare",
     )
-    drop_invalid: bool = _opt(False, "Drop rows with empty or non-text values (and report them) instead of failing.")
+    drop_invalid: bool = _opt(False, "Drop rows with empty or non-text values (and report them) instead of failing.", step="prepare")
     eval_data: str | None = _opt(
         None,
         "BEIR-format folder (corpus.jsonl, queries.jsonl, qrels/<split>.tsv) used for the test evaluation "
         "instead of a held-out split of --data.",
+        step="prepare",
     )
-    eval_split: str = _opt("test", "qrels split to read from --eval-data.")
-    val_fraction: float = _opt(0.1, "Fraction of pairs held out for validation (model selection).")
-    test_fraction: float = _opt(0.1, "Fraction of pairs held out for the final test (ignored with --eval-data).")
+    eval_split: str = _opt("test", "qrels split to read from --eval-data.", step="prepare")
+    val_fraction: float = _opt(0.1, "Fraction of pairs held out for validation (model selection).", step="prepare")
+    test_fraction: float = _opt(0.1, "Fraction of pairs held out for the final test (ignored with --eval-data).", step="prepare")
     split_by: str = _opt(
         "pair",
         "'pair' splits pairs at random; 'passage' keeps all questions of one passage in one split (no leakage).",
         choices=("pair", "passage"),
+        step="prepare",
     )
-    seed: int = _opt(42, "Seed for the split, the sampler and the model initialisation.")
+    seed: int = _opt(42, "Seed for the split, the sampler and the model initialisation.", step=("prepare", "train"))
     # --- training recipe -------------------------------------------------------------------
     preset: str | None = _opt(None, "Named recipe: see `job presets`.")
     loss: str = _opt(
@@ -96,26 +107,30 @@ class JobConfig:
         "'mnrl' (MultipleNegativesRankingLoss) or 'cached_mnrl' (GradCache: large batches in little memory); "
         "both wrapped in MatryoshkaLoss.",
         choices=("mnrl", "cached_mnrl"),
+        step="train",
     )
-    mini_batch_size: int = _opt(32, "Mini-batch size for cached_mnrl.")
+    mini_batch_size: int = _opt(32, "Mini-batch size for cached_mnrl.", step="train")
     hard_negatives: int = _opt(
-        1, "Mine N hard negatives per pair from the training passages with the base model before training (0: off)."
+        1, "Mine N hard negatives per pair from the training passages with the base model before training (0: off).",
+        step="train",
     )
     hard_negative_margin: float = _opt(
-        0.05, "Relative margin: a mined negative must score below (1 - margin) x the positive's score."
+        0.05, "Relative margin: a mined negative must score below (1 - margin) x the positive's score.",
+        step="train",
     )
-    epochs: float = _opt(4.0, "Training epochs.")
-    max_steps: int = _opt(-1, "Stop after this many optimizer steps (-1: run all epochs).")
-    batch_size: int = _opt(32, "Pairs per batch: every other passage in the batch is a negative.")
-    gradient_accumulation_steps: int = _opt(1, "Optimizer steps every N batches (does not add negatives).")
-    learning_rate: float = _opt(1e-4, "Peak learning rate.")
-    warmup_ratio: float = _opt(0.1, "Fraction of steps spent warming up the learning rate.")
-    lr_scheduler: str = _opt("cosine", "Learning-rate schedule (transformers' lr_scheduler_type).")
-    weight_decay: float = _opt(0.0, "AdamW weight decay.")
+    epochs: float = _opt(4.0, "Training epochs.", step="train")
+    max_steps: int = _opt(-1, "Stop after this many optimizer steps (-1: run all epochs).", step="train")
+    batch_size: int = _opt(32, "Pairs per batch: every other passage in the batch is a negative.", step="train")
+    gradient_accumulation_steps: int = _opt(1, "Optimizer steps every N batches (does not add negatives).", step="train")
+    learning_rate: float = _opt(1e-4, "Peak learning rate.", step="train")
+    warmup_ratio: float = _opt(0.1, "Fraction of steps spent warming up the learning rate.", step="train")
+    lr_scheduler: str = _opt("cosine", "Learning-rate schedule (transformers' lr_scheduler_type).", step="train")
+    weight_decay: float = _opt(0.0, "AdamW weight decay.", step="train")
     best_model_dim: int | None = _opt(
-        None, "Dim whose validation NDCG@10 picks the best checkpoint. Default: the largest Matryoshka dim."
+        None, "Dim whose validation NDCG@10 picks the best checkpoint. Default: the largest Matryoshka dim.",
+        step="train",
     )
-    eval_steps: int | None = _opt(None, "Validate and checkpoint every N steps instead of every epoch.")
+    eval_steps: int | None = _opt(None, "Validate and checkpoint every N steps instead of every epoch.", step="train")
     eval_batch_size: int = _opt(64, "Batch size for encoding during evaluation.")
     save_total_limit: int = _opt(2, "Checkpoints kept on disk (the best one is always kept).")
     logging_steps: int = _opt(10, "Log the training loss every N steps.")
@@ -123,6 +138,7 @@ class JobConfig:
         "auto",
         "'auto' uses bf16 autocast (fp32 master weights) and tf32 where CUDA supports them; 'no' keeps fp32.",
         choices=("auto", "no"),
+        step="train",
     )
     dataloader_workers: int = _opt(0, "DataLoader worker processes.")
     nproc: int = _opt(0, "Training processes (DDP through torchrun); 0 = one per visible GPU, 1 on CPU.")
@@ -133,10 +149,11 @@ class JobConfig:
     )
     # --- publishing ------------------------------------------------------------------------
     s3_uri: str | None = _opt(
-        None, "Publish model and report under this s3://bucket/prefix (one sub-prefix per run) after `job run`."
+        None, "Publish model and report under this s3://bucket/prefix (one sub-prefix per run) after `job run`.",
+        group="publish",
     )
-    hub_repo: str | None = _opt(None, "Push the model (with its evaluation card) to this Hugging Face Hub repo after `job run`.")
-    hub_private: bool = _opt(True, "Create the Hub repo as private.")
+    hub_repo: str | None = _opt(None, "Push the model (with its evaluation card) to this Hugging Face Hub repo after `job run`.", group="publish")
+    hub_private: bool = _opt(True, "Create the Hub repo as private.", group="publish")
 
     # ----------------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -152,6 +169,25 @@ class JobConfig:
 
 
 FIELDS = {f.name: f for f in fields(JobConfig)}
+
+
+def fields_where(*, step: str | None = None, group: str | None = None) -> tuple[str, ...]:
+    """Names of the fields that ``step`` depends on, or that belong to ``group``, in declaration order."""
+    return tuple(
+        name
+        for name, f in FIELDS.items()
+        if (step is not None and step in f.metadata["steps"]) or (group is not None and f.metadata["group"] == group)
+    )
+
+
+# What each step's outputs depend on (its fingerprint); the train step also depends on the model's fields.
+PREPARE_FIELDS = fields_where(step="prepare")
+MODEL_FIELDS = fields_where(step="model")
+TRAIN_FIELDS = MODEL_FIELDS + fields_where(step="train")
+# Publishing destinations: checked before `job run` starts, used after it ends; never sent to a job.
+PUBLISH_FIELDS = fields_where(group="publish")
+# Fields a SageMaker job (or its container) decides itself: where the run lives, and publishing.
+LOCAL_FIELDS = fields_where(group="local") + PUBLISH_FIELDS
 _HINTS = typing.get_type_hints(JobConfig)
 
 

@@ -17,24 +17,13 @@ from typing import Any, Callable
 
 from job import data as D
 from job.layout import CARD_MARK, CHECKPOINT_FINGERPRINT, STEPS, RunDir, replace_dir, write_json
-from job.config import JobConfig, fingerprint_digest
+from job.config import MODEL_FIELDS, PREPARE_FIELDS, TRAIN_FIELDS, JobConfig, fingerprint_digest
 from job.errors import JobError
 from job.evaluation import evaluate_model, evaluation_options
 from job.models import load_model, resolve_best_dim, resolve_dims, resolve_model_name
 from job.report import markdown_table, write_report
 
 logger = logging.getLogger(__name__)
-
-PREPARE_FIELDS = (
-    "data", "data_split", "question_column", "passage_column", "check_column_order", "drop_invalid",
-    "eval_data", "eval_split", "val_fraction", "test_fraction", "split_by", "seed",
-)  # fmt: skip
-MODEL_FIELDS = ("model", "matryoshka_dims", "max_seq_length", "query_prompt", "passage_prompt")
-TRAIN_FIELDS = MODEL_FIELDS + (
-    "matryoshka_weights", "loss", "mini_batch_size", "hard_negatives", "hard_negative_margin", "epochs", "max_steps", "batch_size", "gradient_accumulation_steps",
-    "learning_rate", "warmup_ratio", "lr_scheduler", "weight_decay", "best_model_dim", "eval_steps",
-    "mixed_precision", "seed",
-)  # fmt: skip
 
 Echo = Callable[[str], None]
 

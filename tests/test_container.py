@@ -13,12 +13,14 @@ import os
 import re
 import shutil
 import signal
+import subprocess
+import sys
 import tarfile
 from pathlib import Path
 
 import pytest
 
-from infra import container as K
+from infra import container, container_inputs, contract
 from job.errors import JobError
 from conftest import make_pairs
 
@@ -53,7 +55,7 @@ def layout(tmp_path: Path, model: Path | None, hps: dict | None = None, pairs: b
 
 
 def run_train(root: Path, capsys, *extra: str) -> tuple[int, str, str]:
-    code = K.main(["train", "--opt-ml", str(root), *extra])
+    code = container.main(["train", "--opt-ml", str(root), *extra])
     out, err = capsys.readouterr()
     return code, out, err
 
@@ -94,7 +96,7 @@ def test_contract_writes_model_report_and_metrics(tmp_path, tiny_model_path, cap
     assert report["base_model"] == str(root / "input" / "data" / "model")
 
     # Every METRIC line is matched by exactly one of the launcher's metric definitions, with its value.
-    defs = [(d["Name"], re.compile(d["Regex"])) for d in K.metric_definitions([32, 16])]
+    defs = [(d["Name"], re.compile(d["Regex"])) for d in contract.metric_definitions([32, 16])]
     lines = [line for line in out.splitlines() if line.startswith("METRIC ")]
     names = set()
     for line in lines:
@@ -126,7 +128,7 @@ def test_every_path_can_be_overridden(tmp_path, monkeypatch):
     monkeypatch.setenv("SM_CHANNEL_TRAIN", str(tmp_path / "sm-train"))
     monkeypatch.setenv("SM_MODEL_DIR", str(tmp_path / "sm-model"))
     monkeypatch.delenv("SM_OUTPUT_DATA_DIR", raising=False)
-    paths = K.ContainerPaths.create()
+    paths = contract.ContainerPaths.create()
     r = tmp_path / "env-root"
     assert paths.channels == {
         "train": tmp_path / "sm-train",
@@ -144,7 +146,7 @@ def test_every_path_can_be_overridden(tmp_path, monkeypatch):
         "--output-data-dir": "o", "--checkpoint-dir": "c", "--failure-file": "f",
     }  # fmt: skip
     argv = ["--opt-ml", str(tmp_path / "flag-root")] + [x for k, v in flags.items() for x in (k, str(tmp_path / v))]
-    paths = K._paths_from_options(K.train_command.make_context("train", argv).params)
+    paths = container._paths_from_options(container.train_command.make_context("train", argv).params)
     assert paths.root == tmp_path / "flag-root"
     assert paths.channels == {"train": tmp_path / "t", "eval": tmp_path / "e", "model": tmp_path / "b"}
     assert (paths.hyperparameters, paths.model, paths.output_data, paths.checkpoints, paths.failure) == tuple(
@@ -171,7 +173,7 @@ def test_hyperparameters_are_converted_to_the_field_types(tmp_path):
             }
         )
     )
-    assert K.read_hyperparameters(path) == {
+    assert container_inputs.read_hyperparameters(path) == {
         "epochs": 2.0,
         "learning_rate": 5e-05,
         "max_steps": 10,
@@ -182,7 +184,7 @@ def test_hyperparameters_are_converted_to_the_field_types(tmp_path):
         "max_seq_length": None,
     }
     path.write_text(json.dumps({"matryoshka_dims": "64,32"}))
-    assert K.read_hyperparameters(path) == {"matryoshka_dims": [64, 32]}
+    assert container_inputs.read_hyperparameters(path) == {"matryoshka_dims": [64, 32]}
 
 
 @pytest.mark.parametrize(
@@ -227,12 +229,12 @@ def test_train_channel_with_two_files_needs_the_data_hyperparameter(tmp_path, ti
     root = layout(tmp_path, tiny_model_path)
     train = root / "input" / "data" / "train"
     shutil.copy(train / "pairs.jsonl", train / "more.jsonl")
-    paths = K.ContainerPaths.create(root)
+    paths = contract.ContainerPaths.create(root)
     with pytest.raises(JobError, match=r"holds 2 data files \(more.jsonl, pairs.jsonl\)"):
-        K.channel_values(paths, {})
-    assert K.channel_values(paths, {"data": "more.jsonl"})["data"] == str(train / "more.jsonl")
+        container_inputs.channel_values(paths, {})
+    assert container_inputs.channel_values(paths, {"data": "more.jsonl"})["data"] == str(train / "more.jsonl")
     with pytest.raises(JobError, match="has no such file"):
-        K.channel_values(paths, {"data": "other.csv"})
+        container_inputs.channel_values(paths, {"data": "other.csv"})
 
 
 def test_embedded_data_needs_no_train_channel_and_eval_channel_is_the_test_set(tmp_path, tiny_model_path):
@@ -240,7 +242,7 @@ def test_embedded_data_needs_no_train_channel_and_eval_channel_is_the_test_set(t
     beir = root / "input" / "data" / "eval"
     beir.mkdir(parents=True)
     (beir / "corpus.jsonl").write_text('{"_id": "d1", "text": "x"}\n')
-    values = K.channel_values(K.ContainerPaths.create(root), {"data": "embedded"})
+    values = container_inputs.channel_values(contract.ContainerPaths.create(root), {"data": "embedded"})
     assert values == {"eval_data": str(beir), "model": str(root / "input" / "data" / "model")}
 
 
@@ -252,7 +254,7 @@ def test_base_model_channel_may_hold_a_model_tarball(tmp_path, tiny_model_path):
     with tarfile.open(channel / "model.tar.gz", "w:gz") as tf:
         for p in tiny_model_path.rglob("*"):
             tf.add(p, arcname=p.relative_to(tiny_model_path).as_posix(), recursive=False)
-    model = Path(K.channel_values(K.ContainerPaths.create(root), {})["model"])
+    model = Path(container_inputs.channel_values(contract.ContainerPaths.create(root), {})["model"])
     assert (model / "modules.json").is_file()
     from sentence_transformers import SentenceTransformer
 
@@ -262,7 +264,7 @@ def test_base_model_channel_may_hold_a_model_tarball(tmp_path, tiny_model_path):
 def test_two_model_sources_are_refused(tmp_path, tiny_model_path):
     root = layout(tmp_path, tiny_model_path)
     with pytest.raises(JobError, match="give the base model one way"):
-        K.channel_values(K.ContainerPaths.create(root), {"model": "BAAI/bge-small-en-v1.5"})
+        container_inputs.channel_values(contract.ContainerPaths.create(root), {"model": "BAAI/bge-small-en-v1.5"})
 
 
 def test_several_instances_are_refused(tmp_path, tiny_model_path, capsys):
@@ -278,22 +280,50 @@ def test_several_instances_are_refused(tmp_path, tiny_model_path, capsys):
 # --- metrics -------------------------------------------------------------------------------------
 @pytest.mark.parametrize("value", [0.8194, 1e-05, 12.5, -0.25, 3.0, 123456789.0])
 def test_metric_regexes_parse_every_printed_number(value):
-    (rx,) = [re.compile(d["Regex"]) for d in K.metric_definitions([384]) if d["Name"] == "test_ndcg@10_dim384"]
-    line = K.metric_line("test_ndcg@10_dim384", value)
+    (rx,) = [re.compile(d["Regex"]) for d in contract.metric_definitions([384]) if d["Name"] == "test_ndcg@10_dim384"]
+    line = contract.metric_line("test_ndcg@10_dim384", value)
     assert float(rx.search(line).group(1)) == pytest.approx(value, rel=1e-5)
-    assert rx.search(K.metric_line("test_ndcg@10_dim3840", value)) is None
+    assert rx.search(contract.metric_line("test_ndcg@10_dim3840", value)) is None
 
 
 def test_metric_definitions_fit_sagemakers_limit():
-    defs = K.metric_definitions()
-    assert len(defs) == 1 + 3 * len(K.COMMON_DIMS) <= 40  # SageMaker allows 40 per job
+    defs = contract.metric_definitions()
+    assert len(defs) == 1 + 3 * len(contract.COMMON_DIMS) <= 40  # SageMaker allows 40 per job
     assert len({d["Name"] for d in defs}) == len(defs)
 
 
 # --- the other entry: the job's own commands -----------------------------------------------------
-def test_anything_but_train_is_the_job_command_line(capsys):
-    assert K.main(["config", "--epochs", "3"]) == 0
-    assert "epochs: 3.0" in capsys.readouterr().out
+def _entrypoint(*args: str, opt_ml: Path | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OPT_ML": str(opt_ml or ROOT / "no-such-opt-ml")}
+    return subprocess.run(
+        [sys.executable, "-m", "infra.container", *args], capture_output=True, text=True, env=env, cwd=ROOT, check=False
+    )
+
+
+def test_anything_but_train_is_the_job_command_line():
+    done = _entrypoint("config", "--epochs", "3")
+    assert done.returncode == 0, done.stderr
+    assert "epochs: 3.0" in done.stdout
+
+
+def test_no_arguments_is_help_outside_sagemaker_and_train_inside(tmp_path):
+    done = _entrypoint()
+    assert done.returncode == 0 and "Usage: job" in done.stdout, done.stderr
+    assert not container.sagemaker_started_us(tmp_path)
+    # the SDK's local mode starts the image with no command, the platform's config in place
+    root = tmp_path / "opt_ml"
+    (root / "input" / "config").mkdir(parents=True)
+    (root / "input" / "config" / "hyperparameters.json").write_text('{"bogus_key": "1"}')
+    assert container.sagemaker_started_us(root)
+    done = _entrypoint(opt_ml=root)
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "Unknown configuration key 'bogus_key'" in (root / "output" / "failure").read_text()
+
+
+def test_serve_and_rag_eval_reach_rag_eval():
+    for args in (("rag-eval", "--help"), ("serve", "--help")):
+        done = _entrypoint(*args)
+        assert "rag-eval" in done.stdout + done.stderr, (args, done.stdout, done.stderr)
 
 
 # --- SIGTERM: save a checkpoint, exit non-zero, resume on restart ----------------------------------
@@ -317,9 +347,9 @@ def test_sigterm_saves_a_checkpoint_and_the_restart_resumes(tmp_path, tiny_model
     hps = {**FAST, "max_steps": "6", "eval_steps": "1000"}
     root = layout(tmp_path, tiny_model_path, hps=hps)
     old_handler = signal.getsignal(signal.SIGTERM)
-    code = K.contract_main(["--opt-ml", str(root)], callbacks=[_SigtermAt(3)])
+    code = container.contract_main(["--opt-ml", str(root)], callbacks=[_SigtermAt(3)])
     out, err = capsys.readouterr()
-    assert code == K.EXIT_SIGTERM == 143, err
+    assert code == contract.EXIT_SIGTERM == 143, err
     assert signal.getsignal(signal.SIGTERM) is old_handler  # the entrypoint restores the handler
     reason = failure(root)
     assert reason.startswith("Stopped by SIGTERM during training; a checkpoint of step 3 was saved in ")

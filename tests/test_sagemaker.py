@@ -19,9 +19,9 @@ from pathlib import Path
 
 import pytest
 
-from infra import container as K
+from infra import container, container_inputs, contract
 from infra import launch_cli
-from infra import sagemaker as L
+from infra import sagemaker_inputs, sagemaker_jobs, sagemaker_launch
 from job.config import resolve_config
 
 ROLE = "arn:aws:iam::123456789012:role/SageMakerExecution"
@@ -82,12 +82,12 @@ def test_launch_uploads_inputs_and_sends_the_exact_request(
         epochs=2, learning_rate=5e-5, matryoshka_dims="32,16", check_column_order=False, query_prompt="query: ",
         run_dir="runs/local-only", s3_uri="s3://elsewhere/x",
     )  # fmt: skip
-    spec = L.LaunchSpec(
+    spec = sagemaker_launch.LaunchSpec(
         role=ROLE, region="us-east-1", bucket=s3_bucket, image=IMAGE, instance_type="ml.g5.12xlarge", spot=True,
         max_run_s=3600, tags={"team": "search"},
     )  # fmt: skip
     messages: list[str] = []
-    result = L.launch(cfg, spec, echo=messages.append)
+    result = sagemaker_launch.launch(cfg, spec, echo=messages.append)
     name = result.job_name
     assert re.fullmatch(r"rag-embed-finetune-\d{14}", name)
 
@@ -141,12 +141,12 @@ def test_launch_uploads_inputs_and_sends_the_exact_request(
         f"{prefix}/eval-{digest['eval']}/{p}" for p in ("corpus.jsonl", "qrels/test.tsv", "queries.jsonl")
     ]
     # moto (the stand-in) holds the job as sent.
-    desc = L.describe(name, "us-east-1")
+    desc = sagemaker_jobs.describe(name, "us-east-1")
     assert desc["HyperParameters"] == result.request["HyperParameters"]
     assert desc["RoleArn"] == ROLE and desc["EnableManagedSpotTraining"] is True
 
     # The same data again is not uploaded again.
-    again = L.launch(cfg, spec, echo=messages.append)
+    again = sagemaker_launch.launch(cfg, spec, echo=messages.append)
     assert again.request["InputDataConfig"] == result.request["InputDataConfig"]
     assert sum("same content), not uploading again" in m for m in messages) == 3
 
@@ -214,9 +214,9 @@ def test_dry_run_calls_no_endpoint_and_uploads_nothing(monkeypatch, tmp_path, pa
 
 
 def test_hugging_face_mode_uploads_our_code_with_its_requirements(aws, s3_bucket, capsys):
-    result = L.launch(
+    result = sagemaker_launch.launch(
         _cfg(data="embedded", max_steps=2),
-        L.LaunchSpec(role=ROLE, region="us-east-1", bucket=s3_bucket, image="huggingface"),
+        sagemaker_launch.LaunchSpec(role=ROLE, region="us-east-1", bucket=s3_bucket, image="huggingface"),
         echo=lambda m: None,
     )
     code = next(c for c in result.request["InputDataConfig"] if c["ChannelName"] == "code")["DataSource"][
@@ -243,12 +243,12 @@ def test_hyperparameters_round_trip_through_the_container(tmp_path):
         preset="blog", loss="cached_mnrl", learning_rate=3e-5, matryoshka_dims="64,32", check_column_order=False,
         query_prompt="query: ", max_seq_length=256, eval_steps=50, data="embedded",
     )  # fmt: skip
-    hps = L.hyperparameters_for(cfg, L.plan_inputs(cfg, L.LaunchSpec(bucket="b")))
+    hps = sagemaker_inputs.hyperparameters_for(cfg, sagemaker_inputs.plan_inputs(cfg, sagemaker_launch.LaunchSpec(bucket="b")))
     assert all(isinstance(v, str) for v in hps.values())
     root = tmp_path / "opt_ml"
     (root / "input" / "config").mkdir(parents=True)
     (root / "input" / "config" / "hyperparameters.json").write_text(json.dumps(hps))
-    inside = K.resolve_container_config(K.ContainerPaths.create(root), environ={})
+    inside = container_inputs.resolve_container_config(contract.ContainerPaths.create(root), environ={})
     for name in ("preset", "loss", "learning_rate", "matryoshka_dims", "check_column_order", "query_prompt",
                  "max_seq_length", "eval_steps", "data", "batch_size", "gradient_accumulation_steps", "epochs"):  # fmt: skip
         assert getattr(inside, name) == getattr(cfg, name), name
@@ -307,8 +307,8 @@ def test_missing_bucket_gets_the_s3_error(aws, pairs_file, capsys):
 # --- status and cost ---------------------------------------------------------------------------
 def test_wait_follows_the_job_to_its_end(aws, s3_bucket):
     messages: list[str] = []
-    spec = L.LaunchSpec(role=ROLE, region="us-east-1", bucket=s3_bucket, image=IMAGE)
-    name = L.launch(_cfg(data="embedded"), spec, wait=True, poll_s=0.1, echo=messages.append).job_name
+    spec = sagemaker_launch.LaunchSpec(role=ROLE, region="us-east-1", bucket=s3_bucket, image=IMAGE)
+    name = sagemaker_launch.launch(_cfg(data="embedded"), spec, wait=True, poll_s=0.1, echo=messages.append).job_name
     assert messages == [
         f"launch: started training job {name} in us-east-1; follow it with `job launch status {name}`",
         f"launch: {name}: Completed / Completed",  # moto: completed at once
@@ -317,9 +317,9 @@ def test_wait_follows_the_job_to_its_end(aws, s3_bucket):
 
 
 def test_status_shows_the_job_from_the_control_plane(aws, s3_bucket, capsys):
-    name = L.launch(
+    name = sagemaker_launch.launch(
         _cfg(data="embedded"),
-        L.LaunchSpec(role=ROLE, region="us-east-1", bucket=s3_bucket, image=IMAGE),
+        sagemaker_launch.LaunchSpec(role=ROLE, region="us-east-1", bucket=s3_bucket, image=IMAGE),
         echo=lambda m: None,
     ).job_name
     assert launch_cli.main(["status", name, "--region", "us-east-1"]) == 0
@@ -343,7 +343,7 @@ def test_status_lines_cost_and_metrics():
             {"MetricName": "train_loss", "Value": 0.25},
         ],
     }  # fmt: skip
-    lines = L.status_lines(desc)
+    lines = sagemaker_jobs.status_lines(desc)
     assert "instance:  1 x ml.g5.2xlarge (spot)" in lines
     assert "time:      1200 s training, 400 s billable, spot saved 67%" in lines
     # 400 s x 1 instance x $1.515/h = $0.168 (the on-demand price: an upper bound for spot)
@@ -352,7 +352,7 @@ def test_status_lines_cost_and_metrics():
     assert lines[i + 1 : i + 5] == [
         "  test_ndcg@10_dim384 = 0.8194", "  test_ndcg@10_dim32 = 0.6852", "  baseline_ndcg@10_dim384 = 0.6992", "  train_loss = 0.2500",
     ]  # fmt: skip
-    assert L.job_cost(desc, price_per_hour=0.6)[0] == pytest.approx(400 * 0.6 / 3600)
+    assert sagemaker_jobs.job_cost(desc, price_per_hour=0.6)[0] == pytest.approx(400 * 0.6 / 3600)
 
 
 # --- fetch: SageMaker's tarballs -> a run directory ---------------------------------------------
@@ -373,15 +373,15 @@ def test_fetch_makes_a_run_directory_that_loads(aws, s3_bucket, tmp_path, tiny_m
     (root / "input" / "config" / "hyperparameters.json").write_text(
         json.dumps({"model": str(tiny_model_path), "max_steps": "2", "batch_size": "8", "matryoshka_dims": "32,16"})
     )
-    assert K.main(["train", "--opt-ml", str(root)]) == 0, capsys.readouterr().err
+    assert container.main(["train", "--opt-ml", str(root)]) == 0, capsys.readouterr().err
     capsys.readouterr()
     # 2. A launched job (moto) whose artifacts SageMaker would have uploaded: put them where it says.
-    name = L.launch(
+    name = sagemaker_launch.launch(
         _cfg(data="embedded"),
-        L.LaunchSpec(role=ROLE, region="us-east-1", bucket=s3_bucket, image=IMAGE),
+        sagemaker_launch.LaunchSpec(role=ROLE, region="us-east-1", bucket=s3_bucket, image=IMAGE),
         echo=lambda m: None,
     ).job_name
-    model_uri, output_uri = L.output_uris(L.describe(name, "us-east-1"))
+    model_uri, output_uri = sagemaker_jobs.output_uris(sagemaker_jobs.describe(name, "us-east-1"))
     for src, uri in ((root / "model", model_uri), (root / "output" / "data", output_uri)):
         bucket, key = uri[len("s3://") :].split("/", 1)
         aws.client().upload_file(str(_sagemaker_tarball(src, tmp_path / Path(key).name)), bucket, key)

@@ -143,3 +143,48 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+# --- a run directory for `rag-eval serve` ---------------------------------------------------------
+# A passage is user data: this one must show as text on the page and never run.
+XSS_PASSAGE = (
+    'Warranty reserves were 12 million dollars. <script>alert(1)</script><img src=x onerror="window.__xss=1">'
+    " <b>bold</b> ${7*7} {{constructor}} &amp;"
+)
+XSS_QUESTION = "How large are the warranty reserves?"
+
+
+def serve_pairs() -> list[Pair]:
+    return tiny_pairs() + [Pair(XSS_QUESTION, XSS_PASSAGE), Pair("Which warranty figure is reported?", XSS_PASSAGE)]
+
+
+def make_serve_run(root: Path, tiny_run: Path, *, report: bool = True) -> Path:
+    """A copy of the tiny run whose test set also holds the XSS passage, indexed into RUN/chroma at
+    dims 32/16/8, with `rag-eval score`'s report and the job's held-out report (real numbers from the
+    job's evaluator on the tiny models) when ``report``."""
+    import shutil
+
+    from job.evaluation import evaluate_model
+    from job.models import load_model
+    from job.report import write_report
+    from rag_eval.cli import main
+
+    run = root / "serve-run"
+    shutil.copytree(tiny_run, run)
+    rd = RunDir(run)
+    pairs = serve_pairs()
+    corpus, ids = build_ir_corpus({"test": pairs})
+    queries, qrels = build_ir_queries(pairs, ids, "qt")
+    ir = IRData(corpus, queries, qrels)
+    shutil.rmtree(rd.ir("test"))
+    write_beir(rd.ir("test"), ir, "test")
+    assert main(["index", "--model", str(run)]) == 0
+    if report:
+        args = ["--latency-samples", "5", "--batch-queries", "2", "--no-disk-size"]
+        assert main(["score", "--model", str(run), *args]) == 0
+        training = json.loads((rd.model / "training.json").read_text())
+        dims = training["dims"]
+        base = evaluate_model(load_model(training["base_model"]), ir, dims, "base")
+        tuned = evaluate_model(load_model(str(rd.model)), ir, dims, "tuned")
+        write_report(rd.report, base, tuned, {"model": str(rd.model), "test_queries": len(queries), "corpus_size": len(corpus)})
+    return run

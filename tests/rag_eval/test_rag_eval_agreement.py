@@ -22,7 +22,7 @@ import math
 import pytest
 
 from job.evaluation import evaluate_model
-from rag_eval import store as S
+from rag_eval import store
 from rag_eval.indexing import index_models
 from rag_eval.scoring import ScoreOptions, score_models
 from rag_eval_helpers import hand_data, loaded
@@ -35,9 +35,9 @@ EXPECTED = {
 FAST = ScoreOptions(latency_samples=5, batch_queries=2, measure_disk=False)
 
 
-def _index_and_score(tmp_path, data, model, dims=(4, 2), settings=S.HnswSettings()):
-    target = S.StoreTarget(path=tmp_path / "chroma")
-    client = S.connect(target)
+def _index_and_score(tmp_path, data, model, dims=(4, 2), settings=store.HnswSettings()):
+    target = store.StoreTarget(path=tmp_path / "chroma")
+    client = store.connect(target)
     m = loaded(model)
     index_models(client, [m], data, "hand", list(dims), settings, echo=lambda _: None)
     return score_models(client, target, [m], data, list(dims), opts=FAST, echo=lambda _: None)
@@ -52,7 +52,7 @@ def test_hand_values_exact_evaluator_and_chroma_agree(tmp_path):
         for metric, value in expected.items():
             assert exact[dim][metric] == pytest.approx(value, abs=1e-6), ("evaluator", dim, metric)
 
-    result = _index_and_score(tmp_path, data, model, settings=S.HnswSettings(ef_search=500))  # a high ef_search
+    result = _index_and_score(tmp_path, data, model, settings=store.HnswSettings(ef_search=500))  # a high ef_search
     for dim, expected in EXPECTED.items():
         row = result["models"]["fine-tuned"]["dims"][str(dim)]
         for metric, value in expected.items():

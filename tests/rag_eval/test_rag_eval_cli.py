@@ -147,15 +147,15 @@ def test_unreachable_server_names_host_and_port_without_a_traceback(tiny_run_dir
 
 
 def test_a_foreign_collection_under_the_same_name_is_refused_unless_forced(tiny_model_path, tiny_run_dir, tmp_path, capsys):
-    from rag_eval import store as S
+    from rag_eval import store
     from rag_eval.sources import resolve_models
 
-    store = tmp_path / "chroma"
-    client = S.connect(S.StoreTarget(path=store))
+    store_path = tmp_path / "chroma"
+    client = store.connect(store.StoreTarget(path=store_path))
     key = resolve_models(str(tiny_model_path)).models[0].key
-    name = S.collection_name(S.DEFAULT_PREFIX, key, 8)
+    name = store.collection_name(store.DEFAULT_PREFIX, key, 8)
     client.create_collection(name, metadata={"app": "prod"}, embedding_function=None).add(ids=["a"], embeddings=[[0.0] * 8])
-    args = ("index", "--model", tiny_model_path, "--data", tiny_run_dir, "--chroma-path", store, "--dims", "8")
+    args = ("index", "--model", tiny_model_path, "--data", tiny_run_dir, "--chroma-path", store_path, "--dims", "8")
     code, _, err = _run(capsys, *args)
     _clean_failure(code, err, f"A foreign collection named {name} already exists", "--force")
     assert client.get_collection(name).metadata == {"app": "prod"}

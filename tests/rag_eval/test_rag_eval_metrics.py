@@ -9,7 +9,7 @@ import pytest
 
 from job.data import IRData
 from job.evaluation import evaluate_model
-from rag_eval import metrics as M
+from rag_eval import metrics
 from rag_eval.vectors import truncate_normalise
 from rag_eval_helpers import TableModel
 
@@ -19,60 +19,60 @@ L2, L3, L4, L5 = (math.log2(n) for n in (2, 3, 4, 5))
 def test_ndcg_binary_by_hand():
     # relevant d1, d3; ranked d0 d1 d2 d3: DCG = 1/log2(3) + 1/log2(5); IDCG = 1 + 1/log2(3)
     ranked, grades = ["d0", "d1", "d2", "d3"], {"d1": 1, "d3": 1}
-    assert M.ndcg_at_k(ranked, grades, 10) == pytest.approx((1 / L3 + 1 / L5) / (1 + 1 / L3))
-    assert M.ndcg_at_k(ranked, grades, 10) == pytest.approx(0.6509, abs=1e-4)
+    assert metrics.ndcg_at_k(ranked, grades, 10) == pytest.approx((1 / L3 + 1 / L5) / (1 + 1 / L3))
+    assert metrics.ndcg_at_k(ranked, grades, 10) == pytest.approx(0.6509, abs=1e-4)
     # cut at 2: only d1 counts; the ideal still has min(2 relevant, k=2) = 2 entries
-    assert M.ndcg_at_k(ranked, grades, 2) == pytest.approx((1 / L3) / (1 + 1 / L3))
+    assert metrics.ndcg_at_k(ranked, grades, 2) == pytest.approx((1 / L3) / (1 + 1 / L3))
 
 
 def test_ndcg_graded_uses_linear_gain_and_the_ideal_order():
     # grades d0:1, d1:3, d2:0 (not relevant); ranked d0 d2 d1
     # DCG = 1/log2(2) + 3/log2(4) = 1 + 1.5 = 2.5; IDCG = 3/1 + 1/log2(3) = 3.6309
     ranked, grades = ["d0", "d2", "d1"], {"d0": 1, "d1": 3, "d2": 0}
-    assert M.ndcg_at_k(ranked, grades, 10) == pytest.approx(2.5 / (3 + 1 / L3))
-    assert M.ndcg_at_k(ranked, grades, 10) == pytest.approx(0.6885, abs=1e-4)
-    assert M.ndcg_at_k(["d1", "d0"], grades, 10) == pytest.approx(1.0)
+    assert metrics.ndcg_at_k(ranked, grades, 10) == pytest.approx(2.5 / (3 + 1 / L3))
+    assert metrics.ndcg_at_k(ranked, grades, 10) == pytest.approx(0.6885, abs=1e-4)
+    assert metrics.ndcg_at_k(["d1", "d0"], grades, 10) == pytest.approx(1.0)
 
 
 def test_mrr_map_recall_by_hand():
     ranked, grades = ["d0", "d1", "d2", "d3"], {"d1": 1, "d3": 2, "d9": 1}  # d9 never retrieved
-    assert M.mrr_at_k(ranked, grades, 10) == pytest.approx(1 / 2)
-    assert M.mrr_at_k(ranked, grades, 1) == 0.0
+    assert metrics.mrr_at_k(ranked, grades, 10) == pytest.approx(1 / 2)
+    assert metrics.mrr_at_k(ranked, grades, 1) == 0.0
     # MAP@100: precision 1/2 at rank 2 and 2/4 at rank 4, over min(100, 3 relevant) = 3
-    assert M.map_at_k(ranked, grades, 100) == pytest.approx((1 / 2 + 2 / 4) / 3)
+    assert metrics.map_at_k(ranked, grades, 100) == pytest.approx((1 / 2 + 2 / 4) / 3)
     # MAP@2: only rank 2 counts, divided by min(2, 3) = 2
-    assert M.map_at_k(ranked, grades, 2) == pytest.approx((1 / 2) / 2)
-    assert M.recall_at_k(ranked, grades, 1) == 0.0
-    assert M.recall_at_k(ranked, grades, 3) == pytest.approx(1 / 3)
-    assert M.recall_at_k(ranked, grades, 10) == pytest.approx(2 / 3)
+    assert metrics.map_at_k(ranked, grades, 2) == pytest.approx((1 / 2) / 2)
+    assert metrics.recall_at_k(ranked, grades, 1) == 0.0
+    assert metrics.recall_at_k(ranked, grades, 3) == pytest.approx(1 / 3)
+    assert metrics.recall_at_k(ranked, grades, 10) == pytest.approx(2 / 3)
 
 
 def test_score_rankings_averages_over_queries_with_a_relevant_document():
     rankings = {"a": ["d0", "d1"], "b": ["d1", "d0"], "c": ["d0"]}
     qrels = {"a": {"d0": 1}, "b": {"d0": 1}, "c": {"d0": 0}}  # c has no relevant document: skipped
-    got = M.score_rankings(rankings, qrels)
+    got = metrics.score_rankings(rankings, qrels)
     assert got["mrr@10"] == pytest.approx((1 + 1 / 2) / 2)
     assert got["ndcg@10"] == pytest.approx((1 + 1 / L3) / 2)
     assert got["recall@1"] == pytest.approx(1 / 2)
-    assert list(got) == list(M.REPORTED)
+    assert list(got) == list(metrics.REPORTED)
     with pytest.raises(ValueError, match="no ranking"):
-        M.score_rankings({"a": ["d0"]}, qrels)
+        metrics.score_rankings({"a": ["d0"]}, qrels)
 
 
 def test_ties_are_broken_by_ascending_corpus_id_like_the_evaluator():
-    assert M.rank_hits([("d2", 0.5), ("d10", 0.5), ("d1", 0.9)]) == ["d1", "d10", "d2"]  # string order
+    assert metrics.rank_hits([("d2", 0.5), ("d10", 0.5), ("d1", 0.9)]) == ["d1", "d10", "d2"]  # string order
     corpus = np.array([[1, 0], [1, 0], [0, 1], [1, 0]], dtype=np.float32)
     ids = ["b", "c", "a", "a2"]
     # three documents tie at 1.0; k=2 keeps the two smallest ids among them, not the first two rows
-    assert M.exact_search(np.array([[1, 0]], dtype=np.float32), corpus, ids, 2) == [["a2", "b"]]
-    assert M.exact_search(np.array([[1, 0]], dtype=np.float32), corpus, ids, 10) == [["a2", "b", "c", "a"]]
+    assert metrics.exact_search(np.array([[1, 0]], dtype=np.float32), corpus, ids, 2) == [["a2", "b"]]
+    assert metrics.exact_search(np.array([[1, 0]], dtype=np.float32), corpus, ids, 10) == [["a2", "b", "c", "a"]]
 
 
 def test_ann_overlap_and_percentiles():
-    assert M.overlap_at_k(["a", "b", "x"], ["a", "b", "c"], 3) == pytest.approx(2 / 3)
-    assert M.mean_overlap_at_k([["a"], ["b"]], [["a"], ["c"]], 1) == pytest.approx(0.5)
-    assert M.percentile([1, 2, 3, 4], 50) == pytest.approx(2.5)
-    assert M.percentile(list(range(101)), 95) == pytest.approx(95)
+    assert metrics.overlap_at_k(["a", "b", "x"], ["a", "b", "c"], 3) == pytest.approx(2 / 3)
+    assert metrics.mean_overlap_at_k([["a"], ["b"]], [["a"], ["c"]], 1) == pytest.approx(0.5)
+    assert metrics.percentile([1, 2, 3, 4], 50) == pytest.approx(2.5)
+    assert metrics.percentile(list(range(101)), 95) == pytest.approx(95)
 
 
 def test_truncate_normalise_makes_unit_prefixes():
@@ -93,7 +93,7 @@ def test_exact_search_metrics_equal_the_evaluator_on_random_binary_data():
     data = IRData(corpus, queries, qrels)
     exact = evaluate_model(TableModel(table), data, [8, 4], "t")
     for dim in (8, 4):
-        ranked = M.exact_search(truncate_normalise(query_v, dim), truncate_normalise(corpus_v, dim), list(corpus), 100)
-        ours = M.score_rankings(dict(zip(queries, ranked)), qrels)
-        for metric in M.REPORTED:
+        ranked = metrics.exact_search(truncate_normalise(query_v, dim), truncate_normalise(corpus_v, dim), list(corpus), 100)
+        ours = metrics.score_rankings(dict(zip(queries, ranked)), qrels)
+        for metric in metrics.REPORTED:
             assert ours[metric] == pytest.approx(exact[dim][metric], abs=1e-6), (dim, metric)

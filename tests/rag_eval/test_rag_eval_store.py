@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from job.errors import JobError
-from rag_eval import store as S
+from rag_eval import store
 from rag_eval.indexing import index_models
 from rag_eval.scoring import ScoreOptions, open_collection, score_models
 from rag_eval.vectors import corpus_fingerprint
@@ -17,22 +17,22 @@ QUIET = {"echo": lambda _: None}
 
 @pytest.fixture()
 def setup(tmp_path):
-    target = S.StoreTarget(path=tmp_path / "chroma")
+    target = store.StoreTarget(path=tmp_path / "chroma")
     data, model = hand_data()
-    return S.connect(target), target, data, loaded(model)
+    return store.connect(target), target, data, loaded(model)
 
 
-def _index(client, data, m, dims=(4, 2), settings=S.HnswSettings(), **kw):
+def _index(client, data, m, dims=(4, 2), settings=store.HnswSettings(), **kw):
     return index_models(client, [m], data, "hand", list(dims), settings, **QUIET, **kw)
 
 
 def _name(m, dim):
-    return S.collection_name(S.DEFAULT_PREFIX, m.spec.key, dim)
+    return store.collection_name(store.DEFAULT_PREFIX, m.spec.key, dim)
 
 
 def test_collection_has_cosine_space_explicit_hnsw_and_full_metadata(setup):
     client, _, data, m = setup
-    _index(client, data, m, settings=S.HnswSettings(ef_construction=150, ef_search=300, max_neighbors=24))
+    _index(client, data, m, settings=store.HnswSettings(ef_construction=150, ef_search=300, max_neighbors=24))
     col = client.get_collection(_name(m, 2))
     hnsw = col.configuration_json["hnsw"]
     assert (hnsw["space"], hnsw["ef_construction"], hnsw["ef_search"], hnsw["max_neighbors"]) == ("cosine", 150, 300, 24)
@@ -45,7 +45,7 @@ def test_collection_has_cosine_space_explicit_hnsw_and_full_metadata(setup):
     got = col.get(ids=["d4"], include=["embeddings", "documents"])
     assert np.asarray(got["embeddings"][0]) == pytest.approx([2**-0.5, 2**-0.5], abs=1e-6)
     assert got["documents"] == ["passage d4"]
-    assert S.dims_in_store(client, S.DEFAULT_PREFIX, m.spec.key) == [4, 2]
+    assert store.dims_in_store(client, store.DEFAULT_PREFIX, m.spec.key) == [4, 2]
 
 
 def test_no_default_embedding_function_is_ever_called(setup, monkeypatch):
@@ -69,13 +69,13 @@ def test_reindexing_replaces_the_collection_cleanly(setup):
     assert [r.action for r in again] == ["replaced", "replaced"] and all(r.note == "" for r in again)
     col = client.get_collection(_name(m, 4))
     assert col.id != old_id and col.count() == 5
-    assert sorted(S.list_names(client)) == sorted([_name(m, 4), _name(m, 2)])  # no staging left behind
+    assert sorted(store.list_names(client)) == sorted([_name(m, 4), _name(m, 2)])  # no staging left behind
 
 
 def test_a_changed_hnsw_setting_recreates_the_collection(setup):
     client, _, data, m = setup
     _index(client, data, m, dims=(4,))
-    done = _index(client, data, m, dims=(4,), settings=S.HnswSettings(ef_search=120))
+    done = _index(client, data, m, dims=(4,), settings=store.HnswSettings(ef_search=120))
     assert done[0].note == "HNSW settings changed (ef_search 400 -> 120): recreated"
     assert client.get_collection(_name(m, 4)).configuration_json["hnsw"]["ef_search"] == 120
 
@@ -92,10 +92,10 @@ def test_a_failed_write_leaves_the_old_collection_as_it_was(setup, monkeypatch):
 
     monkeypatch.setattr(Collection, "add", fail)
     with pytest.raises(RuntimeError, match="disk full"):
-        _index(client, data, m, dims=(4,), settings=S.HnswSettings(ef_search=99))
+        _index(client, data, m, dims=(4,), settings=store.HnswSettings(ef_search=99))
     after = client.get_collection(_name(m, 4))
     assert after.id == before.id and after.count() == 5 and after.configuration_json["hnsw"]["ef_search"] == 400
-    assert S.list_names(client) == [_name(m, 4)]
+    assert store.list_names(client) == [_name(m, 4)]
 
 
 def test_a_foreign_collection_is_refused_unless_forced(setup):
@@ -107,7 +107,7 @@ def test_a_foreign_collection_is_refused_unless_forced(setup):
     kept = client.get_collection(_name(m, 4))
     assert kept.metadata == {"owner": "someone else"} and kept.count() == 1
     with pytest.raises(JobError, match="is foreign"):
-        open_collection(client, target, m, 4, S.DEFAULT_PREFIX)
+        open_collection(client, target, m, 4, store.DEFAULT_PREFIX)
     done = _index(client, data, m, dims=(4,), force=True)
     assert done[0].note == "replaced a foreign collection (--force)"
     assert client.get_collection(_name(m, 4)).count() == 5
@@ -118,51 +118,51 @@ def test_a_corrupted_collection_is_refused_unless_forced(setup):
     _index(client, data, m, dims=(4,))
     client.get_collection(_name(m, 4)).delete(ids=["d3"])  # lost a vector
     with pytest.raises(JobError, match="is corrupted: it holds 4 vectors but its metadata says 5"):
-        open_collection(client, target, m, 4, S.DEFAULT_PREFIX)
+        open_collection(client, target, m, 4, store.DEFAULT_PREFIX)
     with pytest.raises(JobError, match="corrupted collection named .* holds 4 vectors"):
         _index(client, data, m, dims=(4,))
     assert client.get_collection(_name(m, 4)).count() == 4  # untouched
     _index(client, data, m, dims=(4,), force=True)
-    open_collection(client, target, m, 4, S.DEFAULT_PREFIX)
+    open_collection(client, target, m, 4, store.DEFAULT_PREFIX)
 
 
 def test_querying_checks_dim_model_and_corpus(setup):
     client, target, data, m = setup
     _index(client, data, m)
     with pytest.raises(JobError, match=r"Dim 3 is not indexed .*; indexed dims: 4, 2\."):
-        open_collection(client, target, m, 3, S.DEFAULT_PREFIX)
+        open_collection(client, target, m, 3, store.DEFAULT_PREFIX)
     retrained = loaded(m.model)
     retrained.fingerprint = "fp-other-weights"
     with pytest.raises(JobError, match="indexed from other weights"):
-        open_collection(client, target, retrained, 4, S.DEFAULT_PREFIX)
+        open_collection(client, target, retrained, 4, store.DEFAULT_PREFIX)
     narrower = loaded(m.model)
     narrower.dim = 3
     with pytest.raises(JobError, match="makes 3-dim embeddings, but collection .* was indexed from a 4-dim model"):
-        open_collection(client, target, narrower, 2, S.DEFAULT_PREFIX)
+        open_collection(client, target, narrower, 2, store.DEFAULT_PREFIX)
     with pytest.raises(JobError, match="holds another corpus"):
-        open_collection(client, target, m, 4, S.DEFAULT_PREFIX, corpus_fp="0" * 16)
+        open_collection(client, target, m, 4, store.DEFAULT_PREFIX, corpus_fp="0" * 16)
 
 
 def test_footprint_grows_with_dim(setup):
     rng = np.random.default_rng(0)
     ids = [f"d{i}" for i in range(300)]
-    small = S.footprint_bytes(ids, rng.standard_normal((300, 8)).astype(np.float32), [None] * 300, S.HnswSettings())
-    large = S.footprint_bytes(ids, rng.standard_normal((300, 256)).astype(np.float32), [None] * 300, S.HnswSettings())
+    small = store.footprint_bytes(ids, rng.standard_normal((300, 8)).astype(np.float32), [None] * 300, store.HnswSettings())
+    large = store.footprint_bytes(ids, rng.standard_normal((300, 256)).astype(np.float32), [None] * 300, store.HnswSettings())
     assert 0 < small < large
     assert large - small > 300 * (256 - 8) * 4  # at least the raw float32 difference
 
 
 def test_bad_settings_and_prefix_are_refused():
     with pytest.raises(JobError, match="ef_search is 0"):
-        S.HnswSettings(ef_search=0).check()
+        store.HnswSettings(ef_search=0).check()
     with pytest.raises(JobError, match="prefix"):
-        S.check_prefix("-bad prefix")
+        store.check_prefix("-bad prefix")
 
 
 def test_a_server_lost_midway_is_a_clear_error_naming_it():
     import httpx
 
-    target = S.StoreTarget(host="10.1.2.3", port=8123)
+    target = store.StoreTarget(host="10.1.2.3", port=8123)
     with pytest.raises(JobError, match=r"Cannot reach the Chroma server at 10\.1\.2\.3:8123 \(\[Errno 111\] Connection refused\)"):
-        with S.server_errors(target):
+        with store.store_errors(target):
             raise httpx.ConnectError("[Errno 111] Connection refused")

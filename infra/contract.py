@@ -1,0 +1,118 @@
+"""The SageMaker training-container contract: paths, channel names, metric lines.
+
+Shared by the container (:mod:`infra.container`, which fulfils it) and the launcher
+(:mod:`infra.sagemaker_launch`, which builds jobs against it); importing it costs nothing (no
+torch, no SDK). The layout, every path overridable (``--opt-ml DIR`` moves them all):
+
+=====================================  ==============================================================
+``input/data/train/``                  the training pairs (one CSV/TSV/JSON/JSONL/Parquet file, or
+                                       the one named by the ``data`` hyperparameter)
+``input/data/eval/``                   optional: a BEIR folder used as the test set (``eval_data``)
+``input/data/model/``                  optional: the base model (a folder, or a ``model.tar.gz``)
+``input/config/hyperparameters.json``  configuration fields, every value a string
+``input/config/inputdataconfig.json``  the channels SageMaker promised; a missing one is an error
+``model/``                             the fine-tuned model (SageMaker uploads it as model.tar.gz)
+``output/data/``                       data/, ir/, baseline/, report/ of the run and metrics.json
+                                       (uploaded as output.tar.gz); with model/ a whole run dir
+``output/failure``                     on failure: the reason (SageMaker's FailureReason)
+``checkpoints/``                       the run directory itself (``checkpoints/run``), which SageMaker
+                                       syncs to the checkpoint S3 URI
+=====================================  ==============================================================
+
+Metrics are printed as ``METRIC <name>=<value>`` lines; :func:`metric_definitions` gives the
+matching regexes for the job's MetricDefinitions.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+from job import config as C
+
+OPT_ML = "/opt/ml"
+TRAIN, EVAL, BASE_MODEL = "train", "eval", "model"
+CHANNELS = (TRAIN, EVAL, BASE_MODEL)
+# Hyperparameter keys SageMaker (or the SDK) may add on its own; never configuration.
+RESERVED_PREFIXES = ("sagemaker_", "_")
+# Fields the container decides itself: where the run lives, and publishing (SageMaker uploads the
+# model; `job launch fetch` brings it back, `job` publishing commands take it from there).
+CONTAINER_FIELDS = C.LOCAL_FIELDS
+CHECKPOINTS = f"{OPT_ML}/checkpoints"  # SageMaker syncs this folder with the checkpoint S3 URI
+RUN_SUBDIR = "run"  # the run directory inside the checkpoints folder
+# Dims that get a SageMaker metric definition when the configuration does not list its own.
+COMMON_DIMS = (1024, 768, 512, 384, 256, 128, 64, 32)
+FAILURE_LIMIT = 1024  # SageMaker keeps the first 1 KiB of output/failure as FailureReason
+EXIT_SIGTERM = 143
+
+
+# --- paths ---------------------------------------------------------------------------------------
+@dataclass
+class ContainerPaths:
+    """Where the contract's inputs and outputs live (``/opt/ml`` by default)."""
+
+    root: Path
+    channels: dict[str, Path]
+    hyperparameters: Path
+    input_data_config: Path
+    resource_config: Path
+    model: Path
+    output_data: Path
+    failure: Path
+    checkpoints: Path
+
+    @classmethod
+    def create(
+        cls, root: str | os.PathLike | None = None, environ: Mapping[str, str] | None = None, **overrides: Any
+    ) -> "ContainerPaths":
+        """Paths under ``root`` (default ``$OPT_ML`` or /opt/ml); ``SM_CHANNEL_<NAME>``, ``SM_MODEL_DIR``
+        and ``SM_OUTPUT_DATA_DIR`` (set by SageMaker's training toolkit images) and then ``overrides``
+        (``train=``, ``eval=``, ``base_model=``, ``hyperparameters=``, ``model=``, ...) win."""
+        env = os.environ if environ is None else environ
+        r = Path(root or env.get("OPT_ML") or OPT_ML)
+        channels = {ch: Path(env.get(f"SM_CHANNEL_{ch.upper()}") or r / "input" / "data" / ch) for ch in CHANNELS}
+        for ch, key in ((TRAIN, "train"), (EVAL, "eval"), (BASE_MODEL, "base_model")):
+            if overrides.get(key):
+                channels[ch] = Path(overrides[key])
+        pick = lambda key, default: Path(overrides.get(key) or default)  # noqa: E731
+        return cls(
+            root=r,
+            channels=channels,
+            hyperparameters=pick("hyperparameters", r / "input" / "config" / "hyperparameters.json"),
+            input_data_config=pick("input_data_config", r / "input" / "config" / "inputdataconfig.json"),
+            resource_config=pick("resource_config", r / "input" / "config" / "resourceconfig.json"),
+            model=pick("model", env.get("SM_MODEL_DIR") or r / "model"),
+            output_data=pick("output_data", env.get("SM_OUTPUT_DATA_DIR") or r / "output" / "data"),
+            failure=pick("failure", r / "output" / "failure"),
+            checkpoints=pick("checkpoints", r / "checkpoints"),
+        )
+
+    @property
+    def run_dir(self) -> Path:
+        return self.checkpoints / RUN_SUBDIR
+
+
+# --- metrics -------------------------------------------------------------------------------------
+def metric_line(name: str, value: float) -> str:
+    return f"METRIC {name}={value:.6g}"
+
+
+def emit(name: str, value: float | None) -> None:
+    if value is not None:
+        print(metric_line(name, float(value)), flush=True)
+
+
+_NUMBER = r"([-+]?[0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)"
+
+
+def metric_definitions(dims: list[int] | None = None) -> list[dict[str, str]]:
+    """SageMaker metric definitions matching the ``METRIC`` lines: NDCG@10 per dim for the base model,
+    on validation during training and on test at the end, plus the training loss."""
+    defs = [{"Name": "train_loss", "Regex": rf"METRIC train_loss={_NUMBER}"}]
+    for kind in ("test", "baseline", "val"):
+        for d in dims or COMMON_DIMS:
+            name = f"{kind}_ndcg@10_dim{d}"
+            defs.append({"Name": name, "Regex": rf"METRIC {name}={_NUMBER}"})
+    return defs

@@ -1,0 +1,150 @@
+"""What a SageMaker job is given: channels (local inputs uploaded once per content, ``s3://`` URIs as
+they are) and hyperparameters (every configuration value that differs from its default, as strings).
+
+Local ``data`` / ``eval_data`` / ``model`` go to ``s3://BUCKET/PREFIX/inputs/<channel>-<content digest>/``;
+a Hub id or ``embedded`` travels as a hyperparameter and is resolved in the container."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
+
+from infra import contract, s3
+from infra.sagemaker_sdk import gpus_per_instance
+from job import config as C
+from job.errors import JobError
+
+if TYPE_CHECKING:
+    from infra.sagemaker_launch import LaunchSpec
+
+Echo = Callable[[str], None]
+
+
+CHANNEL_FIELDS = {"data": contract.TRAIN, "eval_data": contract.EVAL, "model": contract.BASE_MODEL}
+
+
+# --- inputs --------------------------------------------------------------------------------------
+def _digest(path: Path) -> str:
+    """A short content digest of a file or folder tree (names and bytes)."""
+    h = hashlib.sha256()
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    for p in files:
+        h.update(p.relative_to(path).as_posix().encode() if p != path else p.name.encode())
+        with p.open("rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+    return h.hexdigest()[:12]
+
+
+@dataclass
+class InputPlan:
+    channels: dict[str, str]  # channel -> s3 URI
+    uploads: list[tuple[Path, str]]  # local path -> s3 URI (a prefix for folders, the object for files)
+    hyperparameters: dict[str, Any]  # data/eval_data/model values that go as hyperparameters
+
+
+def plan_inputs(cfg: C.JobConfig, spec: LaunchSpec) -> InputPlan:
+    """Which of data / eval_data / model become channels (uploaded or S3) and which travel as hyperparameters."""
+    plan = InputPlan({}, [], {})
+    for name, channel in CHANNEL_FIELDS.items():
+        value = getattr(cfg, name)
+        if value is None or (name == "model" and value == C.AUTO_MODEL):
+            continue  # no eval set / the container's own default model
+        if value.startswith("s3://"):
+            s3.parse_s3_uri(value)
+            plan.channels[channel] = value
+            if name == "data" and Path(value).suffix.lower() in _data_suffixes():
+                plan.hyperparameters["data"] = value.rstrip("/").rsplit("/", 1)[-1]
+            continue
+        local = Path(value).expanduser()
+        if local.is_file() and name == "data" and local.suffix.lower() not in _data_suffixes():
+            raise JobError(
+                f"Cannot tell the format of {local} from its extension '{local.suffix}'.",
+                f"use one of {', '.join(sorted(_data_suffixes()))}.",
+            )
+        if local.exists():
+            prefix = f"s3://{spec.bucket}/{s3.join_key(spec.prefix, 'inputs', f'{channel}-{_digest(local)}')}/"
+            plan.channels[channel] = prefix
+            plan.uploads.append((local, prefix))
+            if local.is_file() and name == "data":
+                plan.hyperparameters["data"] = local.name
+            continue
+        if name == "eval_data":
+            raise JobError(f"--eval-data {value} does not exist.", "pass a local BEIR folder or an s3:// URI.")
+        if name == "model" and (value.startswith(("/", ".", "~")) or value.count("/") > 1):
+            raise JobError(
+                f"Model path {value} does not exist.", "pass a local model folder, an s3:// URI or a Hub id."
+            )
+        if name == "data" and Path(value).suffix.lower() in _data_suffixes():
+            raise JobError(
+                f"Data file {value} does not exist.", "check the path given to --data, or pass an s3:// URI."
+            )
+        plan.hyperparameters[name] = value  # a Hub id (or 'embedded' / 'bundled:...'), resolved in the container
+    return plan
+
+
+def _data_suffixes() -> set[str]:
+    from job.data import LOCAL_SUFFIXES
+
+    return set(LOCAL_SUFFIXES)
+
+
+def upload_inputs(plan: InputPlan, echo: Echo, client=None) -> None:
+    """Upload what the plan names; a prefix that already holds the same files (same digest) is reused."""
+    client = client or s3.s3_client()
+    for local, uri in plan.uploads:
+        bucket, prefix = s3.parse_s3_uri(uri)
+        have = {o["Key"]: o["Size"] for o in s3.iter_objects(client, bucket, prefix)} if _bucket_ok(uri, client) else {}
+        files = [local] if local.is_file() else sorted(p for p in local.rglob("*") if p.is_file())
+        want = {
+            s3.join_key(prefix, p.name if p == local else p.relative_to(local).as_posix()): p.stat().st_size
+            for p in files
+        }
+        if want and all(have.get(k) == size for k, size in want.items()):
+            echo(f"launch: {local} is already at {uri} (same content), not uploading again")
+            continue
+        written = s3.upload_path(local, uri, client)
+        echo(f"launch: uploaded {local} -> {uri} ({len(written)} file{'s' if len(written) != 1 else ''})")
+
+
+def _bucket_ok(uri: str, client) -> bool:
+    s3.check_bucket(uri, client)  # a clear error for a missing bucket or bad credentials
+    return True
+
+
+# --- hyperparameters -----------------------------------------------------------------------------
+def _as_string(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (list, tuple)):
+        return ",".join(_as_string(v) for v in value)
+    if value is None:
+        return "None"
+    return str(value)
+
+
+def hyperparameters_for(cfg: C.JobConfig, plan: InputPlan, spec: LaunchSpec | None = None) -> dict[str, str]:
+    """The configuration as SageMaker hyperparameters: every value that differs from its default,
+    except the channels and the local-only fields, as strings. On an instance with several GPUs,
+    ``nproc`` says how many training processes torchrun starts (one per GPU) unless it is set."""
+    out: dict[str, str] = {}
+    gpus = gpus_per_instance(spec.instance_type, spec.region or "us-east-1") if spec else None
+    if gpus and gpus > 1 and cfg.nproc == C.FIELDS["nproc"].default:
+        out["nproc"] = str(gpus)
+    defaults = C.JobConfig()
+    for name in C.FIELDS:
+        if name in C.LOCAL_FIELDS or name in CHANNEL_FIELDS:
+            continue
+        value = getattr(cfg, name)
+        if value != getattr(defaults, name):
+            out[name] = _as_string(value)
+    out.update({k: _as_string(v) for k, v in plan.hyperparameters.items()})
+    for key, value in out.items():
+        if len(value) > 256:
+            raise JobError(
+                f"The value of '{key}' is {len(value)} characters; SageMaker allows 256 per hyperparameter.",
+                "shorten it.",
+            )
+    return dict(sorted(out.items()))

@@ -1,0 +1,213 @@
+"""Following a SageMaker training job up: describe, wait, cost, and fetch its result into a run directory.
+
+:func:`fetch` unpacks model.tar.gz and output.tar.gz into a run directory (the layout of ``job run``:
+model/, report/, ir/, data/, baseline/), which ``job evaluate`` and rag_eval read."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import tarfile
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from infra import s3
+from infra.sagemaker_sdk import sagemaker_client
+from job.errors import JobError
+
+Echo = Callable[[str], None]
+
+
+# On-demand list prices, USD per instance-hour, SageMaker training, us-east-1 (check
+# https://aws.amazon.com/sagemaker/pricing/ for yours; spot is billed lower). --price overrides.
+ON_DEMAND_USD_PER_HOUR = {
+    "ml.g5.xlarge": 1.408,
+    "ml.g5.2xlarge": 1.515,
+    "ml.g5.4xlarge": 2.03,
+    "ml.g5.8xlarge": 3.06,
+    "ml.g5.12xlarge": 7.09,
+    "ml.g5.24xlarge": 10.18,
+    "ml.g5.48xlarge": 20.36,
+}
+
+
+def describe(name: str, region: str | None = None, client=None) -> dict[str, Any]:
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    client = client or sagemaker_client(region)
+    try:
+        return client.describe_training_job(TrainingJobName=name)
+    except ClientError as exc:
+        code = exc.response.get("Error", {}).get("Code", "")
+        message = exc.response.get("Error", {}).get("Message", "")
+        # AWS answers "Requested resource not found."; moto "Could not find training job ..."
+        if code in ("ValidationException", "ResourceNotFound") and re.search(
+            r"not found|could not find|does not exist", message, re.I
+        ):
+            raise JobError(
+                f"There is no training job named {name} in {client.meta.region_name}.", "check the name and --region."
+            ) from None
+        raise JobError(
+            f"DescribeTrainingJob {name} failed: {code} {message}".strip(), "check the credentials and --region."
+        ) from None
+    except BotoCoreError as exc:
+        raise JobError(
+            f"Could not reach SageMaker to describe {name}: {exc}.", "check the network, credentials and --region."
+        ) from None
+
+
+def wait_for(name: str, region: str | None, echo: Echo, poll_s: float = 30, client=None) -> dict[str, Any]:
+    client = client or sagemaker_client(region)
+    last = None
+    while True:
+        desc = describe(name, client=client)
+        now = (desc["TrainingJobStatus"], desc.get("SecondaryStatus"))
+        if now != last:
+            echo(f"launch: {name}: {now[0]} / {now[1]}")
+            last = now
+        if now[0] in ("Completed", "Failed", "Stopped"):
+            return desc
+        time.sleep(poll_s)
+
+
+def job_cost(desc: dict[str, Any], price_per_hour: float | None = None) -> tuple[float | None, str]:
+    """(USD, how it was computed): billable seconds x instances x the on-demand hourly price."""
+    rc = desc.get("ResourceConfig", {})
+    itype, count = rc.get("InstanceType"), rc.get("InstanceCount", 1)
+    seconds = desc.get("BillableTimeInSeconds")
+    price = price_per_hour if price_per_hour is not None else ON_DEMAND_USD_PER_HOUR.get(itype)
+    if seconds is None:
+        return None, "no billable time yet"
+    if price is None:
+        return None, f"{seconds} billable s; no price known for {itype} (pass --price USD_PER_HOUR)"
+    usd = seconds * count * price / 3600
+    basis = "--price" if price_per_hour is not None else "us-east-1 on-demand list price"
+    return usd, f"{seconds} s x {count} x {itype} ${price:.3f}/h ({basis})"
+
+
+def status_lines(desc: dict[str, Any], price_per_hour: float | None = None) -> list[str]:
+    rc = desc.get("ResourceConfig", {})
+    lines = [
+        f"job:       {desc['TrainingJobName']}",
+        f"status:    {desc['TrainingJobStatus']} / {desc.get('SecondaryStatus', '-')}",
+        f"instance:  {rc.get('InstanceCount', 1)} x {rc.get('InstanceType', '?')}"
+        + (" (spot)" if desc.get("EnableManagedSpotTraining") else ""),
+    ]
+    if desc.get("FailureReason"):
+        lines.append(f"failure:   {desc['FailureReason']}")
+    train_s, bill_s = desc.get("TrainingTimeInSeconds"), desc.get("BillableTimeInSeconds")
+    if train_s is not None:
+        saved = (
+            f", spot saved {1 - bill_s / train_s:.0%}"
+            if desc.get("EnableManagedSpotTraining") and bill_s and train_s
+            else ""
+        )
+        lines.append(f"time:      {train_s} s training, {bill_s} s billable{saved}")
+    usd, basis = job_cost(desc, price_per_hour)
+    lines.append(f"cost:      {'$%.2f' % usd if usd is not None else 'unknown'} ({basis})")
+    metrics = {m["MetricName"]: m["Value"] for m in desc.get("FinalMetricDataList", [])}
+    if metrics:
+        lines.append("metrics:")
+        lines += [f"  {k} = {v:.4f}" for k, v in sorted(metrics.items(), key=lambda kv: _metric_order(kv[0]))]
+    artifacts = desc.get("ModelArtifacts", {}).get("S3ModelArtifacts")
+    if artifacts:
+        lines.append(f"model:     {artifacts}")
+    return lines
+
+
+def _metric_order(name: str) -> tuple:
+    m = re.match(r"(\w+)_ndcg@10_dim(\d+)$", name)
+    kinds = {"test": 0, "baseline": 1, "val": 2}
+    return (kinds.get(m.group(1), 3), -int(m.group(2))) if m else (9, 0, name)
+
+
+def status(
+    name: str, region: str | None = None, echo: Echo = print, price_per_hour: float | None = None, client=None
+) -> dict[str, Any]:
+    desc = describe(name, region, client)
+    for line in status_lines(desc, price_per_hour):
+        echo(line)
+    return desc
+
+
+def output_uris(desc: dict[str, Any]) -> tuple[str, str]:
+    """(model.tar.gz, output.tar.gz) S3 URIs of a job."""
+    name = desc["TrainingJobName"]
+    model = desc.get("ModelArtifacts", {}).get("S3ModelArtifacts")
+    base = desc["OutputDataConfig"]["S3OutputPath"].rstrip("/")
+    return model or f"{base}/{name}/output/model.tar.gz", f"{base}/{name}/output/output.tar.gz"
+
+
+def _extract(tarball: Path, into: Path) -> None:
+    into.mkdir(parents=True, exist_ok=True)
+    try:
+        with tarfile.open(tarball) as tf:
+            tf.extractall(into, filter="data")
+    except (tarfile.TarError, OSError) as exc:
+        raise JobError(
+            f"{tarball.name} could not be unpacked: {exc}.", "download it again; check that the job completed."
+        ) from None
+
+
+def fetch(
+    name: str,
+    run_dir: Path | None = None,
+    region: str | None = None,
+    *,
+    force: bool = False,
+    echo: Echo = print,
+    client=None,
+    s3_client=None,
+) -> Path:
+    """Download model.tar.gz and output.tar.gz of a completed job and unpack them into a run directory."""
+    desc = describe(name, region, client)
+    if desc["TrainingJobStatus"] != "Completed":
+        raise JobError(
+            f"Training job {name} is {desc['TrainingJobStatus']}; only a completed job has a model to fetch.",
+            f"wait for it (`job launch status {name}`)"
+            + (f"; it failed: {desc['FailureReason']}" if desc.get("FailureReason") else "."),
+        )
+    run_dir = Path(run_dir or Path("runs") / name)
+    if run_dir.exists() and any(run_dir.iterdir()):
+        if not force:
+            raise JobError(
+                f"{run_dir} already exists and is not empty.", "pass --force to replace it, or another --run-dir."
+            )
+        shutil.rmtree(run_dir)
+    model_uri, output_uri = output_uris(desc)
+    s3_client = s3_client or s3.s3_client()
+    with tempfile.TemporaryDirectory(prefix="job-fetch-") as tmp:
+        stage = Path(tmp) / "run"
+        (model_tgz,) = s3.download_prefix(model_uri, Path(tmp) / "model", s3_client)
+        _extract(model_tgz, stage / "model")
+        try:
+            (output_tgz,) = s3.download_prefix(output_uri, Path(tmp) / "output", s3_client)
+        except JobError:
+            output_tgz = None
+            echo(f"fetch: no {output_uri}; the run directory gets the model only")
+        if output_tgz is not None:
+            _extract(output_tgz, stage)
+        if not (stage / "model" / "modules.json").is_file():
+            raise JobError(
+                f"{model_uri} holds no sentence-transformers model (no modules.json).",
+                "check that the job used this project's image.",
+            )
+        (stage / "launch.json").write_text(
+            json.dumps({"training_job": name, "model": model_uri, "output": output_uri}, indent=2)
+        )
+        run_dir.parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(str(stage), str(run_dir))
+    report = run_dir / "report" / "report.md"
+    echo(
+        f"fetch: {name} -> {run_dir} (model/{', report/' if report.is_file() else ''}); load it with SentenceTransformer('{run_dir / 'model'}')"
+    )
+    training = run_dir / "model" / "training.json"
+    base = json.loads(training.read_text()).get("base_model", "") if training.is_file() else ""
+    if base.startswith(("/opt/ml/", tempfile.gettempdir())):
+        echo(
+            f"fetch: the base model came in through the job's model channel ({base}); give its local copy to rag_eval as --baseline"
+        )
+    return run_dir

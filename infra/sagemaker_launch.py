@@ -1,0 +1,308 @@
+"""Run the job as a SageMaker training job (SageMaker Python SDK v3: ``ModelTrainer``).
+
+:func:`launch` turns a :class:`~job.config.JobConfig` and a :class:`LaunchSpec` into one
+CreateTrainingJob request:
+
+* inputs and hyperparameters: :mod:`infra.sagemaker_inputs`;
+* the image is our own (an ECR URI; SageMaker runs ``IMAGE train``), or ``huggingface``: the
+  Hugging Face PyTorch training image plus this repository's ``job``/``infra`` packages as source
+  code, which runs the same entrypoint;
+* metric definitions match the container's ``METRIC`` lines (NDCG@10 per dim, :mod:`infra.contract`);
+* spot training sets the checkpoint S3 URI and the maximum wait; on an instance with several GPUs
+  the ``nproc`` hyperparameter makes the container train under torchrun, one process per GPU.
+
+``dry_run`` builds the request through the same ModelTrainer code path but stops it before it is
+sent: nothing is uploaded and no AWS endpoint is called. Following a job up: :mod:`infra.sagemaker_jobs`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import os
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from infra import contract, s3
+from infra.sagemaker_inputs import InputPlan, hyperparameters_for, plan_inputs, upload_inputs
+from infra.sagemaker_jobs import wait_for
+from infra.sagemaker_sdk import StopBeforeSend, env_vars, launch_session, quiet_sdk_logs, require_sdk, resolve_region
+from job import config as C
+from job.errors import JobError
+
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+DEFAULT_INSTANCE_TYPE = "ml.g5.2xlarge"
+
+
+DEFAULT_PREFIX = "rag-embed-finetune"
+
+
+DEFAULT_BASE_JOB_NAME = "rag-embed-finetune"
+
+
+DEFAULT_MAX_RUN_S = 4 * 3600
+
+
+HUGGINGFACE = "huggingface"
+
+
+# The newest Hugging Face training image the SDK knows offline (transformers 5, PyTorch 2.9, py312).
+HF_TRANSFORMERS_VERSION = "5.3.0"
+
+
+HF_PYTORCH_VERSION = "pytorch2.9.0"
+
+
+HF_PY_VERSION = "py312"
+
+
+ROLE_ENV = "SAGEMAKER_ROLE"
+
+
+BUCKET_ENV = "SAGEMAKER_BUCKET"
+
+
+
+
+_ROLE_ARN = re.compile(r"^arn:aws[a-z-]*:iam::\d{12}:role/[\w+=,.@/-]+$")
+
+
+_JOB_NAME = re.compile(r"^[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}$")
+
+
+Echo = Callable[[str], None]
+
+
+@dataclass
+class LaunchSpec:
+    """Where and how the training job runs (the configuration says what it does)."""
+
+    role: str | None = None
+    region: str | None = None
+    bucket: str | None = None
+    prefix: str = DEFAULT_PREFIX
+    image: str | None = None
+    instance_type: str = DEFAULT_INSTANCE_TYPE
+    instance_count: int = 1
+    volume_gb: int = 50
+    max_run_s: int = DEFAULT_MAX_RUN_S
+    spot: bool = False
+    max_wait_s: int | None = None
+    checkpoint_s3_uri: str | None = None
+    output_path: str | None = None
+    base_job_name: str = DEFAULT_BASE_JOB_NAME
+    tags: dict[str, str] = field(default_factory=dict)
+    environment: dict[str, str] = field(default_factory=dict)
+    source_dir: Path = REPO_ROOT
+
+
+@dataclass
+class LaunchResult:
+    job_name: str
+    request: dict[str, Any]
+    uploads: list[tuple[str, str]]  # (local path, s3 URI)
+    hyperparameters: dict[str, str]
+    dry_run: bool
+
+
+def check_spec(spec: LaunchSpec) -> LaunchSpec:
+    """Fill defaults from the environment and refuse what cannot work - before anything is uploaded."""
+    spec = copy.deepcopy(spec)
+    spec.role = spec.role or os.environ.get(ROLE_ENV) or None
+    if not spec.role:
+        raise JobError(
+            "No IAM role is given for the SageMaker job.",
+            f"pass --role arn:aws:iam::ACCOUNT:role/NAME (or set {ROLE_ENV}): a role SageMaker can assume, with "
+            "read/write access to the bucket (e.g. the AmazonSageMaker-ExecutionRole the console creates).",
+        )
+    if not _ROLE_ARN.match(spec.role):
+        raise JobError(
+            f"The role {spec.role!r} is not an IAM role ARN.",
+            "pass the full ARN, e.g. --role arn:aws:iam::123456789012:role/SageMakerExecution.",
+        )
+    spec.region = resolve_region(spec.region)
+    spec.bucket = spec.bucket or os.environ.get(BUCKET_ENV) or None
+    if not spec.bucket and spec.output_path:
+        spec.bucket = s3.parse_s3_uri(spec.output_path)[0]
+    if not spec.bucket:
+        raise JobError(
+            "No S3 bucket is given for the job's inputs and outputs.",
+            f"pass --bucket NAME (or set {BUCKET_ENV}, or give --output-path s3://BUCKET/PREFIX); the bucket must be in "
+            f"{spec.region} and the role must be able to read and write it.",
+        )
+    if spec.output_path:
+        s3.parse_s3_uri(spec.output_path)
+    if spec.checkpoint_s3_uri:
+        s3.parse_s3_uri(spec.checkpoint_s3_uri)
+    if not spec.image:
+        raise JobError(
+            "No training image is given.",
+            f"pass --image with our image's ECR URI (see the README: docker build, push), or --image {HUGGINGFACE} "
+            "for the Hugging Face training image plus this repository's code.",
+        )
+    if spec.image != HUGGINGFACE and ".dkr.ecr." not in spec.image:
+        raise JobError(
+            f"SageMaker pulls training images from Amazon ECR; {spec.image!r} is not an ECR image URI.",
+            "push the image to ECR (ACCOUNT.dkr.ecr.REGION.amazonaws.com/NAME:TAG) and pass that URI, or use "
+            f"--image {HUGGINGFACE}.",
+        )
+    if spec.instance_count != 1:
+        raise JobError(
+            f"--instance-count {spec.instance_count}: the job trains on one instance (with all of its GPUs).",
+            "use --instance-count 1 with a multi-GPU instance type such as ml.g5.12xlarge (4 x A10G) for more GPUs.",
+        )
+    if not _JOB_NAME.match(spec.base_job_name) or len(spec.base_job_name) > 48:
+        raise JobError(
+            f"The base job name {spec.base_job_name!r} is not valid.",
+            "use at most 48 letters, digits and hyphens (a timestamp is appended).",
+        )
+    if spec.max_run_s <= 0:
+        raise JobError(f"--max-run is {spec.max_run_s} s.", "give a positive duration, e.g. 4h.")
+    if spec.spot:
+        spec.max_wait_s = spec.max_wait_s or 2 * spec.max_run_s
+        if spec.max_wait_s < spec.max_run_s:
+            raise JobError(
+                f"--max-wait ({spec.max_wait_s} s) is shorter than --max-run ({spec.max_run_s} s).",
+                "SageMaker needs max wait >= max run for spot training: raise --max-wait.",
+            )
+    elif spec.max_wait_s is not None:
+        raise JobError("--max-wait only applies to spot training.", "add --spot, or drop --max-wait.")
+    return spec
+
+
+def _source_bundle(spec: LaunchSpec, where: Path) -> Path:
+    """job/ and infra/ plus a requirements.txt from pyproject.toml: the code for the Hugging Face image."""
+    src = where / "source"
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
+    for pkg in ("job", "infra"):
+        shutil.copytree(spec.source_dir / pkg, src / pkg, ignore=ignore)
+    deps = _project_dependencies(spec.source_dir / "pyproject.toml")
+    (src / "requirements.txt").write_text("\n".join(deps) + "\n")
+    return src
+
+
+def _project_dependencies(pyproject: Path) -> list[str]:
+    try:
+        import tomllib  # Python 3.11+
+    except ModuleNotFoundError:  # Python 3.10: the installed distribution's own requirements
+        from importlib.metadata import requires
+
+        return [r for r in requires("rag-embed-finetune") or [] if "extra ==" not in r]
+    return tomllib.loads(pyproject.read_text())["project"]["dependencies"]
+
+
+def build_trainer(spec: LaunchSpec, cfg: C.JobConfig, plan: InputPlan, session, workdir: Path):
+    """The ModelTrainer for this launch (nothing is sent until ``train()``)."""
+    from sagemaker.core.training.configs import (
+        CheckpointConfig,
+        Compute,
+        InputData,
+        OutputDataConfig,
+        SourceCode,
+        StoppingCondition,
+        Tag,
+    )
+    from sagemaker.train import ModelTrainer
+
+    source_code = None
+    image = spec.image
+    if spec.image == HUGGINGFACE:
+        from sagemaker.core import image_uris
+
+        image = image_uris.retrieve(
+            "huggingface", region=spec.region, version=HF_TRANSFORMERS_VERSION, base_framework_version=HF_PYTORCH_VERSION,
+            py_version=HF_PY_VERSION, instance_type=spec.instance_type, image_scope="training",
+        )  # fmt: skip
+        source_code = SourceCode(
+            source_dir=str(_source_bundle(spec, workdir)),
+            requirements="requirements.txt",
+            command="python -m infra.container train",
+        )
+    environment = dict(spec.environment)
+    output_path = spec.output_path or f"s3://{spec.bucket}/{s3.join_key(spec.prefix, 'output')}/"
+    trainer = ModelTrainer(
+        sagemaker_session=session,
+        role=spec.role,
+        base_job_name=spec.base_job_name,
+        training_image=image,
+        source_code=source_code,
+        compute=Compute(
+            instance_type=spec.instance_type,
+            instance_count=spec.instance_count,
+            volume_size_in_gb=spec.volume_gb,
+            enable_managed_spot_training=spec.spot or None,
+        ),
+        stopping_condition=StoppingCondition(
+            max_runtime_in_seconds=spec.max_run_s, max_wait_time_in_seconds=spec.max_wait_s if spec.spot else None
+        ),
+        output_data_config=OutputDataConfig(s3_output_path=output_path, compression_type="GZIP"),
+        input_data_config=[InputData(channel_name=ch, data_source=uri) for ch, uri in sorted(plan.channels.items())],
+        hyperparameters=hyperparameters_for(cfg, plan, spec),
+        environment=environment,
+        tags=[Tag(key=k, value=v) for k, v in sorted(spec.tags.items())] or None,
+    )
+    if spec.spot or spec.checkpoint_s3_uri:
+        # Without a URI the SDK uses s3://BUCKET/PREFIX/BASE_JOB_NAME/JOB_NAME/checkpoints: one per job, so a
+        # new job never picks up another's checkpoints; a spot restart of the same job does.
+        trainer = trainer.with_checkpoint_config(
+            CheckpointConfig(s3_uri=spec.checkpoint_s3_uri, local_path=contract.CHECKPOINTS)
+        )
+    return trainer.with_metric_definitions(_metric_definitions(cfg))
+
+
+def _metric_definitions(cfg: C.JobConfig):
+    from sagemaker.core.training.configs import MetricDefinition
+
+    return [MetricDefinition(name=d["Name"], regex=d["Regex"]) for d in contract.metric_definitions(cfg.matryoshka_dims)]
+
+
+def launch(
+    cfg: C.JobConfig,
+    spec: LaunchSpec,
+    *,
+    dry_run: bool = False,
+    wait: bool = False,
+    echo: Echo = print,
+    poll_s: float = 30,
+) -> LaunchResult:
+    """Check, upload (unless ``dry_run``), create the training job; return the exact CreateTrainingJob request."""
+    require_sdk()
+    quiet_sdk_logs()
+    spec = check_spec(spec)
+    plan = plan_inputs(cfg, spec)
+    hps = hyperparameters_for(cfg, plan, spec)  # fails here, before any upload, on a value SageMaker would refuse
+    uploads = [(str(p), uri) for p, uri in plan.uploads]
+    if not dry_run:
+        upload_inputs(plan, echo)
+    captured: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory(prefix="job-launch-") as tmp:
+        session = launch_session(spec.region, dry_run, spec.bucket, spec.prefix, uploads, captured)
+        # A dry run calls nothing, so the role cannot be checked against IAM (a real launch checks it).
+        with env_vars(SAGEMAKER_VALIDATE_ROLE="false") if dry_run else contextlib.nullcontext():
+            trainer = build_trainer(spec, cfg, plan, session, Path(tmp))
+            try:
+                trainer.train(wait=False, logs=False)
+            except StopBeforeSend:
+                if "CreateTrainingJob" not in captured:
+                    raise
+    request = captured["CreateTrainingJob"]
+    name = request["TrainingJobName"]
+    result = LaunchResult(name, request, uploads, hps, dry_run)
+    if not dry_run:
+        echo(f"launch: started training job {name} in {spec.region}; follow it with `job launch status {name}`")
+        if wait:
+            final = wait_for(name, spec.region, echo, poll_s=poll_s)
+            if final["TrainingJobStatus"] != "Completed":
+                raise JobError(
+                    f"Training job {name} ended {final['TrainingJobStatus']}: {final.get('FailureReason', 'no reason given')}",
+                    f"see `job launch status {name}` and the job's CloudWatch logs.",
+                )
+            echo(f"launch: {name} completed; `job launch fetch {name}` downloads the model and report")
+    return result
