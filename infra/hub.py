@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from job.errors import JobError
+from job.layout import CARD_MARK
 
-CARD_MARK = "<!-- job:evaluation -->"  # written by job.pipeline into model/README.md
 _TRUE = {"1", "true", "yes", "on"}
 _TOKEN_LIKE = re.compile(r"\bhf_[A-Za-z0-9]{8,}\b")
 
@@ -120,7 +120,7 @@ def publish_hub(run_dir, repo_id: str, private: bool = True, *, commit_message: 
     """
     from huggingface_hub import HfApi
 
-    from infra.publish import run_id_for, run_root
+    from infra.run_bundle import run_id_for, run_root
 
     check_hub_token(repo_id)
     root = run_root(run_dir)

@@ -1,4 +1,4 @@
-"""Publish a finished run directory to S3: one prefix per run, checksums verified, manifest last.
+"""Publish a finished run directory to S3 (the files and manifest of :mod:`infra.run_bundle`): one prefix per run, checksums verified, manifest last.
 
 Layout written under ``<s3_uri>/<run-id>/``::
 
@@ -34,36 +34,18 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-import os
-import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from infra import s3 as S
+from infra import s3
+from infra.run_bundle import CHUNK, MANIFEST_NAME, RunFile, build_manifest, content_digest, run_files, run_id_for, run_root
 from job.errors import JobError
 
-MANIFEST_NAME = "manifest.json"
-MANIFEST_FORMAT = "rag-embed-finetune/publish-manifest/v1"
-# Mirrors job.pipeline.RunDir (not imported: job.pipeline pulls in torch, seconds of start-up).
-TRAINING_RECORD = "model/training.json"
-REPORT_RECORD = "report/metrics.json"
-PUBLISHED_DIRS = ("model", "report")
-PUBLISHED_FILES = ("data/prepare.json", "baseline/metrics.json")
-CHUNK = 1024 * 1024
 
 Echo = Callable[[str], None]
-
-
-@dataclass(frozen=True)
-class RunFile:
-    path: str  # relative POSIX path inside the run (and under the run's S3 prefix)
-    local: Path
-    size: int
-    sha256: str
 
 
 @dataclass
@@ -77,121 +59,12 @@ class S3Publication:
     verification: dict[str, int] = field(default_factory=dict)
 
 
-# --- the run -------------------------------------------------------------------------------------
-def run_root(run_dir) -> Path:
-    """A run directory path (or a ``job.pipeline.RunDir``) that holds a finished run."""
-    if not isinstance(run_dir, (str, os.PathLike)):  # a RunDir (a Path's own .root is "/")
-        run_dir = run_dir.root
-    root = Path(run_dir).expanduser()
-    if not root.is_dir():
-        raise JobError(f"Run directory {root} does not exist.", "pass the --run-dir of a finished `job run`.")
-    for rel, step in ((TRAINING_RECORD, "train"), (REPORT_RECORD, "evaluate")):
-        if not (root / rel).is_file():
-            raise JobError(
-                f"{root} is not a finished run: {root / rel} is missing.",
-                f"finish it first (`job {step} --run-dir {root}`, or `job run --run-dir {root}`).",
-            )
-    return root
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(CHUNK), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def run_files(run_dir) -> list[RunFile]:
-    """The files that make up a published run, sorted by path, with sizes and SHA-256."""
-    root = run_root(run_dir)
-    paths: list[Path] = []
-    for d in PUBLISHED_DIRS:
-        paths += [p for p in (root / d).rglob("*") if p.is_file() and not p.name.endswith(".tmp")]
-    paths += [root / f for f in PUBLISHED_FILES if (root / f).is_file()]
-    out = []
-    for p in sorted(set(paths)):
-        rel = p.relative_to(root).as_posix()
-        if rel == MANIFEST_NAME:
-            continue
-        out.append(RunFile(rel, p, p.stat().st_size, sha256_file(p)))
-    return out
-
-
-def run_id_for(run_dir) -> str:
-    """``<run dir name>-<12 hex of SHA-256(training.json, metrics.json)>``: stable for the same run."""
-    root = run_root(run_dir)
-    h = hashlib.sha256()
-    for rel in (TRAINING_RECORD, REPORT_RECORD):
-        h.update(rel.encode() + b"\0" + (root / rel).read_bytes() + b"\0")
-    name = re.sub(r"[^A-Za-z0-9._-]+", "-", root.resolve().name).strip("-.") or "run"
-    return f"{name}-{h.hexdigest()[:12]}"
-
-
-def content_digest(files: list[RunFile]) -> str:
-    """SHA-256 over (path, size, sha256) of every file: what "the same run content" means."""
-    lines = "".join(f"{f.path}\t{f.size}\t{f.sha256}\n" for f in sorted(files, key=lambda f: f.path))
-    return hashlib.sha256(lines.encode()).hexdigest()
-
-
-def metrics_summary(root: Path) -> dict[str, Any]:
-    """The headline numbers of a run for the manifest: NDCG@10 by dim, base model, training size."""
-    report = json.loads((root / REPORT_RECORD).read_text())
-    training = json.loads((root / TRAINING_RECORD).read_text())
-    return {
-        "base_model": report.get("base_model") or training.get("base_model"),
-        "dims": report.get("dims") or training.get("dims"),
-        "test_queries": report.get("test_queries"),
-        "corpus_size": report.get("corpus_size"),
-        "ndcg@10": {
-            str(r["dim"]): {k: r.get(k) for k in ("baseline", "finetuned", "improvement_pct")}
-            for r in report.get("comparison", [])
-        },
-        "training": {
-            k: training.get(k)
-            for k in ("train_pairs", "global_steps", "epochs", "train_seconds", "best_metric", "best_metric_name")
-            if k in training
-        },
-    }
-
-
-def _tool_version() -> str:
-    try:
-        from importlib.metadata import version
-
-        return version("rag-embed-finetune")
-    except Exception:  # noqa: BLE001 - not installed as a package (e.g. run from a checkout)
-        return "unknown"
-
-
-def build_manifest(root: Path, run_id: str, files: list[RunFile], uri: str, verification: dict[str, int]) -> dict[str, Any]:
-    return {
-        "format": MANIFEST_FORMAT,
-        "run_id": run_id,
-        "run_dir": root.resolve().name,
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "published_to": uri,
-        "tool": {"name": "rag-embed-finetune", "version": _tool_version()},
-        "content_sha256": content_digest(files),
-        "file_count": len(files),
-        "total_bytes": sum(f.size for f in files),
-        "files": [{"path": f.path, "size": f.size, "sha256": f.sha256} for f in files],
-        "checksum_verification": {
-            "algorithm": "sha256",
-            "how": "S3 ChecksumSHA256 (server-computed on upload; composite for multipart) compared with the local "
-            "SHA-256; objects without one downloaded and hashed",
-            "by_method": verification,
-        },
-        "metrics": metrics_summary(root),
-    }
-
-
 # --- S3 checks -----------------------------------------------------------------------------------
 def check_s3_destination(s3_uri: str, client=None, *, endpoint_url: str | None = None) -> None:
     """Fail fast (before training) when the URI is malformed, the bucket is missing, the endpoint is
     unreachable or the credentials are wrong. Write permission is only proven by the upload itself."""
-    S.parse_s3_uri(s3_uri)
-    S.check_bucket(s3_uri, client or S.s3_client(endpoint_url))
+    s3.parse_s3_uri(s3_uri)
+    s3.check_bucket(s3_uri, client or s3.s3_client(endpoint_url))
 
 
 def _call(client, bucket: str, key: str, action: str, fn, **kwargs):
@@ -200,7 +73,7 @@ def _call(client, bucket: str, key: str, action: str, fn, **kwargs):
     try:
         return fn(Bucket=bucket, Key=key, **kwargs)
     except (ClientError, BotoCoreError) as exc:
-        raise S.translate_error(exc, bucket, key, S.endpoint_of(client), action, client) from exc
+        raise s3.translate_error(exc, bucket, key, s3.endpoint_of(client), action, client) from exc
 
 
 def read_manifest(client, bucket: str, key: str) -> dict[str, Any] | None:
@@ -210,14 +83,14 @@ def read_manifest(client, bucket: str, key: str) -> dict[str, Any] | None:
     try:
         body = client.get_object(Bucket=bucket, Key=key)["Body"].read()
     except ClientError as exc:
-        if S.error_code(exc) in ("NoSuchKey", "404", "NotFound"):
+        if s3.error_code(exc) in ("NoSuchKey", "404", "NotFound"):
             return None
-        raise S.translate_error(exc, bucket, key, S.endpoint_of(client), "read", client) from exc
+        raise s3.translate_error(exc, bucket, key, s3.endpoint_of(client), "read", client) from exc
     try:
         manifest = json.loads(body)
     except ValueError:
         raise JobError(
-            f"{S.to_s3_uri(bucket, key)} exists but is not a valid manifest (not JSON).",
+            f"{s3.to_s3_uri(bucket, key)} exists but is not a valid manifest (not JSON).",
             "inspect that prefix; publish under another --s3-uri or remove it if it is junk.",
         ) from None
     return manifest if isinstance(manifest, dict) else {"content_sha256": None}
@@ -285,9 +158,9 @@ def verify_object(client, bucket: str, key: str, f: RunFile) -> tuple[bool, str]
     try:
         head = client.head_object(Bucket=bucket, Key=key, ChecksumMode="ENABLED")
     except ClientError as exc:
-        if S.error_code(exc) in ("404", "NoSuchKey", "NotFound"):
+        if s3.error_code(exc) in ("404", "NoSuchKey", "NotFound"):
             return False, "missing"
-        raise S.translate_error(exc, bucket, key, S.endpoint_of(client), "verify", client) from exc
+        raise s3.translate_error(exc, bucket, key, s3.endpoint_of(client), "verify", client) from exc
     if head.get("ContentLength") != f.size:
         return False, "size"
     remote = head.get("ChecksumSHA256")
@@ -310,14 +183,14 @@ def _upload_all(client, bucket: str, prefix: str, files: list[RunFile], config, 
     extra: dict[str, Any] | None = {"ChecksumAlgorithm": "SHA256"}
     with tqdm(total=sum(f.size for f in files), unit="B", unit_scale=True, desc="s3 upload", disable=not progress) as bar:
         for f in files:
-            key = S.join_key(prefix, f.path)
+            key = s3.join_key(prefix, f.path)
             try:
-                S.upload_file(f.local, bucket, key, client, config=config, extra_args=extra, callback=bar.update)
+                s3.upload_file(f.local, bucket, key, client, config=config, extra_args=extra, callback=bar.update)
             except JobError as exc:
                 # A server that does not take the checksum header: upload plainly, verify by download.
-                if extra and S.error_code(exc) in ("NotImplemented", "InvalidArgument", "InvalidRequest"):
+                if extra and s3.error_code(exc) in ("NotImplemented", "InvalidArgument", "InvalidRequest"):
                     extra = None
-                    S.upload_file(f.local, bucket, key, client, config=config, callback=bar.update)
+                    s3.upload_file(f.local, bucket, key, client, config=config, callback=bar.update)
                 else:
                     raise
 
@@ -331,13 +204,13 @@ def _put_manifest(client, bucket: str, key: str, body: bytes) -> bool:
         client.put_object(IfNoneMatch="*", **kwargs)
         return True
     except ClientError as exc:
-        code = S.error_code(exc)
+        code = s3.error_code(exc)
         if code in ("PreconditionFailed", "ConditionalRequestConflict"):
             return False
         if code not in ("NotImplemented", "InvalidArgument", "InvalidRequest"):
-            raise S.translate_error(exc, bucket, key, S.endpoint_of(client), "write", client) from exc
+            raise s3.translate_error(exc, bucket, key, s3.endpoint_of(client), "write", client) from exc
     except BotoCoreError as exc:
-        raise S.translate_error(exc, bucket, key, S.endpoint_of(client), "write", client) from exc
+        raise s3.translate_error(exc, bucket, key, s3.endpoint_of(client), "write", client) from exc
     _call(client, bucket, key, "write", client.put_object, **{k: v for k, v in kwargs.items() if k not in ("Bucket", "Key")})
     return True
 
@@ -355,7 +228,7 @@ def _different_run(uri: str, manifest: dict[str, Any], run_id: str) -> JobError:
 def _verify_all(client, bucket: str, prefix: str, files: list[RunFile]) -> tuple[list[str], dict[str, int]]:
     bad, methods = [], {}
     for f in files:
-        ok, method = verify_object(client, bucket, S.join_key(prefix, f.path), f)
+        ok, method = verify_object(client, bucket, s3.join_key(prefix, f.path), f)
         methods[method] = methods.get(method, 0) + 1
         if not ok:
             bad.append(f.path)
@@ -381,13 +254,13 @@ def publish_s3(
     """
     say = echo or (lambda _msg: None)
     root = run_root(run_dir)
-    bucket, base = S.parse_s3_uri(s3_uri)
-    client = client or S.s3_client(endpoint_url)
-    S.check_bucket(s3_uri, client)  # also stops SeaweedFS from creating a missing bucket on PUT
+    bucket, base = s3.parse_s3_uri(s3_uri)
+    client = client or s3.s3_client(endpoint_url)
+    s3.check_bucket(s3_uri, client)  # also stops SeaweedFS from creating a missing bucket on PUT
     run_id = run_id or run_id_for(root)
-    prefix = S.join_key(base, run_id)
-    uri = S.to_s3_uri(bucket, prefix + "/")
-    manifest_key = S.join_key(prefix, MANIFEST_NAME)
+    prefix = s3.join_key(base, run_id)
+    uri = s3.to_s3_uri(bucket, prefix + "/")
+    manifest_key = s3.join_key(prefix, MANIFEST_NAME)
     files = run_files(root)
     digest = content_digest(files)
     total = sum(f.size for f in files)
@@ -399,19 +272,19 @@ def publish_s3(
             raise _different_run(uri, existing, run_id)
         bad, methods = _verify_all(client, bucket, prefix, files)
         if not bad:
-            return S3Publication(run_id, uri, S.to_s3_uri(bucket, manifest_key), len(files), total, "already published", methods)
+            return S3Publication(run_id, uri, s3.to_s3_uri(bucket, manifest_key), len(files), total, "already published", methods)
         say(f"s3: {len(bad)} objects under {uri} do not match the manifest ({', '.join(bad[:3])}...); re-uploading the run")
         _call(client, bucket, manifest_key, "remove the stale manifest of", client.delete_object)
         status = "republished"
 
-    wanted = {S.join_key(prefix, f.path) for f in files}
-    present = [o["Key"] for o in S.iter_objects(client, bucket, prefix + "/")]
+    wanted = {s3.join_key(prefix, f.path) for f in files}
+    present = [o["Key"] for o in s3.iter_objects(client, bucket, prefix + "/")]
     leftovers = [k for k in present if k not in wanted]
     if status == "published" and present:
         say(f"s3: {uri} holds objects but no manifest (an interrupted upload); replacing them")
 
     start = time.perf_counter()
-    _upload_all(client, bucket, prefix, files, config or S.transfer_config(), progress)
+    _upload_all(client, bucket, prefix, files, config or s3.transfer_config(), progress)
     for key in leftovers:
         _call(client, bucket, key, "remove a leftover object", client.delete_object)
     bad, methods = _verify_all(client, bucket, prefix, files)
@@ -429,4 +302,4 @@ def publish_s3(
             raise _different_run(uri, other, run_id)
         status = "already published"
     say(f"s3: {len(files)} files ({total / 1e6:.1f} MB) verified in {time.perf_counter() - start:.1f} s -> {uri}")
-    return S3Publication(run_id, uri, S.to_s3_uri(bucket, manifest_key), len(files), total, status, methods)
+    return S3Publication(run_id, uri, s3.to_s3_uri(bucket, manifest_key), len(files), total, status, methods)

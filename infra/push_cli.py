@@ -39,15 +39,16 @@ def push_run(
     progress: bool = False,
 ) -> str:
     """Check every destination first, then publish; return the one-line summary (also echoed)."""
-    from infra import publish as P
+    from infra import publish
+    from infra.run_bundle import run_root
 
     if not s3_uri and not hub_repo:
         raise JobError("Nothing to publish to.", "pass --s3-uri s3://BUCKET/PREFIX and/or --hub-repo NAMESPACE/NAME.")
-    root = P.run_root(run_dir)
+    root = run_root(run_dir)
     client = check_destinations(s3_uri, hub_repo, endpoint_url)
     done = []
     if s3_uri:
-        pub = P.publish_s3(root, s3_uri, client=client, progress=progress, echo=echo)
+        pub = publish.publish_s3(root, s3_uri, client=client, progress=progress, echo=echo)
         done.append(f"S3 {pub.uri} ({pub.status}: {pub.files} files, {pub.bytes / 1e6:.1f} MB, manifest {pub.manifest_uri})")
     if hub_repo:
         from infra.hub import publish_hub

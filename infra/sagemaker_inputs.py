@@ -9,15 +9,11 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable
 
 from infra import contract, s3
-from infra.sagemaker_sdk import gpus_per_instance
 from job import config as C
 from job.errors import JobError
-
-if TYPE_CHECKING:
-    from infra.sagemaker_launch import LaunchSpec
 
 Echo = Callable[[str], None]
 
@@ -45,7 +41,7 @@ class InputPlan:
     hyperparameters: dict[str, Any]  # data/eval_data/model values that go as hyperparameters
 
 
-def plan_inputs(cfg: C.JobConfig, spec: LaunchSpec) -> InputPlan:
+def plan_inputs(cfg: C.JobConfig, bucket: str, prefix: str) -> InputPlan:
     """Which of data / eval_data / model become channels (uploaded or S3) and which travel as hyperparameters."""
     plan = InputPlan({}, [], {})
     for name, channel in CHANNEL_FIELDS.items():
@@ -65,9 +61,9 @@ def plan_inputs(cfg: C.JobConfig, spec: LaunchSpec) -> InputPlan:
                 f"use one of {', '.join(sorted(_data_suffixes()))}.",
             )
         if local.exists():
-            prefix = f"s3://{spec.bucket}/{s3.join_key(spec.prefix, 'inputs', f'{channel}-{_digest(local)}')}/"
-            plan.channels[channel] = prefix
-            plan.uploads.append((local, prefix))
+            uri = f"s3://{bucket}/{s3.join_key(prefix, 'inputs', f'{channel}-{_digest(local)}')}/"
+            plan.channels[channel] = uri
+            plan.uploads.append((local, uri))
             if local.is_file() and name == "data":
                 plan.hyperparameters["data"] = local.name
             continue
@@ -125,12 +121,11 @@ def _as_string(value: Any) -> str:
     return str(value)
 
 
-def hyperparameters_for(cfg: C.JobConfig, plan: InputPlan, spec: LaunchSpec | None = None) -> dict[str, str]:
+def hyperparameters_for(cfg: C.JobConfig, plan: InputPlan, gpus: int | None = None) -> dict[str, str]:
     """The configuration as SageMaker hyperparameters: every value that differs from its default,
     except the channels and the local-only fields, as strings. On an instance with several GPUs,
     ``nproc`` says how many training processes torchrun starts (one per GPU) unless it is set."""
     out: dict[str, str] = {}
-    gpus = gpus_per_instance(spec.instance_type, spec.region or "us-east-1") if spec else None
     if gpus and gpus > 1 and cfg.nproc == C.FIELDS["nproc"].default:
         out["nproc"] = str(gpus)
     defaults = C.JobConfig()

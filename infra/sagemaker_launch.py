@@ -30,7 +30,15 @@ from typing import Any, Callable
 from infra import contract, s3
 from infra.sagemaker_inputs import InputPlan, hyperparameters_for, plan_inputs, upload_inputs
 from infra.sagemaker_jobs import wait_for
-from infra.sagemaker_sdk import StopBeforeSend, env_vars, launch_session, quiet_sdk_logs, require_sdk, resolve_region
+from infra.sagemaker_sdk import (
+    StopBeforeSend,
+    env_vars,
+    gpus_per_instance,
+    launch_session,
+    quiet_sdk_logs,
+    require_sdk,
+    resolve_region,
+)
 from job import config as C
 from job.errors import JobError
 
@@ -244,7 +252,7 @@ def build_trainer(spec: LaunchSpec, cfg: C.JobConfig, plan: InputPlan, session, 
         ),
         output_data_config=OutputDataConfig(s3_output_path=output_path, compression_type="GZIP"),
         input_data_config=[InputData(channel_name=ch, data_source=uri) for ch, uri in sorted(plan.channels.items())],
-        hyperparameters=hyperparameters_for(cfg, plan, spec),
+        hyperparameters=hyperparameters_for(cfg, plan, gpus_per_instance(spec.instance_type, spec.region)),
         environment=environment,
         tags=[Tag(key=k, value=v) for k, v in sorted(spec.tags.items())] or None,
     )
@@ -276,8 +284,8 @@ def launch(
     require_sdk()
     quiet_sdk_logs()
     spec = check_spec(spec)
-    plan = plan_inputs(cfg, spec)
-    hps = hyperparameters_for(cfg, plan, spec)  # fails here, before any upload, on a value SageMaker would refuse
+    plan = plan_inputs(cfg, spec.bucket, spec.prefix)
+    hps = hyperparameters_for(cfg, plan, gpus_per_instance(spec.instance_type, spec.region))  # fails here, before any upload, on a value SageMaker would refuse
     uploads = [(str(p), uri) for p, uri in plan.uploads]
     if not dry_run:
         upload_inputs(plan, echo)

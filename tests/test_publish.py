@@ -13,8 +13,8 @@ import os
 import pytest
 from conftest import make_run_dir
 
-from infra import publish as P
-from infra import s3 as S
+from infra import publish, run_bundle
+from infra import s3
 from job.errors import JobError
 
 MiB = 1024 * 1024
@@ -32,39 +32,39 @@ EXPECTED_PATHS = [
 
 
 def _keys(client, bucket: str, prefix: str = "") -> list[str]:
-    return sorted(o["Key"] for o in S.iter_objects(client, bucket, prefix))
+    return sorted(o["Key"] for o in s3.iter_objects(client, bucket, prefix))
 
 
-def _manifest(client, bucket: str, pub: P.S3Publication) -> dict:
-    _, key = S.parse_s3_uri(pub.manifest_uri)
+def _manifest(client, bucket: str, pub: publish.S3Publication) -> dict:
+    _, key = s3.parse_s3_uri(pub.manifest_uri)
     return json.loads(client.get_object(Bucket=bucket, Key=key)["Body"].read())
 
 
 # --- the run (no server) -------------------------------------------------------------------------
 def test_run_files_and_run_id(fake_run_dir, tmp_path):
-    files = P.run_files(fake_run_dir)
+    files = run_bundle.run_files(fake_run_dir)
     assert [f.path for f in files] == EXPECTED_PATHS  # no checkpoints, no training pairs
     weights = next(f for f in files if f.path == "model/model.safetensors")
     assert weights.sha256 == hashlib.sha256((fake_run_dir / "model/model.safetensors").read_bytes()).hexdigest()
 
-    run_id = P.run_id_for(fake_run_dir)
+    run_id = run_bundle.run_id_for(fake_run_dir)
     assert run_id.startswith("run-a-") and len(run_id) == len("run-a-") + 12
-    assert P.run_id_for(fake_run_dir) == run_id  # deterministic
+    assert run_bundle.run_id_for(fake_run_dir) == run_id  # deterministic
     other = make_run_dir(tmp_path / "elsewhere", ndcg=0.9)  # same name, different results
-    assert P.run_id_for(other) != run_id
+    assert run_bundle.run_id_for(other) != run_id
 
 
 def test_unfinished_run_is_refused(fake_run_dir):
     (fake_run_dir / "report" / "metrics.json").unlink()
     with pytest.raises(JobError, match=r"is not a finished run: .*report/metrics.json is missing.*job evaluate"):
-        P.run_files(fake_run_dir)
+        run_bundle.run_files(fake_run_dir)
 
 
 # --- publishing ----------------------------------------------------------------------------------
 def test_publish_writes_files_and_manifest(s3_env, s3_bucket, fake_run_dir):
-    client = S.s3_client()
-    pub = P.publish_s3(fake_run_dir, f"s3://{s3_bucket}/models/", client=client)
-    run_id = P.run_id_for(fake_run_dir)
+    client = s3.s3_client()
+    pub = publish.publish_s3(fake_run_dir, f"s3://{s3_bucket}/models/", client=client)
+    run_id = run_bundle.run_id_for(fake_run_dir)
     assert pub.run_id == run_id and pub.status == "published"
     assert pub.uri == f"s3://{s3_bucket}/models/{run_id}/"
     assert _keys(client, s3_bucket) == sorted([f"models/{run_id}/{p}" for p in EXPECTED_PATHS] + [f"models/{run_id}/manifest.json"])
@@ -83,29 +83,29 @@ def test_publish_writes_files_and_manifest(s3_env, s3_bucket, fake_run_dir):
 
 
 def test_republishing_the_same_run_is_idempotent(s3_env, s3_bucket, fake_run_dir):
-    client = S.s3_client()
-    first = P.publish_s3(fake_run_dir, f"s3://{s3_bucket}/m", client=client)
+    client = s3.s3_client()
+    first = publish.publish_s3(fake_run_dir, f"s3://{s3_bucket}/m", client=client)
     manifest = _manifest(client, s3_bucket, first)
-    again = P.publish_s3(fake_run_dir, f"s3://{s3_bucket}/m", client=client)
+    again = publish.publish_s3(fake_run_dir, f"s3://{s3_bucket}/m", client=client)
     assert again.status == "already published" and again.uri == first.uri
     assert _manifest(client, s3_bucket, again) == manifest  # not rewritten (same created time)
 
 
 def test_a_different_run_under_the_same_prefix_is_refused(s3_env, s3_bucket, tmp_path):
-    client = S.s3_client()
+    client = s3.s3_client()
     first = make_run_dir(tmp_path / "one")
-    pub = P.publish_s3(first, f"s3://{s3_bucket}/m", client=client)
+    pub = publish.publish_s3(first, f"s3://{s3_bucket}/m", client=client)
     before = {k: client.get_object(Bucket=s3_bucket, Key=k)["Body"].read() for k in _keys(client, s3_bucket)}
 
     # Same run name and records (so the same run-id), different weights: different content.
     second = make_run_dir(tmp_path / "two", weights=b"other weights")
-    assert P.run_id_for(second) == pub.run_id
+    assert run_bundle.run_id_for(second) == pub.run_id
     with pytest.raises(JobError, match=r"already holds a different published run .* left untouched"):
-        P.publish_s3(second, f"s3://{s3_bucket}/m", client=client)
+        publish.publish_s3(second, f"s3://{s3_bucket}/m", client=client)
     # ...also when a run-id is forced onto a different run
     third = make_run_dir(tmp_path / "three", name="run-b", ndcg=0.9)
     with pytest.raises(JobError, match="already holds a different published run"):
-        P.publish_s3(third, f"s3://{s3_bucket}/m", client=client, run_id=pub.run_id)
+        publish.publish_s3(third, f"s3://{s3_bucket}/m", client=client, run_id=pub.run_id)
     after = {k: client.get_object(Bucket=s3_bucket, Key=k)["Body"].read() for k in _keys(client, s3_bucket)}
     assert after == before
 
@@ -113,29 +113,29 @@ def test_a_different_run_under_the_same_prefix_is_refused(s3_env, s3_bucket, tmp
 def test_failed_upload_leaves_no_manifest_and_can_be_resumed(s3_env, s3_bucket, fake_run_dir, monkeypatch):
     from botocore.exceptions import EndpointConnectionError
 
-    client = S.s3_client()
-    real_upload = S.upload_file
+    client = s3.s3_client()
+    real_upload = s3.upload_file
     calls = []
 
     def flaky_upload(path, bucket, key, client, **kwargs):
         calls.append(key)
         if len(calls) == 3:
             exc = EndpointConnectionError(endpoint_url=s3_env.endpoint)
-            raise S.translate_error(exc, bucket, key, s3_env.endpoint, "upload to") from exc
+            raise s3.translate_error(exc, bucket, key, s3_env.endpoint, "upload to") from exc
         return real_upload(path, bucket, key, client, **kwargs)
 
-    monkeypatch.setattr(S, "upload_file", flaky_upload)
+    monkeypatch.setattr(s3, "upload_file", flaky_upload)
     with pytest.raises(JobError, match="Could not connect to the S3 endpoint"):
-        P.publish_s3(fake_run_dir, f"s3://{s3_bucket}/m", client=client)
-    run_id = P.run_id_for(fake_run_dir)
+        publish.publish_s3(fake_run_dir, f"s3://{s3_bucket}/m", client=client)
+    run_id = run_bundle.run_id_for(fake_run_dir)
     keys = _keys(client, s3_bucket)
     assert len(keys) == 2 and f"m/{run_id}/manifest.json" not in keys  # partial upload, not published
     # a stray object from an interrupted upload of other content under the same prefix
     client.put_object(Bucket=s3_bucket, Key=f"m/{run_id}/model/stale.bin", Body=b"stale")
 
-    monkeypatch.setattr(S, "upload_file", real_upload)
+    monkeypatch.setattr(s3, "upload_file", real_upload)
     messages = []
-    pub = P.publish_s3(fake_run_dir, f"s3://{s3_bucket}/m", client=client, echo=messages.append)
+    pub = publish.publish_s3(fake_run_dir, f"s3://{s3_bucket}/m", client=client, echo=messages.append)
     assert pub.status == "published"
     assert any("holds objects but no manifest" in m for m in messages)
     assert _keys(client, s3_bucket) == sorted([f"m/{run_id}/{p}" for p in EXPECTED_PATHS] + [f"m/{run_id}/manifest.json"])
@@ -143,9 +143,9 @@ def test_failed_upload_leaves_no_manifest_and_can_be_resumed(s3_env, s3_bucket, 
 
 def test_checksum_verification_catches_a_corrupted_object(s3_env, s3_bucket, fake_run_dir, monkeypatch):
     """An object that changes between upload and verification: no manifest, a clear error."""
-    client = S.s3_client()
-    real_upload = S.upload_file
-    run_id = P.run_id_for(fake_run_dir)
+    client = s3.s3_client()
+    real_upload = s3.upload_file
+    run_id = run_bundle.run_id_for(fake_run_dir)
     size = (fake_run_dir / "model/model.safetensors").stat().st_size
 
     def upload_then_corrupt(path, bucket, key, client, **kwargs):
@@ -154,80 +154,80 @@ def test_checksum_verification_catches_a_corrupted_object(s3_env, s3_bucket, fak
             client.put_object(Bucket=bucket, Key=key, Body=b"\0" * size, ChecksumAlgorithm="SHA256")
         return uri
 
-    monkeypatch.setattr(S, "upload_file", upload_then_corrupt)
+    monkeypatch.setattr(s3, "upload_file", upload_then_corrupt)
     with pytest.raises(JobError, match=r"Checksum verification failed .*model/model.safetensors differ.*No manifest"):
-        P.publish_s3(fake_run_dir, f"s3://{s3_bucket}/m", client=client)
+        publish.publish_s3(fake_run_dir, f"s3://{s3_bucket}/m", client=client)
     assert f"m/{run_id}/manifest.json" not in _keys(client, s3_bucket)
 
 
 def test_verify_object_by_checksum_and_by_download(s3_env, s3_bucket, fake_run_dir):
-    client = S.s3_client()
-    pub = P.publish_s3(fake_run_dir, f"s3://{s3_bucket}/m", client=client)
+    client = s3.s3_client()
+    pub = publish.publish_s3(fake_run_dir, f"s3://{s3_bucket}/m", client=client)
     key = f"m/{pub.run_id}/model/model.safetensors"
-    f = next(f for f in P.run_files(fake_run_dir) if f.path == "model/model.safetensors")
-    assert P.verify_object(client, s3_bucket, key, f) == (True, "checksum-sha256")
+    f = next(f for f in run_bundle.run_files(fake_run_dir) if f.path == "model/model.safetensors")
+    assert publish.verify_object(client, s3_bucket, key, f) == (True, "checksum-sha256")
 
     corrupt = bytearray((fake_run_dir / f.path).read_bytes())
     corrupt[100] ^= 0xFF  # one flipped byte
     client.put_object(Bucket=s3_bucket, Key=key, Body=bytes(corrupt), ChecksumAlgorithm="SHA256")
-    assert P.verify_object(client, s3_bucket, key, f) == (False, "checksum-sha256")
+    assert publish.verify_object(client, s3_bucket, key, f) == (False, "checksum-sha256")
     client.put_object(Bucket=s3_bucket, Key=key, Body=bytes(corrupt))  # no SHA-256 stored: read it back
-    assert P.verify_object(client, s3_bucket, key, f) == (False, "download-sha256")
+    assert publish.verify_object(client, s3_bucket, key, f) == (False, "download-sha256")
 
     # publishing again notices the damage under an existing manifest and repairs the run
     messages = []
-    again = P.publish_s3(fake_run_dir, f"s3://{s3_bucket}/m", client=client, echo=messages.append)
+    again = publish.publish_s3(fake_run_dir, f"s3://{s3_bucket}/m", client=client, echo=messages.append)
     assert again.status == "republished" and any("do not match the manifest" in m for m in messages)
-    assert P.verify_object(client, s3_bucket, key, f) == (True, "checksum-sha256")
+    assert publish.verify_object(client, s3_bucket, key, f) == (True, "checksum-sha256")
 
 
 def test_republishing_restores_a_deleted_object(s3_env, s3_bucket, fake_run_dir):
-    client = S.s3_client()
-    pub = P.publish_s3(fake_run_dir, f"s3://{s3_bucket}/m", client=client)
+    client = s3.s3_client()
+    pub = publish.publish_s3(fake_run_dir, f"s3://{s3_bucket}/m", client=client)
     key = f"m/{pub.run_id}/report/report.md"
     client.delete_object(Bucket=s3_bucket, Key=key)
-    f = next(f for f in P.run_files(fake_run_dir) if f.path == "report/report.md")
-    assert P.verify_object(client, s3_bucket, key, f) == (False, "missing")
-    assert P.publish_s3(fake_run_dir, f"s3://{s3_bucket}/m", client=client).status == "republished"
-    assert P.verify_object(client, s3_bucket, key, f) == (True, "checksum-sha256")
+    f = next(f for f in run_bundle.run_files(fake_run_dir) if f.path == "report/report.md")
+    assert publish.verify_object(client, s3_bucket, key, f) == (False, "missing")
+    assert publish.publish_s3(fake_run_dir, f"s3://{s3_bucket}/m", client=client).status == "republished"
+    assert publish.verify_object(client, s3_bucket, key, f) == (True, "checksum-sha256")
 
 
 def test_multipart_objects_verify_by_composite_checksum(s3_env, s3_bucket, tmp_path):
     run = make_run_dir(tmp_path, weights=os.urandom(9 * MiB))
-    client = S.s3_client()
-    config = S.transfer_config(multipart_threshold=5 * MiB, multipart_chunksize=5 * MiB)
-    pub = P.publish_s3(run, f"s3://{s3_bucket}/m", client=client, config=config)
+    client = s3.s3_client()
+    config = s3.transfer_config(multipart_threshold=5 * MiB, multipart_chunksize=5 * MiB)
+    pub = publish.publish_s3(run, f"s3://{s3_bucket}/m", client=client, config=config)
     head = client.head_object(Bucket=s3_bucket, Key=f"m/{pub.run_id}/model/model.safetensors", ChecksumMode="ENABLED")
     assert head["ChecksumSHA256"].endswith("-2")  # 5 MiB + 4 MiB parts
     assert pub.verification == {"checksum-sha256": len(EXPECTED_PATHS) - 1, "checksum-sha256-composite": 1}
 
 
 def test_missing_bucket_writes_nothing(s3_env, fake_run_dir):
-    client = S.s3_client()
+    client = s3.s3_client()
     buckets = [b["Name"] for b in client.list_buckets()["Buckets"]]
     with pytest.raises(JobError, match=f"The bucket 'absent-bucket' does not exist at {s3_env.endpoint}"):
-        P.publish_s3(fake_run_dir, "s3://absent-bucket/models", client=client)
+        publish.publish_s3(fake_run_dir, "s3://absent-bucket/models", client=client)
     assert [b["Name"] for b in client.list_buckets()["Buckets"]] == buckets
 
 
 def test_wrong_credentials_write_nothing(s3_env, s3_bucket, fake_run_dir, monkeypatch):
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "not-the-secret-5678")
     with pytest.raises(JobError) as info:
-        P.publish_s3(fake_run_dir, f"s3://{s3_bucket}/models")
+        publish.publish_s3(fake_run_dir, f"s3://{s3_bucket}/models")
     assert "rejected the AWS credentials (SignatureDoesNotMatch)" in info.value.message
     assert "not-the-secret-5678" not in info.value.message
     assert _keys(s3_env.client(), s3_bucket) == []
 
 
 def test_check_s3_destination(s3_env, s3_bucket, monkeypatch):
-    P.check_s3_destination(f"s3://{s3_bucket}/models")  # fine: returns quietly
+    publish.check_s3_destination(f"s3://{s3_bucket}/models")  # fine: returns quietly
     with pytest.raises(JobError, match="is not an S3 URI"):
-        P.check_s3_destination("my-bucket/models")
+        publish.check_s3_destination("my-bucket/models")
     with pytest.raises(JobError, match="The bucket 'absent-bucket' does not exist"):
-        P.check_s3_destination("s3://absent-bucket/models")
+        publish.check_s3_destination("s3://absent-bucket/models")
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "nobody")
     with pytest.raises(JobError, match=r"rejected the AWS credentials \(InvalidAccessKeyId\)"):
-        P.check_s3_destination(f"s3://{s3_bucket}/models")
+        publish.check_s3_destination(f"s3://{s3_bucket}/models")
 
 
 # --- the command ---------------------------------------------------------------------------------
@@ -245,7 +245,7 @@ def test_push_command_to_s3(s3_env, s3_bucket, fake_run_dir, job_cli, capsys):
     rc = job_cli.main(["push", "--run-dir", str(fake_run_dir), "--s3-uri", f"s3://{s3_bucket}/models"])
     out = capsys.readouterr().out.strip().splitlines()
     assert rc == 0
-    run_id = P.run_id_for(fake_run_dir)
+    run_id = run_bundle.run_id_for(fake_run_dir)
     assert out[-1].startswith(f"push: {fake_run_dir} -> S3 s3://{s3_bucket}/models/{run_id}/ (published: 9 files")
     rc = job_cli.main(["push", "--run-dir", str(fake_run_dir), "--s3-uri", f"s3://{s3_bucket}/models"])
     assert rc == 0 and "(already published:" in capsys.readouterr().out

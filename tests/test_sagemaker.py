@@ -243,7 +243,7 @@ def test_hyperparameters_round_trip_through_the_container(tmp_path):
         preset="blog", loss="cached_mnrl", learning_rate=3e-5, matryoshka_dims="64,32", check_column_order=False,
         query_prompt="query: ", max_seq_length=256, eval_steps=50, data="embedded",
     )  # fmt: skip
-    hps = sagemaker_inputs.hyperparameters_for(cfg, sagemaker_inputs.plan_inputs(cfg, sagemaker_launch.LaunchSpec(bucket="b")))
+    hps = sagemaker_inputs.hyperparameters_for(cfg, sagemaker_inputs.plan_inputs(cfg, "b", "prefix"))
     assert all(isinstance(v, str) for v in hps.values())
     root = tmp_path / "opt_ml"
     (root / "input" / "config").mkdir(parents=True)

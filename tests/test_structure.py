@@ -1,0 +1,89 @@
+"""The shape of the code base: who may import whom, and no import circle.
+
+``job`` is the bottom layer (its command-line entry ``job.cli`` aside, which registers the
+``launch`` and ``push`` commands that live in ``infra``); ``infra`` and ``rag_eval`` build on it and
+use the shared command-line pieces in ``job.cli_common``, never ``job.cli`` itself. Imports inside
+functions count too: a lazy import is still a dependency.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGES = ("job", "infra", "rag_eval")
+JOB_ENTRY = {"job.cli", "job.__main__"}
+
+
+def _module_name(path: Path) -> str:
+    return ".".join(path.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__")
+
+
+def _imports(path: Path, modules: set[str]) -> set[str]:
+    """Project modules imported anywhere in ``path`` (``from a import b`` counts ``a.b`` when it is a module)."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+        else:
+            continue
+        found |= {n for n in names if n in modules}
+    return found
+
+
+def import_graph() -> dict[str, set[str]]:
+    files = {_module_name(p): p for pkg in PACKAGES for p in (ROOT / pkg).rglob("*.py")}
+    return {name: _imports(path, set(files)) - {name} for name, path in files.items()}
+
+
+def test_the_graph_is_read():
+    graph = import_graph()
+    assert "job.pipeline" in graph["job.cli"] and "job.config" in graph["job.pipeline"]
+    assert "infra.contract" in graph["infra.container"]
+
+
+def test_job_core_never_imports_infra_or_rag_eval():
+    bad = {
+        (mod, dep)
+        for mod, deps in import_graph().items()
+        if mod.startswith("job") and mod not in JOB_ENTRY
+        for dep in deps
+        if dep.split(".")[0] in ("infra", "rag_eval")
+    }
+    assert not bad, f"job's core imports the layers above it: {sorted(bad)}"
+
+
+def test_infra_and_rag_eval_never_import_the_job_command_line():
+    bad = {(mod, dep) for mod, deps in import_graph().items() if not mod.startswith("job") for dep in deps if dep in JOB_ENTRY}
+    assert not bad, f"use job.cli_common instead of the job's command line: {sorted(bad)}"
+
+
+def test_no_import_circle():
+    graph = import_graph()
+    cycles = []
+
+    def visit(node, path, on_path, done):
+        on_path.add(node)
+        path.append(node)
+        for dep in sorted(graph.get(node, ())):
+            if dep in on_path:
+                cycles.append(path[path.index(dep) :] + [dep])
+            elif dep not in done:
+                visit(dep, path, on_path, done)
+        path.pop()
+        on_path.discard(node)
+        done.add(node)
+
+    done: set[str] = set()
+    for node in sorted(graph):
+        if node not in done:
+            visit(node, [], set(), done)
+    assert not cycles, "import circles: " + "; ".join(" -> ".join(c) for c in cycles)
+
+
+def test_infra_modules_stay_small():
+    sizes = {p.name: len(p.read_text().splitlines()) for p in (ROOT / "infra").glob("*.py")}
+    assert max(sizes.values()) <= 420, sorted(sizes.items(), key=lambda kv: -kv[1])[:3]
