@@ -1,7 +1,7 @@
-"""Command line: ``rag-eval index|score|query`` (also ``python -m rag_eval``).
+"""Command line: ``rag-eval index|score|query|serve`` (also ``python -m rag_eval``).
 
 A thin layer: it resolves the models, data and store, then calls :mod:`rag_eval.indexing`,
-:mod:`rag_eval.scoring` and :mod:`rag_eval.demo`. Errors the user can fix are
+:mod:`rag_eval.scoring`, :mod:`rag_eval.demo` and :mod:`rag_eval.serve`. Errors the user can fix are
 :class:`job.errors.JobError`: one ``error: ...`` paragraph, exit code 2, no traceback unless
 ``--debug`` (or ``RAG_EVAL_DEBUG=1``), as in the job's command line.
 """
@@ -16,7 +16,7 @@ from pathlib import Path
 import click
 
 from job.errors import JobError
-from rag_eval import store as S
+from rag_eval import store
 
 DEBUG_ENV = "RAG_EVAL_DEBUG"
 
@@ -39,16 +39,24 @@ def parse_dims(value: str | None) -> list[int] | None:
     try:
         dims = [int(v) for v in value.replace(" ", "").split(",") if v]
     except ValueError:
-        raise JobError(f"--dims {value!r} is not a comma-separated list of integers.", "pass e.g. --dims 384,256,128,64,32.") from None
+        raise JobError(
+            f"--dims {value!r} is not a comma-separated list of integers.", "pass e.g. --dims 384,256,128,64,32."
+        ) from None
     if not dims or any(d < 1 for d in dims):
         raise JobError(f"--dims {value!r} must list positive integers.", "pass e.g. --dims 384,256,128,64,32.")
     return sorted(set(dims), reverse=True)
 
 
 # --- shared options ------------------------------------------------------------------------------
+# Every command takes the same preamble (`shared_options`): the models, the evaluation data, the store
+# and --debug. Dims are always `--dims` (a comma-separated list) and the result count `-k/--k`.
 def model_options(func):
-    func = click.option("--passage-prompt", default=None, help="Text prepended to every passage. Default: the run's (none).")(func)
-    func = click.option("--query-prompt", default=None, help="Text prepended to every question. Default: the run's (none).")(func)
+    func = click.option(
+        "--passage-prompt", default=None, help="Text prepended to every passage. Default: the run's (none)."
+    )(func)
+    func = click.option(
+        "--query-prompt", default=None, help="Text prepended to every question. Default: the run's (none)."
+    )(func)
     func = click.option("--no-baseline", is_flag=True, help="With a run directory: leave out its base model.")(func)
     func = click.option(
         "--baseline", default=None, metavar="MODEL",
@@ -61,13 +69,38 @@ def model_options(func):
     return func
 
 
+def data_options(func):
+    func = click.option(
+        "--split",
+        default="test",
+        show_default=True,
+        help="Which ir/<split> (run directory) or qrels/<split>.tsv (BEIR) to read.",
+    )(func)
+    return click.option(
+        "--data",
+        default=None,
+        help="Evaluation data: a run directory, a BEIR folder or a pairs file. Default: the --model run directory.",
+    )(func)
+
+
 def store_options(func):
     func = click.option(
-        "--collection-prefix", default=S.DEFAULT_PREFIX, show_default=True, envvar="RAG_EVAL_COLLECTION_PREFIX",
+        "--collection-prefix", default=store.DEFAULT_PREFIX, show_default=True, envvar="RAG_EVAL_COLLECTION_PREFIX",
         help="Collections are named PREFIX-<model>-<hash>-d<dim>.",
     )(func)  # fmt: skip
-    func = click.option("--chroma-port", type=int, default=None, envvar="RAG_EVAL_CHROMA_PORT", help="Chroma server port (default 8000 with --chroma-host).")(func)
-    func = click.option("--chroma-host", default=None, envvar="RAG_EVAL_CHROMA_HOST", help="Use the Chroma server on this host (HttpClient) instead of an embedded store.")(func)
+    func = click.option(
+        "--chroma-port",
+        type=int,
+        default=None,
+        envvar="RAG_EVAL_CHROMA_PORT",
+        help="Chroma server port (default 8000 with --chroma-host).",
+    )(func)
+    func = click.option(
+        "--chroma-host",
+        default=None,
+        envvar="RAG_EVAL_CHROMA_HOST",
+        help="Use the Chroma server on this host (HttpClient) instead of an embedded store.",
+    )(func)
     func = click.option(
         "--chroma-path", type=click.Path(path_type=Path), default=None, envvar="RAG_EVAL_CHROMA_PATH",
         help="Embedded persistent Chroma store. Default: RUN_DIR/chroma with a run directory, else ./chroma.",
@@ -76,7 +109,7 @@ def store_options(func):
 
 
 def common(func):
-    """--debug, logging, and JobErrors for a lost Chroma server; passes ``debug`` on."""
+    """--debug and logging set-up; the wrapped command does not see ``debug``."""
     func = click.option("--debug", is_flag=True, help="Show Python tracebacks for errors.")(func)
 
     @functools.wraps(func)
@@ -87,26 +120,48 @@ def common(func):
     return wrapper
 
 
-def store_target(chroma_path: Path | None, chroma_host: str | None, chroma_port: int | None, run_dir) -> S.StoreTarget:
+def shared_options(func):
+    """The preamble of every command, listed first in its --help: models, data, store, --debug."""
+    return model_options(data_options(store_options(common(func))))
+
+
+def dims_option(help_text: str):
+    return click.option("--dims", default=None, metavar="DIMS", help=help_text)
+
+
+def k_option(default: int, help_text: str):
+    return click.option("-k", "--k", "k", type=int, default=default, show_default=True, help=help_text)
+
+
+def store_target(
+    chroma_path: Path | None, chroma_host: str | None, chroma_port: int | None, run_dir
+) -> store.StoreTarget:
     if chroma_host is None and chroma_port is not None:
         chroma_host = "localhost"
     if chroma_host is not None:
         if chroma_path is not None:
-            raise JobError("Both --chroma-path and --chroma-host are given.", "pass --chroma-path for an embedded store or --chroma-host/--chroma-port for a server, not both.")
+            raise JobError(
+                "Both --chroma-path and --chroma-host are given.",
+                "pass --chroma-path for an embedded store or --chroma-host/--chroma-port for a server, not both.",
+            )
         port = chroma_port if chroma_port is not None else 8000
         if not 0 < port < 65536:
             raise JobError(f"--chroma-port {port} is not a TCP port.", "pass a port between 1 and 65535.")
-        return S.StoreTarget(host=chroma_host, port=port)
+        return store.StoreTarget(host=chroma_host, port=port)
     if chroma_path is None:
-        chroma_path = (run_dir.root / "chroma") if run_dir is not None else Path("chroma")
-    return S.StoreTarget(path=Path(chroma_path).expanduser())
+        chroma_path = run_dir.chroma if run_dir is not None else Path("chroma")
+    return store.StoreTarget(path=Path(chroma_path).expanduser())
 
 
 def _sources(model, baseline, no_baseline, query_prompt, passage_prompt, *, with_baseline=True):
     from rag_eval.sources import resolve_models
 
     return resolve_models(
-        model, baseline, with_baseline=with_baseline and not no_baseline, query_prompt=query_prompt, passage_prompt=passage_prompt
+        model,
+        baseline,
+        with_baseline=with_baseline and not no_baseline,
+        query_prompt=query_prompt,
+        passage_prompt=passage_prompt,
     )
 
 
@@ -119,50 +174,96 @@ def _load(sources):
     return models
 
 
+def _gold(data, split, sources) -> tuple[object | None, dict[str, set[str]]]:
+    """The evaluation set (if any) and, per question text, its relevant passage ids. Without --data, a
+    run directory's test set is used when it has one; an explicit --data must load."""
+    from rag_eval.sources import load_eval_data
+
+    if data is None and sources.run_dir is None:
+        return None, {}
+    try:
+        ir, _ = load_eval_data(data, sources, split)
+    except JobError:
+        if data is not None:
+            raise
+        return None, {}
+    relevant = ir.relevant_docs()
+    return ir, {ir.queries[qid].strip(): set(relevant.get(qid, ())) for qid in ir.queries}
+
+
+def _check_compare(compare: bool, no_baseline: bool, sources) -> None:
+    if not compare:
+        return
+    if no_baseline:
+        raise JobError(
+            "--compare and --no-baseline contradict each other: --compare shows the baseline beside the fine-tuned model.",
+            "drop --no-baseline to compare, or drop --compare to see one model.",
+        )
+    if len(sources.models) < 2:
+        raise JobError(
+            f"--compare needs two models, a baseline and a fine-tuned one; {sources.models[0].ref} is one model.",
+            "pass a job run directory to --model (its base model is the baseline), or add --baseline MODEL.",
+        )
+
+
 # --- commands ------------------------------------------------------------------------------------
-def data_options(func):
-    """--data and --split, shared by index and score."""
-    func = click.option("--split", default="test", show_default=True, help="Which ir/<split> (run directory) or qrels/<split>.tsv (BEIR) to read.")(func)
-    return click.option("--data", default=None, help="Evaluation data: a run directory, a BEIR folder or a pairs file. Default: the --model run directory.")(func)
-
-
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
 @click.version_option(package_name="rag-embed-finetune", prog_name="rag-eval")
 def cli() -> None:
     """Score retrieval through a real Chroma vector store at every Matryoshka dim, and try it out.
 
-    index -> score (Markdown, JSON, PNG) and query. --model takes a job run directory (its
-    fine-tuned model and its base model, its dims and its test set), a model folder or a Hub id.
+    index -> score (Markdown, JSON, PNG), query (terminal) and serve (a page in the browser). --model
+    takes a job run directory (its fine-tuned model and its base model, its dims and its test set),
+    a model folder or a Hub id.
     """
 
 
 @cli.command("index")
-@model_options
-@data_options
-@click.option("--dims", default=None, help="Comma-separated dims. Default: the run's Matryoshka dims, else derived from the model.")
-@store_options
-@click.option("--ef-construction", type=int, default=S.HnswSettings.ef_construction, show_default=True, help="HNSW build-time candidate list size.")
-@click.option("--ef-search", type=int, default=S.HnswSettings.ef_search, show_default=True, help="HNSW query-time candidate list size.")
-@click.option("--max-neighbors", type=int, default=S.HnswSettings.max_neighbors, show_default=True, help="HNSW links per node (M).")
+@shared_options
+@dims_option("Comma-separated dims. Default: the run's Matryoshka dims, else derived from the model.")
+@click.option(
+    "--ef-construction",
+    type=int,
+    default=store.HnswSettings.ef_construction,
+    show_default=True,
+    help="HNSW build-time candidate list size.",
+)
+@click.option(
+    "--ef-search",
+    type=int,
+    default=store.HnswSettings.ef_search,
+    show_default=True,
+    help="HNSW query-time candidate list size.",
+)
+@click.option(
+    "--max-neighbors",
+    type=int,
+    default=store.HnswSettings.max_neighbors,
+    show_default=True,
+    help="HNSW links per node (M).",
+)
 @click.option("--batch-size", type=int, default=64, show_default=True, help="Encoding batch size.")
-@click.option("--force", is_flag=True, help="Replace a foreign or corrupted collection of the same name.")
-@common
-def index_cmd(model, baseline, no_baseline, query_prompt, passage_prompt, data, split, dims, chroma_path, chroma_host,
-              chroma_port, collection_prefix, ef_construction, ef_search, max_neighbors, batch_size, force) -> None:  # fmt: skip
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Replace a foreign or corrupted collection of the same name; move a damaged store aside and rebuild it.",
+)
+def index_cmd(model, baseline, no_baseline, query_prompt, passage_prompt, data, split, chroma_path, chroma_host, chroma_port,
+              collection_prefix, dims, ef_construction, ef_search, max_neighbors, batch_size, force) -> None:  # fmt: skip
     """Embed the corpus once per model; write one cosine collection per (model, dim)."""
     from job.config import default_dims
     from rag_eval.indexing import index_models
     from rag_eval.sources import load_eval_data
 
-    settings = S.HnswSettings(ef_construction, ef_search, max_neighbors)
+    settings = store.HnswSettings(ef_construction, ef_search, max_neighbors)
     settings.check()
-    S.check_prefix(collection_prefix)
+    store.check_prefix(collection_prefix)
     wanted = parse_dims(dims)
     sources = _sources(model, baseline, no_baseline, query_prompt, passage_prompt)
     ir, source = load_eval_data(data, sources, split)
     target = store_target(chroma_path, chroma_host, chroma_port, sources.run_dir)
-    with S.server_errors(target):
-        client = S.connect(target)
+    with store.store_errors(target):
+        client = store.connect(target, rebuild_damaged=force, echo=echo)
         models = _load(sources)
         dims_ = wanted or sources.dims or default_dims(models[-1].dim)
         done = index_models(
@@ -177,38 +278,50 @@ def index_cmd(model, baseline, no_baseline, query_prompt, passage_prompt, data, 
 
 
 @cli.command("score")
-@model_options
-@data_options
-@click.option("--dims", default=None, help="Comma-separated dims. Default: the run's dims, else every indexed dim.")
-@store_options
-@click.option("--out", type=click.Path(path_type=Path), default=None, help="Report folder. Default: RUN_DIR/rag_eval, else ./rag_eval_report.")
-@click.option("--latency-samples", type=int, default=200, show_default=True, help="Single queries timed per collection.")
-@click.option("--batch-queries", type=int, default=32, show_default=True, help="Queries per call for the batched latency.")
-@click.option("--disk-size/--no-disk-size", default=True, show_default=True, help="Measure each collection's size on disk.")
+@shared_options
+@dims_option("Comma-separated dims. Default: the run's dims, else every indexed dim.")
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Report folder. Default: RUN_DIR/rag_eval, else ./rag_eval_report.",
+)
+@click.option(
+    "--latency-samples", type=int, default=200, show_default=True, help="Single queries timed per collection."
+)
+@click.option(
+    "--batch-queries", type=int, default=32, show_default=True, help="Queries per call for the batched latency."
+)
+@click.option(
+    "--disk-size/--no-disk-size", default=True, show_default=True, help="Measure each collection's size on disk."
+)
 @click.option("--batch-size", type=int, default=64, show_default=True, help="Encoding batch size.")
-@common
-def score_cmd(model, baseline, no_baseline, query_prompt, passage_prompt, data, split, dims, chroma_path, chroma_host,
-              chroma_port, collection_prefix, out, latency_samples, batch_queries, disk_size, batch_size) -> None:  # fmt: skip
+def score_cmd(model, baseline, no_baseline, query_prompt, passage_prompt, data, split, chroma_path, chroma_host, chroma_port,
+              collection_prefix, dims, out, latency_samples, batch_queries, disk_size, batch_size) -> None:  # fmt: skip
     """Query the test questions against every collection; report beside the exact evaluator."""
     from rag_eval import report
     from rag_eval.scoring import ScoreOptions, check_indexed, score_models
     from rag_eval.sources import load_eval_data
 
     if latency_samples < 1 or batch_queries < 1 or batch_size < 1:
-        raise JobError("--latency-samples, --batch-queries and --batch-size must be at least 1.", "pass positive numbers.")
-    S.check_prefix(collection_prefix)
+        raise JobError(
+            "--latency-samples, --batch-queries and --batch-size must be at least 1.", "pass positive numbers."
+        )
+    store.check_prefix(collection_prefix)
     wanted = parse_dims(dims)
     sources = _sources(model, baseline, no_baseline, query_prompt, passage_prompt)
     ir, source = load_eval_data(data, sources, split)
     target = store_target(chroma_path, chroma_host, chroma_port, sources.run_dir)
-    with S.server_errors(target):
-        client = S.connect(target, create=False)
-        dims_ = wanted or sources.dims or S.dims_in_store(client, collection_prefix, sources.models[-1].key) or [0]
+    with store.store_errors(target):
+        client = store.connect(target, create=False)
+        dims_ = wanted or sources.dims or store.dims_in_store(client, collection_prefix, sources.models[-1].key) or [0]
         check_indexed(client, target, sources.models, dims_, collection_prefix)
         models = _load(sources)
-        opts = ScoreOptions(latency_samples=latency_samples, batch_queries=batch_queries, measure_disk=disk_size, batch_size=batch_size)
+        opts = ScoreOptions(
+            latency_samples=latency_samples, batch_queries=batch_queries, measure_disk=disk_size, batch_size=batch_size
+        )
         result = score_models(client, target, models, ir, dims_, prefix=collection_prefix, opts=opts, echo=echo)
-    out_dir = out or ((sources.run_dir.root / "rag_eval") if sources.run_dir is not None else Path("rag_eval_report"))
+    out_dir = out or (sources.run_dir.rag_eval if sources.run_dir is not None else Path("rag_eval_report"))
     paths = report.write(out_dir, result, {"data_source": source, "split": split})
     echo("")
     echo(report.ndcg_table(result))
@@ -223,52 +336,55 @@ def score_cmd(model, baseline, no_baseline, query_prompt, passage_prompt, data, 
 
 @cli.command("query")
 @click.argument("question", required=False)
-@model_options
-@click.option("--dim", type=int, default=None, help="Which dim's collection to search. Default: the largest indexed.")
-@click.option("--k", "k", type=int, default=5, show_default=True, help="How many passages to show.")
-@click.option("--compare", is_flag=True, help="Show the baseline's results beside the fine-tuned model's; mark what the fine-tuned model ranks higher.")
-@click.option("--interactive", "-i", is_flag=True, help="Read questions from standard input until EOF (also when no QUESTION is given).")
-@click.option("--data", default=None, help="Evaluation data used to mark relevant passages (*) of known questions. Default: the run directory's.")
-@click.option("--split", default="test", show_default=True, help="Split of --data whose relevance marks are shown.")
-@store_options
-@common
-def query_cmd(question, model, baseline, no_baseline, query_prompt, passage_prompt, dim, k, compare, interactive, data,
-              split, chroma_path, chroma_host, chroma_port, collection_prefix) -> None:  # fmt: skip
-    """The retrieval demo: the top-k passages for a question, with scores and ids."""
-    from rag_eval.demo import Searcher, interactive as ask_until_eof, show
+@shared_options
+@dims_option("Comma-separated dims whose collections to search, one answer per dim. Default: the largest indexed.")
+@click.option("--dim", type=int, default=None, hidden=True, help="Old spelling of --dims with one dim.")
+@k_option(5, "How many passages to show.")
+@click.option(
+    "--compare",
+    is_flag=True,
+    help="Show the baseline's results beside the fine-tuned model's; mark what the fine-tuned model ranks higher.",
+)
+@click.option(
+    "--interactive",
+    "-i",
+    is_flag=True,
+    help="Read questions from standard input until EOF (also when no QUESTION is given).",
+)
+def query_cmd(question, model, baseline, no_baseline, query_prompt, passage_prompt, data, split, chroma_path, chroma_host,
+              chroma_port, collection_prefix, dims, dim, k, compare, interactive) -> None:  # fmt: skip
+    """The retrieval demo in the terminal: the top-k passages for a question, with scores and ids.
+
+    Passages relevant to a question of the evaluation data (--data, default the run's test set) are
+    marked *. For the same demo in a browser, with the models loaded once, see `rag-eval serve`.
+    """
+    from rag_eval.demo import Searcher, show
+    from rag_eval.demo import interactive as ask_until_eof
     from rag_eval.scoring import check_indexed, open_collection
-    from rag_eval.sources import load_eval_data
 
     if k < 1:
-        raise JobError(f"--k {k} must be at least 1.", "pass e.g. --k 5.")
-    S.check_prefix(collection_prefix)
+        raise JobError(f"-k/--k {k} must be at least 1.", "pass e.g. -k 5.")
+    if dim is not None and dims is not None:
+        raise JobError("Both --dim and --dims are given.", "pass --dims (one dim or a comma-separated list).")
+    store.check_prefix(collection_prefix)
+    wanted = [dim] if dim is not None else parse_dims(dims)
     sources = _sources(model, baseline, no_baseline, query_prompt, passage_prompt, with_baseline=compare)
-    if compare and len(sources.models) < 2:
-        raise JobError(
-            "--compare needs two models, a baseline and a fine-tuned one.",
-            "pass a run directory to --model (its base model is the baseline), or add --baseline MODEL.",
-        )
+    _check_compare(compare, no_baseline, sources)
     target = store_target(chroma_path, chroma_host, chroma_port, sources.run_dir)
-    gold: dict[str, set[str]] = {}
-    if data is not None or sources.run_dir is not None:
-        try:
-            ir, _ = load_eval_data(data, sources, split)
-            by_text = {text: qid for qid, text in ir.queries.items()}
-            gold = {text: set(ir.relevant_docs().get(qid, ())) for text, qid in by_text.items()}
-        except JobError:
-            if data is not None:
-                raise
-    with S.server_errors(target):
-        client = S.connect(target, create=False)
-        if dim is None:
-            dim = (S.dims_in_store(client, collection_prefix, sources.models[-1].key) or [0])[0]
-        check_indexed(client, target, sources.models, [dim], collection_prefix)
+    _, gold = _gold(data, split, sources)
+    with store.store_errors(target):
+        client = store.connect(target, create=False)
+        dims_ = wanted or (store.dims_in_store(client, collection_prefix, sources.models[-1].key) or [0])[:1]
+        check_indexed(client, target, sources.models, dims_, collection_prefix)
         models = _load(sources)
-        searchers = [Searcher(m, open_collection(client, target, m, dim, collection_prefix), dim) for m in models]
+        per_dim = [
+            [Searcher(m, open_collection(client, target, m, d, collection_prefix), d) for m in models] for d in dims_
+        ]
 
         def answer(q: str) -> None:
-            show(q, searchers, k, relevant=gold.get(q.strip(), ()), echo=echo)
-            echo("")
+            for searchers in per_dim:
+                show(q, searchers, k, relevant=gold.get(q.strip(), ()), echo=echo)
+                echo("")
 
         if question and not interactive:
             answer(question)
@@ -280,6 +396,47 @@ def query_cmd(question, model, baseline, no_baseline, query_prompt, passage_prom
         if tty:
             echo("")
         echo(f"query: answered {n} question{'s' if n != 1 else ''}")
+
+
+@cli.command("serve")
+@shared_options
+@dims_option("Comma-separated dims offered on the page. Default: every indexed dim.")
+@k_option(5, "Passages shown per model at first (the page can change it).")
+@click.option(
+    "--host",
+    default="127.0.0.1",
+    show_default=True,
+    envvar="RAG_EVAL_SERVE_HOST",
+    help="Address to listen on (0.0.0.0: every interface).",
+)
+@click.option(
+    "--port", type=int, default=7860, show_default=True, envvar="RAG_EVAL_SERVE_PORT", help="TCP port to listen on."
+)
+def serve_cmd(model, baseline, no_baseline, query_prompt, passage_prompt, data, split, chroma_path, chroma_host, chroma_port,
+              collection_prefix, dims, k, host, port) -> None:  # fmt: skip
+    """The retrieval demo in a browser: base and fine-tuned side by side, models loaded once.
+
+    A Gradio page (fully offline) at http://HOST:PORT/, and a JSON endpoint /api/search?q=...&k=5&dim=128
+    for scripts and load tests. Optional basic auth: RAG_EVAL_SERVE_AUTH=user:password in the
+    environment (never on the command line). Stop it with Ctrl+C (or SIGTERM).
+    """
+    from rag_eval import serve, web
+
+    auth = web.auth_from_env()
+    web.check_installed()
+    web.check_port_free(host, port)
+    if k < 1 or k > serve.MAX_K:
+        raise JobError(f"-k/--k {k} is out of range.", f"pass a number from 1 to {serve.MAX_K}.")
+    store.check_prefix(collection_prefix)
+    wanted = parse_dims(dims)
+    sources = _sources(model, baseline, no_baseline, query_prompt, passage_prompt)
+    target = store_target(chroma_path, chroma_host, chroma_port, sources.run_dir)
+    ir, _ = _gold(data, split, sources)
+    with store.store_errors(target):
+        service = serve.RetrievalService.open(
+            sources, target, ir, wanted, prefix=collection_prefix, k=k, load=_load, echo=echo
+        )
+    web.run(service, host=host, port=port, auth=auth, echo=echo)
 
 
 # --- entry point ---------------------------------------------------------------------------------

@@ -1,12 +1,12 @@
-"""`rag-eval query`: the retrieval demo. The top-k passages with scores and ids for a question, from
+"""`rag-eval query`: the retrieval demo in the terminal. The top-k passages with scores and ids for a question, from
 one model's collection, or (``--compare``) the baseline's beside the fine-tuned model's, with the
 passages the fine-tuned model ranks higher marked."""
 
 from __future__ import annotations
 
 import shutil
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Callable, Iterable
 
 import numpy as np
 
@@ -27,19 +27,38 @@ class Hit:
 
 @dataclass
 class Searcher:
-    """A loaded model with its collection at one dim."""
+    """A loaded model with its collection at one dim. ``embed`` (the model) and ``query`` (the vector
+    store) are separate steps, so that callers can time them apart (``rag-eval serve`` does)."""
 
     model: LoadedModel
     collection: object
     dim: int
 
-    def search(self, question: str, n: int) -> list[Hit]:
-        q = truncate_normalise(encode_queries(self.model.model, [question], self.model.spec.query_prompt), self.dim)
+    def embed(self, question: str) -> np.ndarray:
+        """The question's vector at this dim (truncated and re-normalised), shape (1, dim)."""
+        return truncate_normalise(encode_queries(self.model.model, [question], self.model.spec.query_prompt), self.dim)
+
+    def query(self, vector: np.ndarray, n: int, *, documents: bool = True) -> list[Hit]:
+        """The top ``n`` passages for a vector from :meth:`embed`; ties by ascending id. Without
+        ``documents`` each hit's text is empty (fetch the ones to show with :meth:`documents`)."""
         n = max(1, min(n, self.collection.count()))
-        got = self.collection.query(query_embeddings=np.asarray(q), n_results=n, include=["distances", "documents"])
-        docs = got["documents"][0] if got["documents"] is not None else [""] * len(got["ids"][0])
+        include = ["distances", "documents"] if documents else ["distances"]
+        got = self.collection.query(query_embeddings=np.asarray(vector), n_results=n, include=include)
+        docs = got["documents"][0] if documents and got.get("documents") is not None else [""] * len(got["ids"][0])
         hits = sorted(zip(got["ids"][0], got["distances"][0], docs), key=lambda h: (h[1], h[0]))
         return [Hit(i + 1, cid, 1.0 - float(d), doc or "") for i, (cid, d, doc) in enumerate(hits)]
+
+    def documents(self, ids: Iterable[str]) -> dict[str, str]:
+        """The stored passage text of each id."""
+        wanted = list(dict.fromkeys(ids))
+        if not wanted:
+            return {}
+        got = self.collection.get(ids=wanted, include=["documents"])
+        docs = got["documents"] if got.get("documents") is not None else [""] * len(got["ids"])
+        return {cid: doc or "" for cid, doc in zip(got["ids"], docs)}
+
+    def search(self, question: str, n: int) -> list[Hit]:
+        return self.query(self.embed(question), n)
 
 
 def _clip(text: str, width: int) -> str:
@@ -58,7 +77,15 @@ def _rank_text(rank: int | None) -> str:
     return f"#{rank}" if rank is not None else f">{RANK_DEPTH}"
 
 
-def show(question: str, searchers: list[Searcher], k: int, *, relevant: Iterable[str] = (), echo: Echo = print, width: int | None = None) -> list[list[Hit]]:
+def show(
+    question: str,
+    searchers: list[Searcher],
+    k: int,
+    *,
+    relevant: Iterable[str] = (),
+    echo: Echo = print,
+    width: int | None = None,
+) -> list[list[Hit]]:
     """Print the results for one question; with two searchers (baseline, fine-tuned), side by side."""
     width = width or shutil.get_terminal_size((120, 24)).columns
     gold = set(relevant)
@@ -82,7 +109,9 @@ def show(question: str, searchers: list[Searcher], k: int, *, relevant: Iterable
     col = max(30, (width - 3) // 2)
     shown = min(k, len(tuned_hits), len(base_hits))
     w = max(len(h.id) for h in tuned_hits[:shown] + base_hits[:shown])
-    echo(f"dim {tuned.dim}, top {k}. Left: {tuned.model.label} ({tuned.model.spec.ref}). Right: {base.model.label} ({base.model.spec.ref}).")
+    echo(
+        f"dim {tuned.dim}, top {k}. Left: {tuned.model.label} ({tuned.model.spec.ref}). Right: {base.model.label} ({base.model.spec.ref})."
+    )
     left_head = f"{'rank':>4} {'score':<5} {'id':<{w}} mark {base.model.label[:4]:>4}"
     right_head = f"{'score':<5} {'id':<{w}}   {tuned.model.label[:4]:>4}"
     echo(f"{left_head + '  passage':<{col}} | {right_head}  passage")

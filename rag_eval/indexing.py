@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from job.data import IRData
 from job.errors import JobError
-from rag_eval import store as S
+from rag_eval import store
 from rag_eval.sources import LoadedModel
 from rag_eval.vectors import corpus_fingerprint, encode_passages, truncate_normalise
 
@@ -45,9 +45,9 @@ def index_models(
     data: IRData,
     data_source: str,
     dims: list[int],
-    settings: S.HnswSettings,
+    settings: store.HnswSettings,
     *,
-    prefix: str = S.DEFAULT_PREFIX,
+    prefix: str = store.DEFAULT_PREFIX,
     force: bool = False,
     batch_size: int = 64,
     progress: bool = False,
@@ -55,7 +55,7 @@ def index_models(
 ) -> list[IndexedCollection]:
     """For each model: encode the corpus at full dim once; per dim truncate, re-normalise, write."""
     settings.check()
-    S.check_prefix(prefix)
+    store.check_prefix(prefix)
     for m in models:  # check every model before any expensive step
         check_dims(dims, m)
     ids = list(data.corpus)
@@ -65,16 +65,22 @@ def index_models(
     for m in models:
         start = time.perf_counter()
         full = encode_passages(m.model, texts, m.spec.passage_prompt, batch_size, progress)
-        echo(f"index: {m.label} corpus of {len(ids)} passages encoded once at {m.dim} dims in {time.perf_counter() - start:.1f} s")
+        echo(
+            f"index: {m.label} corpus of {len(ids)} passages encoded once at {m.dim} dims in {time.perf_counter() - start:.1f} s"
+        )
         for dim in check_dims(dims, m):
-            name = S.collection_name(prefix, m.spec.key, dim)
-            meta = S.build_metadata(
+            name = store.collection_name(prefix, m.spec.key, dim)
+            meta = store.build_metadata(
                 model=m.spec.ref, model_key=m.spec.key, model_fingerprint=m.fingerprint, model_dim=m.dim, dim=dim,
                 corpus_fingerprint=fingerprint, corpus_size=len(ids), data_source=data_source, settings=settings,
                 query_prompt=m.spec.query_prompt, passage_prompt=m.spec.passage_prompt,
             )  # fmt: skip
-            result = S.write_collection(client, name, ids, truncate_normalise(full, dim), texts, meta, settings, force=force)
+            result = store.write_collection(
+                client, name, ids, truncate_normalise(full, dim), texts, meta, settings, force=force
+            )
             done.append(IndexedCollection(m.label, dim, name, result.action, result.note, len(ids), result.seconds))
             note = f" ({result.note})" if result.note else ""
-            echo(f"index: {m.label} dim {dim}: {result.action} {name}, {len(ids)} vectors in {result.seconds:.1f} s{note}")
+            echo(
+                f"index: {m.label} dim {dim}: {result.action} {name}, {len(ids)} vectors in {result.seconds:.1f} s{note}"
+            )
     return done

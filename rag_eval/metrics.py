@@ -18,7 +18,7 @@ Graded qrels therefore change NDCG only; the other metrics are binary by definit
 from __future__ import annotations
 
 import math
-from typing import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 

@@ -9,7 +9,15 @@ from typing import Any
 
 from rag_eval.metrics import REPORTED
 
-_LABELS = {"ndcg@10": "NDCG@10", "mrr@10": "MRR@10", "map@100": "MAP@100", "recall@1": "R@1", "recall@3": "R@3", "recall@5": "R@5", "recall@10": "R@10"}
+_LABELS = {
+    "ndcg@10": "NDCG@10",
+    "mrr@10": "MRR@10",
+    "map@100": "MAP@100",
+    "recall@1": "R@1",
+    "recall@3": "R@3",
+    "recall@5": "R@5",
+    "recall@10": "R@10",
+}
 
 
 def _rows(result: dict[str, Any]):
@@ -41,7 +49,12 @@ def ndcg_table(result: dict[str, Any]) -> str:
                 cells += ["-"] * 4
                 continue
             reference = r["evaluator"] if result["reference"] == "evaluator" else r["exact"]
-            cells += [f"{r['chroma']['ndcg@10']:.4f}", f"{reference['ndcg@10']:.4f}", f"{r['ndcg_delta']:+.4f}", f"{r['ann_recall@10']:.3f}"]
+            cells += [
+                f"{r['chroma']['ndcg@10']:.4f}",
+                f"{reference['ndcg@10']:.4f}",
+                f"{r['ndcg_delta']:+.4f}",
+                f"{r['ann_recall@10']:.3f}",
+            ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -60,7 +73,17 @@ def metrics_table(result: dict[str, Any]) -> str:
 def cost_table(result: dict[str, Any]) -> str:
     """Disk footprint and Chroma query latency per dim and model."""
     batch = next((r["latency"]["batch_size"] for _, _, r in _rows(result)), "?")
-    head = ["dim", "model", "vectors", "disk MiB", "bytes/vector", "single p50 ms", "single p95 ms", f"batch of {batch} p50 ms", f"batch of {batch} p95 ms"]
+    head = [
+        "dim",
+        "model",
+        "vectors",
+        "disk MiB",
+        "bytes/vector",
+        "single p50 ms",
+        "single p95 ms",
+        f"batch of {batch} p50 ms",
+        f"batch of {batch} p95 ms",
+    ]
     lines = ["| " + " | ".join(head) + " |", "|---:|:---|" + "---:|" * (len(head) - 2)]
     for dim, label, r in _rows(result):
         lat = r["latency"]
@@ -95,12 +118,18 @@ def markdown(result: dict[str, Any], meta: dict[str, Any]) -> str:
         [
             "# Retrieval through Chroma, by Matryoshka dim",
             "",
-            f"{d['queries']} questions against {d['corpus_size']} passages ({meta.get('data_source', '')}; {relevance}). "
-            f"Store: {result['store']}. HNSW: {settings}. Models: {models}.",
+            (
+                f"{d['queries']} questions against {d['corpus_size']} passages ({meta.get('data_source', '')}; {relevance}). "
+                f"Store: {result['store']}. HNSW: {settings}. Models: {models}."
+            ),
             "",
             "Chroma: metrics of the rankings the vector store returns. Exact: sentence-transformers' "
             "InformationRetrievalEvaluator on the same data"
-            + (" (binary relevance; for graded qrels the reference is exact search with graded gains)" if d["graded"] else "")
+            + (
+                " (binary relevance; for graded qrels the reference is exact search with graded gains)"
+                if d["graded"]
+                else ""
+            )
             + ". ANN recall@10: overlap of Chroma's top 10 with exact search over the same stored vectors.",
             "",
             "## NDCG@10",
@@ -115,8 +144,10 @@ def markdown(result: dict[str, Any], meta: dict[str, Any]) -> str:
             "",
             "## Index size and query latency",
             "",
-            "Disk: the collection alone in an embedded store (SQLite log, records and documents, HNSW files). "
-            "Latency: Chroma's query call only (top 10 with documents), embedding excluded.",
+            (
+                "Disk: the collection alone in an embedded store (SQLite log, records and documents, HNSW files). "
+                "Latency: Chroma's query call only (top 10 with documents), embedding excluded."
+            ),
             "",
             cost_table(result),
             "",
@@ -179,7 +210,11 @@ def _clean(obj: Any) -> Any:
 def write(out_dir: Path, result: dict[str, Any], meta: dict[str, Any]) -> dict[str, Path]:
     """report.md, metrics.json and rag_eval_by_dim.png in ``out_dir``; metrics.json is written last."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    paths = {"markdown": out_dir / "report.md", "json": out_dir / "metrics.json", "plot": out_dir / "rag_eval_by_dim.png"}
+    paths = {
+        "markdown": out_dir / "report.md",
+        "json": out_dir / "metrics.json",
+        "plot": out_dir / "rag_eval_by_dim.png",
+    }
     paths["markdown"].write_text(markdown(result, meta))
     plot(result, paths["plot"])
     tmp = paths["json"].with_suffix(".json.tmp")

@@ -15,16 +15,16 @@ Per model and dim:
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
 from job.data import IRData
 from job.errors import JobError
 from job.evaluation import evaluate_model
-from rag_eval import metrics as M
-from rag_eval import store as S
+from rag_eval import metrics, store
 from rag_eval.sources import LoadedModel, ModelSpec
 from rag_eval.vectors import corpus_fingerprint, encode_queries, truncate_normalise
 
@@ -42,15 +42,15 @@ class ScoreOptions:
     batch_size: int = 64  # encoding batch size
 
 
-def check_indexed(client, target: S.StoreTarget, specs: list[ModelSpec], dims: list[int], prefix: str) -> None:
+def check_indexed(client, target: store.StoreTarget, specs: list[ModelSpec], dims: list[int], prefix: str) -> None:
     """Every (model, dim) has a collection; checked before any model is loaded. The error lists what is indexed."""
-    names = set(S.list_names(client))
+    names = set(store.list_names(client))
     for spec in specs:
-        missing = [d for d in dims if S.collection_name(prefix, spec.key, d) not in names]
+        missing = [d for d in dims if store.collection_name(prefix, spec.key, d) not in names]
         if not missing:
             continue
         who = f"the {spec.label} model {spec.ref}"
-        indexed = S.dims_in_store(client, prefix, spec.key)
+        indexed = store.dims_in_store(client, prefix, spec.key)
         if indexed:
             listed = ", ".join(map(str, indexed))
             raise JobError(
@@ -64,16 +64,21 @@ def check_indexed(client, target: S.StoreTarget, specs: list[ModelSpec], dims: l
         )
 
 
-def open_collection(client, target: S.StoreTarget, model: LoadedModel, dim: int, prefix: str, corpus_fp: str | None = None):
+def open_collection(
+    client, target: store.StoreTarget, model: LoadedModel, dim: int, prefix: str, corpus_fp: str | None = None
+):
     """The collection for (model, dim), checked against the model (and the corpus, when given)."""
-    name = S.collection_name(prefix, model.spec.key, dim)
-    col = S.get_collection(client, name)
+    name = store.collection_name(prefix, model.spec.key, dim)
+    col = store.get_collection(client, name)
     who = f"the {model.label} model {model.spec.ref}"
     if col is None:
         check_indexed(client, target, [model.spec], [dim], prefix)
-        raise JobError(f"Collection {name} vanished from the {target.describe()} while it was being opened.", "run the command again.")
-    kind, problems = S.inspect(col, dim)
-    if kind != S.OURS:
+        raise JobError(
+            f"Collection {name} vanished from the {target.describe()} while it was being opened.",
+            "run the command again.",
+        )
+    kind, problems = store.inspect(col, dim)
+    if kind != store.OURS:
         raise JobError(
             f"Collection {name} in the {target.describe()} is {kind}: {'; '.join(problems)}.",
             "re-index it with `rag-eval index ... --force` (that replaces it).",
@@ -109,7 +114,9 @@ def query_rankings(collection, queries: np.ndarray, n_results: int, batch: int =
     out = []
     for s in range(0, len(queries), batch):
         got = collection.query(query_embeddings=queries[s : s + batch], n_results=n_results, include=["distances"])
-        out += [[(cid, 1.0 - float(d)) for cid, d in zip(ids, dists)] for ids, dists in zip(got["ids"], got["distances"])]
+        out += [
+            [(cid, 1.0 - float(d)) for cid, d in zip(ids, dists)] for ids, dists in zip(got["ids"], got["distances"])
+        ]
     return out
 
 
@@ -131,10 +138,10 @@ def measure_latency(collection, queries: np.ndarray, opts: ScoreOptions) -> dict
         collection.query(query_embeddings=queries[idx], n_results=k, include=include)
         batched.append((time.perf_counter() - t) * 1000)
     return {
-        "single_p50_ms": M.percentile(single, 50),
-        "single_p95_ms": M.percentile(single, 95),
-        "batch_p50_ms": M.percentile(batched, 50),
-        "batch_p95_ms": M.percentile(batched, 95),
+        "single_p50_ms": metrics.percentile(single, 50),
+        "single_p95_ms": metrics.percentile(single, 95),
+        "batch_p50_ms": metrics.percentile(batched, 50),
+        "batch_p95_ms": metrics.percentile(batched, 95),
         "batch_size": opts.batch_queries,
         "single_samples": len(single),
         "batches": len(batched),
@@ -144,12 +151,12 @@ def measure_latency(collection, queries: np.ndarray, opts: ScoreOptions) -> dict
 
 def score_models(
     client,
-    target: S.StoreTarget,
+    target: store.StoreTarget,
     models: list[LoadedModel],
     data: IRData,
     dims: list[int],
     *,
-    prefix: str = S.DEFAULT_PREFIX,
+    prefix: str = store.DEFAULT_PREFIX,
     opts: ScoreOptions | None = None,
     echo: Echo = print,
 ) -> dict[str, Any]:
@@ -170,21 +177,23 @@ def score_models(
             query_prompt=m.spec.query_prompt, passage_prompt=m.spec.passage_prompt,
         )  # fmt: skip
         full_q = encode_queries(m.model, qtexts, m.spec.query_prompt, opts.batch_size)
-        echo(f"score: {m.label}: exact evaluator at {len(dims)} dims and query encoding in {time.perf_counter() - start:.1f} s")
+        echo(
+            f"score: {m.label}: exact evaluator at {len(dims)} dims and query encoding in {time.perf_counter() - start:.1f} s"
+        )
         per_dim: dict[str, Any] = {}
         for dim in dims:
             col = cols[(m.label, dim)]
-            settings = S.HnswSettings.of(col)
+            settings = store.HnswSettings.of(col)
             q = truncate_normalise(full_q, dim)
-            ids, vectors, documents = S.fetch_all(col)
-            depth = min(M.DEPTH, len(ids))
-            chroma_rank = [M.rank_hits(hits) for hits in query_rankings(col, q, depth)]
-            exact_rank = M.exact_search(q, vectors, ids, depth)
-            chroma = M.score_rankings(dict(zip(qids, chroma_rank)), qrels)
-            exact = M.score_rankings(dict(zip(qids, exact_rank)), qrels)
-            ev = {k: evaluator[dim][k] for k in M.REPORTED}
+            ids, vectors, documents = store.fetch_all(col)
+            depth = min(metrics.DEPTH, len(ids))
+            chroma_rank = [metrics.rank_hits(hits) for hits in query_rankings(col, q, depth)]
+            exact_rank = metrics.exact_search(q, vectors, ids, depth)
+            chroma = metrics.score_rankings(dict(zip(qids, chroma_rank)), qrels)
+            exact = metrics.score_rankings(dict(zip(qids, exact_rank)), qrels)
+            ev = {k: evaluator[dim][k] for k in metrics.REPORTED}
             ref = ev if reference == "evaluator" else exact
-            disk = S.footprint_bytes(ids, vectors, documents, settings) if opts.measure_disk else None
+            disk = store.footprint_bytes(ids, vectors, documents, settings) if opts.measure_disk else None
             row = {
                 "collection": col.name,
                 "vectors": len(ids),
@@ -193,7 +202,7 @@ def score_models(
                 "exact": exact,
                 "evaluator": ev,
                 "ndcg_delta": chroma["ndcg@10"] - ref["ndcg@10"],
-                "ann_recall@10": M.mean_overlap_at_k(chroma_rank, exact_rank, 10),
+                "ann_recall@10": metrics.mean_overlap_at_k(chroma_rank, exact_rank, 10),
                 "disk_bytes": disk,
                 "bytes_per_vector": disk / len(ids) if disk is not None and ids else None,
                 "latency": measure_latency(col, q, opts),
@@ -208,7 +217,12 @@ def score_models(
     recalls = [r["ann_recall@10"] for v in out.values() for r in v["dims"].values()]
     return {
         "store": target.describe(),
-        "data": {"queries": len(qids), "corpus_size": len(data.corpus), "graded": data.graded, "corpus_fingerprint": fp},
+        "data": {
+            "queries": len(qids),
+            "corpus_size": len(data.corpus),
+            "graded": data.graded,
+            "corpus_fingerprint": fp,
+        },
         "dims": dims,
         "reference": reference,
         "models": out,

@@ -14,10 +14,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from job import data as D
+from job.data import (
+    IRData,
+    build_ir_corpus,
+    build_ir_queries,
+    dedupe_pairs,
+    detect_columns,
+    load_beir,
+    load_records,
+    validate_pairs,
+)
 from job.errors import JobError
-from job.models import hub_offline, load_model, model_dim, resolve_model_name
 from job.layout import RunDir
+from job.models import hub_offline, load_model, model_dim, resolve_model_name
 from rag_eval.vectors import model_fingerprint
 
 BASELINE, FINETUNED, MODEL = "baseline", "fine-tuned", "model"
@@ -60,7 +69,9 @@ class Sources:
 
 
 def _looks_like_run_dir(path: Path) -> bool:
-    return path.is_dir() and ((path / "model" / "training.json").is_file() or (path / "data" / "prepare.json").is_file())
+    return path.is_dir() and (
+        (path / "model" / "training.json").is_file() or (path / "data" / "prepare.json").is_file()
+    )
 
 
 def _missing(value: str, what: str) -> JobError:
@@ -134,7 +145,7 @@ def load_models(specs: list[ModelSpec], max_seq_length: int | None = None) -> li
     return out
 
 
-def load_eval_data(data: str | None, sources: Sources, split: str = "test") -> tuple[D.IRData, str]:
+def load_eval_data(data: str | None, sources: Sources, split: str = "test") -> tuple[IRData, str]:
     """The evaluation set and where it came from: a run directory's ``ir/<split>``, a BEIR folder,
     or a (question, passage) pairs file (every pair becomes a query; identical passages share an id)."""
     if data is None:
@@ -147,11 +158,14 @@ def load_eval_data(data: str | None, sources: Sources, split: str = "test") -> t
     else:
         path = Path(data).expanduser()
         if not path.exists():
-            raise JobError(f"Evaluation data {path} does not exist.", "pass a run directory, a BEIR folder or a pairs file to --data.")
+            raise JobError(
+                f"Evaluation data {path} does not exist.",
+                "pass a run directory, a BEIR folder or a pairs file to --data.",
+            )
         if path.is_file():
             return _pairs_file(path), str(path)
         if (path / "corpus.jsonl").is_file():
-            return D.load_beir(path, split), str(path)
+            return load_beir(path, split), str(path)
         if not _looks_like_run_dir(path) and not (path / "ir").is_dir():
             raise JobError(
                 f"{path} is neither a run directory (no ir/ folder) nor a BEIR folder (no corpus.jsonl).",
@@ -166,14 +180,14 @@ def load_eval_data(data: str | None, sources: Sources, split: str = "test") -> t
             + (f"; it has: {', '.join(have)})." if have else ")."),
             f"run `job prepare --run-dir {rd.root}` first, or pick another --split.",
         )
-    return D.load_beir(folder, split), str(folder)
+    return load_beir(folder, split), str(folder)
 
 
-def _pairs_file(path: Path) -> D.IRData:
-    records = D.load_records(str(path))
+def _pairs_file(path: Path) -> IRData:
+    records = load_records(str(path))
     columns = list(dict.fromkeys(k for row in records.rows[:1000] for k in row if k != "__line__"))
-    q_col, p_col = D.detect_columns(columns, None, None, records.source)
-    pairs, _ = D.dedupe_pairs(D.validate_pairs(records, q_col, p_col).pairs)
-    corpus, passage_ids = D.build_ir_corpus({"test": pairs})
-    queries, qrels = D.build_ir_queries(pairs, passage_ids, "q")
-    return D.IRData(corpus, queries, qrels)
+    q_col, p_col = detect_columns(columns, None, None, records.source)
+    pairs, _ = dedupe_pairs(validate_pairs(records, q_col, p_col).pairs)
+    corpus, passage_ids = build_ir_corpus({"test": pairs})
+    queries, qrels = build_ir_queries(pairs, passage_ids, "q")
+    return IRData(corpus, queries, qrels)

@@ -7,6 +7,8 @@
 - The distance space and HNSW parameters are fixed at creation (``get_or_create`` keeps old ones),
   so a collection is always written afresh: into ``<name>-staging``, checked, then renamed over the
   old one. A failure midway leaves the old collection as it was.
+- A damaged embedded store (its SQLite file truncated or overwritten) is named with the fix;
+  ``index --force`` moves it aside (``<path>.damaged-<time>``, never deleted) and rebuilds it.
 - Every collection's metadata carries ``rag_eval`` (schema version), the model, dim, corpus
   fingerprint and the HNSW settings. A collection under our name without it (foreign), or whose
   metadata, size, dim or space disagree (corrupted), is refused unless ``--force``.
@@ -20,9 +22,10 @@ import os
 import re
 import shutil
 import tempfile
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -52,16 +55,26 @@ class HnswSettings:
     def check(self) -> None:
         for name in ("ef_construction", "ef_search", "max_neighbors"):
             if getattr(self, name) < 1:
-                raise JobError(f"{name} is {getattr(self, name)}; it must be at least 1.", f"pass a positive --{name.replace('_', '-')}.")
+                raise JobError(
+                    f"{name} is {getattr(self, name)}; it must be at least 1.",
+                    f"pass a positive --{name.replace('_', '-')}.",
+                )
         if self.space != "cosine":
-            raise JobError(f"space {self.space!r} is not supported.", "rag_eval scores cosine similarity, as the evaluator does.")
+            raise JobError(
+                f"space {self.space!r} is not supported.", "rag_eval scores cosine similarity, as the evaluator does."
+            )
 
     @classmethod
-    def of(cls, collection) -> "HnswSettings | None":
+    def of(cls, collection) -> HnswSettings | None:
         """The settings a collection was created with (from Chroma's configuration), if it has HNSW ones."""
         hnsw = (collection.configuration_json or {}).get("hnsw") or {}
         try:
-            return cls(int(hnsw["ef_construction"]), int(hnsw["ef_search"]), int(hnsw["max_neighbors"]), str(hnsw.get("space", "l2")))
+            return cls(
+                int(hnsw["ef_construction"]),
+                int(hnsw["ef_search"]),
+                int(hnsw["max_neighbors"]),
+                str(hnsw.get("space", "l2")),
+            )
         except (KeyError, TypeError, ValueError):
             return None
 
@@ -69,7 +82,9 @@ class HnswSettings:
 def describe_changes(old: HnswSettings | None, new: HnswSettings) -> str:
     if old is None:
         return "unknown before"
-    return ", ".join(f"{k} {getattr(old, k)} -> {getattr(new, k)}" for k in asdict(new) if getattr(old, k) != getattr(new, k))
+    return ", ".join(
+        f"{k} {getattr(old, k)} -> {getattr(new, k)}" for k in asdict(new) if getattr(old, k) != getattr(new, k)
+    )
 
 
 # --- connecting ----------------------------------------------------------------------------------
@@ -86,7 +101,9 @@ class StoreTarget:
         return self.host is not None
 
     def describe(self) -> str:
-        return f"Chroma server http://{self.host}:{self.port}" if self.is_server else f"embedded Chroma store {self.path}"
+        return (
+            f"Chroma server http://{self.host}:{self.port}" if self.is_server else f"embedded Chroma store {self.path}"
+        )
 
 
 def _settings():
@@ -95,13 +112,19 @@ def _settings():
     return Settings(anonymized_telemetry=False)
 
 
-def connect(target: StoreTarget, *, create: bool = True):
+def connect(
+    target: StoreTarget, *, create: bool = True, rebuild_damaged: bool = False, echo: Callable[[str], None] = print
+):
     """A Chroma client for ``target``. ``create=False`` refuses an embedded path that holds no store
-    (scoring or querying a store that was never written is a mistake, not an empty result)."""
+    (scoring or querying a store that was never written is a mistake, not an empty result).
+
+    A damaged embedded store (a truncated or overwritten ``chroma.sqlite3``) is a :class:`JobError`
+    naming it and the fix; with ``rebuild_damaged`` (``rag-eval index --force``) its file is checked
+    first (SQLite ``quick_check``) and a damaged store is moved aside, never deleted, and started afresh."""
     import chromadb
 
     if target.is_server:
-        with server_errors(target):
+        with store_errors(target):
             try:
                 client = chromadb.HttpClient(host=target.host, port=int(target.port), settings=_settings())
                 client.heartbeat()
@@ -110,14 +133,31 @@ def connect(target: StoreTarget, *, create: bool = True):
         return client
     path = Path(target.path).expanduser()
     if path.exists() and not path.is_dir():
-        raise JobError(f"--chroma-path {path} is a file; a Chroma store is a folder.", "pass a folder (it is created if missing).")
-    if not create and not (path / "chroma.sqlite3").is_file():
         raise JobError(
-            f"There is no Chroma store at {path} (no chroma.sqlite3).",
+            f"--chroma-path {path} is a file; a Chroma store is a folder.", "pass a folder (it is created if missing)."
+        )
+    if not create and not (path / SQLITE_FILE).is_file():
+        raise JobError(
+            f"There is no Chroma store at {path} (no {SQLITE_FILE}).",
             "run `rag-eval index` first, or point --chroma-path (or --chroma-host/--chroma-port) at the store you indexed into.",
         )
-    path.mkdir(parents=True, exist_ok=True)
-    return chromadb.PersistentClient(path=str(path), settings=_settings())
+    try:
+        if rebuild_damaged:
+            check_sqlite(path)
+        path.mkdir(parents=True, exist_ok=True)
+        return chromadb.PersistentClient(path=str(path), settings=_settings())
+    except Exception as exc:
+        if not is_damage(exc):
+            raise
+        forget_client(path)
+        if not rebuild_damaged:
+            raise damaged_store(path, exc) from None
+        aside = move_aside(path)
+        echo(
+            f"index: the Chroma store at {path} is damaged ({_reason(exc)}); moved it aside to {aside} (not deleted), indexing afresh"
+        )
+        path.mkdir(parents=True)
+        return chromadb.PersistentClient(path=str(path), settings=_settings())
 
 
 def _unreachable(target: StoreTarget, exc: BaseException) -> JobError:
@@ -130,10 +170,19 @@ def _unreachable(target: StoreTarget, exc: BaseException) -> JobError:
 
 
 @contextlib.contextmanager
-def server_errors(target: StoreTarget) -> Iterator[None]:
-    """Turn a lost connection to a Chroma server (at any step) into a JobError that names it."""
+def store_errors(target: StoreTarget) -> Iterator[None]:
+    """Turn the store's failures the user can act on into JobErrors that name it: a lost connection
+    to a Chroma server (at any step), or an embedded store whose SQLite file turns out damaged."""
     if not target.is_server:
-        yield
+        try:
+            yield
+        except JobError:
+            raise
+        except Exception as exc:
+            if is_damage(exc):
+                forget_client(Path(target.path).expanduser())
+                raise damaged_store(Path(target.path).expanduser(), exc) from None
+            raise
         return
     import httpx
 
@@ -141,6 +190,76 @@ def server_errors(target: StoreTarget) -> Iterator[None]:
         yield
     except (httpx.TransportError, ConnectionError) as exc:
         raise _unreachable(target, exc) from None
+
+
+# --- a damaged embedded store ------------------------------------------------------------------------
+SQLITE_FILE = "chroma.sqlite3"
+DAMAGED_SUFFIX = ".damaged-"
+# SQLite's SQLITE_CORRUPT (11) and SQLITE_NOTADB (26), as sqlite3 and Chroma's Rust bindings word them.
+_DAMAGE_MARKERS = ("database disk image is malformed", "file is not a database", "(code: 11)", "(code: 26)")
+
+
+def is_damage(exc: BaseException) -> bool:
+    """Is this error a damaged SQLite file (Chroma's InternalError or sqlite3's DatabaseError)?"""
+    import sqlite3
+
+    from chromadb.errors import InternalError
+
+    return isinstance(exc, (InternalError, sqlite3.DatabaseError)) and any(m in str(exc) for m in _DAMAGE_MARKERS)
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return text.removeprefix("error returned from database: ")
+
+
+def damaged_store(path: Path, exc: BaseException) -> JobError:
+    return JobError(
+        f"The Chroma store at {path} is damaged ({path / SQLITE_FILE}: {_reason(exc)}); it cannot be read.",
+        f"rebuild it with `rag-eval index --force` and the same --model and --chroma-path (it moves the damaged store "
+        f"aside to {path}{DAMAGED_SUFFIX}<time>, keeping it, and indexes afresh), or restore {path} from a backup.",
+    )
+
+
+def check_sqlite(path: Path) -> None:
+    """Raise sqlite3.DatabaseError if the store's SQLite file fails SQLite's own ``quick_check``."""
+    import sqlite3
+
+    db = Path(path) / SQLITE_FILE
+    if not db.is_file():
+        return
+    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        rows = [r[0] for r in con.execute("PRAGMA quick_check").fetchall()]
+    finally:
+        con.close()
+    if rows != ["ok"]:
+        raise sqlite3.DatabaseError(f"database disk image is malformed (quick_check: {'; '.join(map(str, rows[:3]))})")
+
+
+def forget_client(path: Path) -> None:
+    """Drop Chroma's per-process cache of the client for ``path``: a client that failed to start stays
+    cached and would be handed out again, even for a new store at the same path."""
+    from chromadb.api.shared_system_client import SharedSystemClient
+
+    for key in {str(path), str(Path(path).resolve())}:
+        system = SharedSystemClient._identifier_to_system.pop(key, None)
+        SharedSystemClient._identifier_to_refcount.pop(key, None)
+        if system is not None:
+            with contextlib.suppress(Exception):
+                system.stop()
+
+
+def move_aside(path: Path) -> Path:
+    """Rename a damaged store to ``<path>.damaged-<UTC time>`` beside it (a new name if that exists)."""
+    stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    aside = path.with_name(f"{path.name}{DAMAGED_SUFFIX}{stamp}")
+    n = 1
+    while aside.exists():
+        n += 1
+        aside = path.with_name(f"{path.name}{DAMAGED_SUFFIX}{stamp}-{n}")
+    path.rename(aside)
+    return aside
 
 
 # --- names and metadata ----------------------------------------------------------------------------
@@ -160,7 +279,10 @@ def model_slug(key: str) -> str:
 
 def check_prefix(prefix: str) -> None:
     if not re.fullmatch(r"[a-zA-Z0-9][a-zA-Z0-9._-]{0,63}", prefix):
-        raise JobError(f"Collection prefix {prefix!r} is not allowed.", "use letters, digits, '.', '_' or '-', starting with a letter or digit.")
+        raise JobError(
+            f"Collection prefix {prefix!r} is not allowed.",
+            "use letters, digits, '.', '_' or '-', starting with a letter or digit.",
+        )
 
 
 def collection_name(prefix: str, model_key: str, dim: int) -> str:
@@ -304,9 +426,14 @@ def write_collection(
     leftover = get_collection(client, staging)
     if leftover is not None:
         if "rag_eval" not in (leftover.metadata or {}) and not force:
-            raise JobError(f"A foreign collection named {staging} is in the way.", "pass --force to replace it, or use another --collection-prefix.")
+            raise JobError(
+                f"A foreign collection named {staging} is in the way.",
+                "pass --force to replace it, or use another --collection-prefix.",
+            )
         client.delete_collection(staging)
-    col = client.create_collection(staging, configuration=settings.configuration(), metadata=metadata, embedding_function=None)
+    col = client.create_collection(
+        staging, configuration=settings.configuration(), metadata=metadata, embedding_function=None
+    )
     try:
         batch = max(1, int(client.get_max_batch_size()))
         for s in range(0, len(ids), batch):
@@ -319,7 +446,10 @@ def write_collection(
             if progress:
                 progress(e - s)
         if col.count() != len(ids):
-            raise JobError(f"Chroma holds {col.count()} of the {len(ids)} vectors written to {staging}.", "re-run the index command.")
+            raise JobError(
+                f"Chroma holds {col.count()} of the {len(ids)} vectors written to {staging}.",
+                "re-run the index command.",
+            )
     except BaseException:
         with contextlib.suppress(Exception):
             client.delete_collection(staging)
@@ -358,7 +488,9 @@ def _dir_bytes(path: Path) -> int:
 _EMPTY_STORE_BYTES: int | None = None
 
 
-def footprint_bytes(ids: Sequence[str], vectors: np.ndarray, documents: Sequence[str | None], settings: HnswSettings) -> int:
+def footprint_bytes(
+    ids: Sequence[str], vectors: np.ndarray, documents: Sequence[str | None], settings: HnswSettings
+) -> int:
     """Bytes on disk that this collection takes in an embedded Chroma store (SQLite: log, records,
     documents; HNSW files), measured by writing it alone into a fresh store and subtracting an empty
     store's size. Works the same whether the real collection lives embedded or on a server."""
@@ -375,7 +507,11 @@ def footprint_bytes(ids: Sequence[str], vectors: np.ndarray, documents: Sequence
         docs = None if all(d is None for d in documents) else [d or "" for d in documents]
         batch = max(1, int(client.get_max_batch_size()))
         for s in range(0, len(ids), batch):
-            col.add(ids=list(ids[s : s + batch]), embeddings=vectors[s : s + batch], documents=docs[s : s + batch] if docs else None)
+            col.add(
+                ids=list(ids[s : s + batch]),
+                embeddings=vectors[s : s + batch],
+                documents=docs[s : s + batch] if docs else None,
+            )
         return max(0, _dir_bytes(root / "one") - _EMPTY_STORE_BYTES)
     finally:
         shutil.rmtree(root, ignore_errors=True)

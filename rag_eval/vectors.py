@@ -10,8 +10,8 @@ truncation. The encoders are the ones the job's evaluator uses (``encode_query``
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -32,11 +32,15 @@ def _encode(fn, texts: Sequence[str], prompt: str | None, batch_size: int, progr
     return np.asarray(emb, dtype=np.float32)
 
 
-def encode_passages(model, texts: Sequence[str], prompt: str | None = None, batch_size: int = 64, progress: bool = False) -> np.ndarray:
+def encode_passages(
+    model, texts: Sequence[str], prompt: str | None = None, batch_size: int = 64, progress: bool = False
+) -> np.ndarray:
     return _encode(model.encode_document, texts, prompt, batch_size, progress)
 
 
-def encode_queries(model, texts: Sequence[str], prompt: str | None = None, batch_size: int = 64, progress: bool = False) -> np.ndarray:
+def encode_queries(
+    model, texts: Sequence[str], prompt: str | None = None, batch_size: int = 64, progress: bool = False
+) -> np.ndarray:
     return _encode(model.encode_query, texts, prompt, batch_size, progress)
 
 

@@ -72,7 +72,9 @@ HAND_QRELS = {"q0": {"d2": 1}, "q1": {"d4": 1}, "q2": {"d1": 1, "d3": 1}}
 def hand_data(qrels=None) -> tuple[IRData, TableModel]:
     corpus = {cid: f"passage {cid}" for cid in CORPUS_VECTORS}
     queries = {qid: f"question {qid}" for qid in QUERY_VECTORS}
-    table = {f"passage {k}": v for k, v in CORPUS_VECTORS.items()} | {f"question {k}": v for k, v in QUERY_VECTORS.items()}
+    table = {f"passage {k}": v for k, v in CORPUS_VECTORS.items()} | {
+        f"question {k}": v for k, v in QUERY_VECTORS.items()
+    }
     return IRData(corpus, queries, qrels or HAND_QRELS), TableModel(table)
 
 
@@ -129,7 +131,11 @@ def tiny_run_dir(tmp_path_factory, tiny_model_path):
     perturbed_copy(tiny_model_path, rd.model)
     write_json(
         rd.model / "training.json",
-        {"base_model": str(tiny_model_path), "dims": [32, 16, 8], "fingerprint": {"query_prompt": None, "passage_prompt": None}},
+        {
+            "base_model": str(tiny_model_path),
+            "dims": [32, 16, 8],
+            "fingerprint": {"query_prompt": None, "passage_prompt": None},
+        },
     )
     write_beir(rd.ir("test"), tiny_ir(), "test")
     (rd.root / "data").mkdir()
@@ -186,5 +192,7 @@ def make_serve_run(root: Path, tiny_run: Path, *, report: bool = True) -> Path:
         dims = training["dims"]
         base = evaluate_model(load_model(training["base_model"]), ir, dims, "base")
         tuned = evaluate_model(load_model(str(rd.model)), ir, dims, "tuned")
-        write_report(rd.report, base, tuned, {"model": str(rd.model), "test_queries": len(queries), "corpus_size": len(corpus)})
+        write_report(
+            rd.report, base, tuned, {"model": str(rd.model), "test_queries": len(queries), "corpus_size": len(corpus)}
+        )
     return run

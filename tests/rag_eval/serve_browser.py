@@ -65,6 +65,16 @@ def requested_urls(d) -> list[str]:
     return urls
 
 
+def response_status(d, url: str) -> int | None:
+    """The HTTP status of the last response for ``url`` in Chrome's performance log."""
+    status = None
+    for entry in d.get_log("performance"):
+        message = json.loads(entry["message"])["message"]
+        if message["method"] == "Network.responseReceived" and message["params"]["response"]["url"] == url:
+            status = message["params"]["response"]["status"]
+    return status
+
+
 # --- page actions ----------------------------------------------------------------------------------
 def wait(d, condition, timeout: float = 30):
     from selenium.webdriver.support.ui import WebDriverWait

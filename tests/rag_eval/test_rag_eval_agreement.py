@@ -20,26 +20,38 @@ from __future__ import annotations
 import math
 
 import pytest
+from rag_eval_helpers import hand_data, loaded
 
 from job.evaluation import evaluate_model
 from rag_eval import store
 from rag_eval.indexing import index_models
 from rag_eval.scoring import ScoreOptions, score_models
-from rag_eval_helpers import hand_data, loaded
 
 G = 1 / math.log2(3)  # the gain of a hit at rank 2
 EXPECTED = {
-    4: {"ndcg@10": (G + 1 + 1) / 3, "mrr@10": (1 / 2 + 1 + 1) / 3, "map@100": (1 / 2 + 1 + 1) / 3, "recall@1": (0 + 1 + 1 / 2) / 3, "recall@3": 1.0},
-    2: {"ndcg@10": (G + G + 1) / 3, "mrr@10": (1 / 2 + 1 / 2 + 1) / 3, "map@100": (1 / 2 + 1 / 2 + 1) / 3, "recall@1": (0 + 0 + 1 / 2) / 3, "recall@3": 1.0},
+    4: {
+        "ndcg@10": (G + 1 + 1) / 3,
+        "mrr@10": (1 / 2 + 1 + 1) / 3,
+        "map@100": (1 / 2 + 1 + 1) / 3,
+        "recall@1": (0 + 1 + 1 / 2) / 3,
+        "recall@3": 1.0,
+    },
+    2: {
+        "ndcg@10": (G + G + 1) / 3,
+        "mrr@10": (1 / 2 + 1 / 2 + 1) / 3,
+        "map@100": (1 / 2 + 1 / 2 + 1) / 3,
+        "recall@1": (0 + 0 + 1 / 2) / 3,
+        "recall@3": 1.0,
+    },
 }
 FAST = ScoreOptions(latency_samples=5, batch_queries=2, measure_disk=False)
 
 
-def _index_and_score(tmp_path, data, model, dims=(4, 2), settings=store.HnswSettings()):
+def _index_and_score(tmp_path, data, model, dims=(4, 2), settings=None):
     target = store.StoreTarget(path=tmp_path / "chroma")
     client = store.connect(target)
     m = loaded(model)
-    index_models(client, [m], data, "hand", list(dims), settings, echo=lambda _: None)
+    index_models(client, [m], data, "hand", list(dims), settings or store.HnswSettings(), echo=lambda _: None)
     return score_models(client, target, [m], data, list(dims), opts=FAST, echo=lambda _: None)
 
 
@@ -75,6 +87,8 @@ def test_graded_qrels_give_graded_ndcg_and_are_judged_against_exact_search(tmp_p
         row = result["models"]["fine-tuned"]["dims"][str(dim)]
         assert row["chroma"]["ndcg@10"] == pytest.approx((q0 + q1 + q2) / 3, abs=1e-6)
         assert row["exact"]["ndcg@10"] == pytest.approx((q0 + q1 + q2) / 3, abs=1e-6)
-        assert row["evaluator"]["ndcg@10"] == pytest.approx(EXPECTED[dim]["ndcg@10"], abs=1e-6)  # binary: grade 2 counts as 1
+        assert row["evaluator"]["ndcg@10"] == pytest.approx(
+            EXPECTED[dim]["ndcg@10"], abs=1e-6
+        )  # binary: grade 2 counts as 1
         assert row["chroma"]["recall@1"] == pytest.approx(EXPECTED[dim]["recall@1"], abs=1e-6)
         assert row["ndcg_delta"] == pytest.approx(0.0, abs=1e-6)

@@ -1,6 +1,8 @@
 """`rag-eval index|score|query` on a tiny run directory in an embedded store, and every bad input:
 one `error:` paragraph, exit code 2, no traceback, nothing lost."""
 
+# ruff: noqa: F811 - fixtures imported from rag_eval_helpers are, by design, the test functions' parameters
+
 from __future__ import annotations
 
 import io
@@ -10,9 +12,9 @@ import subprocess
 import sys
 
 import pytest
+from rag_eval_helpers import free_port, tiny_pairs, tiny_run_dir  # noqa: F401 - fixtures
 
 from rag_eval.cli import main
-from rag_eval_helpers import free_port, tiny_pairs, tiny_run_dir  # noqa: F401 - fixtures
 
 FAST_SCORE = ("--latency-samples", "10", "--batch-queries", "4")
 
@@ -53,7 +55,9 @@ def test_index_writes_one_collection_per_model_and_dim(indexed, capsys):
 
 def test_score_prints_the_per_dim_table_next_to_the_exact_numbers(indexed, tmp_path, capsys):
     run_dir, store = indexed
-    code, out, err = _run(capsys, "score", "--model", run_dir, "--chroma-path", store, "--out", tmp_path / "report", *FAST_SCORE)
+    code, out, err = _run(
+        capsys, "score", "--model", run_dir, "--chroma-path", store, "--out", tmp_path / "report", *FAST_SCORE
+    )
     assert code == 0, err
     assert "| dim | baseline Chroma | baseline exact evaluator | Δ | ANN recall@10 | fine-tuned Chroma |" in out
     assert "| 8 | fine-tuned |" in out and "bytes/vector" in out
@@ -73,7 +77,9 @@ def test_score_prints_the_per_dim_table_next_to_the_exact_numbers(indexed, tmp_p
 def test_query_shows_top_k_with_scores_and_ids(indexed, capsys):
     run_dir, store = indexed
     question = tiny_pairs()[0].question  # a test question: its passage is marked relevant
-    code, out, err = _run(capsys, "query", question, "--model", run_dir, "--chroma-path", store, "--dim", "16", "--k", "3")
+    code, out, err = _run(
+        capsys, "query", question, "--model", run_dir, "--chroma-path", store, "--dim", "16", "--k", "3"
+    )
     assert code == 0, err
     lines = out.strip().splitlines()
     assert f"Q: {question}" in lines
@@ -85,7 +91,20 @@ def test_query_shows_top_k_with_scores_and_ids(indexed, capsys):
 
 def test_query_compare_marks_what_the_fine_tuned_model_ranks_higher(indexed, capsys):
     run_dir, store = indexed
-    code, out, err = _run(capsys, "query", "dividend per share", "--model", run_dir, "--chroma-path", store, "--dim", "8", "--k", "4", "--compare")
+    code, out, err = _run(
+        capsys,
+        "query",
+        "dividend per share",
+        "--model",
+        run_dir,
+        "--chroma-path",
+        store,
+        "--dim",
+        "8",
+        "--k",
+        "4",
+        "--compare",
+    )
     assert code == 0, err
     assert "Left: fine-tuned" in out and "Right: baseline" in out
     rows = [line for line in out.splitlines() if " | " in line and line[:4].strip().rstrip(".").isdigit()]
@@ -118,7 +137,9 @@ def test_a_model_whose_dimension_does_not_match_the_collection(tiny_model_path, 
 
     model_dir, store = tmp_path / "model", tmp_path / "chroma"
     shutil.copytree(tiny_model_path, model_dir)
-    code, _, err = _run(capsys, "index", "--model", model_dir, "--data", tiny_run_dir, "--chroma-path", store, "--dims", "32,16")
+    code, _, err = _run(
+        capsys, "index", "--model", model_dir, "--data", tiny_run_dir, "--chroma-path", store, "--dims", "32,16"
+    )
     assert code == 0, err
     # the folder now holds a 16-dim model (e.g. retrained from another base into the same place)
     st = SentenceTransformer(str(tiny_model_path), device="cpu")
@@ -127,14 +148,18 @@ def test_a_model_whose_dimension_does_not_match_the_collection(tiny_model_path, 
     narrower.save(str(model_dir))
     code, _, err = _run(capsys, "query", "x", "--model", model_dir, "--chroma-path", store, "--dim", "16")
     _clean_failure(code, err, "makes 16-dim embeddings", "was indexed from a 32-dim model")
-    code, _, err = _run(capsys, "index", "--model", model_dir, "--data", tiny_run_dir, "--chroma-path", store, "--dims", "32")
+    code, _, err = _run(
+        capsys, "index", "--model", model_dir, "--data", tiny_run_dir, "--chroma-path", store, "--dims", "32"
+    )
     _clean_failure(code, err, "Dims [32] are larger than the embedding dimension", "(16)")
 
 
 def test_missing_run_directory_data_file_and_store(tiny_run_dir, tmp_path, capsys):
     code, _, err = _run(capsys, "index", "--model", tmp_path / "runs" / "nope", "--chroma-path", tmp_path / "c")
     _clean_failure(code, err, "nope does not exist")
-    code, _, err = _run(capsys, "index", "--model", tiny_run_dir, "--data", tmp_path / "missing.jsonl", "--chroma-path", tmp_path / "c")
+    code, _, err = _run(
+        capsys, "index", "--model", tiny_run_dir, "--data", tmp_path / "missing.jsonl", "--chroma-path", tmp_path / "c"
+    )
     _clean_failure(code, err, "Evaluation data", "missing.jsonl does not exist")
     code, _, err = _run(capsys, "score", "--model", tiny_run_dir, "--chroma-path", tmp_path / "empty")
     _clean_failure(code, err, "There is no Chroma store at", "rag-eval index")
@@ -142,11 +167,15 @@ def test_missing_run_directory_data_file_and_store(tiny_run_dir, tmp_path, capsy
 
 
 def test_unreachable_server_names_host_and_port_without_a_traceback(tiny_run_dir, free_port, capsys):
-    code, _, err = _run(capsys, "score", "--model", tiny_run_dir, "--chroma-host", "127.0.0.1", "--chroma-port", free_port)
+    code, _, err = _run(
+        capsys, "score", "--model", tiny_run_dir, "--chroma-host", "127.0.0.1", "--chroma-port", free_port
+    )
     _clean_failure(code, err, f"Cannot reach the Chroma server at 127.0.0.1:{free_port}", "chroma run --host 127.0.0.1")
 
 
-def test_a_foreign_collection_under_the_same_name_is_refused_unless_forced(tiny_model_path, tiny_run_dir, tmp_path, capsys):
+def test_a_foreign_collection_under_the_same_name_is_refused_unless_forced(
+    tiny_model_path, tiny_run_dir, tmp_path, capsys
+):
     from rag_eval import store
     from rag_eval.sources import resolve_models
 
@@ -154,7 +183,9 @@ def test_a_foreign_collection_under_the_same_name_is_refused_unless_forced(tiny_
     client = store.connect(store.StoreTarget(path=store_path))
     key = resolve_models(str(tiny_model_path)).models[0].key
     name = store.collection_name(store.DEFAULT_PREFIX, key, 8)
-    client.create_collection(name, metadata={"app": "prod"}, embedding_function=None).add(ids=["a"], embeddings=[[0.0] * 8])
+    client.create_collection(name, metadata={"app": "prod"}, embedding_function=None).add(
+        ids=["a"], embeddings=[[0.0] * 8]
+    )
     args = ("index", "--model", tiny_model_path, "--data", tiny_run_dir, "--chroma-path", store_path, "--dims", "8")
     code, _, err = _run(capsys, *args)
     _clean_failure(code, err, f"A foreign collection named {name} already exists", "--force")
@@ -167,29 +198,40 @@ def test_a_foreign_collection_under_the_same_name_is_refused_unless_forced(tiny_
 def test_bad_flags_are_clear_errors(tiny_run_dir, tmp_path, capsys):
     code, _, err = _run(capsys, "index", "--model", tiny_run_dir, "--dims", "32,x", "--chroma-path", tmp_path / "c")
     _clean_failure(code, err, "--dims '32,x' is not a comma-separated list of integers")
-    code, _, err = _run(capsys, "query", "x", "--model", tiny_run_dir, "--chroma-path", tmp_path / "c", "--chroma-host", "h")
+    code, _, err = _run(
+        capsys, "query", "x", "--model", tiny_run_dir, "--chroma-path", tmp_path / "c", "--chroma-host", "h"
+    )
     _clean_failure(code, err, "Both --chroma-path and --chroma-host")
-    code, _, err = _run(capsys, "query", "x", "--model", tiny_run_dir / "model", "--compare", "--chroma-path", tmp_path / "c")
+    code, _, err = _run(
+        capsys, "query", "x", "--model", tiny_run_dir / "model", "--compare", "--chroma-path", tmp_path / "c"
+    )
     _clean_failure(code, err, "--compare needs two models")
 
 
 def test_python_dash_m_runs_the_same_command_line():
-    done = subprocess.run([sys.executable, "-m", "rag_eval", "--help"], capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        [sys.executable, "-m", "rag_eval", "--help"], capture_output=True, text=True, timeout=60, check=False
+    )
     assert done.returncode == 0
     for command in ("index", "score", "query"):
         assert command in done.stdout
 
 
 def test_graded_beir_folder_and_pairs_file_as_evaluation_data(tiny_model_path, tmp_path, capsys):
-    from job.data import IRData, write_beir
     from rag_eval_helpers import tiny_ir
 
+    from job.data import IRData, write_beir
+
     ir = tiny_ir()
-    graded = IRData(ir.corpus, ir.queries, {q: {d: 2 if i % 2 else 1 for d in docs} for i, (q, docs) in enumerate(ir.qrels.items())})
+    graded = IRData(
+        ir.corpus, ir.queries, {q: {d: 2 if i % 2 else 1 for d in docs} for i, (q, docs) in enumerate(ir.qrels.items())}
+    )
     write_beir(tmp_path / "beir", graded, "test")
     common = ("--model", tiny_model_path, "--chroma-path", tmp_path / "chroma", "--dims", "16")
     assert main(["index", *map(str, common), "--data", str(tmp_path / "beir")]) == 0
-    code, out, err = _run(capsys, "score", *common, "--data", tmp_path / "beir", "--out", tmp_path / "r", *FAST_SCORE, "--no-disk-size")
+    code, out, err = _run(
+        capsys, "score", *common, "--data", tmp_path / "beir", "--out", tmp_path / "r", *FAST_SCORE, "--no-disk-size"
+    )
     assert code == 0, err
     payload = json.loads((tmp_path / "r" / "metrics.json").read_text())
     assert payload["data"]["graded"] and payload["reference"] == "exact" and payload["agreement"]["ok"]
@@ -199,6 +241,83 @@ def test_graded_beir_folder_and_pairs_file_as_evaluation_data(tiny_model_path, t
     pairs = tmp_path / "pairs.jsonl"
     pairs.write_text("".join(json.dumps({"question": p.question, "context": p.passage}) + "\n" for p in tiny_pairs()))
     # the same corpus from a pairs file: same fingerprint, so the collections built from the BEIR folder serve it
-    code, out, err = _run(capsys, "score", *common, "--data", pairs, "--out", tmp_path / "r2", *FAST_SCORE, "--no-disk-size")
+    code, out, err = _run(
+        capsys, "score", *common, "--data", pairs, "--out", tmp_path / "r2", *FAST_SCORE, "--no-disk-size"
+    )
     assert code == 0, err
     assert json.loads((tmp_path / "r2" / "metrics.json").read_text())["data"]["queries"] == 24
+
+
+def test_a_damaged_store_is_named_with_the_fix_and_index_force_rebuilds_it(tiny_run_dir, tmp_path, capsys):
+    from rag_eval import store
+
+    chroma = tmp_path / "chroma"
+    common = ("--model", tiny_run_dir, "--chroma-path", chroma)
+    assert main(["index", *map(str, common), "--dims", "16,8"]) == 0
+    capsys.readouterr()
+    store.forget_client(chroma)  # as a new process would: no client of the healthy store cached
+    db = chroma / "chroma.sqlite3"
+    with db.open("r+b") as fh:  # really truncated, as by a full disk or a copy cut short
+        fh.truncate(db.stat().st_size // 2)
+    damaged_bytes = db.read_bytes()
+    for args in (
+        ("query", "tax rate", *common, "--dims", "8"),
+        ("score", *common, "--no-disk-size"),
+        ("index", *common, "--dims", "8"),
+    ):
+        code, _, err = _run(capsys, *args)
+        _clean_failure(
+            code,
+            err,
+            f"The Chroma store at {chroma} is damaged",
+            "database disk image is malformed",
+            "rag-eval index --force",
+        )
+        assert "unexpected" not in err and db.read_bytes() == damaged_bytes  # nothing touched
+    code, out, err = _run(capsys, "index", *common, "--dims", "8", "--force")
+    assert code == 0, err
+    asides = list(tmp_path.glob("chroma.damaged-*"))
+    assert (
+        len(asides) == 1 and (asides[0] / "chroma.sqlite3").read_bytes() == damaged_bytes
+    )  # moved aside, never deleted
+    assert f"index: the Chroma store at {chroma} is damaged" in out and f"moved it aside to {asides[0]}" in out
+    code, out, err = _run(capsys, "query", "tax rate", *common, "--dims", "8", "-k", "2")
+    assert code == 0, err
+    assert "dim 8, top 2" in out
+
+
+def test_query_takes_dims_and_k_like_the_other_commands(indexed, capsys):
+    run_dir, store_path = indexed
+    code, out, err = _run(
+        capsys, "query", "tax rate", "--model", run_dir, "--chroma-path", store_path, "--dims", "16,8", "-k", "2"
+    )
+    assert code == 0, err
+    assert "dim 16, top 2:" in out and "dim 8, top 2:" in out  # one answer per dim
+    code, out, err = _run(
+        capsys, "query", "tax rate", "--model", run_dir, "--chroma-path", store_path, "--dim", "8", "--k", "2"
+    )
+    assert code == 0 and "dim 8, top 2:" in out  # the old spelling still works
+    code, _, err = _run(
+        capsys, "query", "x", "--model", run_dir, "--chroma-path", store_path, "--dim", "8", "--dims", "16"
+    )
+    _clean_failure(code, err, "Both --dim and --dims are given")
+    for command in ("index", "score", "query", "serve"):
+        done = subprocess.run(
+            [sys.executable, "-m", "rag_eval", command, "--help"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert "--dims DIMS" in done.stdout, command
+        if command in ("query", "serve"):
+            assert "-k, --k INTEGER" in done.stdout, command
+
+
+def test_compare_with_no_baseline_says_which_flag_to_drop(indexed, capsys):
+    run_dir, store_path = indexed
+    code, _, err = _run(
+        capsys, "query", "x", "--model", run_dir, "--chroma-path", store_path, "--compare", "--no-baseline"
+    )
+    _clean_failure(code, err, "--compare and --no-baseline contradict each other", "drop --no-baseline")
+    assert "pass a run directory" not in err

@@ -6,12 +6,12 @@ import math
 
 import numpy as np
 import pytest
+from rag_eval_helpers import TableModel
 
 from job.data import IRData
 from job.evaluation import evaluate_model
 from rag_eval import metrics
 from rag_eval.vectors import truncate_normalise
-from rag_eval_helpers import TableModel
 
 L2, L3, L4, L5 = (math.log2(n) for n in (2, 3, 4, 5))
 
@@ -93,7 +93,9 @@ def test_exact_search_metrics_equal_the_evaluator_on_random_binary_data():
     data = IRData(corpus, queries, qrels)
     exact = evaluate_model(TableModel(table), data, [8, 4], "t")
     for dim in (8, 4):
-        ranked = metrics.exact_search(truncate_normalise(query_v, dim), truncate_normalise(corpus_v, dim), list(corpus), 100)
+        ranked = metrics.exact_search(
+            truncate_normalise(query_v, dim), truncate_normalise(corpus_v, dim), list(corpus), 100
+        )
         ours = metrics.score_rankings(dict(zip(queries, ranked)), qrels)
         for metric in metrics.REPORTED:
             assert ours[metric] == pytest.approx(exact[dim][metric], abs=1e-6), (dim, metric)

@@ -6,6 +6,8 @@ unset (CI installs Chromium and sets REQUIRE_BROWSER=1). Screenshots go to TEST_
 (default build/test-artifacts/).
 """
 
+# ruff: noqa: F811 - fixtures imported from rag_eval_helpers are, by design, the test functions' parameters
+
 from __future__ import annotations
 
 import copy
@@ -20,13 +22,13 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-
 import serve_browser as browser
+from rag_eval_helpers import XSS_QUESTION, free_port, make_serve_run, tiny_pairs, tiny_run_dir  # noqa: F401 - fixtures
+
 from job.errors import JobError
 from rag_eval import serve, store, web
 from rag_eval.cli import main
 from rag_eval.sources import load_eval_data, resolve_models
-from rag_eval_helpers import XSS_QUESTION, free_port, make_serve_run, tiny_pairs, tiny_run_dir  # noqa: F401 - fixtures
 
 REPO = Path(__file__).resolve().parents[2]
 ARTIFACTS = Path(os.environ.get("TEST_ARTIFACTS_DIR") or REPO / "build" / "test-artifacts")
@@ -76,7 +78,9 @@ def test_bad_input_is_a_message_that_names_the_fix(service):
     for question, message in cases.items():
         with pytest.raises(JobError, match=re.escape(message)):
             service.search(question, 5, 16)
-    with pytest.raises(JobError, match=re.escape("Dim 12 is not indexed (indexed dims: 32, 16, 8). Fix: pick one of 32, 16, 8")):
+    with pytest.raises(
+        JobError, match=re.escape("Dim 12 is not indexed (indexed dims: 32, 16, 8). Fix: pick one of 32, 16, 8")
+    ):
         service.search("tax", 5, 12)
     with pytest.raises(JobError, match="Dim 'abc' is not a number"):
         service.search("tax", 5, "abc")
@@ -200,6 +204,12 @@ def test_start_up_errors_exit_2_with_the_fix(never_serves, serve_run, tiny_run_d
     err = _fails(capsys, "serve", "--model", unindexed)
     assert f"There is no Chroma store at {unindexed / 'chroma'}" in err and "run `rag-eval index` first" in err
 
+    garbage = tmp_path / "garbage-store"
+    garbage.mkdir()
+    (garbage / "chroma.sqlite3").write_bytes(b"not a database, whatever the name says\n" * 200)
+    err = _fails(capsys, "serve", "--model", serve_run, "--chroma-path", garbage)
+    assert f"The Chroma store at {garbage} is damaged" in err and "rag-eval index --force" in err
+
     err = _fails(capsys, "serve", "--model", serve_run, "--dims", "32,12")
     assert "Dim 12 is not indexed" in err and "indexed dims: 32, 16, 8" in err
 
@@ -307,7 +317,9 @@ def test_page_is_offline_and_shows_index_facts_and_quality(chrome, server, servi
     browser.wait(chrome, lambda d: _css(d, "#facts tr[data-dim]"), 60)
     time.sleep(1)
     urls = browser.requested_urls(chrome)
-    assert urls and all(u.startswith((server, "data:", "blob:")) for u in urls), [u for u in urls if not u.startswith(server)][:5]
+    assert urls and all(u.startswith((server, "data:", "blob:")) for u in urls), [
+        u for u in urls if not u.startswith(server)
+    ][:5]
     assert chrome.title == "rag-eval serve"
     assert [r.get_attribute("data-dim") for r in _css(chrome, "#facts tr[data-dim]")] == ["32", "16", "8"]
     facts = _css(chrome, "#facts")[0].text
@@ -325,11 +337,19 @@ def test_a_question_both_columns_ranks_latency_and_dims(page):
     for model in ("baseline", "fine-tuned"):
         column = _css(page, f'#results .re-col[data-model="{model}"]')
         assert column, model
-        assert [c.text for c in _css(page, f'#results .re-col[data-model="{model}"] .re-rank')] == ["1", "2", "3", "4", "5"]
+        assert [c.text for c in _css(page, f'#results .re-col[data-model="{model}"] .re-rank')] == [
+            "1",
+            "2",
+            "3",
+            "4",
+            "5",
+        ]
         moved = [c.text for c in _css(page, f'#results .re-col[data-model="{model}"] .re-moved')]
         assert len(moved) == 5 and all(re.fullmatch(r"▲\d+|▼\d+|=|▲ new|▼ out", m) for m in moved), moved
     latency = _css(page, "#results .re-latency")[0].text
-    assert re.match(r"dim 32 · top 5 · embedding \d+\.\d ms · vector store \d+\.\d ms · total \d+\.\d ms", latency), latency
+    assert re.match(r"dim 32 · top 5 · embedding \d+\.\d ms · vector store \d+\.\d ms · total \d+\.\d ms", latency), (
+        latency
+    )
     assert "dividend" in [m.text.lower() for m in _css(page, "#results mark")]
     assert "Q: dividend per share" in results.text
     for dim in (8, 16):
@@ -353,7 +373,10 @@ def test_a_held_out_question_marks_the_relevant_passage_at_each_dim(page, servic
             rank = column.relevant_rank
             want = f"✓ hit: relevant passage at #{rank}" if rank and rank <= 5 else "✗ miss"
             assert shown.startswith(want), (dim, column.label, shown)
-            marked = [r.get_attribute("data-id") for r in _css(page, f'#results .re-col[data-model="{column.label}"] .re-row.re-relevant')]
+            marked = [
+                r.get_attribute("data-id")
+                for r in _css(page, f'#results .re-col[data-model="{column.label}"] .re-row.re-relevant')
+            ]
             assert marked == [r.id for r in column.rows if r.relevant], (dim, column.label)
             for row in _css(page, f'#results .re-col[data-model="{column.label}"] .re-row.re-relevant'):
                 assert "✓ relevant" in row.text
@@ -370,7 +393,9 @@ def test_passage_html_shows_as_text_and_never_runs(page):
     assert page.execute_script("return window.__xss === undefined")
     assert not _css(page, "#results script") and not _css(page, "#results img") and not _css(page, "#results b")
     text = results.text
-    assert '<script>alert(1)</script><img src=x onerror="window.__xss=1"> <b>bold</b> ${7*7} {{constructor}} &amp;' in text
+    assert (
+        '<script>alert(1)</script><img src=x onerror="window.__xss=1"> <b>bold</b> ${7*7} {{constructor}} &amp;' in text
+    )
 
 
 def test_bad_input_shows_a_message_on_the_page(page):
@@ -385,15 +410,14 @@ def test_bad_input_shows_a_message_on_the_page(page):
 def test_basic_auth_page(browser_ok, serve_run, tmp_path):
     import base64
 
-    from selenium.webdriver.common.by import By
-
     log_path = tmp_path / "server.log"
     proc, url, log = _start_server(serve_run, log_path, {web.AUTH_ENV: "demo:s3cret"})
     try:
         d = browser.driver()
         try:
-            d.get(url)
-            assert "401" in d.find_element(By.TAG_NAME, "body").text and not _css(d, "#question")
+            d.get(url)  # Chrome answers a 401 with its login prompt: no page
+            time.sleep(1)
+            assert browser.response_status(d, url) == 401 and not _css(d, "#question")
         finally:
             d.quit()
         d = browser.driver(headers={"Authorization": "Basic " + base64.b64encode(b"demo:s3cret").decode()})

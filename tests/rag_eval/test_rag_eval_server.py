@@ -1,5 +1,7 @@
 """A real Chroma server on a free loopback port, started and stopped by the test, used through HttpClient."""
 
+# ruff: noqa: F811 - fixtures imported from rag_eval_helpers are, by design, the test functions' parameters
+
 from __future__ import annotations
 
 import json
@@ -10,9 +12,9 @@ import time
 from pathlib import Path
 
 import pytest
+from rag_eval_helpers import free_port, tiny_run_dir  # noqa: F401 - fixtures
 
 from rag_eval.cli import main
-from rag_eval_helpers import free_port, tiny_run_dir  # noqa: F401 - fixtures
 
 CHROMA = Path(sys.executable).with_name("chroma")
 
@@ -33,7 +35,9 @@ def chroma_server(tmp_path, free_port):
     deadline = time.monotonic() + 30
     while True:
         try:
-            chromadb.HttpClient(host="127.0.0.1", port=free_port, settings=Settings(anonymized_telemetry=False)).heartbeat()
+            chromadb.HttpClient(
+                host="127.0.0.1", port=free_port, settings=Settings(anonymized_telemetry=False)
+            ).heartbeat()
             break
         except Exception:  # noqa: BLE001 - not up yet
             if proc.poll() is not None or time.monotonic() > deadline:
@@ -58,7 +62,22 @@ def test_index_score_query_through_a_chroma_server(chroma_server, tiny_run_dir, 
     assert f"-> Chroma server http://127.0.0.1:{port}" in out.strip().splitlines()[-1]
 
     report = tmp_path / "report"
-    code = main(["score", "--model", str(tiny_run_dir), "--dims", "32,8", *server, "--out", str(report), "--latency-samples", "10", "--batch-queries", "4"])
+    code = main(
+        [
+            "score",
+            "--model",
+            str(tiny_run_dir),
+            "--dims",
+            "32,8",
+            *server,
+            "--out",
+            str(report),
+            "--latency-samples",
+            "10",
+            "--batch-queries",
+            "4",
+        ]
+    )
     out, err = capsys.readouterr()
     assert code == 0, err
     payload = json.loads((report / "metrics.json").read_text())
@@ -70,7 +89,9 @@ def test_index_score_query_through_a_chroma_server(chroma_server, tiny_run_dir, 
             assert abs(row["chroma"]["ndcg@10"] - row["evaluator"]["ndcg@10"]) <= 0.002
             assert row["latency"]["single_p50_ms"] > 0
 
-    assert main(["query", "tax rate", "--model", str(tiny_run_dir), "--dim", "8", "--k", "2", "--compare", *server]) == 0
+    assert (
+        main(["query", "tax rate", "--model", str(tiny_run_dir), "--dim", "8", "--k", "2", "--compare", *server]) == 0
+    )
     out = capsys.readouterr().out
     assert "Left: fine-tuned" in out
 

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from rag_eval_helpers import hand_data, loaded
 
 from job.errors import JobError
 from rag_eval import store
 from rag_eval.indexing import index_models
 from rag_eval.scoring import ScoreOptions, open_collection, score_models
 from rag_eval.vectors import corpus_fingerprint
-from rag_eval_helpers import hand_data, loaded
 
 QUIET = {"echo": lambda _: None}
 
@@ -22,8 +22,8 @@ def setup(tmp_path):
     return store.connect(target), target, data, loaded(model)
 
 
-def _index(client, data, m, dims=(4, 2), settings=store.HnswSettings(), **kw):
-    return index_models(client, [m], data, "hand", list(dims), settings, **QUIET, **kw)
+def _index(client, data, m, dims=(4, 2), settings=None, **kw):
+    return index_models(client, [m], data, "hand", list(dims), settings or store.HnswSettings(), **QUIET, **kw)
 
 
 def _name(m, dim):
@@ -35,12 +35,22 @@ def test_collection_has_cosine_space_explicit_hnsw_and_full_metadata(setup):
     _index(client, data, m, settings=store.HnswSettings(ef_construction=150, ef_search=300, max_neighbors=24))
     col = client.get_collection(_name(m, 2))
     hnsw = col.configuration_json["hnsw"]
-    assert (hnsw["space"], hnsw["ef_construction"], hnsw["ef_search"], hnsw["max_neighbors"]) == ("cosine", 150, 300, 24)
+    assert (hnsw["space"], hnsw["ef_construction"], hnsw["ef_search"], hnsw["max_neighbors"]) == (
+        "cosine",
+        150,
+        300,
+        24,
+    )
     meta = col.metadata
     assert meta["rag_eval"] == 1 and meta["model"] == "table-model" and meta["model_fingerprint"] == "fp-table-model"
     assert (meta["dim"], meta["model_dim"], meta["corpus_size"]) == (2, 4, 5)
     assert meta["corpus_fingerprint"] == corpus_fingerprint(data.corpus)
-    assert (meta["space"], meta["ef_construction"], meta["ef_search"], meta["max_neighbors"]) == ("cosine", 150, 300, 24)
+    assert (meta["space"], meta["ef_construction"], meta["ef_search"], meta["max_neighbors"]) == (
+        "cosine",
+        150,
+        300,
+        24,
+    )
     # stored vectors are the truncated prefixes, re-normalised
     got = col.get(ids=["d4"], include=["embeddings", "documents"])
     assert np.asarray(got["embeddings"][0]) == pytest.approx([2**-0.5, 2**-0.5], abs=1e-6)
@@ -57,7 +67,15 @@ def test_no_default_embedding_function_is_ever_called(setup, monkeypatch):
     monkeypatch.setattr(DefaultEmbeddingFunction, "__call__", boom)
     client, target, data, m = setup
     _index(client, data, m)
-    score_models(client, target, [m], data, [4, 2], opts=ScoreOptions(latency_samples=2, batch_queries=2, measure_disk=False), **QUIET)
+    score_models(
+        client,
+        target,
+        [m],
+        data,
+        [4, 2],
+        opts=ScoreOptions(latency_samples=2, batch_queries=2, measure_disk=False),
+        **QUIET,
+    )
 
 
 def test_reindexing_replaces_the_collection_cleanly(setup):
@@ -146,8 +164,12 @@ def test_querying_checks_dim_model_and_corpus(setup):
 def test_footprint_grows_with_dim(setup):
     rng = np.random.default_rng(0)
     ids = [f"d{i}" for i in range(300)]
-    small = store.footprint_bytes(ids, rng.standard_normal((300, 8)).astype(np.float32), [None] * 300, store.HnswSettings())
-    large = store.footprint_bytes(ids, rng.standard_normal((300, 256)).astype(np.float32), [None] * 300, store.HnswSettings())
+    small = store.footprint_bytes(
+        ids, rng.standard_normal((300, 8)).astype(np.float32), [None] * 300, store.HnswSettings()
+    )
+    large = store.footprint_bytes(
+        ids, rng.standard_normal((300, 256)).astype(np.float32), [None] * 300, store.HnswSettings()
+    )
     assert 0 < small < large
     assert large - small > 300 * (256 - 8) * 4  # at least the raw float32 difference
 
@@ -163,6 +185,6 @@ def test_a_server_lost_midway_is_a_clear_error_naming_it():
     import httpx
 
     target = store.StoreTarget(host="10.1.2.3", port=8123)
-    with pytest.raises(JobError, match=r"Cannot reach the Chroma server at 10\.1\.2\.3:8123 \(\[Errno 111\] Connection refused\)"):
-        with store.store_errors(target):
-            raise httpx.ConnectError("[Errno 111] Connection refused")
+    refused = r"Cannot reach the Chroma server at 10\.1\.2\.3:8123 \(\[Errno 111\] Connection refused\)"
+    with pytest.raises(JobError, match=refused), store.store_errors(target):
+        raise httpx.ConnectError("[Errno 111] Connection refused")

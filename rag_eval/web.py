@@ -1,0 +1,273 @@
+"""`rag-eval serve`'s web layer: a Gradio page and a small JSON API on one FastAPI app (uvicorn).
+
+A thin layer over :mod:`rag_eval.serve` (all search logic and HTML live there). Routes:
+
+- ``/``: the Gradio page (question box, top-k, dim, held-out questions, both models side by side,
+  index facts per dim, NDCG@10 by dim);
+- ``GET /api/search?q=...&k=5&dim=128`` or ``POST /api/search`` with ``{"q": ..., "k": ..., "dim": ...}``:
+  the same answer as JSON (400 with ``{"error": ...}`` for bad input). Used by scripts and by
+  ``bench/serve_load.py``: plain HTTP, no Gradio queue or SSE in the way;
+- ``GET /api/info``: models, dims, held-out questions, index facts; ``GET /healthz``: liveness (no auth).
+
+Offline by construction: Gradio analytics are off (``GRADIO_ANALYTICS_ENABLED=False``), there is no
+share link, no server-side rendering (no Node), and the frontend and its fonts come from the gradio
+wheel. It binds 127.0.0.1 unless ``--host`` says otherwise. ``RAG_EVAL_SERVE_AUTH=user:password``
+(environment only, never argv) turns on HTTP basic auth for every route but ``/healthz``.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import os
+import secrets
+import socket
+from collections.abc import Callable
+from typing import Any
+
+from job.errors import JobError
+from rag_eval import serve
+
+AUTH_ENV = "RAG_EVAL_SERVE_AUTH"
+log = logging.getLogger("rag_eval.serve")
+
+
+def _offline_env() -> None:
+    """Set before gradio is imported: no analytics or version checks, no telemetry."""
+    os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
+    os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
+    os.environ.setdefault("GRADIO_SSR_MODE", "False")
+
+
+def check_installed() -> None:
+    try:
+        _offline_env()
+        import fastapi  # noqa: F401
+        import gradio  # noqa: F401
+        import uvicorn  # noqa: F401
+    except ImportError as exc:
+        raise JobError(
+            f"`rag-eval serve` needs Gradio, FastAPI and uvicorn, and {exc.name} is not installed.",
+            "install the serve extra: pip install -e '.[serve]' (`make` installs it with the dev extra).",
+        ) from None
+
+
+def check_port_free(host: str, port: int) -> None:
+    """Fail at start-up, before any model loads, if HOST:PORT cannot be listened on."""
+    if not 0 < port < 65536:
+        raise JobError(f"--port {port} is not a TCP port.", "pass a port between 1 and 65535.")
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        raise JobError(
+            f"--host {host} is not an address this machine can listen on ({exc.strerror}).",
+            "pass 127.0.0.1 (or 0.0.0.0 for every interface).",
+        ) from None
+    family, _, _, _, addr = infos[0]
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does
+        try:
+            s.bind(addr)
+        except OSError as exc:
+            raise JobError(
+                f"Cannot listen on {host}:{port} ({exc.strerror or exc}).",
+                "pass another --port, or stop the program that uses it.",
+            ) from None
+
+
+def auth_from_env(environ: dict[str, str] | None = None) -> tuple[str, str] | None:
+    """(user, password) from RAG_EVAL_SERVE_AUTH=user:password, or None when unset. Never echoed."""
+    value = (os.environ if environ is None else environ).get(AUTH_ENV, "")
+    if not value:
+        return None
+    user, sep, password = value.partition(":")
+    if not sep or not user or not password:
+        raise JobError(
+            f"{AUTH_ENV} is set but is not of the form user:password.",
+            f"set {AUTH_ENV}=user:password, or unset it to serve without a login.",
+        )
+    return user, password
+
+
+class BasicAuth:
+    """ASGI middleware: HTTP basic auth on every request but ``open_paths`` (constant-time compare)."""
+
+    def __init__(self, app, user: str, password: str, open_paths: tuple[str, ...] = ("/healthz",)):
+        self.app = app
+        self.expected = b"Basic " + base64.b64encode(f"{user}:{password}".encode())
+        self.open_paths = open_paths
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] not in ("http", "websocket") or scope.get("path") in self.open_paths:
+            return await self.app(scope, receive, send)
+        given = dict(scope.get("headers") or []).get(b"authorization", b"")
+        if secrets.compare_digest(given, self.expected):
+            return await self.app(scope, receive, send)
+        if scope["type"] == "websocket":
+            return await send({"type": "websocket.close", "code": 1008})
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 401,
+                "headers": [
+                    (b"www-authenticate", b'Basic realm="rag-eval serve", charset="UTF-8"'),
+                    (b"content-type", b"text/plain; charset=utf-8"),
+                ],
+            }
+        )
+        await send(
+            {"type": "http.response.body", "body": b"401: log in (rag-eval serve has RAG_EVAL_SERVE_AUTH set)\n"}
+        )
+
+
+def _answer_html(service: serve.RetrievalService, question: Any, k: Any, dim: Any) -> str:
+    try:
+        return serve.render_answer(service.search(question, k, dim))
+    except JobError as exc:
+        return serve.render_error(exc.message)
+    except Exception:
+        log.exception("search failed")
+        return serve.render_error("Unexpected error while searching; the server log has the details.")
+
+
+def build_blocks(service: serve.RetrievalService):
+    """The Gradio page: inputs on top, both models side by side, then index facts and quality by dim."""
+    _offline_env()
+    import gradio as gr
+
+    models = " vs ".join(f"{m.label} <code>{serve.esc(m.spec.ref)}</code>" for m in service.models)
+    header = (
+        f'<h2 style="margin:0">Retrieval demo: {serve.esc(service.title)}</h2>'
+        f'<div class="re-note">{models}; {serve.esc(service.target.describe())}; the models are loaded once.</div>'
+    )
+    with gr.Blocks(title="rag-eval serve", analytics_enabled=False) as blocks:
+        gr.HTML(header, js_on_load=None, elem_id="header")
+        with gr.Row():
+            question = gr.Textbox(
+                label="Question",
+                placeholder="Ask something the passages answer; Enter searches",
+                scale=5,
+                elem_id="question",
+                lines=1,
+                max_lines=4,
+            )
+            ask = gr.Button("Search", variant="primary", scale=1, elem_id="search")
+        with gr.Row():
+            dim = gr.Radio(
+                choices=service.dims, value=service.dims[0], label="Matryoshka dim (indexed)", elem_id="dim", scale=3
+            )
+            k = gr.Slider(1, serve.MAX_K, value=service.k, step=1, label="top-k", elem_id="k", scale=2)
+        heldout = gr.Dropdown(
+            choices=[text for _, text in service.questions], value=None, label=f"Held-out test questions ({len(service.questions)}): "
+            "pick one to see whether each model finds its relevant passage", elem_id="heldout", filterable=True,
+            visible=bool(service.questions),
+        )  # fmt: skip
+        results = gr.HTML(serve.render_placeholder(service), js_on_load=None, elem_id="results")
+        with gr.Accordion("Index facts by dim", open=True):
+            gr.HTML(serve.render_facts(service), js_on_load=None, elem_id="facts")
+        with gr.Accordion("Quality by dim: held-out NDCG@10, baseline and fine-tuned", open=True):
+            gr.HTML(serve.render_quality(service), js_on_load=None, elem_id="quality")
+
+        def answer(q, k_, dim_):
+            return _answer_html(service, q, k_, dim_)
+
+        def answer_if_asked(q, k_, dim_):
+            return _answer_html(service, q, k_, dim_) if str(q or "").strip() else gr.skip()
+
+        def pick(text, k_, dim_):
+            if not text:
+                return gr.skip(), gr.skip()
+            return text, _answer_html(service, text, k_, dim_)
+
+        question.submit(answer, [question, k, dim], results)
+        ask.click(answer, [question, k, dim], results)
+        dim.input(answer_if_asked, [question, k, dim], results)
+        k.release(answer_if_asked, [question, k, dim], results)
+        heldout.input(pick, [heldout, k, dim], [question, results])
+    blocks.queue(default_concurrency_limit=8)
+    return blocks
+
+
+def build_app(
+    service: serve.RetrievalService,
+    auth: tuple[str, str] | None = None,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 7860,
+    page: bool = True,
+):
+    """The FastAPI app: JSON routes first, the Gradio page mounted at / (``page=False``: JSON only)."""
+    _offline_env()
+    from fastapi import Body, FastAPI
+    from fastapi.responses import JSONResponse
+
+    app = FastAPI(title="rag-eval serve", docs_url=None, redoc_url=None, openapi_url=None)
+
+    def _search(q: Any, k: Any, dim: Any) -> JSONResponse:
+        try:
+            return JSONResponse(service.search(q, k, dim).to_dict())
+        except JobError as exc:
+            return JSONResponse({"error": exc.message}, status_code=400)
+        except Exception:
+            log.exception("search failed")
+            return JSONResponse(
+                {"error": "unexpected error while searching; the server log has the details"}, status_code=500
+            )
+
+    @app.get("/healthz")
+    def healthz() -> dict[str, bool]:
+        return {"ok": True}
+
+    @app.get("/api/info")
+    def info() -> dict[str, Any]:
+        return service.info()
+
+    @app.get("/api/search")
+    def search_get(q: str = "", k: str | None = None, dim: str | None = None):
+        return _search(q, k, dim)
+
+    @app.post("/api/search")
+    def search_post(payload: dict[str, Any] = Body(...)):  # noqa: B008 - FastAPI's idiom
+        return _search(payload.get("q"), payload.get("k"), payload.get("dim"))
+
+    if page:
+        import gradio as gr
+
+        gr.mount_gradio_app(
+            app, build_blocks(service), path="/", server_name=host, server_port=port, ssr_mode=False,
+            footer_links=["api", "settings"], css=serve.CSS, show_error=False, run_history=False,
+        )  # fmt: skip
+    if auth is not None:
+        app.add_middleware(BasicAuth, user=auth[0], password=auth[1])
+    return app
+
+
+def run(
+    service: serve.RetrievalService,
+    *,
+    host: str,
+    port: int,
+    auth: tuple[str, str] | None,
+    echo: Callable[[str], None] = print,
+) -> None:
+    """Serve until Ctrl+C or SIGTERM (uvicorn shuts down gracefully and this returns)."""
+    import uvicorn
+
+    app = build_app(service, auth, host=host, port=port)
+    shown = f"[{host}]" if ":" in host else host
+    echo(
+        f"serve: http://{shown}:{port}/ (JSON: /api/search?q=...&k={service.k}&dim={service.dims[0]}){'; basic auth on' if auth else ''}; Ctrl+C stops it"
+    )
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig, frame) -> None:
+            super().handle_exit(sig, frame)
+            # uvicorn re-raises the signal after its graceful shutdown (exit status -15 / a KeyboardInterrupt);
+            # a server stopped on purpose has done its job: return and exit 0
+            getattr(self, "_captured_signals", []).clear()
+
+    config = uvicorn.Config(
+        app, host=host, port=port, log_level="warning", access_log=False, timeout_graceful_shutdown=5, lifespan="on"
+    )
+    Server(config).run()
+    echo("serve: stopped")
