@@ -9,7 +9,7 @@ RUN_DIR ?= runs/demo
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: setup demo test lint-docker docker-smoke clean
+.PHONY: setup demo test browser lint-docker docker-smoke clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -26,6 +26,10 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+browser:  # Debian's headless Chromium + driver for the `rag-eval serve` browser tests (root; .ci/run does this)
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+	  { apt-get update && apt-get install -y chromium chromium-driver; }
 
 lint-docker: $(STAMP)   # also part of `make test` (tests/test_dockerfile.py)
 	$(VENV)/bin/hadolint Dockerfile
