@@ -30,7 +30,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from job import data as D  # noqa: E402
-from job.config import JobConfig, fingerprint_digest, resolve_config  # noqa: E402
+from job.config import MODEL_FIELDS, JobConfig, fingerprint_digest, resolve_config  # noqa: E402
 from job.evaluation import evaluate_model, evaluation_options, per_dim_metrics  # noqa: E402
 from job.models import load_model, resolve_best_dim, resolve_dims  # noqa: E402
 from job.layout import write_json  # noqa: E402
@@ -211,7 +211,9 @@ def main() -> None:
             cli["epochs"] = args.epochs
         cfg = resolve_config(cli=cli, environ={})
         config = {k: v for k, v in cfg.to_dict().items() if v != defaults[k]}
-        fingerprint = row_fingerprint(protocol, {"trained": name != "base", **cfg.to_dict()})
+        # a base row depends on the model and how it is evaluated; a trained row on everything
+        scored = cfg.fingerprint(MODEL_FIELDS + ("eval_batch_size",)) if name == "base" else cfg.to_dict()
+        fingerprint = row_fingerprint(protocol, {"trained": name != "base", **scored})
         if name in done and done[name]["fingerprint"] == fingerprint:
             log(f"{name}: already measured in {args.out}, kept")
             results.append(done[name])

@@ -10,6 +10,7 @@ Parts:
             own (row lookups in the sampler, tokenization in every batch).
   tiny      full training steps with a tiny random BERT (the host-side cost dominates).
   minilm    full training steps with all-MiniLM-L6-v2 (the bundled offline copy).
+  padding   tokens computed per epoch vs real tokens (padding) for random and length-grouped batches.
 On CUDA the model parts run on the GPU. Each prints pairs/s, the split of a step into waiting for
 data vs forward + loss + backward / optimizer / the rest, and peak host (and GPU) memory.
 --profile N adds a torch.profiler pass over N steps: the share of step time inside PyTorch
@@ -89,6 +90,48 @@ def bench_pipeline(pairs: list[D.Pair], model, batch_size: int, token_cache: boo
         "tokenize_into_cache_seconds": round(warm_s, 2),
         "pairs_per_s_by_epoch": per_epoch,
     }
+
+
+def bench_padding(pairs: list[D.Pair], model, batch_size: int, pools: list[int], seed: int = 42) -> dict:
+    """Tokens one epoch computes (each column padded to its longest text) against the real tokens,
+    for random no-duplicates batches and for length-grouped pools. Deterministic; a random training
+    passage stands in for each pair's mined negative (mining needs a model pass)."""
+    import random
+
+    import datasets
+    import numpy as np
+
+    from job.sampler import IdNoDuplicatesBatchSampler, LengthGroupedBatchSampler
+    from job.train import token_counter
+
+    rng = random.Random(seed)
+    passages = [p.passage for p in pairs]
+    columns = {"anchor": [p.question for p in pairs], "positive": passages, "negative": [rng.choice(passages) for _ in pairs]}
+    ds = datasets.Dataset.from_dict(columns)
+    limit = model.max_seq_length
+    lengths = {
+        c: np.array([min(limit, len(ids)) for ids in model.tokenizer(texts, add_special_tokens=True)["input_ids"]])
+        for c, texts in columns.items()
+    }
+    real = int(sum(v.sum() for v in lengths.values()))
+
+    def padded(sampler) -> int:
+        return int(sum(len(b) * lengths[c][b].max() for b in sampler for c in lengths))
+
+    out = {"max_seq_length": limit, "real_tokens_per_epoch": real}
+    samplers = {"random": IdNoDuplicatesBatchSampler(ds, batch_size, False, generator=torch.Generator(), seed=seed)}
+    for pool in pools:
+        for by, counter in (("tokens", token_counter(model)), ("chars", None)):
+            samplers[f"length_grouping={pool} by {by}"] = LengthGroupedBatchSampler(
+                ds, batch_size, False, generator=torch.Generator(), seed=seed, pool_batches=pool, text_lengths=counter
+            )
+    for name, sampler in samplers.items():
+        total = padded(sampler)
+        out[name] = {"computed_tokens": total, "real_share": round(real / total, 3)}
+    base = out["random"]["computed_tokens"]
+    for name in samplers:
+        out[name]["vs_random"] = round(out[name]["computed_tokens"] / base, 3)
+    return out
 
 
 def _sync() -> None:
@@ -244,6 +287,8 @@ def main() -> None:
         if part in ("pipeline", "pipeline-nocache"):
             model = load_model(args.minilm)  # its tokenizer; no forward pass is run
             res = bench_pipeline(pairs, model, args.batch_size, token_cache=part == "pipeline")
+        elif part == "padding":
+            res = bench_padding(pairs, load_model(args.minilm, max_seq_length=extra.get("max_seq_length") and int(extra["max_seq_length"])), args.batch_size, [4, 16, 64])
         elif part == "tiny":
             res = bench_training(pairs, tiny, args.batch_size, args.steps, extra, args.profile)
         elif part == "minilm":

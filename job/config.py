@@ -121,6 +121,12 @@ class JobConfig:
     epochs: float = _opt(4.0, "Training epochs.", step="train")
     max_steps: int = _opt(-1, "Stop after this many optimizer steps (-1: run all epochs).", step="train")
     batch_size: int = _opt(32, "Pairs per batch: every other passage in the batch is a negative.", step="train")
+    length_grouping: int = _opt(
+        0,
+        "Group each batch's rows by passage length (pools of N batches sorted by length, batch order shuffled) so "
+        "that little of a step is padding; 0: random no-duplicates batches.",
+        step="train",
+    )
     gradient_accumulation_steps: int = _opt(1, "Optimizer steps every N batches (does not add negatives).", step="train")
     learning_rate: float = _opt(1e-4, "Peak learning rate.", step="train")
     warmup_ratio: float = _opt(0.1, "Fraction of steps spent warming up the learning rate.", step="train")
@@ -348,6 +354,8 @@ def validate_config(cfg: JobConfig) -> None:
         raise JobError(f"hard_negatives is {cfg.hard_negatives}; it must be 0 or more.", "pass e.g. --hard-negatives 1.")
     if cfg.eval_steps is not None and cfg.eval_steps < 1:
         raise JobError(f"eval_steps is {cfg.eval_steps}; it must be at least 1.", "pass a positive --eval-steps or leave it unset.")
+    if cfg.length_grouping < 0:
+        raise JobError(f"length_grouping is {cfg.length_grouping}; it must be 0 (off) or more.", "pass e.g. --length-grouping 16.")
     positive_ints = ("batch_size", "gradient_accumulation_steps", "mini_batch_size", "eval_batch_size", "logging_steps")
     for name in positive_ints:
         if getattr(cfg, name) < 1:

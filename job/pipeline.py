@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+from job import checkpoints
 from job import data as D
 from job.layout import CARD_MARK, CHECKPOINT_FINGERPRINT, STEPS, RunDir, replace_dir, write_json
 from job.config import MODEL_FIELDS, PREPARE_FIELDS, TRAIN_FIELDS, JobConfig, fingerprint_digest
@@ -196,7 +197,7 @@ def train(
     if not distributed.inside_torchrun():
         nproc = distributed.resolve_nproc(cfg)
         if nproc > 1:
-            check_checkpoints(rd, fingerprint, resume, force)
+            check_checkpoints(rd, fingerprint, resume, force, echo=echo)
             echo(f"train: starting {nproc} processes (torchrun, DDP)")
             code = distributed.launch_training(cfg, rd.root, nproc, resume=resume, force=force)
             if code != 0:
@@ -207,10 +208,10 @@ def train(
             record = _require(rd, "train", "job train")
             _echo_train(echo, rd, record)
             return record
-        check_checkpoints(rd, fingerprint, resume, force)
+        check_checkpoints(rd, fingerprint, resume, force, echo=echo)
     elif distributed.is_main_process():
         # torchrun rank 0: the launcher already checked the checkpoints (and --force cleared them)
-        check_checkpoints(rd, fingerprint, resume=resume, force=force)
+        check_checkpoints(rd, fingerprint, resume=resume, force=force, echo=echo)
 
     model = load_model(cfg.model, max_seq_length=cfg.max_seq_length, train=True)
     dims = resolve_dims(cfg, model)
@@ -245,7 +246,9 @@ def _echo_train(echo: Echo, rd: RunDir, record: dict[str, Any]) -> None:
     )
 
 
-def check_checkpoints(rd: RunDir, fingerprint: dict[str, Any], resume: bool, force: bool, fix: str | None = None) -> None:
+def check_checkpoints(
+    rd: RunDir, fingerprint: dict[str, Any], resume: bool, force: bool, fix: str | None = None, echo: Echo = print
+) -> None:
     """Resume only checkpoints of this configuration; never discard unfinished ones without --force."""
     marker = rd.checkpoints / CHECKPOINT_FINGERPRINT
     if resume:
@@ -257,9 +260,7 @@ def check_checkpoints(rd: RunDir, fingerprint: dict[str, Any], resume: bool, for
                 fix or "resume with the original settings, or pass --force to start training afresh.",
             )
     elif rd.checkpoints.exists():
-        from job.train import last_checkpoint
-
-        if last_checkpoint(rd.checkpoints) is not None and not force:
+        if checkpoints.newest(rd.checkpoints) is not None and not force:
             old = json.loads(marker.read_text()) if marker.is_file() else {}
             changed = changed_fields(old, fingerprint) if old else []
             what = f"made with a different configuration (changed: {', '.join(changed)})" if changed else "of an earlier, unfinished training run"
@@ -269,7 +270,14 @@ def check_checkpoints(rd: RunDir, fingerprint: dict[str, Any], resume: bool, for
                 or "pass --force to discard them and start afresh (`job train --resume` continues a run with its "
                 "original settings).",
             )
-        shutil.rmtree(rd.checkpoints)
+        if force:
+            shutil.rmtree(rd.checkpoints)
+        else:  # only incomplete checkpoints (a crash mid-save): kept aside, named, never deleted silently
+            for path in checkpoints.checkpoint_dirs(rd.checkpoints):
+                echo(f"train: {path.name} is incomplete; moved it to {checkpoints.set_aside(path)}")
+            for path in rd.checkpoints.iterdir():
+                if path.name != checkpoints.INCOMPLETE:
+                    shutil.rmtree(path) if path.is_dir() else path.unlink()
     write_json(marker, fingerprint)
 
 
@@ -359,11 +367,10 @@ def run(
         elif step == "baseline":
             results[step] = baseline(cfg, rd, echo)
         elif step == "train":
-            resume = _can_resume(cfg, rd) and not force
+            resume_from = None if force else _resume_point(cfg, rd, echo)
+            resume = resume_from is not None
             if resume:
-                from job.train import last_checkpoint
-
-                echo(f"train: resuming from {last_checkpoint(rd.checkpoints)}")
+                echo(f"train: resuming from {resume_from}")
             results[step] = train_step(resume) if train_step else train(cfg, rd, echo, resume=resume, force=force)
         else:
             results[step] = evaluate(cfg, rd, echo)
@@ -372,12 +379,10 @@ def run(
     return results
 
 
-def _can_resume(cfg: JobConfig, rd: RunDir) -> bool:
-    from job.train import last_checkpoint
-
+def _resume_point(cfg: JobConfig, rd: RunDir, echo: Echo) -> str | None:
+    """The newest complete checkpoint of this configuration's training, if there is one; incomplete
+    checkpoints newer than it (a crash or a full disk mid-save) are moved aside and named."""
     marker = rd.checkpoints / CHECKPOINT_FINGERPRINT
-    return (
-        marker.is_file()
-        and json.loads(marker.read_text()) == step_fingerprint(cfg, rd, "train")
-        and last_checkpoint(rd.checkpoints) is not None
-    )
+    if not marker.is_file() or json.loads(marker.read_text()) != step_fingerprint(cfg, rd, "train"):
+        return None
+    return checkpoints.newest_complete(rd.checkpoints, echo=echo)

@@ -3,6 +3,7 @@ no-duplicates batches, validation-only model selection, checkpoints and resume."
 
 from __future__ import annotations
 
+import functools
 import logging
 import resource
 import shutil
@@ -12,6 +13,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from job import checkpoints, storage
 from job.collate import RowNamingCollator, failing_pair_named, raise_for_batch_failure, worker_signals_paused
 from job.config import JobConfig
 from job.data import IRData, Pair
@@ -19,7 +21,7 @@ from job.distributed import world_size
 from job.errors import JobError
 from job.evaluation import build_evaluator, evaluation_options, metric_key
 from job.negatives import add_hard_negatives
-from job.sampler import IdNoDuplicatesBatchSampler
+from job.sampler import IdNoDuplicatesBatchSampler, LengthGroupedBatchSampler
 from job.token_cache import cached_trainer_class
 
 logger = logging.getLogger(__name__)
@@ -86,10 +88,39 @@ def build_loss(model, cfg: JobConfig, dims: list[int]):
     return MatryoshkaLoss(model, inner, matryoshka_dims=dims, matryoshka_weights=weights)
 
 
-def last_checkpoint(checkpoint_dir: Path) -> str | None:
-    from transformers.trainer_utils import get_last_checkpoint
+def batch_sampler(cfg: JobConfig, model=None):
+    """No-duplicates batches (in-batch negatives must not repeat a text): length-grouped (by the
+    model's token counts) when asked, else sentence-transformers' own order with duplicate checks on
+    precomputed ids."""
+    from sentence_transformers.base.sampler import BatchSamplers
 
-    return get_last_checkpoint(str(checkpoint_dir)) if checkpoint_dir.is_dir() else None
+    if cfg.length_grouping:
+        return functools.partial(
+            LengthGroupedBatchSampler, pool_batches=cfg.length_grouping, text_lengths=model and token_counter(model)
+        )
+    return IdNoDuplicatesBatchSampler if cfg.token_cache else BatchSamplers.NO_DUPLICATES
+
+
+def token_counter(model):
+    """Texts -> their token counts as the model will see them (truncated at its max_seq_length)."""
+
+    def count(texts: list[str]) -> list[int]:
+        encoded = model.tokenizer(texts, truncation=True, max_length=model.max_seq_length, add_special_tokens=True)
+        return [len(ids) for ids in encoded["input_ids"]]
+
+    return count
+
+
+def last_checkpoint(checkpoint_dir: Path) -> str | None:
+    """The newest complete checkpoint (:mod:`job.checkpoints`), or None."""
+    return checkpoints.newest(Path(checkpoint_dir))
+
+
+def space_needed(model, cfg: JobConfig) -> int:
+    """Bytes a training run writes at its peak: the kept checkpoints plus the one being written (fp32
+    weights and AdamW's two moments each) and the final model."""
+    weights = sum(p.numel() for p in model.parameters()) * 4
+    return int((cfg.save_total_limit + 1) * 3 * weights + weights)
 
 
 def train_model(
@@ -108,64 +139,107 @@ def train_model(
     """Train ``model`` in place; with validation data, the best checkpoint (validation NDCG@10 at
     ``best_dim``) is loaded at the end. ``source`` names the file the pairs came from (one pair per
     line), for errors that point at a pair."""
-    import datasets
-    import torch
-    from sentence_transformers import SentenceTransformerTrainer, SentenceTransformerTrainingArguments
-    from sentence_transformers.base.sampler import BatchSamplers
-
     if len(train_pairs) < 2:
         raise JobError(f"Only {len(train_pairs)} training pair(s) remain after the split.", "give more data or lower the held-out fractions.")
+    checkpoint_dir = Path(checkpoint_dir)
     resume_from = None
     if resume:
-        resume_from = last_checkpoint(checkpoint_dir)
+        resume_from = checkpoints.newest_complete(checkpoint_dir, echo=logger.warning)
         if resume_from is None:
-            raise JobError(f"--resume was given, but {checkpoint_dir} holds no checkpoint.", "drop --resume to start training afresh.")
+            raise JobError(f"--resume was given, but {checkpoint_dir} holds no complete checkpoint.", "drop --resume to start training afresh.")
         logger.info("resuming from %s", resume_from)
+    storage.check_free_space(checkpoint_dir, space_needed(model, cfg), "Training (checkpoints and the final model)")
 
     loss = build_loss(model, cfg, dims)  # first: its settings errors come before any mining
-    negatives_stats = None
-    if cfg.hard_negatives:
-        with failing_pair_named(train_pairs, model.preprocess, source):
-            train_ds, negatives_stats = add_hard_negatives(
-                train_pairs, model, cfg.hard_negatives, margin=cfg.hard_negative_margin, seed=cfg.seed,
-                batch_size=cfg.eval_batch_size, query_prompt=cfg.query_prompt, passage_prompt=cfg.passage_prompt,
-            )  # fmt: skip
-        logger.info("hard negatives: %s", negatives_stats)
-    else:
-        train_ds = datasets.Dataset.from_dict(
-            {"anchor": [p.question for p in train_pairs], "positive": [p.passage for p in train_pairs]}
-        )
+    train_ds, negatives_stats = training_dataset(cfg, model, train_pairs, source)
     batch_size = min(cfg.batch_size, len(train_pairs))
+    evaluator, select = model_selection(cfg, model, dims, best_dim, validation)
+    args = training_arguments(cfg, model, checkpoint_dir, batch_size, select, train_ds.column_names)
+    trace_dir = Path(tempfile.mkdtemp(prefix="job-batches-")) if cfg.dataloader_workers > 0 else None
+    trainer = build_trainer(cfg, model, args, train_ds, loss, evaluator, callbacks, train_pairs, source, trace_dir)
+    if torch_cuda_available():
+        import torch
+
+        torch.cuda.reset_peak_memory_stats()
+    start = time.perf_counter()
+    try:
+        output = trainer.train(resume_from_checkpoint=resume_from)
+    except Exception as error:  # noqa: BLE001 - each kind is translated below, or re-raised
+        retry = _after_failure(error, cfg, trainer, batch_size, resume_from, checkpoint_dir, trace_dir, source)
+        if retry is None:
+            raise
+        del trainer, loss
+        _free_accelerator_memory()
+        return train_model(
+            retry, model, dims, best_dim, train_pairs, validation, checkpoint_dir, resume=False, callbacks=callbacks,
+            source=source,
+        )  # fmt: skip
+    finally:
+        if trace_dir is not None:
+            shutil.rmtree(trace_dir, ignore_errors=True)
+    summary = training_summary(cfg, trainer, output, time.perf_counter() - start, len(train_pairs), batch_size)
+    summary.update(hard_negatives=negatives_stats, resumed_from=resume_from, best_metric_name=select.get("metric_for_best_model"))
+    return TrainResult(model, summary)
+
+
+def torch_cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def training_dataset(cfg: JobConfig, model, train_pairs: list[Pair], source: str):
+    """(anchor, positive[, negative_1..n]) rows, with hard negatives mined by the base model when asked."""
+    import datasets
+
+    if not cfg.hard_negatives:
+        columns = {"anchor": [p.question for p in train_pairs], "positive": [p.passage for p in train_pairs]}
+        return datasets.Dataset.from_dict(columns), None
+    with failing_pair_named(train_pairs, model.preprocess, source):
+        train_ds, stats = add_hard_negatives(
+            train_pairs, model, cfg.hard_negatives, margin=cfg.hard_negative_margin, seed=cfg.seed,
+            batch_size=cfg.eval_batch_size, query_prompt=cfg.query_prompt, passage_prompt=cfg.passage_prompt,
+        )  # fmt: skip
+    logger.info("hard negatives: %s", stats)
+    return train_ds, stats
+
+
+def model_selection(cfg: JobConfig, model, dims: list[int], best_dim: int, validation: IRData | None):
+    """The validation evaluator and the trainer settings that keep the best checkpoint by it."""
+    if validation is None:
+        return None, {"eval_strategy": "no", "load_best_model_at_end": False}
+    evaluator = build_evaluator(validation, dims, VALIDATION, **evaluation_options(cfg))
+    select = {
+        "eval_strategy": "steps" if cfg.eval_steps else "epoch",
+        "load_best_model_at_end": True,
+        "metric_for_best_model": "eval_" + metric_key(VALIDATION, best_dim, model.similarity_fn_name),
+        "greater_is_better": True,
+    }
+    if cfg.eval_steps:
+        select["eval_steps"] = cfg.eval_steps
+    return evaluator, select
+
+
+def training_arguments(cfg: JobConfig, model, checkpoint_dir: Path, batch_size: int, select: dict, columns: list[str]):
+    import torch
+    from sentence_transformers import SentenceTransformerTrainingArguments
+
     world = world_size()
-    per_device_batch = max(1, batch_size // world)
-    evaluator = None
-    select: dict[str, Any] = {"eval_strategy": "no", "load_best_model_at_end": False}
-    if validation is not None:
-        evaluator = build_evaluator(validation, dims, VALIDATION, **evaluation_options(cfg))
-        select = {
-            "eval_strategy": "steps" if cfg.eval_steps else "epoch",
-            "load_best_model_at_end": True,
-            "metric_for_best_model": "eval_" + metric_key(VALIDATION, best_dim, model.similarity_fn_name),
-            "greater_is_better": True,
-        }
-        if cfg.eval_steps:
-            select["eval_steps"] = cfg.eval_steps
     prompts = {k: v for k, v in (("anchor", cfg.query_prompt), ("positive", cfg.passage_prompt)) if v}
     if cfg.passage_prompt:  # mined negatives are passages too
-        prompts.update({c: cfg.passage_prompt for c in train_ds.column_names if c.startswith("negative")})
-    args = SentenceTransformerTrainingArguments(
+        prompts.update({c: cfg.passage_prompt for c in columns if c.startswith("negative")})
+    return SentenceTransformerTrainingArguments(
         output_dir=str(checkpoint_dir),
         num_train_epochs=cfg.epochs,
         max_steps=cfg.max_steps,
-        per_device_train_batch_size=per_device_batch,
+        per_device_train_batch_size=max(1, batch_size // world),
         per_device_eval_batch_size=cfg.eval_batch_size,
         gradient_accumulation_steps=cfg.gradient_accumulation_steps,
         learning_rate=cfg.learning_rate,
         warmup_steps=cfg.warmup_ratio,  # a float < 1 is a ratio in transformers 5
         lr_scheduler_type=cfg.lr_scheduler,
         weight_decay=cfg.weight_decay,
-        # sentence-transformers' no-duplicates batches, with duplicate checks on precomputed ids
-        batch_sampler=IdNoDuplicatesBatchSampler if cfg.token_cache else BatchSamplers.NO_DUPLICATES,
+        batch_sampler=batch_sampler(cfg, model),
         save_strategy="steps" if cfg.eval_steps else "epoch",
         save_steps=cfg.eval_steps or 500,
         save_total_limit=cfg.save_total_limit,
@@ -174,12 +248,18 @@ def train_model(
         data_seed=cfg.seed,
         report_to="none",
         dataloader_num_workers=cfg.dataloader_workers,
+        dataloader_pin_memory=torch.cuda.is_available(),
         prompts=prompts or None,
         **precision_flags(cfg.mixed_precision),
         **({"ddp_backend": "gloo", "use_cpu": True} if world > 1 and not torch.cuda.is_available() else {}),
         **select,
     )
-    trace_dir = Path(tempfile.mkdtemp(prefix="job-batches-")) if cfg.dataloader_workers > 0 else None
+
+
+def build_trainer(cfg: JobConfig, model, args, train_ds, loss, evaluator, callbacks, train_pairs, source, trace_dir):
+    """The trainer: token cache (when on), failing pairs named, checkpoints marked complete when written."""
+    from sentence_transformers import SentenceTransformerTrainer
+
     pair_index = {(p.question, p.passage): line for line, p in enumerate(train_pairs, 1)}
     base_class = cached_trainer_class() if cfg.token_cache else SentenceTransformerTrainer
 
@@ -188,16 +268,25 @@ def train_model(
             inner = super().get_data_collator(model=model, args=args, processing_class=processing_class)
             return RowNamingCollator(inner, pair_index, source, trace_dir)
 
+        def _save_checkpoint(self, model, trial):
+            super()._save_checkpoint(model, trial)
+            if self.args.should_save:
+                folder = Path(self._get_output_dir(trial=trial)) / f"checkpoint-{self.state.global_step}"
+                checkpoints.mark_complete(folder)
+
     with failing_pair_named(train_pairs, model.preprocess, source):  # the trainer tokenizes for its model card
         trainer = Trainer(model=model, args=args, train_dataset=train_ds, loss=loss, evaluator=evaluator, callbacks=callbacks)
     if cfg.token_cache:
         trainer.warm_token_cache(train_ds)
-    if torch.cuda.is_available():
-        torch.cuda.reset_peak_memory_stats()
-    start = time.perf_counter()
-    try:
-        output = trainer.train(resume_from_checkpoint=resume_from)
-    except torch.OutOfMemoryError:
+    return trainer
+
+
+def _after_failure(error, cfg: JobConfig, trainer, batch_size: int, resume_from, checkpoint_dir: Path, trace_dir, source):
+    """Decide what a failed ``trainer.train`` becomes: a retry configuration (out of memory before
+    the first update: the cached loss), a JobError, or None (re-raise as it is)."""
+    import torch
+
+    if isinstance(error, torch.OutOfMemoryError):
         if trainer.state.global_step == 0 and cfg.loss == "mnrl" and not resume_from:
             # Nothing was updated yet: retry with GradCache, which keeps the same in-batch
             # negatives but only holds a mini-batch of activations at a time.
@@ -206,12 +295,7 @@ def train_model(
                 "batch size %d does not fit in accelerator memory with mnrl; retrying with cached_mnrl "
                 "(same negatives, mini-batches of %d)", batch_size, mini
             )
-            del trainer, loss
-            _free_accelerator_memory()
-            return train_model(
-                replace(cfg, loss="cached_mnrl", mini_batch_size=mini), model, dims, best_dim, train_pairs,
-                validation, checkpoint_dir, resume=False, callbacks=callbacks, source=source,
-            )  # fmt: skip
+            return replace(cfg, loss="cached_mnrl", mini_batch_size=mini)
         _free_accelerator_memory()
         raise JobError(
             f"Training ran out of accelerator memory at step {trainer.state.global_step} with batch size {batch_size} "
@@ -219,41 +303,42 @@ def train_model(
             "lower --mini-batch-size (cached_mnrl) or --batch-size, or --max-seq-length; "
             "`job train --resume` continues from the last checkpoint.",
         ) from None
-    except Exception as error:
-        with worker_signals_paused():
-            try:
-                raise_for_batch_failure(error, trace_dir, source)
-            except RuntimeError as late:  # torch's SIGCHLD handler, firing while the first error is handled
-                raise_for_batch_failure(late, trace_dir, source)
-                raise
-        raise
-    finally:
-        if trace_dir is not None:
-            shutil.rmtree(trace_dir, ignore_errors=True)
-    seconds = time.perf_counter() - start
+    stored = storage.storage_error(error, checkpoint_dir, "a training checkpoint")
+    if stored is not None:
+        removed = checkpoints.remove_unmarked(checkpoint_dir) if storage.is_disk_full(error, checkpoint_dir) else []
+        note = f" The half-written {', '.join(removed)} was removed." if removed else ""
+        raise JobError(stored.problem + note, stored.fix) from error
+    with worker_signals_paused():
+        try:
+            raise_for_batch_failure(error, trace_dir, source)
+        except RuntimeError as late:  # torch's SIGCHLD handler, firing while the first error is handled
+            raise_for_batch_failure(late, trace_dir, source)
+            raise
+    return None
+
+
+def training_summary(cfg: JobConfig, trainer, output, seconds: float, pairs: int, batch_size: int) -> dict[str, Any]:
+    import torch
+
     state = trainer.state
     history = [
         {k: v for k, v in entry.items() if k in ("epoch", "step") or k.endswith("ndcg@10") or k == "loss"}
         for entry in state.log_history
     ]
-    summary = {
+    return {
         "loss": cfg.loss,
-        "train_pairs": len(train_pairs),
+        "train_pairs": pairs,
         "batch_size": batch_size,
-        "world_size": world,
-        "rank_param_checksums": _param_checksums(model),
+        "world_size": world_size(),
+        "rank_param_checksums": _param_checksums(trainer.model),
         "global_steps": state.global_step,
         "epochs": state.epoch,
         "train_seconds": round(seconds, 2),
         "pairs_per_second": round(output.metrics.get("train_samples_per_second", 0.0), 2),
         "train_loss": output.training_loss,
-        "hard_negatives": negatives_stats,
-        "resumed_from": resume_from,
         "best_checkpoint": state.best_model_checkpoint,
         "best_metric": state.best_metric,
-        "best_metric_name": select.get("metric_for_best_model"),
         "peak_host_memory_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "peak_gpu_memory_mib": round(torch.cuda.max_memory_allocated() / 2**20, 1) if torch.cuda.is_available() else None,
         "log_history": history,
     }
-    return TrainResult(model, summary)
