@@ -1,5 +1,6 @@
 # The training image. Locally:  docker run --gpus all IMAGE run --run-dir /runs/x --data /data/pairs.csv
-# Under SageMaker (which runs `IMAGE train`): the container contract of infra/container.py.
+# Under SageMaker (which runs `IMAGE train`; its SDK's local mode runs IMAGE with no arguments): the
+# container contract of infra/container.py. `IMAGE serve --model RUN_DIR` is `rag-eval serve`.
 #
 # BASE_IMAGE is a CUDA-enabled PyTorch image by default. Any image with Python >= 3.10 and
 # python3-venv works, a CPU one too: then name a torch to install with TORCH_SPEC, e.g.
@@ -28,11 +29,13 @@ RUN if [ -n "$TORCH_SPEC" ]; then \
 COPY pyproject.toml README.md /src/
 COPY job/ /src/job/
 COPY infra/ /src/infra/
-# Dependencies come from pyproject.toml; torch is already there, so pip keeps it.
-RUN pip install --no-cache-dir --find-links /tmp/local "/src${EXTRAS:+[$EXTRAS]}" \
-    && python -c "import torch, sentence_transformers, infra.container"
+COPY rag_eval/ /src/rag_eval/
+# Dependencies come from pyproject.toml; torch is already there, so pip keeps it. Always with the
+# rag (Chroma) and serve (Gradio) extras, so that `rag-eval` and `serve` work in the image; EXTRAS adds more.
+RUN pip install --no-cache-dir --find-links /tmp/local "/src[rag,serve${EXTRAS:+,$EXTRAS}]" \
+    && python -c "import torch, sentence_transformers, chromadb, infra.container, rag_eval.cli"
 
-# --- runtime: the environment, a non-root user, the entrypoint ------------------------------------
+# --- runtime: the environment, the job's user, the entrypoint -------------------------------------
 FROM ${BASE_IMAGE}
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
@@ -41,11 +44,22 @@ ENV PATH=/opt/venv/bin:$PATH \
     MPLCONFIGDIR=/tmp/matplotlib \
     MPLBACKEND=Agg
 COPY --from=build /opt/venv /opt/venv
+COPY docker/entrypoint.sh /usr/local/bin/entrypoint
 # SageMaker mounts its own folders at /opt/ml; these only make a plain `docker run` work too.
+# setpriv (util-linux, in every Debian/Ubuntu base) is how the entrypoint drops root.
 RUN useradd --create-home --uid 1000 --shell /usr/sbin/nologin job \
     && mkdir -p /opt/ml/input/data /opt/ml/input/config /opt/ml/model /opt/ml/output/data /opt/ml/checkpoints \
-    && chown -R job /opt/ml
-USER 1000
+    && chown -R job /opt/ml \
+    && chmod 0755 /usr/local/bin/entrypoint \
+    && command -v setpriv
 WORKDIR /home/job
-ENTRYPOINT ["python", "-m", "infra.container"]
-CMD ["--help"]
+# The container starts as root ON PURPOSE, and only the entrypoint script runs as root: SageMaker
+# (and Docker, for the SDK's local mode) mounts /opt/ml/model, /opt/ml/output and
+# /opt/ml/checkpoints root-owned, so the script hands them to the job's user (uid 1000, or the
+# owner of a mounted output folder), then drops root with setpriv before any Python starts.
+# `docker run --user UID:GID` skips that step and runs the job as that user directly.
+# hadolint ignore=DL3002
+USER 0
+# No CMD: with no arguments the entrypoint trains under SageMaker's layout (its SDK's local mode
+# passes none) and shows the job's help elsewhere.
+ENTRYPOINT ["/usr/local/bin/entrypoint", "python", "-m", "infra.container"]

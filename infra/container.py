@@ -154,8 +154,9 @@ def _check_writable(paths: ContainerPaths) -> None:
         except OSError as exc:
             raise JobError(
                 f"{d} is not writable for user id {os.getuid()} ({exc.strerror}).",
-                "mount it writable for this user (e.g. `docker run --user $(id -u):$(id -g)` with a folder you own), "
-                "or pass another folder with the matching --*-dir option.",
+                "start the container as root (the image's default: its entrypoint hands /opt/ml/model, output and "
+                "checkpoints to the job's user, then drops root), or with `docker run --user $(id -u):$(id -g)` mount "
+                "folders that user owns, or pass another folder with the matching --*-dir option.",
             ) from None
 
 
