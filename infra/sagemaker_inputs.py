@@ -1,13 +1,16 @@
 """What a SageMaker job is given: channels (local inputs uploaded once per content, ``s3://`` URIs as
 they are) and hyperparameters (every configuration value that differs from its default, as strings).
 
-Local ``data`` / ``eval_data`` / ``model`` go to ``s3://BUCKET/PREFIX/inputs/<channel>-<content digest>/``;
-a Hub id or ``embedded`` travels as a hyperparameter and is resolved in the container."""
+Local ``data`` / ``eval_data`` / ``model`` go to ``s3://BUCKET/PREFIX/inputs/<channel>-<content digest>/``
+(:func:`plan_inputs`), or, for the SDK's local mode, are the channel folders themselves
+(:func:`plan_local_inputs`); a Hub id or ``embedded`` travels as a hyperparameter and is resolved in
+the container."""
 
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+import shutil
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -36,23 +39,33 @@ def _digest(path: Path) -> str:
 
 @dataclass
 class InputPlan:
-    channels: dict[str, str]  # channel -> s3 URI
+    channels: dict[str, str]  # channel -> s3 URI (a SageMaker job) or local folder (local mode)
     uploads: list[tuple[Path, str]]  # local path -> s3 URI (a prefix for folders, the object for files)
     hyperparameters: dict[str, Any]  # data/eval_data/model values that go as hyperparameters
+    local: dict[str, Path] = field(default_factory=dict)  # channel -> the local file or folder it comes from
 
 
-def plan_inputs(cfg: C.JobConfig, bucket: str, prefix: str) -> InputPlan:
-    """Which of data / eval_data / model become channels (uploaded or S3) and which travel as hyperparameters."""
-    plan = InputPlan({}, [], {})
+@dataclass
+class Input:
+    """One of data / eval_data / model: a local path, an s3:// URI, or a value the container resolves."""
+
+    name: str
+    channel: str
+    kind: str  # "local", "s3" or "value"
+    value: str
+    path: Path | None = None
+
+
+def classify_inputs(cfg: C.JobConfig) -> list[Input]:
+    """data / eval_data / model, checked: a missing local path or an unknown data format is an error."""
+    out: list[Input] = []
     for name, channel in CHANNEL_FIELDS.items():
         value = getattr(cfg, name)
         if value is None or (name == "model" and value == C.AUTO_MODEL):
             continue  # no eval set / the container's own default model
         if value.startswith("s3://"):
             s3.parse_s3_uri(value)
-            plan.channels[channel] = value
-            if name == "data" and Path(value).suffix.lower() in _data_suffixes():
-                plan.hyperparameters["data"] = value.rstrip("/").rsplit("/", 1)[-1]
+            out.append(Input(name, channel, "s3", value))
             continue
         local = Path(value).expanduser()
         if local.is_file() and name == "data" and local.suffix.lower() not in _data_suffixes():
@@ -61,11 +74,7 @@ def plan_inputs(cfg: C.JobConfig, bucket: str, prefix: str) -> InputPlan:
                 f"use one of {', '.join(sorted(_data_suffixes()))}.",
             )
         if local.exists():
-            uri = f"s3://{bucket}/{s3.join_key(prefix, 'inputs', f'{channel}-{_digest(local)}')}/"
-            plan.channels[channel] = uri
-            plan.uploads.append((local, uri))
-            if local.is_file() and name == "data":
-                plan.hyperparameters["data"] = local.name
+            out.append(Input(name, channel, "local", value, local))
             continue
         if name == "eval_data":
             raise JobError(f"--eval-data {value} does not exist.", "pass a local BEIR folder or an s3:// URI.")
@@ -77,7 +86,58 @@ def plan_inputs(cfg: C.JobConfig, bucket: str, prefix: str) -> InputPlan:
             raise JobError(
                 f"Data file {value} does not exist.", "check the path given to --data, or pass an s3:// URI."
             )
-        plan.hyperparameters[name] = value  # a Hub id (or 'embedded' / 'bundled:...'), resolved in the container
+        out.append(Input(name, channel, "value", value))  # a Hub id (or 'embedded' / 'bundled:...')
+    return out
+
+
+def plan_inputs(cfg: C.JobConfig, bucket: str, prefix: str) -> InputPlan:
+    """Which of data / eval_data / model become channels (uploaded or S3) and which travel as hyperparameters."""
+    plan = InputPlan({}, [], {})
+    for item in classify_inputs(cfg):
+        if item.kind == "s3":
+            plan.channels[item.channel] = item.value
+            if item.name == "data" and Path(item.value).suffix.lower() in _data_suffixes():
+                plan.hyperparameters["data"] = item.value.rstrip("/").rsplit("/", 1)[-1]
+        elif item.kind == "local":
+            local = item.path
+            uri = f"s3://{bucket}/{s3.join_key(prefix, 'inputs', f'{item.channel}-{_digest(local)}')}/"
+            plan.channels[item.channel] = uri
+            plan.uploads.append((local, uri))
+            plan.local[item.channel] = local
+            if local.is_file() and item.name == "data":
+                plan.hyperparameters["data"] = local.name
+        else:
+            plan.hyperparameters[item.name] = item.value  # resolved in the container
+    return plan
+
+
+def plan_local_inputs(cfg: C.JobConfig, stage: Path | None = None) -> InputPlan:
+    """The same plan for the SDK's local mode: channels are local folders. A data FILE becomes a
+    channel folder holding a copy of it, staged under ``stage`` (with ``stage`` None nothing is
+    written and the channel names the file itself). s3:// inputs are refused: local mode would
+    download them with your AWS credentials, which this launcher keeps out of the local run."""
+    plan = InputPlan({}, [], {})
+    for item in classify_inputs(cfg):
+        if item.kind == "s3":
+            flag = {"data": "--data", "eval_data": "--eval-data", "model": "--model"}[item.name]
+            raise JobError(
+                f"{flag} {item.value}: a local run takes local files and folders, not s3:// URIs.",
+                f"download it first (aws s3 cp --recursive {item.value} DIR) and pass DIR, or run it on SageMaker "
+                "(`job launch sagemaker`).",
+            )
+        if item.kind == "value":
+            plan.hyperparameters[item.name] = item.value
+            continue
+        local = item.path.resolve()
+        plan.local[item.channel] = local
+        folder = local
+        if local.is_file() and stage is not None:
+            folder = stage / item.channel
+            folder.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(local, folder / local.name)  # a copy: readable by the container's user
+        if local.is_file() and item.name == "data":
+            plan.hyperparameters["data"] = local.name
+        plan.channels[item.channel] = str(folder)
     return plan
 
 

@@ -1,21 +1,27 @@
-"""Following a SageMaker training job up: describe, wait, cost, and fetch its result into a run directory.
+"""Following a SageMaker training job up: describe, wait (with its logs), cost, and fetch its result
+into a run directory.
 
+:func:`wait_for` is the SDK's own ``TrainingJob.wait(logs=True)``: it streams the job's CloudWatch
+log lines while it waits; each line comes through ``echo``.
 :func:`fetch` unpacks model.tar.gz and output.tar.gz into a run directory (the layout of ``job run``:
-model/, report/, ir/, data/, baseline/), which ``job evaluate`` and rag_eval read."""
+model/, report/, ir/, data/, baseline/), which ``job evaluate`` and rag_eval read;
+:func:`unpack_result` does the unpacking, for ``job launch local`` too."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import re
 import shutil
 import tarfile
 import tempfile
-import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Callable
 
 from infra import s3
-from infra.sagemaker_sdk import sagemaker_client
+from infra.sagemaker_sdk import env_vars, resolve_region, sagemaker_client
 from job.errors import JobError
 
 Echo = Callable[[str], None]
@@ -59,18 +65,81 @@ def describe(name: str, region: str | None = None, client=None) -> dict[str, Any
         ) from None
 
 
-def wait_for(name: str, region: str | None, echo: Echo, poll_s: float = 30, client=None) -> dict[str, Any]:
-    client = client or sagemaker_client(region)
-    last = None
-    while True:
-        desc = describe(name, client=client)
-        now = (desc["TrainingJobStatus"], desc.get("SecondaryStatus"))
-        if now != last:
-            echo(f"launch: {name}: {now[0]} / {now[1]}")
-            last = now
-        if now[0] in ("Completed", "Failed", "Stopped"):
-            return desc
-        time.sleep(poll_s)
+# The SDK's TrainingJob.wait(logs=True) logs each CloudWatch event through this logger, as
+# "<log stream>:\n<line>" with extra={"markup": False}; its other records are its progress chatter.
+SDK_JOB_LOGGER = "sagemaker.core.resources"
+
+
+class _LogLines(logging.Handler):
+    """Hands the job's log lines from the SDK's logger to ``echo``, without the stream name."""
+
+    def __init__(self, echo: Echo) -> None:
+        super().__init__(logging.INFO)
+        self.echo = echo
+        self.lines = 0
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if getattr(record, "markup", None) is not False:
+            return
+        _stream, sep, line = record.getMessage().partition(":\n")
+        self.echo(line if sep else record.getMessage())
+        self.lines += 1
+
+
+@contextlib.contextmanager
+def _job_log_lines(echo: Echo) -> Iterator[_LogLines]:
+    log = logging.getLogger(SDK_JOB_LOGGER)
+    handler = _LogLines(echo)
+    old = (log.level, log.propagate)
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    log.propagate = False  # the lines go to echo only, the SDK's status chatter nowhere
+    try:
+        yield handler
+    finally:
+        log.removeHandler(handler)
+        log.setLevel(old[0])
+        log.propagate = old[1]
+
+
+def wait_for(name: str, region: str | None, echo: Echo, poll_s: float = 30, logs: bool = True) -> dict[str, Any]:
+    """Wait until the job ends, streaming its CloudWatch log lines to ``echo`` (the SDK's
+    ``TrainingJob.wait(logs=True)``); returns the final DescribeTrainingJob response."""
+    import boto3
+    from sagemaker.core.resources import TrainingJob
+    from sagemaker.core.utils.exceptions import FailedStatusError
+
+    region = resolve_region(region)
+    describe(name, region)  # a clear error for a job that does not exist
+    job = TrainingJob.get(training_job_name=name, session=boto3.session.Session(region_name=region))
+    echo(f"launch: waiting for {name}" + ("; its log follows" if logs else ""))
+    # The SDK reads the logs with a CloudWatch client of its own, made from boto3's default session:
+    # it gets the job's region from the environment.
+    with env_vars(AWS_DEFAULT_REGION=region), _job_log_lines(echo), _quiet_console():
+        try:
+            job.wait(poll=max(1, int(poll_s)), logs=logs)
+        except FailedStatusError:
+            pass  # reported below, with the job's FailureReason
+    desc = describe(name, region)
+    echo(f"launch: {name}: {desc['TrainingJobStatus']} / {desc.get('SecondaryStatus')}")
+    return desc
+
+
+@contextlib.contextmanager
+def _quiet_console() -> Iterator[None]:
+    """The SDK's wait draws a live status panel on the terminal (rich); our lines say the same."""
+    try:
+        from rich import get_console
+    except ImportError:  # pragma: no cover - the SDK depends on rich
+        yield
+        return
+    console = get_console()
+    old = console.quiet
+    console.quiet = True
+    try:
+        yield
+    finally:
+        console.quiet = old
 
 
 def job_cost(desc: dict[str, Any], price_per_hour: float | None = None) -> tuple[float | None, str]:
@@ -152,6 +221,72 @@ def _extract(tarball: Path, into: Path) -> None:
         ) from None
 
 
+def check_run_dir(run_dir: Path, force: bool) -> None:
+    """Refuse a non-empty run directory unless ``force`` (then it is replaced when the result is in)."""
+    if run_dir.exists() and (not run_dir.is_dir() or any(run_dir.iterdir())) and not force:
+        raise JobError(f"{run_dir} already exists and is not empty.", "pass --force to replace it, or another --run-dir.")
+
+
+def unpack_result(
+    model_tgz: Path,
+    output_tgz: Path | None,
+    run_dir: Path,
+    record: dict[str, Any],
+    *,
+    output_root: str = "",
+    source: str | None = None,
+    no_model_fix: str = "check that the job used this project's image (its log says why it stopped), then run it again.",
+) -> Path:
+    """A training job's model.tar.gz and output.tar.gz as a run directory (model/, report/, ir/, data/,
+    baseline/, and ``launch.json`` holding ``record``); a run directory already there is replaced.
+
+    ``output_root``: the folder of output.tar.gz that holds the run's output data (SageMaker uploads
+    /opt/ml/output/data at the archive root; the SDK's local mode archives /opt/ml/output, so ``data``).
+    A model without modules.json (an empty model.tar.gz) is an error: the job produced no model."""
+    with tempfile.TemporaryDirectory(prefix="job-unpack-", dir=_existing_parent(run_dir)) as tmp:
+        stage = Path(tmp) / "run"
+        _extract(model_tgz, stage / "model")
+        if not (stage / "model" / "modules.json").is_file():
+            raise JobError(
+                f"{source or model_tgz} holds no sentence-transformers model (no modules.json): the job wrote no model.",
+                no_model_fix,
+            )
+        if output_tgz is not None:
+            out = Path(tmp) / "output"
+            _extract(output_tgz, out)
+            data = out / output_root if output_root else out
+            if data.is_dir():
+                for item in data.iterdir():
+                    shutil.move(str(item), str(stage / item.name))
+        (stage / "launch.json").write_text(json.dumps(record, indent=2))
+        if run_dir.exists():
+            shutil.rmtree(run_dir) if run_dir.is_dir() else run_dir.unlink()
+        run_dir.parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(str(stage), str(run_dir))
+    return run_dir
+
+
+def _existing_parent(path: Path) -> Path:
+    """A folder on the run directory's file system (the staged run is moved, not copied, into place)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path.parent
+
+
+def result_lines(name: str, run_dir: Path) -> list[str]:
+    """What a fetched (or locally run) job's run directory holds, and how to use it."""
+    report = run_dir / "report" / "report.md"
+    lines = [
+        f"{name} -> {run_dir} (model/{', report/' if report.is_file() else ''}); load it with SentenceTransformer('{run_dir / 'model'}')"
+    ]
+    training = run_dir / "model" / "training.json"
+    base = json.loads(training.read_text()).get("base_model", "") if training.is_file() else ""
+    if base.startswith(("/opt/ml/", tempfile.gettempdir())):
+        lines.append(
+            f"the base model came in through the job's model channel ({base}); give its local copy to rag_eval as --baseline"
+        )
+    return lines
+
+
 def fetch(
     name: str,
     run_dir: Path | None = None,
@@ -171,43 +306,18 @@ def fetch(
             + (f"; it failed: {desc['FailureReason']}" if desc.get("FailureReason") else "."),
         )
     run_dir = Path(run_dir or Path("runs") / name)
-    if run_dir.exists() and any(run_dir.iterdir()):
-        if not force:
-            raise JobError(
-                f"{run_dir} already exists and is not empty.", "pass --force to replace it, or another --run-dir."
-            )
-        shutil.rmtree(run_dir)
+    check_run_dir(run_dir, force)
     model_uri, output_uri = output_uris(desc)
     s3_client = s3_client or s3.s3_client()
     with tempfile.TemporaryDirectory(prefix="job-fetch-") as tmp:
-        stage = Path(tmp) / "run"
         (model_tgz,) = s3.download_prefix(model_uri, Path(tmp) / "model", s3_client)
-        _extract(model_tgz, stage / "model")
         try:
             (output_tgz,) = s3.download_prefix(output_uri, Path(tmp) / "output", s3_client)
         except JobError:
             output_tgz = None
             echo(f"fetch: no {output_uri}; the run directory gets the model only")
-        if output_tgz is not None:
-            _extract(output_tgz, stage)
-        if not (stage / "model" / "modules.json").is_file():
-            raise JobError(
-                f"{model_uri} holds no sentence-transformers model (no modules.json).",
-                "check that the job used this project's image.",
-            )
-        (stage / "launch.json").write_text(
-            json.dumps({"training_job": name, "model": model_uri, "output": output_uri}, indent=2)
-        )
-        run_dir.parent.mkdir(parents=True, exist_ok=True)
-        shutil.move(str(stage), str(run_dir))
-    report = run_dir / "report" / "report.md"
-    echo(
-        f"fetch: {name} -> {run_dir} (model/{', report/' if report.is_file() else ''}); load it with SentenceTransformer('{run_dir / 'model'}')"
-    )
-    training = run_dir / "model" / "training.json"
-    base = json.loads(training.read_text()).get("base_model", "") if training.is_file() else ""
-    if base.startswith(("/opt/ml/", tempfile.gettempdir())):
-        echo(
-            f"fetch: the base model came in through the job's model channel ({base}); give its local copy to rag_eval as --baseline"
-        )
+        record = {"training_job": name, "model": model_uri, "output": output_uri}
+        unpack_result(model_tgz, output_tgz, run_dir, record, source=model_uri)
+    for line in result_lines(name, run_dir):
+        echo(f"fetch: {line}")
     return run_dir

@@ -9,7 +9,10 @@ CreateTrainingJob request:
   code, which runs the same entrypoint;
 * metric definitions match the container's ``METRIC`` lines (NDCG@10 per dim, :mod:`infra.contract`);
 * spot training sets the checkpoint S3 URI and the maximum wait; on an instance with several GPUs
-  the ``nproc`` hyperparameter makes the container train under torchrun, one process per GPU.
+  the ``nproc`` hyperparameter makes the container train under torchrun, one process per GPU;
+* the user's SageMaker SDK configuration (``config.yaml``) is kept, with telemetry turned off on top
+  (:func:`infra.sagemaker_sdk.sdk_config`); its ``SageMaker.TrainingJob`` role, environment, tags,
+  VPC, network isolation and KMS keys apply unless a flag says otherwise.
 
 ``dry_run`` builds the request through the same ModelTrainer code path but stops it before it is
 sent: nothing is uploaded and no AWS endpoint is called. Following a job up: :mod:`infra.sagemaker_jobs`.
@@ -38,6 +41,8 @@ from infra.sagemaker_sdk import (
     quiet_sdk_logs,
     require_sdk,
     resolve_region,
+    sdk_config,
+    training_job_defaults,
 )
 from job import config as C
 from job.errors import JobError
@@ -120,15 +125,17 @@ class LaunchResult:
     dry_run: bool
 
 
-def check_spec(spec: LaunchSpec) -> LaunchSpec:
-    """Fill defaults from the environment and refuse what cannot work - before anything is uploaded."""
+def check_spec(spec: LaunchSpec, defaults: dict[str, Any] | None = None) -> LaunchSpec:
+    """Fill defaults from the environment (then the SDK configuration's ``defaults``, see
+    :func:`infra.sagemaker_sdk.training_job_defaults`) and refuse what cannot work - before anything is uploaded."""
     spec = copy.deepcopy(spec)
-    spec.role = spec.role or os.environ.get(ROLE_ENV) or None
+    spec.role = spec.role or os.environ.get(ROLE_ENV) or (defaults or {}).get("role") or None
     if not spec.role:
         raise JobError(
             "No IAM role is given for the SageMaker job.",
-            f"pass --role arn:aws:iam::ACCOUNT:role/NAME (or set {ROLE_ENV}): a role SageMaker can assume, with "
-            "read/write access to the bucket (e.g. the AmazonSageMaker-ExecutionRole the console creates).",
+            f"pass --role arn:aws:iam::ACCOUNT:role/NAME (or set {ROLE_ENV}, or SageMaker.TrainingJob.RoleArn in the "
+            "SageMaker SDK's config.yaml): a role SageMaker can assume, with read/write access to the bucket (e.g. "
+            "the AmazonSageMaker-ExecutionRole the console creates).",
         )
     if not _ROLE_ARN.match(spec.role):
         raise JobError(
@@ -206,12 +213,17 @@ def _project_dependencies(pyproject: Path) -> list[str]:
     return tomllib.loads(pyproject.read_text())["project"]["dependencies"]
 
 
-def build_trainer(spec: LaunchSpec, cfg: C.JobConfig, plan: InputPlan, session, workdir: Path):
-    """The ModelTrainer for this launch (nothing is sent until ``train()``)."""
+def build_trainer(
+    spec: LaunchSpec, cfg: C.JobConfig, plan: InputPlan, session, workdir: Path, defaults: dict[str, Any] | None = None
+):
+    """The ModelTrainer for this launch (nothing is sent until ``train()``); ``defaults`` are the SDK
+    configuration's training-job values (:func:`infra.sagemaker_sdk.training_job_defaults`), which
+    flags override (``--env``/``--tag`` per key)."""
     from sagemaker.core.training.configs import (
         CheckpointConfig,
         Compute,
         InputData,
+        Networking,
         OutputDataConfig,
         SourceCode,
         StoppingCondition,
@@ -233,7 +245,10 @@ def build_trainer(spec: LaunchSpec, cfg: C.JobConfig, plan: InputPlan, session, 
             requirements="requirements.txt",
             command="python -m infra.container train",
         )
-    environment = dict(spec.environment)
+    defaults = defaults or {}
+    environment = {**defaults.get("environment", {}), **spec.environment}
+    tags = {**defaults.get("tags", {}), **spec.tags}
+    network = {k: defaults.get(k) for k in NETWORK_FIELDS if defaults.get(k) is not None}
     output_path = spec.output_path or f"s3://{spec.bucket}/{s3.join_key(spec.prefix, 'output')}/"
     trainer = ModelTrainer(
         sagemaker_session=session,
@@ -245,16 +260,20 @@ def build_trainer(spec: LaunchSpec, cfg: C.JobConfig, plan: InputPlan, session, 
             instance_type=spec.instance_type,
             instance_count=spec.instance_count,
             volume_size_in_gb=spec.volume_gb,
+            volume_kms_key_id=defaults.get("volume_kms_key_id"),
             enable_managed_spot_training=spec.spot or None,
         ),
+        networking=Networking(**network) if network else None,
         stopping_condition=StoppingCondition(
             max_runtime_in_seconds=spec.max_run_s, max_wait_time_in_seconds=spec.max_wait_s if spec.spot else None
         ),
-        output_data_config=OutputDataConfig(s3_output_path=output_path, compression_type="GZIP"),
+        output_data_config=OutputDataConfig(
+            s3_output_path=output_path, compression_type="GZIP", kms_key_id=defaults.get("output_kms_key_id")
+        ),
         input_data_config=[InputData(channel_name=ch, data_source=uri) for ch, uri in sorted(plan.channels.items())],
         hyperparameters=hyperparameters_for(cfg, plan, gpus_per_instance(spec.instance_type, spec.region)),
         environment=environment,
-        tags=[Tag(key=k, value=v) for k, v in sorted(spec.tags.items())] or None,
+        tags=[Tag(key=k, value=v) for k, v in sorted(tags.items())] or None,
     )
     if spec.spot or spec.checkpoint_s3_uri:
         # Without a URI the SDK uses s3://BUCKET/PREFIX/BASE_JOB_NAME/JOB_NAME/checkpoints: one per job, so a
@@ -263,6 +282,9 @@ def build_trainer(spec: LaunchSpec, cfg: C.JobConfig, plan: InputPlan, session, 
             CheckpointConfig(s3_uri=spec.checkpoint_s3_uri, local_path=contract.CHECKPOINTS)
         )
     return trainer.with_metric_definitions(_metric_definitions(cfg))
+
+
+NETWORK_FIELDS = ("subnets", "security_group_ids", "enable_network_isolation", "enable_inter_container_traffic_encryption")
 
 
 def _metric_definitions(cfg: C.JobConfig):
@@ -283,7 +305,9 @@ def launch(
     """Check, upload (unless ``dry_run``), create the training job; return the exact CreateTrainingJob request."""
     require_sdk()
     quiet_sdk_logs()
-    spec = check_spec(spec)
+    config = sdk_config()
+    defaults = training_job_defaults(config)
+    spec = check_spec(spec, defaults)
     plan = plan_inputs(cfg, spec.bucket, spec.prefix)
     hps = hyperparameters_for(cfg, plan, gpus_per_instance(spec.instance_type, spec.region))  # fails here, before any upload, on a value SageMaker would refuse
     uploads = [(str(p), uri) for p, uri in plan.uploads]
@@ -291,10 +315,10 @@ def launch(
         upload_inputs(plan, echo)
     captured: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="job-launch-") as tmp:
-        session = launch_session(spec.region, dry_run, spec.bucket, spec.prefix, uploads, captured)
+        session = launch_session(spec.region, dry_run, spec.bucket, spec.prefix, uploads, captured, config)
         # A dry run calls nothing, so the role cannot be checked against IAM (a real launch checks it).
         with env_vars(SAGEMAKER_VALIDATE_ROLE="false") if dry_run else contextlib.nullcontext():
-            trainer = build_trainer(spec, cfg, plan, session, Path(tmp))
+            trainer = build_trainer(spec, cfg, plan, session, Path(tmp), defaults)
             try:
                 trainer.train(wait=False, logs=False)
             except StopBeforeSend:

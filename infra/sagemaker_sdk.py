@@ -1,6 +1,12 @@
-"""The SageMaker Python SDK v3 as this project uses it: an install check, quiet logs, and a Session
-whose requests are recorded (or, in a dry run, stopped before they leave), with the SDK's
-telemetry turned off on top of the user's own SageMaker configuration."""
+"""The SageMaker Python SDK v3 as this project uses it: an install check, quiet logs, the user's own
+SageMaker configuration with the SDK's telemetry turned off on top of it, and a Session whose
+requests are recorded (or, in a dry run, stopped before they leave).
+
+The user's configuration (the SDK's admin and user ``config.yaml``, or the files named by
+``SAGEMAKER_ADMIN_CONFIG_OVERRIDE`` / ``SAGEMAKER_USER_CONFIG_OVERRIDE``) is loaded as the SDK
+loads it; :func:`sdk_config` adds ``TelemetryOptOut`` to it and the Session carries the result.
+:func:`training_job_defaults` reads the ``SageMaker.TrainingJob`` values the launcher applies itself
+(the SDK drops them when a value is passed explicitly, or - VPC - always)."""
 
 from __future__ import annotations
 
@@ -8,8 +14,10 @@ import contextlib
 import copy
 import logging
 import os
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from infra import s3
 from job.errors import JobError
@@ -69,8 +77,81 @@ def require_sdk() -> None:
         ) from None
 
 
-def launch_session(region: str, dry_run: bool, bucket: str, prefix: str, uploads: list[tuple[str, str]], captured: dict):
-    """A SageMaker Session whose boto3 calls are recorded (CreateTrainingJob) or, in a dry run, stopped."""
+# --- the user's SageMaker configuration ----------------------------------------------------------
+TELEMETRY_OPT_OUT = ("SageMaker", "PythonSDK", "Modules", "TelemetryOptOut")
+CONFIG_ENV = ("SAGEMAKER_ADMIN_CONFIG_OVERRIDE", "SAGEMAKER_USER_CONFIG_OVERRIDE")
+
+
+def sdk_config() -> dict[str, Any]:
+    """The user's SageMaker SDK configuration, loaded as the SDK loads it, plus the telemetry opt-out
+    (the SDK's usage telemetry is an HTTP request of its own: nothing but our requests may leave)."""
+    from sagemaker.core.config import load_sagemaker_config
+
+    try:
+        config = copy.deepcopy(load_sagemaker_config() or {})
+    except Exception as exc:  # noqa: BLE001 - jsonschema ValidationError, ValueError, RuntimeError (S3)
+        named = ", ".join(f"{k}={os.environ[k]}" for k in CONFIG_ENV if os.environ.get(k)) or "the default locations"
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise JobError(
+            f"The SageMaker SDK configuration ({named}) could not be loaded: {first}",
+            "fix the config.yaml (see the SageMaker Python SDK's 'configuring and using defaults' guide), or point "
+            "SAGEMAKER_USER_CONFIG_OVERRIDE at another file.",
+        ) from None
+    config.setdefault("SchemaVersion", "1.0")
+    node = config
+    for key in TELEMETRY_OPT_OUT[:-1]:
+        node = node.setdefault(key, {})
+    node[TELEMETRY_OPT_OUT[-1]] = True
+    return config
+
+
+def config_value(config: dict[str, Any], path: str, default: Any = None) -> Any:
+    """``config_value(cfg, "SageMaker.TrainingJob.VpcConfig.Subnets")``, a copy, or ``default``."""
+    node: Any = config
+    for key in path.split("."):
+        if not isinstance(node, dict) or key not in node:
+            return default
+        node = node[key]
+    return copy.deepcopy(node)
+
+
+def training_job_defaults(config: dict[str, Any]) -> dict[str, Any]:
+    """The ``SageMaker.TrainingJob`` values of the user's configuration that a launch applies itself:
+    role, environment, tags, VPC, network isolation, traffic encryption and the KMS keys."""
+    job = "SageMaker.TrainingJob."
+    tags = config_value(config, job + "Tags", []) or []
+    return {
+        "role": config_value(config, job + "RoleArn"),
+        "environment": {str(k): str(v) for k, v in (config_value(config, job + "Environment", {}) or {}).items()},
+        "tags": {str(t["Key"]): str(t.get("Value", "")) for t in tags if isinstance(t, dict) and "Key" in t},
+        "subnets": config_value(config, job + "VpcConfig.Subnets"),
+        "security_group_ids": config_value(config, job + "VpcConfig.SecurityGroupIds"),
+        "enable_network_isolation": config_value(config, job + "EnableNetworkIsolation"),
+        "enable_inter_container_traffic_encryption": config_value(config, job + "EnableInterContainerTrafficEncryption"),
+        "output_kms_key_id": config_value(config, job + "OutputDataConfig.KmsKeyId"),
+        "volume_kms_key_id": config_value(config, job + "ResourceConfig.VolumeKmsKeyId"),
+    }
+
+
+@contextlib.contextmanager
+def config_files(config: dict[str, Any]) -> Iterator[Path]:
+    """For SDK code that loads the configuration itself (local mode has no Session; its telemetry
+    builds a default one): ``config`` in a temporary file that both override variables name."""
+    import yaml
+
+    with tempfile.TemporaryDirectory(prefix="job-sagemaker-config-") as tmp:
+        path = Path(tmp) / "config.yaml"
+        path.write_text(yaml.safe_dump(config, sort_keys=False))
+        with env_vars(**{name: str(path) for name in CONFIG_ENV}):
+            yield path
+
+
+def launch_session(
+    region: str, dry_run: bool, bucket: str, prefix: str, uploads: list[tuple[str, str]], captured: dict,
+    config: dict[str, Any] | None = None,
+):  # fmt: skip
+    """A SageMaker Session whose boto3 calls are recorded (CreateTrainingJob) or, in a dry run, stopped;
+    it carries ``config`` (default: :func:`sdk_config`, the user's configuration with telemetry off)."""
     import boto3
     from sagemaker.core.helper.session_helper import Session
 
@@ -102,10 +183,11 @@ def launch_session(region: str, dry_run: bool, bucket: str, prefix: str, uploads
                 s3.upload_path(local, uri if local.is_file() else target + "/", extra_args=extra_args)
             return uri
 
-    # The SDK's usage telemetry is an HTTP request of its own: off, so that nothing but our requests leave.
-    no_telemetry = {"SchemaVersion": "1.0", "SageMaker": {"PythonSDK": {"Modules": {"TelemetryOptOut": True}}}}
     return LaunchSession(
-        boto_session=boto_session, default_bucket=bucket, default_bucket_prefix=prefix, sagemaker_config=no_telemetry
+        boto_session=boto_session,
+        default_bucket=bucket,
+        default_bucket_prefix=prefix,
+        sagemaker_config=config if config is not None else sdk_config(),
     )
 
 

@@ -7,6 +7,10 @@
   and checks no IAM role, image or S3 location. So these tests check the exact request our
   launcher sends (captured as the SDK hands it to botocore) and how we read a job back, not what
   SageMaker itself would do with the request. The container side is tested in test_container.py.
+* CloudWatch Logs is the same moto server: it serves what the SDK's log streaming reads
+  (DescribeLogStreams, GetLogEvents), so `--wait` really streams through ``TrainingJob.wait(logs=True)``;
+  the log lines are put there by the test, since moto's training jobs run nothing and log nothing.
+* The SageMaker SDK's own configuration (config.yaml) is an empty file unless a test writes one.
 """
 
 from __future__ import annotations
@@ -48,9 +52,20 @@ def moto_sagemaker():
 
 
 @pytest.fixture()
-def aws(s3_env, moto_sagemaker, monkeypatch):
-    """S3 = SeaweedFS, SageMaker = moto; the role is not simulated against IAM (moto cannot)."""
+def sdk_config_file(tmp_path, monkeypatch):
+    """The SageMaker SDK's config.yaml (admin and user): an empty file the test may write."""
+    path = tmp_path / "sagemaker-config.yaml"
+    path.write_text("")
+    monkeypatch.setenv("SAGEMAKER_USER_CONFIG_OVERRIDE", str(path))
+    monkeypatch.setenv("SAGEMAKER_ADMIN_CONFIG_OVERRIDE", str(path))
+    return path
+
+
+@pytest.fixture()
+def aws(s3_env, moto_sagemaker, monkeypatch, sdk_config_file):
+    """S3 = SeaweedFS, SageMaker and CloudWatch Logs = moto; the role is not simulated against IAM (moto cannot)."""
     monkeypatch.setenv("AWS_ENDPOINT_URL_SAGEMAKER", moto_sagemaker)
+    monkeypatch.setenv("AWS_ENDPOINT_URL_CLOUDWATCH_LOGS", moto_sagemaker)
     monkeypatch.setenv("SAGEMAKER_VALIDATE_ROLE", "false")
     for var in ("SAGEMAKER_ROLE", "SAGEMAKER_BUCKET", "AWS_REGION", "JOB_EPOCHS"):
         monkeypatch.delenv(var, raising=False)
@@ -167,7 +182,7 @@ def test_launch_uploads_inputs_and_sends_the_exact_request(
     assert f"would upload {pairs_file} -> {s3_uri('train')}" in err
 
 
-def test_dry_run_calls_no_endpoint_and_uploads_nothing(monkeypatch, tmp_path, pairs_file, capsys):
+def test_dry_run_calls_no_endpoint_and_uploads_nothing(monkeypatch, tmp_path, pairs_file, capsys, sdk_config_file):
     """Every AWS endpoint points at a closed port and no credentials exist: a dry run still prints the request."""
     dead = f"http://127.0.0.1:{_free_port()}"
     for var in (
@@ -304,16 +319,120 @@ def test_missing_bucket_gets_the_s3_error(aws, pairs_file, capsys):
     assert code == 2 and "The bucket 'no-such-bucket-x' does not exist" in err
 
 
-# --- status and cost ---------------------------------------------------------------------------
-def test_wait_follows_the_job_to_its_end(aws, s3_bucket):
+# --- the user's SageMaker configuration ------------------------------------------------------------
+USER_CONFIG = """\
+SchemaVersion: '1.0'
+SageMaker:
+  PythonSDK:
+    Modules:
+      TelemetryOptOut: false
+  TrainingJob:
+    RoleArn: arn:aws:iam::123456789012:role/FromConfig
+    EnableNetworkIsolation: true
+    EnableInterContainerTrafficEncryption: true
+    Environment: {TEAM_VAR: from-config, SHARED: config}
+    VpcConfig: {SecurityGroupIds: [sg-0123456789abcdef0], Subnets: [subnet-0123456789abcdef0]}
+    OutputDataConfig: {KmsKeyId: 'arn:aws:kms:us-east-1:123456789012:key/output'}
+    ResourceConfig: {VolumeKmsKeyId: 'arn:aws:kms:us-east-1:123456789012:key/volume'}
+    Tags: [{Key: cost-center, Value: '42'}, {Key: team, Value: config}]
+"""
+
+
+def test_the_users_sagemaker_config_survives_with_telemetry_off(aws, s3_bucket, sdk_config_file, monkeypatch):
+    """VPC, KMS keys, tags, environment, network isolation and the role of config.yaml reach the request
+    (flags win per key); the Session carries the whole configuration plus TelemetryOptOut."""
+    sdk_config_file.write_text(USER_CONFIG)
+    sessions = []
+    real = sagemaker_launch.launch_session
+    monkeypatch.setattr(sagemaker_launch, "launch_session", lambda *a, **k: sessions.append(real(*a, **k)) or sessions[-1])
+    spec = sagemaker_launch.LaunchSpec(
+        region="us-east-1", bucket=s3_bucket, image=IMAGE, tags={"team": "search"}, environment={"SHARED": "flag"}
+    )
+    request = sagemaker_launch.launch(_cfg(data="embedded"), spec, dry_run=True, echo=lambda m: None).request
+    assert request["RoleArn"] == "arn:aws:iam::123456789012:role/FromConfig"
+    assert request["VpcConfig"] == {"SecurityGroupIds": ["sg-0123456789abcdef0"], "Subnets": ["subnet-0123456789abcdef0"]}
+    assert request["EnableNetworkIsolation"] is True and request["EnableInterContainerTrafficEncryption"] is True
+    assert request["Environment"] == {"TEAM_VAR": "from-config", "SHARED": "flag"}
+    assert request["OutputDataConfig"]["KmsKeyId"] == "arn:aws:kms:us-east-1:123456789012:key/output"
+    assert request["ResourceConfig"]["VolumeKmsKeyId"] == "arn:aws:kms:us-east-1:123456789012:key/volume"
+    assert request["Tags"] == [{"Key": "cost-center", "Value": "42"}, {"Key": "team", "Value": "search"}]
+    config = sessions[0].sagemaker_config
+    assert config["SageMaker"]["PythonSDK"]["Modules"]["TelemetryOptOut"] is True  # added, even over false
+    assert config["SageMaker"]["TrainingJob"]["VpcConfig"]["Subnets"] == ["subnet-0123456789abcdef0"]
+
+
+def test_a_broken_sagemaker_config_is_named(aws, s3_bucket, sdk_config_file, capsys):
+    sdk_config_file.write_text("SchemaVersion: '1.0'\nSageMaker:\n  TrainingJob:\n    Tags: not-a-list\n")
+    code = launch_cli.main(_launch_args(s3_bucket, "embedded", "--role", ROLE, "--region", "us-east-1", "--dry-run"))
+    _, err = capsys.readouterr()
+    assert code == 2
+    assert f"The SageMaker SDK configuration (SAGEMAKER_ADMIN_CONFIG_OVERRIDE={sdk_config_file}" in err
+    assert "could not be loaded" in err
+
+
+# --- waiting: the job's log through the SDK -----------------------------------------------------
+def _log_lines_at_create(monkeypatch, lines: list[str]) -> None:
+    """Put ``lines`` in CloudWatch Logs (moto) under the job's stream when the job is created, as the
+    training container would: /aws/sagemaker/TrainingJobs, stream NAME/algo-1-<epoch>."""
+    import boto3
+
+    real = sagemaker_launch.launch_session
+
+    def session(*args, **kwargs):
+        s = real(*args, **kwargs)
+
+        def put(params, **_):
+            logs = boto3.client("logs", region_name="us-east-1")
+            group, stream = "/aws/sagemaker/TrainingJobs", f"{params['TrainingJobName']}/algo-1-1764200000"
+            try:
+                logs.create_log_group(logGroupName=group)
+            except logs.exceptions.ResourceAlreadyExistsException:
+                pass
+            logs.create_log_stream(logGroupName=group, logStreamName=stream)
+            now = int(__import__("time").time() * 1000)
+            events = [{"timestamp": now + i, "message": line} for i, line in enumerate(lines)]
+            logs.put_log_events(logGroupName=group, logStreamName=stream, logEvents=events)
+
+        s.boto_session.events.register("before-parameter-build.sagemaker.CreateTrainingJob", put)
+        return s
+
+    monkeypatch.setattr(sagemaker_launch, "launch_session", session)
+
+
+def test_wait_streams_the_jobs_log_through_the_sdk(aws, s3_bucket, monkeypatch):
+    lines = ["container: run dir /opt/ml/checkpoints/run", "METRIC train_loss=0.5", "container: done in 42 s [ok]"]
+    _log_lines_at_create(monkeypatch, lines)
     messages: list[str] = []
     spec = sagemaker_launch.LaunchSpec(role=ROLE, region="us-east-1", bucket=s3_bucket, image=IMAGE)
     name = sagemaker_launch.launch(_cfg(data="embedded"), spec, wait=True, poll_s=0.1, echo=messages.append).job_name
     assert messages == [
         f"launch: started training job {name} in us-east-1; follow it with `job launch status {name}`",
+        f"launch: waiting for {name}; its log follows",
+        *lines,  # from CloudWatch Logs, through the SDK's TrainingJob.wait(logs=True)
         f"launch: {name}: Completed / Completed",  # moto: completed at once
         f"launch: {name} completed; `job launch fetch {name}` downloads the model and report",
     ]
+
+
+def test_a_job_that_fails_while_waited_for_is_an_error_with_its_reason(monkeypatch):
+    """moto cannot fail a job; the SDK's FailedStatusError and the final description are stood in for here."""
+    from sagemaker.core.utils.exceptions import FailedStatusError
+
+    desc = {"TrainingJobName": "j", "TrainingJobStatus": "Failed", "SecondaryStatus": "Failed",
+            "FailureReason": "AlgorithmError: The 'train' channel is missing"}  # fmt: skip
+
+    class Job:
+        def wait(self, poll, logs):
+            raise FailedStatusError(resource_type="TrainingJob", status="Failed", reason=desc["FailureReason"])
+
+    monkeypatch.setattr(sagemaker_jobs, "describe", lambda name, region=None, client=None: desc)
+    monkeypatch.setattr("sagemaker.core.resources.TrainingJob.get", lambda **kw: Job())
+    messages: list[str] = []
+    assert sagemaker_jobs.wait_for("j", "us-east-1", messages.append)["TrainingJobStatus"] == "Failed"
+    assert messages[-1] == "launch: j: Failed / Failed"
+
+
+# --- status and cost ---------------------------------------------------------------------------
 
 
 def test_status_shows_the_job_from_the_control_plane(aws, s3_bucket, capsys):
