@@ -1,9 +1,11 @@
 """Push a finished run's model (with its evaluation card) to the Hugging Face Hub.
 
-The token is read only from the ``HF_TOKEN`` environment variable or a secret file
-(``HF_TOKEN_PATH``, else the standard ``$HF_HOME/token``, by default
-``~/.cache/huggingface/token``, which ``hf auth login`` writes). It is never taken from the
-command line, never printed, and scrubbed from every error message.
+The token is huggingface_hub's own (:func:`huggingface_hub.get_token`): the ``HF_TOKEN``
+environment variable, else the token file (``HF_TOKEN_PATH``, else ``$HF_HOME/token``, which
+``hf auth login`` writes). It is never taken from the command line, never printed, and scrubbed from
+every error message. Before any training, :func:`check_hub_token` proves the token can *write*
+the repo (``HfApi.auth_check(write=True)`` for an existing repo, the token's role and organisations
+for a new one), so a read-only token fails in seconds, not after the run.
 """
 
 from __future__ import annotations
@@ -15,8 +17,8 @@ from pathlib import Path
 
 from job.errors import JobError
 from job.layout import CARD_MARK
+from job.models import hub_offline
 
-_TRUE = {"1", "true", "yes", "on"}
 _TOKEN_LIKE = re.compile(r"\bhf_[A-Za-z0-9]{8,}\b")
 
 
@@ -28,37 +30,24 @@ class HubPublication:
     private: bool
 
 
-def _standard_token_file() -> Path:
-    hf_home = os.environ.get("HF_HOME")
-    if hf_home:
-        return Path(hf_home).expanduser() / "token"
-    cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(cache).expanduser() / "huggingface" / "token"
+def token_file() -> Path:
+    """Where huggingface_hub reads the token file from (``HF_TOKEN_PATH`` or ``$HF_HOME/token``)."""
+    from huggingface_hub import constants
 
-
-def _token_and_source() -> tuple[str | None, str]:
-    env = os.environ.get("HF_TOKEN", "").strip()
-    if env:
-        return env, "HF_TOKEN"
-    explicit = os.environ.get("HF_TOKEN_PATH", "").strip()
-    path = Path(explicit).expanduser() if explicit else _standard_token_file()
-    if explicit and not path.is_file():
-        raise JobError(
-            f"HF_TOKEN_PATH points to {path}, which is not a file.",
-            "write the Hub token into that file (one line), or unset HF_TOKEN_PATH and set HF_TOKEN.",
-        )
-    if path.is_file():
-        token = path.read_text().strip()
-        if token:
-            return token, str(path)
-        if explicit:
-            raise JobError(f"The token file {path} (HF_TOKEN_PATH) is empty.", "write the Hub token into it.")
-    return None, str(path)
+    return Path(constants.HF_TOKEN_PATH)
 
 
 def hub_token() -> str | None:
-    """The Hub token from HF_TOKEN or the token file, or None."""
-    return _token_and_source()[0]
+    """The Hub token as huggingface_hub finds it, or None."""
+    from huggingface_hub import get_token
+
+    explicit = os.environ.get("HF_TOKEN_PATH", "").strip()
+    if explicit and not os.environ.get("HF_TOKEN", "").strip() and not Path(explicit).expanduser().is_file():
+        raise JobError(
+            f"HF_TOKEN_PATH points to {Path(explicit).expanduser()}, which is not a file.",
+            "write the Hub token into that file (one line), or unset HF_TOKEN_PATH and set HF_TOKEN.",
+        )
+    return get_token()
 
 
 def scrub(text: str, token: str | None = None) -> str:
@@ -68,24 +57,75 @@ def scrub(text: str, token: str | None = None) -> str:
     return _TOKEN_LIKE.sub("hf_***", text)
 
 
-def check_hub_token(repo_id: str | None = None) -> None:
-    """Fail fast, before training, when a Hub push is requested but cannot work: no token, offline
-    mode on, or a malformed repo id. Makes no network request."""
-    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in _TRUE:
+def check_hub_token(repo_id: str | None = None, *, check_write: bool = True) -> None:
+    """Fail fast, before training, when a Hub push is requested but cannot work: offline mode on, no
+    token, a malformed repo id, or (one request to the Hub) a token that cannot write the repo."""
+    if hub_offline():
         raise JobError(
-            "Pushing to the Hugging Face Hub was requested, but HF_HUB_OFFLINE=1 forbids network access.",
-            "unset HF_HUB_OFFLINE (the offline demo sets it) or drop --hub-repo.",
+            "Pushing to the Hugging Face Hub was requested, but offline mode (HF_HUB_OFFLINE / TRANSFORMERS_OFFLINE) "
+            "forbids network access.",
+            "unset HF_HUB_OFFLINE and TRANSFORMERS_OFFLINE (the offline demo sets HF_HUB_OFFLINE) or drop --hub-repo.",
         )
-    token, where = _token_and_source()
+    token = hub_token()
     if not token:
         raise JobError(
-            "Pushing to the Hugging Face Hub was requested, but no token was found (HF_TOKEN is unset and "
-            f"{where} does not exist).",
+            f"Pushing to the Hugging Face Hub was requested, but no token was found (HF_TOKEN is unset and "
+            f"{token_file()} does not exist).",
             "create a write token at https://huggingface.co/settings/tokens and export HF_TOKEN, or store it with "
             "`hf auth login` (or in a file named by HF_TOKEN_PATH). Never pass it on the command line.",
         )
     if repo_id is not None:
         _validate_repo_id(repo_id)
+        if check_write:
+            check_write_access(repo_id, token)
+
+
+def check_write_access(repo_id: str, token: str) -> None:
+    """A JobError unless ``token`` may write ``repo_id`` (or create it, when it does not exist yet)."""
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import RepositoryNotFoundError
+
+    api = HfApi(token=token)
+    try:
+        api.auth_check(repo_id, repo_type="model", write=True)
+        return
+    except RepositoryNotFoundError:
+        pass  # a new repo (or one this token cannot see): the namespace decides
+    except Exception as exc:  # noqa: BLE001 - 401/403/network, with the token scrubbed
+        raise _hub_error(exc, repo_id, token, "checking write access to") from None
+    try:
+        me = api.whoami()
+    except Exception as exc:  # noqa: BLE001
+        raise _hub_error(exc, repo_id, token, "checking write access to") from None
+    namespace = repo_id.split("/")[0] if "/" in repo_id else me.get("name")
+    access = (me.get("auth") or {}).get("accessToken") or {}
+    role = access.get("role")
+    if role == "read":
+        raise JobError(
+            f"The Hub token is read-only, so it cannot create {repo_id}.",
+            "create a token with write access at https://huggingface.co/settings/tokens and use it (HF_TOKEN).",
+        )
+    orgs = {o.get("name"): o.get("roleInOrg") for o in me.get("orgs") or []}
+    if namespace != me.get("name") and namespace not in orgs:
+        raise JobError(
+            f"The Hub token's user ({me.get('name')}) is not a member of '{namespace}', so it cannot create {repo_id}.",
+            f"push to your own namespace ({me.get('name')}/NAME) or to an organisation you belong to.",
+        )
+    if orgs.get(namespace) == "read":
+        raise JobError(
+            f"The Hub token's user has read-only access to the organisation '{namespace}'.",
+            "ask an organisation admin for write access, or push to your own namespace.",
+        )
+    if role == "fineGrained":
+        scoped = (access.get("fineGrained") or {}).get("scoped") or []
+        allowed = any(
+            (s.get("entity") or {}).get("name") == namespace and "repo.write" in (s.get("permissions") or []) for s in scoped
+        )
+        if not allowed:
+            raise JobError(
+                f"The fine-grained Hub token has no 'repo.write' permission on '{namespace}', so it cannot create {repo_id}.",
+                "edit the token at https://huggingface.co/settings/tokens to allow writing repos in that namespace.",
+            )
 
 
 def _validate_repo_id(repo_id: str) -> None:
@@ -97,12 +137,12 @@ def _validate_repo_id(repo_id: str) -> None:
         raise JobError(f"'{repo_id}' is not a valid Hub repo id ({exc}).", "use NAMESPACE/NAME, e.g. my-org/bge-finance.") from None
 
 
-def _hub_error(exc: Exception, repo_id: str, token: str) -> JobError:
+def _hub_error(exc: Exception, repo_id: str, token: str, doing: str = "pushing to") -> JobError:
     status = getattr(getattr(exc, "response", None), "status_code", None)
     detail = scrub(str(exc).splitlines()[0] if str(exc) else type(exc).__name__, token)
     if status == 401:
         return JobError(
-            f"The Hub rejected the token (401 Unauthorized) while pushing to {repo_id}.",
+            f"The Hub rejected the token (401 Unauthorized) while {doing} {repo_id}.",
             "check HF_TOKEN / the token file: it must be a valid token with write access.",
         )
     if status == 403:
@@ -110,7 +150,11 @@ def _hub_error(exc: Exception, repo_id: str, token: str) -> JobError:
             f"The token may not create or write {repo_id} (403 Forbidden): {detail}",
             "use a token with write access to that namespace (fine-grained tokens need repo write permission).",
         )
-    return JobError(f"Pushing to the Hub repo {repo_id} failed: {detail}", "retry; re-run with --debug for details.")
+    return JobError(
+        f"{doing.capitalize()} the Hub repo {repo_id} failed: {detail}.",
+        "check the network connection to huggingface.co and retry: the run directory is kept, and "
+        "`job push --run-dir RUN --hub-repo REPO` publishes it again.",
+    )
 
 
 def publish_hub(run_dir, repo_id: str, private: bool = True, *, commit_message: str | None = None) -> HubPublication:
@@ -122,7 +166,7 @@ def publish_hub(run_dir, repo_id: str, private: bool = True, *, commit_message: 
 
     from infra.run_bundle import run_id_for, run_root
 
-    check_hub_token(repo_id)
+    check_hub_token(repo_id, check_write=False)  # the upload itself is the proof now
     root = run_root(run_dir)
     model_dir = root / "model"
     card = model_dir / "README.md"

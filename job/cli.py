@@ -14,13 +14,17 @@ from infra.launch_cli import launch  # `job launch` (SageMaker) lives with the c
 from infra.push_cli import push  # `job push` lives with the publishing code
 from job import config as C
 from job.cli_common import config_options, echo, run_cli
+from job import storage
 from job.errors import JobError
 
 
 def _rd(cfg):
+    """The run directory, checked to be writable before any model is loaded."""
     from job.layout import RunDir
 
-    return RunDir(cfg.run_dir)
+    rd = RunDir(cfg.run_dir)
+    storage.probe_writable(rd.root)
+    return rd
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
@@ -60,7 +64,9 @@ def prepare_cmd(cfg) -> None:
     from job.models import load_model
     from job.pipeline import prepare
 
-    prepare(cfg, _rd(cfg), echo, model=load_model(cfg.model, max_seq_length=cfg.max_seq_length))
+    rd = _rd(cfg)
+    with storage.storage_errors(rd.root, "the prepare step's outputs"):
+        prepare(cfg, rd, echo, model=load_model(cfg.model, max_seq_length=cfg.max_seq_length))
 
 
 @cli.command("baseline")
@@ -69,7 +75,9 @@ def baseline_cmd(cfg) -> None:
     """Score the base model on the test split at every Matryoshka dim."""
     from job.pipeline import baseline
 
-    baseline(cfg, _rd(cfg), echo)
+    rd = _rd(cfg)
+    with storage.storage_errors(rd.root, "the baseline step's outputs"):
+        baseline(cfg, rd, echo)
 
 
 @cli.command("train")
@@ -80,7 +88,9 @@ def train_cmd(cfg, resume: bool, force: bool) -> None:
     """Fine-tune with MatryoshkaLoss(MNRL); keep the best checkpoint by validation NDCG@10."""
     from job.pipeline import train
 
-    train(cfg, _rd(cfg), echo, resume=resume, force=force)
+    rd = _rd(cfg)
+    with storage.storage_errors(rd.root, "the train step's outputs"):
+        train(cfg, rd, echo, resume=resume, force=force)
 
 
 @cli.command("evaluate")
@@ -89,7 +99,9 @@ def evaluate_cmd(cfg) -> None:
     """Score base and fine-tuned models on the test split; write the report (Markdown, JSON, PNG)."""
     from job.pipeline import evaluate
 
-    evaluate(cfg, _rd(cfg), echo)
+    rd = _rd(cfg)
+    with storage.storage_errors(rd.root, "the evaluate step's outputs"):
+        evaluate(cfg, rd, echo)
 
 
 @cli.command("run")

@@ -61,9 +61,13 @@ def setup_logging(debug: bool) -> None:
         logging.getLogger(noisy).setLevel(logging.INFO if debug else logging.WARNING)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     if not debug:  # weight loading/saving bars are noise; encoding and training keep theirs
+        from huggingface_hub.utils import enable_progress_bars
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()
+        enable_progress_bars()  # transformers turned the Hub's off too: downloads and uploads keep theirs
+        # texts longer than the model's limit are truncated on purpose; prepare counts and reports them
+        logging.getLogger("transformers.tokenization_utils_base").setLevel(logging.ERROR)
 
 
 def echo(msg: str) -> None:

@@ -20,4 +20,13 @@ class JobError(Exception):
 
     @property
     def message(self) -> str:
-        return f"{self.problem} Fix: {self.fix}" if self.fix else self.problem
+        problem = _sentence(self.problem)
+        return f"{problem} Fix: {_sentence(self.fix)}" if self.fix else problem
+
+
+def _sentence(text: str) -> str:
+    """``text`` ending in exactly one full stop (or its own ``?``/``!``/``)``-closed sentence)."""
+    text = text.strip()
+    while text.endswith(".."):
+        text = text[:-1]
+    return text if text.endswith((".", "?", "!", ".)", ".'", '."')) else text + "."

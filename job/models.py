@@ -16,7 +16,10 @@ _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 
 
 def hub_offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
+    """huggingface_hub's offline rule (``HF_HUB_OFFLINE`` or ``TRANSFORMERS_OFFLINE``, as
+    ``huggingface_hub.constants.is_offline_mode()``), read when asked: the library reads the
+    environment once, at import, and a process may change it afterwards (tests do)."""
+    return any(os.environ.get(v, "").strip().lower() in {"1", "true", "yes", "on"} for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
 
 
 def bundled_model_path() -> str:
@@ -82,12 +85,31 @@ def load_model(model: str, *, device: str | None = None, max_seq_length: int | N
     return st
 
 
+_DAMAGED = ("safetensorerror", "deserializing", "incomplete metadata", "unexpected eof", "pytorchstreamreader", "truncated", "corrupt")
+
+
 def _load_error(name: str, exc: Exception) -> JobError:
     text = f"{type(exc).__name__}: {exc}"
+    first = text.splitlines()[0]
     if is_local(name):
+        folder = Path(name)
+        if any(m in text.lower() for m in _DAMAGED):
+            if (folder / "training.json").is_file():  # the fine-tuned model of a run: the run can rebuild it
+                run = folder.parent
+                return JobError(
+                    f"The fine-tuned model in {folder} is damaged (a file is truncated or corrupt: {first}).",
+                    f"remove {folder} and rerun `job run --run-dir {run}`: training resumes from its last complete "
+                    "checkpoint (or retrains) and writes the model and report again.",
+                )
+            return JobError(
+                f"The model files in {folder} are damaged (a file is truncated or corrupt: {first}).",
+                "copy or download the model folder again (e.g. `hf download MODEL_ID --local-dir DIR`), or pass "
+                "another --model.",
+            )
         return JobError(
-            f"Could not load a model from {name}: {text.splitlines()[0]}",
-            "point --model at a sentence-transformers or transformers model folder.",
+            f"Could not load a model from {name}: {first}",
+            "point --model at a sentence-transformers or transformers model folder (modules.json or config.json "
+            "with its weights).",
         )
     offline_markers = ("offline", "connect", "resolve", "Network", "timed out", "local_files_only", "Max retries", "couldn't find")
     if hub_offline() or any(m.lower() in text.lower() for m in offline_markers):
@@ -97,7 +119,7 @@ def _load_error(name: str, exc: Exception) -> JobError:
             f"{OFFLINE_DEFAULT_MODEL}, or HF_HUB_OFFLINE=1 with --model auto), or run where the Hub is reachable.",
         )
     return JobError(
-        f"Could not load the model '{name}' from the Hugging Face Hub: {text.splitlines()[0]}",
+        f"Could not load the model '{name}' from the Hugging Face Hub: {first}",
         "check the model id (and HF_TOKEN for private or gated models).",
     )
 

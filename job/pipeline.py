@@ -8,6 +8,7 @@ current configuration and refuses (rather than silently mixing) one that does no
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import shutil
@@ -15,10 +16,10 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from job import checkpoints
+from job import checkpoints, storage
 from job import data as D
 from job.layout import CARD_MARK, CHECKPOINT_FINGERPRINT, STEPS, RunDir, replace_dir, write_json
-from job.config import MODEL_FIELDS, PREPARE_FIELDS, TRAIN_FIELDS, JobConfig, fingerprint_digest
+from job.config import EMBEDDED_DATA, MODEL_FIELDS, PREPARE_FIELDS, TRAIN_FIELDS, JobConfig, fingerprint_digest
 from job.errors import JobError
 from job.evaluation import evaluate_model, evaluation_options
 from job.models import load_model, resolve_best_dim, resolve_dims, resolve_model_name
@@ -39,9 +40,43 @@ def _require(rd: RunDir, step: str, for_step: str) -> dict[str, Any]:
     return rec
 
 
+def input_files(cfg: JobConfig) -> dict[str, Path]:
+    """The local files and folders the prepare step reads (a Hub dataset id has none)."""
+    out = {}
+    for name in ("data", "eval_data"):
+        value = getattr(cfg, name)
+        if name == "data" and value == EMBEDDED_DATA:
+            out[name] = D.embedded_data_path()
+        elif value and Path(value).expanduser().exists():
+            out[name] = Path(value).expanduser()
+    return out
+
+
+def input_digests(cfg: JobConfig, known: dict[str, Any] | None = None) -> dict[str, dict[str, Any]]:
+    """SHA-256 of every local input, with the size and mtime of its files: when those match ``known``
+    (the prepare record's), its digest is reused instead of reading the data again."""
+    out = {}
+    for name, path in input_files(cfg).items():
+        files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+        stats = [(p.relative_to(path).as_posix() if p != path else p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in files]
+        previous = (known or {}).get(name) or {}
+        if previous.get("stats") == [list(s) for s in stats]:
+            out[name] = previous
+            continue
+        h = hashlib.sha256()
+        for p, (rel, _, _) in zip(files, stats):
+            h.update(rel.encode() + b"\0")
+            with open(p, "rb") as fh:
+                for block in iter(lambda: fh.read(1 << 20), b""):
+                    h.update(block)
+        out[name] = {"path": str(path), "sha256": h.hexdigest(), "stats": [list(s) for s in stats]}
+    return out
+
+
 def step_fingerprint(cfg: JobConfig, rd: RunDir, step: str) -> dict[str, Any]:
     if step == "prepare":
-        return cfg.fingerprint(PREPARE_FIELDS)
+        known = (rd.record("prepare") or {}).get("inputs")
+        return {**cfg.fingerprint(PREPARE_FIELDS), "inputs": {k: v["sha256"] for k, v in input_digests(cfg, known).items()}}
     data_digest = _require(rd, "prepare", f"job {step}")["data_digest"]
     fields = MODEL_FIELDS if step == "baseline" else TRAIN_FIELDS
     return {**cfg.fingerprint(fields), "data_digest": data_digest}
@@ -57,6 +92,7 @@ def prepare(cfg: JobConfig, rd: RunDir, echo: Echo = print, model=None) -> dict[
     so that a bad setting fails here, before any expensive step."""
     if model is not None:
         resolve_best_dim(cfg, resolve_dims(cfg, model))
+    inputs = input_digests(cfg)  # before reading: an edit while this step runs shows as a change next time
     records = D.load_records(cfg.data, cfg.data_split)
     columns = list(dict.fromkeys(k for row in records.rows[:1000] for k in row if k != "__line__"))
     q_col, p_col = D.detect_columns(columns, cfg.question_column, cfg.passage_column, records.source)
@@ -126,7 +162,8 @@ def prepare(cfg: JobConfig, rd: RunDir, echo: Echo = print, model=None) -> dict[
         "truncation": truncation,
         "leakage": {k: v for k, v in leakage.items() if k != "examples"},
         "data_digest": fingerprint_digest(digest_src),
-        "fingerprint": step_fingerprint(cfg, rd, "prepare"),
+        "inputs": inputs,
+        "fingerprint": {**cfg.fingerprint(PREPARE_FIELDS), "inputs": {k: v["sha256"] for k, v in inputs.items()}},
     }
     write_json(stage / "data" / "prepare.json", summary)
     rd.root.mkdir(parents=True, exist_ok=True)
@@ -341,11 +378,13 @@ def run(
     replaces the training call (the SageMaker container runs its own, with its callbacks);
     ``mismatch_fix`` replaces the advice given when the run dir holds another configuration's output.
     """
+    storage.probe_writable(rd.root)  # before any model is loaded
     results: dict[str, Any] = {}
     ran_earlier_step = False  # once a step runs, every later step must run on its new output
+    inputs_changed = False if force else _inputs_changed(cfg, rd, echo)
     for step in STEPS:
         rec = rd.record(step)
-        if rec is not None and not force and not ran_earlier_step:
+        if rec is not None and not force and not ran_earlier_step and not inputs_changed:
             want = step_fingerprint(cfg, rd, step)
             if rec.get("fingerprint") == want:
                 hint = "; --force redoes it" if mismatch_fix is None else ""
@@ -362,21 +401,44 @@ def run(
                 "or use a new --run-dir.",
             )
         ran_earlier_step = True
-        if step == "prepare":
-            results[step] = prepare(cfg, rd, echo, model=load_model(cfg.model, max_seq_length=cfg.max_seq_length))
-        elif step == "baseline":
-            results[step] = baseline(cfg, rd, echo)
-        elif step == "train":
-            resume_from = None if force else _resume_point(cfg, rd, echo)
-            resume = resume_from is not None
-            if resume:
-                echo(f"train: resuming from {resume_from}")
-            results[step] = train_step(resume) if train_step else train(cfg, rd, echo, resume=resume, force=force)
-        else:
-            results[step] = evaluate(cfg, rd, echo)
+        with storage.storage_errors(rd.root, f"the {step} step's outputs"):
+            results[step] = _run_step(step, cfg, rd, echo, force, inputs_changed, train_step)
         if on_step:
             on_step(step, results[step])
     return results
+
+
+def _run_step(step: str, cfg: JobConfig, rd: RunDir, echo: Echo, force: bool, inputs_changed: bool, train_step) -> dict[str, Any]:
+    if step == "prepare":
+        return prepare(cfg, rd, echo, model=load_model(cfg.model, max_seq_length=cfg.max_seq_length))
+    if step == "baseline":
+        return baseline(cfg, rd, echo)
+    if step == "evaluate":
+        return evaluate(cfg, rd, echo)
+    if inputs_changed and rd.checkpoints.exists():  # made on the old data: of no use, but not deleted
+        stale = rd.root / f"{rd.checkpoints.name}.before-{time.strftime('%Y%m%d-%H%M%S')}"
+        rd.checkpoints.rename(stale)
+        echo(f"train: the checkpoints were made on the old data; moved them to {stale}")
+    resume_from = None if force else _resume_point(cfg, rd, echo)
+    if resume_from is not None:
+        echo(f"train: resuming from {resume_from}")
+    resume = resume_from is not None
+    return train_step(resume) if train_step else train(cfg, rd, echo, resume=resume, force=force)
+
+
+def _inputs_changed(cfg: JobConfig, rd: RunDir, echo: Echo) -> bool:
+    """True (and says so) when the only difference from the prepared run is the content of its local
+    inputs: an edited data file re-runs every step instead of being silently ignored."""
+    rec = rd.record("prepare")
+    if rec is None or "inputs" not in rec.get("fingerprint", {}):
+        return False
+    old, new = rec["fingerprint"], step_fingerprint(cfg, rd, "prepare")
+    if old == new or changed_fields(old, new) != ["inputs"]:
+        return False
+    changed = sorted(k for k in set(old["inputs"]) | set(new["inputs"]) if old["inputs"].get(k) != new["inputs"].get(k))
+    names = ", ".join(f"{k} ({input_files(cfg)[k]})" if k in input_files(cfg) else k for k in changed)
+    echo(f"{names} changed since prepare: re-running prepare, baseline, train, evaluate")
+    return True
 
 
 def _resume_point(cfg: JobConfig, rd: RunDir, echo: Echo) -> str | None:

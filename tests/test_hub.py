@@ -21,11 +21,14 @@ TOKEN = "hf_FakeTokenForTests0123456789abcdef"
 @pytest.fixture()
 def hub_env(monkeypatch, tmp_path):
     """Online mode, no token anywhere (HF_HOME points to an empty folder)."""
-    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    monkeypatch.delenv("HF_TOKEN", raising=False)
-    monkeypatch.delenv("HF_TOKEN_PATH", raising=False)
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
-    return tmp_path / "hf-home"
+    from huggingface_hub import constants
+
+    for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_TOKEN_PATH"):
+        monkeypatch.delenv(name, raising=False)
+    home = tmp_path / "hf-home"
+    # huggingface_hub resolves its token file once, at import (from HF_TOKEN_PATH / HF_HOME): point it here
+    monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(home / "token"))
+    return home
 
 
 @pytest.fixture()
@@ -33,7 +36,25 @@ def fake_hub(monkeypatch):
     """Record HfApi calls instead of making HTTP requests; ``state`` steers the answers."""
     from huggingface_hub import HfApi
 
-    state = SimpleNamespace(calls=[], public_repo=False, fail_with=None)
+    state = SimpleNamespace(
+        calls=[], public_repo=False, fail_with=None, repo_exists=False, auth_error=None,
+        whoami={"name": "me", "orgs": [{"name": "my-org", "roleInOrg": "write"}], "auth": {"accessToken": {"role": "write"}}},
+    )  # fmt: skip
+
+    def auth_check(self, repo_id, **kw):
+        import httpx
+        from huggingface_hub.errors import RepositoryNotFoundError
+
+        state.calls.append(("auth_check", self.token, repo_id, kw))
+        if state.auth_error is not None:
+            raise state.auth_error
+        if not state.repo_exists:
+            request = httpx.Request("GET", f"https://huggingface.co/api/models/{repo_id}/auth-check")
+            raise RepositoryNotFoundError(f"{repo_id} not found", response=httpx.Response(404, request=request))
+
+    def whoami(self, **kw):
+        state.calls.append(("whoami", self.token, None, kw))
+        return state.whoami
 
     def create_repo(self, repo_id, **kw):
         state.calls.append(("create_repo", self.token, repo_id, kw))
@@ -49,6 +70,8 @@ def fake_hub(monkeypatch):
             raise state.fail_with
         return SimpleNamespace(commit_url=f"https://huggingface.co/{kw['repo_id']}/commit/abc123")
 
+    monkeypatch.setattr(HfApi, "auth_check", auth_check)
+    monkeypatch.setattr(HfApi, "whoami", whoami)
     monkeypatch.setattr(HfApi, "create_repo", create_repo)
     monkeypatch.setattr(HfApi, "model_info", model_info)
     monkeypatch.setattr(HfApi, "upload_folder", upload_folder)
@@ -64,27 +87,66 @@ def test_no_token_fails_fast(hub_env):
     assert "export HF_TOKEN" in msg and "Never pass it on the command line" in msg
 
 
-def test_offline_mode_fails_fast(hub_env, monkeypatch):
+@pytest.mark.parametrize("variable", ["HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"])
+def test_offline_mode_fails_fast(hub_env, monkeypatch, variable):
     monkeypatch.setenv("HF_TOKEN", TOKEN)
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.raises(JobError, match="HF_HUB_OFFLINE=1"):
+    monkeypatch.setenv(variable, "1")
+    with pytest.raises(JobError, match="offline mode"):
         H.check_hub_token()
 
 
-def test_token_sources(hub_env, monkeypatch, tmp_path):
+def test_token_sources(hub_env, monkeypatch, fake_hub):
     hub_env.mkdir()
     (hub_env / "token").write_text(TOKEN + "-file\n")
-    assert H.hub_token() == TOKEN + "-file"  # the standard token file ($HF_HOME/token)
-    secret = tmp_path / "secret"
-    secret.write_text(f"  {TOKEN}-secret\n")
-    monkeypatch.setenv("HF_TOKEN_PATH", str(secret))
-    assert H.hub_token() == TOKEN + "-secret"  # HF_TOKEN_PATH beats the standard file
+    assert H.hub_token() == TOKEN + "-file"  # huggingface_hub's token file
     monkeypatch.setenv("HF_TOKEN", TOKEN)
-    assert H.hub_token() == TOKEN  # the environment variable beats both
+    assert H.hub_token() == TOKEN  # the environment variable beats it
     H.check_hub_token("me/model")
+    assert [c[0] for c in fake_hub.calls] == ["auth_check", "whoami"]  # a new repo: the namespace decides
 
 
-def test_token_path_that_does_not_exist(hub_env, monkeypatch, tmp_path):
+@pytest.mark.parametrize(
+    "whoami, repo, problem",
+    [
+        ({"name": "me", "orgs": [], "auth": {"accessToken": {"role": "read"}}}, "me/model", "read-only"),
+        ({"name": "me", "orgs": [], "auth": {"accessToken": {"role": "write"}}}, "other-org/model", "not a member of 'other-org'"),
+        ({"name": "me", "orgs": [{"name": "org", "roleInOrg": "read"}], "auth": {"accessToken": {"role": "write"}}}, "org/m", "read-only access to the organisation"),
+        (
+            {"name": "me", "orgs": [], "auth": {"accessToken": {"role": "fineGrained", "fineGrained": {"scoped": [
+                {"entity": {"name": "me"}, "permissions": ["repo.content.read"]}]}}}},
+            "me/model", "no 'repo.write' permission",
+        ),
+    ],
+)  # fmt: skip
+def test_token_that_cannot_write_is_refused_before_training(hub_env, monkeypatch, fake_hub, whoami, repo, problem):
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
+    fake_hub.whoami = whoami
+    with pytest.raises(JobError, match=problem):
+        H.check_hub_token(repo)
+
+
+def test_existing_repo_is_checked_with_auth_check(hub_env, monkeypatch, fake_hub):
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
+    fake_hub.repo_exists = True
+    H.check_hub_token("me/model")
+    assert fake_hub.calls[0][0] == "auth_check" and fake_hub.calls[0][3]["write"] is True
+    assert "whoami" not in [c[0] for c in fake_hub.calls]
+    fake_hub.auth_error = _http_error(403, f"403 Forbidden: token {TOKEN} cannot write")
+    with pytest.raises(JobError, match="403 Forbidden") as info:
+        H.check_hub_token("me/model")
+    assert TOKEN not in info.value.message
+
+
+def test_network_error_message_reads_as_sentences(hub_env, monkeypatch, fake_run_dir, fake_hub):
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
+    fake_hub.fail_with = RuntimeError("[Errno -2] Name or service not known")
+    with pytest.raises(JobError) as info:
+        H.publish_hub(fake_run_dir, "me/tiny-embed")
+    msg = info.value.message
+    assert "not known. Fix: check the network" in msg and ".." not in msg and "--debug" not in msg
+
+
+def test_token_path_that_does_not_exist(hub_env, monkeypatch, tmp_path):  # checked by us: the library just finds none
     monkeypatch.setenv("HF_TOKEN_PATH", str(tmp_path / "missing"))
     with pytest.raises(JobError, match=r"HF_TOKEN_PATH points to .*missing, which is not a file"):
         H.check_hub_token()

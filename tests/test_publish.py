@@ -257,10 +257,11 @@ def test_push_command_errors_exit_2(s3_env, s3_bucket, fake_run_dir, job_cli, ca
     assert job_cli.main(["push", "--run-dir", str(fake_run_dir)]) == 2
     assert "Nothing to publish to" in capsys.readouterr().err
     # Hub push requested without a token: refused before anything reaches S3
-    monkeypatch.delenv("HF_HUB_OFFLINE")
-    monkeypatch.delenv("HF_TOKEN", raising=False)
-    monkeypatch.delenv("HF_TOKEN_PATH", raising=False)
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
+    from huggingface_hub import constants
+
+    for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_TOKEN", "HF_TOKEN_PATH"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(tmp_path / "hf-home" / "token"))
     argv = ["push", "--run-dir", str(fake_run_dir), "--s3-uri", f"s3://{s3_bucket}/x", "--hub-repo", "me/model"]
     assert job_cli.main(argv) == 2
     assert "no token was found" in capsys.readouterr().err
