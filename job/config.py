@@ -29,6 +29,8 @@ import yaml
 from job.errors import JobError
 
 ENV_PREFIX = "JOB_"
+LOSSES = ("mnrl", "cached_mnrl", "gist", "cached_gist")
+LOSS_DIRECTIONS = ("query_to_doc", "doc_to_query", "query_to_query", "doc_to_doc")
 EMBEDDED_DATA = "embedded"
 AUTO_MODEL = "auto"
 ONLINE_DEFAULT_MODEL = "BAAI/bge-base-en-v1.5"
@@ -104,12 +106,23 @@ class JobConfig:
     preset: str | None = _opt(None, "Named recipe: see `job presets`.")
     loss: str = _opt(
         "mnrl",
-        "'mnrl' (MultipleNegativesRankingLoss) or 'cached_mnrl' (GradCache: large batches in little memory); "
-        "both wrapped in MatryoshkaLoss.",
-        choices=("mnrl", "cached_mnrl"),
+        "'mnrl' (MultipleNegativesRankingLoss), 'gist' (GISTEmbedLoss: in-batch negatives that the guide model scores "
+        "above the positive are left out, against false negatives); 'cached_mnrl' / 'cached_gist': the same with "
+        "GradCache (large batches in little memory). All wrapped in MatryoshkaLoss.",
+        choices=LOSSES,
         step="train",
     )
-    mini_batch_size: int = _opt(32, "Mini-batch size for cached_mnrl.", step="train")
+    mini_batch_size: int = _opt(32, "Mini-batch size for the cached losses.", step="train")
+    loss_directions: list[str] = _opt(
+        ["query_to_doc"],
+        "Which similarities the (cached) MNRL loss contrasts: query_to_doc, plus doc_to_query for the symmetric loss "
+        "(passage-to-question too), query_to_query, doc_to_doc.",
+        step="train",
+    )
+    loss_scale: float = _opt(20.0, "Inverse temperature of the (cached) MNRL loss (similarities are multiplied by it).", step="train")
+    guide_model: str | None = _opt(
+        None, "Guide for the gist losses: a Hub id or local path. Default: a frozen copy of the base model.", step="train"
+    )
     hard_negatives: int = _opt(
         1, "Mine N hard negatives per pair from the training passages with the base model before training (0: off).",
         step="train",
@@ -354,6 +367,18 @@ def validate_config(cfg: JobConfig) -> None:
         raise JobError(f"hard_negatives is {cfg.hard_negatives}; it must be 0 or more.", "pass e.g. --hard-negatives 1.")
     if cfg.eval_steps is not None and cfg.eval_steps < 1:
         raise JobError(f"eval_steps is {cfg.eval_steps}; it must be at least 1.", "pass a positive --eval-steps or leave it unset.")
+    bad = [d for d in cfg.loss_directions if d not in LOSS_DIRECTIONS]
+    if bad or not cfg.loss_directions or "query_to_doc" not in cfg.loss_directions:
+        raise JobError(
+            f"loss_directions {cfg.loss_directions} must include query_to_doc and only name: {', '.join(LOSS_DIRECTIONS)}.",
+            "pass e.g. --loss-directions query_to_doc,doc_to_query (the symmetric loss).",
+        )
+    if cfg.loss_directions != ["query_to_doc"] and cfg.loss in ("gist", "cached_gist"):
+        raise JobError(f"loss_directions applies to mnrl and cached_mnrl, not to {cfg.loss}.", "drop --loss-directions or use --loss mnrl.")
+    if cfg.guide_model and cfg.loss not in ("gist", "cached_gist"):
+        raise JobError(f"guide_model is set but loss is {cfg.loss}; only the gist losses use a guide.", "pass --loss gist, or drop --guide-model.")
+    if cfg.loss_scale <= 0:
+        raise JobError(f"loss_scale is {cfg.loss_scale}; it must be positive.", "pass e.g. --loss-scale 20.")
     if cfg.length_grouping < 0:
         raise JobError(f"length_grouping is {cfg.length_grouping}; it must be 0 (off) or more.", "pass e.g. --length-grouping 16.")
     positive_ints = ("batch_size", "gradient_accumulation_steps", "mini_batch_size", "eval_batch_size", "logging_steps")

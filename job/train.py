@@ -67,25 +67,63 @@ def _free_accelerator_memory() -> None:
         torch.cuda.empty_cache()
 
 
-def build_loss(model, cfg: JobConfig, dims: list[int]):
-    from sentence_transformers.sentence_transformer.losses import (
-        CachedMultipleNegativesRankingLoss,
-        MatryoshkaLoss,
-        MultipleNegativesRankingLoss,
-    )
+def build_loss(model, cfg: JobConfig, dims: list[int], guide=None):
+    """MatryoshkaLoss around the configured in-batch-negatives loss. The gist losses need ``guide``
+    (see :func:`load_guide`)."""
+    from sentence_transformers.sentence_transformer import losses
 
     gather = world_size() > 1  # under DDP, every rank scores its queries against all ranks' passages
+    directions = tuple(cfg.loss_directions)
     if cfg.loss == "cached_mnrl":
-        inner = CachedMultipleNegativesRankingLoss(model, mini_batch_size=cfg.mini_batch_size, gather_across_devices=gather)
+        inner = losses.CachedMultipleNegativesRankingLoss(
+            model, scale=cfg.loss_scale, mini_batch_size=cfg.mini_batch_size, gather_across_devices=gather, directions=directions
+        )
+    elif cfg.loss == "mnrl":
+        inner = losses.MultipleNegativesRankingLoss(model, scale=cfg.loss_scale, gather_across_devices=gather, directions=directions)
+    elif cfg.loss == "gist":
+        inner = losses.GISTEmbedLoss(model, guide, gather_across_devices=gather)
     else:
-        inner = MultipleNegativesRankingLoss(model, gather_across_devices=gather)
+        inner = losses.CachedGISTEmbedLoss(model, guide, mini_batch_size=cfg.mini_batch_size, gather_across_devices=gather)
     weights = cfg.matryoshka_weights
     if weights is not None and len(weights) != len(dims):
         raise JobError(
             f"matryoshka_weights has {len(weights)} values for the {len(dims)} Matryoshka dims {dims}.",
             "give one weight per dim, largest dim first, or set --matryoshka-dims to match.",
         )
-    return MatryoshkaLoss(model, inner, matryoshka_dims=dims, matryoshka_weights=weights)
+    return losses.MatryoshkaLoss(model, inner, matryoshka_dims=dims, matryoshka_weights=weights)
+
+
+def load_guide(cfg: JobConfig, model):
+    """The frozen guide model of the gist losses: ``guide_model``, or a copy of the base model.
+    Checked before any mining or training: it must load, embed text, and read the same texts."""
+    import copy
+
+    from job.models import load_model, model_dim
+
+    if cfg.loss not in ("gist", "cached_gist"):
+        return None
+    if cfg.guide_model is None:
+        guide = copy.deepcopy(model)
+    else:
+        try:
+            guide = load_model(cfg.guide_model, max_seq_length=cfg.max_seq_length)
+        except JobError as exc:
+            raise JobError(f"The guide model could not be loaded: {exc.problem}", exc.fix) from None
+        model_dim(guide)  # a sentence-embedding model
+        if guide.max_seq_length < min(model.max_seq_length, 128):
+            raise JobError(
+                f"The guide model reads at most {guide.max_seq_length} tokens, the model being trained {model.max_seq_length}.",
+                "use a guide with at least the same --max-seq-length (a guide that truncates passages misjudges them).",
+            )
+        if type(guide.tokenizer).__name__ != type(model.tokenizer).__name__ and not getattr(guide.tokenizer, "is_fast", False):
+            raise JobError(
+                "The guide model's tokenizer cannot re-tokenize the training texts (it is not a fast tokenizer).",
+                "use a guide with a fast tokenizer, or the base model (drop --guide-model).",
+            )
+    guide.eval()
+    for p in guide.parameters():
+        p.requires_grad_(False)
+    return guide
 
 
 def batch_sampler(cfg: JobConfig, model=None):
@@ -150,7 +188,7 @@ def train_model(
         logger.info("resuming from %s", resume_from)
     storage.check_free_space(checkpoint_dir, space_needed(model, cfg), "Training (checkpoints and the final model)")
 
-    loss = build_loss(model, cfg, dims)  # first: its settings errors come before any mining
+    loss = build_loss(model, cfg, dims, load_guide(cfg, model))  # first: its settings errors come before any mining
     train_ds, negatives_stats = training_dataset(cfg, model, train_pairs, source)
     batch_size = min(cfg.batch_size, len(train_pairs))
     evaluator, select = model_selection(cfg, model, dims, best_dim, validation)
@@ -287,7 +325,7 @@ def _after_failure(error, cfg: JobConfig, trainer, batch_size: int, resume_from,
     import torch
 
     if isinstance(error, torch.OutOfMemoryError):
-        if trainer.state.global_step == 0 and cfg.loss == "mnrl" and not resume_from:
+        if trainer.state.global_step == 0 and cfg.loss in ("mnrl", "gist") and not resume_from:
             # Nothing was updated yet: retry with GradCache, which keeps the same in-batch
             # negatives but only holds a mini-batch of activations at a time.
             mini = min(cfg.mini_batch_size, batch_size)
@@ -295,7 +333,7 @@ def _after_failure(error, cfg: JobConfig, trainer, batch_size: int, resume_from,
                 "batch size %d does not fit in accelerator memory with mnrl; retrying with cached_mnrl "
                 "(same negatives, mini-batches of %d)", batch_size, mini
             )
-            return replace(cfg, loss="cached_mnrl", mini_batch_size=mini)
+            return replace(cfg, loss=f"cached_{cfg.loss}", mini_batch_size=mini)
         _free_accelerator_memory()
         raise JobError(
             f"Training ran out of accelerator memory at step {trainer.state.global_step} with batch size {batch_size} "

@@ -22,3 +22,46 @@ def test_matryoshka_weights_must_match_the_derived_dims(tiny_model_path):
     model = SentenceTransformer(str(tiny_model_path), device="cpu")
     with pytest.raises(JobError, match=r"matryoshka_weights has 2 values for the 3 Matryoshka dims \[32, 16, 8\]"):
         build_loss(model, resolve_config(None, {"matryoshka_weights": "1,2"}, {}), [32, 16, 8])
+
+
+@pytest.mark.parametrize(
+    "settings, inner",
+    [
+        ({}, "MultipleNegativesRankingLoss"),
+        ({"loss": "cached_mnrl"}, "CachedMultipleNegativesRankingLoss"),
+        ({"loss": "gist"}, "GISTEmbedLoss"),
+        ({"loss": "cached_gist"}, "CachedGISTEmbedLoss"),
+        ({"loss_directions": "query_to_doc,doc_to_query", "loss_scale": "30"}, "MultipleNegativesRankingLoss"),
+    ],
+)
+def test_each_loss_trains_a_step(tmp_path, tiny_model_path, settings, inner):
+    """Every loss the configuration offers builds, takes its options and trains (2 steps, tiny model)."""
+    from job.data import Pair
+    from job.train import train_model
+    from conftest import make_pairs
+
+    model = SentenceTransformer(str(tiny_model_path), device="cpu")
+    cfg = resolve_config(None, {"max_steps": 2, "batch_size": 4, "hard_negatives": 1, "mini_batch_size": 2, **settings}, {})
+    pairs = [Pair(r["question"], r["context"]) for r in make_pairs(2)]
+    before = [p.detach().clone() for p in model.parameters()]
+    result = train_model(cfg, model, [32, 16], 32, pairs, None, tmp_path / "ckpt")
+    assert result.summary["global_steps"] == 2
+    assert any((a != b).any() for a, b in zip(before, model.parameters()))
+    loss = build_loss(model, cfg, [32, 16], __import__("job.train").train.load_guide(cfg, model))
+    assert type(loss.loss).__name__ == inner
+    if "loss_directions" in settings:
+        assert loss.loss.directions == ("query_to_doc", "doc_to_query") and loss.loss.scale == 30
+
+
+def test_gist_guide_problems_are_named_before_training(tiny_model_path, tmp_path):
+    from job.train import load_guide
+
+    model = SentenceTransformer(str(tiny_model_path), device="cpu")
+    with pytest.raises(JobError, match="The guide model could not be loaded: Model path .*nope does not exist"):
+        load_guide(resolve_config(None, {"loss": "gist", "guide_model": str(tmp_path / "nope")}, {}), model)
+    with pytest.raises(JobError, match="only the gist losses use a guide"):
+        resolve_config(None, {"guide_model": str(tiny_model_path)}, {})
+    with pytest.raises(JobError, match="use one of: mnrl, cached_mnrl, gist, cached_gist"):
+        resolve_config(None, {"loss": "triplet"}, {})
+    guide = load_guide(resolve_config(None, {"loss": "gist"}, {}), model)
+    assert guide is not model and not any(p.requires_grad for p in guide.parameters())
