@@ -3,7 +3,9 @@
 Each client is a thread with one keep-alive HTTP connection that asks ``GET /api/search?q=...&k=K&dim=D``
 again and again (the JSON endpoint beside the Gradio page: the same search the page runs, both models
 side by side, without Gradio's queue and server-sent events). Questions cycle through the server's
-held-out test questions (``/api/info``). Per concurrency level it prints requests/s, latency
+held-out test questions (``/api/info``), each made unique with a request number so that the
+server's per-question vector cache never answers (``--repeat`` sends them verbatim, to measure the
+cache). Per concurrency level it prints requests/s, latency
 p50/p95/p99 as the client sees it, the error count (non-200 answers and failed connections), and the
 server's own mean embedding and vector-store time per request.
 
@@ -63,7 +65,9 @@ def server_info(url: str) -> dict:
     return json.loads(body)
 
 
-def run_level(url: str, clients: int, seconds: float, questions: list[str], k: int, dim: int) -> dict:
+def run_level(
+    url: str, clients: int, seconds: float, questions: list[str], k: int, dim: int, repeat: bool = False
+) -> dict:
     """``clients`` threads asking for ``seconds``; returns the numbers of this level."""
     parts = urllib.parse.urlsplit(url)
     headers = _headers()
@@ -79,7 +83,7 @@ def run_level(url: str, clients: int, seconds: float, questions: list[str], k: i
         n = i  # each client starts at another question
         start_gate.wait()
         while time.perf_counter() < deadline[0]:
-            q = questions[n % len(questions)]
+            q = questions[n % len(questions)] if repeat else f"{questions[n % len(questions)]} (request {n})"
             n += clients
             path = "/api/search?" + urllib.parse.urlencode({"q": q, "k": k, "dim": dim})
             t = time.perf_counter()
@@ -140,6 +144,7 @@ def main() -> None:
     ap.add_argument("--warmup", type=float, default=3.0, help="seconds of 2-client traffic first, not counted")
     ap.add_argument("--dim", type=int, default=None, help="default: the largest indexed dim")
     ap.add_argument("-k", "--k", type=int, default=5)
+    ap.add_argument("--repeat", action="store_true", help="send the held-out questions verbatim (cache hits)")
     ap.add_argument("--json", type=Path, default=None, help="write every number here")
     args = ap.parse_args()
 
@@ -147,15 +152,16 @@ def main() -> None:
     dim = args.dim or info["dims"][0]
     questions = info.get("questions") or FALLBACK_QUESTIONS
     models = ", ".join(f"{m['label']} {m['model']}" for m in info["models"])
+    how = "verbatim (cache hits)" if args.repeat else "each made unique (no cache hits)"
     print(
-        f"server: {args.url} ({models}; dims {info['dims']}); dim {dim}, k {args.k}, {len(questions)} questions cycled"
+        f"server: {args.url} ({models}; dims {info['dims']}); dim {dim}, k {args.k}, {len(questions)} questions, {how}"
     )
     print(f"client: {platform.node()}, {os.cpu_count()} CPUs, Python threads, one keep-alive connection each")
     if args.warmup > 0:
-        run_level(args.url, 2, args.warmup, questions, args.k, dim)
+        run_level(args.url, 2, args.warmup, questions, args.k, dim, args.repeat)
     rows = []
     for clients in [int(c) for c in args.clients.split(",") if c.strip()]:
-        row = run_level(args.url, clients, args.seconds, questions, args.k, dim)
+        row = run_level(args.url, clients, args.seconds, questions, args.k, dim, args.repeat)
         rows.append(row)
         print(
             f"{clients:>4} clients: {row['requests']} requests in {row['seconds']:.1f} s = {row['requests_per_s']:.1f}/s; "
@@ -176,7 +182,14 @@ def main() -> None:
         )
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        payload = {"url": args.url, "dim": dim, "k": args.k, "info_models": info["models"], "levels": rows}
+        payload = {
+            "url": args.url,
+            "dim": dim,
+            "k": args.k,
+            "repeat": args.repeat,
+            "models": info["models"],
+            "levels": rows,
+        }
         args.json.write_text(json.dumps(payload, indent=2))
         print(f"json: {args.json}")
 

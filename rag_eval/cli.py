@@ -412,8 +412,12 @@ def query_cmd(question, model, baseline, no_baseline, query_prompt, passage_prom
 @click.option(
     "--port", type=int, default=7860, show_default=True, envvar="RAG_EVAL_SERVE_PORT", help="TCP port to listen on."
 )
+@click.option(
+    "--threads", type=int, default=0, show_default=True, envvar="RAG_EVAL_SERVE_THREADS",
+    help="PyTorch threads (the models encode in parallel on their own threads). 0: CPU cores / models, at least 1.",
+)  # fmt: skip
 def serve_cmd(model, baseline, no_baseline, query_prompt, passage_prompt, data, split, chroma_path, chroma_host, chroma_port,
-              collection_prefix, dims, k, host, port) -> None:  # fmt: skip
+              collection_prefix, dims, k, host, port, threads) -> None:  # fmt: skip
     """The retrieval demo in a browser: base and fine-tuned side by side, models loaded once.
 
     A Gradio page (fully offline) at http://HOST:PORT/, and a JSON endpoint /api/search?q=...&k=5&dim=128
@@ -427,11 +431,14 @@ def serve_cmd(model, baseline, no_baseline, query_prompt, passage_prompt, data, 
     web.check_port_free(host, port)
     if k < 1 or k > serve.MAX_K:
         raise JobError(f"-k/--k {k} is out of range.", f"pass a number from 1 to {serve.MAX_K}.")
+    if threads < 0:
+        raise JobError(f"--threads {threads} is negative.", "pass 0 (automatic) or a positive number.")
     store.check_prefix(collection_prefix)
     wanted = parse_dims(dims)
     sources = _sources(model, baseline, no_baseline, query_prompt, passage_prompt)
     target = store_target(chroma_path, chroma_host, chroma_port, sources.run_dir)
     ir, _ = _gold(data, split, sources)
+    serve.set_torch_threads(threads, len(sources.models))
     with store.store_errors(target):
         service = serve.RetrievalService.open(
             sources, target, ir, wanted, prefix=collection_prefix, k=k, load=_load, echo=echo

@@ -33,6 +33,7 @@ class Searcher:
     model: LoadedModel
     collection: object
     dim: int
+    size: int | None = None  # the collection's count, when the caller knows it (saves a call per query)
 
     def embed(self, question: str) -> np.ndarray:
         """The question's vector at this dim (truncated and re-normalised), shape (1, dim)."""
@@ -41,12 +42,22 @@ class Searcher:
     def query(self, vector: np.ndarray, n: int, *, documents: bool = True) -> list[Hit]:
         """The top ``n`` passages for a vector from :meth:`embed`; ties by ascending id. Without
         ``documents`` each hit's text is empty (fetch the ones to show with :meth:`documents`)."""
-        n = max(1, min(n, self.collection.count()))
+        n = max(1, min(n, self.size if self.size is not None else self.collection.count()))
         include = ["distances", "documents"] if documents else ["distances"]
         got = self.collection.query(query_embeddings=np.asarray(vector), n_results=n, include=include)
         docs = got["documents"][0] if documents and got.get("documents") is not None else [""] * len(got["ids"][0])
         hits = sorted(zip(got["ids"][0], got["distances"][0], docs), key=lambda h: (h[1], h[0]))
         return [Hit(i + 1, cid, 1.0 - float(d), doc or "") for i, (cid, d, doc) in enumerate(hits)]
+
+    def query_many(self, vectors: np.ndarray, n: int) -> list[list[Hit]]:
+        """:meth:`query` (without documents) for several vectors in one call to the store."""
+        n = max(1, min(n, self.size if self.size is not None else self.collection.count()))
+        got = self.collection.query(query_embeddings=np.asarray(vectors), n_results=n, include=["distances"])
+        out = []
+        for ids, dists in zip(got["ids"], got["distances"]):
+            hits = sorted(zip(ids, dists), key=lambda h: (h[1], h[0]))
+            out.append([Hit(i + 1, cid, 1.0 - float(d), "") for i, (cid, d) in enumerate(hits)])
+        return out
 
     def documents(self, ids: Iterable[str]) -> dict[str, str]:
         """The stored passage text of each id."""

@@ -20,24 +20,31 @@ from __future__ import annotations
 import base64
 import html
 import json
+import queue
 import re
 import threading
 import time
-from collections.abc import Callable
+from collections import OrderedDict
+from collections.abc import Callable, Generator
+from concurrent.futures import Future
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from job.errors import JobError
 from job.layout import REPORT_RECORD
 from rag_eval import store
 from rag_eval.demo import RANK_DEPTH, Searcher
 from rag_eval.sources import FINETUNED, LoadedModel, Sources
-from rag_eval.vectors import corpus_fingerprint
+from rag_eval.vectors import corpus_fingerprint, encode_queries, truncate_normalise
 
 Echo = Callable[[str], None]
 MAX_QUESTION_CHARS = 2000  # far beyond what the models read (MiniLM: 256 tokens); refuses pasted documents
-MAX_K = 50
+MAX_K = 50  # at most RANK_DEPTH: every ranking is searched RANK_DEPTH deep
+EMBED_CACHE = 2048  # question vectors kept per model: switching dims or k re-uses them
+DOC_CACHE = 50_000  # passage texts kept
 SCORE_REPORT = "metrics.json"  # in RUN_DIR/rag_eval (`rag-eval score`)
 QUALITY_PLOT = "ndcg_by_dim.png"  # in RUN_DIR/report (`job evaluate`)
 
@@ -59,8 +66,9 @@ class Column:
     model: str
     rows: list[Row]
     relevant_rank: int | None  # best rank of a relevant passage within the searched depth
-    embed_ms: float
-    store_ms: float
+    embed_ms: float  # until this model's vector was there (the models encode in parallel)
+    store_ms: float  # until this model's ranking was there (the collections are searched in parallel)
+    cached: bool = False  # the question's vector came from the cache
 
 
 @dataclass
@@ -72,8 +80,8 @@ class Answer:
     columns: list[Column]  # baseline first, then fine-tuned (or one model)
     relevant: list[str]  # ids of the relevant passages when the question is a held-out one
     terms: list[str]  # the question's words that are highlighted in the passages
-    embed_ms: float
-    store_ms: float
+    embed_ms: float  # wall time for both vectors
+    store_ms: float  # wall time for both rankings and the passages' texts
     total_ms: float
 
     @property
@@ -93,6 +101,91 @@ def move(tuned_rank: int | None, base_rank: int | None) -> int | None:
 
 
 # --- the service ---------------------------------------------------------------------------------
+def set_torch_threads(threads: int, models: int) -> int:
+    """PyTorch's intra-op threads for serving: ``threads``, or (0) the CPU cores shared out among the
+    models, which encode in parallel, so that they do not oversubscribe the cores. Returns the number."""
+    import os
+
+    import torch
+
+    n = threads or max(1, (os.cpu_count() or 1) // max(1, models))
+    torch.set_num_threads(n)
+    return n
+
+
+class Batcher:
+    """Runs ``fn`` on its own thread over batches of whatever requests are waiting.
+
+    Concurrent requests do not each pay a full call: while one batch runs, the next requests queue up
+    and go through together (on CPU, a batch of 16 short questions through MiniLM, or 16 queries to
+    a Chroma collection, costs a few times one, not 16 times). The thread is also the only one that
+    touches its model, so a fast tokenizer is never used from two threads at once ("Already borrowed")."""
+
+    def __init__(self, name: str, fn: Callable[[list], list], max_batch: int = 64):
+        self.fn = fn
+        self.max_batch = max_batch
+        self._queue: queue.SimpleQueue[tuple[Any, Future]] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
+        self._thread.start()
+
+    def submit(self, item: Any) -> Future:
+        future: Future = Future()
+        self._queue.put((item, future))
+        return future
+
+    def _loop(self) -> None:
+        while True:
+            batch = [self._queue.get()]
+            while len(batch) < self.max_batch:
+                try:
+                    batch.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            try:
+                results = self.fn([item for item, _ in batch])
+            except BaseException as exc:  # noqa: BLE001 - every waiting request gets the error
+                for _, future in batch:
+                    future.set_exception(exc)
+                continue
+            for (_, future), result in zip(batch, results):
+                future.set_result(result)
+
+
+def _timed(futures: list[Future]) -> list[Future]:
+    """Record when each future completes (read back with :func:`_done_at`)."""
+    for f in futures:
+        if not f.done():
+            f.add_done_callback(lambda f: setattr(f, "done_at", time.perf_counter()))
+    return futures
+
+
+def _done_at(future: Future) -> float:
+    return getattr(future, "done_at", None) or time.perf_counter()
+
+
+class LRU:
+    """A small thread-safe least-recently-used map."""
+
+    def __init__(self, size: int):
+        self.size = size
+        self._data: OrderedDict[Any, Any] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: Any) -> Any:
+        with self._lock:
+            value = self._data.get(key)
+            if value is not None:
+                self._data.move_to_end(key)
+            return value
+
+    def put(self, key: Any, value: Any) -> None:
+        with self._lock:
+            self._data[key] = value
+            self._data.move_to_end(key)
+            while len(self._data) > self.size:
+                self._data.popitem(last=False)
+
+
 @dataclass
 class DimFacts:
     dim: int
@@ -131,8 +224,21 @@ class RetrievalService:
         self.score_note = score_note
         self.quality = quality
         self.quality_plot = quality_plot
-        # fast tokenizers are not safe to call from two threads at once ("Already borrowed"): one lock per model
-        self._locks = {m.label: threading.Lock() for m in models}
+
+        def encoder(m: LoadedModel) -> Batcher:
+            return Batcher(
+                f"encode-{m.label}", lambda qs: list(encode_queries(m.model, qs, m.spec.query_prompt, len(qs)))
+            )
+
+        def ranker(s: Searcher) -> Batcher:
+            return Batcher(f"query-{s.model.label}-d{s.dim}", lambda vs: s.query_many(np.stack(vs), RANK_DEPTH))
+
+        self._encoders = {m.label: encoder(m) for m in models}
+        self._rankers = {(d, s.model.label): ranker(s) for d, group in searchers.items() for s in group}
+        self._vectors = {m.label: LRU(EMBED_CACHE) for m in models}
+        self._texts = LRU(DOC_CACHE)
+        self._text_source = searchers[self.dims[0]][-1]  # every collection holds the same passages
+        self._fetcher = Batcher("passages", self._fetch)
         self.facts = [self._dim_facts(d) for d in self.dims]
 
     # -- start-up ---------------------------------------------------------------------------------
@@ -150,7 +256,7 @@ class RetrievalService:
         echo: Echo = print,
     ) -> RetrievalService:
         """Check the store, load the models, open every collection: all or a JobError, before serving."""
-        from rag_eval.scoring import check_indexed, open_collection
+        from rag_eval.scoring import check_indexed
         from rag_eval.sources import load_models
 
         client = store.connect(target, create=False)
@@ -159,10 +265,7 @@ class RetrievalService:
         models = load(sources) if load else load_models(sources.models)
         corpus_fp = corpus_fingerprint(ir.corpus) if ir is not None else None
         try:
-            searchers = {
-                d: [Searcher(m, open_collection(client, target, m, d, prefix, corpus_fp), d) for m in models]
-                for d in dims
-            }
+            searchers = {d: [_searcher(client, target, m, d, prefix, corpus_fp) for m in models] for d in dims}
         except JobError as exc:
             if corpus_fp is None or "holds another corpus" not in exc.problem:
                 raise
@@ -195,7 +298,9 @@ class RetrievalService:
         return service
 
     def _dim_facts(self, dim: int) -> DimFacts:
-        vectors = {s.model.label: int(s.collection.count()) for s in self.searchers[dim]}
+        vectors = {
+            s.model.label: int(s.size if s.size is not None else s.collection.count()) for s in self.searchers[dim]
+        }
         scored = {}
         for m in self.models if self.score_report else []:
             row = self.score_report["models"].get(m.label, {}).get("dims", {}).get(str(dim))
@@ -211,8 +316,10 @@ class RetrievalService:
         return DimFacts(dim, vectors, 4 * dim, scored)
 
     def warm_up(self) -> None:
-        """One search before serving, so that the first visitor does not pay for lazy initialisation."""
-        self.search("warm-up question", 1, self.dims[-1])
+        """One search per dim before serving, so that the first visitor does not pay for lazy loading
+        (the models' first batch, each collection's HNSW index)."""
+        for dim in self.dims:
+            self.search("warm-up question", 1, dim)
 
     # -- answering --------------------------------------------------------------------------------
     def max_tokens(self) -> int | None:
@@ -257,27 +364,97 @@ class RetrievalService:
             )
         return value
 
+    def _embed(self, label: str, question: str) -> tuple[Future, bool]:
+        """A future of the question's full-dim vector for one model, and whether it came from the cache."""
+        cached = self._vectors[label].get(question)
+        if cached is not None:
+            done: Future = Future()
+            done.set_result(cached)
+            return done, True
+        future = self._encoders[label].submit(question)
+        future.add_done_callback(lambda f: f.exception() is None and self._vectors[label].put(question, f.result()))
+        return future, False
+
+    def _documents(self, ids: list[str]) -> Future:
+        """A future of {id: passage text}: from the cache, the rest in one batched call to the store."""
+        texts = {i: t for i in dict.fromkeys(ids) if (t := self._texts.get(i)) is not None}
+        missing = [i for i in dict.fromkeys(ids) if i not in texts]
+        if not missing:
+            done: Future = Future()
+            done.set_result(texts)
+            return done
+        result: Future = Future()
+
+        def merge(fetched: Future) -> None:
+            if fetched.exception() is not None:
+                result.set_exception(fetched.exception())
+                return
+            for i, t in fetched.result().items():
+                self._texts.put(i, t)
+            result.set_result({**texts, **fetched.result()})
+
+        self._fetcher.submit(missing).add_done_callback(merge)
+        return result
+
+    def _fetch(self, id_lists: list[list[str]]) -> list[dict[str, str]]:
+        """One store call for the passages of several requests (run by the fetcher's batch thread)."""
+        texts = self._text_source.documents(i for ids in id_lists for i in ids)
+        return [{i: texts.get(i, "") for i in ids} for ids in id_lists]
+
     def search(self, question: Any, k: Any = None, dim: Any = None) -> Answer:
+        """Both models' top k at one dim (blocks; :meth:`search_async` is the same for an event loop)."""
+        steps = self._search_steps(question, k, dim)
+        try:
+            futures = next(steps)
+            while True:
+                try:
+                    results = [f.result() for f in futures]
+                except Exception as exc:  # noqa: BLE001 - raised inside the steps, where store errors are named
+                    futures = steps.throw(exc)
+                else:
+                    futures = steps.send(results)
+        except StopIteration as stop:
+            return stop.value
+
+    async def search_async(self, question: Any, k: Any = None, dim: Any = None) -> Answer:
+        """:meth:`search` without blocking an event loop: the work runs on the batch threads."""
+        import asyncio
+
+        steps = self._search_steps(question, k, dim)
+        try:
+            futures = next(steps)
+            while True:
+                try:
+                    results = await asyncio.gather(*(asyncio.wrap_future(f) for f in futures))
+                except Exception as exc:  # noqa: BLE001
+                    futures = steps.throw(exc)
+                else:
+                    futures = steps.send(list(results))
+        except StopIteration as stop:
+            return stop.value
+
+    def _search_steps(self, question: Any, k: Any, dim: Any) -> Generator[list[Future], list[Any], Answer]:
+        """The search as steps that hand out futures and get their results back, so that one body serves
+        the blocking and the async caller. The models encode in parallel, each batched with concurrent
+        requests (and cached per question); each collection is searched RANK_DEPTH deep, batched too."""
         start = time.perf_counter()
         q, k, dim = self.check_question(question), self.check_k(k), self.check_dim(dim)
         searchers = self.searchers[dim]
-        depth = max(k, RANK_DEPTH)
         gold = self.gold.get(q, set())
-        rankings, embed_ms, store_ms = [], [], []
+        t0 = time.perf_counter()
+        pending = [self._embed(s.model.label, q) for s in searchers]  # both models at once
+        vectors = yield _timed([f for f, _ in pending])
+        embed_ms = [(_done_at(f) - t0) * 1000 for f, _ in pending]
+        t1 = time.perf_counter()
         with store.store_errors(self.target):
-            for s in searchers:
-                t0 = time.perf_counter()
-                with self._locks[s.model.label]:
-                    vector = s.embed(q)
-                t1 = time.perf_counter()
-                rankings.append(s.query(vector, depth, documents=False))
-                embed_ms.append((t1 - t0) * 1000)
-                store_ms.append((time.perf_counter() - t1) * 1000)
-            t2 = time.perf_counter()
-            shown = [h.id for hits in rankings for h in hits[:k]]
-            texts = searchers[-1].documents(shown)
-            fetch_ms = (time.perf_counter() - t2) * 1000
-        store_ms[-1] += fetch_ms
+            futures = [
+                self._rankers[(dim, s.model.label)].submit(truncate_normalise(v[None, :], dim)[0])
+                for s, v in zip(searchers, vectors)
+            ]
+            rankings = yield _timed(futures)
+            store_ms = [(_done_at(f) - t1) * 1000 for f in futures]
+            (texts,) = yield [self._documents([h.id for hits in rankings for h in hits[:k]])]
+        t2 = time.perf_counter()
         ranks = [{h.id: h.rank for h in hits} for hits in rankings]
         columns = []
         for i, (s, hits) in enumerate(zip(searchers, rankings)):
@@ -294,10 +471,12 @@ class RetrievalService:
                 for h in hits[:k]
             ]
             relevant_rank = min((h.rank for h in hits if h.id in gold), default=None)
-            columns.append(Column(s.model.label, s.model.spec.ref, rows, relevant_rank, embed_ms[i], store_ms[i]))
+            columns.append(
+                Column(s.model.label, s.model.spec.ref, rows, relevant_rank, embed_ms[i], store_ms[i], pending[i][1])
+            )
         return Answer(
-            question=q, dim=dim, k=k, depth=depth, columns=columns, relevant=sorted(gold), terms=sorted(query_terms(q)),
-            embed_ms=sum(embed_ms), store_ms=sum(store_ms), total_ms=(time.perf_counter() - start) * 1000,
+            question=q, dim=dim, k=k, depth=RANK_DEPTH, columns=columns, relevant=sorted(gold), terms=sorted(query_terms(q)),
+            embed_ms=(t1 - t0) * 1000, store_ms=(t2 - t1) * 1000, total_ms=(time.perf_counter() - start) * 1000,
         )  # fmt: skip
 
     def info(self) -> dict[str, Any]:
@@ -314,6 +493,13 @@ class RetrievalService:
             "index": [asdict(f) for f in self.facts],
             "quality": self.quality,
         }
+
+
+def _searcher(client, target, model, dim, prefix, corpus_fp) -> Searcher:
+    from rag_eval.scoring import open_collection
+
+    collection = open_collection(client, target, model, dim, prefix, corpus_fp)
+    return Searcher(model, collection, dim, size=collection.count())
 
 
 # --- reports of the run --------------------------------------------------------------------------
@@ -466,7 +652,10 @@ def _outcome(column: Column, k: int, depth: int) -> str:
 
 def render_answer(answer: Answer) -> str:
     terms = set(answer.terms)
-    detail = "; ".join(f"{esc(c.label)}: embedding {_ms(c.embed_ms)}, store {_ms(c.store_ms)}" for c in answer.columns)
+    detail = "; ".join(
+        f"{esc(c.label)}: embedding {_ms(c.embed_ms)}{' (cached)' if c.cached else ''}, store {_ms(c.store_ms)}"
+        for c in answer.columns
+    )
     latency = (
         f"dim {answer.dim} · top {answer.k} · embedding {_ms(answer.embed_ms)} · vector store {_ms(answer.store_ms)} "
         f"· total {_ms(answer.total_ms)}"

@@ -7,6 +7,10 @@ A thin layer over :mod:`rag_eval.serve` (all search logic and HTML live there). 
 - ``GET /api/search?q=...&k=5&dim=128`` or ``POST /api/search`` with ``{"q": ..., "k": ..., "dim": ...}``:
   the same answer as JSON (400 with ``{"error": ...}`` for bad input). Used by scripts and by
   ``bench/serve_load.py``: plain HTTP, no Gradio queue or SSE in the way;
+
+Both the page's events and the API are async: a request waits on the service's batch threads (one
+per model encoder, one per collection) without holding a worker thread, so many concurrent
+requests share a few batched model calls.
 - ``GET /api/info``: models, dims, held-out questions, index facts; ``GET /healthz``: liveness (no auth).
 
 Offline by construction: Gradio analytics are off (``GRADIO_ANALYTICS_ENABLED=False``), there is no
@@ -120,9 +124,9 @@ class BasicAuth:
         )
 
 
-def _answer_html(service: serve.RetrievalService, question: Any, k: Any, dim: Any) -> str:
+async def _answer_html(service: serve.RetrievalService, question: Any, k: Any, dim: Any) -> str:
     try:
-        return serve.render_answer(service.search(question, k, dim))
+        return serve.render_answer(await service.search_async(question, k, dim))
     except JobError as exc:
         return serve.render_error(exc.message)
     except Exception:
@@ -168,16 +172,16 @@ def build_blocks(service: serve.RetrievalService):
         with gr.Accordion("Quality by dim: held-out NDCG@10, baseline and fine-tuned", open=True):
             gr.HTML(serve.render_quality(service), js_on_load=None, elem_id="quality")
 
-        def answer(q, k_, dim_):
-            return _answer_html(service, q, k_, dim_)
+        async def answer(q, k_, dim_):
+            return await _answer_html(service, q, k_, dim_)
 
-        def answer_if_asked(q, k_, dim_):
-            return _answer_html(service, q, k_, dim_) if str(q or "").strip() else gr.skip()
+        async def answer_if_asked(q, k_, dim_):
+            return await _answer_html(service, q, k_, dim_) if str(q or "").strip() else gr.skip()
 
-        def pick(text, k_, dim_):
+        async def pick(text, k_, dim_):
             if not text:
                 return gr.skip(), gr.skip()
-            return text, _answer_html(service, text, k_, dim_)
+            return text, await _answer_html(service, text, k_, dim_)
 
         question.submit(answer, [question, k, dim], results)
         ask.click(answer, [question, k, dim], results)
@@ -203,9 +207,9 @@ def build_app(
 
     app = FastAPI(title="rag-eval serve", docs_url=None, redoc_url=None, openapi_url=None)
 
-    def _search(q: Any, k: Any, dim: Any) -> JSONResponse:
+    async def _search(q: Any, k: Any, dim: Any) -> JSONResponse:
         try:
-            return JSONResponse(service.search(q, k, dim).to_dict())
+            return JSONResponse((await service.search_async(q, k, dim)).to_dict())
         except JobError as exc:
             return JSONResponse({"error": exc.message}, status_code=400)
         except Exception:
@@ -223,12 +227,12 @@ def build_app(
         return service.info()
 
     @app.get("/api/search")
-    def search_get(q: str = "", k: str | None = None, dim: str | None = None):
-        return _search(q, k, dim)
+    async def search_get(q: str = "", k: str | None = None, dim: str | None = None):
+        return await _search(q, k, dim)
 
     @app.post("/api/search")
-    def search_post(payload: dict[str, Any] = Body(...)):  # noqa: B008 - FastAPI's idiom
-        return _search(payload.get("q"), payload.get("k"), payload.get("dim"))
+    async def search_post(payload: dict[str, Any] = Body(...)):  # noqa: B008 - FastAPI's idiom
+        return await _search(payload.get("q"), payload.get("k"), payload.get("dim"))
 
     if page:
         import gradio as gr

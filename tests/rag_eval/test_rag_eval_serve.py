@@ -69,6 +69,22 @@ def test_both_models_side_by_side_with_moves_relevance_and_timings(service):
     assert answer.to_dict()["columns"][1]["rows"][0]["rank"] == 1
 
 
+def test_concurrent_searches_are_batched_and_agree_with_one_at_a_time(service):
+    from concurrent.futures import ThreadPoolExecutor
+
+    questions = [f"{p.question} (concurrent {i})" for i, p in enumerate(tiny_pairs()[:16])]
+    with ThreadPoolExecutor(16) as pool:
+        answers = list(pool.map(lambda q: service.search(q, 4, 8), questions))
+    for question, answer in zip(questions, answers):
+        for column, searcher in zip(answer.columns, service.searchers[8]):
+            alone = searcher.search(question, 4)  # the terminal demo's path: no batching, no cache
+            assert [r.id for r in column.rows] == [h.id for h in alone]
+            assert [r.score for r in column.rows] == pytest.approx([h.score for h in alone], abs=1e-4)
+            assert not column.cached
+    again = service.search(questions[0], 4, 16)  # another dim: the question's vectors are re-used
+    assert all(c.cached for c in again.columns) and "(cached)" in serve.render_answer(again)
+
+
 def test_bad_input_is_a_message_that_names_the_fix(service):
     cases = {
         "": "The question is empty. Fix:",
@@ -198,22 +214,25 @@ def never_serves(monkeypatch):
     monkeypatch.setattr(web, "run", refuse)
 
 
-def test_start_up_errors_exit_2_with_the_fix(never_serves, serve_run, tiny_run_dir, tmp_path, capsys, monkeypatch):
+def test_start_up_errors_exit_2_with_the_fix(
+    never_serves, serve_run, tiny_run_dir, tmp_path, capsys, monkeypatch, free_port
+):
+    free = ("--port", free_port)  # not 7860: a real server may be running there
     unindexed = tmp_path / "unindexed-run"
     shutil.copytree(tiny_run_dir, unindexed, ignore=shutil.ignore_patterns("chroma"))
-    err = _fails(capsys, "serve", "--model", unindexed)
+    err = _fails(capsys, "serve", "--model", unindexed, *free)
     assert f"There is no Chroma store at {unindexed / 'chroma'}" in err and "run `rag-eval index` first" in err
 
     garbage = tmp_path / "garbage-store"
     garbage.mkdir()
     (garbage / "chroma.sqlite3").write_bytes(b"not a database, whatever the name says\n" * 200)
-    err = _fails(capsys, "serve", "--model", serve_run, "--chroma-path", garbage)
+    err = _fails(capsys, "serve", "--model", serve_run, "--chroma-path", garbage, *free)
     assert f"The Chroma store at {garbage} is damaged" in err and "rag-eval index --force" in err
 
-    err = _fails(capsys, "serve", "--model", serve_run, "--dims", "32,12")
+    err = _fails(capsys, "serve", "--model", serve_run, "--dims", "32,12", *free)
     assert "Dim 12 is not indexed" in err and "indexed dims: 32, 16, 8" in err
 
-    err = _fails(capsys, "serve", "--model", serve_run, "-k", "0")
+    err = _fails(capsys, "serve", "--model", serve_run, "-k", "0", *free)
     assert "-k/--k 0 is out of range" in err
 
     with socket.socket() as busy:
@@ -224,7 +243,7 @@ def test_start_up_errors_exit_2_with_the_fix(never_serves, serve_run, tiny_run_d
         assert f"Cannot listen on 127.0.0.1:{port}" in err and "pass another --port" in err
 
     monkeypatch.setenv(web.AUTH_ENV, "no-password-here")
-    err = _fails(capsys, "serve", "--model", serve_run)
+    err = _fails(capsys, "serve", "--model", serve_run, *free)
     assert "RAG_EVAL_SERVE_AUTH is set but is not of the form user:password" in err and "no-password-here" not in err
 
 
