@@ -270,6 +270,8 @@ def run(
             # a server stopped on purpose has done its job: return and exit 0
             getattr(self, "_captured_signals", []).clear()
 
+    if not auth and host not in ("127.0.0.1", "localhost", "::1"):
+        echo(f"serve: warning: listening on {host} without a login; set {AUTH_ENV}=user:password to require one")
     config = uvicorn.Config(
         app, host=host, port=port, log_level="warning", access_log=False, timeout_graceful_shutdown=5, lifespan="on"
     )
