@@ -3,8 +3,8 @@
 Each client is a thread with one keep-alive HTTP connection that asks ``GET /api/search?q=...&k=K&dim=D``
 again and again (the JSON endpoint beside the Gradio page: the same search the page runs, both models
 side by side, without Gradio's queue and server-sent events). Questions cycle through the server's
-held-out test questions (``/api/info``), each made unique with a request number so that the
-server's per-question vector cache never answers (``--repeat`` sends them verbatim, to measure the
+held-out test questions (``/api/info``), each made unique with a run token and a request number
+(``... (#3f9a-1234)``) so that the server's per-question vector cache never answers (``--repeat`` sends them verbatim, to measure the
 cache). Per concurrency level it prints requests/s, latency
 p50/p95/p99 as the client sees it, the error count (non-200 answers and failed connections), and the
 server's own mean embedding and vector-store time per request.
@@ -21,15 +21,20 @@ from __future__ import annotations
 import argparse
 import base64
 import http.client
+import itertools
 import json
 import os
 import platform
+import secrets
 import threading
 import time
 import urllib.parse
 from pathlib import Path
 
 import numpy as np
+
+RUN_TOKEN = secrets.token_hex(2)  # this run's questions differ from any earlier run's
+REQUEST_NUMBERS = itertools.count()  # one sequence over every level and client: no question repeats
 
 FALLBACK_QUESTIONS = [
     "How large is the order backlog?",
@@ -83,7 +88,9 @@ def run_level(
         n = i  # each client starts at another question
         start_gate.wait()
         while time.perf_counter() < deadline[0]:
-            q = questions[n % len(questions)] if repeat else f"{questions[n % len(questions)]} (request {n})"
+            q = questions[n % len(questions)]
+            if not repeat:
+                q = f"{q} (#{RUN_TOKEN}-{next(REQUEST_NUMBERS)})"
             n += clients
             path = "/api/search?" + urllib.parse.urlencode({"q": q, "k": k, "dim": dim})
             t = time.perf_counter()

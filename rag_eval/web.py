@@ -33,6 +33,7 @@ from job.errors import JobError
 from rag_eval import serve
 
 AUTH_ENV = "RAG_EVAL_SERVE_AUTH"
+MAX_LISTED = 1000  # held-out questions offered in the page's list (any question can still be typed)
 log = logging.getLogger("rag_eval.serve")
 
 
@@ -161,10 +162,13 @@ def build_blocks(service: serve.RetrievalService):
                 choices=service.dims, value=service.dims[0], label="Matryoshka dim (indexed)", elem_id="dim", scale=3
             )
             k = gr.Slider(1, serve.MAX_K, value=service.k, step=1, label="top-k", elem_id="k", scale=2)
+        listed = [text for _, text in service.questions[:MAX_LISTED]]
+        count = (
+            f"{len(listed)} of {len(service.questions)}" if len(listed) < len(service.questions) else str(len(listed))
+        )
         heldout = gr.Dropdown(
-            choices=[text for _, text in service.questions], value=None, label=f"Held-out test questions ({len(service.questions)}): "
-            "pick one to see whether each model finds its relevant passage", elem_id="heldout", filterable=True,
-            visible=bool(service.questions),
+            choices=listed, value=None, label=f"Held-out test questions ({count}): pick one to see whether each "
+            "model finds its relevant passage (type to filter)", elem_id="heldout", filterable=True, visible=bool(listed),
         )  # fmt: skip
         results = gr.HTML(serve.render_placeholder(service), js_on_load=None, elem_id="results")
         with gr.Accordion("Index facts by dim", open=True):
