@@ -153,13 +153,15 @@ def _download_sha256(client, bucket: str, key: str) -> str:
 
 def verify_object(client, bucket: str, key: str, f: RunFile) -> tuple[bool, str]:
     """Does the object at ``key`` hold exactly ``f``? Returns (ok, method used); (False, "missing") if absent."""
-    from botocore.exceptions import ClientError
+    from botocore.exceptions import BotoCoreError, ClientError
 
     try:
         head = client.head_object(Bucket=bucket, Key=key, ChecksumMode="ENABLED")
     except ClientError as exc:
         if s3.error_code(exc) in ("404", "NoSuchKey", "NotFound"):
             return False, "missing"
+        raise s3.translate_error(exc, bucket, key, s3.endpoint_of(client), "verify", client) from exc
+    except BotoCoreError as exc:  # the server went away (connection refused, timeout) while verifying
         raise s3.translate_error(exc, bucket, key, s3.endpoint_of(client), "verify", client) from exc
     if head.get("ContentLength") != f.size:
         return False, "size"
@@ -287,7 +289,14 @@ def publish_s3(
     _upload_all(client, bucket, prefix, files, config or s3.transfer_config(), progress)
     for key in leftovers:
         _call(client, bucket, key, "remove a leftover object", client.delete_object)
-    bad, methods = _verify_all(client, bucket, prefix, files)
+    try:
+        bad, methods = _verify_all(client, bucket, prefix, files)
+    except JobError as exc:
+        raise JobError(
+            f"{exc.problem} The upload to {uri} finished but could not be verified, so no manifest was written and the "
+            "run does not count as published.",
+            f"{exc.fix.rstrip('.')}; then publish again (`job push`): a prefix without a manifest is checked and replaced.",
+        ) from None
     if bad:
         raise JobError(
             f"Checksum verification failed after uploading to {uri}: {', '.join(bad)} differ from the local files. "

@@ -8,6 +8,7 @@ with numbers. The on-disk evaluation format is BEIR's (``corpus.jsonl``, ``queri
 from __future__ import annotations
 
 import csv
+import logging
 import json
 import math
 import random
@@ -20,6 +21,8 @@ from typing import Any, Iterable
 
 from job.config import EMBEDDED_DATA
 from job.errors import JobError
+
+logger = logging.getLogger(__name__)
 
 QUESTION_COLUMNS = ("question", "query", "anchor", "questions", "queries", "q")
 PASSAGE_COLUMNS = ("context", "passage", "positive", "document", "doc", "text", "chunk", "content")
@@ -100,13 +103,17 @@ def _load_local(path: Path) -> Records:
             raise JobError(f"Data file {path} is not UTF-8 text ({exc.reason} at byte {exc.start}).", "save it as UTF-8.") from None
     try:
         if kind in ("csv", "tsv"):
+            delimiter = "\t" if kind == "tsv" else _csv_delimiter(path)
             with path.open(newline="", encoding="utf-8-sig") as fh:
-                reader = csv.DictReader(fh, delimiter="\t" if kind == "tsv" else ",")
+                reader = csv.DictReader(fh, delimiter=delimiter)
                 rows = []
                 for i, r in enumerate(reader):
                     if None in r:
+                        header = reader.fieldnames or []
                         raise JobError(
-                            f"{path} row {i + 1} has more fields than the header ({len(reader.fieldnames or [])} columns).",
+                            f"{path} row {i + 1} has more fields than the header, which was read as "
+                            f"{len(header)} column{'s' if len(header) != 1 else ''} ({', '.join(map(repr, header))}) "
+                            f"split on {delimiter!r}.",
                             "quote fields that contain the delimiter, or fix that row.",
                         )
                     rows.append(dict(r))
@@ -122,6 +129,24 @@ def _load_local(path: Path) -> Records:
     if not records.rows:
         raise JobError(f"Data file {path} has no rows.", "give a file with at least one (question, passage) row.")
     return records
+
+
+_OTHER_DELIMITERS = (";", "\t", "|")
+
+
+def _csv_delimiter(path: Path) -> str:
+    """',' unless the header has no comma but splits into several columns on ';', tab or '|' (a
+    spreadsheet in a locale that writes semicolon-separated "CSV"): then that one, and the log says so."""
+    with path.open(newline="", encoding="utf-8-sig") as fh:
+        header = fh.readline()
+    if "," in header:
+        return ","
+    for delimiter in _OTHER_DELIMITERS:
+        fields = next(csv.reader([header], delimiter=delimiter), [])
+        if len(fields) >= 2 and all(f.strip() for f in fields):
+            logger.warning("%s: the header has no commas but %d %r-separated columns; reading the file with %r", path, len(fields), delimiter, delimiter)
+            return delimiter
+    return ","
 
 
 def _load_json(path: Path, kind: str) -> Records:

@@ -329,7 +329,8 @@ def test_ragged_csv_row_gives_a_job_error_not_a_crash(tmp_path):
     path = tmp_path / "ragged.csv"
     path.write_text("question,context\nq1,p1\nq2,p2,extra\n")
     assert _error(D.load_records, str(path)) == (
-        f"{path} row 2 has more fields than the header (2 columns). Fix: quote fields that contain the delimiter, or fix that row."
+        f"{path} row 2 has more fields than the header, which was read as 2 columns ('question', 'context') split on ','. "
+        "Fix: quote fields that contain the delimiter, or fix that row."
     )
 
 
@@ -795,3 +796,19 @@ def test_count_truncated_empty():
     tok = FakeTokenizer()
     assert D.count_truncated([], tok, max_length=8) == 0
     assert tok.calls == []
+
+
+def test_semicolon_separated_csv_is_read_with_its_delimiter(tmp_path, caplog):
+    path = tmp_path / "pairs.csv"
+    path.write_text('question;context\n"What grew?";"Revenue grew, by 6 percent."\nWho leads?;The CEO leads.\n')
+    with caplog.at_level("WARNING"):
+        records = D.load_records(str(path))
+    assert records.rows[0]["question"] == "What grew?" and records.rows[0]["context"] == "Revenue grew, by 6 percent."
+    assert "reading the file with ';'" in caplog.text
+
+
+def test_too_many_fields_names_how_the_header_was_read(tmp_path):
+    path = tmp_path / "pairs.csv"
+    path.write_text("question,context\nWhat grew?,Revenue grew,by 6 percent\n")
+    with pytest.raises(JobError, match=r"row 1 has more fields than the header, which was read as 2 columns \('question', 'context'\) split on ','"):
+        D.load_records(str(path))

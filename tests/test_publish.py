@@ -279,3 +279,26 @@ def test_job_run_checks_destinations_before_any_step(s3_env, tmp_path, capsys):
     assert cli.main(["run", "--run-dir", str(run_dir), "--s3-uri", "s3://absent-bucket/x"]) == 2
     assert "The bucket 'absent-bucket' does not exist" in capsys.readouterr().err
     assert not run_dir.exists()
+
+
+def test_server_gone_during_verification_is_a_clear_error_and_publishes_nothing(s3_env, s3_bucket, fake_run_dir, monkeypatch):
+    """The upload completes, then the endpoint stops answering (a real connection refused from botocore)."""
+    import socket
+
+    client = s3.s3_client()
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        dead_port = sock.getsockname()[1]  # nothing listens there once the socket is closed
+    dead = s3.s3_client(f"http://127.0.0.1:{dead_port}")
+    dead.meta.config.retries = {"max_attempts": 1}
+    real_verify_all = publish._verify_all
+    monkeypatch.setattr(publish, "_verify_all", lambda _client, *args: real_verify_all(dead, *args))
+    with pytest.raises(JobError) as info:
+        publish.publish_s3(fake_run_dir, f"s3://{s3_bucket}/gone", client=client)
+    msg = info.value.message
+    assert "Could not connect to the S3 endpoint" in msg and "could not be verified" in msg and "no manifest" in msg
+    assert "Fix:" in msg and "job push" in msg
+    run_id = run_bundle.run_id_for(fake_run_dir)
+    assert f"gone/{run_id}/manifest.json" not in _keys(client, s3_bucket)  # not published: no manifest
+    monkeypatch.setattr(publish, "_verify_all", real_verify_all)
+    assert publish.publish_s3(fake_run_dir, f"s3://{s3_bucket}/gone", client=client).status == "published"
