@@ -23,7 +23,6 @@ import random
 import resource
 import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 

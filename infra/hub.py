@@ -137,6 +137,24 @@ def _validate_repo_id(repo_id: str) -> None:
         raise JobError(f"'{repo_id}' is not a valid Hub repo id ({exc}).", "use NAMESPACE/NAME, e.g. my-org/bge-finance.") from None
 
 
+def _model_files(model_dir: Path, repo_id: str) -> list:
+    """One commit with every file of ``model/``; the card's usage snippets load the model from ``repo_id``
+    (the run's own README.md is left as it is, so its S3 publication stays the same content)."""
+    from huggingface_hub import CommitOperationAdd
+
+    from job.card import MODEL_ID_PLACEHOLDER
+
+    files = sorted(p for p in model_dir.rglob("*") if p.is_file() and not p.name.endswith(".tmp"))
+    ops = []
+    for p in files:
+        rel = p.relative_to(model_dir).as_posix()
+        if rel == "README.md":
+            ops.append(CommitOperationAdd(rel, p.read_text().replace(MODEL_ID_PLACEHOLDER, repo_id).encode()))
+        else:
+            ops.append(CommitOperationAdd(rel, str(p)))
+    return ops
+
+
 def _hub_error(exc: Exception, repo_id: str, token: str, doing: str = "pushing to") -> JobError:
     status = getattr(getattr(exc, "response", None), "status_code", None)
     detail = scrub(str(exc).splitlines()[0] if str(exc) else type(exc).__name__, token)
@@ -188,9 +206,7 @@ def publish_hub(run_dir, repo_id: str, private: bool = True, *, commit_message: 
                     f"The Hub repo {repo_id} already exists and is public, but a private push was asked for.",
                     "make the repo private on the Hub, push elsewhere, or pass --public to publish it openly.",
                 )
-        commit = api.upload_folder(
-            repo_id=repo_id, folder_path=str(model_dir), repo_type="model", commit_message=message, ignore_patterns=["*.tmp"]
-        )
+        commit = api.create_commit(repo_id, operations=_model_files(model_dir, repo_id), commit_message=message, repo_type="model")
     except JobError:
         raise
     except Exception as exc:  # noqa: BLE001 - anything from the Hub client, with the token scrubbed

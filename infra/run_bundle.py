@@ -108,7 +108,7 @@ def metrics_summary(root: Path) -> dict[str, Any]:
         "test_queries": report.get("test_queries"),
         "corpus_size": report.get("corpus_size"),
         "ndcg@10": {
-            str(r["dim"]): {k: r.get(k) for k in ("baseline", "finetuned", "improvement_pct")}
+            str(r["dim"]): {k: r[k] for k in ("baseline", "finetuned", "improvement_points", "improvement_pct") if k in r}
             for r in report.get("comparison", [])
         },
         "training": {

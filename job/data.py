@@ -368,6 +368,30 @@ def leakage_report(splits: dict[str, list[Pair]]) -> dict[str, Any]:
     }
 
 
+def leakage_against_test_set(splits: dict[str, list[Pair]], test: IRData) -> dict[str, Any]:
+    """Leakage between the training pairs and a separate (BEIR) test set, by text: test questions that
+    are also training questions, and test-relevant documents that are also training passages."""
+    train_passages = {p.passage.strip() for p in splits["train"]}
+    train_questions = {p.question.strip() for p in splits["train"]}
+    relevant = test.relevant_docs()
+    cited = {doc for docs in relevant.values() for doc in docs}
+    leaked_docs = sorted(d for d in cited if test.corpus.get(d, "").strip() in train_passages)
+    leaked_questions = sorted(q for q in relevant if test.queries.get(q, "").strip() in train_questions)
+    queries_citing_leaked = sum(1 for docs in relevant.values() if docs & set(leaked_docs))
+    return {
+        "test_queries": len(relevant),
+        "test_relevant_documents": len(cited),
+        "test_relevant_documents_in_train": len(leaked_docs),
+        "test_queries_citing_a_document_in_train": queries_citing_leaked,
+        "test_queries_also_in_train": len(leaked_questions),
+        "test_pairs_whose_passage_is_in_train": queries_citing_leaked,
+        "examples": [{"document": d, "text": test.corpus[d][:200]} for d in leaked_docs[:5]]
+        + [{"query": q, "text": test.queries[q][:200]} for q in leaked_questions[:5]],
+        "note": "Test documents that are also training passages (or test questions that are also training questions) "
+        "make the test easier than unseen data; remove them from the training pairs for a clean measurement.",
+    }
+
+
 # --- BEIR format --------------------------------------------------------------------------------
 def write_beir(directory: Path, data: IRData, split: str) -> None:
     directory.mkdir(parents=True, exist_ok=True)

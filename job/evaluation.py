@@ -15,6 +15,8 @@ from sentence_transformers.sentence_transformer.evaluation import InformationRet
 
 from job.data import IRData
 
+VALIDATION = "validation"  # the evaluator name of the validation split (model selection)
+
 # Metrics we report, in order, as (label, evaluator key suffix).
 REPORTED_METRICS = [
     ("ndcg@10", "ndcg@10"),
@@ -45,6 +47,10 @@ class _EmbeddingCache:
 
 class SharedEncodingIREvaluator(InformationRetrievalEvaluator):
     """An ``InformationRetrievalEvaluator`` at one truncated dim that reuses its siblings' encodings."""
+
+    @property
+    def description(self) -> str:  # the model card's task name: what it measures, not our class name
+        return "Information Retrieval"
 
     def __init__(self, *args, cache: _EmbeddingCache, **kwargs) -> None:
         super().__init__(*args, **kwargs)

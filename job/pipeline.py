@@ -16,12 +16,12 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from job import checkpoints, storage
+from job import card, checkpoints, storage
 from job import data as D
-from job.layout import CARD_MARK, CHECKPOINT_FINGERPRINT, STEPS, RunDir, replace_dir, write_json
+from job.layout import CHECKPOINT_FINGERPRINT, STEPS, RunDir, replace_dir, write_json
 from job.config import EMBEDDED_DATA, MODEL_FIELDS, PREPARE_FIELDS, TRAIN_FIELDS, JobConfig, fingerprint_digest
 from job.errors import JobError
-from job.evaluation import evaluate_model, evaluation_options
+from job.evaluation import VALIDATION, build_evaluator, evaluate_model, evaluation_options, per_dim_metrics
 from job.models import load_model, resolve_best_dim, resolve_dims, resolve_model_name
 from job.report import markdown_table, write_report
 
@@ -142,7 +142,7 @@ def prepare(cfg: JobConfig, rd: RunDir, echo: Echo = print, model=None) -> dict[
         D.write_pairs(stage / "data" / f"{split}.jsonl", split_pairs)
     for split, ir in ir_sets.items():
         D.write_beir(stage / "ir" / split, ir, split)
-    leakage = D.leakage_report(splits) if splits["test"] else {"note": "test set given separately with --eval-data"}
+    leakage = D.leakage_report(splits) if splits["test"] else D.leakage_against_test_set(splits, ir_sets["test"])
     write_json(stage / "data" / "leakage.json", leakage)
     digest_src = {s: [(p.question, p.passage) for p in v] for s, v in splits.items()}
     digest_src["test_ir"] = [sorted(ir_sets["test"].qrels.items()), len(ir_sets["test"].corpus)]
@@ -177,15 +177,26 @@ def prepare(cfg: JobConfig, rd: RunDir, echo: Echo = print, model=None) -> dict[
 
     dropped = sum(summary["rows_dropped_invalid"].values())
     trunc = (
-        f", {truncation['passages_truncated']} passages over {truncation['max_seq_length']} tokens (truncated)"
+        f", {truncation['passages_truncated']} of them over {truncation['max_seq_length']} tokens (truncated)"
         if truncation
         else ""
     )
+    if cfg.eval_data:
+        corpora = (
+            f"corpus of the pairs {len(corpus)} passages{trunc}; test set {cfg.eval_data}: {summary['test_queries']} "
+            f"questions, {summary['test_corpus_size']} documents"
+        )
+        leaks = (
+            f"leakage: {leakage['test_relevant_documents_in_train']} of {leakage['test_relevant_documents']} test-relevant "
+            f"documents and {leakage['test_queries_also_in_train']} test questions also in train"
+        )
+    else:
+        corpora = f"corpus {len(corpus)} passages{trunc}"
+        leaks = f"leakage: {leakage.get('test_pairs_whose_passage_is_in_train', 0)} test passages also in train"
     echo(
         f"prepare: {len(records.rows)} rows -> {len(pairs)} pairs ({n_duplicates} duplicates, {dropped} invalid dropped); "
         f"train/validation/test {len(splits['train'])}/{len(splits['validation'])}/{summary['test_queries']} "
-        f"questions, corpus {len(corpus)} passages{trunc}; leakage: "
-        f"{leakage.get('test_pairs_whose_passage_is_in_train', 0)} test passages also in train -> {rd.data}"
+        f"questions, {corpora}; {leaks} -> {rd.data}"
     )
     return summary
 
@@ -255,15 +266,23 @@ def train(
     best_dim = resolve_best_dim(cfg, dims)
     train_pairs = D.read_pairs(rd.data / "train.jsonl")
     validation = load_split(rd, "validation")
+    before = _validation_before(cfg, rd, model, dims, validation, echo) if distributed.is_main_process() else None
     result = train_model(
         cfg, model, dims, best_dim, train_pairs, validation, rd.checkpoints, resume=resume, callbacks=callbacks,
         source=str(rd.data / "train.jsonl"),
     )
     base_name = resolve_model_name(cfg.model)
-    record = {"base_model": base_name, "dims": dims, "best_dim": best_dim, **result.summary, "fingerprint": fingerprint}
+    base_id = card.base_model_id(cfg.model, base_name)
+    record = {
+        "base_model": base_name, "base_model_id": base_id, "dims": dims, "best_dim": best_dim, **result.summary,
+        "validation_before": before, "fingerprint": fingerprint,
+    }  # fmt: skip
     if not distributed.is_main_process():
         return record  # exactly one model is written, by rank 0
-    model.model_card_data.model_name = f"{Path(base_name).name} fine-tuned for retrieval (Matryoshka {dims})"
+    card.describe_model(model, base_id, card.title(base_id, base_name, cfg.data, dims))
+    if validation is not None:  # the card and the record show the saved model's numbers, not the last evaluation's
+        scored = card.rescore_for_card(model, build_evaluator(validation, dims, VALIDATION, **evaluation_options(cfg)))
+        record["validation_saved_model"] = {d: m["ndcg@10"] for d, m in per_dim_metrics(scored, VALIDATION).items()}
     stage = rd.root / ".model.tmp"
     shutil.rmtree(stage, ignore_errors=True)
     model.save(str(stage))
@@ -271,6 +290,20 @@ def train(
     replace_dir(stage, rd.model)
     _echo_train(echo, rd, record)
     return record
+
+
+def _validation_before(cfg: JobConfig, rd: RunDir, model, dims: list[int], validation, echo: Echo) -> dict[int, float] | None:
+    """The base model's validation NDCG@10 by dim: the reference for the validation gain. Scored once,
+    before training, and kept with the checkpoints so a resumed training reports it too."""
+    if validation is None:
+        return None
+    path = rd.checkpoints / "validation_before.json"
+    if path.is_file():
+        return {int(d): v for d, v in json.loads(path.read_text()).items()}
+    scores = {d: m["ndcg@10"] for d, m in per_dim_metrics(build_evaluator(validation, dims, VALIDATION, **evaluation_options(cfg))(model), VALIDATION).items()}
+    write_json(path, {str(d): v for d, v in scores.items()})
+    echo("train: base model, validation NDCG@10 by dim {" + ", ".join(f"{d}: {v:.4f}" for d, v in scores.items()) + "}")
+    return scores
 
 
 def _echo_train(echo: Echo, rd: RunDir, record: dict[str, Any]) -> None:
@@ -332,33 +365,28 @@ def evaluate(cfg: JobConfig, rd: RunDir, echo: Echo = print) -> dict[str, Any]:
         base_metrics = _score(cfg, load_model(cfg.model, max_seq_length=cfg.max_seq_length), test, dims, "test")
     tuned = load_model(str(rd.model), max_seq_length=cfg.max_seq_length)
     tuned_metrics = _score(cfg, tuned, test, dims, "test")
+    prepared = rd.record("prepare") or {}
     meta = {
-        "model": str(rd.model),
-        "base_model": training["base_model"],
+        "model": rd.root.name,
+        "base_model": training.get("base_model_id") or Path(training["base_model"]).name,
+        "data": card.data_label(cfg.data),
         "dims": dims,
         "test_queries": len(test.relevant_docs()),
         "corpus_size": len(test.corpus),
-        "training": {k: training.get(k) for k in ("train_pairs", "global_steps", "train_seconds", "pairs_per_second", "best_checkpoint", "best_metric")},
+        "leakage": prepared.get("leakage"),
+        "hard_negatives": training.get("hard_negatives"),
+        "validation_before": training.get("validation_before"),
+        "validation_saved_model": training.get("validation_saved_model"),
+        "training": {k: training.get(k) for k in ("train_pairs", "global_steps", "train_seconds", "pairs_per_second", "best_checkpoint", "best_metric", "best_metric_name")},
         "fingerprint": fingerprint,
     }
     paths = write_report(rd.report, base_metrics, tuned_metrics, meta)
-    _add_results_to_model_card(rd.model, paths["markdown"].read_text())
+    card.add_test_results(rd.model, tuned_metrics, card.data_label(cfg.eval_data or cfg.data))
+    card.add_evaluation_section(rd.model, paths["markdown"].read_text(), dims)
     table = markdown_table(base_metrics, tuned_metrics)
     echo(table)
     echo(f"evaluate: report {paths['markdown']}, metrics {paths['json']}, plot {paths['plot']}")
     return json.loads(paths["json"].read_text())
-
-
-def _add_results_to_model_card(model_dir: Path, report_md: str) -> None:
-    card = model_dir / "README.md"
-    text = card.read_text() if card.is_file() else ""
-    text = text.split(CARD_MARK)[0].rstrip()
-    section = (
-        report_md.replace("\n## ", "\n### ")
-        .replace("# Retrieval report", "## Held-out evaluation")
-        .replace("![NDCG@10 by dim](ndcg_by_dim.png)", "")
-    )
-    card.write_text(f"{text}\n\n{CARD_MARK}\n{section.strip()}\n")
 
 
 # --- run -----------------------------------------------------------------------------------------

@@ -13,6 +13,11 @@ def _pct(new: float, old: float) -> str:
     return f"{(new - old) / old * 100:+.1f}%" if old else "n/a"
 
 
+def _points(new: float, old: float) -> str:
+    """The change in NDCG points (0.010 = 1 point)."""
+    return f"{(new - old) * 100:+.1f}"
+
+
 def comparison_rows(baseline: PerDim, finetuned: PerDim, metric: str = "ndcg@10") -> list[dict[str, Any]]:
     """One row per dim: both scores, relative improvement, and each model's retention vs its full dim."""
     dims = sorted(set(baseline) & set(finetuned), reverse=True)
@@ -27,6 +32,7 @@ def comparison_rows(baseline: PerDim, finetuned: PerDim, metric: str = "ndcg@10"
                 "dim": d,
                 "baseline": b,
                 "finetuned": f,
+                "improvement_points": (f - b) * 100,
                 "improvement_pct": (f - b) / b * 100 if b else None,
                 "baseline_retention": b / baseline[full][metric] if baseline[full][metric] else None,
                 "finetuned_retention": f / finetuned[full][metric] if finetuned[full][metric] else None,
@@ -39,13 +45,13 @@ def markdown_table(baseline: PerDim, finetuned: PerDim, metric: str = "ndcg@10")
     rows = comparison_rows(baseline, finetuned, metric)
     full = rows[0]["dim"] if rows else "full"
     lines = [
-        f"| dim | baseline {metric.upper()} | fine-tuned {metric.upper()} | improvement | baseline retention vs {full} | fine-tuned retention vs {full} |",
-        "|---:|---:|---:|---:|---:|---:|",
+        f"| dim | baseline {metric.upper()} | fine-tuned {metric.upper()} | gain (points) | gain (relative) | baseline retention vs {full} | fine-tuned retention vs {full} |",
+        "|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         lines.append(
-            f"| {r['dim']} | {r['baseline']:.4f} | {r['finetuned']:.4f} | {_pct(r['finetuned'], r['baseline'])} "
-            f"| {r['baseline_retention']:.1%} | {r['finetuned_retention']:.1%} |"
+            f"| {r['dim']} | {r['baseline']:.4f} | {r['finetuned']:.4f} | {_points(r['finetuned'], r['baseline'])} "
+            f"| {_pct(r['finetuned'], r['baseline'])} | {r['baseline_retention']:.1%} | {r['finetuned_retention']:.1%} |"
         )
     return "\n".join(lines)
 
@@ -90,12 +96,16 @@ def write_report(out_dir: Path, baseline: PerDim, finetuned: PerDim, meta: dict[
     """Write report.md, metrics.json and ndcg_by_dim.png into ``out_dir``; metrics.json is written last."""
     out_dir.mkdir(parents=True, exist_ok=True)
     table = markdown_table(baseline, finetuned)
+    from job.card import summary_lines
+
     md = [
         f"# Retrieval report: {meta.get('model', '')}",
         "",
         f"Test set: {meta.get('test_queries', '?')} questions against a corpus of {meta.get('corpus_size', '?')} passages. "
         "Metrics from sentence-transformers' InformationRetrievalEvaluator (cosine similarity); the checkpoint was "
-        "selected on the validation split only.",
+        "selected on the validation split only. Gains are in NDCG points (0.010 = 1 point).",
+        "",
+        *summary_lines(meta),
         "",
         "## NDCG@10",
         "",

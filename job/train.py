@@ -19,14 +19,13 @@ from job.config import JobConfig
 from job.data import IRData, Pair
 from job.distributed import world_size
 from job.errors import JobError
-from job.evaluation import build_evaluator, evaluation_options, metric_key
+from job.evaluation import VALIDATION, build_evaluator, evaluation_options, metric_key, per_dim_metrics
 from job.negatives import add_hard_negatives
 from job.sampler import IdNoDuplicatesBatchSampler, LengthGroupedBatchSampler
 from job.token_cache import cached_trainer_class
 
 logger = logging.getLogger(__name__)
 
-VALIDATION = "validation"
 
 
 @dataclass
@@ -314,9 +313,45 @@ def build_trainer(cfg: JobConfig, model, args, train_ds, loss, evaluator, callba
 
     with failing_pair_named(train_pairs, model.preprocess, source):  # the trainer tokenizes for its model card
         trainer = Trainer(model=model, args=args, train_dataset=train_ds, loss=loss, evaluator=evaluator, callbacks=callbacks)
+    from transformers.trainer_callback import ProgressCallback
+
+    if trainer.pop_callback(ProgressCallback) is not None:
+        trainer.add_callback(compact_progress(args.metric_for_best_model))
     if cfg.token_cache:
         trainer.warm_token_cache(train_ds)
     return trainer
+
+
+def compact_progress(selection_metric: str | None):
+    """transformers' progress bar, but each log as one short line: the loss, or the validation NDCG@10
+    by dim and the checkpoint-selection metric by name (not sentence-transformers' wall of keys, whose
+    ``eval_sequential_score`` is the smallest dim's score while the selection uses the largest)."""
+    from transformers.trainer_callback import ProgressCallback
+
+    class CompactProgress(ProgressCallback):
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if not state.is_world_process_zero or self.training_bar is None or not logs:
+                return
+            where = f"step {state.global_step}/{state.max_steps} (epoch {state.epoch or 0:.2f})"
+            scores = per_dim_metrics(logs, VALIDATION)
+            if scores:
+                cells = ", ".join(f"{d}: {m['ndcg@10']:.4f}" for d, m in scores.items() if "ndcg@10" in m)
+                line = f"{where}: validation NDCG@10 by dim {{{cells}}}"
+                if selection_metric and selection_metric in logs:
+                    best = state.best_metric if state.best_metric is not None else logs[selection_metric]
+                    line += f"; selection ({selection_metric.removeprefix('eval_')}) {logs[selection_metric]:.4f}, best {max(best, logs[selection_metric]):.4f}"
+            elif "loss" in logs:
+                line = f"{where}: loss {logs['loss']:.4f}, learning rate {logs.get('learning_rate', 0):.2e}"
+            elif "train_runtime" in logs:
+                line = (
+                    f"{where}: training took {logs['train_runtime']:.0f} s ({logs.get('train_samples_per_second', 0):.1f} "
+                    f"pairs/s), mean loss {logs.get('train_loss', float('nan')):.4f}"
+                )
+            else:
+                return
+            self.training_bar.write(line)
+
+    return CompactProgress
 
 
 def _after_failure(error, cfg: JobConfig, trainer, batch_size: int, resume_from, checkpoint_dir: Path, trace_dir, source):

@@ -312,7 +312,7 @@ def test_int_field_rejects_non_integral_scientific_notation(value):
 def test_loss_choices():
     assert resolve_config(None, {"loss": "cached_mnrl"}, {}).loss == "cached_mnrl"
     assert _error(resolve_config, None, {"loss": "triplet"}, {}) == (
-        f"'loss' from {CLI} is 'triplet'. Fix: use one of: mnrl, cached_mnrl."
+        f"'loss' from {CLI} is 'triplet'. Fix: use one of: mnrl, cached_mnrl, gist, cached_gist."
     )
 
 

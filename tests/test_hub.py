@@ -64,17 +64,17 @@ def fake_hub(monkeypatch):
         state.calls.append(("model_info", self.token, repo_id, kw))
         return SimpleNamespace(private=not state.public_repo)
 
-    def upload_folder(self, **kw):
-        state.calls.append(("upload_folder", self.token, kw["repo_id"], kw))
+    def create_commit(self, repo_id, operations, **kw):
+        state.calls.append(("create_commit", self.token, repo_id, {**kw, "operations": operations}))
         if state.fail_with is not None:
             raise state.fail_with
-        return SimpleNamespace(commit_url=f"https://huggingface.co/{kw['repo_id']}/commit/abc123")
+        return SimpleNamespace(commit_url=f"https://huggingface.co/{repo_id}/commit/abc123")
 
     monkeypatch.setattr(HfApi, "auth_check", auth_check)
     monkeypatch.setattr(HfApi, "whoami", whoami)
     monkeypatch.setattr(HfApi, "create_repo", create_repo)
     monkeypatch.setattr(HfApi, "model_info", model_info)
-    monkeypatch.setattr(HfApi, "upload_folder", upload_folder)
+    monkeypatch.setattr(HfApi, "create_commit", create_commit)
     return state
 
 
@@ -170,12 +170,14 @@ def test_publish_hub_uploads_model_folder(hub_env, monkeypatch, fake_run_dir, fa
     assert pub.url == "https://huggingface.co/me/tiny-embed" and pub.private is True
     assert pub.commit_url.endswith("/commit/abc123")
     names = [c[0] for c in fake_hub.calls]
-    assert names == ["create_repo", "model_info", "upload_folder"]
+    assert names == ["create_repo", "model_info", "create_commit"]
     assert all(c[1] == TOKEN for c in fake_hub.calls)  # the token goes to the client, nowhere else
     create = fake_hub.calls[0][3]
     assert create["private"] is True and create["exist_ok"] is True and create["repo_type"] == "model"
     upload = fake_hub.calls[2][3]
-    assert upload["folder_path"] == str(fake_run_dir / "model")
+    sent = {op.path_in_repo: op for op in upload["operations"]}
+    local = {p.relative_to(fake_run_dir / "model").as_posix() for p in (fake_run_dir / "model").rglob("*") if p.is_file()}
+    assert set(sent) == local
     assert "(run run-a-" in upload["commit_message"]
 
 
@@ -183,7 +185,7 @@ def test_publish_hub_public(hub_env, monkeypatch, fake_run_dir, fake_hub):
     monkeypatch.setenv("HF_TOKEN", TOKEN)
     fake_hub.public_repo = True
     assert H.publish_hub(fake_run_dir, "me/open", private=False).private is False
-    assert [c[0] for c in fake_hub.calls] == ["create_repo", "upload_folder"]
+    assert [c[0] for c in fake_hub.calls] == ["create_repo", "create_commit"]
     assert fake_hub.calls[0][3]["private"] is False
 
 
@@ -192,7 +194,7 @@ def test_private_push_into_an_existing_public_repo_is_refused(hub_env, monkeypat
     fake_hub.public_repo = True
     with pytest.raises(JobError, match="already exists and is public"):
         H.publish_hub(fake_run_dir, "me/open")
-    assert "upload_folder" not in [c[0] for c in fake_hub.calls]
+    assert "create_commit" not in [c[0] for c in fake_hub.calls]
 
 
 def test_missing_token_stops_before_any_hub_call(hub_env, fake_run_dir, fake_hub):
@@ -250,3 +252,17 @@ def test_push_command_hub(hub_env, monkeypatch, fake_run_dir, fake_hub, capsys):
     assert cli.main(["push", "--run-dir", str(fake_run_dir), "--hub-repo", "me/tiny-embed", "--public"]) == 2
     out, err = capsys.readouterr()
     assert "error: The Hub rejected the token" in err and TOKEN not in out + err
+
+
+def test_pushed_card_loads_the_model_from_its_repo(hub_env, monkeypatch, fake_run_dir, fake_hub):
+    from job.card import MODEL_ID_PLACEHOLDER
+
+    card = fake_run_dir / "model" / "README.md"
+    card.write_text(card.read_text() + f'\nmodel = SentenceTransformer("{MODEL_ID_PLACEHOLDER}", truncate_dim=16)\n')
+    before = card.read_text()
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
+    H.publish_hub(fake_run_dir, "me/tiny-embed")
+    readme = next(op for op in fake_hub.calls[-1][3]["operations"] if op.path_in_repo == "README.md")
+    sent = readme.path_or_fileobj.read().decode() if hasattr(readme.path_or_fileobj, "read") else readme.path_or_fileobj.decode()
+    assert 'SentenceTransformer("me/tiny-embed", truncate_dim=16)' in sent and MODEL_ID_PLACEHOLDER not in sent
+    assert card.read_text() == before  # the run's own card is unchanged (its S3 publication stays the same)
