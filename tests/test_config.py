@@ -318,7 +318,7 @@ def test_loss_choices():
 
 def test_choices_are_case_sensitive_and_checked_for_env():
     assert _error(resolve_config, None, None, {"JOB_LOSS": "MNRL"}) == (
-        f"'loss' from {ENV} is 'MNRL'. Fix: use one of: mnrl, cached_mnrl."
+        f"'loss' from {ENV} is 'MNRL'. Fix: use one of: mnrl, cached_mnrl, gist, cached_gist."
     )
     assert _error(resolve_config, None, {"split_by": "question"}, {}) == (
         f"'split_by' from {CLI} is 'question'. Fix: use one of: pair, passage."
