@@ -13,7 +13,7 @@ import click
 from infra.launch_cli import launch  # `job launch` (SageMaker) lives with the cloud code
 from infra.push_cli import push  # `job push` lives with the publishing code
 from job import config as C
-from job.cli_common import config_options, echo, run_cli
+from job.cli_common import SectionedCommand, StepOrderGroup, config_options, echo, run_cli
 from job import storage
 from job.errors import JobError
 
@@ -27,7 +27,7 @@ def _rd(cfg):
     return rd
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.group(cls=StepOrderGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
 @click.version_option(package_name="rag-embed-finetune", prog_name="job")
 def cli() -> None:
     """Fine-tune an embedding model for RAG retrieval on your (question, passage) pairs.
@@ -37,7 +37,7 @@ def cli() -> None:
     """
 
 
-@cli.command("config")
+@cli.command("config", cls=SectionedCommand)
 @config_options
 def config_cmd(cfg) -> None:
     """Print the resolved configuration as YAML."""
@@ -57,7 +57,7 @@ def presets_cmd() -> None:
         click.echo(f"{name}: " + ", ".join(f"{k}={v}" for k, v in values.items()))
 
 
-@cli.command("prepare")
+@cli.command("prepare", cls=SectionedCommand)
 @config_options
 def prepare_cmd(cfg) -> None:
     """Load, validate, de-duplicate and split the pairs; build the evaluation corpus."""
@@ -69,7 +69,7 @@ def prepare_cmd(cfg) -> None:
         prepare(cfg, rd, echo, model=load_model(cfg.model, max_seq_length=cfg.max_seq_length))
 
 
-@cli.command("baseline")
+@cli.command("baseline", cls=SectionedCommand)
 @config_options
 def baseline_cmd(cfg) -> None:
     """Score the base model on the test split at every Matryoshka dim."""
@@ -80,7 +80,7 @@ def baseline_cmd(cfg) -> None:
         baseline(cfg, rd, echo)
 
 
-@cli.command("train")
+@cli.command("train", cls=SectionedCommand)
 @config_options
 @click.option("--resume", is_flag=True, help="Continue from the last checkpoint in the run directory.")
 @click.option("--force", is_flag=True, help="Discard checkpoints of an earlier unfinished run.")
@@ -93,7 +93,7 @@ def train_cmd(cfg, resume: bool, force: bool) -> None:
         train(cfg, rd, echo, resume=resume, force=force)
 
 
-@cli.command("evaluate")
+@cli.command("evaluate", cls=SectionedCommand)
 @config_options
 def evaluate_cmd(cfg) -> None:
     """Score base and fine-tuned models on the test split; write the report (Markdown, JSON, PNG)."""
@@ -104,7 +104,7 @@ def evaluate_cmd(cfg) -> None:
         evaluate(cfg, rd, echo)
 
 
-@cli.command("run")
+@cli.command("run", cls=SectionedCommand)
 @config_options
 @click.option("--force", is_flag=True, help="Redo steps whose outputs already exist.")
 def run_cmd(cfg, force: bool) -> None:
@@ -127,6 +127,7 @@ def run_cmd(cfg, force: bool) -> None:
 
 cli.add_command(push)
 cli.add_command(launch)
+cli.order = ("prepare", "baseline", "train", "evaluate", "run", "push", "launch", "config", "presets")
 
 
 def main(argv: list[str] | None = None) -> int:

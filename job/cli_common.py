@@ -27,6 +27,8 @@ def _field_option(name: str):
     help_text = f.metadata.get("help", "")
     default = f.default if f.default is not dataclasses.MISSING else (f.default_factory() if f.default_factory is not dataclasses.MISSING else None)
     help_text += f"  [default: {default}; env {config.ENV_PREFIX}{name.upper()}]"
+    if name == "hub_private":  # as `job push`: private unless --public
+        return click.option("--private/--public", name, default=None, help=help_text)
     if base is bool and not is_list:
         return click.option(f"{flag}/--no-{flag[2:]}", name, default=None, help=help_text)
     if "choices" in f.metadata:
@@ -36,6 +38,40 @@ def _field_option(name: str):
     else:
         ptype = base
     return click.option(flag, name, type=ptype, default=None, help=help_text, metavar="LIST" if is_list else None)
+
+
+class SectionedCommand(click.Command):
+    """A command whose --help lists the configuration flags in sections (Run, Data, Model, Recipe, ...),
+    then the command's own options."""
+
+    def format_options(self, ctx, formatter):
+        by_section: dict[str, list] = {name: [] for name in config.HELP_SECTIONS}
+        own = []
+        for param in self.get_params(ctx):
+            record = param.get_help_record(ctx)
+            if record is None:
+                continue
+            if param.name in config.FIELDS:
+                by_section[config.help_section(param.name)].append(record)
+            else:
+                own.append(record)
+        if own:
+            with formatter.section("Options"):
+                formatter.write_dl(own)
+        for section, records in by_section.items():
+            if records:
+                with formatter.section(section):
+                    formatter.write_dl(records)
+
+
+class StepOrderGroup(click.Group):
+    """Commands listed in the order they are used (``order`` first, then the rest as added), not alphabetically."""
+
+    order: tuple[str, ...] = ()
+
+    def list_commands(self, ctx):
+        first = [name for name in self.order if name in self.commands]
+        return first + [name for name in self.commands if name not in first]
 
 
 def config_options(func):

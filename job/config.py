@@ -29,6 +29,9 @@ import yaml
 from job.errors import JobError
 
 ENV_PREFIX = "JOB_"
+# transformers' SchedulerType values that need no extra arguments
+LR_SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup", "inverse_sqrt", "cosine_with_min_lr", "warmup_stable_decay")
+REPORT_TO = ("auto", "none", "tensorboard", "mlflow", "wandb", "trackio")
 LOSSES = ("mnrl", "cached_mnrl", "gist", "cached_gist")
 LOSS_DIRECTIONS = ("query_to_doc", "doc_to_query", "query_to_query", "doc_to_doc")
 EMBEDDED_DATA = "embedded"
@@ -46,6 +49,23 @@ def _opt(default: Any, help: str, *, step: str | tuple[str, ...] = (), group: st
     if isinstance(default, list):
         return field(default_factory=lambda: list(default), metadata=meta)
     return field(default=default, metadata=meta)
+
+
+# --- presets ------------------------------------------------------------------------------------
+PRESETS: dict[str, dict[str, Any]] = {
+    # The recipe this project is modelled on: MNRL in MatryoshkaLoss, batch 32 x accumulation 16,
+    # lr 2e-5, 4 epochs, cosine schedule with 10 % warm-up.
+    "blog": {
+        "loss": "mnrl",
+        "batch_size": 32,
+        "gradient_accumulation_steps": 16,
+        "learning_rate": 2e-5,
+        "epochs": 4.0,
+        "warmup_ratio": 0.1,
+        "lr_scheduler": "cosine",
+        "hard_negatives": 0,
+    },
+}
 
 
 @dataclass
@@ -103,7 +123,7 @@ class JobConfig:
     )
     seed: int = _opt(42, "Seed for the split, the sampler and the model initialisation.", step=("prepare", "train"))
     # --- training recipe -------------------------------------------------------------------
-    preset: str | None = _opt(None, "Named recipe: see `job presets`.")
+    preset: str | None = _opt(None, "Named recipe: see `job presets`.", choices=tuple(PRESETS))
     loss: str = _opt(
         "mnrl",
         "'mnrl' (MultipleNegativesRankingLoss), 'gist' (GISTEmbedLoss: in-batch negatives that the guide model scores "
@@ -143,7 +163,9 @@ class JobConfig:
     gradient_accumulation_steps: int = _opt(1, "Optimizer steps every N batches (does not add negatives).", step="train")
     learning_rate: float = _opt(1e-4, "Peak learning rate.", step="train")
     warmup_ratio: float = _opt(0.1, "Fraction of steps spent warming up the learning rate.", step="train")
-    lr_scheduler: str = _opt("cosine", "Learning-rate schedule (transformers' lr_scheduler_type).", step="train")
+    lr_scheduler: str = _opt(
+        "cosine", "Learning-rate schedule (transformers' lr_scheduler_type).", step="train", choices=LR_SCHEDULERS
+    )
     weight_decay: float = _opt(0.0, "AdamW weight decay.", step="train")
     best_model_dim: int | None = _opt(
         None, "Dim whose validation NDCG@10 picks the best checkpoint. Default: the largest Matryoshka dim.",
@@ -153,6 +175,12 @@ class JobConfig:
     eval_batch_size: int = _opt(64, "Batch size for encoding during evaluation.")
     save_total_limit: int = _opt(2, "Checkpoints kept on disk (the best one is always kept).")
     logging_steps: int = _opt(10, "Log the training loss every N steps.")
+    report_to: str = _opt(
+        "auto",
+        "Where the trainer logs metrics: tensorboard (into RUN_DIR/logs), mlflow, wandb, trackio or none; 'auto' is "
+        "tensorboard when it is installed, else none.",
+        choices=REPORT_TO,
+    )
     mixed_precision: str = _opt(
         "auto",
         "'auto' uses bf16 autocast (fp32 master weights) and tf32 where CUDA supports them; 'no' keeps fp32.",
@@ -203,6 +231,28 @@ def fields_where(*, step: str | None = None, group: str | None = None) -> tuple[
 PREPARE_FIELDS = fields_where(step="prepare")
 MODEL_FIELDS = fields_where(step="model")
 TRAIN_FIELDS = MODEL_FIELDS + fields_where(step="train")
+# `--help` sections, in order; a field's section follows from what it affects unless named here.
+HELP_SECTIONS = ("Run", "Data", "Model", "Recipe", "Evaluation and checkpoints", "Speed and hardware", "Publishing")
+_SECTION_OF = {
+    "run_dir": "Run", "preset": "Run", "seed": "Data",
+    "best_model_dim": "Evaluation and checkpoints", "eval_steps": "Evaluation and checkpoints",
+    "eval_batch_size": "Evaluation and checkpoints", "save_total_limit": "Evaluation and checkpoints",
+    "logging_steps": "Evaluation and checkpoints", "report_to": "Evaluation and checkpoints",
+    "mixed_precision": "Speed and hardware", "dataloader_workers": "Speed and hardware", "nproc": "Speed and hardware",
+    "token_cache": "Speed and hardware", "length_grouping": "Speed and hardware",
+}  # fmt: skip
+
+
+def help_section(name: str) -> str:
+    if name in _SECTION_OF:
+        return _SECTION_OF[name]
+    meta = FIELDS[name].metadata
+    if meta["group"] == "publish":
+        return "Publishing"
+    steps = meta["steps"]
+    return "Data" if "prepare" in steps else "Model" if "model" in steps else "Recipe"
+
+
 # Publishing destinations: checked before `job run` starts, used after it ends; never sent to a job.
 PUBLISH_FIELDS = fields_where(group="publish")
 # Fields a SageMaker job (or its container) decides itself: where the run lives, and publishing.
@@ -280,26 +330,9 @@ def coerce(name: str, value: Any, source: str) -> Any:
     if base is str and not is_list and not optional and not out.strip():
         raise JobError(f"{where} must not be empty.", "give a value.")
     choices = FIELDS[name].metadata.get("choices")
-    if choices and out not in choices:
+    if choices and out not in choices and name != "preset":  # an unknown preset is named by resolve_config
         raise JobError(f"{where} is {out!r}.", f"use one of: {', '.join(choices)}.")
     return out
-
-
-# --- presets ------------------------------------------------------------------------------------
-PRESETS: dict[str, dict[str, Any]] = {
-    # The recipe this project is modelled on: MNRL in MatryoshkaLoss, batch 32 x accumulation 16,
-    # lr 2e-5, 4 epochs, cosine schedule with 10 % warm-up.
-    "blog": {
-        "loss": "mnrl",
-        "batch_size": 32,
-        "gradient_accumulation_steps": 16,
-        "learning_rate": 2e-5,
-        "epochs": 4.0,
-        "warmup_ratio": 0.1,
-        "lr_scheduler": "cosine",
-        "hard_negatives": 0,
-    },
-}
 
 
 def _apply(values: dict[str, Any], updates: dict[str, Any], source: str) -> None:

@@ -10,6 +10,7 @@ PyTorch). Nothing else spells out a run directory's folder or file names::
       checkpoints/ trainer checkpoints, job_fingerprint.json                             (train)
       model/       the fine-tuned model, its card README.md, training.json               (train)
       report/      report.md, metrics.json, ndcg_by_dim.png                              (evaluate)
+      logs/        TensorBoard event files (train, when tensorboard is installed)
       chroma/      rag-eval's embedded vector store
       rag_eval/    rag-eval's reports
 
@@ -29,7 +30,7 @@ from typing import Any
 
 STEPS = ("prepare", "baseline", "train", "evaluate")
 DATA, IR, BASELINE, CHECKPOINTS, MODEL, REPORT = "data", "ir", "baseline", "checkpoints", "model", "report"
-CHROMA, RAG_EVAL = "chroma", "rag_eval"
+CHROMA, RAG_EVAL, LOGS = "chroma", "rag_eval", "logs"
 # Each step's "done" record, relative to the run directory: its presence means the step finished.
 DONE_FILES = {
     "prepare": f"{DATA}/prepare.json",

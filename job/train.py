@@ -13,7 +13,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from job import checkpoints, storage
+from job import checkpoints, layout, storage
 from job.collate import RowNamingCollator, failing_pair_named, raise_for_batch_failure, worker_signals_paused
 from job.config import JobConfig
 from job.data import IRData, Pair
@@ -283,7 +283,7 @@ def training_arguments(cfg: JobConfig, model, checkpoint_dir: Path, batch_size: 
         logging_steps=cfg.logging_steps,
         seed=cfg.seed,
         data_seed=cfg.seed,
-        report_to="none",
+        report_to=report_targets(cfg, checkpoint_dir),
         dataloader_num_workers=cfg.dataloader_workers,
         dataloader_pin_memory=torch.cuda.is_available(),
         prompts=prompts or None,
@@ -291,6 +291,20 @@ def training_arguments(cfg: JobConfig, model, checkpoint_dir: Path, batch_size: 
         **({"ddp_backend": "gloo", "use_cpu": True} if world > 1 and not torch.cuda.is_available() else {}),
         **select,
     )
+
+
+def report_targets(cfg: JobConfig, checkpoint_dir: Path) -> str:
+    """The trainer's ``report_to``: 'auto' is TensorBoard when installed (logs in RUN_DIR/logs), else none."""
+    import importlib.util
+    import os
+
+    target = cfg.report_to
+    if target == "auto":
+        has_tb = any(importlib.util.find_spec(m) is not None for m in ("tensorboard", "tensorboardX"))
+        target = "tensorboard" if has_tb else "none"
+    if target == "tensorboard":
+        os.environ.setdefault("TENSORBOARD_LOGGING_DIR", str(Path(checkpoint_dir).parent / layout.LOGS))
+    return target
 
 
 def build_trainer(cfg: JobConfig, model, args, train_ds, loss, evaluator, callbacks, train_pairs, source, trace_dir):

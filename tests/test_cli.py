@@ -109,7 +109,8 @@ def test_batch_size_must_be_positive(tmp_path, value, capsys):
 
 def test_unknown_preset_lists_presets(capsys):
     code, _, err = _run(capsys, "config", "--preset", "nope")
-    _assert_clean_failure(code, err, "Unknown preset 'nope'", "blog")
+    assert code == 2 and "Traceback" not in err
+    assert "Invalid value for '--preset': 'nope' is not 'blog'" in err  # a click choice: listed in --help too
 
 
 def test_config_prints_resolved_values_with_precedence(tmp_path, capsys, monkeypatch):
@@ -140,3 +141,14 @@ def test_missing_relative_model_path_is_not_taken_for_a_hub_id(prepared, pairs_f
     monkeypatch.chdir(tmp_path)  # tmp_path holds "run/", so "run/nope" names a missing local folder
     code, _, err = _run(capsys, *_prepare_args(run_dir, "run/nope", pairs_file))
     _assert_clean_failure(code, err, "Model path run/nope does not exist")
+
+
+def test_help_lists_steps_in_order_and_groups_the_run_options(capsys):
+    code, out, _ = _run(capsys, "--help")
+    assert code == 0
+    listed = [line.split()[0] for line in out.split("Commands:")[1].strip().splitlines()]
+    assert listed[:5] == ["prepare", "baseline", "train", "evaluate", "run"]
+    code, out, _ = _run(capsys, "run", "--help")
+    sections = [line.rstrip(":") for line in out.splitlines() if line and not line.startswith(" ") and line.endswith(":")]
+    assert sections == ["Options", "Run", "Data", "Model", "Recipe", "Evaluation and checkpoints", "Speed and hardware", "Publishing"]
+    assert "--loss [mnrl|cached_mnrl|gist|cached_gist]" in out and "--preset [blog]" in out and "--private / --public" in out

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 from sentence_transformers import SentenceTransformer
 
@@ -65,3 +67,17 @@ def test_gist_guide_problems_are_named_before_training(tiny_model_path, tmp_path
         resolve_config(None, {"loss": "triplet"}, {})
     guide = load_guide(resolve_config(None, {"loss": "gist"}, {}), model)
     assert guide is not model and not any(p.requires_grad for p in guide.parameters())
+
+
+def test_report_to_auto_is_tensorboard_only_when_installed(tmp_path, monkeypatch):
+    import importlib.util
+
+    from job.train import report_targets
+
+    monkeypatch.delenv("TENSORBOARD_LOGGING_DIR", raising=False)
+    installed = importlib.util.find_spec("tensorboard") is not None or importlib.util.find_spec("tensorboardX") is not None
+    assert report_targets(resolve_config(None, {}, {}), tmp_path / "checkpoints") == ("tensorboard" if installed else "none")
+    assert report_targets(resolve_config(None, {"report_to": "tensorboard"}, {}), tmp_path / "checkpoints") == "tensorboard"
+    assert os.environ["TENSORBOARD_LOGGING_DIR"] == str(tmp_path / "logs")  # RUN_DIR/logs, not inside checkpoints/
+    with pytest.raises(JobError, match="use one of: auto, none, tensorboard"):
+        resolve_config(None, {"report_to": "comet"}, {})
