@@ -11,6 +11,7 @@ Parts:
   tiny      full training steps with a tiny random BERT (the host-side cost dominates).
   minilm    full training steps with all-MiniLM-L6-v2 (the bundled offline copy).
   padding   tokens computed per epoch vs real tokens (padding) for random and length-grouped batches.
+  samplers  the no-duplicates batch samplers alone: sentence-transformers' (plain and hashed) and the job's.
 On CUDA the model parts run on the GPU. Each prints pairs/s, the split of a step into waiting for
 data vs forward + loss + backward / optimizer / the rest, and peak host (and GPU) memory.
 --profile N adds a torch.profiler pass over N steps: the share of step time inside PyTorch
@@ -56,14 +57,14 @@ def bench_pipeline(pairs: list[D.Pair], model, batch_size: int, token_cache: boo
     from sentence_transformers.base.sampler import BatchSamplers
     from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
 
-    from job.sampler import IdNoDuplicatesBatchSampler
+    from job.sampler import no_duplicates_sampler
     from job.token_cache import cached_trainer_class
 
     ds = datasets.Dataset.from_dict({"anchor": [p.question for p in pairs], "positive": [p.passage for p in pairs]})
     with tempfile.TemporaryDirectory() as tmp:
         args = SentenceTransformerTrainingArguments(
             output_dir=tmp, per_device_train_batch_size=batch_size,
-            batch_sampler=IdNoDuplicatesBatchSampler if token_cache else BatchSamplers.NO_DUPLICATES,
+            batch_sampler=no_duplicates_sampler() if token_cache else BatchSamplers.NO_DUPLICATES,
             report_to="none", use_cpu=not torch.cuda.is_available(),
         )  # fmt: skip
         cls = cached_trainer_class() if token_cache else SentenceTransformerTrainer
@@ -92,6 +93,49 @@ def bench_pipeline(pairs: list[D.Pair], model, batch_size: int, token_cache: boo
     }
 
 
+def bench_samplers(pairs: list[D.Pair], batch_size: int, epochs: int = 3, seed: int = 42) -> dict:
+    """The no-duplicates batch samplers alone, on (anchor, positive, negative) rows: sentence-transformers'
+    NO_DUPLICATES (row lookups) and NO_DUPLICATES_HASHED (xxhash values precomputed with datasets.map),
+    the job's id-based sampler, and its length-grouped one. Seconds to build (first epoch) and per later epoch."""
+    import random
+
+    import datasets
+    from sentence_transformers.base.sampler import NoDuplicatesBatchSampler
+
+    from job.sampler import LengthGroupedBatchSampler
+
+    rng = random.Random(seed)
+    passages = [p.passage for p in pairs]
+    ds = datasets.Dataset.from_dict(
+        {"anchor": [p.question for p in pairs], "positive": passages, "negative": [rng.choice(passages) for _ in pairs]}
+    )
+    makers = {
+        "sentence-transformers NO_DUPLICATES": lambda: NoDuplicatesBatchSampler(ds, batch_size, False, generator=torch.Generator(), seed=seed),
+        "sentence-transformers NO_DUPLICATES_HASHED": lambda: NoDuplicatesBatchSampler(
+            ds, batch_size, False, generator=torch.Generator(), seed=seed, precompute_hashes=True, precompute_num_proc=1
+        ),
+        "job LengthGroupedBatchSampler (chars)": lambda: LengthGroupedBatchSampler(
+            ds, batch_size, False, generator=torch.Generator(), seed=seed, pool_batches=16
+        ),
+    }  # fmt: skip
+    out = {}
+    for name, make in makers.items():
+        t0 = time.perf_counter()
+        sampler = make()
+        times = []
+        for epoch in range(epochs):
+            sampler.set_epoch(epoch)
+            t1 = time.perf_counter()
+            n = sum(len(b) for b in sampler)
+            times.append(time.perf_counter() - (t0 if epoch == 0 else t1))
+        out[name] = {
+            "first_epoch_s_incl_setup": round(times[0], 3),
+            "later_epoch_s": round(statistics.mean(times[1:]), 3),
+            "pairs_per_s_later_epochs": round(n / statistics.mean(times[1:]), 1),
+        }
+    return out
+
+
 def bench_padding(pairs: list[D.Pair], model, batch_size: int, pools: list[int], seed: int = 42) -> dict:
     """Tokens one epoch computes (each column padded to its longest text) against the real tokens,
     for random no-duplicates batches and for length-grouped pools. Deterministic; a random training
@@ -101,7 +145,7 @@ def bench_padding(pairs: list[D.Pair], model, batch_size: int, pools: list[int],
     import datasets
     import numpy as np
 
-    from job.sampler import IdNoDuplicatesBatchSampler, LengthGroupedBatchSampler
+    from job.sampler import LengthGroupedBatchSampler, no_duplicates_sampler
     from job.train import token_counter
 
     rng = random.Random(seed)
@@ -119,7 +163,7 @@ def bench_padding(pairs: list[D.Pair], model, batch_size: int, pools: list[int],
         return int(sum(len(b) * lengths[c][b].max() for b in sampler for c in lengths))
 
     out = {"max_seq_length": limit, "real_tokens_per_epoch": real}
-    samplers = {"random": IdNoDuplicatesBatchSampler(ds, batch_size, False, generator=torch.Generator(), seed=seed)}
+    samplers = {"random": no_duplicates_sampler()(ds, batch_size, False, generator=torch.Generator(), seed=seed)}
     for pool in pools:
         for by, counter in (("tokens", token_counter(model)), ("chars", None)):
             samplers[f"length_grouping={pool} by {by}"] = LengthGroupedBatchSampler(
@@ -287,6 +331,8 @@ def main() -> None:
         if part in ("pipeline", "pipeline-nocache"):
             model = load_model(args.minilm)  # its tokenizer; no forward pass is run
             res = bench_pipeline(pairs, model, args.batch_size, token_cache=part == "pipeline")
+        elif part == "samplers":
+            res = bench_samplers(pairs, args.batch_size)
         elif part == "padding":
             res = bench_padding(pairs, load_model(args.minilm, max_seq_length=extra.get("max_seq_length") and int(extra["max_seq_length"])), args.batch_size, [4, 16, 64])
         elif part == "tiny":

@@ -21,7 +21,7 @@ from job.distributed import world_size
 from job.errors import JobError
 from job.evaluation import VALIDATION, build_evaluator, evaluation_options, metric_key, per_dim_metrics
 from job.negatives import add_hard_negatives
-from job.sampler import IdNoDuplicatesBatchSampler, LengthGroupedBatchSampler
+from job.sampler import LengthGroupedBatchSampler, no_duplicates_sampler
 from job.token_cache import cached_trainer_class
 
 logger = logging.getLogger(__name__)
@@ -127,15 +127,15 @@ def load_guide(cfg: JobConfig, model):
 
 def batch_sampler(cfg: JobConfig, model=None):
     """No-duplicates batches (in-batch negatives must not repeat a text): length-grouped (by the
-    model's token counts) when asked, else sentence-transformers' own order with duplicate checks on
-    precomputed ids."""
+    model's token counts) when asked, else sentence-transformers' own sampler (hashed values with the
+    fast data pipeline, row lookups without it)."""
     from sentence_transformers.base.sampler import BatchSamplers
 
     if cfg.length_grouping:
         return functools.partial(
             LengthGroupedBatchSampler, pool_batches=cfg.length_grouping, text_lengths=model and token_counter(model)
         )
-    return IdNoDuplicatesBatchSampler if cfg.token_cache else BatchSamplers.NO_DUPLICATES
+    return no_duplicates_sampler() if cfg.token_cache else BatchSamplers.NO_DUPLICATES
 
 
 def token_counter(model):

@@ -1,4 +1,5 @@
-"""Our id-based no-duplicates sampler must produce exactly sentence-transformers' batches."""
+"""The batch samplers: sentence-transformers' hashed no-duplicates sampler as the job uses it, and the
+length-grouped one (every no-duplicates rule kept, less padding)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import pytest
 import torch
 from sentence_transformers.base.sampler import NoDuplicatesBatchSampler
 
-from job.sampler import IdNoDuplicatesBatchSampler
+from job.sampler import LengthGroupedBatchSampler, no_duplicates_sampler
 
 
 def _dataset():
@@ -26,16 +27,16 @@ def _dataset():
 
 
 @pytest.mark.parametrize("batch_size,drop_last", [(8, False), (8, True), (16, False)])
-def test_same_batches_as_sentence_transformers(batch_size, drop_last):
+def test_hashed_sampler_gives_the_plain_samplers_batches(batch_size, drop_last):
+    """The job's default (values hashed once) batches exactly like the row-lookup sampler."""
     ds = _dataset()
-    ours = IdNoDuplicatesBatchSampler(ds, batch_size, drop_last, generator=torch.Generator(), seed=3)
-    theirs = NoDuplicatesBatchSampler(ds, batch_size=batch_size, drop_last=drop_last, generator=torch.Generator(), seed=3)
+    ours = no_duplicates_sampler()(ds, batch_size=batch_size, drop_last=drop_last, generator=torch.Generator(), seed=3)
+    plain = NoDuplicatesBatchSampler(ds, batch_size=batch_size, drop_last=drop_last, generator=torch.Generator(), seed=3)
     for epoch in range(3):
         ours.set_epoch(epoch)
-        theirs.set_epoch(epoch)
-        got, want = list(ours), list(theirs)
-        assert got == want
-        assert len(got) >= 1
+        plain.set_epoch(epoch)
+        got = list(ours)
+        assert got == list(plain) and len(got) >= 1
     for batch in got:
         texts = [t for i in batch for t in (ds[i]["anchor"], ds[i]["positive"])]
         assert len(texts) == len(set(texts))  # no value twice in a batch, across columns
@@ -62,8 +63,6 @@ def _padded_chars(ds, batches):
 
 @pytest.mark.parametrize("drop_last", [False, True])
 def test_length_grouped_batches_keep_every_rule(drop_last):
-    from job.sampler import LengthGroupedBatchSampler
-
     ds = _varied_dataset()
     sampler = LengthGroupedBatchSampler(ds, 16, drop_last, generator=torch.Generator(), seed=1, pool_batches=4)
     first = list(sampler)
@@ -80,9 +79,7 @@ def test_length_grouped_batches_keep_every_rule(drop_last):
 
 
 def test_length_grouping_cuts_padding():
-    from job.sampler import LengthGroupedBatchSampler
-
     ds = _varied_dataset()
-    random_batches = list(IdNoDuplicatesBatchSampler(ds, 16, False, generator=torch.Generator(), seed=1))
+    random_batches = list(no_duplicates_sampler()(ds, 16, False, generator=torch.Generator(), seed=1))
     grouped = list(LengthGroupedBatchSampler(ds, 16, False, generator=torch.Generator(), seed=1, pool_batches=8))
     assert _padded_chars(ds, grouped) < 0.8 * _padded_chars(ds, random_batches)
