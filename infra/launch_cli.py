@@ -88,7 +88,7 @@ _LAUNCH_OPTIONS = [
     click.option("--env", "env", multiple=True, metavar="KEY=VALUE", help="Environment variable in the container (repeatable)."),
     click.option("--wait/--no-wait", default=True, show_default=True, help="Wait until the job ends, showing its log."),
     click.option("--dry-run", is_flag=True, help="Print what would be started; upload nothing, start nothing, call no AWS endpoint."),
-    click.option("--poll", type=float, default=30, show_default=True, hidden=True, help="Seconds between status checks with --wait."),
+    click.option("--poll", type=float, default=10, show_default=True, hidden=True, help="Seconds between status and log checks with --wait."),
 ]  # fmt: skip
 # LaunchSpec field <- option name, where they differ.
 _SPEC_FIELDS = {"volume_gb": "volume_size", "max_run_s": "max_run", "max_wait_s": "max_wait"}

@@ -102,7 +102,7 @@ def _job_log_lines(echo: Echo) -> Iterator[_LogLines]:
         log.propagate = old[1]
 
 
-def wait_for(name: str, region: str | None, echo: Echo, poll_s: float = 30, logs: bool = True) -> dict[str, Any]:
+def wait_for(name: str, region: str | None, echo: Echo, poll_s: float = 10, logs: bool = True) -> dict[str, Any]:
     """Wait until the job ends, streaming its CloudWatch log lines to ``echo`` (the SDK's
     ``TrainingJob.wait(logs=True)``); returns the final DescribeTrainingJob response."""
     import boto3
@@ -272,8 +272,9 @@ def _existing_parent(path: Path) -> Path:
     return path.parent
 
 
-def result_lines(name: str, run_dir: Path) -> list[str]:
-    """What a fetched (or locally run) job's run directory holds, and how to use it."""
+def result_lines(name: str, run_dir: Path, base_model_copy: Path | None = None) -> list[str]:
+    """What a fetched (or locally run) job's run directory holds, and how to use it; ``base_model_copy``:
+    where the base model that went in through the model channel is on this machine, if known."""
     report = run_dir / "report" / "report.md"
     lines = [
         f"{name} -> {run_dir} (model/{', report/' if report.is_file() else ''}); load it with SentenceTransformer('{run_dir / 'model'}')"
@@ -281,8 +282,9 @@ def result_lines(name: str, run_dir: Path) -> list[str]:
     training = run_dir / "model" / "training.json"
     base = json.loads(training.read_text()).get("base_model", "") if training.is_file() else ""
     if base.startswith(("/opt/ml/", tempfile.gettempdir())):
+        copy = f" (--baseline {base_model_copy})" if base_model_copy else ""
         lines.append(
-            f"the base model came in through the job's model channel ({base}); give its local copy to rag_eval as --baseline"
+            f"the base model came in through the job's model channel ({base}); give its local copy to rag_eval as --baseline{copy}"
         )
     return lines
 

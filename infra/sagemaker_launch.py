@@ -300,7 +300,7 @@ def launch(
     dry_run: bool = False,
     wait: bool = False,
     echo: Echo = print,
-    poll_s: float = 30,
+    poll_s: float = 10,
 ) -> LaunchResult:
     """Check, upload (unless ``dry_run``), create the training job; return the exact CreateTrainingJob request."""
     require_sdk()

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from infra import contract
 from infra.sagemaker_inputs import InputPlan, hyperparameters_for, plan_local_inputs
 from infra.sagemaker_jobs import check_run_dir, result_lines, unpack_result
 from infra.sagemaker_launch import HUGGINGFACE, LaunchSpec
@@ -145,9 +146,48 @@ def _prepare_root(root: Path, plan: InputPlan) -> None:
     for ch in plan.channels:  # staged copies: readable by the container's user whatever your umask
         staged = root / "channels" / ch
         if staged.is_dir():
-            staged.chmod(0o755)
-            for f in staged.iterdir():
-                f.chmod(0o644)
+            _open_up(staged)
+
+
+def _open_up(folder: Path) -> None:
+    """Folders 0755, files 0644: readable by any user (the job's user in the container)."""
+    folder.chmod(0o755)
+    for path in folder.rglob("*"):
+        if not path.is_symlink():
+            path.chmod(0o755 if path.is_dir() else 0o644)
+
+
+def _unreadable_by_others(folder: Path) -> list[Path]:
+    """Files and folders under ``folder`` that a user other than their owner cannot read (or enter)."""
+    found = []
+    for path in [folder, *folder.rglob("*")]:
+        try:
+            mode = path.stat().st_mode
+        except OSError:  # a dangling link: the job will name it if it needs it
+            continue
+        need = 0o005 if path.is_dir() else 0o004
+        if mode & need != need:
+            found.append(path)
+    return found
+
+
+def _stage_readable_channels(plan: InputPlan, stage: Path, echo: Echo) -> None:
+    """Run as root, the job's user in the container is uid 1000 (the entrypoint never runs the job as
+    root), so a channel folder it cannot read - a model saved as root has 0600 weights - is staged as
+    a readable copy. As any other user the container runs the job as you, and reads what you read."""
+    if os.geteuid() != 0:
+        return
+    for ch, path in sorted(plan.channels.items()):
+        folder = Path(path)
+        if not folder.is_dir() or folder.is_relative_to(stage):
+            continue
+        unreadable = _unreadable_by_others(folder)
+        if unreadable:
+            echo(f"launch local: {folder} holds {len(unreadable)} entr{'y' if len(unreadable) == 1 else 'ies'} only root "
+                 f"can read (e.g. {unreadable[0].name}); the job runs as uid 1000, so the '{ch}' channel is a readable copy")  # fmt: skip
+            shutil.copytree(folder, stage / ch, symlinks=False)
+            _open_up(stage / ch)
+            plan.channels[ch] = str(stage / ch)
 
 
 def _failure(root: Path) -> str | None:
@@ -220,6 +260,7 @@ def launch_local(
     root = Path(tempfile.mkdtemp(prefix="job-launch-local-"))
     try:
         plan = plan_local_inputs(cfg, stage=root / "channels")
+        _stage_readable_channels(plan, root / "channels", echo)
         _prepare_root(root, plan)
         trainer = build_local_trainer(spec, plan, hps, environment, root, gpus)
         error: Exception | None = None
@@ -233,10 +274,11 @@ def launch_local(
         if error is not None or failure is not None:
             code = re.search(r"exited with code:?\s*(\d+)", str(error or ""))
             how = f"exited with code {code.group(1)}" if code else ("failed" if error else "wrote a failure reason")
+            # The failure reason is the job's own error paragraph, with its own fix when it has one.
             raise JobError(
                 f"The local training job {name or ''} {how}: "
                 + (failure or f"it wrote no failure reason ({error}); its output is above."),
-                "fix what the failure names and run it again (the container's output above has the details).",
+                None if failure and " Fix: " in failure else "see the container's output above, fix what it names, and run it again.",
             )
         model_tgz = root / "compressed_artifacts" / "model.tar.gz"
         output_tgz = root / "compressed_artifacts" / "output.tar.gz"
@@ -252,7 +294,7 @@ def launch_local(
             no_model_fix=f"rebuild the image from this repository (`docker build -t {image} .`): an image that does "
             "not train when the SDK starts it with no arguments exits 0 and leaves /opt/ml/model empty.",
         )  # fmt: skip
-        for line in result_lines(name or "the local job", run_dir):
+        for line in result_lines(name or "the local job", run_dir, plan.local.get(contract.BASE_MODEL)):
             echo(f"launch local: {line}")
         return LocalResult(name, run_dir, request, False)
     finally:

@@ -1,21 +1,29 @@
 #!/usr/bin/env bash
 # Build the training image and run it the way SageMaker does, on this machine, with no registry.
 #
-#   sudo scripts/docker_smoke.sh            # about 10 minutes on 2 cores; needs root, PyPI and a Debian mirror
+#   sudo scripts/docker_smoke.sh            # about 15 minutes on 2 cores; needs root, PyPI and a Debian mirror
 #
 # What it does (everything under one temporary folder, removed at the end; KEEP=1 keeps it):
-#  1. installs docker.io and debootstrap if missing;
+#  1. installs docker.io, docker-compose (the SageMaker SDK's local mode runs it) and debootstrap if missing;
 #  2. starts its own Docker daemon that leaves the host network alone
 #     (dockerd --bridge=none --iptables=false, its own data/exec root and socket);
 #  3. bootstraps a Debian bookworm base (python3 3.11, venv, pip, CA certificates) and imports it
 #     as local/base - Docker Hub cannot be reached, so the CPU base is made here;
 #  4. builds the Dockerfile on it with the local CPU torch wheel (BASE_IMAGE=local/base,
 #     TORCH_SPEC=torch==VERSION), pip trusting the host CA bundle, --network host;
-#  5. checks the image: hadolint, non-root user, `run --help` reaches the job CLI;
-#  6. runs `train` on the embedded dataset with /opt/ml mounted and the bundled MiniLM as the
-#     base-model channel; stops it with `docker stop` (SIGTERM, as a spot interruption) once it is
-#     training, checks the failure file and the checkpoint, then starts it again and checks that it
-#     resumed and that the model and report appeared in the mounted folder.
+#  5. checks the image: hadolint; the entrypoint drops root (uid 1000; `--user` runs as given);
+#     `run --help` reaches the job CLI, `rag-eval --help` / `serve --help` reach rag-eval
+#     (Chroma and Gradio installed); no sources or tests inside;
+#  6. restarts the daemon inside a network namespace of its own (only loopback; the SDK's
+#     `sagemaker-local` bridge lives there), so nothing below can reach any network;
+#  7. runs `train` on the embedded dataset with a root-owned /opt/ml mounted (as SageMaker mounts it)
+#     and the bundled MiniLM as the base-model channel; stops it with `docker stop` (SIGTERM, as a
+#     spot interruption) once it is training, checks the failure file and the checkpoint, then
+#     starts it again and checks that it resumed and that the model and report appeared in the
+#     mounted folder, written by uid 1000;
+#  8. runs tests/test_docker_local_mode.py against the daemon and the image: `job launch local`
+#     and the SageMaker SDK's local mode on its own (60 pairs, 2 steps), a failing job, a missing
+#     image, and `rag-eval index` + `serve` on the result.
 # It prints the time of each phase; exit code 0 means every check passed.
 set -euo pipefail
 
@@ -40,10 +48,10 @@ die() { echo "[smoke] FAIL: $*" >&2; exit 1; }
 [ -n "$WHEEL" ] && [ -f "$WHEEL" ] || die "no CPU torch wheel for Python 3.11 (set TORCH_WHEEL=/path/torch-...-cp311-...whl)"
 TORCH_VERSION="$(basename "$WHEEL" | cut -d- -f2)"
 
-phase "install docker.io, debootstrap"
-if ! command -v dockerd >/dev/null || ! command -v debootstrap >/dev/null; then
+phase "install docker.io, compose, debootstrap"
+if ! command -v dockerd >/dev/null || ! command -v debootstrap >/dev/null || ! command -v docker-compose >/dev/null; then
     apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker.io debootstrap >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker.io docker-compose debootstrap >/dev/null
 fi
 DOCKER_BIN=/usr/bin/docker   # the client that comes with this daemon
 [ -x "$DOCKER_BIN" ] || DOCKER_BIN="$(command -v docker)"
@@ -70,14 +78,25 @@ cleanup() {
 }
 trap cleanup EXIT
 
-phase "start dockerd"
-dockerd --bridge=none --iptables=false --ip-masq=false \
-    --data-root "$WORK/data" --exec-root "$WORK/exec" --pidfile "$WORK/docker.pid" \
-    -H "unix://$SOCK" >"$WORK/dockerd.log" 2>&1 &
-DOCKERD_PID=$!
+DOCKERD=(dockerd --bridge=none --iptables=false --ip-masq=false
+    --data-root "$WORK/data" --exec-root "$WORK/exec" --pidfile "$WORK/docker.pid" -H "unix://$SOCK")
 docker() { "$DOCKER_BIN" -H "unix://$SOCK" "$@"; }
-for _ in $(seq 60); do docker version >/dev/null 2>&1 && break; sleep 1; done
-docker version >/dev/null || { tail -20 "$WORK/dockerd.log"; die "dockerd did not start"; }
+wait_dockerd() {
+    for _ in $(seq 60); do docker version >/dev/null 2>&1 && return 0; sleep 1; done
+    tail -20 "$WORK/dockerd.log"; die "dockerd did not start"
+}
+stop_dockerd() {
+    kill "$DOCKERD_PID"
+    for _ in $(seq 60); do kill -0 "$DOCKERD_PID" 2>/dev/null || break; sleep 1; done
+    kill -0 "$DOCKERD_PID" 2>/dev/null && die "dockerd did not stop"
+    DOCKERD_PID=""
+}
+
+phase "start dockerd"
+# In the host's network namespace for now: the build below needs PyPI (--network host).
+"${DOCKERD[@]}" >"$WORK/dockerd.log" 2>&1 &
+DOCKERD_PID=$!
+wait_dockerd
 echo "[smoke] dockerd $(docker version --format '{{.Server.Version}}'), storage $(docker info --format '{{.Driver}}')"
 
 phase "debootstrap + import base"
@@ -108,13 +127,37 @@ echo "[smoke] image $IMAGE: $(docker image inspect "$IMAGE" --format '{{.Size}}'
      "(base $(docker image inspect local/base --format '{{.Size}}' | awk '{printf "%.0f MB", $1/1e6}'))"
 
 phase "image checks"
-uid="$(docker run --rm --network none --entrypoint id "$IMAGE" -u)"
-[ "$uid" = 1000 ] || die "the image runs as uid $uid, not the non-root user 1000"
+# The entrypoint script starts as root and drops it: commands run as uid 1000 (or as `--user` says).
+ENTRY=(--entrypoint /usr/local/bin/entrypoint)
+uid="$(docker run --rm --network none "${ENTRY[@]}" "$IMAGE" id -u)"
+[ "$uid" = 1000 ] || die "the entrypoint runs commands as uid $uid, not the non-root user 1000"
+uid="$(docker run --rm --network none --user 4321:4321 "${ENTRY[@]}" "$IMAGE" id -u)"
+[ "$uid" = 4321 ] || die "under --user 4321 the entrypoint ran as uid $uid"
 # Capture first: `cmd | grep -q` under pipefail fails when grep exits before docker finishes writing.
 HELP_OUT=$(docker run --rm --network none "$IMAGE" run --help 2>&1) || die "'run --help' failed: $HELP_OUT"
 grep -q "Run every step" <<<"$HELP_OUT" || die "'run --help' did not reach the job CLI: $HELP_OUT"
+HELP_OUT=$(docker run --rm --network none "$IMAGE" 2>&1) || die "no arguments failed: $HELP_OUT"
+grep -q "Usage: job" <<<"$HELP_OUT" || die "no arguments (no SageMaker layout) did not show the job's help: $HELP_OUT"
+HELP_OUT=$(docker run --rm --network none "$IMAGE" rag-eval --help 2>&1) || die "'rag-eval --help' failed: $HELP_OUT"
+grep -q "Usage: rag-eval" <<<"$HELP_OUT" || die "'rag-eval --help' did not reach rag-eval: $HELP_OUT"
+HELP_OUT=$(docker run --rm --network none "$IMAGE" serve --help 2>&1) || die "'serve --help' failed: $HELP_OUT"
+grep -q "Usage: rag-eval serve" <<<"$HELP_OUT" || die "'serve --help' did not reach rag-eval serve: $HELP_OUT"
+docker run --rm --network none "${ENTRY[@]}" "$IMAGE" python -c "import chromadb, gradio, fastapi, uvicorn" \
+    || die "the rag / serve extras are missing from the image"
 docker run --rm --network none --entrypoint sh "$IMAGE" -c 'test ! -e /src && ! ls /opt/venv/lib/python3*/site-packages | grep -qx tests' \
     || die "sources or tests were left in the image"
+
+phase "dockerd in its own netns"
+# From here on nothing needs a network: the daemon (and every container, and the bridge that the
+# SageMaker SDK's compose file declares) lives in a network namespace holding only loopback. Same
+# data root: the image stays. The host reaches the daemon through its unix socket.
+stop_dockerd
+unshare --net sh -c 'ip link set lo up && exec "$@"' sh "${DOCKERD[@]}" >>"$WORK/dockerd.log" 2>&1 &
+DOCKERD_PID=$!
+wait_dockerd
+links="$(nsenter --net="/proc/$DOCKERD_PID/ns/net" ip -o link show | awk -F': ' '{print $2}' | tr '\n' ' ')"
+[ "$links" = "lo " ] || die "the daemon's network namespace holds more than loopback: $links"
+echo "[smoke] dockerd in network namespace of pid $DOCKERD_PID (links: $links)"
 
 phase "train, stopped by SIGTERM"
 OPT="$WORK/opt_ml"
@@ -128,7 +171,7 @@ cat >"$OPT/input/config/hyperparameters.json" <<'JSON'
 JSON
 echo '{"model": {"TrainingInputMode": "File"}}' >"$OPT/input/config/inputdataconfig.json"
 echo '{"current_host": "algo-1", "hosts": ["algo-1"]}' >"$OPT/input/config/resourceconfig.json"
-chown -R 1000:1000 "$OPT"   # SageMaker gives the container writable folders; so does this
+# Left root-owned, as SageMaker mounts /opt/ml: the entrypoint hands the output folders to uid 1000.
 RUN_ID="$(docker run -d --network none -e HF_HUB_OFFLINE=1 -v "$OPT:/opt/ml" "$IMAGE" train)"
 for _ in $(seq 600); do
     [ "$(docker logs "$RUN_ID" 2>&1 | grep -c 'METRIC train_loss=')" -ge 2 ] && break
@@ -154,8 +197,19 @@ for f in model/modules.json model/model.safetensors model/README.md output/data/
     [ -s "$OPT/$f" ] || die "$f is missing from the mounted /opt/ml"
 done
 [ ! -e "$OPT/output/failure" ] || die "failure file after a successful run"
+owner="$(stat -c %u "$OPT/model/modules.json"):$(stat -c %u "$OPT/output/data/report/report.md")"
+[ "$owner" = 1000:1000 ] || die "the job wrote its outputs as uid $owner, not as uid 1000"
 grep '^METRIC test_ndcg@10' "$WORK/run2.log" | sed 's/^/[smoke]   /'
 sed -n '/^| dim/,/^$/p' "$OPT/output/data/report/report.md" | head -8 | sed 's/^/[smoke]   /'
+
+phase "SDK local mode (pytest)"
+# `job launch local` and the SDK's own local mode against this daemon and image: the SDK runs
+# docker-compose, which reaches the daemon through DOCKER_HOST. Telemetry is off (the tests' config).
+(cd "$REPO" && DOCKER_HOST="unix://$SOCK" JOB_DOCKER_IMAGE="$IMAGE" HF_HUB_OFFLINE=1 \
+    "$PY" -m pytest tests/test_docker_local_mode.py -q -s -p no:cacheprovider -o addopts="" 2>&1 | tee "$WORK/pytest.log" | grep -E "^\[docker test\]|passed|failed|error" ) \
+    || true
+grep -qE "^[0-9]+ passed" "$WORK/pytest.log" && ! grep -qE "[0-9]+ (failed|error)" "$WORK/pytest.log" \
+    || { tail -60 "$WORK/pytest.log"; die "tests/test_docker_local_mode.py failed"; }
 
 phase "done"
 echo "[smoke] PASS"
