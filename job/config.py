@@ -161,6 +161,12 @@ class JobConfig:
         step="train",
     )
     gradient_accumulation_steps: int = _opt(1, "Optimizer steps every N batches (does not add negatives).", step="train")
+    attention_dropout: float | None = _opt(
+        None,
+        "Dropout on the attention probabilities while training (0 lets PyTorch's fused attention skip storing the "
+        "seq x seq matrices: about half the training memory). Default: the model's own (0.1 for BERT models).",
+        step="train",
+    )
     learning_rate: float = _opt(1e-4, "Peak learning rate.", step="train")
     warmup_ratio: float = _opt(0.1, "Fraction of steps spent warming up the learning rate.", step="train")
     lr_scheduler: str = _opt(
@@ -410,6 +416,8 @@ def validate_config(cfg: JobConfig) -> None:
         raise JobError(f"loss_directions applies to mnrl and cached_mnrl, not to {cfg.loss}.", "drop --loss-directions or use --loss mnrl.")
     if cfg.guide_model and cfg.loss not in ("gist", "cached_gist"):
         raise JobError(f"guide_model is set but loss is {cfg.loss}; only the gist losses use a guide.", "pass --loss gist, or drop --guide-model.")
+    if cfg.attention_dropout is not None and not 0 <= cfg.attention_dropout < 1:
+        raise JobError(f"attention_dropout is {cfg.attention_dropout}; it must be in [0, 1).", "pass e.g. --attention-dropout 0.")
     if cfg.loss_scale <= 0:
         raise JobError(f"loss_scale is {cfg.loss_scale}; it must be positive.", "pass e.g. --loss-scale 20.")
     if cfg.length_grouping < 0:

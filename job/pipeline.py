@@ -196,9 +196,16 @@ def prepare(cfg: JobConfig, rd: RunDir, echo: Echo = print, model=None) -> dict[
     echo(
         f"prepare: {len(records.rows)} rows -> {len(pairs)} pairs ({n_duplicates} duplicates, {dropped} invalid dropped); "
         f"train/validation/test {len(splits['train'])}/{len(splits['validation'])}/{summary['test_queries']} "
-        f"questions, {corpora}; {leaks} -> {rd.data}"
+        f"questions, {corpora}; {leaks}; {peak_memory()} -> {rd.data}"
     )
     return summary
+
+
+def peak_memory() -> str:
+    """This process's peak resident memory so far, for the steps' summary lines."""
+    import resource
+
+    return f"peak memory {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.1f} GiB"
 
 
 def load_split(rd: RunDir, split: str) -> D.IRData | None:
@@ -226,7 +233,7 @@ def baseline(cfg: JobConfig, rd: RunDir, echo: Echo = print) -> dict[str, Any]:
     }
     write_json(rd.done_file("baseline"), record)
     ndcg = ", ".join(f"{d}: {m['ndcg@10']:.4f}" for d, m in metrics.items())
-    echo(f"baseline: NDCG@10 on {record['queries']} test questions by dim {{{ndcg}}} -> {rd.done_file('baseline')}")
+    echo(f"baseline: NDCG@10 on {record['queries']} test questions by dim {{{ndcg}}}; {peak_memory()} -> {rd.done_file('baseline')}")
     return record
 
 
@@ -312,7 +319,7 @@ def _echo_train(echo: Echo, rd: RunDir, record: dict[str, Any]) -> None:
     procs = f" on {record['world_size']} processes" if record.get("world_size", 1) > 1 else ""
     echo(
         f"train: {record['global_steps']} steps over {record['train_pairs']} pairs{procs} in {record['train_seconds']:.0f} s "
-        f"({record['pairs_per_second']:.1f} pairs/s){best} -> {rd.model}"
+        f"({record['pairs_per_second']:.1f} pairs/s){best}; {peak_memory()} -> {rd.model}"
     )
 
 
@@ -385,7 +392,7 @@ def evaluate(cfg: JobConfig, rd: RunDir, echo: Echo = print) -> dict[str, Any]:
     card.add_evaluation_section(rd.model, paths["markdown"].read_text(), dims)
     table = markdown_table(base_metrics, tuned_metrics)
     echo(table)
-    echo(f"evaluate: report {paths['markdown']}, metrics {paths['json']}, plot {paths['plot']}")
+    echo(f"evaluate: report {paths['markdown']}, metrics {paths['json']}, plot {paths['plot']}; {peak_memory()}")
     return json.loads(paths["json"].read_text())
 
 

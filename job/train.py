@@ -125,6 +125,22 @@ def load_guide(cfg: JobConfig, model):
     return guide
 
 
+def set_attention_dropout(model, p: float | None) -> int:
+    """Set the dropout on attention probabilities of a BERT-style model (``attention.self.dropout``, which
+    transformers passes to the attention kernel as ``dropout_p``); returns how many layers were set."""
+    if p is None:
+        return 0
+    layers = [m for name, m in model.named_modules() if name.endswith("attention.self") and hasattr(m, "dropout")]
+    if not layers:
+        raise JobError(
+            "attention_dropout is set, but this model has no BERT-style attention layers (attention.self) to set it on.",
+            "drop --attention-dropout for this model.",
+        )
+    for layer in layers:
+        layer.dropout.p = p
+    return len(layers)
+
+
 def batch_sampler(cfg: JobConfig, model=None):
     """No-duplicates batches (in-batch negatives must not repeat a text): length-grouped (by the
     model's token counts) when asked, else sentence-transformers' own sampler (hashed values with the
@@ -188,6 +204,7 @@ def train_model(
     storage.check_free_space(checkpoint_dir, space_needed(model, cfg), "Training (checkpoints and the final model)")
 
     loss = build_loss(model, cfg, dims, load_guide(cfg, model))  # first: its settings errors come before any mining
+    set_attention_dropout(model, cfg.attention_dropout)
     train_ds, negatives_stats = training_dataset(cfg, model, train_pairs, source)
     batch_size = min(cfg.batch_size, len(train_pairs))
     evaluator, select = model_selection(cfg, model, dims, best_dim, validation)

@@ -81,3 +81,14 @@ def test_report_to_auto_is_tensorboard_only_when_installed(tmp_path, monkeypatch
     assert os.environ["TENSORBOARD_LOGGING_DIR"] == str(tmp_path / "logs")  # RUN_DIR/logs, not inside checkpoints/
     with pytest.raises(JobError, match="use one of: auto, none, tensorboard"):
         resolve_config(None, {"report_to": "comet"}, {})
+
+
+def test_attention_dropout_reaches_every_attention_layer(tiny_model_path):
+    from job.train import set_attention_dropout
+
+    model = SentenceTransformer(str(tiny_model_path), device="cpu")
+    assert set_attention_dropout(model, None) == 0
+    assert set_attention_dropout(model, 0.0) == 2  # the tiny BERT's two layers
+    assert all(m.dropout.p == 0.0 for n, m in model.named_modules() if n.endswith("attention.self"))
+    with pytest.raises(JobError, match=r"attention_dropout is 1.5; it must be in \[0, 1\)"):
+        resolve_config(None, {"attention_dropout": "1.5"}, {})
