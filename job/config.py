@@ -113,6 +113,17 @@ class JobConfig:
         step="prepare",
     )
     eval_split: str = _opt("test", "qrels split to read from --eval-data.", step="prepare")
+    guard_data: str | None = _opt(
+        None,
+        "A BEIR folder from outside the training domain: the evaluate step scores base and fine-tuned models on it "
+        "too and warns when fine-tuning costs more than --guard-max-drop points.",
+        step="evaluate",
+    )
+    guard_split: str = _opt("test", "qrels split to read from --guard-data.", step="evaluate")
+    guard_nanobeir: list[str] | None = _opt(
+        None, "NanoBEIR datasets (online) to guard with, e.g. msmarco,nq,scifact (scored at the full dim).", step="evaluate"
+    )
+    guard_max_drop: float = _opt(2.0, "Warn when a guard set's NDCG@10 drops by more than this many points.", step="evaluate")
     val_fraction: float = _opt(0.1, "Fraction of pairs held out for validation (model selection).", step="prepare")
     test_fraction: float = _opt(0.1, "Fraction of pairs held out for the final test (ignored with --eval-data).", step="prepare")
     split_by: str = _opt(
@@ -237,6 +248,25 @@ def fields_where(*, step: str | None = None, group: str | None = None) -> tuple[
 PREPARE_FIELDS = fields_where(step="prepare")
 MODEL_FIELDS = fields_where(step="model")
 TRAIN_FIELDS = MODEL_FIELDS + fields_where(step="train")
+EVALUATE_FIELDS = TRAIN_FIELDS + fields_where(step="evaluate")
+# Fields added after run directories existed, with the value that reproduces what a run did before
+# the field existed: a fingerprint recorded without the field matches a configuration with that value.
+LEGACY_VALUES: dict[str, Any] = {
+    "length_grouping": 0, "loss_directions": ["query_to_doc"], "loss_scale": 20.0, "guide_model": None,
+    "attention_dropout": None, "guard_data": None, "guard_split": "test", "guard_nanobeir": None, "guard_max_drop": 2.0,
+}  # fmt: skip
+
+
+def fingerprints_match(recorded: dict[str, Any], current: dict[str, Any]) -> bool:
+    """Equal, or differing only by fields the record predates whose current value is their legacy one."""
+    if recorded == current:
+        return True
+    missing = set(current) - set(recorded) - {"inputs"}  # input digests: recorded since they exist
+    if set(recorded) - set(current) or any(k not in LEGACY_VALUES or current[k] != LEGACY_VALUES[k] for k in missing):
+        return False
+    return all(recorded[k] == current[k] for k in recorded)  # (a record without input digests cannot tell)
+
+
 # `--help` sections, in order; a field's section follows from what it affects unless named here.
 HELP_SECTIONS = ("Run", "Data", "Model", "Recipe", "Evaluation and checkpoints", "Speed and hardware", "Publishing")
 _SECTION_OF = {
@@ -246,6 +276,8 @@ _SECTION_OF = {
     "logging_steps": "Evaluation and checkpoints", "report_to": "Evaluation and checkpoints",
     "mixed_precision": "Speed and hardware", "dataloader_workers": "Speed and hardware", "nproc": "Speed and hardware",
     "token_cache": "Speed and hardware", "length_grouping": "Speed and hardware",
+    "guard_data": "Evaluation and checkpoints", "guard_split": "Evaluation and checkpoints",
+    "guard_nanobeir": "Evaluation and checkpoints", "guard_max_drop": "Evaluation and checkpoints",
 }  # fmt: skip
 
 
@@ -305,9 +337,13 @@ def _scalar(base: type, value: Any) -> Any:
 def coerce(name: str, value: Any, source: str) -> Any:
     """Convert ``value`` (a string from env/argv/hyperparameters, or a YAML scalar) to the field's type."""
     if name not in FIELDS:
+        import difflib
+
+        close = difflib.get_close_matches(name, FIELDS, n=1)
+        hint = f"did you mean '{close[0]}'? Else " if close else ""
         raise JobError(
             f"Unknown configuration key '{name}' in {source}.",
-            f"use one of: {', '.join(sorted(FIELDS))}.",
+            f"{hint}use one of: {', '.join(sorted(FIELDS))}.",
         )
     base, is_list, optional = field_kind(name)
     where = f"'{name}' from {source}"
@@ -418,6 +454,8 @@ def validate_config(cfg: JobConfig) -> None:
         raise JobError(f"guide_model is set but loss is {cfg.loss}; only the gist losses use a guide.", "pass --loss gist, or drop --guide-model.")
     if cfg.attention_dropout is not None and not 0 <= cfg.attention_dropout < 1:
         raise JobError(f"attention_dropout is {cfg.attention_dropout}; it must be in [0, 1).", "pass e.g. --attention-dropout 0.")
+    if cfg.guard_max_drop < 0:
+        raise JobError(f"guard_max_drop is {cfg.guard_max_drop}; it must be 0 or more (NDCG@10 points).", "pass e.g. --guard-max-drop 2.")
     if cfg.loss_scale <= 0:
         raise JobError(f"loss_scale is {cfg.loss_scale}; it must be positive.", "pass e.g. --loss-scale 20.")
     if cfg.length_grouping < 0:

@@ -406,17 +406,24 @@ def write_beir(directory: Path, data: IRData, split: str) -> None:
                 w.writerow([qid, cid, grade])
 
 
-def load_beir(directory: str | Path, split: str = "test") -> IRData:
-    """Read a BEIR folder; graded relevance (score > 1) is kept, score 0 rows are not relevant."""
+def load_beir(directory: str | Path, split: str = "test", *, option: str = "--eval-data", split_option: str = "--eval-split") -> IRData:
+    """Read a BEIR folder; graded relevance (score > 1) is kept, score 0 rows are not relevant.
+    ``option`` / ``split_option`` name the flags that gave the folder and split, for the fixes."""
     d = Path(directory).expanduser()
     if not d.is_dir():
-        raise JobError(f"BEIR folder {d} does not exist.", "pass a folder with corpus.jsonl, queries.jsonl and qrels/<split>.tsv.")
+        raise JobError(
+            f"BEIR folder {d} (given with {option}) does not exist.",
+            f"pass to {option} a folder with corpus.jsonl, queries.jsonl and qrels/<split>.tsv.",
+        )
     qrels_path = d / "qrels" / f"{split}.tsv"
     for needed in (d / "corpus.jsonl", d / "queries.jsonl", qrels_path):
         if not needed.is_file():
             have = sorted(p.name for p in (d / "qrels").glob("*.tsv")) if (d / "qrels").is_dir() else []
             extra = f" (qrels splits present: {', '.join(have)})" if have and needed == qrels_path else ""
-            raise JobError(f"BEIR folder {d} lacks {needed.relative_to(d)}{extra}.", "add the file or pick another --eval-split.")
+            raise JobError(
+                f"{d} (given with {option}) is not a BEIR folder: it lacks {needed.relative_to(d)}{extra}.",
+                f"add the file, or pick another {split_option}" if needed == qrels_path else "add the file (BEIR layout: corpus.jsonl, queries.jsonl, qrels/<split>.tsv)",
+            )
 
     def text_of(obj: dict, path: Path) -> str:
         title, text = obj.get("title") or "", obj.get("text")

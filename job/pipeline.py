@@ -16,10 +16,19 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from job import card, checkpoints, storage
+from job import card, checkpoints, guard, storage
 from job import data as D
 from job.layout import CHECKPOINT_FINGERPRINT, STEPS, RunDir, replace_dir, write_json
-from job.config import EMBEDDED_DATA, MODEL_FIELDS, PREPARE_FIELDS, TRAIN_FIELDS, JobConfig, fingerprint_digest
+from job.config import (
+    EMBEDDED_DATA,
+    EVALUATE_FIELDS,
+    MODEL_FIELDS,
+    PREPARE_FIELDS,
+    TRAIN_FIELDS,
+    JobConfig,
+    fingerprint_digest,
+    fingerprints_match,
+)
 from job.errors import JobError
 from job.evaluation import VALIDATION, build_evaluator, evaluate_model, evaluation_options, per_dim_metrics
 from job.models import load_model, resolve_best_dim, resolve_dims, resolve_model_name
@@ -78,7 +87,7 @@ def step_fingerprint(cfg: JobConfig, rd: RunDir, step: str) -> dict[str, Any]:
         known = (rd.record("prepare") or {}).get("inputs")
         return {**cfg.fingerprint(PREPARE_FIELDS), "inputs": {k: v["sha256"] for k, v in input_digests(cfg, known).items()}}
     data_digest = _require(rd, "prepare", f"job {step}")["data_digest"]
-    fields = MODEL_FIELDS if step == "baseline" else TRAIN_FIELDS
+    fields = {"baseline": MODEL_FIELDS, "train": TRAIN_FIELDS, "evaluate": EVALUATE_FIELDS}[step]
     return {**cfg.fingerprint(fields), "data_digest": data_digest}
 
 
@@ -330,7 +339,7 @@ def check_checkpoints(
     marker = rd.checkpoints / CHECKPOINT_FINGERPRINT
     if resume:
         old = json.loads(marker.read_text()) if marker.is_file() else fingerprint
-        if old != fingerprint:
+        if not fingerprints_match(old, fingerprint):
             raise JobError(
                 f"The checkpoints in {rd.checkpoints} were made with a different configuration "
                 f"(changed: {', '.join(changed_fields(old, fingerprint))}).",
@@ -362,16 +371,23 @@ def check_checkpoints(
 def evaluate(cfg: JobConfig, rd: RunDir, echo: Echo = print) -> dict[str, Any]:
     fingerprint = step_fingerprint(cfg, rd, "evaluate")
     training = _require(rd, "train", "job evaluate")
+    guard.check_guard(cfg)  # a guard folder that is not BEIR, or NanoBEIR offline, fails before any scoring
     test = load_split(rd, "test")
     dims = training["dims"]
     base_rec = rd.record("baseline")
-    if base_rec is not None and base_rec["fingerprint"] == step_fingerprint(cfg, rd, "baseline"):
+    base_model = None
+    if base_rec is not None and fingerprints_match(base_rec["fingerprint"], step_fingerprint(cfg, rd, "baseline")):
         base_metrics = {int(d): m for d, m in base_rec["metrics"].items()}
     else:
         echo("evaluate: no matching baseline record; scoring the base model now")
-        base_metrics = _score(cfg, load_model(cfg.model, max_seq_length=cfg.max_seq_length), test, dims, "test")
+        base_model = load_model(cfg.model, max_seq_length=cfg.max_seq_length)
+        base_metrics = _score(cfg, base_model, test, dims, "test")
     tuned = load_model(str(rd.model), max_seq_length=cfg.max_seq_length)
     tuned_metrics = _score(cfg, tuned, test, dims, "test")
+    guarded = None
+    if cfg.guard_data or cfg.guard_nanobeir:
+        base_model = base_model or load_model(cfg.model, max_seq_length=cfg.max_seq_length)
+        guarded = guard.guard_scores(cfg, base_model, tuned, dims, echo)
     prepared = rd.record("prepare") or {}
     meta = {
         "model": rd.root.name,
@@ -385,6 +401,7 @@ def evaluate(cfg: JobConfig, rd: RunDir, echo: Echo = print) -> dict[str, Any]:
         "validation_before": training.get("validation_before"),
         "validation_saved_model": training.get("validation_saved_model"),
         "training": {k: training.get(k) for k in ("train_pairs", "global_steps", "train_seconds", "pairs_per_second", "best_checkpoint", "best_metric", "best_metric_name")},
+        "guard": guarded,
         "fingerprint": fingerprint,
     }
     paths = write_report(rd.report, base_metrics, tuned_metrics, meta)
@@ -414,6 +431,7 @@ def run(
     ``mismatch_fix`` replaces the advice given when the run dir holds another configuration's output.
     """
     storage.probe_writable(rd.root)  # before any model is loaded
+    guard.check_guard(cfg)  # a bad --guard-data fails now, not after training
     results: dict[str, Any] = {}
     ran_earlier_step = False  # once a step runs, every later step must run on its new output
     inputs_changed = False if force else _inputs_changed(cfg, rd, echo)
@@ -421,7 +439,7 @@ def run(
         rec = rd.record(step)
         if rec is not None and not force and not ran_earlier_step and not inputs_changed:
             want = step_fingerprint(cfg, rd, step)
-            if rec.get("fingerprint") == want:
+            if fingerprints_match(rec.get("fingerprint") or {}, want):
                 hint = "; --force redoes it" if mismatch_fix is None else ""
                 echo(f"{step}: already done for this configuration, skipping ({rd.done_file(step)}){hint}")
                 results[step] = rec
@@ -480,6 +498,6 @@ def _resume_point(cfg: JobConfig, rd: RunDir, echo: Echo) -> str | None:
     """The newest complete checkpoint of this configuration's training, if there is one; incomplete
     checkpoints newer than it (a crash or a full disk mid-save) are moved aside and named."""
     marker = rd.checkpoints / CHECKPOINT_FINGERPRINT
-    if not marker.is_file() or json.loads(marker.read_text()) != step_fingerprint(cfg, rd, "train"):
+    if not marker.is_file() or not fingerprints_match(json.loads(marker.read_text()), step_fingerprint(cfg, rd, "train")):
         return None
     return checkpoints.newest_complete(rd.checkpoints, echo=echo)

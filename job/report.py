@@ -118,6 +118,10 @@ def write_report(out_dir: Path, baseline: PerDim, finetuned: PerDim, meta: dict[
         "![NDCG@10 by dim](ndcg_by_dim.png)",
         "",
     ]
+    if meta.get("guard"):
+        from job.guard import markdown as guard_markdown
+
+        md += [guard_markdown(meta["guard"]), ""]
     paths = {"markdown": out_dir / "report.md", "plot": out_dir / "ndcg_by_dim.png", "json": out_dir / "metrics.json"}
     paths["markdown"].write_text("\n".join(md))
     plot_ndcg(baseline, finetuned, paths["plot"])

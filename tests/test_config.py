@@ -171,7 +171,8 @@ def test_unknown_preset_lists_presets():
 def test_unknown_yaml_key_named(tmp_path):
     path = _yaml(tmp_path, "epochs: 2\nepoch: 3\n")
     msg = _error(resolve_config, path, None, {})
-    assert msg.startswith(f"Unknown configuration key 'epoch' in config file {path}. Fix: use one of: batch_size, best_model_dim, ")
+    assert msg.startswith(f"Unknown configuration key 'epoch' in config file {path}. Fix: did you mean 'epochs'? Else use one of: ")
+    assert "batch_size, best_model_dim, " in msg
     assert msg.endswith(", weight_decay.")
 
 
@@ -461,3 +462,15 @@ def test_matryoshka_weights_parse_and_validate():
         "matryoshka_weights has 3 values for 2 matryoshka_dims. "
         "Fix: give one weight per dim, in the same order (largest dim first)."
     )
+
+
+def test_records_from_before_a_field_existed_still_match():
+    from job.config import TRAIN_FIELDS, fingerprints_match
+
+    cfg = resolve_config(None, {}, {})
+    now = cfg.fingerprint(TRAIN_FIELDS)
+    before = {k: v for k, v in now.items() if k not in ("length_grouping", "loss_directions", "loss_scale")}
+    assert fingerprints_match(before, now)  # those fields at the values runs had before they existed
+    changed = resolve_config(None, {"length_grouping": "16"}, {}).fingerprint(TRAIN_FIELDS)
+    assert not fingerprints_match(before, changed)  # a run made without grouping is not a grouped run
+    assert not fingerprints_match({**before, "epochs": 2.0}, now)

@@ -93,7 +93,9 @@ def test_contract_writes_model_report_and_metrics(tmp_path, tiny_model_path, cap
     assert prepare["source"] == str(root / "input" / "data" / "train" / "pairs.jsonl")
     report = json.loads((data / "report" / "metrics.json").read_text())
     assert report["dims"] == [32, 16]
-    assert report["base_model"] == str(root / "input" / "data" / "model")
+    training = json.loads((root / "checkpoints" / "run" / "model" / "training.json").read_text())
+    assert training["base_model"] == str(root / "input" / "data" / "model")
+    assert report["base_model"] == "model"  # the report names no local path (a Hub id where one is known)
 
     # Every METRIC line is matched by exactly one of the launcher's metric definitions, with its value.
     defs = [(d["Name"], re.compile(d["Regex"])) for d in contract.metric_definitions([32, 16])]

@@ -702,18 +702,22 @@ def test_load_beir_missing_qrels_split_lists_present_splits(tmp_path):
     d = _beir(tmp_path, CORPUS, QUERIES, "q1\td1\t1\n", split="test")
     (d / "qrels" / "train.tsv").write_text("q1\td1\t1\n")
     assert _error(D.load_beir, d, "dev") == (
-        f"BEIR folder {d} lacks qrels/dev.tsv (qrels splits present: test.tsv, train.tsv). "
-        "Fix: add the file or pick another --eval-split."
+        f"{d} (given with --eval-data) is not a BEIR folder: it lacks qrels/dev.tsv (qrels splits present: test.tsv, "
+        "train.tsv). Fix: add the file, or pick another --eval-split."
     )
 
 
 def test_load_beir_missing_corpus_and_missing_folder(tmp_path):
     d = _beir(tmp_path, CORPUS, QUERIES, "q1\td1\t1\n")
     (d / "corpus.jsonl").unlink()
-    assert _error(D.load_beir, d) == f"BEIR folder {d} lacks corpus.jsonl. Fix: add the file or pick another --eval-split."
+    assert _error(D.load_beir, d, option="--guard-data") == (
+        f"{d} (given with --guard-data) is not a BEIR folder: it lacks corpus.jsonl. "
+        "Fix: add the file (BEIR layout: corpus.jsonl, queries.jsonl, qrels/<split>.tsv)."
+    )
     nowhere = tmp_path / "nowhere"
     assert _error(D.load_beir, nowhere) == (
-        f"BEIR folder {nowhere} does not exist. Fix: pass a folder with corpus.jsonl, queries.jsonl and qrels/<split>.tsv."
+        f"BEIR folder {nowhere} (given with --eval-data) does not exist. "
+        "Fix: pass to --eval-data a folder with corpus.jsonl, queries.jsonl and qrels/<split>.tsv."
     )
 
 
