@@ -34,7 +34,7 @@ browser:  # Debian's headless Chromium + driver for the `rag-eval serve` browser
 lint-docker: $(STAMP)   # also part of `make test` (tests/test_dockerfile.py)
 	$(VENV)/bin/hadolint Dockerfile
 
-docker-smoke: $(STAMP)  # root; builds the image on its own dockerd and runs it like SageMaker (~10 min)
+docker-smoke: $(STAMP)  # root; builds the image on its own dockerd, runs it like SageMaker and through the SDK's local mode (~15 min)
 	scripts/docker_smoke.sh
 
 clean:

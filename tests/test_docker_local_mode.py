@@ -8,7 +8,7 @@ smoke script needs root), so every folder the launcher and the SDK create is roo
 
 * `job launch local` on 60 pairs, 2 steps (the tiny model as the base-model channel): the run
   directory holds a loadable model and the report, and rag-eval indexes it and serves it from
-  the image (`IMAGE serve`);
+  the image (`IMAGE rag-eval index`, `IMAGE serve`, under `--user`);
 * the SDK alone, as a new user would call it (ModelTrainer in LOCAL_CONTAINER mode, no launcher,
   hyperparameters as Python values, Docker creating the mount folders): the image trains with
   no command; the job writes the model as uid 1000, never root, and model.tar.gz holds it;
@@ -90,10 +90,10 @@ def test_launch_local_trains_in_the_image_on_root_owned_folders(tmp_path, tiny_m
 
     assert SentenceTransformer(str(run_dir / "model")).encode(["revenue"]).shape == (1, 32)
 
-    # rag-eval in the image: index the run, then serve it (the folder belongs to the container's user,
-    # as a folder you mount would belong to you).
-    subprocess.run(["chown", "-R", "1000:1000", str(run_dir)], check=True)
-    mount = ["-v", f"{run_dir}:/runs/mine"]
+    # rag-eval in the image, as the README shows it: your folder, `--user` you (uid 4321 here, a user the
+    # image does not know): index the run, then serve it.
+    subprocess.run(["chown", "-R", "4321:4321", str(run_dir)], check=True)
+    mount = ["-v", f"{run_dir}:/runs/mine", "--user", "4321:4321"]
     start = time.perf_counter()
     _docker("run", "--rm", "--network", "none", *mount, IMAGE, "rag-eval", "index", "--model", "/runs/mine", "--no-baseline")
     print(f"[docker test] rag-eval index in the image: {time.perf_counter() - start:.0f} s")
@@ -104,7 +104,7 @@ def test_launch_local_trains_in_the_image_on_root_owned_folders(tmp_path, tiny_m
     try:
         probe = "import urllib.request as u; print(u.urlopen('http://127.0.0.1:7860/healthz', timeout=5).status)"
         for _ in range(180):
-            done = _docker("exec", "-u", "1000", name, "python", "-c", probe, check=False)
+            done = _docker("exec", "-u", "4321", name, "python", "-c", probe, check=False)
             if done.returncode == 0 and done.stdout.strip() == "200":
                 break
             if _docker("inspect", "-f", "{{.State.Running}}", name).stdout.strip() != "true":
@@ -113,7 +113,7 @@ def test_launch_local_trains_in_the_image_on_root_owned_folders(tmp_path, tiny_m
         else:
             raise AssertionError("serve did not answer /healthz: " + _docker("logs", name, check=False).stderr[-3000:])
         uid = _docker("exec", name, "sh", "-c", "ps -o uid= -p 1 2>/dev/null || stat -c %u /proc/1").stdout.split()
-        assert uid and uid[0] == "1000", uid  # the server runs as the job's user, not root
+        assert uid and uid[0] == "4321", uid  # the server runs as --user says, not root
     finally:
         _docker("rm", "-f", name, check=False)
     print(f"[docker test] serve answered in the image: {time.perf_counter() - start:.0f} s")
