@@ -198,6 +198,17 @@ def _failure(root: Path) -> str | None:
     return None
 
 
+def _compose_down(root: Path) -> None:
+    """Remove the job's stopped container (the SDK leaves it behind after `up --abort-on-container-exit`)."""
+    compose_file = root / "docker-compose.yaml"
+    command = compose_command() if compose_file.is_file() else None
+    if command:
+        try:
+            subprocess.run([*command, "-f", str(compose_file), "down"], capture_output=True, timeout=DOCKER_TIMEOUT_S, check=False)
+        except (OSError, subprocess.TimeoutExpired):
+            pass  # best effort: a leftover stopped container is harmless
+
+
 def _job_name(root: Path) -> str | None:
     compose = root / "docker-compose.yaml"
     if not compose.is_file():
@@ -269,6 +280,8 @@ def launch_local(
                 trainer.train(wait=True, logs=True)
             except RuntimeError as exc:  # the SDK: "Failed to run: [...]. Process exited with code: N"
                 error = exc
+            finally:
+                _compose_down(root)
         name = _job_name(root)
         failure = _failure(root)
         if error is not None or failure is not None:

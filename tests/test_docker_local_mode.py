@@ -89,6 +89,7 @@ def test_launch_local_trains_in_the_image_on_root_owned_folders(tmp_path, tiny_m
     from sentence_transformers import SentenceTransformer
 
     assert SentenceTransformer(str(run_dir / "model")).encode(["revenue"]).shape == (1, 32)
+    assert _docker("ps", "-aq", "--filter", "name=job-launch-local").stdout.strip() == ""  # `compose down` removed it
 
     # rag-eval in the image, as the README shows it: your folder, `--user` you (uid 4321 here, a user the
     # image does not know): index the run, then serve it.

@@ -112,7 +112,8 @@ def test_local_run_makes_a_run_directory_that_rag_eval_reads(local_env, tmp_path
     train = next(v for v in service["volumes"] if v.endswith(":/opt/ml/input/data/train"))
     assert train.split(":")[0].endswith("/channels/train")
     assert sent == []
-    # The SDK's working root is gone.
+    # The stopped container is removed (`compose down`), and the SDK's working root is gone.
+    assert "docker-compose -f" in (calls := (local_env["log"] / "calls.log").read_text()) and " down\n" in calls
     assert list(local_env["tmp"].iterdir()) == []
 
     # A second run into the same folder needs --force.
