@@ -3,7 +3,6 @@ no-duplicates batches, validation-only model selection, checkpoints and resume."
 
 from __future__ import annotations
 
-import functools
 import logging
 import resource
 import shutil
@@ -141,16 +140,12 @@ def set_attention_dropout(model, p: float | None) -> int:
     return len(layers)
 
 
-def batch_sampler(cfg: JobConfig, model=None):
-    """No-duplicates batches (in-batch negatives must not repeat a text): length-grouped (by the
-    model's token counts) when asked, else sentence-transformers' own sampler (hashed values with the
-    fast data pipeline, row lookups without it)."""
+def batch_sampler(cfg: JobConfig):
+    """The trainer's ``batch_sampler`` argument (it is saved with every checkpoint, so it must pickle):
+    sentence-transformers' no-duplicates sampler, hashed with the fast data pipeline. Length grouping
+    is built by the trainer itself (:func:`build_trainer`), from the model's tokenizer."""
     from sentence_transformers.base.sampler import BatchSamplers
 
-    if cfg.length_grouping:
-        return functools.partial(
-            LengthGroupedBatchSampler, pool_batches=cfg.length_grouping, text_lengths=model and token_counter(model)
-        )
     return no_duplicates_sampler() if cfg.token_cache else BatchSamplers.NO_DUPLICATES
 
 
@@ -293,7 +288,7 @@ def training_arguments(cfg: JobConfig, model, checkpoint_dir: Path, batch_size: 
         warmup_steps=cfg.warmup_ratio,  # a float < 1 is a ratio in transformers 5
         lr_scheduler_type=cfg.lr_scheduler,
         weight_decay=cfg.weight_decay,
-        batch_sampler=batch_sampler(cfg, model),
+        batch_sampler=batch_sampler(cfg),
         save_strategy="steps" if cfg.eval_steps else "epoch",
         save_steps=cfg.eval_steps or 500,
         save_total_limit=cfg.save_total_limit,
@@ -335,6 +330,14 @@ def build_trainer(cfg: JobConfig, model, args, train_ds, loss, evaluator, callba
         def get_data_collator(self, model, args, processing_class=None):
             inner = super().get_data_collator(model=model, args=args, processing_class=processing_class)
             return RowNamingCollator(inner, pair_index, source, trace_dir)
+
+        def get_batch_sampler(self, dataset, batch_size, drop_last, valid_label_columns=None, generator=None, seed=0):
+            if not cfg.length_grouping:
+                return super().get_batch_sampler(dataset, batch_size, drop_last, valid_label_columns, generator, seed)
+            return LengthGroupedBatchSampler(
+                dataset, batch_size, drop_last, valid_label_columns=valid_label_columns, generator=generator, seed=seed,
+                pool_batches=cfg.length_grouping, text_lengths=token_counter(self.model),
+            )  # fmt: skip
 
         def _save_checkpoint(self, model, trial):
             super()._save_checkpoint(model, trial)

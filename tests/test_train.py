@@ -92,3 +92,30 @@ def test_attention_dropout_reaches_every_attention_layer(tiny_model_path):
     assert all(m.dropout.p == 0.0 for n, m in model.named_modules() if n.endswith("attention.self"))
     with pytest.raises(JobError, match=r"attention_dropout is 1.5; it must be in \[0, 1\)"):
         resolve_config(None, {"attention_dropout": "1.5"}, {})
+
+
+def test_length_grouped_training_checkpoints_and_resumes(tmp_path, tiny_model_path, monkeypatch):
+    """The grouped sampler is built by the trainer (its arguments, saved with each checkpoint, must pickle)."""
+    from conftest import make_pairs
+    from job import checkpoints, sampler
+    from job.data import Pair
+    from job.train import train_model
+
+    built = []
+    real_init = sampler.LengthGroupedBatchSampler.__init__
+
+    def init(self, *args, **kwargs):
+        built.append(kwargs)
+        real_init(self, *args, **kwargs)
+
+    monkeypatch.setattr(sampler.LengthGroupedBatchSampler, "__init__", init)
+    pairs = [Pair(r["question"], r["context"]) for r in make_pairs(3)]
+    settings = {"eval_steps": 2, "batch_size": 4, "length_grouping": 2, "hard_negatives": 1}
+    model = SentenceTransformer(str(tiny_model_path), device="cpu")
+    result = train_model(resolve_config(None, {**settings, "max_steps": 4}, {}), model, [32, 16], 32, pairs, None, tmp_path / "ckpt")
+    assert result.summary["global_steps"] == 4 and checkpoints.newest(tmp_path / "ckpt").endswith("checkpoint-4")
+    assert built and built[0]["pool_batches"] == 2 and built[0]["text_lengths"] is not None  # token counts
+    resumed = train_model(
+        resolve_config(None, {**settings, "max_steps": 6}, {}), model, [32, 16], 32, pairs, None, tmp_path / "ckpt", resume=True
+    )
+    assert resumed.summary["resumed_from"].endswith("checkpoint-4") and resumed.summary["global_steps"] == 6
