@@ -63,7 +63,9 @@ def embeddings(model: str, csv_path: Path, cache: Path) -> tuple[np.ndarray, np.
     start = time.perf_counter()
     c = st.encode_document(contexts, batch_size=64, convert_to_numpy=True, show_progress_bar=True).astype(np.float32)
     q = st.encode_query(questions, batch_size=64, convert_to_numpy=True, show_progress_bar=True).astype(np.float32)
-    print(f"embeddings: encoded {len(contexts)} contexts and {len(questions)} questions in {time.perf_counter() - start:.0f} s")
+    print(
+        f"embeddings: encoded {len(contexts)} contexts and {len(questions)} questions in {time.perf_counter() - start:.0f} s"
+    )
     cache.mkdir(parents=True, exist_ok=True)
     np.savez(path, contexts=c, questions=q)
     return c, q
@@ -123,7 +125,9 @@ def bench_dim(corpus: np.ndarray, queries: np.ndarray, dim: int, settings: HnswS
 
 def main(argv: list[str] | None = None) -> None:
     defaults = HnswSettings()
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--n", type=int, default=100_000, help="passages in the index")
     p.add_argument("--dims", default="384,64")
     p.add_argument("--queries", type=int, default=500, help="questions timed and checked against exact search")
@@ -140,7 +144,9 @@ def main(argv: list[str] | None = None) -> None:
     settings = HnswSettings(args.ef_construction, args.ef_search, args.max_neighbors)
     contexts, questions = embeddings(args.model, args.csv, args.work)
     corpus = tile_with_jitter(contexts, args.n, args.jitter, args.seed)
-    pick = np.random.default_rng(args.seed + 1).choice(len(questions), size=min(args.queries, len(questions)), replace=False)
+    pick = np.random.default_rng(args.seed + 1).choice(
+        len(questions), size=min(args.queries, len(questions)), replace=False
+    )
     queries = questions[np.sort(pick)]
     print(
         f"corpus: {args.n} passages ({len(contexts)} unique contexts, repeats jittered by {args.jitter}); "
@@ -154,7 +160,9 @@ def main(argv: list[str] | None = None) -> None:
         print(f"dim {dim}: indexed in {row['index_s']:.0f} s", flush=True)
         shutil.rmtree(args.work / f"store-d{dim}", ignore_errors=True)
     print()
-    print("| dim | vectors | index time s | vectors/s | disk MiB | bytes/vector | p50 ms | p95 ms | recall@10 vs exact |")
+    print(
+        "| dim | vectors | index time s | vectors/s | disk MiB | bytes/vector | p50 ms | p95 ms | recall@10 vs exact |"
+    )
     print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         print(

@@ -81,7 +81,9 @@ def scifact_shaped(source: str, docs: int, pairs: int, words: int, seed: int = 0
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data", default=str(Path(__file__).resolve().parents[2] / "shared/data/financial-qa-10k/Financial-QA-10k.csv"))
+    ap.add_argument(
+        "--data", default=str(Path(__file__).resolve().parents[2] / "shared/data/financial-qa-10k/Financial-QA-10k.csv")
+    )
     ap.add_argument("--model", default="bundled:all-MiniLM-L6-v2")
     ap.add_argument("--docs", type=int, default=5183)
     ap.add_argument("--pairs", type=int, default=823)
@@ -95,13 +97,25 @@ def main() -> None:
     extra = dict(kv.split("=", 1) for kv in args.set)
     cfg = resolve_config(cli={"model": args.model, "max_steps": args.steps, **extra}, environ={})
     train, test = scifact_shaped(args.data, args.docs, args.pairs, args.words)
-    results: dict = {"setup": {"machine": platform.machine(), "docs": args.docs, "pairs": args.pairs, "words": args.words, "config": extra}}
+    results: dict = {
+        "setup": {
+            "machine": platform.machine(),
+            "docs": args.docs,
+            "pairs": args.pairs,
+            "words": args.words,
+            "config": extra,
+        }
+    }
     model = phase("load", lambda: load_model(cfg.model, max_seq_length=cfg.max_seq_length, train=True), results)
     dims = resolve_dims(cfg, model)
     if cfg.hard_negatives:
         from job.negatives import add_hard_negatives
 
-        phase("mine", lambda: add_hard_negatives(train, model, cfg.hard_negatives, batch_size=cfg.eval_batch_size), results)
+        phase(
+            "mine",
+            lambda: add_hard_negatives(train, model, cfg.hard_negatives, batch_size=cfg.eval_batch_size),
+            results,
+        )
     with tempfile.TemporaryDirectory() as tmp:
         phase("train", lambda: train_model(cfg, model, dims, dims[0], train, None, Path(tmp) / "checkpoints"), results)
     phase("evaluate", lambda: evaluate_model(model, test, dims, "test", **evaluation_options(cfg)), results)

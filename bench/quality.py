@@ -31,8 +31,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from job import data as D  # noqa: E402
 from job.config import MODEL_FIELDS, JobConfig, fingerprint_digest, resolve_config  # noqa: E402
 from job.evaluation import evaluate_model, evaluation_options, per_dim_metrics  # noqa: E402
-from job.models import load_model, resolve_best_dim, resolve_dims  # noqa: E402
 from job.layout import write_json  # noqa: E402
+from job.models import load_model, resolve_best_dim, resolve_dims  # noqa: E402
 from job.train import VALIDATION, last_checkpoint, train_model  # noqa: E402
 
 
@@ -59,7 +59,7 @@ def ir_sets(pairs: list[D.Pair], test: list[int], test_limit: int | None):
 
 
 def parse_settings(text: str) -> dict[str, str]:
-    """"a=1,b=2,3" -> {"a": "1", "b": "2,3"}: a piece without "=" continues the previous (list) value."""
+    """ "a=1,b=2,3" -> {"a": "1", "b": "2,3"}: a piece without "=" continues the previous (list) value."""
     out: dict[str, str] = {}
     last = None
     for piece in text.split(","):
@@ -121,7 +121,9 @@ def train_row(cfg, model, dims, train_pairs, validation, row_dir: Path, fingerpr
     elapsed_file = row_dir / "elapsed.json"
     before = 0.0
     if resume_from:
-        before = json.loads(elapsed_file.read_text()).get(Path(resume_from).name, 0.0) if elapsed_file.is_file() else 0.0
+        before = (
+            json.loads(elapsed_file.read_text()).get(Path(resume_from).name, 0.0) if elapsed_file.is_file() else 0.0
+        )
         log(f"continuing from {resume_from} ({before:.0f} s of training already done)")
     clock = _ElapsedOnSave(elapsed_file, before)
     callback = type("ElapsedOnSave", (TrainerCallback,), {"on_save": lambda self, *a, **k: clock.on_save(*a, **k)})()
@@ -234,9 +236,13 @@ def main() -> None:
             # what a recipe choice may look at: validation NDCG@10 of the kept checkpoint
             row["validation_ndcg@10"] = validation_at_best(summary)
         else:  # the reference the validation gains are read against
-            row["validation_ndcg@10"] = {d: m["ndcg@10"] for d, m in evaluate_model(model, validation, dims, "validation", **kw).items()}
+            row["validation_ndcg@10"] = {
+                d: m["ndcg@10"] for d, m in evaluate_model(model, validation, dims, "validation", **kw).items()
+            }
         row["test_ndcg@10"] = {d: m["ndcg@10"] for d, m in evaluate_model(model, plain, dims, "plain", **kw).items()}
-        row["test_ndcg@10_dedup"] = {d: m["ndcg@10"] for d, m in evaluate_model(model, dedup, dims, "dedup", **kw).items()}
+        row["test_ndcg@10_dedup"] = {
+            d: m["ndcg@10"] for d, m in evaluate_model(model, dedup, dims, "dedup", **kw).items()
+        }
         row["peak_host_memory_mib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
         results.append(row)
         log(f"{name}: done")

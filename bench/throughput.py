@@ -150,7 +150,11 @@ def bench_padding(pairs: list[D.Pair], model, batch_size: int, pools: list[int],
 
     rng = random.Random(seed)
     passages = [p.passage for p in pairs]
-    columns = {"anchor": [p.question for p in pairs], "positive": passages, "negative": [rng.choice(passages) for _ in pairs]}
+    columns = {
+        "anchor": [p.question for p in pairs],
+        "positive": passages,
+        "negative": [rng.choice(passages) for _ in pairs],
+    }
     ds = datasets.Dataset.from_dict(columns)
     limit = model.max_seq_length
     lengths = {
@@ -261,9 +265,12 @@ class OpProfile(TrainerCallback):
             }
 
 
-def bench_training(pairs: list[D.Pair], model_name: str, batch_size: int, steps: int, extra: dict, profile: int = 0) -> dict:
+def bench_training(
+    pairs: list[D.Pair], model_name: str, batch_size: int, steps: int, extra: dict, profile: int = 0
+) -> dict:
     cfg = resolve_config(
-        cli={"model": model_name, "batch_size": batch_size, "max_steps": steps, "logging_steps": 1000, **extra}, environ={}
+        cli={"model": model_name, "batch_size": batch_size, "max_steps": steps, "logging_steps": 1000, **extra},
+        environ={},
     )
     model = load_model(cfg.model, max_seq_length=cfg.max_seq_length, train=True)
     dims = resolve_dims(cfg, model)
@@ -308,7 +315,12 @@ def main() -> None:
     ap.add_argument("--tiny-model", default=None, help="path of a tiny model (default: build one)")
     ap.add_argument("--minilm", default="bundled:all-MiniLM-L6-v2", help="all-MiniLM-L6-v2: the bundled copy or a path")
     ap.add_argument("--set", action="append", default=[], help="extra config KEY=VALUE for training parts")
-    ap.add_argument("--profile", type=int, default=0, help="torch.profiler over N steps (after 2 warm-up steps) of each training part")
+    ap.add_argument(
+        "--profile",
+        type=int,
+        default=0,
+        help="torch.profiler over N steps (after 2 warm-up steps) of each training part",
+    )
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     if args.threads:
@@ -334,7 +346,12 @@ def main() -> None:
         elif part == "samplers":
             res = bench_samplers(pairs, args.batch_size)
         elif part == "padding":
-            res = bench_padding(pairs, load_model(args.minilm, max_seq_length=extra.get("max_seq_length") and int(extra["max_seq_length"])), args.batch_size, [4, 16, 64])
+            res = bench_padding(
+                pairs,
+                load_model(args.minilm, max_seq_length=extra.get("max_seq_length") and int(extra["max_seq_length"])),
+                args.batch_size,
+                [4, 16, 64],
+            )
         elif part == "tiny":
             res = bench_training(pairs, tiny, args.batch_size, args.steps, extra, args.profile)
         elif part == "minilm":

@@ -22,8 +22,9 @@ import signal
 import sys
 import time
 import traceback
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import click
 
@@ -76,7 +77,9 @@ def _train_distributed(cfg: C.JobConfig, rd, nproc: int, resume: bool, echo: Ech
         SIGTERM.child = proc  # SIGTERM is passed on to torchrun, which passes it to every rank
 
     try:
-        code = launch_training(cfg, rd.root, nproc, resume=resume, entry=("infra.container", "_train-rank"), on_start=track)
+        code = launch_training(
+            cfg, rd.root, nproc, resume=resume, entry=("infra.container", "_train-rank"), on_start=track
+        )
     finally:
         SIGTERM.child = None
     if SIGTERM.received:
@@ -276,7 +279,9 @@ def sagemaker_started_us(root: str | os.PathLike | None = None) -> bool:
     """True when the SageMaker layout is present: the platform has written the job's configuration
     (``input/config/``). SageMaker itself passes ``train``; its SDK's local mode passes nothing."""
     config = Path(root or os.environ.get("OPT_ML") or OPT_ML) / "input" / "config"
-    return any((config / name).is_file() for name in ("hyperparameters.json", "inputdataconfig.json", "resourceconfig.json"))
+    return any(
+        (config / name).is_file() for name in ("hyperparameters.json", "inputdataconfig.json", "resourceconfig.json")
+    )
 
 
 def _become(module: str, argv: list[str]) -> None:

@@ -14,8 +14,9 @@ import os
 import shutil
 import tarfile
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from infra.contract import BASE_MODEL, CHANNELS, CONTAINER_FIELDS, EVAL, RESERVED_PREFIXES, TRAIN, ContainerPaths
 from job import config as C

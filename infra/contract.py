@@ -26,9 +26,10 @@ matching regexes for the job's MetricDefinitions.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from job import config as C
 
@@ -66,7 +67,7 @@ class ContainerPaths:
     @classmethod
     def create(
         cls, root: str | os.PathLike | None = None, environ: Mapping[str, str] | None = None, **overrides: Any
-    ) -> "ContainerPaths":
+    ) -> ContainerPaths:
         """Paths under ``root`` (default ``$OPT_ML`` or /opt/ml); ``SM_CHANNEL_<NAME>``, ``SM_MODEL_DIR``
         and ``SM_OUTPUT_DATA_DIR`` (set by SageMaker's training toolkit images) and then ``overrides``
         (``train=``, ``eval=``, ``base_model=``, ``hyperparameters=``, ``model=``, ...) win."""

@@ -119,7 +119,8 @@ def check_write_access(repo_id: str, token: str) -> None:
     if role == "fineGrained":
         scoped = (access.get("fineGrained") or {}).get("scoped") or []
         allowed = any(
-            (s.get("entity") or {}).get("name") == namespace and "repo.write" in (s.get("permissions") or []) for s in scoped
+            (s.get("entity") or {}).get("name") == namespace and "repo.write" in (s.get("permissions") or [])
+            for s in scoped
         )
         if not allowed:
             raise JobError(
@@ -134,7 +135,9 @@ def _validate_repo_id(repo_id: str) -> None:
     try:
         validate_repo_id(repo_id)
     except HFValidationError as exc:
-        raise JobError(f"'{repo_id}' is not a valid Hub repo id ({exc}).", "use NAMESPACE/NAME, e.g. my-org/bge-finance.") from None
+        raise JobError(
+            f"'{repo_id}' is not a valid Hub repo id ({exc}).", "use NAMESPACE/NAME, e.g. my-org/bge-finance."
+        ) from None
 
 
 def _model_files(model_dir: Path, repo_id: str) -> list:
@@ -206,7 +209,9 @@ def publish_hub(run_dir, repo_id: str, private: bool = True, *, commit_message: 
                     f"The Hub repo {repo_id} already exists and is public, but a private push was asked for.",
                     "make the repo private on the Hub, push elsewhere, or pass --public to publish it openly.",
                 )
-        commit = api.create_commit(repo_id, operations=_model_files(model_dir, repo_id), commit_message=message, repo_type="model")
+        commit = api.create_commit(
+            repo_id, operations=_model_files(model_dir, repo_id), commit_message=message, repo_type="model"
+        )
     except JobError:
         raise
     except Exception as exc:  # noqa: BLE001 - anything from the Hub client, with the token scrubbed

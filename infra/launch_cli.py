@@ -101,7 +101,7 @@ def launch_options(func):
     return config_options(func)
 
 
-def _spec(opts: dict) -> "sagemaker_launch.LaunchSpec":  # noqa: F821 - imported lazily (the SDK is optional)
+def _spec(opts: dict) -> sagemaker_launch.LaunchSpec:  # noqa: F821 - imported lazily (the SDK is optional)
     from infra import sagemaker_launch
 
     return sagemaker_launch.LaunchSpec(
@@ -156,7 +156,11 @@ def sagemaker_cmd(cfg, **opts) -> None:
 
 @launch.command("local")
 @launch_options
-@click.option("--gpus", is_flag=True, help="Give the container every GPU (the SDK's local_gpu; needs the NVIDIA container toolkit).")
+@click.option(
+    "--gpus",
+    is_flag=True,
+    help="Give the container every GPU (the SDK's local_gpu; needs the NVIDIA container toolkit).",
+)
 @click.option("--force", is_flag=True, help="Replace a non-empty --run-dir when the job has finished.")
 def local_cmd(cfg, gpus, force, **opts) -> None:
     """Run the job as a SageMaker training job on this machine's Docker (the SageMaker SDK's local mode).
@@ -173,7 +177,9 @@ def local_cmd(cfg, gpus, force, **opts) -> None:
     spec = _spec(opts)
     ignored = _given_flags([_SPEC_FIELDS.get(n, n) for n in sagemaker_local.CLOUD_ONLY] + ["wait"])
     if ignored:
-        _echo_err(f"launch local: ignored here (they apply on SageMaker; a local run always waits): {', '.join(ignored)}")
+        _echo_err(
+            f"launch local: ignored here (they apply on SageMaker; a local run always waits): {', '.join(ignored)}"
+        )
     _not_sent(cfg)
     result = sagemaker_local.launch_local(cfg, spec, gpus=gpus, force=force, dry_run=opts["dry_run"], echo=_echo_err)
     if opts["dry_run"]:

@@ -41,9 +41,17 @@ from pathlib import Path
 from typing import Any
 
 from infra import s3
-from infra.run_bundle import CHUNK, MANIFEST_NAME, RunFile, build_manifest, content_digest, run_files, run_id_for, run_root
+from infra.run_bundle import (
+    CHUNK,
+    MANIFEST_NAME,
+    RunFile,
+    build_manifest,
+    content_digest,
+    run_files,
+    run_id_for,
+    run_root,
+)
 from job.errors import JobError
-
 
 Echo = Callable[[str], None]
 
@@ -183,7 +191,9 @@ def _upload_all(client, bucket: str, prefix: str, files: list[RunFile], config, 
     from tqdm.auto import tqdm
 
     extra: dict[str, Any] | None = {"ChecksumAlgorithm": "SHA256"}
-    with tqdm(total=sum(f.size for f in files), unit="B", unit_scale=True, desc="s3 upload", disable=not progress) as bar:
+    with tqdm(
+        total=sum(f.size for f in files), unit="B", unit_scale=True, desc="s3 upload", disable=not progress
+    ) as bar:
         for f in files:
             key = s3.join_key(prefix, f.path)
             try:
@@ -201,7 +211,13 @@ def _put_manifest(client, bucket: str, key: str, body: bytes) -> bool:
     """Write the manifest only if none exists; False when another one appeared meanwhile."""
     from botocore.exceptions import BotoCoreError, ClientError
 
-    kwargs = {"Bucket": bucket, "Key": key, "Body": body, "ContentType": "application/json", "ChecksumAlgorithm": "SHA256"}
+    kwargs = {
+        "Bucket": bucket,
+        "Key": key,
+        "Body": body,
+        "ContentType": "application/json",
+        "ChecksumAlgorithm": "SHA256",
+    }
     try:
         client.put_object(IfNoneMatch="*", **kwargs)
         return True
@@ -213,7 +229,14 @@ def _put_manifest(client, bucket: str, key: str, body: bytes) -> bool:
             raise s3.translate_error(exc, bucket, key, s3.endpoint_of(client), "write", client) from exc
     except BotoCoreError as exc:
         raise s3.translate_error(exc, bucket, key, s3.endpoint_of(client), "write", client) from exc
-    _call(client, bucket, key, "write", client.put_object, **{k: v for k, v in kwargs.items() if k not in ("Bucket", "Key")})
+    _call(
+        client,
+        bucket,
+        key,
+        "write",
+        client.put_object,
+        **{k: v for k, v in kwargs.items() if k not in ("Bucket", "Key")},
+    )
     return True
 
 
@@ -274,8 +297,12 @@ def publish_s3(
             raise _different_run(uri, existing, run_id)
         bad, methods = _verify_all(client, bucket, prefix, files)
         if not bad:
-            return S3Publication(run_id, uri, s3.to_s3_uri(bucket, manifest_key), len(files), total, "already published", methods)
-        say(f"s3: {len(bad)} objects under {uri} do not match the manifest ({', '.join(bad[:3])}...); re-uploading the run")
+            return S3Publication(
+                run_id, uri, s3.to_s3_uri(bucket, manifest_key), len(files), total, "already published", methods
+            )
+        say(
+            f"s3: {len(bad)} objects under {uri} do not match the manifest ({', '.join(bad[:3])}...); re-uploading the run"
+        )
         _call(client, bucket, manifest_key, "remove the stale manifest of", client.delete_object)
         status = "republished"
 

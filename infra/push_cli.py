@@ -49,7 +49,9 @@ def push_run(
     done = []
     if s3_uri:
         pub = publish.publish_s3(root, s3_uri, client=client, progress=progress, echo=echo)
-        done.append(f"S3 {pub.uri} ({pub.status}: {pub.files} files, {pub.bytes / 1e6:.1f} MB, manifest {pub.manifest_uri})")
+        done.append(
+            f"S3 {pub.uri} ({pub.status}: {pub.files} files, {pub.bytes / 1e6:.1f} MB, manifest {pub.manifest_uri})"
+        )
     if hub_repo:
         from infra.hub import publish_hub
 
@@ -61,9 +63,18 @@ def push_run(
 
 
 @click.command("push")
-@click.option("--run-dir", required=True, type=click.Path(file_okay=False), help="A finished run directory (after `job run`).")
-@click.option("--s3-uri", envvar="JOB_S3_URI", default=None, help="Publish under s3://BUCKET/PREFIX/<run-id>/.  [env JOB_S3_URI]")
-@click.option("--hub-repo", envvar="JOB_HUB_REPO", default=None, help="Push the model to this Hub repo (NAMESPACE/NAME).  [env JOB_HUB_REPO]")
+@click.option(
+    "--run-dir", required=True, type=click.Path(file_okay=False), help="A finished run directory (after `job run`)."
+)
+@click.option(
+    "--s3-uri", envvar="JOB_S3_URI", default=None, help="Publish under s3://BUCKET/PREFIX/<run-id>/.  [env JOB_S3_URI]"
+)
+@click.option(
+    "--hub-repo",
+    envvar="JOB_HUB_REPO",
+    default=None,
+    help="Push the model to this Hub repo (NAMESPACE/NAME).  [env JOB_HUB_REPO]",
+)
 @click.option(
     "--hub-private/--public", "hub_private", envvar="JOB_HUB_PRIVATE", default=True,
     help="Create the Hub repo as private (default) or public.  [env JOB_HUB_PRIVATE]",
@@ -73,7 +84,9 @@ def push_run(
     help="S3-compatible endpoint (MinIO, SeaweedFS...).  [env AWS_ENDPOINT_URL_S3]",
 )  # fmt: skip
 @click.option("--debug", is_flag=True, help="Show Python tracebacks for errors.")
-def push(run_dir: str, s3_uri: str | None, hub_repo: str | None, hub_private: bool, endpoint_url: str | None, debug: bool) -> None:
+def push(
+    run_dir: str, s3_uri: str | None, hub_repo: str | None, hub_private: bool, endpoint_url: str | None, debug: bool
+) -> None:
     """Publish a finished run: model, report and manifest to S3; the model with its card to the Hub.
 
     Credentials come from the environment only: AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY (or an

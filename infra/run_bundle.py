@@ -23,7 +23,6 @@ from typing import Any
 from job import layout
 from job.errors import JobError
 
-
 MANIFEST_NAME = "manifest.json"
 MANIFEST_FORMAT = "rag-embed-finetune/publish-manifest/v1"
 TRAINING_RECORD = layout.TRAINING_RECORD
@@ -108,7 +107,9 @@ def metrics_summary(root: Path) -> dict[str, Any]:
         "test_queries": report.get("test_queries"),
         "corpus_size": report.get("corpus_size"),
         "ndcg@10": {
-            str(r["dim"]): {k: r[k] for k in ("baseline", "finetuned", "improvement_points", "improvement_pct") if k in r}
+            str(r["dim"]): {
+                k: r[k] for k in ("baseline", "finetuned", "improvement_points", "improvement_pct") if k in r
+            }
             for r in report.get("comparison", [])
         },
         "training": {
@@ -128,7 +129,9 @@ def _tool_version() -> str:
         return "unknown"
 
 
-def build_manifest(root: Path, run_id: str, files: list[RunFile], uri: str, verification: dict[str, int]) -> dict[str, Any]:
+def build_manifest(
+    root: Path, run_id: str, files: list[RunFile], uri: str, verification: dict[str, int]
+) -> dict[str, Any]:
     return {
         "format": MANIFEST_FORMAT,
         "run_id": run_id,

@@ -28,7 +28,13 @@ MULTIPART_THRESHOLD = 8 * MiB
 MULTIPART_CHUNKSIZE = 8 * MiB
 
 _ACCESS_CODES = {"AccessDenied", "403", "Forbidden", "AllAccessDisabled", "AccountProblem"}
-_CREDENTIAL_CODES = {"InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken", "ExpiredToken", "TokenRefreshRequired"}
+_CREDENTIAL_CODES = {
+    "InvalidAccessKeyId",
+    "SignatureDoesNotMatch",
+    "InvalidToken",
+    "ExpiredToken",
+    "TokenRefreshRequired",
+}
 _NO_BUCKET_CODES = {"NoSuchBucket"}
 _NOT_FOUND_CODES = {"NoSuchKey", "404", "NotFound"}
 
@@ -76,7 +82,9 @@ def s3_client(endpoint_url: str | None = None):
         import boto3
         from botocore.config import Config
     except ImportError:
-        raise JobError("S3 support needs boto3, which is not installed.", "pip install 'rag-embed-finetune[aws]'.") from None
+        raise JobError(
+            "S3 support needs boto3, which is not installed.", "pip install 'rag-embed-finetune[aws]'."
+        ) from None
 
     session = boto3.session.Session()
     region = session.region_name or os.environ.get("AWS_REGION") or DEFAULT_REGION
@@ -98,13 +106,17 @@ def endpoint_of(client) -> str:
 
 
 def transfer_config(
-    multipart_threshold: int = MULTIPART_THRESHOLD, multipart_chunksize: int = MULTIPART_CHUNKSIZE, max_concurrency: int = 4
+    multipart_threshold: int = MULTIPART_THRESHOLD,
+    multipart_chunksize: int = MULTIPART_CHUNKSIZE,
+    max_concurrency: int = 4,
 ):
     """boto3 ``TransferConfig``: files at or above ``multipart_threshold`` bytes go up in parts."""
     from boto3.s3.transfer import TransferConfig
 
     return TransferConfig(
-        multipart_threshold=multipart_threshold, multipart_chunksize=multipart_chunksize, max_concurrency=max_concurrency
+        multipart_threshold=multipart_threshold,
+        multipart_chunksize=multipart_chunksize,
+        max_concurrency=max_concurrency,
     )
 
 
@@ -131,7 +143,7 @@ _CREDENTIAL_SOURCES = {
 
 
 def _credentials_source(client=None) -> str:
-    """"; they came from X" for a message: where boto found the credentials (never their values)."""
+    """ "; they came from X" for a message: where boto found the credentials (never their values)."""
     creds = getattr(getattr(client, "_request_signer", None), "_credentials", None)
     if creds is None:
         try:
@@ -184,7 +196,10 @@ def translate_error(
             "AWS_ENDPOINT_URL_S3 or AWS_ENDPOINT_URL); unset them to use AWS itself.",
         )
     if isinstance(err, ReadTimeoutError):
-        return JobError(f"The S3 endpoint {where} stopped answering while trying to {action} {target}.", "retry; check the network and the server's health.")
+        return JobError(
+            f"The S3 endpoint {where} stopped answering while trying to {action} {target}.",
+            "retry; check the network and the server's health.",
+        )
     if isinstance(err, ClientError):
         code = str(err.response.get("Error", {}).get("Code", ""))
         detail = str(err.response.get("Error", {}).get("Message", "")).strip()
@@ -256,19 +271,25 @@ def _files_under(local: Path) -> list[Path]:
     return sorted(p for p in local.rglob("*") if p.is_file())
 
 
-def upload_file(path: Path, bucket: str, key: str, client, *, config=None, extra_args: dict[str, Any] | None = None, callback=None) -> str:
+def upload_file(
+    path: Path, bucket: str, key: str, client, *, config=None, extra_args: dict[str, Any] | None = None, callback=None
+) -> str:
     """Upload one file through the transfer manager (multipart above the threshold); return its URI."""
     from boto3.exceptions import S3UploadFailedError
     from botocore.exceptions import BotoCoreError, ClientError
 
     try:
-        client.upload_file(str(path), bucket, key, ExtraArgs=extra_args or None, Config=config or transfer_config(), Callback=callback)
+        client.upload_file(
+            str(path), bucket, key, ExtraArgs=extra_args or None, Config=config or transfer_config(), Callback=callback
+        )
     except (ClientError, BotoCoreError, S3UploadFailedError) as exc:
         _raise(exc, client, bucket, key, "upload to")
     return to_s3_uri(bucket, key)
 
 
-def upload_path(local: Path, s3_uri: str, client=None, *, config=None, extra_args: dict[str, Any] | None = None) -> list[str]:
+def upload_path(
+    local: Path, s3_uri: str, client=None, *, config=None, extra_args: dict[str, Any] | None = None
+) -> list[str]:
     """Upload a file or a whole directory; return the ``s3://`` URIs written.
 
     A file goes to the URI's key, or under it as ``<prefix>/<file name>`` when the URI ends with
@@ -297,7 +318,10 @@ def upload_path(local: Path, s3_uri: str, client=None, *, config=None, extra_arg
 def _safe_local(local_dir: Path, rel: str, uri: str) -> Path:
     parts = PurePosixPath(rel).parts
     if not parts or any(p in ("..", "") for p in parts) or PurePosixPath(rel).is_absolute():
-        raise JobError(f"The object key behind {uri} would land outside {local_dir}.", "rename the object; keys must not contain '..'.")
+        raise JobError(
+            f"The object key behind {uri} would land outside {local_dir}.",
+            "rename the object; keys must not contain '..'.",
+        )
     return local_dir.joinpath(*parts)
 
 
@@ -322,7 +346,10 @@ def download_prefix(s3_uri: str, local_dir: Path, client=None, *, config=None) -
         elif key.startswith(folder) and not key.endswith("/"):
             jobs.append((key, _safe_local(local_dir, key[len(folder) :], to_s3_uri(bucket, key))))
     if not jobs:
-        raise JobError(f"Nothing to download: no objects under {s3_uri} at {endpoint_of(client)}.", "check the S3 URI (bucket and prefix).")
+        raise JobError(
+            f"Nothing to download: no objects under {s3_uri} at {endpoint_of(client)}.",
+            "check the S3 URI (bucket and prefix).",
+        )
     out = []
     for key, path in jobs:
         path.parent.mkdir(parents=True, exist_ok=True)

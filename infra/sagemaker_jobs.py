@@ -16,9 +16,9 @@ import re
 import shutil
 import tarfile
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from infra import s3
 from infra.sagemaker_sdk import env_vars, resolve_region, sagemaker_client
@@ -224,7 +224,9 @@ def _extract(tarball: Path, into: Path) -> None:
 def check_run_dir(run_dir: Path, force: bool) -> None:
     """Refuse a non-empty run directory unless ``force`` (then it is replaced when the result is in)."""
     if run_dir.exists() and (not run_dir.is_dir() or any(run_dir.iterdir())) and not force:
-        raise JobError(f"{run_dir} already exists and is not empty.", "pass --force to replace it, or another --run-dir.")
+        raise JobError(
+            f"{run_dir} already exists and is not empty.", "pass --force to replace it, or another --run-dir."
+        )
 
 
 def unpack_result(

@@ -26,9 +26,10 @@ import os
 import re
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from infra import contract, s3
 from infra.sagemaker_inputs import InputPlan, hyperparameters_for, plan_inputs, upload_inputs
@@ -46,7 +47,6 @@ from infra.sagemaker_sdk import (
 )
 from job import config as C
 from job.errors import JobError
-
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -80,8 +80,6 @@ ROLE_ENV = "SAGEMAKER_ROLE"
 
 
 BUCKET_ENV = "SAGEMAKER_BUCKET"
-
-
 
 
 _ROLE_ARN = re.compile(r"^arn:aws[a-z-]*:iam::\d{12}:role/[\w+=,.@/-]+$")
@@ -284,13 +282,20 @@ def build_trainer(
     return trainer.with_metric_definitions(_metric_definitions(cfg))
 
 
-NETWORK_FIELDS = ("subnets", "security_group_ids", "enable_network_isolation", "enable_inter_container_traffic_encryption")
+NETWORK_FIELDS = (
+    "subnets",
+    "security_group_ids",
+    "enable_network_isolation",
+    "enable_inter_container_traffic_encryption",
+)
 
 
 def _metric_definitions(cfg: C.JobConfig):
     from sagemaker.core.training.configs import MetricDefinition
 
-    return [MetricDefinition(name=d["Name"], regex=d["Regex"]) for d in contract.metric_definitions(cfg.matryoshka_dims)]
+    return [
+        MetricDefinition(name=d["Name"], regex=d["Regex"]) for d in contract.metric_definitions(cfg.matryoshka_dims)
+    ]
 
 
 def launch(
@@ -309,7 +314,9 @@ def launch(
     defaults = training_job_defaults(config)
     spec = check_spec(spec, defaults)
     plan = plan_inputs(cfg, spec.bucket, spec.prefix)
-    hps = hyperparameters_for(cfg, plan, gpus_per_instance(spec.instance_type, spec.region))  # fails here, before any upload, on a value SageMaker would refuse
+    hps = hyperparameters_for(
+        cfg, plan, gpus_per_instance(spec.instance_type, spec.region)
+    )  # fails here, before any upload, on a value SageMaker would refuse
     uploads = [(str(p), uri) for p, uri in plan.uploads]
     if not dry_run:
         upload_inputs(plan, echo)

@@ -27,9 +27,10 @@ import re
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from infra import contract
 from infra.sagemaker_inputs import InputPlan, hyperparameters_for, plan_local_inputs
@@ -141,7 +142,12 @@ def _prepare_root(root: Path, plan: InputPlan) -> None:
     """The folders Docker would otherwise create as root for the SDK's bind mounts, made by you: the
     container then works for you (its entrypoint runs the job as the owner of output/), and the
     SDK can remove them afterwards."""
-    for rel in ("model", f"{HOST}/output/data", f"{HOST}/input/config", *(f"{HOST}/input/data/{ch}" for ch in plan.channels)):
+    for rel in (
+        "model",
+        f"{HOST}/output/data",
+        f"{HOST}/input/config",
+        *(f"{HOST}/input/data/{ch}" for ch in plan.channels),
+    ):
         (root / rel).mkdir(parents=True, exist_ok=True)
     for ch in plan.channels:  # staged copies: readable by the container's user whatever your umask
         staged = root / "channels" / ch
@@ -204,7 +210,9 @@ def _compose_down(root: Path) -> None:
     command = compose_command() if compose_file.is_file() else None
     if command:
         try:
-            subprocess.run([*command, "-f", str(compose_file), "down"], capture_output=True, timeout=DOCKER_TIMEOUT_S, check=False)
+            subprocess.run(
+                [*command, "-f", str(compose_file), "down"], capture_output=True, timeout=DOCKER_TIMEOUT_S, check=False
+            )
         except (OSError, subprocess.TimeoutExpired):
             pass  # best effort: a leftover stopped container is harmless
 
@@ -266,7 +274,9 @@ def launch_local(
     if dry_run:
         return LocalResult(None, run_dir, request, True)
     daemon = check_docker(image)
-    echo(f"launch local: {image} on Docker {daemon} ({request['instance_type']}), through the SageMaker SDK's local mode")
+    echo(
+        f"launch local: {image} on Docker {daemon} ({request['instance_type']}), through the SageMaker SDK's local mode"
+    )
 
     root = Path(tempfile.mkdtemp(prefix="job-launch-local-"))
     try:
@@ -291,7 +301,9 @@ def launch_local(
             raise JobError(
                 f"The local training job {name or ''} {how}: "
                 + (failure or f"it wrote no failure reason ({error}); its output is above."),
-                None if failure and " Fix: " in failure else "see the container's output above, fix what it names, and run it again.",
+                None
+                if failure and " Fix: " in failure
+                else "see the container's output above, fix what it names, and run it again.",
             )
         model_tgz = root / "compressed_artifacts" / "model.tar.gz"
         output_tgz = root / "compressed_artifacts" / "output.tar.gz"

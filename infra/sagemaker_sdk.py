@@ -127,7 +127,9 @@ def training_job_defaults(config: dict[str, Any]) -> dict[str, Any]:
         "subnets": config_value(config, job + "VpcConfig.Subnets"),
         "security_group_ids": config_value(config, job + "VpcConfig.SecurityGroupIds"),
         "enable_network_isolation": config_value(config, job + "EnableNetworkIsolation"),
-        "enable_inter_container_traffic_encryption": config_value(config, job + "EnableInterContainerTrafficEncryption"),
+        "enable_inter_container_traffic_encryption": config_value(
+            config, job + "EnableInterContainerTrafficEncryption"
+        ),
         "output_kms_key_id": config_value(config, job + "OutputDataConfig.KmsKeyId"),
         "volume_kms_key_id": config_value(config, job + "ResourceConfig.VolumeKmsKeyId"),
     }

@@ -46,7 +46,11 @@ def checkpoint_dirs(checkpoint_dir: Path) -> list[Path]:
 def mark_complete(path: Path) -> None:
     """Write the commit mark: every file of the checkpoint with its size."""
     path = Path(path)
-    files = {p.relative_to(path).as_posix(): p.stat().st_size for p in sorted(path.rglob("*")) if p.is_file() and p.name != MARK}
+    files = {
+        p.relative_to(path).as_posix(): p.stat().st_size
+        for p in sorted(path.rglob("*"))
+        if p.is_file() and p.name != MARK
+    }
     tmp = path / (MARK + ".tmp")
     with open(tmp, "w") as fh:
         json.dump({"files": files, "written": time.time()}, fh)
@@ -92,7 +96,12 @@ def _content_problems(path: Path) -> list[str]:
     for f in weights:
         if f.suffix == ".safetensors" and not _safetensors_whole(f):
             out.append(f"{f.name} truncated")
-    for f in [path / "optimizer.pt", path / "scheduler.pt", *path.glob("rng_state*.pth"), *[w for w in weights if w.suffix == ".bin"]]:
+    for f in [
+        path / "optimizer.pt",
+        path / "scheduler.pt",
+        *path.glob("rng_state*.pth"),
+        *[w for w in weights if w.suffix == ".bin"],
+    ]:
         if f.is_file() and not _zip_whole(f):
             out.append(f"{f.name} truncated")
     return out

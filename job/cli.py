@@ -13,8 +13,8 @@ import click
 from infra.launch_cli import launch  # `job launch` (SageMaker) lives with the cloud code
 from infra.push_cli import push  # `job push` lives with the publishing code
 from job import config as C
-from job.cli_common import SectionedCommand, StepOrderGroup, config_options, echo, run_cli
 from job import storage
+from job.cli_common import SectionedCommand, StepOrderGroup, config_options, echo, run_cli
 from job.errors import JobError
 
 

@@ -25,7 +25,11 @@ def _field_option(name: str):
     base, is_list, _ = config.field_kind(name)
     flag = "--" + name.replace("_", "-")
     help_text = f.metadata.get("help", "")
-    default = f.default if f.default is not dataclasses.MISSING else (f.default_factory() if f.default_factory is not dataclasses.MISSING else None)
+    default = (
+        f.default
+        if f.default is not dataclasses.MISSING
+        else (f.default_factory() if f.default_factory is not dataclasses.MISSING else None)
+    )
     help_text += f"  [default: {default}; env {config.ENV_PREFIX}{name.upper()}]"
     if name == "hub_private":  # as `job push`: private unless --public
         return click.option("--private/--public", name, default=None, help=help_text)
@@ -78,7 +82,13 @@ def config_options(func):
     """Add --config FILE, --debug and one flag per configuration field."""
     for name in reversed(list(config.FIELDS)):
         func = _field_option(name)(func)
-    func = click.option("--config", "config_file", type=click.Path(dir_okay=False), default=None, help="YAML file with configuration values.")(func)
+    func = click.option(
+        "--config",
+        "config_file",
+        type=click.Path(dir_okay=False),
+        default=None,
+        help="YAML file with configuration values.",
+    )(func)
     func = click.option("--debug", is_flag=True, help="Show Python tracebacks for errors.")(func)
 
     @functools.wraps(func)
@@ -93,7 +103,17 @@ def config_options(func):
 
 def setup_logging(debug: bool) -> None:
     logging.basicConfig(level=logging.DEBUG if debug else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    for noisy in ("sentence_transformers", "transformers", "datasets", "httpx", "urllib3", "filelock", "botocore", "boto3", "s3transfer"):
+    for noisy in (
+        "sentence_transformers",
+        "transformers",
+        "datasets",
+        "httpx",
+        "urllib3",
+        "filelock",
+        "botocore",
+        "boto3",
+        "s3transfer",
+    ):
         logging.getLogger(noisy).setLevel(logging.INFO if debug else logging.WARNING)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     if not debug:  # weight loading/saving bars are noise; encoding and training keep theirs
@@ -110,7 +130,9 @@ def echo(msg: str) -> None:
     click.echo(msg)
 
 
-def run_cli(group: click.Group, argv: list[str] | None, prog_name: str, interrupted_hint: str, debug_env: str = "JOB_DEBUG") -> int:
+def run_cli(
+    group: click.Group, argv: list[str] | None, prog_name: str, interrupted_hint: str, debug_env: str = "JOB_DEBUG"
+) -> int:
     """Run a click group with the project's error contract: a JobError prints one `error:` paragraph
     and exits 2 (traceback only with --debug or DEBUG_ENV=1); anything unexpected exits 1."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -139,5 +161,3 @@ def run_cli(group: click.Group, argv: list[str] | None, prog_name: str, interrup
         click.echo(f"error: unexpected {type(exc).__name__}: {exc} (re-run with --debug for the traceback)", err=True)
         return 1
     return 0
-
-

@@ -46,7 +46,9 @@ def _excerpt(text: Any, limit: int = 60) -> str:
 class RowNamingCollator:
     """Calls ``inner(features)``; on failure raises :class:`BatchError` naming the pair."""
 
-    def __init__(self, inner: Callable, pair_index: dict[tuple[str, str], int], source: str, trace_dir: Path | None = None):
+    def __init__(
+        self, inner: Callable, pair_index: dict[tuple[str, str], int], source: str, trace_dir: Path | None = None
+    ):
         self.inner = inner
         self.pair_index = pair_index  # (question, passage) -> 1-based line of the prepared file
         self.source = source

@@ -30,7 +30,17 @@ from job.errors import JobError
 
 ENV_PREFIX = "JOB_"
 # transformers' SchedulerType values that need no extra arguments
-LR_SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup", "inverse_sqrt", "cosine_with_min_lr", "warmup_stable_decay")
+LR_SCHEDULERS = (
+    "linear",
+    "cosine",
+    "cosine_with_restarts",
+    "polynomial",
+    "constant",
+    "constant_with_warmup",
+    "inverse_sqrt",
+    "cosine_with_min_lr",
+    "warmup_stable_decay",
+)
 REPORT_TO = ("auto", "none", "tensorboard", "mlflow", "wandb", "trackio")
 LOSSES = ("mnrl", "cached_mnrl", "gist", "cached_gist")
 LOSS_DIRECTIONS = ("query_to_doc", "doc_to_query", "query_to_query", "doc_to_doc")
@@ -71,7 +81,9 @@ PRESETS: dict[str, dict[str, Any]] = {
 @dataclass
 class JobConfig:
     # --- where things go -------------------------------------------------------------------
-    run_dir: str = _opt("runs/default", "Run directory: prepared data, metrics, checkpoints, model, report.", group="local")
+    run_dir: str = _opt(
+        "runs/default", "Run directory: prepared data, metrics, checkpoints, model, report.", group="local"
+    )
     # --- model -----------------------------------------------------------------------------
     model: str = _opt(
         AUTO_MODEL,
@@ -81,16 +93,24 @@ class JobConfig:
         step="model",
     )
     matryoshka_dims: list[int] | None = _opt(
-        None, "Matryoshka dims, e.g. 768,512,256,128,64. Default: derived from the model's dimension.",
+        None,
+        "Matryoshka dims, e.g. 768,512,256,128,64. Default: derived from the model's dimension.",
         step="model",
     )
     matryoshka_weights: list[float] | None = _opt(
-        None, "Loss weight of each Matryoshka dim, largest dim first (e.g. 1,1,1,2,2). Default: all 1.",
+        None,
+        "Loss weight of each Matryoshka dim, largest dim first (e.g. 1,1,1,2,2). Default: all 1.",
         step="train",
     )
-    max_seq_length: int | None = _opt(None, "Token limit for texts; longer texts are truncated. Default: the model's.", step="model")
-    query_prompt: str | None = _opt(None, "Text prepended to every question (baseline and fine-tuned alike).", step="model")
-    passage_prompt: str | None = _opt(None, "Text prepended to every passage (baseline and fine-tuned alike).", step="model")
+    max_seq_length: int | None = _opt(
+        None, "Token limit for texts; longer texts are truncated. Default: the model's.", step="model"
+    )
+    query_prompt: str | None = _opt(
+        None, "Text prepended to every question (baseline and fine-tuned alike).", step="model"
+    )
+    passage_prompt: str | None = _opt(
+        None, "Text prepended to every passage (baseline and fine-tuned alike).", step="model"
+    )
     # --- data ------------------------------------------------------------------------------
     data: str = _opt(
         EMBEDDED_DATA,
@@ -99,13 +119,20 @@ class JobConfig:
         step="prepare",
     )
     data_split: str = _opt("train", "Split to read when --data is a Hub dataset id.", step="prepare")
-    question_column: str | None = _opt(None, "Column holding the question (anchor). Default: auto-detect.", step="prepare")
-    passage_column: str | None = _opt(None, "Column holding the passage (positive). Default: auto-detect.", step="prepare")
+    question_column: str | None = _opt(
+        None, "Column holding the question (anchor). Default: auto-detect.", step="prepare"
+    )
+    passage_column: str | None = _opt(
+        None, "Column holding the passage (positive). Default: auto-detect.", step="prepare"
+    )
     check_column_order: bool = _opt(
-        True, "Refuse data whose 'questions' are much longer than its 'passages' (columns likely swapped).",
+        True,
+        "Refuse data whose 'questions' are much longer than its 'passages' (columns likely swapped).",
         step="prepare",
     )
-    drop_invalid: bool = _opt(False, "Drop rows with empty or non-text values (and report them) instead of failing.", step="prepare")
+    drop_invalid: bool = _opt(
+        False, "Drop rows with empty or non-text values (and report them) instead of failing.", step="prepare"
+    )
     eval_data: str | None = _opt(
         None,
         "BEIR-format folder (corpus.jsonl, queries.jsonl, qrels/<split>.tsv) used for the test evaluation "
@@ -121,11 +148,17 @@ class JobConfig:
     )
     guard_split: str = _opt("test", "qrels split to read from --guard-data.", step="evaluate")
     guard_nanobeir: list[str] | None = _opt(
-        None, "NanoBEIR datasets (online) to guard with, e.g. msmarco,nq,scifact (scored at the full dim).", step="evaluate"
+        None,
+        "NanoBEIR datasets (online) to guard with, e.g. msmarco,nq,scifact (scored at the full dim).",
+        step="evaluate",
     )
-    guard_max_drop: float = _opt(2.0, "Warn when a guard set's NDCG@10 drops by more than this many points.", step="evaluate")
+    guard_max_drop: float = _opt(
+        2.0, "Warn when a guard set's NDCG@10 drops by more than this many points.", step="evaluate"
+    )
     val_fraction: float = _opt(0.1, "Fraction of pairs held out for validation (model selection).", step="prepare")
-    test_fraction: float = _opt(0.1, "Fraction of pairs held out for the final test (ignored with --eval-data).", step="prepare")
+    test_fraction: float = _opt(
+        0.1, "Fraction of pairs held out for the final test (ignored with --eval-data).", step="prepare"
+    )
     split_by: str = _opt(
         "pair",
         "'pair' splits pairs at random; 'passage' keeps all questions of one passage in one split (no leakage).",
@@ -150,16 +183,22 @@ class JobConfig:
         "(passage-to-question too), query_to_query, doc_to_doc.",
         step="train",
     )
-    loss_scale: float = _opt(20.0, "Inverse temperature of the (cached) MNRL loss (similarities are multiplied by it).", step="train")
+    loss_scale: float = _opt(
+        20.0, "Inverse temperature of the (cached) MNRL loss (similarities are multiplied by it).", step="train"
+    )
     guide_model: str | None = _opt(
-        None, "Guide for the gist losses: a Hub id or local path. Default: a frozen copy of the base model.", step="train"
+        None,
+        "Guide for the gist losses: a Hub id or local path. Default: a frozen copy of the base model.",
+        step="train",
     )
     hard_negatives: int = _opt(
-        1, "Mine N hard negatives per pair from the training passages with the base model before training (0: off).",
+        1,
+        "Mine N hard negatives per pair from the training passages with the base model before training (0: off).",
         step="train",
     )
     hard_negative_margin: float = _opt(
-        0.05, "Relative margin: a mined negative must score below (1 - margin) x the positive's score.",
+        0.05,
+        "Relative margin: a mined negative must score below (1 - margin) x the positive's score.",
         step="train",
     )
     epochs: float = _opt(4.0, "Training epochs.", step="train")
@@ -171,7 +210,9 @@ class JobConfig:
         "that little of a step is padding; 0: random no-duplicates batches.",
         step="train",
     )
-    gradient_accumulation_steps: int = _opt(1, "Optimizer steps every N batches (does not add negatives).", step="train")
+    gradient_accumulation_steps: int = _opt(
+        1, "Optimizer steps every N batches (does not add negatives).", step="train"
+    )
     attention_dropout: float | None = _opt(
         None,
         "Dropout on the attention probabilities while training (0 lets PyTorch's fused attention skip storing the "
@@ -185,7 +226,8 @@ class JobConfig:
     )
     weight_decay: float = _opt(0.0, "AdamW weight decay.", step="train")
     best_model_dim: int | None = _opt(
-        None, "Dim whose validation NDCG@10 picks the best checkpoint. Default: the largest Matryoshka dim.",
+        None,
+        "Dim whose validation NDCG@10 picks the best checkpoint. Default: the largest Matryoshka dim.",
         step="train",
     )
     eval_steps: int | None = _opt(None, "Validate and checkpoint every N steps instead of every epoch.", step="train")
@@ -213,10 +255,15 @@ class JobConfig:
     )
     # --- publishing ------------------------------------------------------------------------
     s3_uri: str | None = _opt(
-        None, "Publish model and report under this s3://bucket/prefix (one sub-prefix per run) after `job run`.",
+        None,
+        "Publish model and report under this s3://bucket/prefix (one sub-prefix per run) after `job run`.",
         group="publish",
     )
-    hub_repo: str | None = _opt(None, "Push the model (with its evaluation card) to this Hugging Face Hub repo after `job run`.", group="publish")
+    hub_repo: str | None = _opt(
+        None,
+        "Push the model (with its evaluation card) to this Hugging Face Hub repo after `job run`.",
+        group="publish",
+    )
     hub_private: bool = _opt(True, "Create the Hub repo as private.", group="publish")
 
     # ----------------------------------------------------------------------------------------
@@ -439,9 +486,13 @@ def validate_config(cfg: JobConfig) -> None:
     if cfg.nproc < 0:
         raise JobError(f"nproc is {cfg.nproc}; it must be 0 (one per GPU) or more.", "pass e.g. --nproc 2.")
     if cfg.hard_negatives < 0:
-        raise JobError(f"hard_negatives is {cfg.hard_negatives}; it must be 0 or more.", "pass e.g. --hard-negatives 1.")
+        raise JobError(
+            f"hard_negatives is {cfg.hard_negatives}; it must be 0 or more.", "pass e.g. --hard-negatives 1."
+        )
     if cfg.eval_steps is not None and cfg.eval_steps < 1:
-        raise JobError(f"eval_steps is {cfg.eval_steps}; it must be at least 1.", "pass a positive --eval-steps or leave it unset.")
+        raise JobError(
+            f"eval_steps is {cfg.eval_steps}; it must be at least 1.", "pass a positive --eval-steps or leave it unset."
+        )
     bad = [d for d in cfg.loss_directions if d not in LOSS_DIRECTIONS]
     if bad or not cfg.loss_directions or "query_to_doc" not in cfg.loss_directions:
         raise JobError(
@@ -449,21 +500,37 @@ def validate_config(cfg: JobConfig) -> None:
             "pass e.g. --loss-directions query_to_doc,doc_to_query (the symmetric loss).",
         )
     if cfg.loss_directions != ["query_to_doc"] and cfg.loss in ("gist", "cached_gist"):
-        raise JobError(f"loss_directions applies to mnrl and cached_mnrl, not to {cfg.loss}.", "drop --loss-directions or use --loss mnrl.")
+        raise JobError(
+            f"loss_directions applies to mnrl and cached_mnrl, not to {cfg.loss}.",
+            "drop --loss-directions or use --loss mnrl.",
+        )
     if cfg.guide_model and cfg.loss not in ("gist", "cached_gist"):
-        raise JobError(f"guide_model is set but loss is {cfg.loss}; only the gist losses use a guide.", "pass --loss gist, or drop --guide-model.")
+        raise JobError(
+            f"guide_model is set but loss is {cfg.loss}; only the gist losses use a guide.",
+            "pass --loss gist, or drop --guide-model.",
+        )
     if cfg.attention_dropout is not None and not 0 <= cfg.attention_dropout < 1:
-        raise JobError(f"attention_dropout is {cfg.attention_dropout}; it must be in [0, 1).", "pass e.g. --attention-dropout 0.")
+        raise JobError(
+            f"attention_dropout is {cfg.attention_dropout}; it must be in [0, 1).", "pass e.g. --attention-dropout 0."
+        )
     if cfg.guard_max_drop < 0:
-        raise JobError(f"guard_max_drop is {cfg.guard_max_drop}; it must be 0 or more (NDCG@10 points).", "pass e.g. --guard-max-drop 2.")
+        raise JobError(
+            f"guard_max_drop is {cfg.guard_max_drop}; it must be 0 or more (NDCG@10 points).",
+            "pass e.g. --guard-max-drop 2.",
+        )
     if cfg.loss_scale <= 0:
         raise JobError(f"loss_scale is {cfg.loss_scale}; it must be positive.", "pass e.g. --loss-scale 20.")
     if cfg.length_grouping < 0:
-        raise JobError(f"length_grouping is {cfg.length_grouping}; it must be 0 (off) or more.", "pass e.g. --length-grouping 16.")
+        raise JobError(
+            f"length_grouping is {cfg.length_grouping}; it must be 0 (off) or more.", "pass e.g. --length-grouping 16."
+        )
     positive_ints = ("batch_size", "gradient_accumulation_steps", "mini_batch_size", "eval_batch_size", "logging_steps")
     for name in positive_ints:
         if getattr(cfg, name) < 1:
-            raise JobError(f"{name} is {getattr(cfg, name)}; it must be at least 1.", f"pass a positive --{name.replace('_', '-')}.")
+            raise JobError(
+                f"{name} is {getattr(cfg, name)}; it must be at least 1.",
+                f"pass a positive --{name.replace('_', '-')}.",
+            )
     if cfg.epochs <= 0 and cfg.max_steps <= 0:
         raise JobError(f"epochs is {cfg.epochs}; it must be positive.", "pass --epochs > 0 or --max-steps > 0.")
     if cfg.learning_rate <= 0:
@@ -481,12 +548,16 @@ def validate_config(cfg: JobConfig) -> None:
         raise JobError(f"warmup_ratio is {cfg.warmup_ratio}; it must be in [0, 1).", "pass e.g. --warmup-ratio 0.1.")
     if cfg.matryoshka_dims is not None:
         if not cfg.matryoshka_dims or any(d < 1 for d in cfg.matryoshka_dims):
-            raise JobError(f"matryoshka_dims {cfg.matryoshka_dims} must be positive integers.", "pass e.g. 384,256,128,64,32.")
+            raise JobError(
+                f"matryoshka_dims {cfg.matryoshka_dims} must be positive integers.", "pass e.g. 384,256,128,64,32."
+            )
         if len(set(cfg.matryoshka_dims)) != len(cfg.matryoshka_dims):
             raise JobError(f"matryoshka_dims {cfg.matryoshka_dims} repeats a dim.", "list each dim once.")
     if cfg.matryoshka_weights is not None:
         if not cfg.matryoshka_weights or any(w <= 0 for w in cfg.matryoshka_weights):
-            raise JobError(f"matryoshka_weights {cfg.matryoshka_weights} must be positive numbers.", "pass e.g. 1,1,1,2,2.")
+            raise JobError(
+                f"matryoshka_weights {cfg.matryoshka_weights} must be positive numbers.", "pass e.g. 1,1,1,2,2."
+            )
         if cfg.matryoshka_dims is not None and len(cfg.matryoshka_weights) != len(cfg.matryoshka_dims):
             raise JobError(
                 f"matryoshka_weights has {len(cfg.matryoshka_weights)} values for {len(cfg.matryoshka_dims)} matryoshka_dims.",

@@ -8,16 +8,17 @@ with numbers. The on-disk evaluation format is BEIR's (``corpus.jsonl``, ``queri
 from __future__ import annotations
 
 import csv
-import logging
 import json
+import logging
 import math
 import random
 import statistics
 from collections import defaultdict
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from job.config import EMBEDDED_DATA
 from job.errors import JobError
@@ -26,7 +27,14 @@ logger = logging.getLogger(__name__)
 
 QUESTION_COLUMNS = ("question", "query", "anchor", "questions", "queries", "q")
 PASSAGE_COLUMNS = ("context", "passage", "positive", "document", "doc", "text", "chunk", "content")
-LOCAL_SUFFIXES = {".csv": "csv", ".tsv": "tsv", ".json": "json", ".jsonl": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet"}
+LOCAL_SUFFIXES = {
+    ".csv": "csv",
+    ".tsv": "tsv",
+    ".json": "json",
+    ".jsonl": "jsonl",
+    ".ndjson": "jsonl",
+    ".parquet": "parquet",
+}
 SPLITS = ("train", "validation", "test")
 
 
@@ -58,7 +66,11 @@ class IRData:
 
     def relevant_docs(self) -> dict[str, set[str]]:
         """Binary relevance for InformationRetrievalEvaluator: every grade > 0 counts."""
-        return {q: {d for d, g in docs.items() if g > 0} for q, docs in self.qrels.items() if any(g > 0 for g in docs.values())}
+        return {
+            q: {d for d, g in docs.items() if g > 0}
+            for q, docs in self.qrels.items()
+            if any(g > 0 for g in docs.values())
+        }
 
     @property
     def graded(self) -> bool:
@@ -100,7 +112,9 @@ def _load_local(path: Path) -> Records:
         try:
             path.read_bytes().decode("utf-8")  # whole-file decode: the offset is the file's own
         except UnicodeDecodeError as exc:
-            raise JobError(f"Data file {path} is not UTF-8 text ({exc.reason} at byte {exc.start}).", "save it as UTF-8.") from None
+            raise JobError(
+                f"Data file {path} is not UTF-8 text ({exc.reason} at byte {exc.start}).", "save it as UTF-8."
+            ) from None
     try:
         if kind in ("csv", "tsv"):
             delimiter = "\t" if kind == "tsv" else _csv_delimiter(path)
@@ -144,7 +158,13 @@ def _csv_delimiter(path: Path) -> str:
     for delimiter in _OTHER_DELIMITERS:
         fields = next(csv.reader([header], delimiter=delimiter), [])
         if len(fields) >= 2 and all(f.strip() for f in fields):
-            logger.warning("%s: the header has no commas but %d %r-separated columns; reading the file with %r", path, len(fields), delimiter, delimiter)
+            logger.warning(
+                "%s: the header has no commas but %d %r-separated columns; reading the file with %r",
+                path,
+                len(fields),
+                delimiter,
+                delimiter,
+            )
             return delimiter
     return ","
 
@@ -162,12 +182,18 @@ def _load_json(path: Path, kind: str) -> Records:
             elif isinstance(data, dict):
                 data = [data]  # a one-line JSON Lines file
             if not isinstance(data, list) or not all(isinstance(r, dict) for r in data):
-                raise JobError(f"{path} must hold a list of objects (one per pair).", "write [{\"question\": ..., \"context\": ...}, ...].")
+                raise JobError(
+                    f"{path} must hold a list of objects (one per pair).",
+                    'write [{"question": ..., "context": ...}, ...].',
+                )
             return Records(data, str(path), "row")
     rows = []
     for lineno, obj in json_lines(path, text):
         if not isinstance(obj, dict):
-            raise JobError(f"{path} line {lineno} is not a JSON object.", "write one {\"question\": ..., \"context\": ...} object per line.")
+            raise JobError(
+                f"{path} line {lineno} is not a JSON object.",
+                'write one {"question": ..., "context": ...} object per line.',
+            )
         obj["__line__"] = lineno
         rows.append(obj)
     return Records(rows, str(path), "line")
@@ -270,14 +296,17 @@ def validate_pairs(
             pairs.append(Pair(texts[0], texts[1]))
     if problems and not drop_invalid:
         details = "; ".join(
-            f"{len(rows)} {'row has' if len(rows) == 1 else 'rows have'} {what}: {_fmt_rows(rows)}" for what, rows in problems.items()
+            f"{len(rows)} {'row has' if len(rows) == 1 else 'rows have'} {what}: {_fmt_rows(rows)}"
+            for what, rows in problems.items()
         )
         raise JobError(
             f"{records.source}: {details}.",
             "fill in or remove those rows, or pass --drop-invalid to drop them (they are then counted in the report).",
         )
     if not pairs:
-        raise JobError(f"{records.source}: no valid (question, passage) rows remain.", "check the column mapping and the data.")
+        raise JobError(
+            f"{records.source}: no valid (question, passage) rows remain.", "check the column mapping and the data."
+        )
     if check_column_order:
         q_len = statistics.median(len(p.question) for p in pairs)
         p_len = statistics.median(len(p.passage) for p in pairs)
@@ -341,7 +370,9 @@ def build_ir_corpus(splits: dict[str, list[Pair]]) -> tuple[dict[str, str], dict
     return {cid: text for text, cid in ids.items()}, ids
 
 
-def build_ir_queries(pairs: list[Pair], passage_ids: dict[str, str], prefix: str) -> tuple[dict[str, str], dict[str, dict[str, int]]]:
+def build_ir_queries(
+    pairs: list[Pair], passage_ids: dict[str, str], prefix: str
+) -> tuple[dict[str, str], dict[str, dict[str, int]]]:
     """One query per unique question; a question paired with several passages has several relevant docs."""
     qids: dict[str, str] = {}
     qrels: dict[str, dict[str, int]] = {}
@@ -396,7 +427,9 @@ def leakage_against_test_set(splits: dict[str, list[Pair]], test: IRData) -> dic
 def write_beir(directory: Path, data: IRData, split: str) -> None:
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "qrels").mkdir(exist_ok=True)
-    write_jsonl(directory / "corpus.jsonl", ({"_id": cid, "title": "", "text": text} for cid, text in data.corpus.items()))
+    write_jsonl(
+        directory / "corpus.jsonl", ({"_id": cid, "title": "", "text": text} for cid, text in data.corpus.items())
+    )
     write_jsonl(directory / "queries.jsonl", ({"_id": qid, "text": text} for qid, text in data.queries.items()))
     with (directory / "qrels" / f"{split}.tsv").open("w", newline="") as fh:
         w = csv.writer(fh, delimiter="\t", lineterminator="\n")
@@ -406,7 +439,9 @@ def write_beir(directory: Path, data: IRData, split: str) -> None:
                 w.writerow([qid, cid, grade])
 
 
-def load_beir(directory: str | Path, split: str = "test", *, option: str = "--eval-data", split_option: str = "--eval-split") -> IRData:
+def load_beir(
+    directory: str | Path, split: str = "test", *, option: str = "--eval-data", split_option: str = "--eval-split"
+) -> IRData:
     """Read a BEIR folder; graded relevance (score > 1) is kept, score 0 rows are not relevant.
     ``option`` / ``split_option`` name the flags that gave the folder and split, for the fixes."""
     d = Path(directory).expanduser()
@@ -422,20 +457,22 @@ def load_beir(directory: str | Path, split: str = "test", *, option: str = "--ev
             extra = f" (qrels splits present: {', '.join(have)})" if have and needed == qrels_path else ""
             raise JobError(
                 f"{d} (given with {option}) is not a BEIR folder: it lacks {needed.relative_to(d)}{extra}.",
-                f"add the file, or pick another {split_option}" if needed == qrels_path else "add the file (BEIR layout: corpus.jsonl, queries.jsonl, qrels/<split>.tsv)",
+                f"add the file, or pick another {split_option}"
+                if needed == qrels_path
+                else "add the file (BEIR layout: corpus.jsonl, queries.jsonl, qrels/<split>.tsv)",
             )
 
     def text_of(obj: dict, path: Path) -> str:
         title, text = obj.get("title") or "", obj.get("text")
         if not isinstance(text, str):
-            raise JobError(f"{path}: entry {obj.get('_id')!r} has no text.", "give every entry a \"text\" string.")
+            raise JobError(f"{path}: entry {obj.get('_id')!r} has no text.", 'give every entry a "text" string.')
         return f"{title} {text}".strip() if title else text
 
     def entries(path: Path) -> dict[str, str]:
         out = {}
         for lineno, obj in json_lines(path, path.read_text(encoding="utf-8")):
             if not isinstance(obj, dict) or "_id" not in obj:
-                raise JobError(f"{path} line {lineno} has no \"_id\".", "give every entry an \"_id\" and a \"text\".")
+                raise JobError(f'{path} line {lineno} has no "_id".', 'give every entry an "_id" and a "text".')
             out[str(obj["_id"])] = text_of(obj, path)
         return out
 
@@ -447,11 +484,15 @@ def load_beir(directory: str | Path, split: str = "test", *, option: str = "--ev
             if not row or (lineno == 1 and not _is_number(row[-1])):
                 continue
             if len(row) < 3 or not _is_number(row[2]):
-                raise JobError(f"{qrels_path} line {lineno} is not 'query-id<TAB>corpus-id<TAB>score'.", "fix that line.")
+                raise JobError(
+                    f"{qrels_path} line {lineno} is not 'query-id<TAB>corpus-id<TAB>score'.", "fix that line."
+                )
             qid, cid, grade = row[0], row[1], int(float(row[2]))
             if qid not in queries or cid not in corpus:
                 missing = "query" if qid not in queries else "corpus"
-                raise JobError(f"{qrels_path} line {lineno} names a {missing} id that is not in {missing}.jsonl.", "fix the ids.")
+                raise JobError(
+                    f"{qrels_path} line {lineno} names a {missing} id that is not in {missing}.jsonl.", "fix the ids."
+                )
             qrels.setdefault(qid, {})[cid] = grade
     data = IRData(corpus, {q: t for q, t in queries.items() if q in qrels}, qrels)
     if not data.relevant_docs():

@@ -143,7 +143,10 @@ def per_dim_metrics(raw: dict[str, float], name: str) -> dict[int, dict[str, flo
         m = _KEY.match(key)
         if m and m["name"] == name and m["metric"] in wanted:
             out.setdefault(int(m["dim"]), {})[m["metric"]] = float(value)
-    return {dim: {label: out[dim][suffix] for label, suffix in REPORTED_METRICS if suffix in out[dim]} for dim in sorted(out, reverse=True)}
+    return {
+        dim: {label: out[dim][suffix] for label, suffix in REPORTED_METRICS if suffix in out[dim]}
+        for dim in sorted(out, reverse=True)
+    }
 
 
 def evaluation_options(cfg) -> dict[str, Any]:

@@ -12,7 +12,8 @@ and warns when the fine-tuned model loses more than ``--guard-max-drop`` NDCG@10
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from job import data as D
 from job.config import JobConfig
@@ -48,11 +49,21 @@ def guard_scores(cfg: JobConfig, base, tuned, dims: list[int], echo: Echo) -> di
             name: {d: m["ndcg@10"] for d, m in evaluate_model(model, data, dims, "guard", **opts).items()}
             for name, model in (("baseline", base), ("finetuned", tuned))
         }
-        sets.append({"name": str(cfg.guard_data), "queries": len(data.relevant_docs()), "corpus_size": len(data.corpus), **scored})
+        sets.append(
+            {
+                "name": str(cfg.guard_data),
+                "queries": len(data.relevant_docs()),
+                "corpus_size": len(data.corpus),
+                **scored,
+            }
+        )
     for name in cfg.guard_nanobeir or []:
         sets.append({"name": f"NanoBEIR {name}", **_nanobeir(name, base, tuned, dims[0], cfg)})
     drops = [
-        (s["name"], d, (s["baseline"][d] - s["finetuned"][d]) * 100) for s in sets for d in s["finetuned"] if d in s["baseline"]
+        (s["name"], d, (s["baseline"][d] - s["finetuned"][d]) * 100)
+        for s in sets
+        for d in s["finetuned"]
+        if d in s["baseline"]
     ]
     worst = max(drops, key=lambda x: x[2]) if drops else None
     warnings = [
@@ -61,7 +72,9 @@ def guard_scores(cfg: JobConfig, base, tuned, dims: list[int], echo: Echo) -> di
         if drop > cfg.guard_max_drop
     ]
     for w in warnings:
-        echo(f"evaluate: WARNING: {w}: the model got worse outside its domain; consider fewer epochs or a lower learning rate")
+        echo(
+            f"evaluate: WARNING: {w}: the model got worse outside its domain; consider fewer epochs or a lower learning rate"
+        )
     return {
         "sets": sets,
         "max_drop_points": round(worst[2], 2) if worst else None,
@@ -80,7 +93,9 @@ def _nanobeir(name: str, base, tuned, dim: int, cfg: JobConfig) -> dict[str, Any
             query_prompts=cfg.query_prompt, corpus_prompts=cfg.passage_prompt,
         )  # fmt: skip
     except (ValueError, KeyError) as exc:
-        raise JobError(f"--guard-nanobeir {name!r} is not a NanoBEIR dataset ({exc}).", "use names such as msmarco, nq, scifact.") from None
+        raise JobError(
+            f"--guard-nanobeir {name!r} is not a NanoBEIR dataset ({exc}).", "use names such as msmarco, nq, scifact."
+        ) from None
     out: dict[str, Any] = {}
     for label, model in (("baseline", base), ("finetuned", tuned)):
         scores = evaluator(model)

@@ -19,7 +19,10 @@ def hub_offline() -> bool:
     """huggingface_hub's offline rule (``HF_HUB_OFFLINE`` or ``TRANSFORMERS_OFFLINE``, as
     ``huggingface_hub.constants.is_offline_mode()``), read when asked: the library reads the
     environment once, at import, and a process may change it afterwards (tests do)."""
-    return any(os.environ.get(v, "").strip().lower() in {"1", "true", "yes", "on"} for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+    return any(
+        os.environ.get(v, "").strip().lower() in {"1", "true", "yes", "on"}
+        for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+    )
 
 
 def bundled_model_path() -> str:
@@ -50,7 +53,11 @@ def resolve_model_name(model: str) -> str:
     # "runs/nope" matches the Hub id pattern, but when "runs" is a local folder it is a missing path
     parent_is_local = len(path.parts) > 1 and path.parent.is_dir()
     looks_like_path = (
-        model.startswith(("/", ".", "~")) or model.count("/") > 1 or "\\" in model or not _HUB_ID.match(model) or parent_is_local
+        model.startswith(("/", ".", "~"))
+        or model.count("/") > 1
+        or "\\" in model
+        or not _HUB_ID.match(model)
+        or parent_is_local
     )
     if looks_like_path:
         raise JobError(
@@ -85,7 +92,15 @@ def load_model(model: str, *, device: str | None = None, max_seq_length: int | N
     return st
 
 
-_DAMAGED = ("safetensorerror", "deserializing", "incomplete metadata", "unexpected eof", "pytorchstreamreader", "truncated", "corrupt")
+_DAMAGED = (
+    "safetensorerror",
+    "deserializing",
+    "incomplete metadata",
+    "unexpected eof",
+    "pytorchstreamreader",
+    "truncated",
+    "corrupt",
+)
 
 
 def _load_error(name: str, exc: Exception) -> JobError:
@@ -111,7 +126,16 @@ def _load_error(name: str, exc: Exception) -> JobError:
             "point --model at a sentence-transformers or transformers model folder (modules.json or config.json "
             "with its weights).",
         )
-    offline_markers = ("offline", "connect", "resolve", "Network", "timed out", "local_files_only", "Max retries", "couldn't find")
+    offline_markers = (
+        "offline",
+        "connect",
+        "resolve",
+        "Network",
+        "timed out",
+        "local_files_only",
+        "Max retries",
+        "couldn't find",
+    )
     if hub_offline() or any(m.lower() in text.lower() for m in offline_markers):
         return JobError(
             f"The model '{name}' is a Hugging Face Hub id, but the Hub cannot be reached (offline).",

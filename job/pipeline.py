@@ -13,12 +13,12 @@ import json
 import logging
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from job import card, checkpoints, guard, storage
 from job import data as D
-from job.layout import CHECKPOINT_FINGERPRINT, STEPS, RunDir, replace_dir, write_json
 from job.config import (
     EMBEDDED_DATA,
     EVALUATE_FIELDS,
@@ -31,6 +31,7 @@ from job.config import (
 )
 from job.errors import JobError
 from job.evaluation import VALIDATION, build_evaluator, evaluate_model, evaluation_options, per_dim_metrics
+from job.layout import CHECKPOINT_FINGERPRINT, STEPS, RunDir, replace_dir, write_json
 from job.models import load_model, resolve_best_dim, resolve_dims, resolve_model_name
 from job.report import markdown_table, write_report
 
@@ -67,7 +68,10 @@ def input_digests(cfg: JobConfig, known: dict[str, Any] | None = None) -> dict[s
     out = {}
     for name, path in input_files(cfg).items():
         files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
-        stats = [(p.relative_to(path).as_posix() if p != path else p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in files]
+        stats = [
+            (p.relative_to(path).as_posix() if p != path else p.name, p.stat().st_size, p.stat().st_mtime_ns)
+            for p in files
+        ]
         previous = (known or {}).get(name) or {}
         if previous.get("stats") == [list(s) for s in stats]:
             out[name] = previous
@@ -85,7 +89,10 @@ def input_digests(cfg: JobConfig, known: dict[str, Any] | None = None) -> dict[s
 def step_fingerprint(cfg: JobConfig, rd: RunDir, step: str) -> dict[str, Any]:
     if step == "prepare":
         known = (rd.record("prepare") or {}).get("inputs")
-        return {**cfg.fingerprint(PREPARE_FIELDS), "inputs": {k: v["sha256"] for k, v in input_digests(cfg, known).items()}}
+        return {
+            **cfg.fingerprint(PREPARE_FIELDS),
+            "inputs": {k: v["sha256"] for k, v in input_digests(cfg, known).items()},
+        }
     data_digest = _require(rd, "prepare", f"job {step}")["data_digest"]
     fields = {"baseline": MODEL_FIELDS, "train": TRAIN_FIELDS, "evaluate": EVALUATE_FIELDS}[step]
     return {**cfg.fingerprint(fields), "data_digest": data_digest}
@@ -122,7 +129,9 @@ def prepare(cfg: JobConfig, rd: RunDir, echo: Echo = print, model=None) -> dict[
             "raise --val-fraction or add data (--val-fraction 0 trains without model selection).",
         )
     if len(splits["train"]) < 2:
-        raise JobError(f"The split leaves {len(splits['train'])} training pairs.", "add data or lower the held-out fractions.")
+        raise JobError(
+            f"The split leaves {len(splits['train'])} training pairs.", "add data or lower the held-out fractions."
+        )
 
     corpus, passage_ids = D.build_ir_corpus(splits)
     ir_sets: dict[str, D.IRData] = {}
@@ -242,7 +251,9 @@ def baseline(cfg: JobConfig, rd: RunDir, echo: Echo = print) -> dict[str, Any]:
     }
     write_json(rd.done_file("baseline"), record)
     ndcg = ", ".join(f"{d}: {m['ndcg@10']:.4f}" for d, m in metrics.items())
-    echo(f"baseline: NDCG@10 on {record['queries']} test questions by dim {{{ndcg}}}; {peak_memory()} -> {rd.done_file('baseline')}")
+    echo(
+        f"baseline: NDCG@10 on {record['queries']} test questions by dim {{{ndcg}}}; {peak_memory()} -> {rd.done_file('baseline')}"
+    )
     return record
 
 
@@ -284,7 +295,15 @@ def train(
     validation = load_split(rd, "validation")
     before = _validation_before(cfg, rd, model, dims, validation, echo) if distributed.is_main_process() else None
     result = train_model(
-        cfg, model, dims, best_dim, train_pairs, validation, rd.checkpoints, resume=resume, callbacks=callbacks,
+        cfg,
+        model,
+        dims,
+        best_dim,
+        train_pairs,
+        validation,
+        rd.checkpoints,
+        resume=resume,
+        callbacks=callbacks,
         source=str(rd.data / "train.jsonl"),
     )
     base_name = resolve_model_name(cfg.model)
@@ -308,7 +327,9 @@ def train(
     return record
 
 
-def _validation_before(cfg: JobConfig, rd: RunDir, model, dims: list[int], validation, echo: Echo) -> dict[int, float] | None:
+def _validation_before(
+    cfg: JobConfig, rd: RunDir, model, dims: list[int], validation, echo: Echo
+) -> dict[int, float] | None:
     """The base model's validation NDCG@10 by dim: the reference for the validation gain. Scored once,
     before training, and kept with the checkpoints so a resumed training reports it too."""
     if validation is None:
@@ -316,7 +337,12 @@ def _validation_before(cfg: JobConfig, rd: RunDir, model, dims: list[int], valid
     path = rd.checkpoints / "validation_before.json"
     if path.is_file():
         return {int(d): v for d, v in json.loads(path.read_text()).items()}
-    scores = {d: m["ndcg@10"] for d, m in per_dim_metrics(build_evaluator(validation, dims, VALIDATION, **evaluation_options(cfg))(model), VALIDATION).items()}
+    scores = {
+        d: m["ndcg@10"]
+        for d, m in per_dim_metrics(
+            build_evaluator(validation, dims, VALIDATION, **evaluation_options(cfg))(model), VALIDATION
+        ).items()
+    }
     write_json(path, {str(d): v for d, v in scores.items()})
     echo("train: base model, validation NDCG@10 by dim {" + ", ".join(f"{d}: {v:.4f}" for d, v in scores.items()) + "}")
     return scores
@@ -324,7 +350,9 @@ def _validation_before(cfg: JobConfig, rd: RunDir, model, dims: list[int], valid
 
 def _echo_train(echo: Echo, rd: RunDir, record: dict[str, Any]) -> None:
     best_dim = record["best_dim"]
-    best = f", best validation NDCG@10@{best_dim} {record['best_metric']:.4f}" if record["best_metric"] is not None else ""
+    best = (
+        f", best validation NDCG@10@{best_dim} {record['best_metric']:.4f}" if record["best_metric"] is not None else ""
+    )
     procs = f" on {record['world_size']} processes" if record.get("world_size", 1) > 1 else ""
     echo(
         f"train: {record['global_steps']} steps over {record['train_pairs']} pairs{procs} in {record['train_seconds']:.0f} s "
@@ -349,7 +377,11 @@ def check_checkpoints(
         if checkpoints.newest(rd.checkpoints) is not None and not force:
             old = json.loads(marker.read_text()) if marker.is_file() else {}
             changed = changed_fields(old, fingerprint) if old else []
-            what = f"made with a different configuration (changed: {', '.join(changed)})" if changed else "of an earlier, unfinished training run"
+            what = (
+                f"made with a different configuration (changed: {', '.join(changed)})"
+                if changed
+                else "of an earlier, unfinished training run"
+            )
             raise JobError(
                 f"{rd.checkpoints} holds checkpoints {what}.",
                 fix
@@ -400,7 +432,18 @@ def evaluate(cfg: JobConfig, rd: RunDir, echo: Echo = print) -> dict[str, Any]:
         "hard_negatives": training.get("hard_negatives"),
         "validation_before": training.get("validation_before"),
         "validation_saved_model": training.get("validation_saved_model"),
-        "training": {k: training.get(k) for k in ("train_pairs", "global_steps", "train_seconds", "pairs_per_second", "best_checkpoint", "best_metric", "best_metric_name")},
+        "training": {
+            k: training.get(k)
+            for k in (
+                "train_pairs",
+                "global_steps",
+                "train_seconds",
+                "pairs_per_second",
+                "best_checkpoint",
+                "best_metric",
+                "best_metric_name",
+            )
+        },
         "guard": guarded,
         "fingerprint": fingerprint,
     }
@@ -461,7 +504,9 @@ def run(
     return results
 
 
-def _run_step(step: str, cfg: JobConfig, rd: RunDir, echo: Echo, force: bool, inputs_changed: bool, train_step) -> dict[str, Any]:
+def _run_step(
+    step: str, cfg: JobConfig, rd: RunDir, echo: Echo, force: bool, inputs_changed: bool, train_step
+) -> dict[str, Any]:
     if step == "prepare":
         return prepare(cfg, rd, echo, model=load_model(cfg.model, max_seq_length=cfg.max_seq_length))
     if step == "baseline":
@@ -498,6 +543,8 @@ def _resume_point(cfg: JobConfig, rd: RunDir, echo: Echo) -> str | None:
     """The newest complete checkpoint of this configuration's training, if there is one; incomplete
     checkpoints newer than it (a crash or a full disk mid-save) are moved aside and named."""
     marker = rd.checkpoints / CHECKPOINT_FINGERPRINT
-    if not marker.is_file() or not fingerprints_match(json.loads(marker.read_text()), step_fingerprint(cfg, rd, "train")):
+    if not marker.is_file() or not fingerprints_match(
+        json.loads(marker.read_text()), step_fingerprint(cfg, rd, "train")
+    ):
         return None
     return checkpoints.newest_complete(rd.checkpoints, echo=echo)

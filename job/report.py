@@ -77,7 +77,14 @@ def plot_ndcg(baseline: PerDim, finetuned: PerDim, path: Path, title: str = "NDC
     ax.plot(dims, [baseline[d]["ndcg@10"] for d in dims], "o--", label="baseline", color="#888888")
     ax.plot(dims, [finetuned[d]["ndcg@10"] for d in dims], "o-", label="fine-tuned", color="#1f77b4")
     for d in dims:
-        ax.annotate(f"{finetuned[d]['ndcg@10']:.3f}", (d, finetuned[d]["ndcg@10"]), textcoords="offset points", xytext=(0, 6), ha="center", fontsize=8)
+        ax.annotate(
+            f"{finetuned[d]['ndcg@10']:.3f}",
+            (d, finetuned[d]["ndcg@10"]),
+            textcoords="offset points",
+            xytext=(0, 6),
+            ha="center",
+            fontsize=8,
+        )
     ax.set_xscale("log", base=2)
     ax.set_xticks(dims)
     ax.set_xticklabels([str(d) for d in dims])

@@ -48,7 +48,9 @@ class LengthGroupedBatchSampler(DefaultBatchSampler):
         self, dataset, batch_size, drop_last, valid_label_columns=None, generator=None, seed=0, pool_batches=16,
         text_lengths: Callable[[list[str]], Sequence[int]] | None = None,
     ):  # fmt: skip
-        super().__init__(dataset, batch_size, drop_last, valid_label_columns=valid_label_columns, generator=generator, seed=seed)
+        super().__init__(
+            dataset, batch_size, drop_last, valid_label_columns=valid_label_columns, generator=generator, seed=seed
+        )
         labels = set(dataset.column_names) & set(self.valid_label_columns or [])
         self.dataset = dataset.remove_columns(list(labels)) if labels else dataset
         self.pool_batches = pool_batches
@@ -108,7 +110,9 @@ class LengthGroupedBatchSampler(DefaultBatchSampler):
         return [batches[i] for i in torch.randperm(len(batches), generator=self.generator).tolist()]
 
 
-def _greedy_batches(order: np.ndarray, batch_size: int, drop_last: bool, values: list[tuple[int, ...]]) -> list[list[int]]:
+def _greedy_batches(
+    order: np.ndarray, batch_size: int, drop_last: bool, values: list[tuple[int, ...]]
+) -> list[list[int]]:
     """Fill batches along ``order``; a row that would repeat a value already in the batch waits (in
     order) for a later batch. A singly linked list over the order keeps this linear in practice."""
     out = []

@@ -68,7 +68,12 @@ class TokenCache:
         # prompt (part of the cache key) and are kept; anything else cannot be rebuilt by padding
         # alone, and then the original function is always used.
         labels = {k: v for k, v in out.items() if k not in tensors} if isinstance(out, Mapping) else {}
-        if not tensors or set(tensors) - _KEYS or "attention_mask" not in tensors or not all(isinstance(v, (str, int)) for v in labels.values()):
+        if (
+            not tensors
+            or set(tensors) - _KEYS
+            or "attention_mask" not in tensors
+            or not all(isinstance(v, (str, int)) for v in labels.values())
+        ):
             self.disabled = True
             return
         mask = tensors["attention_mask"].bool()
@@ -95,7 +100,10 @@ class TokenCache:
             return self.fn(inputs, prompt=prompt, task=task, **kwargs)
         batch = {
             name: pad_sequence(
-                [r[name] for r in rows], batch_first=True, padding_value=self.pad_values[name], padding_side=self.padding_side
+                [r[name] for r in rows],
+                batch_first=True,
+                padding_value=self.pad_values[name],
+                padding_side=self.padding_side,
             ).to(self._dtypes[name])
             for name in rows[0]
         }

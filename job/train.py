@@ -26,7 +26,6 @@ from job.token_cache import cached_trainer_class
 logger = logging.getLogger(__name__)
 
 
-
 @dataclass
 class TrainResult:
     model: Any
@@ -74,14 +73,22 @@ def build_loss(model, cfg: JobConfig, dims: list[int], guide=None):
     directions = tuple(cfg.loss_directions)
     if cfg.loss == "cached_mnrl":
         inner = losses.CachedMultipleNegativesRankingLoss(
-            model, scale=cfg.loss_scale, mini_batch_size=cfg.mini_batch_size, gather_across_devices=gather, directions=directions
+            model,
+            scale=cfg.loss_scale,
+            mini_batch_size=cfg.mini_batch_size,
+            gather_across_devices=gather,
+            directions=directions,
         )
     elif cfg.loss == "mnrl":
-        inner = losses.MultipleNegativesRankingLoss(model, scale=cfg.loss_scale, gather_across_devices=gather, directions=directions)
+        inner = losses.MultipleNegativesRankingLoss(
+            model, scale=cfg.loss_scale, gather_across_devices=gather, directions=directions
+        )
     elif cfg.loss == "gist":
         inner = losses.GISTEmbedLoss(model, guide, gather_across_devices=gather)
     else:
-        inner = losses.CachedGISTEmbedLoss(model, guide, mini_batch_size=cfg.mini_batch_size, gather_across_devices=gather)
+        inner = losses.CachedGISTEmbedLoss(
+            model, guide, mini_batch_size=cfg.mini_batch_size, gather_across_devices=gather
+        )
     weights = cfg.matryoshka_weights
     if weights is not None and len(weights) != len(dims):
         raise JobError(
@@ -113,7 +120,9 @@ def load_guide(cfg: JobConfig, model):
                 f"The guide model reads at most {guide.max_seq_length} tokens, the model being trained {model.max_seq_length}.",
                 "use a guide with at least the same --max-seq-length (a guide that truncates passages misjudges them).",
             )
-        if type(guide.tokenizer).__name__ != type(model.tokenizer).__name__ and not getattr(guide.tokenizer, "is_fast", False):
+        if type(guide.tokenizer).__name__ != type(model.tokenizer).__name__ and not getattr(
+            guide.tokenizer, "is_fast", False
+        ):
             raise JobError(
                 "The guide model's tokenizer cannot re-tokenize the training texts (it is not a fast tokenizer).",
                 "use a guide with a fast tokenizer, or the base model (drop --guide-model).",
@@ -188,13 +197,19 @@ def train_model(
     ``best_dim``) is loaded at the end. ``source`` names the file the pairs came from (one pair per
     line), for errors that point at a pair."""
     if len(train_pairs) < 2:
-        raise JobError(f"Only {len(train_pairs)} training pair(s) remain after the split.", "give more data or lower the held-out fractions.")
+        raise JobError(
+            f"Only {len(train_pairs)} training pair(s) remain after the split.",
+            "give more data or lower the held-out fractions.",
+        )
     checkpoint_dir = Path(checkpoint_dir)
     resume_from = None
     if resume:
         resume_from = checkpoints.newest_complete(checkpoint_dir, echo=logger.warning)
         if resume_from is None:
-            raise JobError(f"--resume was given, but {checkpoint_dir} holds no complete checkpoint.", "drop --resume to start training afresh.")
+            raise JobError(
+                f"--resume was given, but {checkpoint_dir} holds no complete checkpoint.",
+                "drop --resume to start training afresh.",
+            )
         logger.info("resuming from %s", resume_from)
     storage.check_free_space(checkpoint_dir, space_needed(model, cfg), "Training (checkpoints and the final model)")
 
@@ -227,7 +242,9 @@ def train_model(
         if trace_dir is not None:
             shutil.rmtree(trace_dir, ignore_errors=True)
     summary = training_summary(cfg, trainer, output, time.perf_counter() - start, len(train_pairs), batch_size)
-    summary.update(hard_negatives=negatives_stats, resumed_from=resume_from, best_metric_name=select.get("metric_for_best_model"))
+    summary.update(
+        hard_negatives=negatives_stats, resumed_from=resume_from, best_metric_name=select.get("metric_for_best_model")
+    )
     return TrainResult(model, summary)
 
 
@@ -346,7 +363,9 @@ def build_trainer(cfg: JobConfig, model, args, train_ds, loss, evaluator, callba
                 checkpoints.mark_complete(folder)
 
     with failing_pair_named(train_pairs, model.preprocess, source):  # the trainer tokenizes for its model card
-        trainer = Trainer(model=model, args=args, train_dataset=train_ds, loss=loss, evaluator=evaluator, callbacks=callbacks)
+        trainer = Trainer(
+            model=model, args=args, train_dataset=train_ds, loss=loss, evaluator=evaluator, callbacks=callbacks
+        )
     from transformers.trainer_callback import ProgressCallback
 
     if trainer.pop_callback(ProgressCallback) is not None:
@@ -388,7 +407,9 @@ def compact_progress(selection_metric: str | None):
     return CompactProgress
 
 
-def _after_failure(error, cfg: JobConfig, trainer, batch_size: int, resume_from, checkpoint_dir: Path, trace_dir, source):
+def _after_failure(
+    error, cfg: JobConfig, trainer, batch_size: int, resume_from, checkpoint_dir: Path, trace_dir, source
+):
     """Decide what a failed ``trainer.train`` becomes: a retry configuration (out of memory before
     the first update: the cached loss), a JobError, or None (re-raise as it is)."""
     import torch
@@ -400,7 +421,9 @@ def _after_failure(error, cfg: JobConfig, trainer, batch_size: int, resume_from,
             mini = min(cfg.mini_batch_size, batch_size)
             logger.warning(
                 "batch size %d does not fit in accelerator memory with mnrl; retrying with cached_mnrl "
-                "(same negatives, mini-batches of %d)", batch_size, mini
+                "(same negatives, mini-batches of %d)",
+                batch_size,
+                mini,
             )
             return replace(cfg, loss=f"cached_{cfg.loss}", mini_batch_size=mini)
         _free_accelerator_memory()
@@ -446,6 +469,8 @@ def training_summary(cfg: JobConfig, trainer, output, seconds: float, pairs: int
         "best_checkpoint": state.best_model_checkpoint,
         "best_metric": state.best_metric,
         "peak_host_memory_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-        "peak_gpu_memory_mib": round(torch.cuda.max_memory_allocated() / 2**20, 1) if torch.cuda.is_available() else None,
+        "peak_gpu_memory_mib": round(torch.cuda.max_memory_allocated() / 2**20, 1)
+        if torch.cuda.is_available()
+        else None,
         "log_history": history,
     }

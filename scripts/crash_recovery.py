@@ -120,7 +120,11 @@ def crash_and_recover(point: str, workdir: Path, model: str, data: str, referenc
         "crash_exit": crashed.returncode,  # -9: killed by SIGKILL
         "rerun_exit": again.returncode,
         "seconds": round(time.perf_counter() - t0, 1),
-        "notes": [line for line in again.stdout.splitlines() + again.stderr.splitlines() if "incomplete" in line or "resuming" in line],
+        "notes": [
+            line
+            for line in again.stdout.splitlines() + again.stderr.splitlines()
+            if "incomplete" in line or "resuming" in line
+        ],
     }
     outcome["same_report"] = again.returncode == 0 and ndcg_table(run_dir) == reference
     if again.returncode != 0:
@@ -163,7 +167,9 @@ def main(argv: list[str] | None = None) -> int:
             + (f"; {' | '.join(o['notes'])}" if o["notes"] else "")
             + (f"; error: {o.get('rerun_error')}" if o.get("rerun_error") else "")
         )
-    print(f"{len(args.points.split(',')) - failures} of {len(args.points.split(','))} crash points recovered to the same report")
+    print(
+        f"{len(args.points.split(',')) - failures} of {len(args.points.split(','))} crash points recovered to the same report"
+    )
     return 1 if failures else 0
 
 

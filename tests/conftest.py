@@ -34,11 +34,22 @@ TOPICS = [
 
 def make_pairs(n_per_topic: int = 4) -> list[dict[str, str]]:
     """Deterministic (question, context) rows: several paraphrased questions per passage."""
-    forms = ["What about {t}?", "Tell me the {t} figure.", "How did {t} change?", "Which {t} detail is reported?", "Where is {t} discussed?"]
+    forms = [
+        "What about {t}?",
+        "Tell me the {t} figure.",
+        "How did {t} change?",
+        "Which {t} detail is reported?",
+        "Where is {t} discussed?",
+    ]
     rows = []
     for topic, passage in TOPICS:
         for i in range(n_per_topic):
-            rows.append({"question": forms[i % len(forms)].format(t=topic) + (f" (variant {i})" if i >= len(forms) else ""), "context": passage})
+            rows.append(
+                {
+                    "question": forms[i % len(forms)].format(t=topic) + (f" (variant {i})" if i >= len(forms) else ""),
+                    "context": passage,
+                }
+            )
     return rows
 
 
@@ -62,7 +73,12 @@ def build_tiny_model(path: Path, texts: list[str]) -> Path:
         special_tokens=[("[CLS]", tok.token_to_id("[CLS]")), ("[SEP]", tok.token_to_id("[SEP]"))],
     )  # fmt: skip
     hf_tok = PreTrainedTokenizerFast(
-        tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]"
+        tokenizer_object=tok,
+        unk_token="[UNK]",
+        pad_token="[PAD]",
+        cls_token="[CLS]",
+        sep_token="[SEP]",
+        mask_token="[MASK]",
     )
     cfg = BertConfig(
         vocab_size=tok.get_vocab_size(), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
@@ -252,12 +268,28 @@ def make_run_dir(root: Path, name: str = "run-a", weights: bytes | None = None, 
     (run / "model" / "model.safetensors").write_bytes(weights)
     (run / "model" / "config.json").write_text(json.dumps({"hidden_size": 32}))
     (run / "model" / "1_Pooling" / "config.json").write_text(json.dumps({"pooling_mode_mean_tokens": True}))
-    table = "| dim | baseline NDCG@10 | fine-tuned NDCG@10 |\n|---:|---:|---:|\n" f"| 32 | 0.7000 | {ndcg:.4f} |\n"
-    (run / "model" / "README.md").write_text(f"# tiny model\n\n<!-- job:evaluation -->\n## Held-out evaluation\n\n{table}")
-    training = {"base_model": "tiny-bert", "dims": [32, 16], "best_dim": 32, "train_pairs": 40, "global_steps": 2, "train_seconds": 0.5, "best_metric": ndcg}
+    table = f"| dim | baseline NDCG@10 | fine-tuned NDCG@10 |\n|---:|---:|---:|\n| 32 | 0.7000 | {ndcg:.4f} |\n"
+    (run / "model" / "README.md").write_text(
+        f"# tiny model\n\n<!-- job:evaluation -->\n## Held-out evaluation\n\n{table}"
+    )
+    training = {
+        "base_model": "tiny-bert",
+        "dims": [32, 16],
+        "best_dim": 32,
+        "train_pairs": 40,
+        "global_steps": 2,
+        "train_seconds": 0.5,
+        "best_metric": ndcg,
+    }
     (run / "model" / "training.json").write_text(json.dumps(training, indent=2))
     comparison = [{"dim": 32, "baseline": 0.7, "finetuned": ndcg, "improvement_pct": (ndcg - 0.7) / 0.7 * 100}]
-    metrics = {"base_model": "tiny-bert", "dims": [32, 16], "test_queries": 6, "corpus_size": 12, "comparison": comparison}
+    metrics = {
+        "base_model": "tiny-bert",
+        "dims": [32, 16],
+        "test_queries": 6,
+        "corpus_size": 12,
+        "comparison": comparison,
+    }
     (run / "report" / "metrics.json").write_text(json.dumps(metrics, indent=2))
     (run / "report" / "report.md").write_text("# Retrieval report\n")
     (run / "data" / "prepare.json").write_text(json.dumps({"pairs": 60}))

@@ -24,7 +24,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-DOCKER = r'''#!{python}
+DOCKER = r"""#!{python}
 import os, sys
 args = sys.argv[1:]
 log = {log!r}
@@ -45,9 +45,9 @@ elif args[:1] == ["images"]:
     print("")
 else:
     sys.exit(print(f"docker stand-in: unsupported: {{args}}", file=sys.stderr) or 1)
-'''
+"""
 
-COMPOSE = r'''#!{python}
+COMPOSE = r"""#!{python}
 import os, shutil, subprocess, sys, tempfile, yaml
 args = sys.argv[1:]
 log = {log!r}
@@ -81,7 +81,7 @@ code = subprocess.call([sys.executable, "-m", "infra.container", *argv], env=env
 print(f"{{host}} exited with code {{code}}", flush=True)
 shutil.rmtree(opt_ml, ignore_errors=True)
 sys.exit(code)
-'''
+"""
 
 
 def install(bin_dir: Path, log_dir: Path, images: tuple[str, ...], *, daemon: bool = True, compose: bool = True,

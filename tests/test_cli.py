@@ -80,7 +80,19 @@ def test_hub_id_while_offline(prepared, pairs_file, capsys):
 
 def test_dims_larger_than_the_model(prepared, tiny_model_path, pairs_file, capsys):
     run_dir, record = prepared
-    code, _, err = _run(capsys, "run", "--run-dir", run_dir, "--model", tiny_model_path, "--data", pairs_file, "--matryoshka-dims", "64,32", "--force")
+    code, _, err = _run(
+        capsys,
+        "run",
+        "--run-dir",
+        run_dir,
+        "--model",
+        tiny_model_path,
+        "--data",
+        pairs_file,
+        "--matryoshka-dims",
+        "64,32",
+        "--force",
+    )
     _assert_clean_failure(code, err, "[64]", "embedding dimension (32)")
     assert (run_dir / "data" / "prepare.json").read_bytes() == record
 
@@ -117,7 +129,9 @@ def test_config_prints_resolved_values_with_precedence(tmp_path, capsys, monkeyp
     cfg_file = tmp_path / "job.yaml"
     cfg_file.write_text("epochs: 2\nbatch_size: 16\nlearning_rate: 3.0e-5\n")
     monkeypatch.setenv("JOB_BATCH_SIZE", "24")
-    code, out, err = _run(capsys, "config", "--config", cfg_file, "--learning-rate", "5e-5", "--model", "bundled:all-MiniLM-L6-v2")
+    code, out, err = _run(
+        capsys, "config", "--config", cfg_file, "--learning-rate", "5e-5", "--model", "bundled:all-MiniLM-L6-v2"
+    )
     assert code == 0, err
     assert "epochs: 2.0" in out  # YAML
     assert "batch_size: 24" in out  # environment beats YAML
@@ -149,6 +163,21 @@ def test_help_lists_steps_in_order_and_groups_the_run_options(capsys):
     listed = [line.split()[0] for line in out.split("Commands:")[1].strip().splitlines()]
     assert listed[:5] == ["prepare", "baseline", "train", "evaluate", "run"]
     code, out, _ = _run(capsys, "run", "--help")
-    sections = [line.rstrip(":") for line in out.splitlines() if line and not line.startswith(" ") and line.endswith(":")]
-    assert sections == ["Options", "Run", "Data", "Model", "Recipe", "Evaluation and checkpoints", "Speed and hardware", "Publishing"]
-    assert "--loss [mnrl|cached_mnrl|gist|cached_gist]" in out and "--preset [blog]" in out and "--private / --public" in out
+    sections = [
+        line.rstrip(":") for line in out.splitlines() if line and not line.startswith(" ") and line.endswith(":")
+    ]
+    assert sections == [
+        "Options",
+        "Run",
+        "Data",
+        "Model",
+        "Recipe",
+        "Evaluation and checkpoints",
+        "Speed and hardware",
+        "Publishing",
+    ]
+    assert (
+        "--loss [mnrl|cached_mnrl|gist|cached_gist]" in out
+        and "--preset [blog]" in out
+        and "--private / --public" in out
+    )

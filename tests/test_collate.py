@@ -94,7 +94,9 @@ def test_a_pair_that_fails_before_training_is_named(tmp_path, tiny_model_path, p
     cfg, rd = _prepared(tmp_path, tiny_model_path, pairs_file, hard_negatives=hard_negatives)
     bad = json.loads((rd.data / "train.jsonl").read_text().splitlines()[6])["positive"]
     _poison(monkeypatch, bad, _raise)  # everywhere: the trainer's start-up tokenization meets it first
-    with pytest.raises(JobError, match=r"Tokenizing the training data failed on line \d+ of .*train.jsonl.*simulated") as info:
+    with pytest.raises(
+        JobError, match=r"Tokenizing the training data failed on line \d+ of .*train.jsonl.*simulated"
+    ) as info:
         train(cfg, rd, echo=lambda m: None)
     line = int(str(info.value).split("failed on line ", 1)[1].split()[0])
     assert json.loads((rd.data / "train.jsonl").read_text().splitlines()[line - 1])["positive"] == bad

@@ -171,7 +171,9 @@ def test_unknown_preset_lists_presets():
 def test_unknown_yaml_key_named(tmp_path):
     path = _yaml(tmp_path, "epochs: 2\nepoch: 3\n")
     msg = _error(resolve_config, path, None, {})
-    assert msg.startswith(f"Unknown configuration key 'epoch' in config file {path}. Fix: did you mean 'epochs'? Else use one of: ")
+    assert msg.startswith(
+        f"Unknown configuration key 'epoch' in config file {path}. Fix: did you mean 'epochs'? Else use one of: "
+    )
     assert "batch_size, best_model_dim, " in msg
     assert msg.endswith(", weight_decay.")
 
@@ -296,7 +298,10 @@ def test_bad_type_from_cli(name, value, kind):
 
 def test_non_optional_field_must_not_be_empty(tmp_path):
     path = _yaml(tmp_path, "data: null\n")
-    assert _error(resolve_config, path, None, {}) == f"'data' from config file {path} must not be empty. Fix: give a str value."
+    assert (
+        _error(resolve_config, path, None, {})
+        == f"'data' from config file {path} must not be empty. Fix: give a str value."
+    )
 
 
 def test_unknown_key_from_cli():

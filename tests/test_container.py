@@ -19,10 +19,10 @@ import tarfile
 from pathlib import Path
 
 import pytest
+from conftest import make_pairs
 
 from infra import container, container_inputs, contract
 from job.errors import JobError
-from conftest import make_pairs
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -14,7 +14,9 @@ from job import data as D
 from job.data import IRData, Pair, Records
 from job.errors import JobError
 
-FIX_EMPTY = "Fix: fill in or remove those rows, or pass --drop-invalid to drop them (they are then counted in the report)."
+FIX_EMPTY = (
+    "Fix: fill in or remove those rows, or pass --drop-invalid to drop them (they are then counted in the report)."
+)
 
 
 @pytest.fixture(autouse=True)
@@ -177,7 +179,12 @@ def test_load_zero_byte_file(tmp_path, name):
 
 @pytest.mark.parametrize(
     ("name", "content"),
-    [("header.csv", "question,context\n"), ("header.tsv", "question\tcontext\n"), ("blank.jsonl", "\n\n  \n"), ("list.json", "[]")],
+    [
+        ("header.csv", "question,context\n"),
+        ("header.tsv", "question\tcontext\n"),
+        ("blank.jsonl", "\n\n  \n"),
+        ("list.json", "[]"),
+    ],
 )
 def test_load_file_without_rows(tmp_path, name, content):
     path = tmp_path / name
@@ -359,12 +366,16 @@ def test_validate_none_values_and_missing_keys(tmp_path):
 
 def test_validate_nan_counts_as_empty():
     rec = Records([{"q": "a", "p": "b"}, {"q": float("nan"), "p": "c"}], "src")
-    assert _error(D.validate_pairs, rec, "q", "p") == f"src: 1 row has an empty or whitespace-only 'q': row 2. {FIX_EMPTY}"
+    assert (
+        _error(D.validate_pairs, rec, "q", "p") == f"src: 1 row has an empty or whitespace-only 'q': row 2. {FIX_EMPTY}"
+    )
 
 
 def test_validate_non_string_values_in_jsonl_name_the_line(tmp_path):
     path = tmp_path / "pairs.jsonl"
-    path.write_text('{"question": "q1", "context": "p1"}\n\n{"question": 7, "context": "p2"}\n{"question": "q3", "context": [1, 2]}\n')
+    path.write_text(
+        '{"question": "q1", "context": "p1"}\n\n{"question": 7, "context": "p2"}\n{"question": "q3", "context": [1, 2]}\n'
+    )
     msg = _error(D.validate_pairs, D.load_records(str(path)), "question", "context")
     assert msg == (
         f"{path}: 1 row has a non-text 'question' (a number, list or object instead of a string): line 3; "
@@ -415,7 +426,11 @@ def test_validate_drop_invalid_with_nothing_left():
 
 def test_validate_column_order_check_refuses_swapped_columns():
     # question lengths 20, 30, 40 (median 30); passage lengths 5, 10, 15 (median 10)
-    rows = [{"question": "x" * 20, "context": "y" * 5}, {"question": "x" * 30, "context": "y" * 10}, {"question": "x" * 40, "context": "y" * 15}]
+    rows = [
+        {"question": "x" * 20, "context": "y" * 5},
+        {"question": "x" * 30, "context": "y" * 10},
+        {"question": "x" * 40, "context": "y" * 15},
+    ]
     msg = _error(D.validate_pairs, Records(rows, "src"), "question", "context")
     assert msg == (
         "src: the question column 'question' (median 30 characters) is longer than the passage column 'context' "
@@ -436,7 +451,10 @@ def test_validate_column_order_equal_medians_accepted():
 
 
 def test_validate_strips_surrounding_whitespace():
-    rows = [{"q": "  What is X?\n", "p": "\tX is a thing.  \n"}, {"q": "Inner  spaces stay ", "p": " a  b c d e f g h i j "}]
+    rows = [
+        {"q": "  What is X?\n", "p": "\tX is a thing.  \n"},
+        {"q": "Inner  spaces stay ", "p": " a  b c d e f g h i j "},
+    ]
     result = D.validate_pairs(Records(rows, "src"), "q", "p")
     assert result.pairs == [Pair("What is X?", "X is a thing."), Pair("Inner  spaces stay", "a  b c d e f g h i j")]
 
@@ -470,14 +488,20 @@ def _pairs(n):
 def test_split_is_deterministic_for_a_seed():
     pairs = _pairs(50)
     assert D.split_pairs(pairs, 0.1, 0.2, seed=3) == D.split_pairs(pairs, 0.1, 0.2, seed=3)
-    assert D.split_pairs(pairs, 0.1, 0.2, seed=3, split_by="passage") == D.split_pairs(pairs, 0.1, 0.2, seed=3, split_by="passage")
+    assert D.split_pairs(pairs, 0.1, 0.2, seed=3, split_by="passage") == D.split_pairs(
+        pairs, 0.1, 0.2, seed=3, split_by="passage"
+    )
 
 
 def test_split_different_seed_different_split():
     pairs = _pairs(50)
     a, b = D.split_pairs(pairs, 0.1, 0.2, seed=1), D.split_pairs(pairs, 0.1, 0.2, seed=2)
     assert a["test"] != b["test"]
-    assert {s: len(v) for s, v in a.items()} == {s: len(v) for s, v in b.items()} == {"train": 35, "validation": 5, "test": 10}
+    assert (
+        {s: len(v) for s, v in a.items()}
+        == {s: len(v) for s, v in b.items()}
+        == {"train": 35, "validation": 5, "test": 10}
+    )
 
 
 def test_split_exact_sizes():
@@ -544,8 +568,13 @@ def test_split_passage_mode_exact_groups():
     order = list(range(10))
     random.Random(11).shuffle(order)
     out = D.split_pairs(pairs, 0.1, 0.15, seed=11, split_by="passage")
-    assert out["test"] == [p for g in order[:2] for p in (Pair(f"q0 {g}", f"passage {g}"), Pair(f"q1 {g}", f"passage {g}"))]
-    assert out["validation"] == [Pair(f"q0 {order[2]}", f"passage {order[2]}"), Pair(f"q1 {order[2]}", f"passage {order[2]}")]
+    assert out["test"] == [
+        p for g in order[:2] for p in (Pair(f"q0 {g}", f"passage {g}"), Pair(f"q1 {g}", f"passage {g}"))
+    ]
+    assert out["validation"] == [
+        Pair(f"q0 {order[2]}", f"passage {order[2]}"),
+        Pair(f"q1 {order[2]}", f"passage {order[2]}"),
+    ]
     assert {s: len(v) for s, v in out.items()} == {"train": 14, "validation": 2, "test": 4}
 
 
@@ -659,7 +688,9 @@ def test_write_beir_load_beir_round_trip(tmp_path):
     )
     d = tmp_path / "ir"
     D.write_beir(d, data, "validation")
-    assert (d / "qrels" / "validation.tsv").read_text() == "query-id\tcorpus-id\tscore\nq0\td0\t1\nq1\td1\t1\nq1\td2\t2\n"
+    assert (
+        d / "qrels" / "validation.tsv"
+    ).read_text() == "query-id\tcorpus-id\tscore\nq0\td0\t1\nq1\td1\t1\nq1\td2\t2\n"
     assert D.read_jsonl(d / "corpus.jsonl")[1] == {"_id": "d1", "title": "", "text": "beta é"}
     assert D.read_jsonl(d / "queries.jsonl") == [{"_id": "q0", "text": "first?"}, {"_id": "q1", "text": "second?"}]
     assert sorted(p.name for p in d.iterdir()) == ["corpus.jsonl", "qrels", "queries.jsonl"]  # no .tmp left
@@ -677,7 +708,9 @@ def test_load_beir_graded_relevance(tmp_path):
 
 
 def test_load_beir_qrels_with_and_without_header(tmp_path):
-    with_header = D.load_beir(_beir(tmp_path / "a", CORPUS, QUERIES, "query-id\tcorpus-id\tscore\nq1\td1\t1\nq2\td3\t1\n"))
+    with_header = D.load_beir(
+        _beir(tmp_path / "a", CORPUS, QUERIES, "query-id\tcorpus-id\tscore\nq1\td1\t1\nq2\td3\t1\n")
+    )
     without = D.load_beir(_beir(tmp_path / "b", CORPUS, QUERIES, "q1\td1\t1\nq2\td3\t1\n"))
     assert with_header.qrels == without.qrels == {"q1": {"d1": 1}, "q2": {"d3": 1}}
     assert with_header == without
@@ -741,7 +774,10 @@ def test_load_beir_malformed_qrels_line(tmp_path):
 
 def test_load_beir_no_relevant_pairs(tmp_path):
     d = _beir(tmp_path, CORPUS, QUERIES, "q1\td1\t0\nq2\td2\t0\n")
-    assert _error(D.load_beir, d) == f"{d / 'qrels' / 'test.tsv'} has no relevant (score > 0) pairs. Fix: check the qrels file."
+    assert (
+        _error(D.load_beir, d)
+        == f"{d / 'qrels' / 'test.tsv'} has no relevant (score > 0) pairs. Fix: check the qrels file."
+    )
 
 
 def test_load_beir_entry_without_text(tmp_path):
@@ -814,5 +850,8 @@ def test_semicolon_separated_csv_is_read_with_its_delimiter(tmp_path, caplog):
 def test_too_many_fields_names_how_the_header_was_read(tmp_path):
     path = tmp_path / "pairs.csv"
     path.write_text("question,context\nWhat grew?,Revenue grew,by 6 percent\n")
-    with pytest.raises(JobError, match=r"row 1 has more fields than the header, which was read as 2 columns \('question', 'context'\) split on ','"):
+    with pytest.raises(
+        JobError,
+        match=r"row 1 has more fields than the header, which was read as 2 columns \('question', 'context'\) split on ','",
+    ):
         D.load_records(str(path))

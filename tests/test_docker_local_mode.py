@@ -27,8 +27,8 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import make_pairs
+
 from infra import launch_cli, sagemaker_local
 
 IMAGE = os.environ.get("JOB_DOCKER_IMAGE")
@@ -58,7 +58,9 @@ def _docker(*args: str, check: bool = True, timeout: float = 300) -> subprocess.
     return done
 
 
-def test_launch_local_trains_in_the_image_on_root_owned_folders(tmp_path, tiny_model_path, capsys, monkeypatch, no_telemetry_config):
+def test_launch_local_trains_in_the_image_on_root_owned_folders(
+    tmp_path, tiny_model_path, capsys, monkeypatch, no_telemetry_config
+):
     seen = {}
     real = sagemaker_local._prepare_root
 
@@ -96,7 +98,9 @@ def test_launch_local_trains_in_the_image_on_root_owned_folders(tmp_path, tiny_m
     subprocess.run(["chown", "-R", "4321:4321", str(run_dir)], check=True)
     mount = ["-v", f"{run_dir}:/runs/mine", "--user", "4321:4321"]
     start = time.perf_counter()
-    _docker("run", "--rm", "--network", "none", *mount, IMAGE, "rag-eval", "index", "--model", "/runs/mine", "--no-baseline")
+    _docker(
+        "run", "--rm", "--network", "none", *mount, IMAGE, "rag-eval", "index", "--model", "/runs/mine", "--no-baseline"
+    )
     print(f"[docker test] rag-eval index in the image: {time.perf_counter() - start:.0f} s")
     start = time.perf_counter()
     name = f"serve-{os.getpid()}"
@@ -140,10 +144,18 @@ def test_the_sdk_alone_runs_the_image_with_no_command(tmp_path, tiny_model_path,
         training_mode=Mode.LOCAL_CONTAINER,
         training_image=IMAGE,
         compute=Compute(instance_type="local_cpu", instance_count=1),
-        input_data_config=[InputData(channel_name="train", data_source=str(train)),
-                           InputData(channel_name="model", data_source=str(model))],  # fmt: skip
-        hyperparameters={"max_steps": 2, "batch_size": 8, "eval_batch_size": 16, "matryoshka_dims": [32, 16],
-                         "check_column_order": True, "matryoshka_weights": None},  # fmt: skip
+        input_data_config=[
+            InputData(channel_name="train", data_source=str(train)),
+            InputData(channel_name="model", data_source=str(model)),
+        ],  # fmt: skip
+        hyperparameters={
+            "max_steps": 2,
+            "batch_size": 8,
+            "eval_batch_size": 16,
+            "matryoshka_dims": [32, 16],
+            "check_column_order": True,
+            "matryoshka_weights": None,
+        },  # fmt: skip
         environment={"HF_HUB_OFFLINE": "1"},
         local_container_root=str(root),
     )
@@ -167,7 +179,9 @@ def test_the_sdk_alone_runs_the_image_with_no_command(tmp_path, tiny_model_path,
     assert "data/report/report.md" in names and "data/metrics.json" in names and "failure" not in names
 
 
-def test_a_failing_job_in_the_image_is_reported_with_its_failure_file(tmp_path, tiny_model_path, capsys, no_telemetry_config):
+def test_a_failing_job_in_the_image_is_reported_with_its_failure_file(
+    tmp_path, tiny_model_path, capsys, no_telemetry_config
+):
     bad = tmp_path / "pairs.csv"
     bad.write_text("title,body\nRevenue,Revenue grew.\n")
     code = launch_cli.main(["local", "--image", IMAGE, "--data", str(bad), "--model", str(tiny_model_path),
@@ -180,6 +194,8 @@ def test_a_failing_job_in_the_image_is_reported_with_its_failure_file(tmp_path, 
 
 
 def test_an_image_that_is_not_there_is_refused_before_anything_starts(tmp_path, capsys, no_telemetry_config):
-    code = launch_cli.main(["local", "--image", "local/never-built:0", "--data", "embedded", "--run-dir", str(tmp_path / "run")])
+    code = launch_cli.main(
+        ["local", "--image", "local/never-built:0", "--data", "embedded", "--run-dir", str(tmp_path / "run")]
+    )
     _, err = capsys.readouterr()
     assert code == 2 and "The image local/never-built:0 is not in this machine's Docker" in err, err

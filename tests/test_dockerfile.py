@@ -150,15 +150,21 @@ def _entrypoint(opt_ml: Path, *command: str, as_user: str | None = None) -> subp
     """``docker/entrypoint.sh COMMAND`` as the image runs it (PATH with this Python first), optionally
     started as another user (``docker run --user``)."""
     start = ["setpriv", f"--reuid={as_user}", f"--regid={as_user}", "--clear-groups"] if as_user else []
-    env = {**os.environ, "OPT_ML": str(opt_ml), "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    return subprocess.run([*start, "sh", str(ENTRYPOINT), *command], env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    env = {
+        **os.environ,
+        "OPT_ML": str(opt_ml),
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+    }
+    return subprocess.run(
+        [*start, "sh", str(ENTRYPOINT), *command], env=env, cwd=ROOT, capture_output=True, text=True, timeout=300
+    )
 
 
 needs_root = pytest.mark.skipif(
     os.geteuid() != 0 or shutil.which("setpriv") is None, reason="the root step needs root and setpriv (util-linux)"
 )
 WHO = ["sh", "-c", 'echo "$(id -u) $(id -g) [$(id -G)] $HOME"']  # id -G: the group and any supplementary ones
-WRITE = "for d in model output/data checkpoints; do touch \"$OPT_ML/$d/probe\" || exit 1; done; echo wrote"
+WRITE = 'for d in model output/data checkpoints; do touch "$OPT_ML/$d/probe" || exit 1; done; echo wrote'
 
 
 def _owner(path: Path) -> tuple[int, int]:
@@ -185,7 +191,13 @@ def test_as_root_it_hands_root_owned_folders_to_uid_1000_and_drops_root(tmp_path
         done = _entrypoint(opt, *WHO)
         assert done.returncode == 0, done.stderr
         assert done.stdout.strip() == "1000 1000 [1000] /home/job"  # no root, no supplementary groups
-        for rel in ("model", "output", "output/data", "checkpoints", "checkpoints/run/checkpoints/checkpoint-2/trainer_state.json"):
+        for rel in (
+            "model",
+            "output",
+            "output/data",
+            "checkpoints",
+            "checkpoints/run/checkpoints/checkpoint-2/trainer_state.json",
+        ):
             assert _owner(opt / rel) == (1000, 1000), rel
         done = _entrypoint(opt, "sh", "-c", WRITE)
         assert done.returncode == 0 and done.stdout.strip() == "wrote", done.stderr
@@ -226,7 +238,16 @@ def _uid_1000_runs_this_python() -> bool:
     in a folder only root can enter (a pyenv under /root); the image's /opt/venv always can."""
     if os.geteuid() != 0 or shutil.which("setpriv") is None:
         return False
-    probe = ["setpriv", "--reuid=1000", "--regid=1000", "--clear-groups", "env", sys.executable, "-c", "import infra.container"]
+    probe = [
+        "setpriv",
+        "--reuid=1000",
+        "--regid=1000",
+        "--clear-groups",
+        "env",
+        sys.executable,
+        "-c",
+        "import infra.container",
+    ]
     return subprocess.run(probe, cwd=ROOT, capture_output=True, timeout=120).returncode == 0
 
 

@@ -87,7 +87,12 @@ def test_shared_encoding_equals_plain_evaluator_with_truncate_dim(tiny_model_pat
 
     model = SentenceTransformer(str(tiny_model_path), device="cpu")
     data = IRData(
-        corpus={f"d{i}": t for i, t in enumerate(["revenue grew", "dividend raised", "notes due 2031", "plant in monterrey", "tax rate"])},
+        corpus={
+            f"d{i}": t
+            for i, t in enumerate(
+                ["revenue grew", "dividend raised", "notes due 2031", "plant in monterrey", "tax rate"]
+            )
+        },
         queries={"q0": "what about revenue", "q1": "the dividend", "q2": "debt notes", "q3": "tax"},
         qrels={"q0": {"d0": 1}, "q1": {"d1": 1}, "q2": {"d2": 1}, "q3": {"d4": 1}},
     )

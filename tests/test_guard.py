@@ -17,7 +17,11 @@ OTHER_DOMAIN = {
     "g3": "Plate tectonics explains the movement of the lithosphere over the mantle.",
     "g4": "A neutron star is the collapsed core of a massive supergiant star.",
 }
-QUESTIONS = {"h1": "Where does photosynthesis happen?", "h2": "What do mitochondria do?", "h3": "Why do continents move?"}
+QUESTIONS = {
+    "h1": "Where does photosynthesis happen?",
+    "h2": "What do mitochondria do?",
+    "h3": "Why do continents move?",
+}
 
 
 @pytest.fixture()
@@ -44,7 +48,10 @@ def test_guard_set_is_scored_and_reported(tmp_path, tiny_model_path, pairs_file,
 
 
 def test_a_drop_beyond_the_limit_warns(monkeypatch):
-    scores = {"base": {32: {"ndcg@10": 0.60}, 16: {"ndcg@10": 0.50}}, "tuned": {32: {"ndcg@10": 0.55}, 16: {"ndcg@10": 0.51}}}
+    scores = {
+        "base": {32: {"ndcg@10": 0.60}, 16: {"ndcg@10": 0.50}},
+        "tuned": {32: {"ndcg@10": 0.55}, 16: {"ndcg@10": 0.51}},
+    }
     monkeypatch.setattr(guard.D, "load_beir", lambda *a, **k: guard.D.IRData({"d": "x"}, {"q": "y"}, {"q": {"d": 1}}))
     monkeypatch.setattr(guard, "evaluate_model", lambda model, *a, **k: scores[model])
     cfg = resolve_config(None, {"guard_data": "somewhere", "guard_max_drop": "2"}, {})

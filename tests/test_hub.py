@@ -176,7 +176,9 @@ def test_publish_hub_uploads_model_folder(hub_env, monkeypatch, fake_run_dir, fa
     assert create["private"] is True and create["exist_ok"] is True and create["repo_type"] == "model"
     upload = fake_hub.calls[2][3]
     sent = {op.path_in_repo: op for op in upload["operations"]}
-    local = {p.relative_to(fake_run_dir / "model").as_posix() for p in (fake_run_dir / "model").rglob("*") if p.is_file()}
+    local = {
+        p.relative_to(fake_run_dir / "model").as_posix() for p in (fake_run_dir / "model").rglob("*") if p.is_file()
+    }
     assert set(sent) == local
     assert "(run run-a-" in upload["commit_message"]
 
@@ -215,7 +217,9 @@ def _http_error(status: int, message: str):
     import httpx
     from huggingface_hub.errors import HfHubHTTPError
 
-    request = httpx.Request("POST", "https://huggingface.co/api/repos/create", headers={"authorization": f"Bearer {TOKEN}"})
+    request = httpx.Request(
+        "POST", "https://huggingface.co/api/repos/create", headers={"authorization": f"Bearer {TOKEN}"}
+    )
     return HfHubHTTPError(message, response=httpx.Response(status, request=request))
 
 
@@ -224,7 +228,10 @@ def _http_error(status: int, message: str):
     [
         (lambda: _http_error(401, f"401 Unauthorized for token {TOKEN}"), "rejected the token (401 Unauthorized)"),
         (lambda: _http_error(403, f"403 Forbidden: token {TOKEN} cannot write"), "403 Forbidden"),
-        (lambda: RuntimeError(f"connection reset while sending Authorization: Bearer {TOKEN}"), "failed: connection reset"),
+        (
+            lambda: RuntimeError(f"connection reset while sending Authorization: Bearer {TOKEN}"),
+            "failed: connection reset",
+        ),
     ],
 )
 def test_token_never_appears_in_errors(hub_env, monkeypatch, fake_run_dir, fake_hub, error, expected):
@@ -263,6 +270,10 @@ def test_pushed_card_loads_the_model_from_its_repo(hub_env, monkeypatch, fake_ru
     monkeypatch.setenv("HF_TOKEN", TOKEN)
     H.publish_hub(fake_run_dir, "me/tiny-embed")
     readme = next(op for op in fake_hub.calls[-1][3]["operations"] if op.path_in_repo == "README.md")
-    sent = readme.path_or_fileobj.read().decode() if hasattr(readme.path_or_fileobj, "read") else readme.path_or_fileobj.decode()
+    sent = (
+        readme.path_or_fileobj.read().decode()
+        if hasattr(readme.path_or_fileobj, "read")
+        else readme.path_or_fileobj.decode()
+    )
     assert 'SentenceTransformer("me/tiny-embed", truncate_dim=16)' in sent and MODEL_ID_PLACEHOLDER not in sent
     assert card.read_text() == before  # the run's own card is unchanged (its S3 publication stays the same)

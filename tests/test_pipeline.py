@@ -95,7 +95,9 @@ def test_resume_refuses_checkpoints_of_another_config(tmp_path, tiny_model_path,
 
 
 def test_best_checkpoint_is_chosen_on_validation_at_the_configured_dim(tmp_path, tiny_model_path, pairs_file):
-    cfg = _cfg(tmp_path, tiny_model_path, pairs_file, max_steps=4, eval_steps=2, matryoshka_dims=[32, 16], best_model_dim=16)
+    cfg = _cfg(
+        tmp_path, tiny_model_path, pairs_file, max_steps=4, eval_steps=2, matryoshka_dims=[32, 16], best_model_dim=16
+    )
     rd = RunDir(cfg.run_dir)
     prepare(cfg, rd, echo=lambda m: None)
     record = train(cfg, rd, echo=lambda m: None)
@@ -148,7 +150,9 @@ def test_beir_eval_data_is_used_for_the_test(tmp_path, tiny_model_path, pairs_fi
     (beir / "corpus.jsonl").write_text(
         '{"_id": "a", "title": "Backlog", "text": "Backlog was 5.3 billion."}\n{"_id": "b", "text": "Dividend up."}\n'
     )
-    (beir / "queries.jsonl").write_text('{"_id": "1", "text": "what is the backlog"}\n{"_id": "2", "text": "dividend"}\n')
+    (beir / "queries.jsonl").write_text(
+        '{"_id": "1", "text": "what is the backlog"}\n{"_id": "2", "text": "dividend"}\n'
+    )
     (beir / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\n1\ta\t2\n1\tb\t0\n2\tb\t1\n")
     cfg = _cfg(tmp_path, tiny_model_path, pairs_file, eval_data=str(beir))
     rd = RunDir(cfg.run_dir)
@@ -171,12 +175,11 @@ def test_hard_negatives_are_mined_and_trained_on(tmp_path, tiny_model_path, pair
 
 
 def test_hard_negatives_never_use_the_positive_or_its_duplicates(tiny_model_path):
+    from conftest import make_pairs
     from sentence_transformers import SentenceTransformer
 
     from job.data import Pair
     from job.negatives import add_hard_negatives
-
-    from conftest import make_pairs
 
     pairs = [Pair(r["question"], r["context"]) for r in make_pairs(3)]  # each passage appears 3 times
     ds, stats = add_hard_negatives(pairs, SentenceTransformer(str(tiny_model_path)), 3, seed=1)
@@ -253,7 +256,13 @@ def test_two_process_ddp_on_cpu_stays_in_sync_and_saves_one_model(tmp_path, tiny
 def test_more_processes_than_cores_is_a_clear_error(tmp_path, tiny_model_path, pairs_file):
     import os
 
-    cfg = _cfg(tmp_path, tiny_model_path, pairs_file, nproc=(os.cpu_count() or 1) + 1, batch_size=8 * ((os.cpu_count() or 1) + 1))
+    cfg = _cfg(
+        tmp_path,
+        tiny_model_path,
+        pairs_file,
+        nproc=(os.cpu_count() or 1) + 1,
+        batch_size=8 * ((os.cpu_count() or 1) + 1),
+    )
     rd = RunDir(cfg.run_dir)
     prepare(cfg, rd, echo=lambda m: None)
     with pytest.raises(JobError, match="more CPU training processes than there are cores"):

@@ -13,8 +13,7 @@ import os
 import pytest
 from conftest import make_run_dir
 
-from infra import publish, run_bundle
-from infra import s3
+from infra import publish, run_bundle, s3
 from job.errors import JobError
 
 MiB = 1024 * 1024
@@ -67,7 +66,9 @@ def test_publish_writes_files_and_manifest(s3_env, s3_bucket, fake_run_dir):
     run_id = run_bundle.run_id_for(fake_run_dir)
     assert pub.run_id == run_id and pub.status == "published"
     assert pub.uri == f"s3://{s3_bucket}/models/{run_id}/"
-    assert _keys(client, s3_bucket) == sorted([f"models/{run_id}/{p}" for p in EXPECTED_PATHS] + [f"models/{run_id}/manifest.json"])
+    assert _keys(client, s3_bucket) == sorted(
+        [f"models/{run_id}/{p}" for p in EXPECTED_PATHS] + [f"models/{run_id}/manifest.json"]
+    )
 
     manifest = _manifest(client, s3_bucket, pub)
     assert manifest["run_id"] == run_id and manifest["file_count"] == len(EXPECTED_PATHS)
@@ -75,7 +76,11 @@ def test_publish_writes_files_and_manifest(s3_env, s3_bucket, fake_run_dir):
         body = client.get_object(Bucket=s3_bucket, Key=f"models/{run_id}/{entry['path']}")["Body"].read()
         assert entry["size"] == len(body)
         assert entry["sha256"] == hashlib.sha256(body).hexdigest()
-    assert manifest["metrics"]["ndcg@10"]["32"] == {"baseline": 0.7, "finetuned": 0.8, "improvement_pct": pytest.approx(100 / 7)}
+    assert manifest["metrics"]["ndcg@10"]["32"] == {
+        "baseline": 0.7,
+        "finetuned": 0.8,
+        "improvement_pct": pytest.approx(100 / 7),
+    }
     assert manifest["metrics"]["training"]["train_pairs"] == 40
     # SeaweedFS keeps the SHA-256 it checked on upload, so no object had to be downloaded
     assert manifest["checksum_verification"]["by_method"] == {"checksum-sha256": len(EXPECTED_PATHS)}
@@ -138,7 +143,9 @@ def test_failed_upload_leaves_no_manifest_and_can_be_resumed(s3_env, s3_bucket, 
     pub = publish.publish_s3(fake_run_dir, f"s3://{s3_bucket}/m", client=client, echo=messages.append)
     assert pub.status == "published"
     assert any("holds objects but no manifest" in m for m in messages)
-    assert _keys(client, s3_bucket) == sorted([f"m/{run_id}/{p}" for p in EXPECTED_PATHS] + [f"m/{run_id}/manifest.json"])
+    assert _keys(client, s3_bucket) == sorted(
+        [f"m/{run_id}/{p}" for p in EXPECTED_PATHS] + [f"m/{run_id}/manifest.json"]
+    )
 
 
 def test_checksum_verification_catches_a_corrupted_object(s3_env, s3_bucket, fake_run_dir, monkeypatch):
@@ -281,7 +288,9 @@ def test_job_run_checks_destinations_before_any_step(s3_env, tmp_path, capsys):
     assert not run_dir.exists()
 
 
-def test_server_gone_during_verification_is_a_clear_error_and_publishes_nothing(s3_env, s3_bucket, fake_run_dir, monkeypatch):
+def test_server_gone_during_verification_is_a_clear_error_and_publishes_nothing(
+    s3_env, s3_bucket, fake_run_dir, monkeypatch
+):
     """The upload completes, then the endpoint stops answering (a real connection refused from botocore)."""
     import socket
 

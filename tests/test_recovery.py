@@ -40,7 +40,9 @@ def mount_tmpfs(tmp_path):
         where = tmp_path / f"disk-{uuid.uuid4().hex[:6]}"
         where.mkdir()
         opts = f"size={size}" + (",ro" if read_only else "")
-        done = subprocess.run(["mount", "-t", "tmpfs", "-o", opts, "tmpfs", str(where)], capture_output=True, text=True, check=False)
+        done = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", opts, "tmpfs", str(where)], capture_output=True, text=True, check=False
+        )
         if done.returncode != 0:
             pytest.skip(f"cannot mount a tmpfs here ({done.stderr.strip() or 'not root'}): the disk tests need root")
         mounted.append(where)
@@ -73,7 +75,9 @@ def test_edited_data_reruns_every_step(tmp_path, tiny_model_path, pairs_file):
     assert again.returncode == 0, again.stderr
     assert f"data ({pairs_file}) changed since prepare: re-running prepare, baseline, train, evaluate" in again.stdout
     assert "already done" not in again.stdout
-    assert (run_dir / "data" / "train.jsonl").read_text() != first and "(edited)" in (run_dir / "data" / "train.jsonl").read_text()
+    assert (run_dir / "data" / "train.jsonl").read_text() != first and "(edited)" in (
+        run_dir / "data" / "train.jsonl"
+    ).read_text()
     assert list(run_dir.glob("checkpoints.before-*")), "the old data's checkpoints are kept aside, not deleted"
     # touching the file without changing it is not a change
     os.utime(pairs_file)
@@ -120,7 +124,9 @@ sys.exit(main(sys.argv[1:]))
 """
 
 
-def test_disk_full_during_a_checkpoint_is_a_clear_error_and_the_rerun_resumes(mount_tmpfs, tiny_model_path, pairs_file, monkeypatch):
+def test_disk_full_during_a_checkpoint_is_a_clear_error_and_the_rerun_resumes(
+    mount_tmpfs, tiny_model_path, pairs_file, monkeypatch
+):
     disk = mount_tmpfs("64m")
     filler = disk / "filler.bin"
     monkeypatch.setenv("FILLER", str(filler))
@@ -129,7 +135,10 @@ def test_disk_full_during_a_checkpoint_is_a_clear_error_and_the_rerun_resumes(mo
     assert done.returncode == 2, done.stderr[-3000:]
     err = done.stderr
     assert "error: The disk is full: writing a training checkpoint in" in err and "MiB free" in err, err[-2000:]
-    assert "The half-written checkpoint-4 was removed" in err and "training resumes from its last complete checkpoint" in err
+    assert (
+        "The half-written checkpoint-4 was removed" in err
+        and "training resumes from its last complete checkpoint" in err
+    )
     assert not (disk / "run" / "checkpoints" / "checkpoint-4").exists()
     filler.unlink()  # the user frees space
     again = job(*args)

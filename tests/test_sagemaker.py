@@ -23,9 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from infra import container, container_inputs, contract
-from infra import launch_cli
-from infra import sagemaker_inputs, sagemaker_jobs, sagemaker_launch
+from infra import container, container_inputs, contract, launch_cli, sagemaker_inputs, sagemaker_jobs, sagemaker_launch
 from job.config import resolve_config
 
 ROLE = "arn:aws:iam::123456789012:role/SageMakerExecution"
@@ -344,13 +342,18 @@ def test_the_users_sagemaker_config_survives_with_telemetry_off(aws, s3_bucket, 
     sdk_config_file.write_text(USER_CONFIG)
     sessions = []
     real = sagemaker_launch.launch_session
-    monkeypatch.setattr(sagemaker_launch, "launch_session", lambda *a, **k: sessions.append(real(*a, **k)) or sessions[-1])
+    monkeypatch.setattr(
+        sagemaker_launch, "launch_session", lambda *a, **k: sessions.append(real(*a, **k)) or sessions[-1]
+    )
     spec = sagemaker_launch.LaunchSpec(
         region="us-east-1", bucket=s3_bucket, image=IMAGE, tags={"team": "search"}, environment={"SHARED": "flag"}
     )
     request = sagemaker_launch.launch(_cfg(data="embedded"), spec, dry_run=True, echo=lambda m: None).request
     assert request["RoleArn"] == "arn:aws:iam::123456789012:role/FromConfig"
-    assert request["VpcConfig"] == {"SecurityGroupIds": ["sg-0123456789abcdef0"], "Subnets": ["subnet-0123456789abcdef0"]}
+    assert request["VpcConfig"] == {
+        "SecurityGroupIds": ["sg-0123456789abcdef0"],
+        "Subnets": ["subnet-0123456789abcdef0"],
+    }
     assert request["EnableNetworkIsolation"] is True and request["EnableInterContainerTrafficEncryption"] is True
     assert request["Environment"] == {"TEAM_VAR": "from-config", "SHARED": "flag"}
     assert request["OutputDataConfig"]["KmsKeyId"] == "arn:aws:kms:us-east-1:123456789012:key/output"

@@ -19,11 +19,11 @@ import shutil
 import tempfile
 from pathlib import Path
 
+import docker_standin
 import pytest
 import yaml
-
-import docker_standin
 from conftest import make_pairs
+
 from infra import launch_cli, sagemaker_local
 from infra.sagemaker_launch import LaunchSpec
 
@@ -80,9 +80,15 @@ def test_local_run_makes_a_run_directory_that_rag_eval_reads(local_env, tmp_path
     )  # fmt: skip
     out, err = capsys.readouterr()
     assert code == 0, err
-    assert "launch local: ignored here (they apply on SageMaker; a local run always waits): --role, --spot/--no-spot" in err
+    assert (
+        "launch local: ignored here (they apply on SageMaker; a local run always waits): --role, --spot/--no-spot"
+        in err
+    )
     if os.geteuid() == 0:  # the tiny model's weights are 0600 (as transformers saves them): staged as a readable copy
-        assert "only root can read (e.g. model.safetensors); the job runs as uid 1000, so the 'model' channel is a readable copy" in err
+        assert (
+            "only root can read (e.g. model.safetensors); the job runs as uid 1000, so the 'model' channel is a readable copy"
+            in err
+        )
     # The container ran with no arguments (as the SDK starts it) and trained; its output streamed here.
     assert "METRIC test_ndcg@10_dim32=" in out and "container: done" in out
     # The run directory: `job launch fetch`'s layout.
@@ -134,7 +140,9 @@ def test_a_failing_container_shows_the_jobs_own_failure_reason(local_env, tmp_pa
     assert list(local_env["tmp"].iterdir()) == []
 
 
-def test_an_image_that_does_not_train_is_a_failure_not_an_empty_success(tmp_path, tiny_model_path, capsys, monkeypatch, local_env):
+def test_an_image_that_does_not_train_is_a_failure_not_an_empty_success(
+    tmp_path, tiny_model_path, capsys, monkeypatch, local_env
+):
     """The old image's CMD ["--help"] under the SDK: exit 0, an empty /opt/ml/model (a 55-byte model.tar.gz)."""
     docker_standin.install(local_env["bin"], local_env["log"], (IMAGE,), run="help")
     code = _run("--data", "embedded", "--model", str(tiny_model_path), "--run-dir", str(tmp_path / "run"), *FAST)

@@ -31,7 +31,9 @@ def test_hashed_sampler_gives_the_plain_samplers_batches(batch_size, drop_last):
     """The job's default (values hashed once) batches exactly like the row-lookup sampler."""
     ds = _dataset()
     ours = no_duplicates_sampler()(ds, batch_size=batch_size, drop_last=drop_last, generator=torch.Generator(), seed=3)
-    plain = NoDuplicatesBatchSampler(ds, batch_size=batch_size, drop_last=drop_last, generator=torch.Generator(), seed=3)
+    plain = NoDuplicatesBatchSampler(
+        ds, batch_size=batch_size, drop_last=drop_last, generator=torch.Generator(), seed=3
+    )
     for epoch in range(3):
         ours.set_epoch(epoch)
         plain.set_epoch(epoch)

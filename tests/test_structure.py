@@ -57,7 +57,13 @@ def test_job_core_never_imports_infra_or_rag_eval():
 
 
 def test_infra_and_rag_eval_never_import_the_job_command_line():
-    bad = {(mod, dep) for mod, deps in import_graph().items() if not mod.startswith("job") for dep in deps if dep in JOB_ENTRY}
+    bad = {
+        (mod, dep)
+        for mod, deps in import_graph().items()
+        if not mod.startswith("job")
+        for dep in deps
+        if dep in JOB_ENTRY
+    }
     assert not bad, f"use job.cli_common instead of the job's command line: {sorted(bad)}"
 
 

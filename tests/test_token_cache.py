@@ -57,7 +57,11 @@ def test_outputs_it_cannot_rebuild_fall_back_to_the_original():
 
     def preprocess(inputs, prompt=None, task=None):
         calls.append(list(inputs))
-        return {"input_ids": torch.ones(len(inputs), 2, dtype=torch.long), "attention_mask": torch.ones(len(inputs), 2), "pixel_values": [0.5]}
+        return {
+            "input_ids": torch.ones(len(inputs), 2, dtype=torch.long),
+            "attention_mask": torch.ones(len(inputs), 2),
+            "pixel_values": [0.5],
+        }
 
     class Tok:
         pad_token_id = 0
@@ -79,7 +83,16 @@ def test_training_with_and_without_the_cache_is_identical(tmp_path, tiny_model_p
     pairs = validate_pairs(records, "question", "context").pairs
     losses = {}
     for flag in (True, False):
-        cfg = resolve_config(cli={"model": str(tiny_model_path), "batch_size": 8, "max_steps": 4, "logging_steps": 1, "token_cache": flag}, environ={})
+        cfg = resolve_config(
+            cli={
+                "model": str(tiny_model_path),
+                "batch_size": 8,
+                "max_steps": 4,
+                "logging_steps": 1,
+                "token_cache": flag,
+            },
+            environ={},
+        )
         model = load_model(cfg.model, train=True)
         result = train_model(cfg, model, [32, 16], 32, pairs, None, tmp_path / str(flag))
         losses[flag] = [e["loss"] for e in result.summary["log_history"] if "loss" in e]

@@ -38,12 +38,15 @@ def test_matryoshka_weights_must_match_the_derived_dims(tiny_model_path):
 )
 def test_each_loss_trains_a_step(tmp_path, tiny_model_path, settings, inner):
     """Every loss the configuration offers builds, takes its options and trains (2 steps, tiny model)."""
-    from job.data import Pair
-    from job.train import train_model
     from conftest import make_pairs
 
+    from job.data import Pair
+    from job.train import train_model
+
     model = SentenceTransformer(str(tiny_model_path), device="cpu")
-    cfg = resolve_config(None, {"max_steps": 2, "batch_size": 4, "hard_negatives": 1, "mini_batch_size": 2, **settings}, {})
+    cfg = resolve_config(
+        None, {"max_steps": 2, "batch_size": 4, "hard_negatives": 1, "mini_batch_size": 2, **settings}, {}
+    )
     pairs = [Pair(r["question"], r["context"]) for r in make_pairs(2)]
     before = [p.detach().clone() for p in model.parameters()]
     result = train_model(cfg, model, [32, 16], 32, pairs, None, tmp_path / "ckpt")
@@ -75,9 +78,16 @@ def test_report_to_auto_is_tensorboard_only_when_installed(tmp_path, monkeypatch
     from job.train import report_targets
 
     monkeypatch.delenv("TENSORBOARD_LOGGING_DIR", raising=False)
-    installed = importlib.util.find_spec("tensorboard") is not None or importlib.util.find_spec("tensorboardX") is not None
-    assert report_targets(resolve_config(None, {}, {}), tmp_path / "checkpoints") == ("tensorboard" if installed else "none")
-    assert report_targets(resolve_config(None, {"report_to": "tensorboard"}, {}), tmp_path / "checkpoints") == "tensorboard"
+    installed = (
+        importlib.util.find_spec("tensorboard") is not None or importlib.util.find_spec("tensorboardX") is not None
+    )
+    assert report_targets(resolve_config(None, {}, {}), tmp_path / "checkpoints") == (
+        "tensorboard" if installed else "none"
+    )
+    assert (
+        report_targets(resolve_config(None, {"report_to": "tensorboard"}, {}), tmp_path / "checkpoints")
+        == "tensorboard"
+    )
     assert os.environ["TENSORBOARD_LOGGING_DIR"] == str(tmp_path / "logs")  # RUN_DIR/logs, not inside checkpoints/
     with pytest.raises(JobError, match="use one of: auto, none, tensorboard"):
         resolve_config(None, {"report_to": "comet"}, {})
@@ -97,6 +107,7 @@ def test_attention_dropout_reaches_every_attention_layer(tiny_model_path):
 def test_length_grouped_training_checkpoints_and_resumes(tmp_path, tiny_model_path, monkeypatch):
     """The grouped sampler is built by the trainer (its arguments, saved with each checkpoint, must pickle)."""
     from conftest import make_pairs
+
     from job import checkpoints, sampler
     from job.data import Pair
     from job.train import train_model
@@ -112,10 +123,19 @@ def test_length_grouped_training_checkpoints_and_resumes(tmp_path, tiny_model_pa
     pairs = [Pair(r["question"], r["context"]) for r in make_pairs(3)]
     settings = {"eval_steps": 2, "batch_size": 4, "length_grouping": 2, "hard_negatives": 1}
     model = SentenceTransformer(str(tiny_model_path), device="cpu")
-    result = train_model(resolve_config(None, {**settings, "max_steps": 4}, {}), model, [32, 16], 32, pairs, None, tmp_path / "ckpt")
+    result = train_model(
+        resolve_config(None, {**settings, "max_steps": 4}, {}), model, [32, 16], 32, pairs, None, tmp_path / "ckpt"
+    )
     assert result.summary["global_steps"] == 4 and checkpoints.newest(tmp_path / "ckpt").endswith("checkpoint-4")
     assert built and built[0]["pool_batches"] == 2 and built[0]["text_lengths"] is not None  # token counts
     resumed = train_model(
-        resolve_config(None, {**settings, "max_steps": 6}, {}), model, [32, 16], 32, pairs, None, tmp_path / "ckpt", resume=True
+        resolve_config(None, {**settings, "max_steps": 6}, {}),
+        model,
+        [32, 16],
+        32,
+        pairs,
+        None,
+        tmp_path / "ckpt",
+        resume=True,
     )
     assert resumed.summary["resumed_from"].endswith("checkpoint-4") and resumed.summary["global_steps"] == 6
