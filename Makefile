@@ -25,6 +25,8 @@ demo: $(STAMP)
 	$(VENV)/bin/job run --run-dir $(RUN_DIR)
 
 test: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 browser:  # Debian's headless Chromium + driver for the `rag-eval serve` browser tests (root; .ci/run does this)
