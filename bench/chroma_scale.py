@@ -64,7 +64,8 @@ def embeddings(model: str, csv_path: Path, cache: Path) -> tuple[np.ndarray, np.
     c = st.encode_document(contexts, batch_size=64, convert_to_numpy=True, show_progress_bar=True).astype(np.float32)
     q = st.encode_query(questions, batch_size=64, convert_to_numpy=True, show_progress_bar=True).astype(np.float32)
     print(
-        f"embeddings: encoded {len(contexts)} contexts and {len(questions)} questions in {time.perf_counter() - start:.0f} s"
+        f"embeddings: encoded {len(contexts)} contexts and {len(questions)} questions "
+        f"in {time.perf_counter() - start:.0f} s"
     )
     cache.mkdir(parents=True, exist_ok=True)
     np.savez(path, contexts=c, questions=q)
@@ -166,7 +167,8 @@ def main(argv: list[str] | None = None) -> None:
     print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         print(
-            f"| {r['dim']} | {r['vectors']} | {r['index_s']:.1f} | {r['vectors'] / r['index_s']:.0f} | {r['disk_bytes'] / 2**20:.1f} "
+            f"| {r['dim']} | {r['vectors']} | {r['index_s']:.1f} | {r['vectors'] / r['index_s']:.0f} "
+            f"| {r['disk_bytes'] / 2**20:.1f} "
             f"| {r['disk_bytes'] / r['vectors']:.0f} | {r['p50_ms']:.2f} | {r['p95_ms']:.2f} | {r['recall@10']:.4f} |"
         )
 

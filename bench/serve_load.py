@@ -4,8 +4,8 @@ Each client is a thread with one keep-alive HTTP connection that asks ``GET /api
 again and again (the JSON endpoint beside the Gradio page: the same search the page runs, both models
 side by side, without Gradio's queue and server-sent events). Questions cycle through the server's
 held-out test questions (``/api/info``), each made unique with a run token and a request number
-(``... (#3f9a-1234)``) so that the server's per-question vector cache never answers (``--repeat`` sends them verbatim, to measure the
-cache). Per concurrency level it prints requests/s, latency
+(``... (#3f9a-1234)``) so that the server's per-question vector cache never answers (``--repeat`` sends them
+verbatim, to measure the cache). Per concurrency level it prints requests/s, latency
 p50/p95/p99 as the client sees it, the error count (non-200 answers and failed connections), and the
 server's own mean embedding and vector-store time per request.
 
@@ -171,7 +171,8 @@ def main() -> None:
         row = run_level(args.url, clients, args.seconds, questions, args.k, dim, args.repeat)
         rows.append(row)
         print(
-            f"{clients:>4} clients: {row['requests']} requests in {row['seconds']:.1f} s = {row['requests_per_s']:.1f}/s; "
+            f"{clients:>4} clients: {row['requests']} requests in {row['seconds']:.1f} s "
+            f"= {row['requests_per_s']:.1f}/s; "
             f"p50 {_f(row['p50_ms'], '.0f')} ms, p95 {_f(row['p95_ms'], '.0f')} ms, p99 {_f(row['p99_ms'], '.0f')} ms; "
             f"errors {row['errors']}"
             + (f" (first: {row['first_error']})" if row["first_error"] else "")

@@ -110,7 +110,9 @@ def bench_samplers(pairs: list[D.Pair], batch_size: int, epochs: int = 3, seed: 
         {"anchor": [p.question for p in pairs], "positive": passages, "negative": [rng.choice(passages) for _ in pairs]}
     )
     makers = {
-        "sentence-transformers NO_DUPLICATES": lambda: NoDuplicatesBatchSampler(ds, batch_size, False, generator=torch.Generator(), seed=seed),
+        "sentence-transformers NO_DUPLICATES": lambda: NoDuplicatesBatchSampler(
+            ds, batch_size, False, generator=torch.Generator(), seed=seed
+        ),
         "sentence-transformers NO_DUPLICATES_HASHED": lambda: NoDuplicatesBatchSampler(
             ds, batch_size, False, generator=torch.Generator(), seed=seed, precompute_hashes=True, precompute_num_proc=1
         ),

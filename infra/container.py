@@ -47,7 +47,10 @@ def run_steps(cfg: C.JobConfig, echo: Echo, nproc: int = 1, callbacks: list | No
     from job import pipeline
 
     rd = RunDir(cfg.run_dir)
-    fix = "start the job with an empty checkpoint location (a new --checkpoint-s3-uri, or an empty checkpoints folder), or the original settings."
+    fix = (
+        "start the job with an empty checkpoint location (a new --checkpoint-s3-uri, or an empty checkpoints folder), "
+        "or the original settings."
+    )
 
     def train_step(resume: bool) -> dict[str, Any]:
         pipeline.check_checkpoints(rd, pipeline.step_fingerprint(cfg, rd, "train"), resume=resume, force=False, fix=fix)
@@ -182,7 +185,8 @@ def run_contract(
     results = run_steps(cfg, echo, nproc=nproc, callbacks=(callbacks or []) + container_callbacks())
     export_outputs(cfg, paths, results)
     echo(
-        f"container: done in {time.perf_counter() - start:.0f} s -> model {paths.model}, report {paths.output_data / 'report'}"
+        f"container: done in {time.perf_counter() - start:.0f} s -> model {paths.model}, "
+        f"report {paths.output_data / 'report'}"
     )
     return results
 

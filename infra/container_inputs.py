@@ -88,7 +88,8 @@ def _channel(paths: ContainerPaths, name: str, required: bool, why: str) -> Path
         state = "is empty" if d.is_dir() else "does not exist"
         raise JobError(
             f"The '{name}' channel is missing: {d} {state} ({why}).",
-            f"give the job a '{name}' input channel (`job launch sagemaker` makes it from --{'data' if name == TRAIN else 'eval-data' if name == EVAL else 'model'}), "
+            f"give the job a '{name}' input channel (`job launch sagemaker` makes it from "
+            f"--{'data' if name == TRAIN else 'eval-data' if name == EVAL else 'model'}), "
             f"or mount the data at {d}.",
         )
     return None
@@ -142,7 +143,8 @@ def channel_values(paths: ContainerPaths, hps: dict[str, Any]) -> dict[str, Any]
             if inside is None:
                 raise JobError(
                     f"The 'data' hyperparameter is {data_hp!r}, but the 'train' channel ({train}) has no such file.",
-                    f"name one of: {', '.join(p.relative_to(train).as_posix() for p in _data_files(train)) or '(no data files)'}, "
+                    "name one of: "
+                    f"{', '.join(p.relative_to(train).as_posix() for p in _data_files(train)) or '(no data files)'}, "
                     "or drop the hyperparameter to use the channel's only data file.",
                 )
             out["data"] = str(inside)
@@ -154,7 +156,8 @@ def channel_values(paths: ContainerPaths, hps: dict[str, Any]) -> dict[str, Any]
                 listed = ", ".join(p.relative_to(train).as_posix() for p in files[:10]) or "none"
                 raise JobError(
                     f"The 'train' channel ({train}) holds {len(files)} data files ({listed}); one is needed.",
-                    f"keep one {'/'.join(sorted(LOCAL_SUFFIXES))} file there, or name it with the 'data' hyperparameter.",
+                    f"keep one {'/'.join(sorted(LOCAL_SUFFIXES))} file there, "
+                    "or name it with the 'data' hyperparameter.",
                 )
             out["data"] = str(files[0])
 
@@ -201,6 +204,7 @@ def check_single_node(paths: ContainerPaths) -> None:
         return
     if len(hosts) > 1:
         raise JobError(
-            f"This job runs on {len(hosts)} instances ({', '.join(hosts)}); training runs on one instance (all its GPUs).",
+            f"This job runs on {len(hosts)} instances ({', '.join(hosts)}); "
+            "training runs on one instance (all its GPUs).",
             "launch with --instance-count 1 and a multi-GPU instance type such as ml.g5.12xlarge.",
         )

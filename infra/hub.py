@@ -124,7 +124,8 @@ def check_write_access(repo_id: str, token: str) -> None:
         )
         if not allowed:
             raise JobError(
-                f"The fine-grained Hub token has no 'repo.write' permission on '{namespace}', so it cannot create {repo_id}.",
+                f"The fine-grained Hub token has no 'repo.write' permission on '{namespace}', "
+                f"so it cannot create {repo_id}.",
                 "edit the token at https://huggingface.co/settings/tokens to allow writing repos in that namespace.",
             )
 

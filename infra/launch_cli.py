@@ -60,8 +60,12 @@ def launch() -> None:
 # One option set for `job launch sagemaker` and `job launch local`: the same command line runs either.
 _LAUNCH_OPTIONS = [
     click.option("--role", default=None, help="IAM role ARN SageMaker assumes  [env SAGEMAKER_ROLE]"),
-    click.option("--region", default=None, help="AWS region  [default: AWS_REGION / AWS_DEFAULT_REGION / your AWS config]"),
-    click.option("--bucket", default=None, help="S3 bucket for inputs, outputs and checkpoints  [env SAGEMAKER_BUCKET]"),
+    click.option(
+        "--region", default=None, help="AWS region  [default: AWS_REGION / AWS_DEFAULT_REGION / your AWS config]"
+    ),
+    click.option(
+        "--bucket", default=None, help="S3 bucket for inputs, outputs and checkpoints  [env SAGEMAKER_BUCKET]"
+    ),
     click.option("--prefix", default="rag-embed-finetune", show_default=True, help="Key prefix in the bucket."),
     click.option(
         "--image", default=None,
@@ -75,20 +79,35 @@ _LAUNCH_OPTIONS = [
     click.option("--instance-count", type=int, default=1, show_default=True, help="Instances (the job trains on one)."),
     click.option("--volume-size", type=int, default=50, show_default=True, help="Storage volume, GB."),
     click.option("--max-run", default="4h", show_default=True, help="Stop the job after this long (3600, 90m, 4h)."),
-    click.option("--spot/--no-spot", default=False, show_default=True, help="Managed spot training (checkpoints resume it)."),
-    click.option("--max-wait", default=None, help="Spot: give up after this long, waiting included  [default: 2 x --max-run]"),
     click.option(
-        "--checkpoint-s3-uri", default=None, help="Where checkpoints are synced  [default with --spot: per job, under the bucket]"
+        "--spot/--no-spot", default=False, show_default=True, help="Managed spot training (checkpoints resume it)."
+    ),
+    click.option(
+        "--max-wait", default=None, help="Spot: give up after this long, waiting included  [default: 2 x --max-run]"
+    ),
+    click.option(
+        "--checkpoint-s3-uri", default=None,
+        help="Where checkpoints are synced  [default with --spot: per job, under the bucket]",
     ),
     click.option(
         "--output-path", default=None, help="S3 URI for model.tar.gz / output.tar.gz  [default: s3://BUCKET/PREFIX/output/]"
     ),
-    click.option("--base-job-name", default="rag-embed-finetune", show_default=True, help="Job name before the timestamp."),
+    click.option(
+        "--base-job-name", default="rag-embed-finetune", show_default=True, help="Job name before the timestamp."
+    ),
     click.option("--tag", "tags", multiple=True, metavar="KEY=VALUE", help="Tag for the job (repeatable)."),
-    click.option("--env", "env", multiple=True, metavar="KEY=VALUE", help="Environment variable in the container (repeatable)."),
+    click.option(
+        "--env", "env", multiple=True, metavar="KEY=VALUE", help="Environment variable in the container (repeatable)."
+    ),
     click.option("--wait/--no-wait", default=True, show_default=True, help="Wait until the job ends, showing its log."),
-    click.option("--dry-run", is_flag=True, help="Print what would be started; upload nothing, start nothing, call no AWS endpoint."),
-    click.option("--poll", type=float, default=10, show_default=True, hidden=True, help="Seconds between status and log checks with --wait."),
+    click.option(
+        "--dry-run", is_flag=True,
+        help="Print what would be started; upload nothing, start nothing, call no AWS endpoint.",
+    ),
+    click.option(
+        "--poll", type=float, default=10, show_default=True, hidden=True,
+        help="Seconds between status and log checks with --wait.",
+    ),
 ]  # fmt: skip
 # LaunchSpec field <- option name, where they differ.
 _SPEC_FIELDS = {"volume_gb": "volume_size", "max_run_s": "max_run", "max_wait_s": "max_wait"}
@@ -115,7 +134,8 @@ def _spec(opts: dict) -> sagemaker_launch.LaunchSpec:  # noqa: F821 - imported l
 
 
 def _given_flags(names) -> list[str]:
-    """The flags of those of ``names`` (parameter names) set on the command line or through their environment variable."""
+    """The flags of those of ``names`` (parameter names) set on the command line or through their environment
+    variable."""
     from click.core import ParameterSource
 
     ctx = click.get_current_context()

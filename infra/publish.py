@@ -1,4 +1,5 @@
-"""Publish a finished run directory to S3 (the files and manifest of :mod:`infra.run_bundle`): one prefix per run, checksums verified, manifest last.
+"""Publish a finished run directory to S3 (the files and manifest of :mod:`infra.run_bundle`): one prefix per run,
+checksums verified, manifest last.
 
 Layout written under ``<s3_uri>/<run-id>/``::
 
@@ -301,7 +302,8 @@ def publish_s3(
                 run_id, uri, s3.to_s3_uri(bucket, manifest_key), len(files), total, "already published", methods
             )
         say(
-            f"s3: {len(bad)} objects under {uri} do not match the manifest ({', '.join(bad[:3])}...); re-uploading the run"
+            f"s3: {len(bad)} objects under {uri} do not match the manifest ({', '.join(bad[:3])}...); "
+            "re-uploading the run"
         )
         _call(client, bucket, manifest_key, "remove the stale manifest of", client.delete_object)
         status = "republished"
@@ -322,7 +324,8 @@ def publish_s3(
         raise JobError(
             f"{exc.problem} The upload to {uri} finished but could not be verified, so no manifest was written and the "
             "run does not count as published.",
-            f"{exc.fix.rstrip('.')}; then publish again (`job push`): a prefix without a manifest is checked and replaced.",
+            f"{exc.fix.rstrip('.')}; then publish again (`job push`): "
+            "a prefix without a manifest is checked and replaced.",
         ) from None
     if bad:
         raise JobError(

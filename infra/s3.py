@@ -187,7 +187,8 @@ def translate_error(
     if isinstance(err, (NoCredentialsError, PartialCredentialsError)):
         return JobError(
             f"No usable AWS credentials were found to {action} {target}.",
-            "set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or AWS_PROFILE with ~/.aws/credentials) in the environment.",
+            "set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or AWS_PROFILE with ~/.aws/credentials) "
+            "in the environment.",
         )
     if isinstance(err, (EndpointConnectionError, ConnectTimeoutError)):
         return JobError(
@@ -211,7 +212,8 @@ def translate_error(
             )
         if code in _CREDENTIAL_CODES:
             return JobError(
-                f"{where} rejected the AWS credentials ({code}) when trying to {action} {target}{_credentials_source(client)}.",
+                f"{where} rejected the AWS credentials ({code}) when trying to {action} "
+                f"{target}{_credentials_source(client)}.",
                 "check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (or the AWS_PROFILE in use) and that they belong "
                 "to this endpoint.",
             )
@@ -219,8 +221,10 @@ def translate_error(
             # A HEAD request has no body, so a bare 403 may also mean wrong credentials.
             maybe = " (or the credentials are wrong)" if code in ("403", "Forbidden") else ""
             return JobError(
-                f"Access denied ({code or status}){maybe} when trying to {action} {target} at {where}{_credentials_source(client)}.",
-                f"check the credentials, and grant them s3:ListBucket, s3:GetObject and s3:PutObject on bucket '{bucket}'.",
+                f"Access denied ({code or status}){maybe} when trying to {action} {target} at "
+                f"{where}{_credentials_source(client)}.",
+                "check the credentials, and grant them s3:ListBucket, s3:GetObject and s3:PutObject "
+                f"on bucket '{bucket}'.",
             )
         if code in _NOT_FOUND_CODES:
             return JobError(f"{target} does not exist at {where}.", "check the S3 URI.")

@@ -176,7 +176,7 @@ def status_lines(desc: dict[str, Any], price_per_hour: float | None = None) -> l
         )
         lines.append(f"time:      {train_s} s training, {bill_s} s billable{saved}")
     usd, basis = job_cost(desc, price_per_hour)
-    lines.append(f"cost:      {'$%.2f' % usd if usd is not None else 'unknown'} ({basis})")
+    lines.append(f"cost:      {f'${usd:.2f}' if usd is not None else 'unknown'} ({basis})")
     metrics = {m["MetricName"]: m["Value"] for m in desc.get("FinalMetricDataList", [])}
     if metrics:
         lines.append("metrics:")
@@ -237,7 +237,9 @@ def unpack_result(
     *,
     output_root: str = "",
     source: str | None = None,
-    no_model_fix: str = "check that the job used this project's image (its log says why it stopped), then run it again.",
+    no_model_fix: str = (
+        "check that the job used this project's image (its log says why it stopped), then run it again."
+    ),
 ) -> Path:
     """A training job's model.tar.gz and output.tar.gz as a run directory (model/, report/, ir/, data/,
     baseline/, and ``launch.json`` holding ``record``); a run directory already there is replaced.
@@ -250,7 +252,8 @@ def unpack_result(
         _extract(model_tgz, stage / "model")
         if not (stage / "model" / "modules.json").is_file():
             raise JobError(
-                f"{source or model_tgz} holds no sentence-transformers model (no modules.json): the job wrote no model.",
+                f"{source or model_tgz} holds no sentence-transformers model (no modules.json): "
+                "the job wrote no model.",
                 no_model_fix,
             )
         if output_tgz is not None:
@@ -279,14 +282,16 @@ def result_lines(name: str, run_dir: Path, base_model_copy: Path | None = None) 
     where the base model that went in through the model channel is on this machine, if known."""
     report = run_dir / "report" / "report.md"
     lines = [
-        f"{name} -> {run_dir} (model/{', report/' if report.is_file() else ''}); load it with SentenceTransformer('{run_dir / 'model'}')"
+        f"{name} -> {run_dir} (model/{', report/' if report.is_file() else ''}); "
+        f"load it with SentenceTransformer('{run_dir / 'model'}')"
     ]
     training = run_dir / "model" / "training.json"
     base = json.loads(training.read_text()).get("base_model", "") if training.is_file() else ""
     if base.startswith(("/opt/ml/", tempfile.gettempdir())):
         copy = f" (--baseline {base_model_copy})" if base_model_copy else ""
         lines.append(
-            f"the base model came in through the job's model channel ({base}); give its local copy to rag_eval as --baseline{copy}"
+            f"the base model came in through the job's model channel ({base}); "
+            f"give its local copy to rag_eval as --baseline{copy}"
         )
     return lines
 

@@ -147,8 +147,8 @@ def check_spec(spec: LaunchSpec, defaults: dict[str, Any] | None = None) -> Laun
     if not spec.bucket:
         raise JobError(
             "No S3 bucket is given for the job's inputs and outputs.",
-            f"pass --bucket NAME (or set {BUCKET_ENV}, or give --output-path s3://BUCKET/PREFIX); the bucket must be in "
-            f"{spec.region} and the role must be able to read and write it.",
+            f"pass --bucket NAME (or set {BUCKET_ENV}, or give --output-path s3://BUCKET/PREFIX); "
+            f"the bucket must be in {spec.region} and the role must be able to read and write it.",
         )
     if spec.output_path:
         s3.parse_s3_uri(spec.output_path)
@@ -235,8 +235,9 @@ def build_trainer(
         from sagemaker.core import image_uris
 
         image = image_uris.retrieve(
-            "huggingface", region=spec.region, version=HF_TRANSFORMERS_VERSION, base_framework_version=HF_PYTORCH_VERSION,
-            py_version=HF_PY_VERSION, instance_type=spec.instance_type, image_scope="training",
+            "huggingface", region=spec.region, version=HF_TRANSFORMERS_VERSION,
+            base_framework_version=HF_PYTORCH_VERSION, py_version=HF_PY_VERSION, instance_type=spec.instance_type,
+            image_scope="training",
         )  # fmt: skip
         source_code = SourceCode(
             source_dir=str(_source_bundle(spec, workdir)),
@@ -340,7 +341,8 @@ def launch(
             final = wait_for(name, spec.region, echo, poll_s=poll_s)
             if final["TrainingJobStatus"] != "Completed":
                 raise JobError(
-                    f"Training job {name} ended {final['TrainingJobStatus']}: {final.get('FailureReason', 'no reason given')}",
+                    f"Training job {name} ended {final['TrainingJobStatus']}: "
+                    f"{final.get('FailureReason', 'no reason given')}",
                     f"see `job launch status {name}` and the job's CloudWatch logs.",
                 )
             echo(f"launch: {name} completed; `job launch fetch {name}` downloads the model and report")

@@ -127,12 +127,15 @@ def check_image_name(image: str | None) -> str:
     if not image:
         raise JobError(
             "No training image is given.",
-            "build this repository's image (`docker build -t rag-embed-finetune .`) and pass --image rag-embed-finetune.",
+            "build this repository's image (`docker build -t rag-embed-finetune .`) "
+            "and pass --image rag-embed-finetune.",
         )
     if image == HUGGINGFACE:
         raise JobError(
-            f"--image {HUGGINGFACE} runs on SageMaker only (its image comes from AWS's registry, with your credentials).",
-            "build this repository's image (`docker build -t rag-embed-finetune .`) and pass --image rag-embed-finetune.",
+            f"--image {HUGGINGFACE} runs on SageMaker only "
+            "(its image comes from AWS's registry, with your credentials).",
+            "build this repository's image (`docker build -t rag-embed-finetune .`) "
+            "and pass --image rag-embed-finetune.",
         )
     return image
 
@@ -189,8 +192,9 @@ def _stage_readable_channels(plan: InputPlan, stage: Path, echo: Echo) -> None:
             continue
         unreadable = _unreadable_by_others(folder)
         if unreadable:
-            echo(f"launch local: {folder} holds {len(unreadable)} entr{'y' if len(unreadable) == 1 else 'ies'} only root "
-                 f"can read (e.g. {unreadable[0].name}); the job runs as uid 1000, so the '{ch}' channel is a readable copy")  # fmt: skip
+            echo(f"launch local: {folder} holds {len(unreadable)} entr{'y' if len(unreadable) == 1 else 'ies'} "
+                 f"only root can read (e.g. {unreadable[0].name}); the job runs as uid 1000, "
+                 f"so the '{ch}' channel is a readable copy")  # fmt: skip
             shutil.copytree(folder, stage / ch, symlinks=False)
             _open_up(stage / ch)
             plan.channels[ch] = str(stage / ch)

@@ -129,19 +129,22 @@ def summary_lines(meta: dict[str, Any]) -> list[str]:
     leak = meta.get("leakage") or {}
     if "test_relevant_documents_in_train" in leak:
         out.append(
-            f"- Leakage: {leak['test_relevant_documents_in_train']} of {leak['test_relevant_documents']} test-relevant documents "
+            f"- Leakage: {leak['test_relevant_documents_in_train']} of {leak['test_relevant_documents']} "
+            "test-relevant documents "
             f"and {leak.get('test_queries_also_in_train', 0)} test questions also appear in the training pairs."
         )
     elif "test_pairs_whose_passage_is_in_train" in leak:
         out.append(
-            f"- Leakage: {leak['test_pairs_whose_passage_is_in_train']} of {leak.get('test_pairs', '?')} test questions have a "
+            f"- Leakage: {leak['test_pairs_whose_passage_is_in_train']} of {leak.get('test_pairs', '?')} "
+            "test questions have a "
             "passage that also has a training question (`--split-by passage` avoids it)."
         )
     negatives = meta.get("hard_negatives") or {}
     if negatives:
         out.append(
             f"- Hard negatives: {negatives.get('negatives_per_pair')} per pair, mined for "
-            f"{negatives.get('pairs_with_mined_negatives')} pairs; {negatives.get('pairs_with_random_fallback')} got a random "
+            f"{negatives.get('pairs_with_mined_negatives')} pairs; "
+            f"{negatives.get('pairs_with_random_fallback')} got a random "
             "training passage instead (no candidate below the margin)."
         )
     before, after = meta.get("validation_before") or {}, meta.get("validation_saved_model") or {}

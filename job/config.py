@@ -496,7 +496,8 @@ def validate_config(cfg: JobConfig) -> None:
     bad = [d for d in cfg.loss_directions if d not in LOSS_DIRECTIONS]
     if bad or not cfg.loss_directions or "query_to_doc" not in cfg.loss_directions:
         raise JobError(
-            f"loss_directions {cfg.loss_directions} must include query_to_doc and only name: {', '.join(LOSS_DIRECTIONS)}.",
+            f"loss_directions {cfg.loss_directions} must include query_to_doc and only name: "
+            f"{', '.join(LOSS_DIRECTIONS)}.",
             "pass e.g. --loss-directions query_to_doc,doc_to_query (the symmetric loss).",
         )
     if cfg.loss_directions != ["query_to_doc"] and cfg.loss in ("gist", "cached_gist"):
@@ -560,7 +561,8 @@ def validate_config(cfg: JobConfig) -> None:
             )
         if cfg.matryoshka_dims is not None and len(cfg.matryoshka_weights) != len(cfg.matryoshka_dims):
             raise JobError(
-                f"matryoshka_weights has {len(cfg.matryoshka_weights)} values for {len(cfg.matryoshka_dims)} matryoshka_dims.",
+                f"matryoshka_weights has {len(cfg.matryoshka_weights)} values "
+                f"for {len(cfg.matryoshka_dims)} matryoshka_dims.",
                 "give one weight per dim, in the same order (largest dim first).",
             )
 

@@ -312,8 +312,9 @@ def validate_pairs(
         p_len = statistics.median(len(p.passage) for p in pairs)
         if q_len > p_len:
             raise JobError(
-                f"{records.source}: the question column '{question_column}' (median {q_len:.0f} characters) is longer than "
-                f"the passage column '{passage_column}' (median {p_len:.0f}). The loss treats the first column as the "
+                f"{records.source}: the question column '{question_column}' (median {q_len:.0f} characters) "
+                f"is longer than the passage column '{passage_column}' (median {p_len:.0f}). "
+                "The loss treats the first column as the "
                 "query and the second as the passage, so the columns look swapped.",
                 "swap --question-column and --passage-column, or pass --no-check-column-order if this is intended.",
             )

@@ -32,7 +32,8 @@ def check_guard(cfg: JobConfig) -> None:
 
         if hub_offline():
             raise JobError(
-                "--guard-nanobeir downloads the NanoBEIR datasets from the Hugging Face Hub, which offline mode forbids.",
+                "--guard-nanobeir downloads the NanoBEIR datasets from the Hugging Face Hub, "
+                "which offline mode forbids.",
                 "unset HF_HUB_OFFLINE, or use --guard-data with a local BEIR folder.",
             )
 
@@ -73,7 +74,8 @@ def guard_scores(cfg: JobConfig, base, tuned, dims: list[int], echo: Echo) -> di
     ]
     for w in warnings:
         echo(
-            f"evaluate: WARNING: {w}: the model got worse outside its domain; consider fewer epochs or a lower learning rate"
+            f"evaluate: WARNING: {w}: the model got worse outside its domain; "
+            "consider fewer epochs or a lower learning rate"
         )
     return {
         "sets": sets,

@@ -205,14 +205,16 @@ def prepare(cfg: JobConfig, rd: RunDir, echo: Echo = print, model=None) -> dict[
             f"questions, {summary['test_corpus_size']} documents"
         )
         leaks = (
-            f"leakage: {leakage['test_relevant_documents_in_train']} of {leakage['test_relevant_documents']} test-relevant "
+            f"leakage: {leakage['test_relevant_documents_in_train']} of {leakage['test_relevant_documents']} "
+            "test-relevant "
             f"documents and {leakage['test_queries_also_in_train']} test questions also in train"
         )
     else:
         corpora = f"corpus {len(corpus)} passages{trunc}"
         leaks = f"leakage: {leakage.get('test_pairs_whose_passage_is_in_train', 0)} test passages also in train"
     echo(
-        f"prepare: {len(records.rows)} rows -> {len(pairs)} pairs ({n_duplicates} duplicates, {dropped} invalid dropped); "
+        f"prepare: {len(records.rows)} rows -> {len(pairs)} pairs "
+        f"({n_duplicates} duplicates, {dropped} invalid dropped); "
         f"train/validation/test {len(splits['train'])}/{len(splits['validation'])}/{summary['test_queries']} "
         f"questions, {corpora}; {leaks}; {peak_memory()} -> {rd.data}"
     )
@@ -252,7 +254,8 @@ def baseline(cfg: JobConfig, rd: RunDir, echo: Echo = print) -> dict[str, Any]:
     write_json(rd.done_file("baseline"), record)
     ndcg = ", ".join(f"{d}: {m['ndcg@10']:.4f}" for d, m in metrics.items())
     echo(
-        f"baseline: NDCG@10 on {record['queries']} test questions by dim {{{ndcg}}}; {peak_memory()} -> {rd.done_file('baseline')}"
+        f"baseline: NDCG@10 on {record['queries']} test questions by dim {{{ndcg}}}; "
+        f"{peak_memory()} -> {rd.done_file('baseline')}"
     )
     return record
 
@@ -355,7 +358,8 @@ def _echo_train(echo: Echo, rd: RunDir, record: dict[str, Any]) -> None:
     )
     procs = f" on {record['world_size']} processes" if record.get("world_size", 1) > 1 else ""
     echo(
-        f"train: {record['global_steps']} steps over {record['train_pairs']} pairs{procs} in {record['train_seconds']:.0f} s "
+        f"train: {record['global_steps']} steps over {record['train_pairs']} pairs{procs} "
+        f"in {record['train_seconds']:.0f} s "
         f"({record['pairs_per_second']:.1f} pairs/s){best}; {peak_memory()} -> {rd.model}"
     )
 

@@ -45,13 +45,17 @@ def markdown_table(baseline: PerDim, finetuned: PerDim, metric: str = "ndcg@10")
     rows = comparison_rows(baseline, finetuned, metric)
     full = rows[0]["dim"] if rows else "full"
     lines = [
-        f"| dim | baseline {metric.upper()} | fine-tuned {metric.upper()} | gain (points) | gain (relative) | baseline retention vs {full} | fine-tuned retention vs {full} |",
+        (
+            f"| dim | baseline {metric.upper()} | fine-tuned {metric.upper()} | gain (points) | gain (relative) "
+            f"| baseline retention vs {full} | fine-tuned retention vs {full} |"
+        ),
         "|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         lines.append(
             f"| {r['dim']} | {r['baseline']:.4f} | {r['finetuned']:.4f} | {_points(r['finetuned'], r['baseline'])} "
-            f"| {_pct(r['finetuned'], r['baseline'])} | {r['baseline_retention']:.1%} | {r['finetuned_retention']:.1%} |"
+            f"| {_pct(r['finetuned'], r['baseline'])} | {r['baseline_retention']:.1%} "
+            f"| {r['finetuned_retention']:.1%} |"
         )
     return "\n".join(lines)
 
@@ -108,7 +112,8 @@ def write_report(out_dir: Path, baseline: PerDim, finetuned: PerDim, meta: dict[
     md = [
         f"# Retrieval report: {meta.get('model', '')}",
         "",
-        f"Test set: {meta.get('test_queries', '?')} questions against a corpus of {meta.get('corpus_size', '?')} passages. "
+        f"Test set: {meta.get('test_queries', '?')} questions against a corpus of "
+        f"{meta.get('corpus_size', '?')} passages. "
         "Metrics from sentence-transformers' InformationRetrievalEvaluator (cosine similarity); the checkpoint was "
         "selected on the validation split only. Gains are in NDCG points (0.010 = 1 point).",
         "",

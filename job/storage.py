@@ -91,10 +91,11 @@ def storage_error(exc: BaseException, folder: Path, what: str, fix: str | None =
     where = existing_parent(folder) if not folder.exists() else folder
     if is_disk_full(exc, folder):
         return JobError(
-            f"The disk is full: writing {what} in {where} failed ({_first_line(exc)}); {_mib(free_bytes(folder))} free.",
+            f"The disk is full: writing {what} in {where} failed ({_first_line(exc)}); "
+            f"{_mib(free_bytes(folder))} free.",
             fix
-            or "free space on that disk (or use a --run-dir on a larger one) and rerun the same command: finished steps "
-            "are kept and training resumes from its last complete checkpoint.",
+            or "free space on that disk (or use a --run-dir on a larger one) and rerun the same command: "
+            "finished steps are kept and training resumes from its last complete checkpoint.",
         )
     code = getattr(exc, "errno", None)
     if code == errno.EROFS:

@@ -117,7 +117,8 @@ def load_guide(cfg: JobConfig, model):
         model_dim(guide)  # a sentence-embedding model
         if guide.max_seq_length < min(model.max_seq_length, 128):
             raise JobError(
-                f"The guide model reads at most {guide.max_seq_length} tokens, the model being trained {model.max_seq_length}.",
+                f"The guide model reads at most {guide.max_seq_length} tokens, "
+                f"the model being trained {model.max_seq_length}.",
                 "use a guide with at least the same --max-seq-length (a guide that truncates passages misjudges them).",
             )
         if type(guide.tokenizer).__name__ != type(model.tokenizer).__name__ and not getattr(
@@ -141,7 +142,8 @@ def set_attention_dropout(model, p: float | None) -> int:
     layers = [m for name, m in model.named_modules() if name.endswith("attention.self") and hasattr(m, "dropout")]
     if not layers:
         raise JobError(
-            "attention_dropout is set, but this model has no BERT-style attention layers (attention.self) to set it on.",
+            "attention_dropout is set, but this model has no BERT-style attention layers (attention.self) "
+            "to set it on.",
             "drop --attention-dropout for this model.",
         )
     for layer in layers:
@@ -392,12 +394,16 @@ def compact_progress(selection_metric: str | None):
                 line = f"{where}: validation NDCG@10 by dim {{{cells}}}"
                 if selection_metric and selection_metric in logs:
                     best = state.best_metric if state.best_metric is not None else logs[selection_metric]
-                    line += f"; selection ({selection_metric.removeprefix('eval_')}) {logs[selection_metric]:.4f}, best {max(best, logs[selection_metric]):.4f}"
+                    line += (
+                        f"; selection ({selection_metric.removeprefix('eval_')}) {logs[selection_metric]:.4f}, "
+                        f"best {max(best, logs[selection_metric]):.4f}"
+                    )
             elif "loss" in logs:
                 line = f"{where}: loss {logs['loss']:.4f}, learning rate {logs.get('learning_rate', 0):.2e}"
             elif "train_runtime" in logs:
                 line = (
-                    f"{where}: training took {logs['train_runtime']:.0f} s ({logs.get('train_samples_per_second', 0):.1f} "
+                    f"{where}: training took {logs['train_runtime']:.0f} s "
+                    f"({logs.get('train_samples_per_second', 0):.1f} "
                     f"pairs/s), mean loss {logs.get('train_loss', float('nan')):.4f}"
                 )
             else:

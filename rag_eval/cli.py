@@ -196,7 +196,8 @@ def _check_compare(compare: bool, no_baseline: bool, sources) -> None:
         return
     if no_baseline:
         raise JobError(
-            "--compare and --no-baseline contradict each other: --compare shows the baseline beside the fine-tuned model.",
+            "--compare and --no-baseline contradict each other: "
+            "--compare shows the baseline beside the fine-tuned model.",
             "drop --no-baseline to compare, or drop --compare to see one model.",
         )
     if len(sources.models) < 2:
@@ -248,8 +249,9 @@ def cli() -> None:
     is_flag=True,
     help="Replace a foreign or corrupted collection of the same name; move a damaged store aside and rebuild it.",
 )
-def index_cmd(model, baseline, no_baseline, query_prompt, passage_prompt, data, split, chroma_path, chroma_host, chroma_port,
-              collection_prefix, dims, ef_construction, ef_search, max_neighbors, batch_size, force) -> None:  # fmt: skip
+def index_cmd(model, baseline, no_baseline, query_prompt, passage_prompt, data, split, chroma_path, chroma_host,
+              chroma_port, collection_prefix, dims, ef_construction, ef_search, max_neighbors, batch_size,
+              force) -> None:  # fmt: skip
     """Embed the corpus once per model; write one cosine collection per (model, dim)."""
     from job.config import default_dims
     from rag_eval.indexing import index_models
@@ -271,7 +273,8 @@ def index_cmd(model, baseline, no_baseline, query_prompt, passage_prompt, data, 
             batch_size=batch_size, progress=True, echo=echo,
         )  # fmt: skip
     echo(
-        f"index: {len(done)} collections ({len(models)} models x dims {', '.join(map(str, sorted({d.dim for d in done}, reverse=True)))}), "
+        f"index: {len(done)} collections ({len(models)} models x dims "
+        f"{', '.join(map(str, sorted({d.dim for d in done}, reverse=True)))}), "
         f"{len(ir.corpus)} passages each, HNSW ef_construction {ef_construction} / ef_search {ef_search} / "
         f"max_neighbors {max_neighbors} -> {target.describe()}"
     )
@@ -296,8 +299,9 @@ def index_cmd(model, baseline, no_baseline, query_prompt, passage_prompt, data, 
     "--disk-size/--no-disk-size", default=True, show_default=True, help="Measure each collection's size on disk."
 )
 @click.option("--batch-size", type=int, default=64, show_default=True, help="Encoding batch size.")
-def score_cmd(model, baseline, no_baseline, query_prompt, passage_prompt, data, split, chroma_path, chroma_host, chroma_port,
-              collection_prefix, dims, out, latency_samples, batch_queries, disk_size, batch_size) -> None:  # fmt: skip
+def score_cmd(model, baseline, no_baseline, query_prompt, passage_prompt, data, split, chroma_path, chroma_host,
+              chroma_port, collection_prefix, dims, out, latency_samples, batch_queries, disk_size,
+              batch_size) -> None:  # fmt: skip
     """Query the test questions against every collection; report beside the exact evaluator."""
     from rag_eval import report
     from rag_eval.scoring import ScoreOptions, check_indexed, score_models
@@ -351,8 +355,8 @@ def score_cmd(model, baseline, no_baseline, query_prompt, passage_prompt, data, 
     is_flag=True,
     help="Read questions from standard input until EOF (also when no QUESTION is given).",
 )
-def query_cmd(question, model, baseline, no_baseline, query_prompt, passage_prompt, data, split, chroma_path, chroma_host,
-              chroma_port, collection_prefix, dims, dim, k, compare, interactive) -> None:  # fmt: skip
+def query_cmd(question, model, baseline, no_baseline, query_prompt, passage_prompt, data, split, chroma_path,
+              chroma_host, chroma_port, collection_prefix, dims, dim, k, compare, interactive) -> None:  # fmt: skip
     """The retrieval demo in the terminal: the top-k passages for a question, with scores and ids.
 
     Passages relevant to a question of the evaluation data (--data, default the run's test set) are
@@ -416,8 +420,8 @@ def query_cmd(question, model, baseline, no_baseline, query_prompt, passage_prom
     "--threads", type=int, default=0, show_default=True, envvar="RAG_EVAL_SERVE_THREADS",
     help="PyTorch threads (the models encode in parallel on their own threads). 0: CPU cores / models, at least 1.",
 )  # fmt: skip
-def serve_cmd(model, baseline, no_baseline, query_prompt, passage_prompt, data, split, chroma_path, chroma_host, chroma_port,
-              collection_prefix, dims, k, host, port, threads) -> None:  # fmt: skip
+def serve_cmd(model, baseline, no_baseline, query_prompt, passage_prompt, data, split, chroma_path, chroma_host,
+              chroma_port, collection_prefix, dims, k, host, port, threads) -> None:  # fmt: skip
     """The retrieval demo in a browser: base and fine-tuned side by side, models loaded once.
 
     A Gradio page (fully offline) at http://HOST:PORT/, and a JSON endpoint /api/search?q=...&k=5&dim=128

@@ -121,7 +121,8 @@ def show(
     shown = min(k, len(tuned_hits), len(base_hits))
     w = max(len(h.id) for h in tuned_hits[:shown] + base_hits[:shown])
     echo(
-        f"dim {tuned.dim}, top {k}. Left: {tuned.model.label} ({tuned.model.spec.ref}). Right: {base.model.label} ({base.model.spec.ref})."
+        f"dim {tuned.dim}, top {k}. Left: {tuned.model.label} ({tuned.model.spec.ref}). "
+        f"Right: {base.model.label} ({base.model.spec.ref})."
     )
     left_head = f"{'rank':>4} {'score':<5} {'id':<{w}} mark {base.model.label[:4]:>4}"
     right_head = f"{'score':<5} {'id':<{w}}   {tuned.model.label[:4]:>4}"
@@ -129,7 +130,8 @@ def show(
     for i in range(shown):
         t, b = tuned_hits[i], base_hits[i]
         t_head = (
-            f"{t.rank:>3}. {t.score:.3f} {t.id:<{w}} {mark(t.rank, base_rank.get(t.id)):>2}{'*' if t.id in gold else ' '}  "
+            f"{t.rank:>3}. {t.score:.3f} {t.id:<{w}} {mark(t.rank, base_rank.get(t.id)):>2}"
+            f"{'*' if t.id in gold else ' '}  "
             f"{_rank_text(base_rank.get(t.id)):>4}  "
         )
         b_head = f"{b.score:.3f} {b.id:<{w}} {'*' if b.id in gold else ' '} {_rank_text(tuned_rank.get(b.id)):>4}  "
@@ -137,7 +139,8 @@ def show(
         echo(f"{left:<{col}} | {b_head}{_clip(b.text, max(0, col - len(b_head)))}")
     better = sum(1 for h in tuned_hits[:k] if mark(h.rank, base_rank.get(h.id)) == "+")
     echo(
-        f"mark: + {tuned.model.label} ranks the passage higher than {base.model.label} does ({better} of {shown}), = same rank, "
+        f"mark: + {tuned.model.label} ranks the passage higher than {base.model.label} does ({better} of {shown}), "
+        "= same rank, "
         f"- lower; '{base.model.label[:4]}'/'{tuned.model.label[:4]}': the other model's rank"
         + ("; * relevant in the evaluation data" if gold else "")
     )

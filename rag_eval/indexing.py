@@ -22,7 +22,8 @@ def check_dims(dims: list[int], model: LoadedModel) -> list[int]:
     too_big = [d for d in dims if d > model.dim]
     if too_big:
         raise JobError(
-            f"Dims {too_big} are larger than the embedding dimension of {model.label} model {model.spec.ref} ({model.dim}).",
+            f"Dims {too_big} are larger than the embedding dimension of {model.label} model {model.spec.ref} "
+            f"({model.dim}).",
             f"use dims of at most {model.dim}.",
         )
     return sorted(set(dims), reverse=True)
@@ -66,7 +67,8 @@ def index_models(
         start = time.perf_counter()
         full = encode_passages(m.model, texts, m.spec.passage_prompt, batch_size, progress)
         echo(
-            f"index: {m.label} corpus of {len(ids)} passages encoded once at {m.dim} dims in {time.perf_counter() - start:.1f} s"
+            f"index: {m.label} corpus of {len(ids)} passages encoded once at {m.dim} dims "
+            f"in {time.perf_counter() - start:.1f} s"
         )
         for dim in check_dims(dims, m):
             name = store.collection_name(prefix, m.spec.key, dim)
@@ -81,6 +83,7 @@ def index_models(
             done.append(IndexedCollection(m.label, dim, name, result.action, result.note, len(ids), result.seconds))
             note = f" ({result.note})" if result.note else ""
             echo(
-                f"index: {m.label} dim {dim}: {result.action} {name}, {len(ids)} vectors in {result.seconds:.1f} s{note}"
+                f"index: {m.label} dim {dim}: {result.action} {name}, "
+                f"{len(ids)} vectors in {result.seconds:.1f} s{note}"
             )
     return done

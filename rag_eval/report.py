@@ -104,7 +104,10 @@ def agreement_line(result: dict[str, Any]) -> str:
         f"(tolerance {a['tolerance']}); lowest ANN recall@10 {a['min_ann_recall@10']:.3f}"
     )
     if not a["ok"] or a["min_ann_recall@10"] < a["ann_recall_target"]:
-        line += f" (below {a['ann_recall_target']}: re-index with a higher --ef-search / --ef-construction / --max-neighbors)"
+        line += (
+            f" (below {a['ann_recall_target']}: "
+            "re-index with a higher --ef-search / --ef-construction / --max-neighbors)"
+        )
     return line + "."
 
 
@@ -119,7 +122,8 @@ def markdown(result: dict[str, Any], meta: dict[str, Any]) -> str:
             "# Retrieval through Chroma, by Matryoshka dim",
             "",
             (
-                f"{d['queries']} questions against {d['corpus_size']} passages ({meta.get('data_source', '')}; {relevance}). "
+                f"{d['queries']} questions against {d['corpus_size']} passages "
+                f"({meta.get('data_source', '')}; {relevance}). "
                 f"Store: {result['store']}. HNSW: {settings}. Models: {models}."
             ),
             "",

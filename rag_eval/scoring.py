@@ -54,13 +54,15 @@ def check_indexed(client, target: store.StoreTarget, specs: list[ModelSpec], dim
         if indexed:
             listed = ", ".join(map(str, indexed))
             raise JobError(
-                f"{'Dim' if len(missing) == 1 else 'Dims'} {', '.join(map(str, missing))} {'is' if len(missing) == 1 else 'are'} "
+                f"{'Dim' if len(missing) == 1 else 'Dims'} {', '.join(map(str, missing))} "
+                f"{'is' if len(missing) == 1 else 'are'} "
                 f"not indexed for {who} in the {target.describe()}; indexed dims: {listed}.",
                 f"pick from {listed}, or index it first (`rag-eval index ... --dims {','.join(map(str, missing))}`).",
             )
         raise JobError(
             f"Nothing is indexed for {who} in the {target.describe()}.",
-            "run `rag-eval index` first, with the same --model and store options (--chroma-path or --chroma-host/--chroma-port).",
+            "run `rag-eval index` first, with the same --model and store options "
+            "(--chroma-path or --chroma-host/--chroma-port).",
         )
 
 
@@ -92,17 +94,20 @@ def open_collection(
         )
     if meta["model_fingerprint"] != model.fingerprint:
         raise JobError(
-            f"Collection {name} was indexed from other weights than {model.spec.ref} holds now (re-trained or replaced since).",
+            f"Collection {name} was indexed from other weights than {model.spec.ref} holds now "
+            "(re-trained or replaced since).",
             "re-run `rag-eval index` for this model.",
         )
     if meta["passage_prompt"] != (model.spec.passage_prompt or ""):
         raise JobError(
-            f"Collection {name} was indexed with passage prompt {meta['passage_prompt']!r}, not {model.spec.passage_prompt or ''!r}.",
+            f"Collection {name} was indexed with passage prompt {meta['passage_prompt']!r}, "
+            f"not {model.spec.passage_prompt or ''!r}.",
             "use the same --passage-prompt as at indexing, or re-index.",
         )
     if corpus_fp is not None and meta["corpus_fingerprint"] != corpus_fp:
         raise JobError(
-            f"Collection {name} holds another corpus ({meta['corpus_size']} passages from {meta.get('data_source', '?')}) "
+            f"Collection {name} holds another corpus "
+            f"({meta['corpus_size']} passages from {meta.get('data_source', '?')}) "
             "than the evaluation data given now.",
             "score with the data it was indexed from, or re-run `rag-eval index` with this --data.",
         )
@@ -178,7 +183,8 @@ def score_models(
         )  # fmt: skip
         full_q = encode_queries(m.model, qtexts, m.spec.query_prompt, opts.batch_size)
         echo(
-            f"score: {m.label}: exact evaluator at {len(dims)} dims and query encoding in {time.perf_counter() - start:.1f} s"
+            f"score: {m.label}: exact evaluator at {len(dims)} dims and query encoding "
+            f"in {time.perf_counter() - start:.1f} s"
         )
         per_dim: dict[str, Any] = {}
         for dim in dims:
@@ -209,7 +215,8 @@ def score_models(
             }
             per_dim[str(dim)] = row
             echo(
-                f"score: {m.label} dim {dim}: NDCG@10 {chroma['ndcg@10']:.4f} through Chroma, {ref['ndcg@10']:.4f} exact; "
+                f"score: {m.label} dim {dim}: NDCG@10 {chroma['ndcg@10']:.4f} through Chroma, "
+                f"{ref['ndcg@10']:.4f} exact; "
                 f"ANN recall@10 {row['ann_recall@10']:.3f}; {row['latency']['single_p50_ms']:.2f} ms per query (p50)"
             )
         out[m.label] = {"model": m.spec.ref, "fingerprint": m.fingerprint, "model_dim": m.dim, "dims": per_dim}

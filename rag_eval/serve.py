@@ -335,7 +335,8 @@ class RetrievalService:
             tokens = self.max_tokens()
             reads = f" (the models read only the first {tokens} tokens)" if tokens else ""
             raise JobError(
-                f"The question is {len(text):,} characters long; questions are limited to {MAX_QUESTION_CHARS:,} characters{reads}.",
+                f"The question is {len(text):,} characters long; "
+                f"questions are limited to {MAX_QUESTION_CHARS:,} characters{reads}.",
                 "shorten it to the question itself.",
             )
         return text.strip()
@@ -360,7 +361,8 @@ class RetrievalService:
         if value not in self.searchers:
             raise JobError(
                 f"Dim {value} is not indexed (indexed dims: {indexed}).",
-                f"pick one of {indexed}, or index it first (`rag-eval index ... --dims {value}`) and restart `rag-eval serve`.",
+                f"pick one of {indexed}, or index it first (`rag-eval index ... --dims {value}`) "
+                "and restart `rag-eval serve`.",
             )
         return value
 
@@ -475,8 +477,9 @@ class RetrievalService:
                 Column(s.model.label, s.model.spec.ref, rows, relevant_rank, embed_ms[i], store_ms[i], pending[i][1])
             )
         return Answer(
-            question=q, dim=dim, k=k, depth=RANK_DEPTH, columns=columns, relevant=sorted(gold), terms=sorted(query_terms(q)),
-            embed_ms=(t1 - t0) * 1000, store_ms=(t2 - t1) * 1000, total_ms=(time.perf_counter() - start) * 1000,
+            question=q, dim=dim, k=k, depth=RANK_DEPTH, columns=columns, relevant=sorted(gold),
+            terms=sorted(query_terms(q)), embed_ms=(t1 - t0) * 1000, store_ms=(t2 - t1) * 1000,
+            total_ms=(time.perf_counter() - start) * 1000,
         )  # fmt: skip
 
     def info(self) -> dict[str, Any]:
@@ -698,7 +701,8 @@ def render_answer(answer: Answer) -> str:
     if answer.compared:
         parts.append(
             '<div class="re-legend">moved: where the fine-tuned model puts the passage compared with the baseline '
-            f"(▲ up, ▼ down, = same rank; new/out: below #{answer.depth} in the other model). Highlighted: the question's words.</div>"
+            f"(▲ up, ▼ down, = same rank; new/out: below #{answer.depth} in the other model). "
+            "Highlighted: the question's words.</div>"
         )
     parts.append("</div>")
     return "".join(parts)
@@ -745,7 +749,8 @@ def render_facts(service: RetrievalService) -> str:
     if service.score_report is None:
         text += " Run `rag-eval score` with the same --model for ANN recall, size on disk and Chroma vs exact NDCG@10."
     return (
-        f'<div class="re-facts"><table class="re-table"><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table>'
+        f'<div class="re-facts"><table class="re-table"><thead><tr>{head}</tr></thead>'
+        f"<tbody>{''.join(rows)}</tbody></table>"
         f'<div class="re-note">{esc(service.target.describe())}. {note(text.strip())}</div></div>'
     )
 
@@ -753,7 +758,11 @@ def render_facts(service: RetrievalService) -> str:
 def render_quality(service: RetrievalService) -> str:
     q = service.quality
     if q is None and service.quality_plot is None:
-        return f'<div class="re-note">{note("No held-out report for this model (`job run` / `job evaluate` write it into a run directory).")}</div>'
+        return (
+            '<div class="re-note">'
+            f"{note('No held-out report for this model (`job run` / `job evaluate` write it into a run directory).')}"
+            "</div>"
+        )
     parts = ['<div class="re-quality">']
     if service.quality_plot is not None:
         data = base64.b64encode(service.quality_plot).decode("ascii")

@@ -115,7 +115,8 @@ def resolve_models(
         return Sources(specs, rd, [int(d) for d in training.get("dims", [])] or None, training)
     if path.is_dir() and not any((path / f).is_file() for f in ("modules.json", "config.json")):
         raise JobError(
-            f"{path} is neither a job run directory (no model/training.json) nor a model folder (no modules.json or config.json).",
+            f"{path} is neither a job run directory (no model/training.json) "
+            "nor a model folder (no modules.json or config.json).",
             "pass a run directory made by `job run --run-dir DIR`, a sentence-transformers model folder, or a Hub id.",
         )
     ref = _resolve(model, "Model")
@@ -152,7 +153,8 @@ def load_eval_data(data: str | None, sources: Sources, split: str = "test") -> t
         if sources.run_dir is None:
             raise JobError(
                 "No evaluation data: --model is not a run directory, so it brings no test set.",
-                "pass --data with a run directory, a BEIR folder (corpus.jsonl, queries.jsonl, qrels/) or a pairs file.",
+                "pass --data with a run directory, a BEIR folder (corpus.jsonl, queries.jsonl, qrels/) "
+                "or a pairs file.",
             )
         rd = sources.run_dir
     else:

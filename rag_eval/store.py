@@ -139,7 +139,8 @@ def connect(
     if not create and not (path / SQLITE_FILE).is_file():
         raise JobError(
             f"There is no Chroma store at {path} (no {SQLITE_FILE}).",
-            "run `rag-eval index` first, or point --chroma-path (or --chroma-host/--chroma-port) at the store you indexed into.",
+            "run `rag-eval index` first, or point --chroma-path (or --chroma-host/--chroma-port) "
+            "at the store you indexed into.",
         )
     try:
         if rebuild_damaged:
@@ -154,7 +155,8 @@ def connect(
             raise damaged_store(path, exc) from None
         aside = move_aside(path)
         echo(
-            f"index: the Chroma store at {path} is damaged ({_reason(exc)}); moved it aside to {aside} (not deleted), indexing afresh"
+            f"index: the Chroma store at {path} is damaged ({_reason(exc)}); "
+            f"moved it aside to {aside} (not deleted), indexing afresh"
         )
         path.mkdir(parents=True)
         return chromadb.PersistentClient(path=str(path), settings=_settings())

@@ -168,7 +168,8 @@ def build_blocks(service: serve.RetrievalService):
         )
         heldout = gr.Dropdown(
             choices=listed, value=None, label=f"Held-out test questions ({count}): pick one to see whether each "
-            "model finds its relevant passage (type to filter)", elem_id="heldout", filterable=True, visible=bool(listed),
+            "model finds its relevant passage (type to filter)", elem_id="heldout", filterable=True,
+            visible=bool(listed),
         )  # fmt: skip
         results = gr.HTML(serve.render_placeholder(service), js_on_load=None, elem_id="results")
         with gr.Accordion("Index facts by dim", open=True):
@@ -264,7 +265,8 @@ def run(
     app = build_app(service, auth, host=host, port=port)
     shown = f"[{host}]" if ":" in host else host
     echo(
-        f"serve: http://{shown}:{port}/ (JSON: /api/search?q=...&k={service.k}&dim={service.dims[0]}){'; basic auth on' if auth else ''}; Ctrl+C stops it"
+        f"serve: http://{shown}:{port}/ (JSON: /api/search?q=...&k={service.k}&dim={service.dims[0]})"
+        f"{'; basic auth on' if auth else ''}; Ctrl+C stops it"
     )
 
     class Server(uvicorn.Server):

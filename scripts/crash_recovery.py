@@ -168,7 +168,8 @@ def main(argv: list[str] | None = None) -> int:
             + (f"; error: {o.get('rerun_error')}" if o.get("rerun_error") else "")
         )
     print(
-        f"{len(args.points.split(',')) - failures} of {len(args.points.split(','))} crash points recovered to the same report"
+        f"{len(args.points.split(',')) - failures} of {len(args.points.split(','))} "
+        "crash points recovered to the same report"
     )
     return 1 if failures else 0
 

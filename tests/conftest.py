@@ -185,7 +185,8 @@ def s3_server(tmp_path_factory) -> S3Server:
     access, secret = "test-access-key", "test-secret-" + uuid.uuid4().hex
     identities = {
         "identities": [
-            {"name": "test", "credentials": [{"accessKey": access, "secretKey": secret}], "actions": ["Admin", "Read", "Write", "List", "Tagging"]}
+            {"name": "test", "credentials": [{"accessKey": access, "secretKey": secret}],
+             "actions": ["Admin", "Read", "Write", "List", "Tagging"]}
         ]
     }  # fmt: skip
     (root / "identities.json").write_text(json.dumps(identities))
@@ -199,7 +200,8 @@ def s3_server(tmp_path_factory) -> S3Server:
         "-volume.preStopSeconds=0",  # SIGTERM would otherwise wait 10 s before stopping
         # no listeners on fixed default ports (8181, 9101), so two sessions can run side by side
         "-s3.port.iceberg=0", "-s3.port.lance=0", f"-s3.port.grpc={s3 + 10000}",
-        f"-master.port.grpc={master + 10000}", f"-volume.port.grpc={volume + 10000}", f"-filer.port.grpc={filer + 10000}",
+        f"-master.port.grpc={master + 10000}", f"-volume.port.grpc={volume + 10000}",
+        f"-filer.port.grpc={filer + 10000}",
     ]  # fmt: skip
     log = open(root / "weed.log", "wb")  # noqa: SIM115 - closed in the finally below
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)

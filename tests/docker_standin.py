@@ -32,7 +32,9 @@ with open(os.path.join(log, "calls.log"), "a") as fh:
     fh.write("docker " + " ".join(args) + "\n")
 if not {daemon!r} and args[:1] != ["compose"]:
     host = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
-    sys.exit(print(f"Cannot connect to the Docker daemon at {{host}}. Is the docker daemon running?", file=sys.stderr) or 1)
+    sys.exit(
+        print(f"Cannot connect to the Docker daemon at {{host}}. Is the docker daemon running?", file=sys.stderr) or 1
+    )
 if args[:1] == ["version"]:
     print("20.10.24-standin")
 elif args[:1] == ["compose"]:

@@ -121,7 +121,8 @@ def test_empty_yaml_file_means_defaults(tmp_path):
 
 
 # --- presets ----------------------------------------------------------------------------------------
-BLOG = {"loss": "mnrl", "batch_size": 32, "gradient_accumulation_steps": 16, "learning_rate": 2e-5, "epochs": 4.0, "warmup_ratio": 0.1, "lr_scheduler": "cosine", "hard_negatives": 0}  # fmt: skip
+BLOG = {"loss": "mnrl", "batch_size": 32, "gradient_accumulation_steps": 16, "learning_rate": 2e-5, "epochs": 4.0,
+        "warmup_ratio": 0.1, "lr_scheduler": "cosine", "hard_negatives": 0}  # fmt: skip
 
 
 def test_preset_blog_values_applied():

@@ -144,8 +144,8 @@ def test_every_path_can_be_overridden(tmp_path, monkeypatch):
         r / "checkpoints/run",
     )
     flags = {
-        "--train-dir": "t", "--eval-dir": "e", "--base-model-dir": "b", "--hyperparameters": "h.json", "--model-dir": "m",
-        "--output-data-dir": "o", "--checkpoint-dir": "c", "--failure-file": "f",
+        "--train-dir": "t", "--eval-dir": "e", "--base-model-dir": "b", "--hyperparameters": "h.json",
+        "--model-dir": "m", "--output-data-dir": "o", "--checkpoint-dir": "c", "--failure-file": "f",
     }  # fmt: skip
     argv = ["--opt-ml", str(tmp_path / "flag-root")] + [x for k, v in flags.items() for x in (k, str(tmp_path / v))]
     paths = container._paths_from_options(container.train_command.make_context("train", argv).params)

@@ -336,7 +336,8 @@ def test_ragged_csv_row_gives_a_job_error_not_a_crash(tmp_path):
     path = tmp_path / "ragged.csv"
     path.write_text("question,context\nq1,p1\nq2,p2,extra\n")
     assert _error(D.load_records, str(path)) == (
-        f"{path} row 2 has more fields than the header, which was read as 2 columns ('question', 'context') split on ','. "
+        f"{path} row 2 has more fields than the header, "
+        "which was read as 2 columns ('question', 'context') split on ','. "
         "Fix: quote fields that contain the delimiter, or fix that row."
     )
 
@@ -374,7 +375,8 @@ def test_validate_nan_counts_as_empty():
 def test_validate_non_string_values_in_jsonl_name_the_line(tmp_path):
     path = tmp_path / "pairs.jsonl"
     path.write_text(
-        '{"question": "q1", "context": "p1"}\n\n{"question": 7, "context": "p2"}\n{"question": "q3", "context": [1, 2]}\n'
+        '{"question": "q1", "context": "p1"}\n\n{"question": 7, "context": "p2"}\n'
+        '{"question": "q3", "context": [1, 2]}\n'
     )
     msg = _error(D.validate_pairs, D.load_records(str(path)), "question", "context")
     assert msg == (
@@ -435,7 +437,8 @@ def test_validate_column_order_check_refuses_swapped_columns():
     assert msg == (
         "src: the question column 'question' (median 30 characters) is longer than the passage column 'context' "
         "(median 10). The loss treats the first column as the query and the second as the passage, so the columns "
-        "look swapped. Fix: swap --question-column and --passage-column, or pass --no-check-column-order if this is intended."
+        "look swapped. Fix: swap --question-column and --passage-column, "
+        "or pass --no-check-column-order if this is intended."
     )
 
 
@@ -852,6 +855,7 @@ def test_too_many_fields_names_how_the_header_was_read(tmp_path):
     path.write_text("question,context\nWhat grew?,Revenue grew,by 6 percent\n")
     with pytest.raises(
         JobError,
-        match=r"row 1 has more fields than the header, which was read as 2 columns \('question', 'context'\) split on ','",
+        match=r"row 1 has more fields than the header, "
+        r"which was read as 2 columns \('question', 'context'\) split on ','",
     ):
         D.load_records(str(path))

@@ -125,7 +125,8 @@ def test_dockerignore_keeps_tests_runs_caches_and_git_out():
         p.strip() for p in (ROOT / ".dockerignore").read_text().splitlines() if p.strip() and not p.startswith("#")
     ]
     for path in ("tests/test_container.py", "runs/demo/model/model.safetensors", ".venv/bin/python", ".git/HEAD",
-                 "bench/quality.py", "job/__pycache__/cli.cpython-311.pyc", "Makefile", ".pytest_cache/v/x"):  # fmt: skip
+                 "bench/quality.py", "job/__pycache__/cli.cpython-311.pyc", "Makefile",
+                 ".pytest_cache/v/x"):  # fmt: skip
         assert _ignored(path, patterns), path
     for path in ("pyproject.toml", "README.md", "job/cli.py", "job/data/corvane_10k.jsonl", "infra/container.py",
                  "rag_eval/cli.py", "docker/entrypoint.sh", "docker/local/README.md",
@@ -253,7 +254,10 @@ def _uid_1000_runs_this_python() -> bool:
 
 @pytest.mark.skipif(
     not _uid_1000_runs_this_python(),
-    reason="needs root, and a Python uid 1000 may run (this one is private to root); the Docker smoke test checks it in the image",
+    reason=(
+        "needs root, and a Python uid 1000 may run (this one is private to root); "
+        "the Docker smoke test checks it in the image"
+    ),
 )
 def test_the_image_command_line_trains_under_sagemakers_layout_with_or_without_train():
     """ENTRYPOINT as written (no CMD): no arguments outside SageMaker's layout is the job's help; under it

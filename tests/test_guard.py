@@ -37,7 +37,8 @@ def guard_beir(tmp_path):
 def test_guard_set_is_scored_and_reported(tmp_path, tiny_model_path, pairs_file, guard_beir, capsys):
     run_dir = tmp_path / "run"
     args = ["run", "--run-dir", run_dir, "--model", tiny_model_path, "--data", pairs_file, "--max-steps", "2",
-            "--batch-size", "8", "--matryoshka-dims", "32,16", "--guard-data", guard_beir, "--guard-max-drop", "50"]  # fmt: skip
+            "--batch-size", "8", "--matryoshka-dims", "32,16", "--guard-data", guard_beir,
+            "--guard-max-drop", "50"]  # fmt: skip
     assert main([str(a) for a in args]) == 0, capsys.readouterr().err
     report = json.loads((run_dir / "report" / "metrics.json").read_text())
     (scored,) = report["guard"]["sets"]

@@ -38,7 +38,8 @@ def fake_hub(monkeypatch):
 
     state = SimpleNamespace(
         calls=[], public_repo=False, fail_with=None, repo_exists=False, auth_error=None,
-        whoami={"name": "me", "orgs": [{"name": "my-org", "roleInOrg": "write"}], "auth": {"accessToken": {"role": "write"}}},
+        whoami={"name": "me", "orgs": [{"name": "my-org", "roleInOrg": "write"}],
+                "auth": {"accessToken": {"role": "write"}}},
     )  # fmt: skip
 
     def auth_check(self, repo_id, **kw):
@@ -109,8 +110,10 @@ def test_token_sources(hub_env, monkeypatch, fake_hub):
     "whoami, repo, problem",
     [
         ({"name": "me", "orgs": [], "auth": {"accessToken": {"role": "read"}}}, "me/model", "read-only"),
-        ({"name": "me", "orgs": [], "auth": {"accessToken": {"role": "write"}}}, "other-org/model", "not a member of 'other-org'"),
-        ({"name": "me", "orgs": [{"name": "org", "roleInOrg": "read"}], "auth": {"accessToken": {"role": "write"}}}, "org/m", "read-only access to the organisation"),
+        ({"name": "me", "orgs": [], "auth": {"accessToken": {"role": "write"}}}, "other-org/model",
+         "not a member of 'other-org'"),
+        ({"name": "me", "orgs": [{"name": "org", "roleInOrg": "read"}], "auth": {"accessToken": {"role": "write"}}},
+         "org/m", "read-only access to the organisation"),
         (
             {"name": "me", "orgs": [], "auth": {"accessToken": {"role": "fineGrained", "fineGrained": {"scoped": [
                 {"entity": {"name": "me"}, "permissions": ["repo.content.read"]}]}}}},

@@ -263,7 +263,8 @@ def test_hyperparameters_round_trip_through_the_container(tmp_path):
     (root / "input" / "config" / "hyperparameters.json").write_text(json.dumps(hps))
     inside = container_inputs.resolve_container_config(contract.ContainerPaths.create(root), environ={})
     for name in ("preset", "loss", "learning_rate", "matryoshka_dims", "check_column_order", "query_prompt",
-                 "max_seq_length", "eval_steps", "data", "batch_size", "gradient_accumulation_steps", "epochs"):  # fmt: skip
+                 "max_seq_length", "eval_steps", "data", "batch_size", "gradient_accumulation_steps",
+                 "epochs"):  # fmt: skip
         assert getattr(inside, name) == getattr(cfg, name), name
 
 
@@ -472,7 +473,8 @@ def test_status_lines_cost_and_metrics():
     assert "cost:      $0.17 (400 s x 1 x ml.g5.2xlarge $1.515/h (us-east-1 on-demand list price))" in lines
     i = lines.index("metrics:")
     assert lines[i + 1 : i + 5] == [
-        "  test_ndcg@10_dim384 = 0.8194", "  test_ndcg@10_dim32 = 0.6852", "  baseline_ndcg@10_dim384 = 0.6992", "  train_loss = 0.2500",
+        "  test_ndcg@10_dim384 = 0.8194", "  test_ndcg@10_dim32 = 0.6852", "  baseline_ndcg@10_dim384 = 0.6992",
+        "  train_loss = 0.2500",
     ]  # fmt: skip
     assert sagemaker_jobs.job_cost(desc, price_per_hour=0.6)[0] == pytest.approx(400 * 0.6 / 3600)
 

@@ -86,8 +86,8 @@ def test_local_run_makes_a_run_directory_that_rag_eval_reads(local_env, tmp_path
     )
     if os.geteuid() == 0:  # the tiny model's weights are 0600 (as transformers saves them): staged as a readable copy
         assert (
-            "only root can read (e.g. model.safetensors); the job runs as uid 1000, so the 'model' channel is a readable copy"
-            in err
+            "only root can read (e.g. model.safetensors); the job runs as uid 1000, "
+            "so the 'model' channel is a readable copy" in err
         )
     # The container ran with no arguments (as the SDK starts it) and trained; its output streamed here.
     assert "METRIC test_ndcg@10_dim32=" in out and "container: done" in out
@@ -157,14 +157,17 @@ def test_an_image_that_does_not_train_is_a_failure_not_an_empty_success(
 @pytest.mark.parametrize(
     "setup, args, needles",
     [
-        ("no-docker", [], ["Docker is not installed here (no `docker` command on PATH)", "sudo apt-get install docker.io docker-compose"]),
+        ("no-docker", [], ["Docker is not installed here (no `docker` command on PATH)",
+                           "sudo apt-get install docker.io docker-compose"]),
         ("daemon-down", [], ["The Docker daemon is not reachable at unix://", "sudo systemctl start docker"]),
         ("no-compose", [], ["Docker Compose is not installed", "sudo apt-get install docker-compose"]),
-        ("ok", ["--image", "local/never-built:1"], ["The image local/never-built:1 is not in this machine's Docker", "docker build -t local/never-built:1 ."]),
+        ("ok", ["--image", "local/never-built:1"], ["The image local/never-built:1 is not in this machine's Docker",
+                                                    "docker build -t local/never-built:1 ."]),
         ("ok", ["--data", "/no/such/pairs.jsonl"], ["Data file /no/such/pairs.jsonl does not exist"]),
         ("ok", ["--model", "./no-such-model-dir"], ["Model path ./no-such-model-dir does not exist"]),
         ("ok", ["--eval-data", "/no/such/beir"], ["--eval-data /no/such/beir does not exist"]),
-        ("ok", ["--data", "s3://bucket/pairs.jsonl"], ["a local run takes local files and folders, not s3:// URIs", "aws s3 cp --recursive"]),
+        ("ok", ["--data", "s3://bucket/pairs.jsonl"], ["a local run takes local files and folders, not s3:// URIs",
+                                                       "aws s3 cp --recursive"]),
         ("ok", ["--image", "huggingface"], ["runs on SageMaker only"]),
     ],
 )  # fmt: skip

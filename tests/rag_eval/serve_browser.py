@@ -33,7 +33,10 @@ def missing() -> str | None:
     except ImportError:
         absent.append("the selenium package")
     if absent:
-        return f"no headless browser ({', '.join(absent)} missing): apt-get install -y chromium chromium-driver; pip install selenium"
+        return (
+            f"no headless browser ({', '.join(absent)} missing): "
+            "apt-get install -y chromium chromium-driver; pip install selenium"
+        )
     return None
 
 
