@@ -33,7 +33,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from rag_eval import metrics as M  # noqa: E402
+from rag_eval import metrics  # noqa: E402
 from rag_eval.store import HnswSettings  # noqa: E402
 from rag_eval.vectors import truncate_normalise  # noqa: E402
 
@@ -109,18 +109,18 @@ def bench_dim(corpus: np.ndarray, queries: np.ndarray, dim: int, settings: HnswS
         t = time.perf_counter()
         got = col.query(query_embeddings=v[None, :], n_results=10, include=["distances"])
         latency.append((time.perf_counter() - t) * 1000)
-        approx.append(M.rank_hits(zip(got["ids"][0], (1 - d for d in got["distances"][0]))))
+        approx.append(metrics.rank_hits(zip(got["ids"][0], (1 - d for d in got["distances"][0]))))
     exact = []
     for s in range(0, len(q), 100):
-        exact += M.exact_search(q[s : s + 100], c, ids, 10)
+        exact += metrics.exact_search(q[s : s + 100], c, ids, 10)
     return {
         "dim": dim,
         "vectors": len(ids),
         "index_s": index_s,
         "disk_bytes": du(store),
-        "p50_ms": M.percentile(latency, 50),
-        "p95_ms": M.percentile(latency, 95),
-        "recall@10": M.mean_overlap_at_k(approx, exact, 10),
+        "p50_ms": metrics.percentile(latency, 50),
+        "p95_ms": metrics.percentile(latency, 95),
+        "recall@10": metrics.mean_overlap_at_k(approx, exact, 10),
     }
 
 

@@ -26,7 +26,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from job import data as D  # noqa: E402
+from job import data  # noqa: E402
 from job.config import resolve_config  # noqa: E402
 from job.evaluation import evaluate_model, evaluation_options  # noqa: E402
 from job.models import load_model, resolve_dims  # noqa: E402
@@ -63,8 +63,8 @@ def phase(name: str, fn, results: dict):
 
 
 def scifact_shaped(source: str, docs: int, pairs: int, words: int, seed: int = 0):
-    records = D.load_records(source)
-    q, p = D.detect_columns(list(records.rows[0]), None, None, records.source)
+    records = data.load_records(source)
+    q, p = data.detect_columns(list(records.rows[0]), None, None, records.source)
     rows = [(str(r[q] or ""), str(r[p] or "")) for r in records.rows if r[q] and r[p]]
     rng = random.Random(seed)
     words_pool = " ".join(c for _, c in rows).split()
@@ -73,10 +73,10 @@ def scifact_shaped(source: str, docs: int, pairs: int, words: int, seed: int = 0
         start = rng.randrange(len(words_pool) - words)
         corpus[f"d{i}"] = " ".join(words_pool[start : start + words])
     ids = list(corpus)
-    train = [D.Pair(rows[i % len(rows)][0], corpus[ids[i]]) for i in range(pairs)]
+    train = [data.Pair(rows[i % len(rows)][0], corpus[ids[i]]) for i in range(pairs)]
     queries = {f"q{i}": rows[(pairs + i) % len(rows)][0] for i in range(300)}
     qrels = {qid: {ids[pairs + i]: 1} for i, qid in enumerate(queries)}
-    return train, D.IRData(corpus, queries, qrels)
+    return train, data.IRData(corpus, queries, qrels)
 
 
 def main() -> None:

@@ -28,7 +28,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from job import data as D  # noqa: E402
+from job import data  # noqa: E402
 from job.config import MODEL_FIELDS, JobConfig, fingerprint_digest, resolve_config  # noqa: E402
 from job.evaluation import evaluate_model, evaluation_options, per_dim_metrics  # noqa: E402
 from job.layout import write_json  # noqa: E402
@@ -36,7 +36,7 @@ from job.models import load_model, resolve_best_dim, resolve_dims  # noqa: E402
 from job.train import VALIDATION, last_checkpoint, train_model  # noqa: E402
 
 
-def protocol_split(pairs: list[D.Pair], seed: int, val_rows: int, test_fraction: float = 0.1):
+def protocol_split(pairs: list[data.Pair], seed: int, val_rows: int, test_fraction: float = 0.1):
     order = list(range(len(pairs)))
     random.Random(seed).shuffle(order)
     n_test = round(len(pairs) * test_fraction)
@@ -46,15 +46,15 @@ def protocol_split(pairs: list[D.Pair], seed: int, val_rows: int, test_fraction:
     return train, val, test
 
 
-def ir_sets(pairs: list[D.Pair], test: list[int], test_limit: int | None):
+def ir_sets(pairs: list[data.Pair], test: list[int], test_limit: int | None):
     test = test[:test_limit] if test_limit else test
-    plain = D.IRData(
+    plain = data.IRData(
         corpus={f"c{i}": p.passage for i, p in enumerate(pairs) if p.passage},
         queries={f"q{i}": pairs[i].question for i in test},
         qrels={f"q{i}": {f"c{i}": 1} for i in test},
     )
-    corpus, ids = D.build_ir_corpus({"train": [p for p in pairs if p.passage]})
-    dedup = D.IRData(corpus, plain.queries, {f"q{i}": {ids[pairs[i].passage]: 1} for i in test})
+    corpus, ids = data.build_ir_corpus({"train": [p for p in pairs if p.passage]})
+    dedup = data.IRData(corpus, plain.queries, {f"q{i}": {ids[pairs[i].passage]: 1} for i in test})
     return plain, dedup, ids
 
 
@@ -163,11 +163,11 @@ def main() -> None:
     def log(msg: str) -> None:
         print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
-    records = D.load_records(args.data)
-    q_col, p_col = D.detect_columns(list(records.rows[0]), None, None, records.source)
+    records = data.load_records(args.data)
+    q_col, p_col = data.detect_columns(list(records.rows[0]), None, None, records.source)
     # Row indices stay those of the file (the protocol shuffles 0..n-1); rows with an empty
     # question or context (two in financial-qa-10k) are left out of whichever split they fall in.
-    rows = [D.Pair(str(r[q_col] or "").strip(), str(r[p_col] or "").strip()) for r in records.rows]
+    rows = [data.Pair(str(r[q_col] or "").strip(), str(r[p_col] or "").strip()) for r in records.rows]
     valid = [bool(p.question and p.passage) for p in rows]
     train_idx, val_idx, test_idx = (
         [i for i in split if valid[i]] for split in protocol_split(rows, args.seed, args.val_rows)
@@ -175,8 +175,8 @@ def main() -> None:
     pairs = rows
     train_pairs = [pairs[i] for i in train_idx][: args.train_limit]
     plain, dedup, ids = ir_sets(pairs, test_idx, args.test_limit)
-    val_queries, val_qrels = D.build_ir_queries([pairs[i] for i in val_idx], ids, "v")
-    validation = D.IRData(dedup.corpus, val_queries, val_qrels)
+    val_queries, val_qrels = data.build_ir_queries([pairs[i] for i in val_idx], ids, "v")
+    validation = data.IRData(dedup.corpus, val_queries, val_qrels)
     protocol = {
         "data": args.data,
         "rows": len(pairs),

@@ -36,20 +36,20 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 from transformers import TrainerCallback  # noqa: E402
 
-from job import data as D  # noqa: E402
+from job import data  # noqa: E402
 from job.config import resolve_config  # noqa: E402
 from job.models import load_model, resolve_dims  # noqa: E402
 from job.train import train_model  # noqa: E402
 
 
-def load_pairs(path: str, limit: int | None) -> list[D.Pair]:
-    records = D.load_records(path)
-    q, p = D.detect_columns(list(records.rows[0]), None, None, records.source)
-    pairs = D.validate_pairs(records, q, p, drop_invalid=True).pairs
+def load_pairs(path: str, limit: int | None) -> list[data.Pair]:
+    records = data.load_records(path)
+    q, p = data.detect_columns(list(records.rows[0]), None, None, records.source)
+    pairs = data.validate_pairs(records, q, p, drop_invalid=True).pairs
     return pairs[:limit] if limit else pairs
 
 
-def bench_pipeline(pairs: list[D.Pair], model, batch_size: int, token_cache: bool, epochs: int = 2) -> dict:
+def bench_pipeline(pairs: list[data.Pair], model, batch_size: int, token_cache: bool, epochs: int = 2) -> dict:
     """Sampler + fetch + tokenize/collate exactly as the job's trainer builds its DataLoader;
     epoch 1 includes tokenizing into the cache (when on), later epochs show the steady state."""
     import datasets
@@ -93,7 +93,7 @@ def bench_pipeline(pairs: list[D.Pair], model, batch_size: int, token_cache: boo
     }
 
 
-def bench_samplers(pairs: list[D.Pair], batch_size: int, epochs: int = 3, seed: int = 42) -> dict:
+def bench_samplers(pairs: list[data.Pair], batch_size: int, epochs: int = 3, seed: int = 42) -> dict:
     """The no-duplicates batch samplers alone, on (anchor, positive, negative) rows: sentence-transformers'
     NO_DUPLICATES (row lookups) and NO_DUPLICATES_HASHED (xxhash values precomputed with datasets.map),
     the job's id-based sampler, and its length-grouped one. Seconds to build (first epoch) and per later epoch."""
@@ -138,7 +138,7 @@ def bench_samplers(pairs: list[D.Pair], batch_size: int, epochs: int = 3, seed: 
     return out
 
 
-def bench_padding(pairs: list[D.Pair], model, batch_size: int, pools: list[int], seed: int = 42) -> dict:
+def bench_padding(pairs: list[data.Pair], model, batch_size: int, pools: list[int], seed: int = 42) -> dict:
     """Tokens one epoch computes (each column padded to its longest text) against the real tokens,
     for random no-duplicates batches and for length-grouped pools. Deterministic; a random training
     passage stands in for each pair's mined negative (mining needs a model pass)."""
@@ -268,7 +268,7 @@ class OpProfile(TrainerCallback):
 
 
 def bench_training(
-    pairs: list[D.Pair], model_name: str, batch_size: int, steps: int, extra: dict, profile: int = 0
+    pairs: list[data.Pair], model_name: str, batch_size: int, steps: int, extra: dict, profile: int = 0
 ) -> dict:
     cfg = resolve_config(
         cli={"model": model_name, "batch_size": batch_size, "max_steps": steps, "logging_steps": 1000, **extra},

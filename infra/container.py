@@ -32,8 +32,7 @@ from infra.container_hooks import SIGTERM, Interrupted
 from infra.container_hooks import callbacks as container_callbacks
 from infra.container_inputs import check_single_node, resolve_container_config
 from infra.contract import EXIT_SIGTERM, FAILURE_LIMIT, OPT_ML, ContainerPaths, emit
-from job import config as C
-from job import layout
+from job import config, layout
 from job.errors import JobError
 from job.layout import RunDir
 
@@ -41,7 +40,7 @@ Echo = Callable[[str], None]
 
 
 # --- the job -------------------------------------------------------------------------------------
-def run_steps(cfg: C.JobConfig, echo: Echo, nproc: int = 1, callbacks: list | None = None) -> dict[str, Any]:
+def run_steps(cfg: config.JobConfig, echo: Echo, nproc: int = 1, callbacks: list | None = None) -> dict[str, Any]:
     """``job run``'s steps and skip/refuse rules (``job.pipeline.run``); training resumes from the run's
     checkpoints (a spot restart), carries our callbacks, and runs under torchrun when ``nproc`` > 1."""
     from job import pipeline
@@ -71,7 +70,7 @@ def _emit_step(step: str, result: dict[str, Any]) -> None:
             emit(f"test_ndcg@10_dim{dim}", m["ndcg@10"])
 
 
-def _train_distributed(cfg: C.JobConfig, rd, nproc: int, resume: bool, echo: Echo) -> dict[str, Any]:
+def _train_distributed(cfg: config.JobConfig, rd, nproc: int, resume: bool, echo: Echo) -> dict[str, Any]:
     from job.distributed import launch_training
 
     echo(f"train: {nproc} processes under torchrun (DDP)")
@@ -94,7 +93,7 @@ def _train_distributed(cfg: C.JobConfig, rd, nproc: int, resume: bool, echo: Ech
     return rd.record("train")
 
 
-def train_rank(cfg: C.JobConfig, resume: bool) -> None:
+def train_rank(cfg: config.JobConfig, resume: bool) -> None:
     """One torchrun rank of the train step: the job's own train step (rank 0 writes), plus our callbacks."""
     from job import distributed, pipeline
 
@@ -122,7 +121,7 @@ def copy_contents(source: Path, target: Path) -> None:
             shutil.copyfile(item, dest)
 
 
-def export_outputs(cfg: C.JobConfig, paths: ContainerPaths, results: dict[str, Any]) -> None:
+def export_outputs(cfg: config.JobConfig, paths: ContainerPaths, results: dict[str, Any]) -> None:
     """Model to ``model/``; data/, ir/, baseline/, report/ and a flat metrics.json to ``output/data/``."""
     rd = RunDir(cfg.run_dir)
     copy_contents(rd.model, paths.model)
@@ -272,7 +271,7 @@ def _train_rank_main(argv: list[str]) -> int:
     cfg_file = argv[argv.index("--config") + 1]
     signal.signal(signal.SIGTERM, SIGTERM.handler)
     try:
-        train_rank(C.resolve_config(cfg_file, environ={}), resume="--resume" in argv)
+        train_rank(config.resolve_config(cfg_file, environ={}), resume="--resume" in argv)
     except Interrupted as exc:
         print(str(exc), file=sys.stderr, flush=True)
         return EXIT_SIGTERM
@@ -282,9 +281,10 @@ def _train_rank_main(argv: list[str]) -> int:
 def sagemaker_started_us(root: str | os.PathLike | None = None) -> bool:
     """True when the SageMaker layout is present: the platform has written the job's configuration
     (``input/config/``). SageMaker itself passes ``train``; its SDK's local mode passes nothing."""
-    config = Path(root or os.environ.get("OPT_ML") or OPT_ML) / "input" / "config"
+    config_dir = Path(root or os.environ.get("OPT_ML") or OPT_ML) / "input" / "config"
     return any(
-        (config / name).is_file() for name in ("hyperparameters.json", "inputdataconfig.json", "resourceconfig.json")
+        (config_dir / name).is_file()
+        for name in ("hyperparameters.json", "inputdataconfig.json", "resourceconfig.json")
     )
 
 

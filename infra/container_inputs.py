@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from infra.contract import BASE_MODEL, CHANNELS, CONTAINER_FIELDS, EVAL, RESERVED_PREFIXES, TRAIN, ContainerPaths
-from job import config as C
+from job import config
 from job.errors import JobError
 
 
@@ -65,7 +65,7 @@ def read_hyperparameters(path: Path) -> dict[str, Any]:
                 "directory under the checkpoint folder, and SageMaker itself uploads the model and report.",
                 "drop it; fetch the result with `job launch fetch JOB_NAME`, then publish from there.",
             )
-        values[name] = C.coerce(name, _hp_value(value), source)
+        values[name] = config.coerce(name, _hp_value(value), source)
     return values
 
 
@@ -185,14 +185,14 @@ def channel_values(paths: ContainerPaths, hps: dict[str, Any]) -> dict[str, Any]
     return out
 
 
-def resolve_container_config(paths: ContainerPaths, environ: Mapping[str, str] | None = None) -> C.JobConfig:
+def resolve_container_config(paths: ContainerPaths, environ: Mapping[str, str] | None = None) -> config.JobConfig:
     """Defaults < JOB_* environment < hyperparameters < channels, validated like the CLI's configuration."""
     hps = read_hyperparameters(paths.hyperparameters)
     values = {**hps, **channel_values(paths, hps), "run_dir": str(paths.run_dir)}
-    env = {k: v for k, v in (os.environ if environ is None else environ).items() if k.startswith(C.ENV_PREFIX)}
+    env = {k: v for k, v in (os.environ if environ is None else environ).items() if k.startswith(config.ENV_PREFIX)}
     for name in CONTAINER_FIELDS:
-        env.pop(C.ENV_PREFIX + name.upper(), None)
-    return C.resolve_config(None, values, env)
+        env.pop(config.ENV_PREFIX + name.upper(), None)
+    return config.resolve_config(None, values, env)
 
 
 def check_single_node(paths: ContainerPaths) -> None:

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from job import config as C
+from job import config
 
 OPT_ML = "/opt/ml"
 TRAIN, EVAL, BASE_MODEL = "train", "eval", "model"
@@ -40,7 +40,7 @@ CHANNELS = (TRAIN, EVAL, BASE_MODEL)
 RESERVED_PREFIXES = ("sagemaker_", "_")
 # Fields the container decides itself: where the run lives, and publishing (SageMaker uploads the
 # model; `job launch fetch` brings it back, `job` publishing commands take it from there).
-CONTAINER_FIELDS = C.LOCAL_FIELDS
+CONTAINER_FIELDS = config.LOCAL_FIELDS
 CHECKPOINTS = f"{OPT_ML}/checkpoints"  # SageMaker syncs this folder with the checkpoint S3 URI
 RUN_SUBDIR = "run"  # the run directory inside the checkpoints folder
 # Dims that get a SageMaker metric definition when the configuration does not list its own.

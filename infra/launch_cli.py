@@ -19,7 +19,7 @@ from pathlib import Path
 
 import click
 
-from job import config as C
+from job import config
 from job.cli_common import config_options, run_cli
 from job.errors import JobError
 
@@ -145,7 +145,7 @@ def _given_flags(names) -> list[str]:
 
 
 def _not_sent(cfg) -> None:
-    not_sent = [n for n in C.PUBLISH_FIELDS if getattr(cfg, n) and getattr(cfg, n) != C.FIELDS[n].default]
+    not_sent = [n for n in config.PUBLISH_FIELDS if getattr(cfg, n) and getattr(cfg, n) != config.FIELDS[n].default]
     if not_sent:
         _echo_err(f"launch: not sent to the job: {', '.join(not_sent)} (publish after `job launch fetch`)")
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from infra import contract, s3
-from job import config as C
+from job import config
 from job.errors import JobError
 
 Echo = Callable[[str], None]
@@ -57,12 +57,12 @@ class Input:
     path: Path | None = None
 
 
-def classify_inputs(cfg: C.JobConfig) -> list[Input]:
+def classify_inputs(cfg: config.JobConfig) -> list[Input]:
     """data / eval_data / model, checked: a missing local path or an unknown data format is an error."""
     out: list[Input] = []
     for name, channel in CHANNEL_FIELDS.items():
         value = getattr(cfg, name)
-        if value is None or (name == "model" and value == C.AUTO_MODEL):
+        if value is None or (name == "model" and value == config.AUTO_MODEL):
             continue  # no eval set / the container's own default model
         if value.startswith("s3://"):
             s3.parse_s3_uri(value)
@@ -91,7 +91,7 @@ def classify_inputs(cfg: C.JobConfig) -> list[Input]:
     return out
 
 
-def plan_inputs(cfg: C.JobConfig, bucket: str, prefix: str) -> InputPlan:
+def plan_inputs(cfg: config.JobConfig, bucket: str, prefix: str) -> InputPlan:
     """Which of data / eval_data / model become channels (uploaded or S3) and which travel as hyperparameters."""
     plan = InputPlan({}, [], {})
     for item in classify_inputs(cfg):
@@ -112,7 +112,7 @@ def plan_inputs(cfg: C.JobConfig, bucket: str, prefix: str) -> InputPlan:
     return plan
 
 
-def plan_local_inputs(cfg: C.JobConfig, stage: Path | None = None) -> InputPlan:
+def plan_local_inputs(cfg: config.JobConfig, stage: Path | None = None) -> InputPlan:
     """The same plan for the SDK's local mode: channels are local folders. A data FILE becomes a
     channel folder holding a copy of it, staged under ``stage`` (with ``stage`` None nothing is
     written and the channel names the file itself). s3:// inputs are refused: local mode would
@@ -182,16 +182,16 @@ def _as_string(value: Any) -> str:
     return str(value)
 
 
-def hyperparameters_for(cfg: C.JobConfig, plan: InputPlan, gpus: int | None = None) -> dict[str, str]:
+def hyperparameters_for(cfg: config.JobConfig, plan: InputPlan, gpus: int | None = None) -> dict[str, str]:
     """The configuration as SageMaker hyperparameters: every value that differs from its default,
     except the channels and the local-only fields, as strings. On an instance with several GPUs,
     ``nproc`` says how many training processes torchrun starts (one per GPU) unless it is set."""
     out: dict[str, str] = {}
-    if gpus and gpus > 1 and cfg.nproc == C.FIELDS["nproc"].default:
+    if gpus and gpus > 1 and cfg.nproc == config.FIELDS["nproc"].default:
         out["nproc"] = str(gpus)
-    defaults = C.JobConfig()
-    for name in C.FIELDS:
-        if name in C.LOCAL_FIELDS or name in CHANNEL_FIELDS:
+    defaults = config.JobConfig()
+    for name in config.FIELDS:
+        if name in config.LOCAL_FIELDS or name in CHANNEL_FIELDS:
             continue
         value = getattr(cfg, name)
         if value != getattr(defaults, name):

@@ -45,7 +45,7 @@ from infra.sagemaker_sdk import (
     sdk_config,
     training_job_defaults,
 )
-from job import config as C
+from job import config
 from job.errors import JobError
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -212,7 +212,12 @@ def _project_dependencies(pyproject: Path) -> list[str]:
 
 
 def build_trainer(
-    spec: LaunchSpec, cfg: C.JobConfig, plan: InputPlan, session, workdir: Path, defaults: dict[str, Any] | None = None
+    spec: LaunchSpec,
+    cfg: config.JobConfig,
+    plan: InputPlan,
+    session,
+    workdir: Path,
+    defaults: dict[str, Any] | None = None,
 ):
     """The ModelTrainer for this launch (nothing is sent until ``train()``); ``defaults`` are the SDK
     configuration's training-job values (:func:`infra.sagemaker_sdk.training_job_defaults`), which
@@ -291,7 +296,7 @@ NETWORK_FIELDS = (
 )
 
 
-def _metric_definitions(cfg: C.JobConfig):
+def _metric_definitions(cfg: config.JobConfig):
     from sagemaker.core.training.configs import MetricDefinition
 
     return [
@@ -300,7 +305,7 @@ def _metric_definitions(cfg: C.JobConfig):
 
 
 def launch(
-    cfg: C.JobConfig,
+    cfg: config.JobConfig,
     spec: LaunchSpec,
     *,
     dry_run: bool = False,
@@ -311,8 +316,8 @@ def launch(
     """Check, upload (unless ``dry_run``), create the training job; return the exact CreateTrainingJob request."""
     require_sdk()
     quiet_sdk_logs()
-    config = sdk_config()
-    defaults = training_job_defaults(config)
+    user_config = sdk_config()
+    defaults = training_job_defaults(user_config)
     spec = check_spec(spec, defaults)
     plan = plan_inputs(cfg, spec.bucket, spec.prefix)
     hps = hyperparameters_for(
@@ -323,7 +328,7 @@ def launch(
         upload_inputs(plan, echo)
     captured: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="job-launch-") as tmp:
-        session = launch_session(spec.region, dry_run, spec.bucket, spec.prefix, uploads, captured, config)
+        session = launch_session(spec.region, dry_run, spec.bucket, spec.prefix, uploads, captured, user_config)
         # A dry run calls nothing, so the role cannot be checked against IAM (a real launch checks it).
         with env_vars(SAGEMAKER_VALIDATE_ROLE="false") if dry_run else contextlib.nullcontext():
             trainer = build_trainer(spec, cfg, plan, session, Path(tmp), defaults)

@@ -37,7 +37,7 @@ from infra.sagemaker_inputs import InputPlan, hyperparameters_for, plan_local_in
 from infra.sagemaker_jobs import check_run_dir, result_lines, unpack_result
 from infra.sagemaker_launch import HUGGINGFACE, LaunchSpec
 from infra.sagemaker_sdk import config_files, quiet_sdk_logs, require_sdk, sdk_config, training_job_defaults
-from job import config as C
+from job import config
 from job.errors import JobError
 
 Echo = Callable[[str], None]
@@ -249,7 +249,7 @@ def build_local_trainer(spec: LaunchSpec, plan: InputPlan, hyperparameters: dict
 
 
 def launch_local(
-    cfg: C.JobConfig,
+    cfg: config.JobConfig,
     spec: LaunchSpec,
     *,
     gpus: bool = False,
@@ -263,10 +263,10 @@ def launch_local(
     image = check_image_name(spec.image)
     run_dir = Path(cfg.run_dir).expanduser()
     check_run_dir(run_dir, force)
-    config = sdk_config()
+    user_config = sdk_config()
     plan = plan_local_inputs(cfg)  # checks the inputs; nothing is written yet
     hps = hyperparameters_for(cfg, plan)
-    environment = {**training_job_defaults(config)["environment"], **spec.environment}
+    environment = {**training_job_defaults(user_config)["environment"], **spec.environment}
     request = {
         "image": image,
         "instance_type": LOCAL_GPU if gpus else LOCAL_CPU,
@@ -289,7 +289,7 @@ def launch_local(
         _prepare_root(root, plan)
         trainer = build_local_trainer(spec, plan, hps, environment, root, gpus)
         error: Exception | None = None
-        with config_files(config):
+        with config_files(user_config):
             try:
                 trainer.train(wait=True, logs=True)
             except RuntimeError as exc:  # the SDK: "Failed to run: [...]. Process exited with code: N"

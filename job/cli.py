@@ -12,8 +12,7 @@ import click
 
 from infra.launch_cli import launch  # `job launch` (SageMaker) lives with the cloud code
 from infra.push_cli import push  # `job push` lives with the publishing code
-from job import config as C
-from job import storage
+from job import config, storage
 from job.cli_common import SectionedCommand, StepOrderGroup, config_options, echo, run_cli
 from job.errors import JobError
 
@@ -53,7 +52,7 @@ def config_cmd(cfg) -> None:
 @cli.command("presets")
 def presets_cmd() -> None:
     """List the named recipes (--preset NAME) and what they set."""
-    for name, values in C.PRESETS.items():
+    for name, values in config.PRESETS.items():
         click.echo(f"{name}: " + ", ".join(f"{k}={v}" for k, v in values.items()))
 
 

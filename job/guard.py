@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from job import data as D
+from job import data
 from job.config import JobConfig
 from job.errors import JobError
 from job.evaluation import evaluate_model, evaluation_options
@@ -26,7 +26,7 @@ Echo = Callable[[str], None]
 def check_guard(cfg: JobConfig) -> None:
     """Refuse what cannot work before the step spends time: a folder that is not BEIR, NanoBEIR offline."""
     if cfg.guard_data:
-        D.load_beir(cfg.guard_data, cfg.guard_split, option="--guard-data", split_option="--guard-split")
+        data.load_beir(cfg.guard_data, cfg.guard_split, option="--guard-data", split_option="--guard-split")
     if cfg.guard_nanobeir:
         from job.models import hub_offline
 
@@ -44,17 +44,17 @@ def guard_scores(cfg: JobConfig, base, tuned, dims: list[int], echo: Echo) -> di
         return None
     sets: list[dict[str, Any]] = []
     if cfg.guard_data:
-        data = D.load_beir(cfg.guard_data, cfg.guard_split, option="--guard-data", split_option="--guard-split")
+        guard_set = data.load_beir(cfg.guard_data, cfg.guard_split, option="--guard-data", split_option="--guard-split")
         opts = evaluation_options(cfg)
         scored = {
-            name: {d: m["ndcg@10"] for d, m in evaluate_model(model, data, dims, "guard", **opts).items()}
+            name: {d: m["ndcg@10"] for d, m in evaluate_model(model, guard_set, dims, "guard", **opts).items()}
             for name, model in (("baseline", base), ("finetuned", tuned))
         }
         sets.append(
             {
                 "name": str(cfg.guard_data),
-                "queries": len(data.relevant_docs()),
-                "corpus_size": len(data.corpus),
+                "queries": len(guard_set.relevant_docs()),
+                "corpus_size": len(guard_set.corpus),
                 **scored,
             }
         )

@@ -17,8 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from job import card, checkpoints, guard, storage
-from job import data as D
+from job import card, checkpoints, data, guard, storage
 from job.config import (
     EMBEDDED_DATA,
     EVALUATE_FIELDS,
@@ -56,7 +55,7 @@ def input_files(cfg: JobConfig) -> dict[str, Path]:
     for name in ("data", "eval_data"):
         value = getattr(cfg, name)
         if name == "data" and value == EMBEDDED_DATA:
-            out[name] = D.embedded_data_path()
+            out[name] = data.embedded_data_path()
         elif value and Path(value).expanduser().exists():
             out[name] = Path(value).expanduser()
     return out
@@ -109,15 +108,15 @@ def prepare(cfg: JobConfig, rd: RunDir, echo: Echo = print, model=None) -> dict[
     if model is not None:
         resolve_best_dim(cfg, resolve_dims(cfg, model))
     inputs = input_digests(cfg)  # before reading: an edit while this step runs shows as a change next time
-    records = D.load_records(cfg.data, cfg.data_split)
+    records = data.load_records(cfg.data, cfg.data_split)
     columns = list(dict.fromkeys(k for row in records.rows[:1000] for k in row if k != "__line__"))
-    q_col, p_col = D.detect_columns(columns, cfg.question_column, cfg.passage_column, records.source)
-    validated = D.validate_pairs(
+    q_col, p_col = data.detect_columns(columns, cfg.question_column, cfg.passage_column, records.source)
+    validated = data.validate_pairs(
         records, q_col, p_col, drop_invalid=cfg.drop_invalid, check_column_order=cfg.check_column_order
     )
-    pairs, n_duplicates = D.dedupe_pairs(validated.pairs)
+    pairs, n_duplicates = data.dedupe_pairs(validated.pairs)
     test_fraction = 0.0 if cfg.eval_data else cfg.test_fraction
-    splits = D.split_pairs(pairs, cfg.val_fraction, test_fraction, cfg.seed, cfg.split_by)
+    splits = data.split_pairs(pairs, cfg.val_fraction, test_fraction, cfg.seed, cfg.split_by)
     if not cfg.eval_data and not splits["test"]:
         raise JobError(
             f"The split leaves zero test rows: {len(pairs)} pairs x test_fraction {cfg.test_fraction} rounds to 0.",
@@ -133,34 +132,34 @@ def prepare(cfg: JobConfig, rd: RunDir, echo: Echo = print, model=None) -> dict[
             f"The split leaves {len(splits['train'])} training pairs.", "add data or lower the held-out fractions."
         )
 
-    corpus, passage_ids = D.build_ir_corpus(splits)
-    ir_sets: dict[str, D.IRData] = {}
+    corpus, passage_ids = data.build_ir_corpus(splits)
+    ir_sets: dict[str, data.IRData] = {}
     if splits["validation"]:
-        queries, qrels = D.build_ir_queries(splits["validation"], passage_ids, "qv")
-        ir_sets["validation"] = D.IRData(corpus, queries, qrels)
+        queries, qrels = data.build_ir_queries(splits["validation"], passage_ids, "qv")
+        ir_sets["validation"] = data.IRData(corpus, queries, qrels)
     if cfg.eval_data:
-        ir_sets["test"] = D.load_beir(cfg.eval_data, cfg.eval_split)
+        ir_sets["test"] = data.load_beir(cfg.eval_data, cfg.eval_split)
     else:
-        queries, qrels = D.build_ir_queries(splits["test"], passage_ids, "qt")
-        ir_sets["test"] = D.IRData(corpus, queries, qrels)
+        queries, qrels = data.build_ir_queries(splits["test"], passage_ids, "qt")
+        ir_sets["test"] = data.IRData(corpus, queries, qrels)
 
     truncation = {}
     if model is not None:
         limit = model.max_seq_length
         truncation = {
             "max_seq_length": limit,
-            "questions_truncated": D.count_truncated([p.question for p in pairs], model.tokenizer, limit),
-            "passages_truncated": D.count_truncated(list(passage_ids), model.tokenizer, limit),
+            "questions_truncated": data.count_truncated([p.question for p in pairs], model.tokenizer, limit),
+            "passages_truncated": data.count_truncated(list(passage_ids), model.tokenizer, limit),
         }
 
     stage = rd.root / ".prepare.tmp"
     shutil.rmtree(stage, ignore_errors=True)
     (stage / "data").mkdir(parents=True)
     for split, split_pairs in splits.items():
-        D.write_pairs(stage / "data" / f"{split}.jsonl", split_pairs)
+        data.write_pairs(stage / "data" / f"{split}.jsonl", split_pairs)
     for split, ir in ir_sets.items():
-        D.write_beir(stage / "ir" / split, ir, split)
-    leakage = D.leakage_report(splits) if splits["test"] else D.leakage_against_test_set(splits, ir_sets["test"])
+        data.write_beir(stage / "ir" / split, ir, split)
+    leakage = data.leakage_report(splits) if splits["test"] else data.leakage_against_test_set(splits, ir_sets["test"])
     write_json(stage / "data" / "leakage.json", leakage)
     digest_src = {s: [(p.question, p.passage) for p in v] for s, v in splits.items()}
     digest_src["test_ir"] = [sorted(ir_sets["test"].qrels.items()), len(ir_sets["test"].corpus)]
@@ -188,7 +187,7 @@ def prepare(cfg: JobConfig, rd: RunDir, echo: Echo = print, model=None) -> dict[
     (rd.root / "ir").mkdir(exist_ok=True)
     for split in ir_sets:
         replace_dir(stage / "ir" / split, rd.ir(split))
-    for split in set(D.SPLITS) - set(ir_sets):
+    for split in set(data.SPLITS) - set(ir_sets):
         shutil.rmtree(rd.ir(split), ignore_errors=True)
     replace_dir(stage / "data", rd.data)
     shutil.rmtree(stage, ignore_errors=True)
@@ -228,9 +227,9 @@ def peak_memory() -> str:
     return f"peak memory {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.1f} GiB"
 
 
-def load_split(rd: RunDir, split: str) -> D.IRData | None:
+def load_split(rd: RunDir, split: str) -> data.IRData | None:
     d = rd.ir(split)
-    return D.load_beir(d, split) if d.is_dir() else None
+    return data.load_beir(d, split) if d.is_dir() else None
 
 
 # --- baseline ------------------------------------------------------------------------------------
@@ -260,8 +259,8 @@ def baseline(cfg: JobConfig, rd: RunDir, echo: Echo = print) -> dict[str, Any]:
     return record
 
 
-def _score(cfg: JobConfig, model, data: D.IRData, dims: list[int], name: str) -> dict[int, dict[str, float]]:
-    return evaluate_model(model, data, dims, name, **evaluation_options(cfg), show_progress_bar=True)
+def _score(cfg: JobConfig, model, ir: data.IRData, dims: list[int], name: str) -> dict[int, dict[str, float]]:
+    return evaluate_model(model, ir, dims, name, **evaluation_options(cfg), show_progress_bar=True)
 
 
 # --- train ---------------------------------------------------------------------------------------
@@ -294,7 +293,7 @@ def train(
     model = load_model(cfg.model, max_seq_length=cfg.max_seq_length, train=True)
     dims = resolve_dims(cfg, model)
     best_dim = resolve_best_dim(cfg, dims)
-    train_pairs = D.read_pairs(rd.data / "train.jsonl")
+    train_pairs = data.read_pairs(rd.data / "train.jsonl")
     validation = load_split(rd, "validation")
     before = _validation_before(cfg, rd, model, dims, validation, echo) if distributed.is_main_process() else None
     result = train_model(

@@ -53,7 +53,8 @@ def test_a_drop_beyond_the_limit_warns(monkeypatch):
         "base": {32: {"ndcg@10": 0.60}, 16: {"ndcg@10": 0.50}},
         "tuned": {32: {"ndcg@10": 0.55}, 16: {"ndcg@10": 0.51}},
     }
-    monkeypatch.setattr(guard.D, "load_beir", lambda *a, **k: guard.D.IRData({"d": "x"}, {"q": "y"}, {"q": {"d": 1}}))
+    one_query = guard.data.IRData({"d": "x"}, {"q": "y"}, {"q": {"d": 1}})
+    monkeypatch.setattr(guard.data, "load_beir", lambda *a, **k: one_query)
     monkeypatch.setattr(guard, "evaluate_model", lambda model, *a, **k: scores[model])
     cfg = resolve_config(None, {"guard_data": "somewhere", "guard_max_drop": "2"}, {})
     said = []
