@@ -58,6 +58,32 @@ def ir_sets(pairs: list[data.Pair], test: list[int], test_limit: int | None):
     return plain, dedup, ids
 
 
+def load_protocol(path: str, seed: int, val_rows: int, train_limit: int | None = None, test_limit: int | None = None):
+    """The protocol's sets from a (question, context) file: training pairs, validation (duplicate-aware
+    corpus), the plain and the duplicate-aware test sets, and the protocol's sizes."""
+    records = data.load_records(path)
+    q_col, p_col = data.detect_columns(list(records.rows[0]), None, None, records.source)
+    # Row indices stay those of the file (the protocol shuffles 0..n-1); rows with an empty
+    # question or context (two in financial-qa-10k) are left out of whichever split they fall in.
+    pairs = [data.Pair(str(r[q_col] or "").strip(), str(r[p_col] or "").strip()) for r in records.rows]
+    valid = [bool(p.question and p.passage) for p in pairs]
+    train_idx, val_idx, test_idx = ([i for i in split if valid[i]] for split in protocol_split(pairs, seed, val_rows))
+    train_pairs = [pairs[i] for i in train_idx][:train_limit]
+    plain, dedup, ids = ir_sets(pairs, test_idx, test_limit)
+    val_queries, val_qrels = data.build_ir_queries([pairs[i] for i in val_idx], ids, "v")
+    validation = data.IRData(dedup.corpus, val_queries, val_qrels)
+    protocol = {
+        "data": path,
+        "rows": len(pairs),
+        "train_rows": len(train_pairs),
+        "validation_questions": len(val_idx),
+        "test_questions": len(plain.queries),
+        "corpus": len(plain.corpus),
+        "corpus_dedup": len(dedup.corpus),
+    }
+    return train_pairs, validation, plain, dedup, protocol
+
+
 def parse_settings(text: str) -> dict[str, str]:
     """ "a=1,b=2,3" -> {"a": "1", "b": "2,3"}: a piece without "=" continues the previous (list) value."""
     out: dict[str, str] = {}
@@ -72,7 +98,11 @@ def parse_settings(text: str) -> dict[str, str]:
 
 
 def validation_at_best(summary: dict) -> dict[int, float]:
-    """Validation NDCG@10 at every dim, from the evaluation of the checkpoint that was kept."""
+    """Validation NDCG@10 at every dim, from the evaluation of the checkpoint that was kept (or of the
+    checkpoint average, when that was kept instead)."""
+    averaged = summary.get("checkpoint_average") or {}
+    if averaged.get("kept"):
+        return {d: m["ndcg@10"] for d, m in per_dim_metrics(averaged["validation_scores"], VALIDATION).items()}
     if not summary["best_checkpoint"]:
         return {}
     step = int(Path(summary["best_checkpoint"]).name.rsplit("-", 1)[1])
@@ -163,34 +193,16 @@ def main() -> None:
     def log(msg: str) -> None:
         print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
-    records = data.load_records(args.data)
-    q_col, p_col = data.detect_columns(list(records.rows[0]), None, None, records.source)
-    # Row indices stay those of the file (the protocol shuffles 0..n-1); rows with an empty
-    # question or context (two in financial-qa-10k) are left out of whichever split they fall in.
-    rows = [data.Pair(str(r[q_col] or "").strip(), str(r[p_col] or "").strip()) for r in records.rows]
-    valid = [bool(p.question and p.passage) for p in rows]
-    train_idx, val_idx, test_idx = (
-        [i for i in split if valid[i]] for split in protocol_split(rows, args.seed, args.val_rows)
+    train_pairs, validation, plain, dedup, protocol = load_protocol(
+        args.data, args.seed, args.val_rows, args.train_limit, args.test_limit
     )
-    pairs = rows
-    train_pairs = [pairs[i] for i in train_idx][: args.train_limit]
-    plain, dedup, ids = ir_sets(pairs, test_idx, args.test_limit)
-    val_queries, val_qrels = data.build_ir_queries([pairs[i] for i in val_idx], ids, "v")
-    validation = data.IRData(dedup.corpus, val_queries, val_qrels)
-    protocol = {
-        "data": args.data,
-        "rows": len(pairs),
-        "train_rows": len(train_pairs),
-        "validation_questions": len(val_idx),
-        "test_questions": len(plain.queries),
-        "corpus": len(plain.corpus),
-        "corpus_dedup": len(dedup.corpus),
-        "epochs_override": args.epochs,
-        "max_seq_length": args.max_seq_length,
-        "reduced": bool(args.train_limit or args.test_limit or args.epochs is not None or args.max_seq_length),
-        "machine": f"{platform.machine()} {platform.processor() or ''} python {platform.python_version()}".strip(),
-        "cpu_threads": torch_threads(),
-    }
+    protocol.update(
+        epochs_override=args.epochs,
+        max_seq_length=args.max_seq_length,
+        reduced=bool(args.train_limit or args.test_limit or args.epochs is not None or args.max_seq_length),
+        machine=f"{platform.machine()} {platform.processor() or ''} python {platform.python_version()}".strip(),
+        cpu_threads=torch_threads(),
+    )
     print("protocol:", json.dumps(protocol), flush=True)
 
     previous = json.loads(Path(args.out).read_text()) if args.out and Path(args.out).is_file() else {}
@@ -232,6 +244,10 @@ def main() -> None:
             row["pairs_per_second"] = summary["pairs_per_second"]
             row["global_steps"] = summary["global_steps"]
             row["best_checkpoint"] = Path(summary["best_checkpoint"] or "").name or None
+            if summary.get("checkpoint_average"):
+                row["checkpoint_average"] = {
+                    k: v for k, v in summary["checkpoint_average"].items() if k != "validation_scores"
+                }
             row["hard_negatives"] = summary["hard_negatives"]
             # what a recipe choice may look at: validation NDCG@10 of the kept checkpoint
             row["validation_ndcg@10"] = validation_at_best(summary)

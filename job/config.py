@@ -231,6 +231,12 @@ class JobConfig:
         step="train",
     )
     eval_steps: int | None = _opt(None, "Validate and checkpoint every N steps instead of every epoch.", step="train")
+    average_checkpoints: int = _opt(
+        0,
+        "Average the weights of the last N checkpoints (a model soup, N >= 2) and keep the average only when it beats "
+        "the best single checkpoint on validation; 0: off. Keeps N + 1 checkpoints on disk.",
+        step="train",
+    )
     eval_batch_size: int = _opt(64, "Batch size for encoding during evaluation.")
     save_total_limit: int = _opt(2, "Checkpoints kept on disk (the best one is always kept).")
     logging_steps: int = _opt(10, "Log the training loss every N steps.")
@@ -301,6 +307,7 @@ EVALUATE_FIELDS = TRAIN_FIELDS + fields_where(step="evaluate")
 LEGACY_VALUES: dict[str, Any] = {
     "length_grouping": 0, "loss_directions": ["query_to_doc"], "loss_scale": 20.0, "guide_model": None,
     "attention_dropout": None, "guard_data": None, "guard_split": "test", "guard_nanobeir": None, "guard_max_drop": 2.0,
+    "average_checkpoints": 0,
 }  # fmt: skip
 
 
@@ -319,7 +326,8 @@ HELP_SECTIONS = ("Run", "Data", "Model", "Recipe", "Evaluation and checkpoints",
 _SECTION_OF = {
     "run_dir": "Run", "preset": "Run", "seed": "Data",
     "best_model_dim": "Evaluation and checkpoints", "eval_steps": "Evaluation and checkpoints",
-    "eval_batch_size": "Evaluation and checkpoints", "save_total_limit": "Evaluation and checkpoints",
+    "eval_batch_size": "Evaluation and checkpoints", "average_checkpoints": "Evaluation and checkpoints",
+    "save_total_limit": "Evaluation and checkpoints",
     "logging_steps": "Evaluation and checkpoints", "report_to": "Evaluation and checkpoints",
     "mixed_precision": "Speed and hardware", "dataloader_workers": "Speed and hardware", "nproc": "Speed and hardware",
     "token_cache": "Speed and hardware", "length_grouping": "Speed and hardware",
@@ -488,6 +496,11 @@ def validate_config(cfg: JobConfig) -> None:
     if cfg.hard_negatives < 0:
         raise JobError(
             f"hard_negatives is {cfg.hard_negatives}; it must be 0 or more.", "pass e.g. --hard-negatives 1."
+        )
+    if cfg.average_checkpoints < 0 or cfg.average_checkpoints == 1:
+        raise JobError(
+            f"average_checkpoints is {cfg.average_checkpoints}; it must be 0 (off) or at least 2.",
+            "pass e.g. --average-checkpoints 3, or 0 to keep the best single checkpoint.",
         )
     if cfg.eval_steps is not None and cfg.eval_steps < 1:
         raise JobError(

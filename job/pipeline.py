@@ -355,6 +355,13 @@ def _echo_train(echo: Echo, rd: RunDir, record: dict[str, Any]) -> None:
     best = (
         f", best validation NDCG@10@{best_dim} {record['best_metric']:.4f}" if record["best_metric"] is not None else ""
     )
+    averaged = record.get("checkpoint_average") or {}
+    if averaged.get("validation_score") is not None:
+        best += f"; average of {len(averaged['checkpoints'])} checkpoints {averaged['validation_score']:.4f}: " + (
+            "saved instead" if averaged["kept"] else "not kept"
+        )
+    elif averaged:
+        best += f"; no checkpoint average ({averaged['why']})"
     procs = f" on {record['world_size']} processes" if record.get("world_size", 1) > 1 else ""
     echo(
         f"train: {record['global_steps']} steps over {record['train_pairs']} pairs{procs} "
@@ -435,6 +442,7 @@ def evaluate(cfg: JobConfig, rd: RunDir, echo: Echo = print) -> dict[str, Any]:
         "hard_negatives": training.get("hard_negatives"),
         "validation_before": training.get("validation_before"),
         "validation_saved_model": training.get("validation_saved_model"),
+        "checkpoint_average": training.get("checkpoint_average"),
         "training": {
             k: training.get(k)
             for k in (

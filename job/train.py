@@ -12,11 +12,11 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from job import checkpoints, layout, storage
+from job import checkpoints, layout, soup, storage
 from job.collate import RowNamingCollator, failing_pair_named, raise_for_batch_failure, worker_signals_paused
 from job.config import JobConfig
 from job.data import IRData, Pair
-from job.distributed import world_size
+from job.distributed import is_main_process, world_size
 from job.errors import JobError
 from job.evaluation import VALIDATION, build_evaluator, evaluation_options, metric_key, per_dim_metrics
 from job.negatives import add_hard_negatives
@@ -179,7 +179,12 @@ def space_needed(model, cfg: JobConfig) -> int:
     """Bytes a training run writes at its peak: the kept checkpoints plus the one being written (fp32
     weights and AdamW's two moments each) and the final model."""
     weights = sum(p.numel() for p in model.parameters()) * 4
-    return int((cfg.save_total_limit + 1) * 3 * weights + weights)
+    return int((kept_checkpoints(cfg) + 1) * 3 * weights + weights)
+
+
+def kept_checkpoints(cfg: JobConfig) -> int:
+    """The trainer's ``save_total_limit``: room for the checkpoints to average, plus the best one."""
+    return max(cfg.save_total_limit, cfg.average_checkpoints + 1 if cfg.average_checkpoints else 0)
 
 
 def train_model(
@@ -247,6 +252,11 @@ def train_model(
     summary.update(
         hard_negatives=negatives_stats, resumed_from=resume_from, best_metric_name=select.get("metric_for_best_model")
     )
+    if cfg.average_checkpoints and is_main_process():
+        summary["checkpoint_average"] = soup.try_soup(
+            model, checkpoint_dir, cfg.average_checkpoints, evaluator,
+            select.get("metric_for_best_model", "").removeprefix("eval_"), trainer.state.best_metric,
+        )  # fmt: skip
     return TrainResult(model, summary)
 
 
@@ -310,7 +320,7 @@ def training_arguments(cfg: JobConfig, model, checkpoint_dir: Path, batch_size: 
         batch_sampler=batch_sampler(cfg),
         save_strategy="steps" if cfg.eval_steps else "epoch",
         save_steps=cfg.eval_steps or 500,
-        save_total_limit=cfg.save_total_limit,
+        save_total_limit=kept_checkpoints(cfg),
         logging_steps=cfg.logging_steps,
         seed=cfg.seed,
         data_seed=cfg.seed,

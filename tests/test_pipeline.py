@@ -267,3 +267,23 @@ def test_more_processes_than_cores_is_a_clear_error(tmp_path, tiny_model_path, p
     prepare(cfg, rd, echo=lambda m: None)
     with pytest.raises(JobError, match="more CPU training processes than there are cores"):
         train(cfg, rd, echo=lambda m: None)
+
+
+def test_checkpoint_average_is_reported_and_saved_with_its_own_scores(tmp_path, tiny_model_path, pairs_file):
+    cfg = _cfg(
+        tmp_path, tiny_model_path, pairs_file, max_steps=6, eval_steps=2, matryoshka_dims=[32, 16],
+        average_checkpoints=3, hard_negatives=0,
+    )  # fmt: skip
+    rd = RunDir(cfg.run_dir)
+    lines: list[str] = []
+    run(cfg, rd, echo=lines.append)
+    record = json.loads((rd.model / "training.json").read_text())
+    averaged = record["checkpoint_average"]
+    assert averaged["checkpoints"] == ["checkpoint-2", "checkpoint-4", "checkpoint-6"]
+    train_line = next(line for line in lines if line.startswith("train: ") and "steps over" in line)
+    assert f"average of 3 checkpoints {averaged['validation_score']:.4f}" in train_line
+    assert ("saved instead" if averaged["kept"] else "not kept") in train_line
+    saved = record["validation_saved_model"]["32"]  # the saved weights, rescored: the average's or the best's
+    assert saved == pytest.approx(averaged["validation_score"] if averaged["kept"] else averaged["best_single"])
+    report = (rd.report / "report.md").read_text()
+    assert "Checkpoint average of checkpoint-2, checkpoint-4, checkpoint-6: validation" in report

@@ -139,3 +139,63 @@ def test_length_grouped_training_checkpoints_and_resumes(tmp_path, tiny_model_pa
         resume=True,
     )
     assert resumed.summary["resumed_from"].endswith("checkpoint-4") and resumed.summary["global_steps"] == 6
+
+
+def test_checkpoint_average_is_kept_only_when_it_wins_on_validation(tmp_path, tiny_model_path):
+    """--average-checkpoints N: the last N checkpoints stay on disk, their mean is scored on validation, and the
+    model ends up holding exactly the average (it beat the best checkpoint) or exactly the best checkpoint."""
+    import torch
+    from conftest import TOPICS, make_pairs
+
+    from job import checkpoints, soup
+    from job.data import IRData, Pair
+    from job.train import train_model
+
+    pairs = [Pair(r["question"], r["context"]) for r in make_pairs(3)]
+    validation = IRData(
+        corpus={f"c{i}": passage for i, (_, passage) in enumerate(TOPICS)},
+        queries={f"q{i}": f"What was the {topic}?" for i, (topic, _) in enumerate(TOPICS)},
+        qrels={f"q{i}": {f"c{i}": 1} for i in range(len(TOPICS))},
+    )
+    cfg = resolve_config(
+        None, {"max_steps": 6, "eval_steps": 2, "batch_size": 4, "hard_negatives": 0, "average_checkpoints": 2}, {}
+    )
+    model = SentenceTransformer(str(tiny_model_path), device="cpu")
+    result = train_model(cfg, model, [32, 16], 32, pairs, validation, tmp_path / "ckpt")
+    averaged = result.summary["checkpoint_average"]
+    assert averaged["checkpoints"] == ["checkpoint-4", "checkpoint-6"]
+    assert averaged["kept"] == (averaged["validation_score"] > averaged["best_single"])
+    assert len(checkpoints.checkpoint_dirs(tmp_path / "ckpt")) == 3  # the two averaged and the best, at least
+    expected = (
+        soup.average([soup.checkpoint_weights(tmp_path / "ckpt" / c) for c in averaged["checkpoints"]])
+        if averaged["kept"]
+        else soup.checkpoint_weights(result.summary["best_checkpoint"])
+    )
+    state = model.state_dict()
+    assert all(torch.allclose(state[k], v) for k, v in expected.items())
+
+
+def test_checkpoint_average_mean_and_settings():
+    import torch
+
+    from job import soup
+
+    states = [
+        {"w": torch.tensor([1.0, 3.0]), "ids": torch.tensor([0, 1])},
+        {"w": torch.tensor([3.0, 5.0]), "ids": torch.tensor([7, 8])},
+    ]
+    mean = soup.average(states)
+    assert mean["w"].tolist() == [2.0, 4.0] and mean["ids"].tolist() == [7, 8]  # integer buffers: the newest
+    with pytest.raises(JobError, match="do not hold the same weights"):
+        soup.average([{"w": torch.ones(1)}, {"v": torch.ones(1)}])
+    with pytest.raises(JobError, match="average_checkpoints is 1; it must be 0 .off. or at least 2"):
+        resolve_config(None, {"average_checkpoints": "1"}, {})
+
+
+def test_checkpoint_average_needs_two_checkpoints(tmp_path, tiny_model_path):
+    from job import soup
+
+    model = SentenceTransformer(str(tiny_model_path), device="cpu")
+    model.save(str(tmp_path / "checkpoint-2"))
+    out = soup.try_soup(model, tmp_path, 3, evaluator=None, selection_key="x", best_single=None)
+    assert out == {"kept": False, "checkpoints": [], "why": "fewer than 2 complete checkpoints"}
