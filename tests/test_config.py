@@ -480,3 +480,22 @@ def test_records_from_before_a_field_existed_still_match():
     changed = resolve_config(None, {"length_grouping": "16"}, {}).fingerprint(TRAIN_FIELDS)
     assert not fingerprints_match(before, changed)  # a run made without grouping is not a grouped run
     assert not fingerprints_match({**before, "epochs": 2.0}, now)
+
+
+def test_gpu_bench_variants_are_valid_configurations():
+    """scripts/gpu_bench.sh runs once on a lent GPU: a variant with a misspelt setting would waste that run."""
+    import re
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    sys.path.insert(0, str(root / "bench"))
+    from quality import parse_settings
+
+    script = (root / "scripts" / "gpu_bench.sh").read_text()
+    variants = re.search(r'VARIANTS=\$\{VARIANTS-"([^"]*)"', script).group(1).split()
+    assert len(variants) >= 5
+    for spec in variants:
+        name, _, settings = spec.partition(":")
+        assert name and settings, spec
+        resolve_config(cli=parse_settings(settings), environ={})
