@@ -35,7 +35,7 @@ def logged_validation(checkpoint: Path) -> dict[int, dict[int, float]]:
     history = json.loads((checkpoint / "trainer_state.json").read_text())["log_history"]
     out = {}
     for entry in history:
-        found = per_dim_metrics({k.removeprefix("eval_"): v for k, v in entry.items()}, VALIDATION)
+        found = per_dim_metrics(entry, VALIDATION)
         if found:
             out[entry["step"]] = {d: m["ndcg@10"] for d, m in found.items()}
     return out

@@ -140,9 +140,15 @@ def newest_complete(checkpoint_dir: Path, echo=None) -> str | None:
     return None
 
 
+def complete(checkpoint_dir: Path) -> list[Path]:
+    """The complete checkpoints, newest first, changing nothing on disk."""
+    return [p for p in checkpoint_dirs(checkpoint_dir) if not problems(p)]
+
+
 def newest(checkpoint_dir: Path) -> str | None:
     """The newest complete checkpoint, changing nothing on disk."""
-    return next((str(p) for p in checkpoint_dirs(checkpoint_dir) if not problems(p)), None)
+    found = complete(checkpoint_dir)
+    return str(found[0]) if found else None
 
 
 def set_aside(path: Path) -> Path:

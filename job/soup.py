@@ -17,8 +17,7 @@ logger = logging.getLogger(__name__)
 
 def candidates(checkpoint_dir: Path, n: int) -> list[Path]:
     """The ``n`` newest complete checkpoints, oldest first (fewer when fewer exist)."""
-    complete = [p for p in checkpoints.checkpoint_dirs(checkpoint_dir) if not checkpoints.problems(p)]
-    return list(reversed(complete[:n]))
+    return list(reversed(checkpoints.complete(checkpoint_dir)[:n]))
 
 
 def checkpoint_weights(path: Path) -> dict[str, Any]:
@@ -67,14 +66,9 @@ def try_soup(model, checkpoint_dir: Path, n: int, evaluator, selection_key: str,
         return {"kept": False, "checkpoints": [p.name for p in paths], "why": "fewer than 2 complete checkpoints"}
     if evaluator is None or best_single is None:
         return {"kept": False, "checkpoints": [p.name for p in paths], "why": "no validation split to choose on"}
-    import torch
-
-    device = next(model.parameters()).device
     best = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
-    model.load_state_dict(average([checkpoint_weights(p) for p in paths]))
-    model.to(device)
-    with torch.no_grad():
-        scores = evaluator(model)
+    model.load_state_dict(average([checkpoint_weights(p) for p in paths]))  # copied onto the model's device
+    scores = evaluator(model)
     score = float(scores[selection_key])
     kept = score > best_single
     if not kept:
