@@ -287,3 +287,33 @@ def test_checkpoint_average_is_reported_and_saved_with_its_own_scores(tmp_path, 
     assert saved == pytest.approx(averaged["validation_score"] if averaged["kept"] else averaged["best_single"])
     report = (rd.report / "report.md").read_text()
     assert "Checkpoint average of checkpoint-2, checkpoint-4, checkpoint-6: validation" in report
+
+
+def test_a_crash_while_averaging_checkpoints_is_recovered_by_the_next_run(
+    tmp_path, tiny_model_path, pairs_file, monkeypatch
+):
+    """Averaging writes nothing until the model is saved: a crash there leaves complete checkpoints, and
+    `job run` resumes from the last one, finishes at once and averages."""
+    from job import checkpoints, soup
+
+    cfg = _cfg(
+        tmp_path, tiny_model_path, pairs_file, epochs=2, matryoshka_dims=[32, 16], average_checkpoints=2,
+        hard_negatives=0,
+    )  # fmt: skip
+    rd = RunDir(cfg.run_dir)
+    real_average = soup.average
+
+    def crash(states):
+        raise KeyboardInterrupt("killed while averaging")
+
+    monkeypatch.setattr(soup, "average", crash)
+    with pytest.raises(KeyboardInterrupt):
+        run(cfg, rd, echo=lambda m: None)
+    assert not rd.model.exists() and checkpoints.newest(rd.checkpoints).endswith("checkpoint-12")
+    monkeypatch.setattr(soup, "average", real_average)
+    lines: list[str] = []
+    run(cfg, rd, echo=lines.append)
+    record = json.loads((rd.model / "training.json").read_text())
+    assert record["resumed_from"].endswith("checkpoint-12") and record["global_steps"] == 12
+    assert record["checkpoint_average"]["checkpoints"] == ["checkpoint-6", "checkpoint-12"]
+    assert (rd.report / "report.md").is_file()
