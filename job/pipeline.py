@@ -318,7 +318,12 @@ def train(
         return record  # exactly one model is written, by rank 0
     card.describe_model(model, base_id, card.title(base_id, base_name, cfg.data, dims))
     if validation is not None:  # the card and the record show the saved model's numbers, not the last evaluation's
-        scored = card.rescore_for_card(model, build_evaluator(validation, dims, VALIDATION, **evaluation_options(cfg)))
+        averaged = result.summary.get("checkpoint_average") or {}
+        if averaged.get("kept"):  # the average was just scored by this evaluator: no second validation pass
+            scored = averaged["validation_scores"]
+        else:
+            evaluator = build_evaluator(validation, dims, VALIDATION, **evaluation_options(cfg))
+            scored = card.rescore_for_card(model, evaluator)
         record["validation_saved_model"] = {d: m["ndcg@10"] for d, m in per_dim_metrics(scored, VALIDATION).items()}
     stage = rd.root / ".model.tmp"
     shutil.rmtree(stage, ignore_errors=True)

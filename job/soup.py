@@ -9,7 +9,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from job import checkpoints
+from job import card, checkpoints
 from job.errors import JobError
 
 logger = logging.getLogger(__name__)
@@ -68,7 +68,7 @@ def try_soup(model, checkpoint_dir: Path, n: int, evaluator, selection_key: str,
         return {"kept": False, "checkpoints": [p.name for p in paths], "why": "no validation split to choose on"}
     best = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
     model.load_state_dict(average([checkpoint_weights(p) for p in paths]))  # copied onto the model's device
-    scores = evaluator(model)
+    scores = card.rescore_for_card(model, evaluator)  # when kept, these are the saved model's numbers
     score = float(scores[selection_key])
     kept = score > best_single
     if not kept:

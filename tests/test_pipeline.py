@@ -269,7 +269,17 @@ def test_more_processes_than_cores_is_a_clear_error(tmp_path, tiny_model_path, p
         train(cfg, rd, echo=lambda m: None)
 
 
-def test_checkpoint_average_is_reported_and_saved_with_its_own_scores(tmp_path, tiny_model_path, pairs_file):
+@pytest.mark.parametrize("average_wins", [True, False])
+def test_checkpoint_average_is_reported_and_saved_with_its_own_scores(
+    tmp_path, tiny_model_path, pairs_file, monkeypatch, average_wins
+):
+    from job import card, soup
+
+    rescores = []
+    rescore, try_soup = card.rescore_for_card, soup.try_soup
+    monkeypatch.setattr(card, "rescore_for_card", lambda *a: rescores.append(1) or rescore(*a))
+    # the tiny model's average wins or loses by chance: a best single score of -1 / 2 decides it
+    monkeypatch.setattr(soup, "try_soup", lambda *a: try_soup(*a[:5], -1.0 if average_wins else 2.0))
     cfg = _cfg(
         tmp_path, tiny_model_path, pairs_file, max_steps=6, eval_steps=2, matryoshka_dims=[32, 16],
         average_checkpoints=3, hard_negatives=0,
@@ -282,9 +292,14 @@ def test_checkpoint_average_is_reported_and_saved_with_its_own_scores(tmp_path, 
     assert averaged["checkpoints"] == ["checkpoint-2", "checkpoint-4", "checkpoint-6"]
     train_line = next(line for line in lines if line.startswith("train: ") and "steps over" in line)
     assert f"average of 3 checkpoints {averaged['validation_score']:.4f}" in train_line
-    assert ("saved instead" if averaged["kept"] else "not kept") in train_line
+    assert averaged["kept"] is average_wins
+    assert ("saved instead" if average_wins else "not kept") in train_line
     saved = record["validation_saved_model"]["32"]  # the saved weights, rescored: the average's or the best's
-    assert saved == pytest.approx(averaged["validation_score"] if averaged["kept"] else averaged["best_single"])
+    if average_wins:
+        assert saved == pytest.approx(averaged["validation_score"])
+    assert len(rescores) == (1 if average_wins else 2)  # a kept average is not scored a second time
+    card_data = (rd.model / "README.md").read_text()
+    assert f"{saved:.4f}" in card_data  # the card's evaluation block: the saved weights' numbers
     report = (rd.report / "report.md").read_text()
     assert "Checkpoint average of checkpoint-2, checkpoint-4, checkpoint-6: validation" in report
 
