@@ -205,16 +205,19 @@ def main() -> None:
     )
     print("protocol:", json.dumps(protocol), flush=True)
 
-    previous = json.loads(Path(args.out).read_text()) if args.out and Path(args.out).is_file() else {}
-    done = {r["name"]: r for r in previous.get("results", []) if "fingerprint" in r}
-
     variants = {}
     for spec in args.variant:
         name, _, settings = spec.partition(":")
         variants[name] = parse_settings(settings)
+    names = [p for p in args.presets.split(",") if p] + list(variants)
+    previous = json.loads(Path(args.out).read_text()) if args.out and Path(args.out).is_file() else {}
+    check_same_protocol(previous, protocol, names, args.out)
+    if previous.get("protocol") != protocol:
+        previous = {}  # another protocol: every row it holds is named again, and measured afresh
+    done = {r["name"]: r for r in previous.get("results", []) if "fingerprint" in r}
     results = []
     defaults = JobConfig().to_dict()
-    for name in [p for p in args.presets.split(",") if p] + list(variants):
+    for name in names:
         extra = dict(kv.split("=", 1) for kv in args.set) if name not in ("base",) else {}
         extra.update(variants.get(name, {}))
         cli = {"model": args.model, "max_seq_length": args.max_seq_length, "seed": args.seed, **extra}
@@ -264,12 +267,34 @@ def main() -> None:
         log(f"{name}: done")
         print("result:", json.dumps(row), flush=True)
         if args.out:  # after every row, so a run cut short keeps what it finished
-            write_json(Path(args.out), {"protocol": protocol, "results": results})
+            write_json(Path(args.out), {"protocol": protocol, "results": merge_rows(previous, results)})
         if name != "base":
             shutil.rmtree(work / name, ignore_errors=True)
         del model
         gc.collect()
-    print_tables(results)
+    print_tables(merge_rows(previous, results))
+
+
+def check_same_protocol(previous: dict, protocol: dict, names: list[str], out: str | None) -> None:
+    """Rows of --out that this run does not name are kept in it (merge_rows): only under the same protocol."""
+    others = [r["name"] for r in previous.get("results", []) if r["name"] not in names]
+    if others and previous.get("protocol") != protocol:
+        changed = sorted(k for k in set(protocol) | set(previous.get("protocol", {}))
+                         if protocol.get(k) != previous.get("protocol", {}).get(k))  # fmt: skip
+        print(
+            f"error: {out} holds rows ({', '.join(others)}) measured under another protocol (differs in: "
+            f"{', '.join(changed)}); the two cannot share one file. Fix: pass a new --out, or the same protocol.",
+            file=sys.stderr,
+        )
+        sys.exit(2)
+
+
+def merge_rows(previous: dict, results: list[dict]) -> list[dict]:
+    """The rows of --out in their order, those measured now in their place, new ones at the end: a run
+    that names only some rows never drops the others."""
+    fresh = {r["name"]: r for r in results}
+    rows = [fresh.pop(r["name"], r) for r in previous.get("results", [])]
+    return rows + [r for r in results if r["name"] in fresh]
 
 
 def print_tables(results: list[dict]) -> None:

@@ -1,0 +1,47 @@
+"""bench/quality.py's results file: rows measured over several sessions share one file, and a run that
+names only some of them must not drop the others (a lost row costs up to hours of CPU)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+
+from quality import check_same_protocol, merge_rows  # noqa: E402
+
+PROTOCOL = {"rows": 7000, "epochs_override": 1.0, "max_seq_length": 128, "reduced": True}
+
+
+def _file(*names: str) -> dict:
+    return {"protocol": dict(PROTOCOL), "results": [{"name": n, "measured": "before"} for n in names]}
+
+
+def test_rows_not_named_by_this_run_stay_in_their_place():
+    previous = _file("base", "gist", "sym")
+    now = [{"name": "base", "measured": "now"}, {"name": "default", "measured": "now"}]
+    merged = merge_rows(previous, now)
+    assert [r["name"] for r in merged] == ["base", "gist", "sym", "default"]
+    assert [r["measured"] for r in merged] == ["now", "before", "before", "now"]
+
+
+def test_a_first_run_writes_its_rows_in_order():
+    now = [{"name": "base"}, {"name": "default"}]
+    assert merge_rows({}, now) == now
+
+
+def test_rows_of_another_protocol_are_refused_with_the_fix(capsys):
+    previous = _file("base", "gist")
+    with pytest.raises(SystemExit) as stop:
+        check_same_protocol(previous, {**PROTOCOL, "max_seq_length": None}, ["base", "default"], "out.json")
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert "gist" in err and "max_seq_length" in err and "pass a new --out" in err
+
+
+def test_another_protocol_is_accepted_when_every_row_is_measured_again():
+    previous = _file("base", "gist")
+    check_same_protocol(previous, {**PROTOCOL, "max_seq_length": None}, ["base", "gist"], "out.json")
+    check_same_protocol(previous, dict(PROTOCOL), ["default"], "out.json")  # same protocol: always fine
