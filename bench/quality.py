@@ -166,7 +166,8 @@ def train_row(cfg, model, dims, train_pairs, validation, row_dir: Path, fingerpr
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data", required=True)
+    ap.add_argument("--data", help="the (question, context) file (required unless --show)")
+    ap.add_argument("--show", metavar="RESULTS_JSON", help="print the tables of a results file and exit (no run)")
     ap.add_argument("--model", default="bundled:all-MiniLM-L6-v2")
     ap.add_argument("--presets", default="base,blog,default", help="comma list of: base, default, or a preset name")
     ap.add_argument("--seed", type=int, default=42)
@@ -188,6 +189,12 @@ def main() -> None:
         "command skips rows already in --out and continues a row from its last checkpoint",
     )  # fmt: skip
     args = ap.parse_args()
+    if args.show:
+        print("protocol:", json.dumps(json.loads(Path(args.show).read_text())["protocol"]))
+        print_tables(json.loads(Path(args.show).read_text())["results"])
+        return
+    if not args.data:
+        ap.error("--data is required (or --show RESULTS_JSON to print a results file)")
     work = Path(args.work_dir or Path(".bench/quality") / (Path(args.out).stem if args.out else "run"))
 
     def log(msg: str) -> None:

@@ -45,3 +45,20 @@ def test_another_protocol_is_accepted_when_every_row_is_measured_again():
     previous = _file("base", "gist")
     check_same_protocol(previous, {**PROTOCOL, "max_seq_length": None}, ["base", "gist"], "out.json")
     check_same_protocol(previous, dict(PROTOCOL), ["default"], "out.json")  # same protocol: always fine
+
+
+def test_show_prints_a_results_file_without_running(tmp_path):
+    import json
+    import subprocess
+
+    row = {"name": "default", "train_seconds": 12.5, "peak_host_memory_mib": 10}
+    row |= {"validation_ndcg@10": {"64": 0.7}, "test_ndcg@10": {"64": 0.5}, "test_ndcg@10_dedup": {"64": 0.55}}
+    results = tmp_path / "r.json"
+    results.write_text(json.dumps({"protocol": PROTOCOL, "results": [row]}))
+    script = Path(__file__).resolve().parents[1] / "bench" / "quality.py"
+    shown = subprocess.run([sys.executable, str(script), "--show", str(results)], capture_output=True, text=True)
+    assert shown.returncode == 0, shown.stderr
+    assert "| default | 12.5 | - | 0.500 (0.550) |" in shown.stdout
+    assert "| default | 0.700 |" in shown.stdout
+    missing = subprocess.run([sys.executable, str(script)], capture_output=True, text=True)
+    assert missing.returncode == 2 and "--data is required" in missing.stderr
