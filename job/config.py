@@ -201,6 +201,12 @@ class JobConfig:
         "Relative margin: a mined negative must score below (1 - margin) x the positive's score.",
         step="train",
     )
+    hard_negative_depth: int = _opt(
+        0,
+        "How many of the base model's top-ranked passages per question mining looks through for negatives that pass "
+        "the margin (0: the library's default, 10 per negative + 1); a pair with too few gets random passages.",
+        step="train",
+    )
     epochs: float = _opt(4.0, "Training epochs.", step="train")
     max_steps: int = _opt(-1, "Stop after this many optimizer steps (-1: run all epochs).", step="train")
     batch_size: int = _opt(32, "Pairs per batch: every other passage in the batch is a negative.", step="train")
@@ -307,7 +313,7 @@ EVALUATE_FIELDS = TRAIN_FIELDS + fields_where(step="evaluate")
 LEGACY_VALUES: dict[str, Any] = {
     "length_grouping": 0, "loss_directions": ["query_to_doc"], "loss_scale": 20.0, "guide_model": None,
     "attention_dropout": None, "guard_data": None, "guard_split": "test", "guard_nanobeir": None, "guard_max_drop": 2.0,
-    "average_checkpoints": 0,
+    "average_checkpoints": 0, "hard_negative_depth": 0,
 }  # fmt: skip
 
 
@@ -496,6 +502,12 @@ def validate_config(cfg: JobConfig) -> None:
     if cfg.hard_negatives < 0:
         raise JobError(
             f"hard_negatives is {cfg.hard_negatives}; it must be 0 or more.", "pass e.g. --hard-negatives 1."
+        )
+    if cfg.hard_negative_depth and cfg.hard_negative_depth <= cfg.hard_negatives:
+        raise JobError(
+            f"hard_negative_depth is {cfg.hard_negative_depth}; mining {cfg.hard_negatives} negative(s) per pair must "
+            "look through more passages than that (and 0 is the library's default).",
+            f"pass e.g. --hard-negative-depth {max(50, 10 * cfg.hard_negatives + 1)}, or 0.",
         )
     if cfg.average_checkpoints < 0 or cfg.average_checkpoints == 1:
         raise JobError(

@@ -25,12 +25,14 @@ def add_hard_negatives(
     num_negatives: int,
     *,
     margin: float = 0.05,
+    depth: int = 0,
     seed: int = 42,
     batch_size: int = 64,
     query_prompt: str | None = None,
     passage_prompt: str | None = None,
 ):
-    """Return ``(dataset with anchor, positive, negative_1..n, stats)``."""
+    """Return ``(dataset with anchor, positive, negative_1..n, stats)``. ``depth``: how many of each
+    question's top-ranked passages are looked through (0: the library's default)."""
     import datasets
     from sentence_transformers.util import mine_hard_negatives
 
@@ -49,6 +51,7 @@ def add_hard_negatives(
         positive_column_name="positive",
         num_negatives=num_negatives,
         relative_margin=margin,
+        range_max=depth or None,
         sampling_strategy="top",
         output_format="n-tuple",
         batch_size=batch_size,
@@ -75,6 +78,7 @@ def add_hard_negatives(
     stats: dict[str, Any] = {
         "negatives_per_pair": num_negatives,
         "relative_margin": margin,
+        "depth": depth or "library default (10 per negative + 1)",
         "pairs_with_mined_negatives": len(pairs) - fallback,
         "pairs_with_random_fallback": fallback,
     }

@@ -275,8 +275,9 @@ def training_dataset(cfg: JobConfig, model, train_pairs: list[Pair], source: str
         return datasets.Dataset.from_dict(columns), None
     with failing_pair_named(train_pairs, model.preprocess, source):
         train_ds, stats = add_hard_negatives(
-            train_pairs, model, cfg.hard_negatives, margin=cfg.hard_negative_margin, seed=cfg.seed,
-            batch_size=cfg.eval_batch_size, query_prompt=cfg.query_prompt, passage_prompt=cfg.passage_prompt,
+            train_pairs, model, cfg.hard_negatives, margin=cfg.hard_negative_margin, depth=cfg.hard_negative_depth,
+            seed=cfg.seed, batch_size=cfg.eval_batch_size, query_prompt=cfg.query_prompt,
+            passage_prompt=cfg.passage_prompt,
         )  # fmt: skip
     logger.info("hard negatives: %s", stats)
     return train_ds, stats

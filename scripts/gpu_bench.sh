@@ -44,7 +44,7 @@ if [ "${QUICK:-0}" = 1 ]; then
 fi
 PRESETS=${PRESETS:-base,blog,default}
 # the levers of the full-scale quality issue, each on top of the default recipe (choose on validation)
-VARIANTS=${VARIANTS-"nohn:hard_negatives=0 cached128:loss=cached_mnrl,batch_size=128 cached256:loss=cached_mnrl,batch_size=256 gist:loss=gist cachedgist256:loss=cached_gist,batch_size=256 sym:loss_directions=query_to_doc,doc_to_query hn3:hard_negatives=3 lg16:length_grouping=16 attn0:attention_dropout=0 soup3:average_checkpoints=3"}
+VARIANTS=${VARIANTS-"nohn:hard_negatives=0 cached128:loss=cached_mnrl,batch_size=128 cached256:loss=cached_mnrl,batch_size=256 gist:loss=gist cachedgist256:loss=cached_gist,batch_size=256 sym:loss_directions=query_to_doc,doc_to_query hn3:hard_negatives=3 lg16:length_grouping=16 attn0:attention_dropout=0 soup3:average_checkpoints=3 depth100:hard_negative_depth=100"}
 VARIANT_ARGS=()
 for v in $VARIANTS; do VARIANT_ARGS+=(--variant "$v"); done
 

@@ -343,6 +343,14 @@ def test_batch_size_must_be_positive(value):
     )
 
 
+@pytest.mark.parametrize(("negatives", "depth"), [(1, 1), (3, 2)])
+def test_hard_negative_depth_must_exceed_the_negatives(negatives, depth):
+    message = _error(resolve_config, None, {"hard_negatives": negatives, "hard_negative_depth": depth}, {})
+    assert message.startswith(f"hard_negative_depth is {depth}; mining {negatives} negative(s) per pair")
+    assert "Fix: pass e.g. --hard-negative-depth" in message
+    assert resolve_config(cli={"hard_negative_depth": 50}, environ={}).hard_negative_depth == 50
+
+
 @pytest.mark.parametrize("name", ["gradient_accumulation_steps", "mini_batch_size", "eval_batch_size", "logging_steps"])
 def test_other_positive_ints(name):
     assert _error(resolve_config, None, {name: 0}, {}) == (

@@ -191,6 +191,31 @@ def test_hard_negatives_never_use_the_positive_or_its_duplicates(tiny_model_path
         assert len(set(negatives)) == 3
 
 
+def test_hard_negative_depth_reaches_mining_and_fewer_pairs_fall_back(tiny_model_path, monkeypatch):
+    """Looking deeper in each question's ranking finds margin-passing negatives for pairs whose top few
+    passages all score too close to the positive (14 % of financial-qa-10k's pairs at the default depth)."""
+    import sentence_transformers.util
+    from conftest import make_pairs
+    from sentence_transformers import SentenceTransformer
+
+    from job.data import Pair
+    from job.negatives import add_hard_negatives
+
+    pairs = [Pair(r["question"], r["context"]) for r in make_pairs(3)]
+    model = SentenceTransformer(str(tiny_model_path))
+    fallback = {d: add_hard_negatives(pairs, model, 1, depth=d, seed=1)[1] for d in (2, 12)}
+    assert fallback[2]["depth"] == 2 and fallback[12]["depth"] == 12
+    assert fallback[2]["pairs_with_random_fallback"] >= fallback[12]["pairs_with_random_fallback"]
+    seen = []
+    mine = sentence_transformers.util.mine_hard_negatives
+    monkeypatch.setattr(
+        sentence_transformers.util, "mine_hard_negatives", lambda *a, **k: seen.append(k) or mine(*a, **k)
+    )
+    add_hard_negatives(pairs, model, 1, depth=7, seed=1)
+    add_hard_negatives(pairs, model, 1, seed=1)
+    assert [k["range_max"] for k in seen] == [7, None]  # None: the library's default depth
+
+
 def test_too_few_passages_for_the_requested_negatives(tmp_path, tiny_model_path, pairs_file):
     cfg = _cfg(tmp_path, tiny_model_path, pairs_file, hard_negatives=12, max_steps=1)
     rd = RunDir(cfg.run_dir)
