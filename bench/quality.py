@@ -190,8 +190,9 @@ def main() -> None:
     )  # fmt: skip
     args = ap.parse_args()
     if args.show:
-        print("protocol:", json.dumps(json.loads(Path(args.show).read_text())["protocol"]))
-        print_tables(json.loads(Path(args.show).read_text())["results"])
+        shown = json.loads(Path(args.show).read_text())
+        print("protocol:", json.dumps(shown["protocol"]))
+        print_tables(shown["results"])
         return
     if not args.data:
         ap.error("--data is required (or --show RESULTS_JSON to print a results file)")
@@ -218,9 +219,7 @@ def main() -> None:
         variants[name] = parse_settings(settings)
     names = [p for p in args.presets.split(",") if p] + list(variants)
     previous = json.loads(Path(args.out).read_text()) if args.out and Path(args.out).is_file() else {}
-    check_same_protocol(previous, protocol, names, args.out)
-    if previous.get("protocol") != protocol:
-        previous = {}  # another protocol: every row it holds is named again, and measured afresh
+    previous = check_same_protocol(previous, protocol, names, args.out)
     done = {r["name"]: r for r in previous.get("results", []) if "fingerprint" in r}
     results = []
     defaults = JobConfig().to_dict()
@@ -282,10 +281,14 @@ def main() -> None:
     print_tables(merge_rows(previous, results))
 
 
-def check_same_protocol(previous: dict, protocol: dict, names: list[str], out: str | None) -> None:
-    """Rows of --out that this run does not name are kept in it (merge_rows): only under the same protocol."""
+def check_same_protocol(previous: dict, protocol: dict, names: list[str], out: str | None) -> dict:
+    """Rows of --out that this run does not name are kept in it (merge_rows): only under the same protocol.
+    Returns the file's contents to build on: ``{}`` when its protocol differs and every row it holds is
+    named again (measured afresh)."""
+    if previous.get("protocol") == protocol:
+        return previous
     others = [r["name"] for r in previous.get("results", []) if r["name"] not in names]
-    if others and previous.get("protocol") != protocol:
+    if others:
         changed = sorted(k for k in set(protocol) | set(previous.get("protocol", {}))
                          if protocol.get(k) != previous.get("protocol", {}).get(k))  # fmt: skip
         print(
@@ -294,6 +297,7 @@ def check_same_protocol(previous: dict, protocol: dict, names: list[str], out: s
             file=sys.stderr,
         )
         sys.exit(2)
+    return {}
 
 
 def merge_rows(previous: dict, results: list[dict]) -> list[dict]:

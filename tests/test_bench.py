@@ -43,8 +43,9 @@ def test_rows_of_another_protocol_are_refused_with_the_fix(capsys):
 
 def test_another_protocol_is_accepted_when_every_row_is_measured_again():
     previous = _file("base", "gist")
-    check_same_protocol(previous, {**PROTOCOL, "max_seq_length": None}, ["base", "gist"], "out.json")
-    check_same_protocol(previous, dict(PROTOCOL), ["default"], "out.json")  # same protocol: always fine
+    assert check_same_protocol(previous, {**PROTOCOL, "max_seq_length": None}, ["base", "gist"], "out.json") == {}
+    # same protocol: always fine, and the file is built on
+    assert check_same_protocol(previous, dict(PROTOCOL), ["default"], "out.json") == previous
 
 
 def test_show_prints_a_results_file_without_running(tmp_path):
