@@ -241,44 +241,49 @@ def main() -> None:
             results.append(done[name])
             continue
         log(f"{name}: start ({config})")
-        model = load_model(cfg.model, max_seq_length=cfg.max_seq_length, train=name != "base")
-        dims = resolve_dims(cfg, model)
-        kw = evaluation_options(cfg)
-        row = {"name": name, "config": config, "is_default": name == "default", "fingerprint": fingerprint}
-        if name != "base":
-            trained = train_row(cfg, model, dims, train_pairs, validation, work / name, fingerprint, log)
-            summary = trained["result"].summary
-            row["train_seconds"] = trained["train_seconds"]
-            row["resumed_from"] = Path(trained["resumed_from"]).name if trained["resumed_from"] else None
-            row["pairs_per_second"] = summary["pairs_per_second"]
-            row["global_steps"] = summary["global_steps"]
-            row["best_checkpoint"] = Path(summary["best_checkpoint"] or "").name or None
-            if summary.get("checkpoint_average"):
-                row["checkpoint_average"] = {
-                    k: v for k, v in summary["checkpoint_average"].items() if k != "validation_scores"
-                }
-            row["hard_negatives"] = summary["hard_negatives"]
-            # what a recipe choice may look at: validation NDCG@10 of the kept checkpoint
-            row["validation_ndcg@10"] = validation_at_best(summary)
-        else:  # the reference the validation gains are read against
-            row["validation_ndcg@10"] = {
-                d: m["ndcg@10"] for d, m in evaluate_model(model, validation, dims, "validation", **kw).items()
-            }
-        row["test_ndcg@10"] = {d: m["ndcg@10"] for d, m in evaluate_model(model, plain, dims, "plain", **kw).items()}
-        row["test_ndcg@10_dedup"] = {
-            d: m["ndcg@10"] for d, m in evaluate_model(model, dedup, dims, "dedup", **kw).items()
-        }
-        row["peak_host_memory_mib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+        row = measure_row(name, cfg, config, fingerprint, train_pairs, validation, plain, dedup, work, log)
         results.append(row)
         log(f"{name}: done")
         print("result:", json.dumps(row), flush=True)
         if args.out:  # after every row, so a run cut short keeps what it finished
             write_json(Path(args.out), {"protocol": protocol, "results": merge_rows(previous, results)})
-        if name != "base":
-            shutil.rmtree(work / name, ignore_errors=True)
-        del model
-        gc.collect()
     print_tables(merge_rows(previous, results))
+
+
+def measure_row(name, cfg, config, fingerprint, train_pairs, validation, plain, dedup, work: Path, log) -> dict:
+    """One row: the base model scored (``name == "base"``) or the recipe ``cfg`` trained on ``train_pairs``
+    (resuming from ``work/name``), then validation and both test sets scored at every dim."""
+    model = load_model(cfg.model, max_seq_length=cfg.max_seq_length, train=name != "base")
+    dims = resolve_dims(cfg, model)
+    kw = evaluation_options(cfg)
+    row = {"name": name, "config": config, "is_default": name == "default", "fingerprint": fingerprint}
+    if name != "base":
+        trained = train_row(cfg, model, dims, train_pairs, validation, work / name, fingerprint, log)
+        summary = trained["result"].summary
+        row["train_seconds"] = trained["train_seconds"]
+        row["resumed_from"] = Path(trained["resumed_from"]).name if trained["resumed_from"] else None
+        row["pairs_per_second"] = summary["pairs_per_second"]
+        row["global_steps"] = summary["global_steps"]
+        row["best_checkpoint"] = Path(summary["best_checkpoint"] or "").name or None
+        if summary.get("checkpoint_average"):
+            row["checkpoint_average"] = {
+                k: v for k, v in summary["checkpoint_average"].items() if k != "validation_scores"
+            }
+        row["hard_negatives"] = summary["hard_negatives"]
+        # what a recipe choice may look at: validation NDCG@10 of the kept checkpoint
+        row["validation_ndcg@10"] = validation_at_best(summary)
+    else:  # the reference the validation gains are read against
+        row["validation_ndcg@10"] = {
+            d: m["ndcg@10"] for d, m in evaluate_model(model, validation, dims, "validation", **kw).items()
+        }
+    row["test_ndcg@10"] = {d: m["ndcg@10"] for d, m in evaluate_model(model, plain, dims, "plain", **kw).items()}
+    row["test_ndcg@10_dedup"] = {d: m["ndcg@10"] for d, m in evaluate_model(model, dedup, dims, "dedup", **kw).items()}
+    row["peak_host_memory_mib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    if name != "base":
+        shutil.rmtree(work / name, ignore_errors=True)
+    del model
+    gc.collect()
+    return row
 
 
 def check_same_protocol(previous: dict, protocol: dict, names: list[str], out: str | None) -> dict:

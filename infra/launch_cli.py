@@ -145,6 +145,11 @@ def _given_flags(names) -> list[str]:
 
 
 def _not_sent(cfg) -> None:
+    if cfg.docs:
+        raise JobError(
+            "--docs: a SageMaker job does not synthesize pairs (the documents and the LLM endpoint are here).",
+            "run `job synthesize --docs ... --out pairs.jsonl` on this machine, then launch with --data pairs.jsonl.",
+        )
     not_sent = [n for n in config.PUBLISH_FIELDS if getattr(cfg, n) and getattr(cfg, n) != config.FIELDS[n].default]
     if not_sent:
         _echo_err(f"launch: not sent to the job: {', '.join(not_sent)} (publish after `job launch fetch`)")

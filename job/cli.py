@@ -1,4 +1,4 @@
-"""Command line: ``job prepare|baseline|train|evaluate|run|config|presets`` (also ``python -m job``).
+"""Command line: ``job synthesize|prepare|baseline|train|evaluate|run|config|presets`` (also ``python -m job``).
 
 Every configuration field is a flag (``--epochs``), an environment variable (``JOB_EPOCHS``) and a
 YAML key (``epochs:``); see :mod:`job.config` for the precedence.
@@ -24,6 +24,13 @@ def _rd(cfg):
     rd = RunDir(cfg.run_dir)
     storage.probe_writable(rd.root)
     return rd
+
+
+def _step_cfg(cfg, rd):
+    """A single step's configuration: with --docs, the data is the run's synthesized pairs."""
+    from job.pipeline import require_synthesized
+
+    return require_synthesized(cfg, rd)
 
 
 @click.group(cls=StepOrderGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
@@ -56,6 +63,36 @@ def presets_cmd() -> None:
         click.echo(f"{name}: " + ", ".join(f"{k}={v}" for k, v in values.items()))
 
 
+@cli.command("synthesize", cls=SectionedCommand)
+@config_options
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="The pairs file to write (JSONL; `job run --data` reads it). Default: RUN_DIR/synth/pairs.jsonl.",
+)
+def synthesize_cmd(cfg, out: str | None) -> None:
+    """Turn documents into (question, passage) training pairs with an OpenAI-compatible LLM.
+
+    Chunks the documents in the base model's tokens, asks the LLM for questions (in parallel, every answer
+    kept on disk: the same command again continues), drops bad and inconsistent questions, and writes the
+    pairs with a summary. The key comes from OPENAI_API_KEY (or --llm-api-key-env), never from a flag.
+    """
+    from pathlib import Path
+
+    from job.layout import RunDir
+    from job.synthesize import synthesize
+
+    if not cfg.docs:
+        raise JobError("job synthesize needs documents.", "pass --docs FOLDER (or files, comma-separated).")
+    target = Path(out).expanduser() if out else RunDir(cfg.run_dir).synth_pairs
+    if target.is_dir():
+        raise JobError(f"--out {target} is a folder.", "pass the pairs file to write, e.g. --out pairs.jsonl.")
+    storage.probe_writable(target.parent, "the folder of --out")
+    with storage.storage_errors(target.parent, "the synthesized pairs"):
+        synthesize(cfg, cfg.docs, target, echo)
+
+
 @cli.command("prepare", cls=SectionedCommand)
 @config_options
 def prepare_cmd(cfg) -> None:
@@ -64,6 +101,7 @@ def prepare_cmd(cfg) -> None:
     from job.pipeline import prepare
 
     rd = _rd(cfg)
+    cfg = _step_cfg(cfg, rd)
     with storage.storage_errors(rd.root, "the prepare step's outputs"):
         prepare(cfg, rd, echo, model=load_model(cfg.model, max_seq_length=cfg.max_seq_length))
 
@@ -75,6 +113,7 @@ def baseline_cmd(cfg) -> None:
     from job.pipeline import baseline
 
     rd = _rd(cfg)
+    cfg = _step_cfg(cfg, rd)
     with storage.storage_errors(rd.root, "the baseline step's outputs"):
         baseline(cfg, rd, echo)
 
@@ -88,6 +127,7 @@ def train_cmd(cfg, resume: bool, force: bool) -> None:
     from job.pipeline import train
 
     rd = _rd(cfg)
+    cfg = _step_cfg(cfg, rd)
     with storage.storage_errors(rd.root, "the train step's outputs"):
         train(cfg, rd, echo, resume=resume, force=force)
 
@@ -99,6 +139,7 @@ def evaluate_cmd(cfg) -> None:
     from job.pipeline import evaluate
 
     rd = _rd(cfg)
+    cfg = _step_cfg(cfg, rd)
     with storage.storage_errors(rd.root, "the evaluate step's outputs"):
         evaluate(cfg, rd, echo)
 
@@ -126,7 +167,7 @@ def run_cmd(cfg, force: bool) -> None:
 
 cli.add_command(push)
 cli.add_command(launch)
-cli.order = ("prepare", "baseline", "train", "evaluate", "run", "push", "launch", "config", "presets")
+cli.order = ("synthesize", "prepare", "baseline", "train", "evaluate", "run", "push", "launch", "config", "presets")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -108,6 +108,8 @@ def setup_logging(debug: bool) -> None:
         "transformers",
         "datasets",
         "httpx",
+        "httpx2",
+        "openai",
         "urllib3",
         "filelock",
         "botocore",

@@ -111,6 +111,66 @@ class JobConfig:
     passage_prompt: str | None = _opt(
         None, "Text prepended to every passage (baseline and fine-tuned alike).", step="model"
     )
+    # --- synthesize: documents -> pairs (job synthesize, job run --docs) -------------------
+    docs: list[str] | None = _opt(
+        None,
+        "Documents to synthesize training pairs from (folders or files of .txt, .md, .html, .pdf, .jsonl, .csv): "
+        "`job run --docs` writes questions for their chunks with --llm-model, then trains on them (instead of --data).",
+        step="synthesize",
+        group="synthesize",
+    )
+    text_column: str | None = _opt(
+        None, "Column holding the text in .jsonl/.csv documents. Default: text, content, context, passage, ...",
+        step="synthesize", group="synthesize",
+    )  # fmt: skip
+    chunk_tokens: int | None = _opt(
+        None, "Chunk size in the base model's tokens. Default: the model's max_seq_length - 2.",
+        step="synthesize", group="synthesize",
+    )  # fmt: skip
+    chunk_overlap: int = _opt(0, "Tokens that neighbouring chunks share.", step="synthesize", group="synthesize")
+    llm_base_url: str | None = _opt(
+        None,
+        "OpenAI-compatible endpoint that writes the questions (vLLM, Ollama, llama.cpp server, TGI, a gateway), "
+        "e.g. http://127.0.0.1:8080/v1. Default: OPENAI_BASE_URL, else OpenAI's API.",
+        step="synthesize",
+        group="synthesize",
+    )
+    llm_model: str | None = _opt(
+        None, "The LLM's model name at that endpoint (e.g. gpt-4o-mini).", step="synthesize", group="synthesize"
+    )
+    llm_api_key_env: str = _opt(
+        "OPENAI_API_KEY",
+        "Environment variable that holds the endpoint's API key (the key itself is never a flag).",
+        group="synthesize",
+    )
+    questions_per_chunk: int = _opt(1, "Questions asked per chunk.", step="synthesize", group="synthesize")
+    prompt_file: str | None = _opt(
+        None,
+        "Prompt template replacing the built-in one: text with {passage} (and {n}), optionally in '### system' / "
+        "'### user' / '### assistant' sections for few-shot examples.",
+        step="synthesize",
+        group="synthesize",
+    )
+    llm_temperature: float = _opt(0.0, "Sampling temperature of the LLM.", step="synthesize", group="synthesize")
+    llm_max_tokens: int | None = _opt(
+        None, "Answer length limit in tokens. Default: 64 per question.", step="synthesize", group="synthesize"
+    )
+    llm_concurrency: int = _opt(4, "LLM requests in flight at once.", group="synthesize")
+    llm_timeout: float = _opt(60.0, "Seconds one LLM request may take before it is retried.", group="synthesize")
+    llm_max_retries: int = _opt(
+        5, "Retries (exponential back-off) on 429, 5xx, timeouts and dropped connections.", group="synthesize"
+    )
+    llm_price_in: float | None = _opt(
+        None, "Price per million input tokens, for the cost line (e.g. 0.15).", group="synthesize"
+    )
+    llm_price_out: float | None = _opt(None, "Price per million output tokens.", group="synthesize")
+    consistency_top_k: int = _opt(
+        5,
+        "Round-trip filter: keep a generated question only when the base model ranks its own chunk within the top k "
+        "of all chunks (0: off).",
+        step="synthesize",
+        group="synthesize",
+    )
     # --- data ------------------------------------------------------------------------------
     data: str = _opt(
         EMBEDDED_DATA,
@@ -328,7 +388,16 @@ def fingerprints_match(recorded: dict[str, Any], current: dict[str, Any]) -> boo
 
 
 # `--help` sections, in order; a field's section follows from what it affects unless named here.
-HELP_SECTIONS = ("Run", "Data", "Model", "Recipe", "Evaluation and checkpoints", "Speed and hardware", "Publishing")
+HELP_SECTIONS = (
+    "Run",
+    "Synthesize",
+    "Data",
+    "Model",
+    "Recipe",
+    "Evaluation and checkpoints",
+    "Speed and hardware",
+    "Publishing",
+)
 _SECTION_OF = {
     "run_dir": "Run", "preset": "Run", "seed": "Data",
     "best_model_dim": "Evaluation and checkpoints", "eval_steps": "Evaluation and checkpoints",
@@ -348,14 +417,19 @@ def help_section(name: str) -> str:
     meta = FIELDS[name].metadata
     if meta["group"] == "publish":
         return "Publishing"
+    if meta["group"] == "synthesize":
+        return "Synthesize"
     steps = meta["steps"]
     return "Data" if "prepare" in steps else "Model" if "model" in steps else "Recipe"
 
 
 # Publishing destinations: checked before `job run` starts, used after it ends; never sent to a job.
 PUBLISH_FIELDS = fields_where(group="publish")
+# `job synthesize`: runs where the documents and the LLM endpoint are (never inside a SageMaker job).
+SYNTH_GROUP_FIELDS = fields_where(group="synthesize")
+SYNTH_FIELDS = fields_where(step="synthesize")
 # Fields a SageMaker job (or its container) decides itself: where the run lives, and publishing.
-LOCAL_FIELDS = fields_where(group="local") + PUBLISH_FIELDS
+LOCAL_FIELDS = fields_where(group="local") + PUBLISH_FIELDS + SYNTH_GROUP_FIELDS
 _HINTS = typing.get_type_hints(JobConfig)
 
 
@@ -497,6 +571,7 @@ def resolve_config(
 
 
 def validate_config(cfg: JobConfig) -> None:
+    validate_synthesize(cfg)
     if cfg.nproc < 0:
         raise JobError(f"nproc is {cfg.nproc}; it must be 0 (one per GPU) or more.", "pass e.g. --nproc 2.")
     if cfg.hard_negatives < 0:
@@ -590,6 +665,43 @@ def validate_config(cfg: JobConfig) -> None:
                 f"for {len(cfg.matryoshka_dims)} matryoshka_dims.",
                 "give one weight per dim, in the same order (largest dim first).",
             )
+
+
+def validate_synthesize(cfg: JobConfig) -> None:
+    if cfg.docs is not None and not cfg.docs:
+        raise JobError("docs is empty.", "pass --docs FOLDER_OR_FILES (comma-separated), or leave it out.")
+    if cfg.docs and cfg.data != EMBEDDED_DATA:
+        raise JobError(
+            f"Both --docs ({','.join(cfg.docs)}) and --data ({cfg.data}) are given; a run trains on one of them.",
+            "drop --data to train on pairs synthesized from the documents, or drop --docs to train on your pairs.",
+        )
+    checks = {
+        "questions_per_chunk": (cfg.questions_per_chunk >= 1, "at least 1", "1"),
+        "llm_concurrency": (cfg.llm_concurrency >= 1, "at least 1", "4"),
+        "llm_timeout": (cfg.llm_timeout > 0, "positive (seconds)", "60"),
+        "llm_max_retries": (cfg.llm_max_retries >= 0, "0 or more", "5"),
+        "chunk_overlap": (cfg.chunk_overlap >= 0, "0 or more", "32"),
+        "chunk_tokens": (cfg.chunk_tokens is None or cfg.chunk_tokens >= 8, "at least 8", "256"),
+        "consistency_top_k": (cfg.consistency_top_k >= 0, "0 (off) or more", "5"),
+        "llm_temperature": (0 <= cfg.llm_temperature <= 2, "in [0, 2]", "0"),
+        "llm_max_tokens": (cfg.llm_max_tokens is None or cfg.llm_max_tokens >= 1, "at least 1", "64"),
+        "llm_price_in": (cfg.llm_price_in is None or cfg.llm_price_in >= 0, "0 or more", "0.15"),
+        "llm_price_out": (cfg.llm_price_out is None or cfg.llm_price_out >= 0, "0 or more", "0.6"),
+    }
+    for name, (ok, want, example) in checks.items():
+        if not ok:
+            flag = "--" + name.replace("_", "-")
+            raise JobError(f"{name} is {getattr(cfg, name)}; it must be {want}.", f"pass e.g. {flag} {example}.")
+    if cfg.chunk_tokens is not None and cfg.chunk_overlap >= cfg.chunk_tokens:
+        raise JobError(
+            f"chunk_overlap ({cfg.chunk_overlap}) must be below chunk_tokens ({cfg.chunk_tokens}).",
+            "pass a smaller --chunk-overlap.",
+        )
+    if not cfg.llm_api_key_env.replace("_", "").isalnum():
+        raise JobError(
+            f"llm_api_key_env {cfg.llm_api_key_env!r} is not an environment variable name.",
+            "name the variable that holds the key, e.g. --llm-api-key-env OPENAI_API_KEY (never the key itself).",
+        )
 
 
 def fingerprint_digest(values: dict[str, Any]) -> str:

@@ -4,6 +4,7 @@ Torch-free on purpose (publishing, the launcher and the container import it with
 PyTorch). Nothing else spells out a run directory's folder or file names::
 
     RUN_DIR/
+      synth/       pairs.jsonl (+ .answers.jsonl cache, .dropped.jsonl, .summary.json)       (synthesize, --docs)
       data/        train.jsonl validation.jsonl test.jsonl, leakage.json, prepare.json  (prepare)
       ir/          validation/ and test/ in BEIR format                                  (prepare)
       baseline/    metrics.json                                                          (baseline)
@@ -30,7 +31,8 @@ from typing import Any
 
 STEPS = ("prepare", "baseline", "train", "evaluate")
 DATA, IR, BASELINE, CHECKPOINTS, MODEL, REPORT = "data", "ir", "baseline", "checkpoints", "model", "report"
-CHROMA, RAG_EVAL, LOGS = "chroma", "rag_eval", "logs"
+CHROMA, RAG_EVAL, LOGS, SYNTH = "chroma", "rag_eval", "logs", "synth"
+SYNTH_PAIRS = f"{SYNTH}/pairs.jsonl"  # `job run --docs` trains on this file
 # Each step's "done" record, relative to the run directory: its presence means the step finished.
 DONE_FILES = {
     "prepare": f"{DATA}/prepare.json",
@@ -64,6 +66,7 @@ class RunDir:
     report = property(lambda self: self.root / REPORT)
     chroma = property(lambda self: self.root / CHROMA)
     rag_eval = property(lambda self: self.root / RAG_EVAL)
+    synth_pairs = property(lambda self: self.root / SYNTH_PAIRS)
 
     def ir(self, split: str) -> Path:
         return self.root / IR / split

@@ -8,6 +8,7 @@ current configuration and refuses (rather than silently mixing) one that does no
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -99,6 +100,40 @@ def step_fingerprint(cfg: JobConfig, rd: RunDir, step: str) -> dict[str, Any]:
 
 def changed_fields(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     return sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+
+
+# --- synthesize (job run --docs) ------------------------------------------------------------------
+def with_synthesized_data(cfg: JobConfig, rd: RunDir) -> JobConfig:
+    """With --docs, the steps train on the run's synthesized pairs file (its content digest is an input of
+    prepare, so new pairs re-run every later step); without, ``cfg`` as it is."""
+    if not cfg.docs:
+        return cfg
+    return dataclasses.replace(cfg, data=str(rd.synth_pairs))
+
+
+def synthesize_step(cfg: JobConfig, rd: RunDir, echo: Echo, force: bool = False) -> dict[str, Any]:
+    """`job run --docs`: the synthesize step, skipped when its summary matches the documents and settings
+    (a changed document or setting re-runs it; unchanged chunks come from the answer cache)."""
+    from job.synthesize import side_files, synth_fingerprint, synthesize
+
+    summary_path = side_files(rd.synth_pairs)["summary"]
+    if summary_path.is_file() and rd.synth_pairs.is_file() and not force:
+        rec = json.loads(summary_path.read_text())
+        if rec.get("fingerprint") == synth_fingerprint(cfg, cfg.docs):
+            echo(f"synthesize: already done for these documents and settings, skipping ({summary_path})")
+            return rec
+    with storage.storage_errors(rd.root, "the synthesized pairs"):
+        return synthesize(cfg, cfg.docs, rd.synth_pairs, echo)
+
+
+def require_synthesized(cfg: JobConfig, rd: RunDir) -> JobConfig:
+    """For a single step run with --docs: the run's synthesized pairs must exist."""
+    if cfg.docs and not rd.synth_pairs.is_file():
+        raise JobError(
+            f"--docs is given but {rd.synth_pairs} does not exist yet.",
+            f"run `job synthesize --docs ... --run-dir {rd.root}` (or `job run --docs ...`) first.",
+        )
+    return with_synthesized_data(cfg, rd)
 
 
 # --- prepare -------------------------------------------------------------------------------------
@@ -492,6 +527,9 @@ def run(
     storage.probe_writable(rd.root)  # before any model is loaded
     guard.check_guard(cfg)  # a bad --guard-data fails now, not after training
     results: dict[str, Any] = {}
+    if cfg.docs:
+        results["synthesize"] = synthesize_step(cfg, rd, echo, force)
+        cfg = with_synthesized_data(cfg, rd)
     ran_earlier_step = False  # once a step runs, every later step must run on its new output
     inputs_changed = False if force else _inputs_changed(cfg, rd, echo)
     for step in STEPS:

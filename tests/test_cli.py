@@ -161,7 +161,7 @@ def test_help_lists_steps_in_order_and_groups_the_run_options(capsys):
     code, out, _ = _run(capsys, "--help")
     assert code == 0
     listed = [line.split()[0] for line in out.split("Commands:")[1].strip().splitlines()]
-    assert listed[:5] == ["prepare", "baseline", "train", "evaluate", "run"]
+    assert listed[:6] == ["synthesize", "prepare", "baseline", "train", "evaluate", "run"]
     code, out, _ = _run(capsys, "run", "--help")
     sections = [
         line.rstrip(":") for line in out.splitlines() if line and not line.startswith(" ") and line.endswith(":")
@@ -169,6 +169,7 @@ def test_help_lists_steps_in_order_and_groups_the_run_options(capsys):
     assert sections == [
         "Options",
         "Run",
+        "Synthesize",
         "Data",
         "Model",
         "Recipe",
