@@ -33,7 +33,7 @@ COPY rag_eval/ /src/rag_eval/
 # Dependencies come from pyproject.toml; torch is already there, so pip keeps it. Always with the
 # rag (Chroma) and serve (Gradio) extras, so that `rag-eval` and `serve` work in the image; EXTRAS adds more.
 RUN pip install --no-cache-dir --find-links /tmp/local "/src[rag,serve${EXTRAS:+,$EXTRAS}]" \
-    && python -c "import torch, sentence_transformers, chromadb, infra.container, rag_eval.cli"
+    && python -c "import torch, sentence_transformers, chromadb, infra.container.entry, rag_eval.cli"
 
 # --- runtime: the environment, the job's user, the entrypoint -------------------------------------
 FROM ${BASE_IMAGE}

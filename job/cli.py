@@ -10,8 +10,8 @@ import sys
 
 import click
 
-from infra.launch_cli import launch  # `job launch` (SageMaker) lives with the cloud code
-from infra.push_cli import push  # `job push` lives with the publishing code
+from infra.publish.cli import push  # `job push` lives with the publishing code
+from infra.sagemaker.cli import launch  # `job launch` (SageMaker) lives with the cloud code
 from job import config, storage
 from job.cli_common import SectionedCommand, StepOrderGroup, config_options, echo, run_cli
 from job.errors import JobError
@@ -153,7 +153,7 @@ def run_cmd(cfg, force: bool) -> None:
     With --s3-uri and/or --hub-repo the finished run is then published (as `job push` does); both
     destinations are checked before any step runs.
     """
-    from infra.push_cli import check_destinations, push_run
+    from infra.publish.cli import check_destinations, push_run
 
     publish = bool(cfg.s3_uri or cfg.hub_repo)
     if publish:

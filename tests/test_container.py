@@ -21,7 +21,9 @@ from pathlib import Path
 import pytest
 from conftest import make_pairs
 
-from infra import container, container_inputs, contract
+from infra.container import contract
+from infra.container import entry as container
+from infra.container import inputs as container_inputs
 from job.errors import JobError
 
 ROOT = Path(__file__).resolve().parents[1]

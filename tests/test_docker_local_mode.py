@@ -29,7 +29,8 @@ from pathlib import Path
 import pytest
 from conftest import make_pairs
 
-from infra import launch_cli, sagemaker_local
+from infra.sagemaker import cli as launch_cli
+from infra.sagemaker import local as sagemaker_local
 
 IMAGE = os.environ.get("JOB_DOCKER_IMAGE")
 pytestmark = pytest.mark.skipif(
@@ -131,7 +132,7 @@ def test_the_sdk_alone_runs_the_image_with_no_command(tmp_path, tiny_model_path,
     from sagemaker.train import ModelTrainer
     from sagemaker.train.model_trainer import Mode
 
-    from infra.sagemaker_sdk import config_files, sdk_config
+    from infra.sagemaker.sdk import config_files, sdk_config
 
     train = tmp_path / "train"
     train.mkdir()

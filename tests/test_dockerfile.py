@@ -128,7 +128,7 @@ def test_dockerignore_keeps_tests_runs_caches_and_git_out():
                  "bench/quality.py", "job/__pycache__/cli.cpython-311.pyc", "Makefile",
                  ".pytest_cache/v/x"):  # fmt: skip
         assert _ignored(path, patterns), path
-    for path in ("pyproject.toml", "README.md", "job/cli.py", "job/data/corvane_10k.jsonl", "infra/container.py",
+    for path in ("pyproject.toml", "README.md", "job/cli.py", "job/data/corvane_10k.jsonl", "infra/container/entry.py",
                  "rag_eval/cli.py", "docker/entrypoint.sh", "docker/local/README.md",
                  "docker/local/torch-2.13.0+cpu-cp311-cp311-manylinux_2_28_x86_64.whl"):  # fmt: skip
         assert not _ignored(path, patterns), path
@@ -247,7 +247,7 @@ def _uid_1000_runs_this_python() -> bool:
         "env",
         sys.executable,
         "-c",
-        "import infra.container",
+        "import infra.container.entry",
     ]
     return subprocess.run(probe, cwd=ROOT, capture_output=True, timeout=120).returncode == 0
 

@@ -1,4 +1,4 @@
-"""Hub publishing (infra.hub).
+"""Hub publishing (infra.publish.hub).
 
 The Hub cannot be reached here, so the upload itself is tested with a local fake at the HfApi
 boundary only: ``HfApi.create_repo``, ``HfApi.model_info`` and ``HfApi.upload_folder`` are
@@ -12,7 +12,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from infra import hub as H
+from infra.publish import hub as H
 from job.errors import JobError
 
 TOKEN = "hf_FakeTokenForTests0123456789abcdef"
@@ -249,7 +249,7 @@ def test_token_never_appears_in_errors(hub_env, monkeypatch, fake_run_dir, fake_
 
 def test_push_command_hub(hub_env, monkeypatch, fake_run_dir, fake_hub, capsys):
     """`job push --hub-repo`: the token comes from the environment, never appears in the output."""
-    from infra.push_cli import push
+    from infra.publish.cli import push
     from job import cli
 
     monkeypatch.setenv("HF_TOKEN", TOKEN)

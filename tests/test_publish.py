@@ -1,4 +1,4 @@
-"""Publishing a run directory to S3 (infra.publish), against a real SeaweedFS server on loopback.
+"""Publishing a run directory to S3 (infra.publish.s3_publish), against a real SeaweedFS server on loopback.
 
 Failures are real where they can be (wrong keys, missing bucket, an object rewritten behind our
 back); "the network dies mid-upload" is simulated by making the third file upload raise.
@@ -13,7 +13,9 @@ import os
 import pytest
 from conftest import make_run_dir
 
-from infra import publish, run_bundle, s3
+from infra.publish import bundle as run_bundle
+from infra.publish import s3
+from infra.publish import s3_publish as publish
 from job.errors import JobError
 
 MiB = 1024 * 1024
@@ -241,7 +243,7 @@ def test_check_s3_destination(s3_env, s3_bucket, monkeypatch):
 @pytest.fixture()
 def job_cli(monkeypatch):
     """`job` with `push` registered, as the lead will do in job/cli.py."""
-    from infra.push_cli import push
+    from infra.publish.cli import push
     from job import cli
 
     monkeypatch.setitem(cli.cli.commands, "push", push)

@@ -1,4 +1,4 @@
-"""infra.s3 against a real S3 server: SeaweedFS on loopback (see the s3_server fixture)."""
+"""infra.publish.s3 against a real S3 server: SeaweedFS on loopback (see the s3_server fixture)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from infra import s3
+from infra.publish import s3
 from job.errors import JobError
 
 MiB = 1024 * 1024

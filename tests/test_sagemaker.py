@@ -23,7 +23,13 @@ from pathlib import Path
 
 import pytest
 
-from infra import container, container_inputs, contract, launch_cli, sagemaker_inputs, sagemaker_jobs, sagemaker_launch
+from infra.container import contract
+from infra.container import entry as container
+from infra.container import inputs as container_inputs
+from infra.sagemaker import cli as launch_cli
+from infra.sagemaker import inputs as sagemaker_inputs
+from infra.sagemaker import jobs as sagemaker_jobs
+from infra.sagemaker import launch as sagemaker_launch
 from job.config import resolve_config
 
 ROLE = "arn:aws:iam::123456789012:role/SageMakerExecution"
@@ -237,7 +243,7 @@ def test_hugging_face_mode_uploads_our_code_with_its_requirements(aws, s3_bucket
     ]["S3Uri"]
     keys = _keys(aws, s3_bucket, code.split(f"{s3_bucket}/", 1)[1] + "/")
     names = {k.split("/input/code/", 1)[1] for k in keys}
-    assert {"requirements.txt", "infra/container.py", "job/cli.py", "job/pipeline.py"} <= names
+    assert {"requirements.txt", "infra/container/entry.py", "job/cli.py", "job/pipeline.py"} <= names
     assert any(n.startswith("job/data/") and n.endswith(".jsonl") for n in names)  # the embedded dataset
     assert not any("__pycache__" in n for n in names)
     body = (

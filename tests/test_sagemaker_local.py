@@ -24,8 +24,9 @@ import pytest
 import yaml
 from conftest import make_pairs
 
-from infra import launch_cli, sagemaker_local
-from infra.sagemaker_launch import LaunchSpec
+from infra.sagemaker import cli as launch_cli
+from infra.sagemaker import local as sagemaker_local
+from infra.sagemaker.launch import LaunchSpec
 
 IMAGE = "local/rag-embed-finetune:test"
 FAST = ["--max-steps", "2", "--batch-size", "8", "--eval-batch-size", "16", "--matryoshka-dims", "32,16"]

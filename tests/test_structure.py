@@ -42,7 +42,7 @@ def import_graph() -> dict[str, set[str]]:
 def test_the_graph_is_read():
     graph = import_graph()
     assert "job.pipeline" in graph["job.cli"] and "job.config" in graph["job.pipeline"]
-    assert "infra.contract" in graph["infra.container"]
+    assert "infra.container.contract" in graph["infra.container.entry"]
 
 
 def test_job_core_never_imports_infra_or_rag_eval():

@@ -3,19 +3,19 @@
 :func:`launch` turns a :class:`~job.config.JobConfig` and a :class:`LaunchSpec` into one
 CreateTrainingJob request:
 
-* inputs and hyperparameters: :mod:`infra.sagemaker_inputs`;
+* inputs and hyperparameters: :mod:`infra.sagemaker.inputs`;
 * the image is our own (an ECR URI; SageMaker runs ``IMAGE train``), or ``huggingface``: the
   Hugging Face PyTorch training image plus this repository's ``job``/``infra`` packages as source
   code, which runs the same entrypoint;
-* metric definitions match the container's ``METRIC`` lines (NDCG@10 per dim, :mod:`infra.contract`);
+* metric definitions match the container's ``METRIC`` lines (NDCG@10 per dim, :mod:`infra.container.contract`);
 * spot training sets the checkpoint S3 URI and the maximum wait; on an instance with several GPUs
   the ``nproc`` hyperparameter makes the container train under torchrun, one process per GPU;
 * the user's SageMaker SDK configuration (``config.yaml``) is kept, with telemetry turned off on top
-  (:func:`infra.sagemaker_sdk.sdk_config`); its ``SageMaker.TrainingJob`` role, environment, tags,
+  (:func:`infra.sagemaker.sdk.sdk_config`); its ``SageMaker.TrainingJob`` role, environment, tags,
   VPC, network isolation and KMS keys apply unless a flag says otherwise.
 
 ``dry_run`` builds the request through the same ModelTrainer code path but stops it before it is
-sent: nothing is uploaded and no AWS endpoint is called. Following a job up: :mod:`infra.sagemaker_jobs`.
+sent: nothing is uploaded and no AWS endpoint is called. Following a job up: :mod:`infra.sagemaker.jobs`.
 """
 
 from __future__ import annotations
@@ -31,10 +31,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from infra import contract, s3
-from infra.sagemaker_inputs import InputPlan, hyperparameters_for, plan_inputs, upload_inputs
-from infra.sagemaker_jobs import wait_for
-from infra.sagemaker_sdk import (
+from infra.container import contract
+from infra.publish import s3
+from infra.sagemaker.inputs import InputPlan, hyperparameters_for, plan_inputs, upload_inputs
+from infra.sagemaker.jobs import wait_for
+from infra.sagemaker.sdk import (
     StopBeforeSend,
     env_vars,
     gpus_per_instance,
@@ -48,7 +49,7 @@ from infra.sagemaker_sdk import (
 from job import config
 from job.errors import JobError
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 DEFAULT_INSTANCE_TYPE = "ml.g5.2xlarge"
@@ -125,7 +126,7 @@ class LaunchResult:
 
 def check_spec(spec: LaunchSpec, defaults: dict[str, Any] | None = None) -> LaunchSpec:
     """Fill defaults from the environment (then the SDK configuration's ``defaults``, see
-    :func:`infra.sagemaker_sdk.training_job_defaults`) and refuse what cannot work - before anything is uploaded."""
+    :func:`infra.sagemaker.sdk.training_job_defaults`) and refuse what cannot work - before anything is uploaded."""
     spec = copy.deepcopy(spec)
     spec.role = spec.role or os.environ.get(ROLE_ENV) or (defaults or {}).get("role") or None
     if not spec.role:
@@ -220,7 +221,7 @@ def build_trainer(
     defaults: dict[str, Any] | None = None,
 ):
     """The ModelTrainer for this launch (nothing is sent until ``train()``); ``defaults`` are the SDK
-    configuration's training-job values (:func:`infra.sagemaker_sdk.training_job_defaults`), which
+    configuration's training-job values (:func:`infra.sagemaker.sdk.training_job_defaults`), which
     flags override (``--env``/``--tag`` per key)."""
     from sagemaker.core.training.configs import (
         CheckpointConfig,

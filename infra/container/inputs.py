@@ -18,7 +18,15 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from infra.contract import BASE_MODEL, CHANNELS, CONTAINER_FIELDS, EVAL, RESERVED_PREFIXES, TRAIN, ContainerPaths
+from infra.container.contract import (
+    BASE_MODEL,
+    CHANNELS,
+    CONTAINER_FIELDS,
+    EVAL,
+    RESERVED_PREFIXES,
+    TRAIN,
+    ContainerPaths,
+)
 from job import config
 from job.errors import JobError
 

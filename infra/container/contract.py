@@ -1,7 +1,7 @@
 """The SageMaker training-container contract: paths, channel names, metric lines.
 
-Shared by the container (:mod:`infra.container`, which fulfils it) and the launcher
-(:mod:`infra.sagemaker_launch`, which builds jobs against it); importing it costs nothing (no
+Shared by the container (:mod:`infra.container.entry`, which fulfils it) and the launcher
+(:mod:`infra.sagemaker.launch`, which builds jobs against it); importing it costs nothing (no
 torch, no SDK). The layout, every path overridable (``--opt-ml DIR`` moves them all):
 
 =====================================  ==============================================================

@@ -1,9 +1,9 @@
 """The container entrypoint: ``python -m infra.container``.
 
 * ``train`` (what SageMaker runs: ``docker run IMAGE train``) fulfils the training-container
-  contract (:mod:`infra.contract`): inputs from the channels and hyperparameters
-  (:mod:`infra.container_inputs`), the job's steps with metric lines and a checkpoint on SIGTERM
-  (:mod:`infra.container_hooks`), outputs exported to ``/opt/ml/model`` and ``/opt/ml/output/data``;
+  contract (:mod:`infra.container.contract`): inputs from the channels and hyperparameters
+  (:mod:`infra.container.inputs`), the job's steps with metric lines and a checkpoint on SIGTERM
+  (:mod:`infra.container.hooks`), outputs exported to ``/opt/ml/model`` and ``/opt/ml/output/data``;
 * anything else is the job's own command line: the process becomes ``python -m job ARGS`` (so
   ``docker run --gpus all IMAGE run --run-dir /runs/x --data /data/pairs.csv`` is ``job run ...``).
 
@@ -28,10 +28,10 @@ from typing import Any
 
 import click
 
-from infra.container_hooks import SIGTERM, Interrupted
-from infra.container_hooks import callbacks as container_callbacks
-from infra.container_inputs import check_single_node, resolve_container_config
-from infra.contract import EXIT_SIGTERM, FAILURE_LIMIT, OPT_ML, ContainerPaths, emit
+from infra.container.contract import EXIT_SIGTERM, FAILURE_LIMIT, OPT_ML, ContainerPaths, emit
+from infra.container.hooks import SIGTERM, Interrupted
+from infra.container.hooks import callbacks as container_callbacks
+from infra.container.inputs import check_single_node, resolve_container_config
 from job import config, layout
 from job.errors import JobError
 from job.layout import RunDir

@@ -20,8 +20,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from infra import s3
-from infra.sagemaker_sdk import env_vars, resolve_region, sagemaker_client
+from infra.publish import s3
+from infra.sagemaker.sdk import env_vars, resolve_region, sagemaker_client
 from job.errors import JobError
 
 Echo = Callable[[str], None]

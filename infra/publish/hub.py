@@ -186,7 +186,7 @@ def publish_hub(run_dir, repo_id: str, private: bool = True, *, commit_message: 
     """
     from huggingface_hub import HfApi
 
-    from infra.run_bundle import run_id_for, run_root
+    from infra.publish.bundle import run_id_for, run_root
 
     check_hub_token(repo_id, check_write=False)  # the upload itself is the proof now
     root = run_root(run_dir)

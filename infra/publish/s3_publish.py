@@ -1,4 +1,4 @@
-"""Publish a finished run directory to S3 (the files and manifest of :mod:`infra.run_bundle`): one prefix per run,
+"""Publish a finished run directory to S3 (the files and manifest of :mod:`infra.publish.bundle`): one prefix per run,
 checksums verified, manifest last.
 
 Layout written under ``<s3_uri>/<run-id>/``::
@@ -41,8 +41,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from infra import s3
-from infra.run_bundle import (
+from infra.publish import s3
+from infra.publish.bundle import (
     CHUNK,
     MANIFEST_NAME,
     RunFile,

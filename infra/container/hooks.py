@@ -12,7 +12,7 @@ import signal
 import subprocess
 import sys
 
-from infra.contract import emit
+from infra.container.contract import emit
 
 
 def callbacks(distributed: bool = False) -> list:

@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from infra import s3
+from infra.publish import s3
 from job.errors import JobError
 
 
@@ -171,7 +171,7 @@ def launch_session(
         boto_session.events.register("before-call", stop)
 
     class LaunchSession(Session):
-        """Uploads go through infra.s3 (or, in a dry run, are only recorded); the staging bucket is ours."""
+        """Uploads go through infra.publish.s3 (or, in a dry run, are only recorded); the staging bucket is ours."""
 
         def default_bucket(self):
             return bucket

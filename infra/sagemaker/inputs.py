@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from infra import contract, s3
+from infra.container import contract
+from infra.publish import s3
 from job import config
 from job.errors import JobError
 

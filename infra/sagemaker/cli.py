@@ -6,7 +6,7 @@ and follow it up.
     job launch status NAME
     job launch fetch NAME [--run-dir DIR]
 
-The group is registered on the job's command line (``job launch ...``); ``python -m infra.launch_cli``
+The group is registered on the job's command line (``job launch ...``); ``python -m infra.sagemaker.cli``
 runs it on its own with the same error handling.
 """
 
@@ -121,7 +121,7 @@ def launch_options(func):
 
 
 def _spec(opts: dict) -> sagemaker_launch.LaunchSpec:  # noqa: F821 - imported lazily (the SDK is optional)
-    from infra import sagemaker_launch
+    from infra.sagemaker import launch as sagemaker_launch
 
     return sagemaker_launch.LaunchSpec(
         role=opts["role"], region=opts["region"], bucket=opts["bucket"], prefix=opts["prefix"], image=opts["image"],
@@ -166,7 +166,7 @@ def sagemaker_cmd(cfg, **opts) -> None:
     --wait (the default) the job's log streams here until it ends. Try it first with `job launch
     local`: the same command line, run on this machine's Docker.
     """
-    from infra import sagemaker_launch
+    from infra.sagemaker import launch as sagemaker_launch
 
     spec = _spec(opts)
     _not_sent(cfg)
@@ -197,7 +197,7 @@ def local_cmd(cfg, gpus, force, **opts) -> None:
     Needs Docker and Docker Compose; no AWS account, credentials or network. The cloud-only
     settings (role, bucket, instance, spot, ...) are accepted and ignored, and named.
     """
-    from infra import sagemaker_local
+    from infra.sagemaker import local as sagemaker_local
 
     spec = _spec(opts)
     ignored = _given_flags([_SPEC_FIELDS.get(n, n) for n in sagemaker_local.CLOUD_ONLY] + ["wait"])
@@ -219,7 +219,7 @@ def local_cmd(cfg, gpus, force, **opts) -> None:
 )
 def status_cmd(name, region, price) -> None:
     """Show a training job's status, times, cost and final metrics (NDCG@10 per dim)."""
-    from infra import sagemaker_jobs
+    from infra.sagemaker import jobs as sagemaker_jobs
 
     sagemaker_jobs.status(name, region, echo=click.echo, price_per_hour=price)
 
@@ -231,7 +231,7 @@ def status_cmd(name, region, price) -> None:
 @click.option("--force", is_flag=True, help="Replace an existing run directory.")
 def fetch_cmd(name, run_dir, region, force) -> None:
     """Download a completed job's model and report into a run directory (model/, report/, ir/, data/)."""
-    from infra import sagemaker_jobs
+    from infra.sagemaker import jobs as sagemaker_jobs
 
     sagemaker_jobs.fetch(name, run_dir, region, force=force, echo=click.echo)
 

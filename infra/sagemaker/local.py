@@ -2,7 +2,7 @@
 SageMaker Python SDK v3's own local mode (``ModelTrainer(training_mode=Mode.LOCAL_CONTAINER)``).
 
 The same configuration, inputs and hyperparameters as ``job launch sagemaker``
-(:mod:`infra.sagemaker_inputs`), so a job tried here runs the same way in the cloud:
+(:mod:`infra.sagemaker.inputs`), so a job tried here runs the same way in the cloud:
 
 * before anything starts: the image (ours, built locally), the inputs (local paths; a data FILE is
   staged as a channel FOLDER holding a copy of it), the Docker client, its daemon, Docker Compose
@@ -11,13 +11,13 @@ The same configuration, inputs and hyperparameters as ``job launch sagemaker``
 * the SDK writes the job's ``/opt/ml`` layout under a temporary root, runs ``docker compose up``
   (the container's output streams to this terminal) and archives ``/opt/ml/model`` and
   ``/opt/ml/output`` as ``model.tar.gz`` / ``output.tar.gz``;
-* those are unpacked into the run directory (:func:`infra.sagemaker_jobs.unpack_result`, the
+* those are unpacked into the run directory (:func:`infra.sagemaker.jobs.unpack_result`, the
   layout ``job launch fetch`` makes), which ``rag-eval`` reads. A container that fails is reported
   with its own failure reason (``/opt/ml/output/failure``); a result without a model is a failure.
 
 No AWS credentials, region or network are needed or used: no SDK Session is given (with one, the
 SDK would copy your AWS credentials into the container's environment), and the SDK's telemetry is
-turned off through a copy of your SageMaker configuration (:func:`infra.sagemaker_sdk.config_files`).
+turned off through a copy of your SageMaker configuration (:func:`infra.sagemaker.sdk.config_files`).
 """
 
 from __future__ import annotations
@@ -32,11 +32,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from infra import contract
-from infra.sagemaker_inputs import InputPlan, hyperparameters_for, plan_local_inputs
-from infra.sagemaker_jobs import check_run_dir, result_lines, unpack_result
-from infra.sagemaker_launch import HUGGINGFACE, LaunchSpec
-from infra.sagemaker_sdk import config_files, quiet_sdk_logs, require_sdk, sdk_config, training_job_defaults
+from infra.container import contract
+from infra.sagemaker.inputs import InputPlan, hyperparameters_for, plan_local_inputs
+from infra.sagemaker.jobs import check_run_dir, result_lines, unpack_result
+from infra.sagemaker.launch import HUGGINGFACE, LaunchSpec
+from infra.sagemaker.sdk import config_files, quiet_sdk_logs, require_sdk, sdk_config, training_job_defaults
 from job import config
 from job.errors import JobError
 

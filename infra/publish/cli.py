@@ -16,12 +16,12 @@ def check_destinations(s3_uri: str | None, hub_repo: str | None, endpoint_url: s
     ``hub_repo`` is set; the bucket, endpoint and credentials when ``s3_uri`` is set. Makes no
     request to the Hub; one ListObjectsV2 to S3. Returns the S3 client (or None) for reuse."""
     if hub_repo:
-        from infra.hub import check_hub_token
+        from infra.publish.hub import check_hub_token
 
         check_hub_token(hub_repo)
     if s3_uri:
-        from infra.publish import check_s3_destination
-        from infra.s3 import s3_client
+        from infra.publish.s3 import s3_client
+        from infra.publish.s3_publish import check_s3_destination
 
         client = client or s3_client(endpoint_url)
         check_s3_destination(s3_uri, client)
@@ -39,8 +39,8 @@ def push_run(
     progress: bool = False,
 ) -> str:
     """Check every destination first, then publish; return the one-line summary (also echoed)."""
-    from infra import publish
-    from infra.run_bundle import run_root
+    from infra.publish import s3_publish as publish
+    from infra.publish.bundle import run_root
 
     if not s3_uri and not hub_repo:
         raise JobError("Nothing to publish to.", "pass --s3-uri s3://BUCKET/PREFIX and/or --hub-repo NAMESPACE/NAME.")
@@ -53,7 +53,7 @@ def push_run(
             f"S3 {pub.uri} ({pub.status}: {pub.files} files, {pub.bytes / 1e6:.1f} MB, manifest {pub.manifest_uri})"
         )
     if hub_repo:
-        from infra.hub import publish_hub
+        from infra.publish.hub import publish_hub
 
         hub = publish_hub(root, hub_repo, private=hub_private)
         done.append(f"Hub {hub.url} ({'private' if hub.private else 'public'})")

@@ -1,0 +1,1 @@
+"""The container contract: what runs inside the image, as SageMaker (or `docker run`) starts it."""
