@@ -26,14 +26,20 @@ COPY docker/local/ /tmp/local/
 RUN if [ -n "$TORCH_SPEC" ]; then \
         pip install --no-cache-dir --find-links /tmp/local $TORCH_SPEC; \
     fi
+# The locked versions (requirements/image.lock: the rag, serve and synth extras, each file checked against
+# its SHA-256); torch is already there, so pip keeps it. EXTRAS adds more extras, held to the tested
+# versions by requirements/constraints.txt.
+COPY requirements/ /src/requirements/
+RUN pip install --no-cache-dir --require-hashes -r /src/requirements/image.lock
 COPY pyproject.toml README.md /src/
 COPY job/ /src/job/
 COPY infra/ /src/infra/
 COPY rag_eval/ /src/rag_eval/
-# Dependencies come from pyproject.toml; torch is already there, so pip keeps it. Always with the
-# rag (Chroma) and serve (Gradio) extras, so that `rag-eval` and `serve` work in the image; EXTRAS adds more.
-RUN pip install --no-cache-dir --find-links /tmp/local "/src[rag,serve${EXTRAS:+,$EXTRAS}]" \
-    && python -c "import torch, sentence_transformers, chromadb, infra.container.entry, rag_eval.cli"
+RUN pip install --no-cache-dir --no-deps /src \
+    && if [ -n "$EXTRAS" ]; then \
+        pip install --no-cache-dir --find-links /tmp/local -c /src/requirements/constraints.txt "/src[$EXTRAS]"; \
+    fi \
+    && python -c "import torch, sentence_transformers, chromadb, openai, infra.container.entry, rag_eval.cli"
 
 # --- runtime: the environment, the job's user, the entrypoint -------------------------------------
 FROM ${BASE_IMAGE}

@@ -1,28 +1,35 @@
 # Two commands do all the set-up on a fresh machine (see README):
-#   make demo   - create .venv if missing, install, run the whole job offline on the embedded data
-#   make test   - create .venv if missing, install, run the test suite
+#   make demo   - create .venv if missing, install the locked versions, run the whole job offline on the embedded data
+#   make test   - create .venv if missing, install the locked versions, run the test suite
+# make lock refreshes requirements/*.lock on purpose (newest releases within pyproject.toml's ranges).
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
+TORCH_SPEC ?= torch==2.13.0
 RUN_DIR ?= runs/demo
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: setup demo test browser lint-docker docker-smoke clean
+.PHONY: setup demo test lock browser lint-docker docker-smoke clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml requirements/dev.lock
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	# torch first: the local CPU wheel. Any other spec pulls a multi-GB CUDA build.
-	$(PY) -m pip install --quiet torch==2.13.0
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet $(TORCH_SPEC)
+	# then exactly the locked versions, every file checked against its SHA-256 (llama-cpp-python builds: ~5 min)
+	$(PY) -m pip install --quiet --require-hashes -r requirements/dev.lock
+	$(PY) -m pip install --quiet --no-deps -e .
 	@touch $(STAMP)
 
 setup: $(STAMP)
 
 demo: $(STAMP)
 	$(VENV)/bin/job run --run-dir $(RUN_DIR)
+
+lock:  # refresh requirements/*.lock: a fresh venv with the newest releases in pyproject.toml's ranges (~5 min)
+	$(PYTHON) scripts/lock.py
 
 test: $(STAMP)
 	$(VENV)/bin/ruff check .

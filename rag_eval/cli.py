@@ -1,7 +1,7 @@
 """Command line: ``rag-eval index|score|query|serve`` (also ``python -m rag_eval``).
 
 A thin layer: it resolves the models, data and store, then calls :mod:`rag_eval.indexing`,
-:mod:`rag_eval.scoring`, :mod:`rag_eval.demo` and :mod:`rag_eval.serve`. Errors the user can fix are
+:mod:`rag_eval.scoring`, :mod:`rag_eval.demo` and :mod:`rag_eval.service`. Errors the user can fix are
 :class:`job.errors.JobError`: one ``error: ...`` paragraph, exit code 2, no traceback unless
 ``--debug`` (or ``RAG_EVAL_DEBUG=1``), as in the job's command line.
 """
@@ -265,11 +265,11 @@ def index_cmd(model, baseline, no_baseline, query_prompt, passage_prompt, data, 
     ir, source = load_eval_data(data, sources, split)
     target = store_target(chroma_path, chroma_host, chroma_port, sources.run_dir)
     with store.store_errors(target):
-        client = store.connect(target, rebuild_damaged=force, echo=echo)
+        vector_store = store.connect(target, rebuild_damaged=force, echo=echo)
         models = _load(sources)
         dims_ = wanted or sources.dims or default_dims(models[-1].dim)
         done = index_models(
-            client, models, ir, source, dims_, settings, prefix=collection_prefix, force=force,
+            vector_store, models, ir, source, dims_, settings, prefix=collection_prefix, force=force,
             batch_size=batch_size, progress=True, echo=echo,
         )  # fmt: skip
     echo(
@@ -317,14 +317,19 @@ def score_cmd(model, baseline, no_baseline, query_prompt, passage_prompt, data, 
     ir, source = load_eval_data(data, sources, split)
     target = store_target(chroma_path, chroma_host, chroma_port, sources.run_dir)
     with store.store_errors(target):
-        client = store.connect(target, create=False)
-        dims_ = wanted or sources.dims or store.dims_in_store(client, collection_prefix, sources.models[-1].key) or [0]
-        check_indexed(client, target, sources.models, dims_, collection_prefix)
+        vector_store = store.connect(target, create=False)
+        dims_ = (
+            wanted
+            or sources.dims
+            or store.dims_in_store(vector_store, collection_prefix, sources.models[-1].key)
+            or [0]
+        )
+        check_indexed(vector_store, sources.models, dims_, collection_prefix)
         models = _load(sources)
         opts = ScoreOptions(
             latency_samples=latency_samples, batch_queries=batch_queries, measure_disk=disk_size, batch_size=batch_size
         )
-        result = score_models(client, target, models, ir, dims_, prefix=collection_prefix, opts=opts, echo=echo)
+        result = score_models(vector_store, models, ir, dims_, prefix=collection_prefix, opts=opts, echo=echo)
     out_dir = out or (sources.run_dir.rag_eval if sources.run_dir is not None else Path("rag_eval_report"))
     paths = report.write(out_dir, result, {"data_source": source, "split": split})
     echo("")
@@ -377,12 +382,12 @@ def query_cmd(question, model, baseline, no_baseline, query_prompt, passage_prom
     target = store_target(chroma_path, chroma_host, chroma_port, sources.run_dir)
     _, gold = _gold(data, split, sources)
     with store.store_errors(target):
-        client = store.connect(target, create=False)
-        dims_ = wanted or (store.dims_in_store(client, collection_prefix, sources.models[-1].key) or [0])[:1]
-        check_indexed(client, target, sources.models, dims_, collection_prefix)
+        vector_store = store.connect(target, create=False)
+        dims_ = wanted or (store.dims_in_store(vector_store, collection_prefix, sources.models[-1].key) or [0])[:1]
+        check_indexed(vector_store, sources.models, dims_, collection_prefix)
         models = _load(sources)
         per_dim = [
-            [Searcher(m, open_collection(client, target, m, d, collection_prefix), d) for m in models] for d in dims_
+            [Searcher(m, open_collection(vector_store, m, d, collection_prefix), d) for m in models] for d in dims_
         ]
 
         def answer(q: str) -> None:
@@ -428,13 +433,14 @@ def serve_cmd(model, baseline, no_baseline, query_prompt, passage_prompt, data, 
     for scripts and load tests. Optional basic auth: RAG_EVAL_SERVE_AUTH=user:password in the
     environment (never on the command line). Stop it with Ctrl+C (or SIGTERM).
     """
-    from rag_eval import serve, web
+    from rag_eval import web
+    from rag_eval.service import MAX_K, RetrievalService, set_torch_threads
 
     auth = web.auth_from_env()
     web.check_installed()
     web.check_port_free(host, port)
-    if k < 1 or k > serve.MAX_K:
-        raise JobError(f"-k/--k {k} is out of range.", f"pass a number from 1 to {serve.MAX_K}.")
+    if k < 1 or k > MAX_K:
+        raise JobError(f"-k/--k {k} is out of range.", f"pass a number from 1 to {MAX_K}.")
     if threads < 0:
         raise JobError(f"--threads {threads} is negative.", "pass 0 (automatic) or a positive number.")
     store.check_prefix(collection_prefix)
@@ -442,9 +448,9 @@ def serve_cmd(model, baseline, no_baseline, query_prompt, passage_prompt, data, 
     sources = _sources(model, baseline, no_baseline, query_prompt, passage_prompt)
     target = store_target(chroma_path, chroma_host, chroma_port, sources.run_dir)
     ir, _ = _gold(data, split, sources)
-    serve.set_torch_threads(threads, len(sources.models))
+    set_torch_threads(threads, len(sources.models))
     with store.store_errors(target):
-        service = serve.RetrievalService.open(
+        service = RetrievalService.open(
             sources, target, ir, wanted, prefix=collection_prefix, k=k, load=_load, echo=echo
         )
     web.run(service, host=host, port=port, auth=auth, echo=echo)

@@ -10,63 +10,44 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from rag_eval.index import Hit, VectorIndex
 from rag_eval.sources import LoadedModel
 from rag_eval.vectors import encode_queries, truncate_normalise
 
+__all__ = ["Hit", "Searcher", "show"]
 Echo = Callable[[str], None]
 RANK_DEPTH = 100  # how deep the other model's ranking is searched for a compared passage
 
 
 @dataclass
-class Hit:
-    rank: int
-    id: str
-    score: float
-    text: str
-
-
-@dataclass
 class Searcher:
-    """A loaded model with its collection at one dim. ``embed`` (the model) and ``query`` (the vector
+    """A loaded model with its index at one dim. ``embed`` (the model) and ``query`` (the vector
     store) are separate steps, so that callers can time them apart (``rag-eval serve`` does)."""
 
     model: LoadedModel
-    collection: object
+    index: VectorIndex
     dim: int
-    size: int | None = None  # the collection's count, when the caller knows it (saves a call per query)
+    size: int | None = None  # the index's count, when the caller knows it (saves a call per query)
 
     def embed(self, question: str) -> np.ndarray:
         """The question's vector at this dim (truncated and re-normalised), shape (1, dim)."""
         return truncate_normalise(encode_queries(self.model.model, [question], self.model.spec.query_prompt), self.dim)
 
+    def _depth(self, n: int) -> int:
+        return max(1, min(n, self.size if self.size is not None else self.index.count()))
+
     def query(self, vector: np.ndarray, n: int, *, documents: bool = True) -> list[Hit]:
         """The top ``n`` passages for a vector from :meth:`embed`; ties by ascending id. Without
         ``documents`` each hit's text is empty (fetch the ones to show with :meth:`documents`)."""
-        n = max(1, min(n, self.size if self.size is not None else self.collection.count()))
-        include = ["distances", "documents"] if documents else ["distances"]
-        got = self.collection.query(query_embeddings=np.asarray(vector), n_results=n, include=include)
-        docs = got["documents"][0] if documents and got.get("documents") is not None else [""] * len(got["ids"][0])
-        hits = sorted(zip(got["ids"][0], got["distances"][0], docs), key=lambda h: (h[1], h[0]))
-        return [Hit(i + 1, cid, 1.0 - float(d), doc or "") for i, (cid, d, doc) in enumerate(hits)]
+        return self.index.query(np.asarray(vector), self._depth(n), documents=documents)[0]
 
     def query_many(self, vectors: np.ndarray, n: int) -> list[list[Hit]]:
         """:meth:`query` (without documents) for several vectors in one call to the store."""
-        n = max(1, min(n, self.size if self.size is not None else self.collection.count()))
-        got = self.collection.query(query_embeddings=np.asarray(vectors), n_results=n, include=["distances"])
-        out = []
-        for ids, dists in zip(got["ids"], got["distances"]):
-            hits = sorted(zip(ids, dists), key=lambda h: (h[1], h[0]))
-            out.append([Hit(i + 1, cid, 1.0 - float(d), "") for i, (cid, d) in enumerate(hits)])
-        return out
+        return self.index.query(np.asarray(vectors), self._depth(n))
 
     def documents(self, ids: Iterable[str]) -> dict[str, str]:
         """The stored passage text of each id."""
-        wanted = list(dict.fromkeys(ids))
-        if not wanted:
-            return {}
-        got = self.collection.get(ids=wanted, include=["documents"])
-        docs = got["documents"] if got.get("documents") is not None else [""] * len(got["ids"])
-        return {cid: doc or "" for cid, doc in zip(got["ids"], docs)}
+        return self.index.fetch(ids)
 
     def search(self, question: str, n: int) -> list[Hit]:
         return self.query(self.embed(question), n)

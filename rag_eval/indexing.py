@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from job.data import IRData
 from job.errors import JobError
 from rag_eval import store
+from rag_eval.index import VectorStore
 from rag_eval.sources import LoadedModel
 from rag_eval.vectors import corpus_fingerprint, encode_passages, truncate_normalise
 
@@ -41,7 +42,7 @@ class IndexedCollection:
 
 
 def index_models(
-    client,
+    vector_store: VectorStore,
     models: list[LoadedModel],
     data: IRData,
     data_source: str,
@@ -77,9 +78,7 @@ def index_models(
                 corpus_fingerprint=fingerprint, corpus_size=len(ids), data_source=data_source, settings=settings,
                 query_prompt=m.spec.query_prompt, passage_prompt=m.spec.passage_prompt,
             )  # fmt: skip
-            result = store.write_collection(
-                client, name, ids, truncate_normalise(full, dim), texts, meta, settings, force=force
-            )
+            result = vector_store.write(name, ids, truncate_normalise(full, dim), texts, meta, settings, force=force)
             done.append(IndexedCollection(m.label, dim, name, result.action, result.note, len(ids), result.seconds))
             note = f" ({result.note})" if result.note else ""
             echo(

@@ -25,6 +25,7 @@ from job.data import IRData
 from job.errors import JobError
 from job.evaluation import evaluate_model
 from rag_eval import metrics, store
+from rag_eval.index import VectorIndex, VectorStore
 from rag_eval.sources import LoadedModel, ModelSpec
 from rag_eval.vectors import corpus_fingerprint, encode_queries, truncate_normalise
 
@@ -42,47 +43,47 @@ class ScoreOptions:
     batch_size: int = 64  # encoding batch size
 
 
-def check_indexed(client, target: store.StoreTarget, specs: list[ModelSpec], dims: list[int], prefix: str) -> None:
+def check_indexed(vector_store: VectorStore, specs: list[ModelSpec], dims: list[int], prefix: str) -> None:
     """Every (model, dim) has a collection; checked before any model is loaded. The error lists what is indexed."""
-    names = set(store.list_names(client))
+    names = set(vector_store.names())
     for spec in specs:
         missing = [d for d in dims if store.collection_name(prefix, spec.key, d) not in names]
         if not missing:
             continue
         who = f"the {spec.label} model {spec.ref}"
-        indexed = store.dims_in_store(client, prefix, spec.key)
+        indexed = store.dims_in_store(vector_store, prefix, spec.key)
         if indexed:
             listed = ", ".join(map(str, indexed))
             raise JobError(
                 f"{'Dim' if len(missing) == 1 else 'Dims'} {', '.join(map(str, missing))} "
                 f"{'is' if len(missing) == 1 else 'are'} "
-                f"not indexed for {who} in the {target.describe()}; indexed dims: {listed}.",
+                f"not indexed for {who} in the {vector_store.describe()}; indexed dims: {listed}.",
                 f"pick from {listed}, or index it first (`rag-eval index ... --dims {','.join(map(str, missing))}`).",
             )
         raise JobError(
-            f"Nothing is indexed for {who} in the {target.describe()}.",
+            f"Nothing is indexed for {who} in the {vector_store.describe()}.",
             "run `rag-eval index` first, with the same --model and store options "
             "(--chroma-path or --chroma-host/--chroma-port).",
         )
 
 
 def open_collection(
-    client, target: store.StoreTarget, model: LoadedModel, dim: int, prefix: str, corpus_fp: str | None = None
-):
-    """The collection for (model, dim), checked against the model (and the corpus, when given)."""
+    vector_store: VectorStore, model: LoadedModel, dim: int, prefix: str, corpus_fp: str | None = None
+) -> VectorIndex:
+    """The index for (model, dim), checked against the model (and the corpus, when given)."""
     name = store.collection_name(prefix, model.spec.key, dim)
-    col = store.get_collection(client, name)
+    col = vector_store.open(name)
     who = f"the {model.label} model {model.spec.ref}"
     if col is None:
-        check_indexed(client, target, [model.spec], [dim], prefix)
+        check_indexed(vector_store, [model.spec], [dim], prefix)
         raise JobError(
-            f"Collection {name} vanished from the {target.describe()} while it was being opened.",
+            f"Collection {name} vanished from the {vector_store.describe()} while it was being opened.",
             "run the command again.",
         )
     kind, problems = store.inspect(col, dim)
     if kind != store.OURS:
         raise JobError(
-            f"Collection {name} in the {target.describe()} is {kind}: {'; '.join(problems)}.",
+            f"Collection {name} in the {vector_store.describe()} is {kind}: {'; '.join(problems)}.",
             "re-index it with `rag-eval index ... --force` (that replaces it).",
         )
     meta = col.metadata
@@ -114,33 +115,32 @@ def open_collection(
     return col
 
 
-def query_rankings(collection, queries: np.ndarray, n_results: int, batch: int = 256) -> list[list[tuple[str, float]]]:
-    """(id, cosine similarity) lists, in Chroma's order."""
+def query_rankings(
+    index: VectorIndex, queries: np.ndarray, n_results: int, batch: int = 256
+) -> list[list[tuple[str, float]]]:
+    """(id, cosine similarity) lists, in the index's order."""
     out = []
     for s in range(0, len(queries), batch):
-        got = collection.query(query_embeddings=queries[s : s + batch], n_results=n_results, include=["distances"])
-        out += [
-            [(cid, 1.0 - float(d)) for cid, d in zip(ids, dists)] for ids, dists in zip(got["ids"], got["distances"])
-        ]
+        out += [[(h.id, h.score) for h in hits] for hits in index.query(queries[s : s + batch], n_results)]
     return out
 
 
-def measure_latency(collection, queries: np.ndarray, opts: ScoreOptions) -> dict[str, Any]:
-    """Wall time of Chroma's query call, in ms: single questions, and batches of ``batch_queries``."""
+def measure_latency(index: VectorIndex, queries: np.ndarray, opts: ScoreOptions) -> dict[str, Any]:
+    """Wall time of the index's query call, in ms: single questions, and batches of ``batch_queries``
+    (with the documents: what an application asks for)."""
     k = opts.latency_k
-    include = ["distances", "documents"]  # what an application asks for
-    collection.query(query_embeddings=queries[:1], n_results=k, include=include)  # warm-up
+    index.query(queries[:1], k, documents=True)  # warm-up
     single = []
     for i in range(opts.latency_samples):
         t = time.perf_counter()
-        collection.query(query_embeddings=queries[i % len(queries)][None, :], n_results=k, include=include)
+        index.query(queries[i % len(queries)][None, :], k, documents=True)
         single.append((time.perf_counter() - t) * 1000)
     batched = []
     n_batches = max(20, opts.latency_samples // opts.batch_queries)  # enough batches for a p95
     for b in range(n_batches):
         idx = [(b * opts.batch_queries + j) % len(queries) for j in range(opts.batch_queries)]
         t = time.perf_counter()
-        collection.query(query_embeddings=queries[idx], n_results=k, include=include)
+        index.query(queries[idx], k, documents=True)
         batched.append((time.perf_counter() - t) * 1000)
     return {
         "single_p50_ms": metrics.percentile(single, 50),
@@ -155,8 +155,7 @@ def measure_latency(collection, queries: np.ndarray, opts: ScoreOptions) -> dict
 
 
 def score_models(
-    client,
-    target: store.StoreTarget,
+    vector_store: VectorStore,
     models: list[LoadedModel],
     data: IRData,
     dims: list[int],
@@ -173,7 +172,7 @@ def score_models(
     qtexts = [data.queries[q] for q in qids]
     reference = "exact" if data.graded else "evaluator"
     # open (and check) every collection before any expensive step
-    cols = {(m.label, d): open_collection(client, target, m, d, prefix, fp) for m in models for d in dims}
+    cols = {(m.label, d): open_collection(vector_store, m, d, prefix, fp) for m in models for d in dims}
     out: dict[str, Any] = {}
     for m in models:
         start = time.perf_counter()
@@ -189,9 +188,9 @@ def score_models(
         per_dim: dict[str, Any] = {}
         for dim in dims:
             col = cols[(m.label, dim)]
-            settings = store.HnswSettings.of(col)
+            settings = col.settings
             q = truncate_normalise(full_q, dim)
-            ids, vectors, documents = store.fetch_all(col)
+            ids, vectors, documents = col.fetch_all()
             depth = min(metrics.DEPTH, len(ids))
             chroma_rank = [metrics.rank_hits(hits) for hits in query_rankings(col, q, depth)]
             exact_rank = metrics.exact_search(q, vectors, ids, depth)
@@ -223,7 +222,7 @@ def score_models(
     deltas = [abs(r["ndcg_delta"]) for v in out.values() for r in v["dims"].values()]
     recalls = [r["ann_recall@10"] for v in out.values() for r in v["dims"].values()]
     return {
-        "store": target.describe(),
+        "store": vector_store.describe(),
         "data": {
             "queries": len(qids),
             "corpus_size": len(data.corpus),

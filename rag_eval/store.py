@@ -1,4 +1,5 @@
-"""The Chroma side: connecting, naming, writing and checking one collection per (model, dim).
+"""The Chroma implementation of :mod:`rag_eval.index`: connecting, naming, writing and checking one
+collection per (model, dim).
 
 - Embedded persistent Chroma (``--chroma-path``) by default; a server (``--chroma-host/--chroma-port``)
   through ``HttpClient``. Telemetry is off; an unreachable server is a :class:`JobError` naming it.
@@ -31,6 +32,7 @@ import numpy as np
 
 from job.errors import JobError
 from rag_eval import SCHEMA_VERSION
+from rag_eval.index import Hit, VectorIndex, VectorStore, WriteResult, ranked
 
 DEFAULT_PREFIX = "rag-eval"
 STAGING_SUFFIX = "-staging"
@@ -115,7 +117,7 @@ def _settings():
 def connect(
     target: StoreTarget, *, create: bool = True, rebuild_damaged: bool = False, echo: Callable[[str], None] = print
 ):
-    """A Chroma client for ``target``. ``create=False`` refuses an embedded path that holds no store
+    """The :class:`ChromaStore` at ``target``. ``create=False`` refuses an embedded path that holds no store
     (scoring or querying a store that was never written is a mistake, not an empty result).
 
     A damaged embedded store (a truncated or overwritten ``chroma.sqlite3``) is a :class:`JobError`
@@ -130,7 +132,7 @@ def connect(
                 client.heartbeat()
             except ValueError as exc:  # chromadb raises ValueError("Could not connect to a Chroma server...")
                 raise _unreachable(target, exc) from None
-        return client
+        return ChromaStore(client, target)
     path = Path(target.path).expanduser()
     if path.exists() and not path.is_dir():
         raise JobError(
@@ -146,7 +148,7 @@ def connect(
         if rebuild_damaged:
             check_sqlite(path)
         path.mkdir(parents=True, exist_ok=True)
-        return chromadb.PersistentClient(path=str(path), settings=_settings())
+        return ChromaStore(chromadb.PersistentClient(path=str(path), settings=_settings()), target)
     except Exception as exc:
         if not is_damage(exc):
             raise
@@ -159,7 +161,7 @@ def connect(
             f"moved it aside to {aside} (not deleted), indexing afresh"
         )
         path.mkdir(parents=True)
-        return chromadb.PersistentClient(path=str(path), settings=_settings())
+        return ChromaStore(chromadb.PersistentClient(path=str(path), settings=_settings()), target)
 
 
 def _unreachable(target: StoreTarget, exc: BaseException) -> JobError:
@@ -293,21 +295,11 @@ def collection_name(prefix: str, model_key: str, dim: int) -> str:
     return name
 
 
-def dims_in_store(client, prefix: str, model_key: str) -> list[int]:
-    """The dims indexed for a model in this store, largest first (from the collection names)."""
+def dims_in_store(vector_store: VectorStore, prefix: str, model_key: str) -> list[int]:
+    """The dims indexed for a model in this store, largest first (from the index names)."""
     pattern = re.compile(re.escape(f"{prefix}-{model_slug(model_key)}-d") + r"(\d+)$")
-    dims = {int(m[1]) for c in list_names(client) if (m := pattern.match(c))}
+    dims = {int(m[1]) for c in vector_store.names() if (m := pattern.match(c))}
     return sorted(dims, reverse=True)
-
-
-def list_names(client) -> list[str]:
-    names, offset = [], 0
-    while True:
-        page = client.list_collections(limit=1000, offset=offset)
-        names += [c if isinstance(c, str) else c.name for c in page]
-        if len(page) < 1000:
-            return names
-        offset += 1000
 
 
 REQUIRED_METADATA = {
@@ -342,9 +334,9 @@ def build_metadata(
 FOREIGN, CORRUPT, OURS = "foreign", "corrupted", "ours"
 
 
-def inspect(collection, dim: int | None = None) -> tuple[str, list[str]]:
+def inspect(index: ChromaIndex, dim: int | None = None) -> tuple[str, list[str]]:
     """Is this one of our collections, and is it whole? Returns (kind, problems)."""
-    meta = collection.metadata or {}
+    meta = index.metadata
     if "rag_eval" not in meta:
         return FOREIGN, ["its metadata has no 'rag_eval' marker (it was not written by rag-eval)"]
     problems = []
@@ -358,129 +350,187 @@ def inspect(collection, dim: int | None = None) -> tuple[str, list[str]]:
         problems.append(f"it was written by a newer rag-eval (schema {meta['rag_eval']})")
     if dim is not None and meta["dim"] != dim:
         problems.append(f"its name says dim {dim} but its metadata says {meta['dim']}")
-    settings = HnswSettings.of(collection)
+    settings = index.settings
     if settings is None or settings.space != "cosine":
         problems.append(f"its distance space is {settings.space if settings else 'unknown'}, not cosine")
-    count = collection.count()
+    count = index.count()
     if count != meta["corpus_size"]:
         problems.append(f"it holds {count} vectors but its metadata says {meta['corpus_size']}")
     elif count:
-        got = collection.get(limit=1, include=["embeddings"])["embeddings"]
-        if got is not None and len(got) and len(got[0]) != meta["dim"]:
-            problems.append(f"its vectors have {len(got[0])} dims but its metadata says {meta['dim']}")
+        stored = index.stored_dim()
+        if stored is not None and stored != meta["dim"]:
+            problems.append(f"its vectors have {stored} dims but its metadata says {meta['dim']}")
     return (CORRUPT if problems else OURS), problems
 
 
-def get_collection(client, name: str):
-    """The collection, or None if there is none of that name."""
-    from chromadb.errors import NotFoundError
+# --- the store and its indexes (rag_eval.index's interface) ---------------------------------------
+class ChromaIndex(VectorIndex):
+    """One Chroma collection (one model at one dim)."""
 
-    try:
-        return client.get_collection(name, embedding_function=None)
-    except NotFoundError:
-        return None
-    except ValueError as exc:  # older clients raise ValueError("Collection ... does not exist")
-        if "does not exist" in str(exc):
+    def __init__(self, collection):
+        self.collection = collection
+        self.name = collection.name
+
+    def count(self) -> int:
+        return int(self.collection.count())
+
+    @property
+    def metadata(self) -> dict[str, Any]:
+        return self.collection.metadata or {}
+
+    @property
+    def settings(self) -> HnswSettings | None:
+        return HnswSettings.of(self.collection)
+
+    def stored_dim(self) -> int | None:
+        got = self.collection.get(limit=1, include=["embeddings"])["embeddings"]
+        return len(got[0]) if got is not None and len(got) else None
+
+    def query(self, vectors: np.ndarray, n: int, *, documents: bool = False) -> list[list[Hit]]:
+        include = ["distances", "documents"] if documents else ["distances"]
+        got = self.collection.query(query_embeddings=np.asarray(vectors), n_results=n, include=include)
+        out = []
+        for i, (ids, dists) in enumerate(zip(got["ids"], got["distances"])):
+            docs = got["documents"][i] if documents and got.get("documents") is not None else [""] * len(ids)
+            out.append(ranked((cid, 1.0 - float(d), doc) for cid, d, doc in zip(ids, dists, docs)))
+        return out
+
+    def fetch(self, ids) -> dict[str, str]:
+        wanted = list(dict.fromkeys(ids))
+        if not wanted:
+            return {}
+        got = self.collection.get(ids=wanted, include=["documents"])
+        docs = got["documents"] if got.get("documents") is not None else [""] * len(got["ids"])
+        return {cid: doc or "" for cid, doc in zip(got["ids"], docs)}
+
+    def fetch_all(self, page: int = 5000) -> tuple[list[str], np.ndarray, list[str | None]]:
+        """Every stored (id, vector, document), in pages."""
+        ids: list[str] = []
+        vecs: list[np.ndarray] = []
+        docs: list[str | None] = []
+        offset = 0
+        while True:
+            got = self.collection.get(limit=page, offset=offset, include=["embeddings", "documents"])
+            if not got["ids"]:
+                break
+            ids += got["ids"]
+            vecs.append(np.asarray(got["embeddings"], dtype=np.float32))
+            docs += got["documents"] if got["documents"] is not None else [None] * len(got["ids"])
+            offset += len(got["ids"])
+            if len(got["ids"]) < page:
+                break
+        matrix = np.concatenate(vecs) if vecs else np.zeros((0, 0), dtype=np.float32)
+        return ids, matrix, docs
+
+    def describe(self) -> dict[str, Any]:
+        settings = self.settings
+        return {**super().describe(), "hnsw": asdict(settings) if settings else None}
+
+
+class ChromaStore(VectorStore):
+    """A Chroma client (embedded or server) as a :class:`~rag_eval.index.VectorStore`."""
+
+    def __init__(self, client, target: StoreTarget):
+        self.client = client
+        self.target = target
+
+    def describe(self) -> str:
+        return self.target.describe()
+
+    def names(self) -> list[str]:
+        names, offset = [], 0
+        while True:
+            page = self.client.list_collections(limit=1000, offset=offset)
+            names += [c if isinstance(c, str) else c.name for c in page]
+            if len(page) < 1000:
+                return names
+            offset += 1000
+
+    def open(self, name: str) -> ChromaIndex | None:
+        from chromadb.errors import NotFoundError
+
+        try:
+            return ChromaIndex(self.client.get_collection(name, embedding_function=None))
+        except NotFoundError:
             return None
-        raise
+        except ValueError as exc:  # older clients raise ValueError("Collection ... does not exist")
+            if "does not exist" in str(exc):
+                return None
+            raise
 
+    def delete(self, name: str) -> None:
+        self.client.delete_collection(name)
 
-# --- writing -------------------------------------------------------------------------------------
-@dataclass
-class WriteResult:
-    name: str
-    action: str  # "created" or "replaced"
-    note: str = ""
-    seconds: float = 0.0
+    @contextlib.contextmanager
+    def errors(self) -> Iterator[None]:
+        with store_errors(self.target):
+            yield
 
+    def write(
+        self,
+        name: str,
+        ids: Sequence[str],
+        vectors: np.ndarray,
+        documents: Sequence[str] | None,
+        metadata: dict[str, Any],
+        settings: HnswSettings,
+        *,
+        force: bool = False,
+        progress: Callable[[int], None] | None = None,
+    ) -> WriteResult:
+        """Write (or replace) one collection: into ``<name>-staging``, checked, then renamed over the old one."""
+        import time
 
-def write_collection(
-    client,
-    name: str,
-    ids: Sequence[str],
-    vectors: np.ndarray,
-    documents: Sequence[str] | None,
-    metadata: dict[str, Any],
-    settings: HnswSettings,
-    *,
-    force: bool = False,
-    progress: Callable[[int], None] | None = None,
-) -> WriteResult:
-    """Write (or replace) one collection. The old one stays until the new one is complete."""
-    import time
-
-    start = time.perf_counter()
-    old = get_collection(client, name)
-    note = ""
-    if old is not None:
-        kind, problems = inspect(old, metadata["dim"])
-        if kind != OURS and not force:
-            raise JobError(
-                f"A {kind} collection named {name} already exists: {'; '.join(problems)}.",
-                "pass --force to replace it, or use another --collection-prefix.",
-            )
-        old_settings = HnswSettings.of(old)
-        if kind != OURS:
-            note = f"replaced a {kind} collection (--force)"
-        elif old_settings != settings:
-            note = f"HNSW settings changed ({describe_changes(old_settings, settings)}): recreated"
-    staging = name + STAGING_SUFFIX
-    leftover = get_collection(client, staging)
-    if leftover is not None:
-        if "rag_eval" not in (leftover.metadata or {}) and not force:
-            raise JobError(
-                f"A foreign collection named {staging} is in the way.",
-                "pass --force to replace it, or use another --collection-prefix.",
-            )
-        client.delete_collection(staging)
-    col = client.create_collection(
-        staging, configuration=settings.configuration(), metadata=metadata, embedding_function=None
-    )
-    try:
-        batch = max(1, int(client.get_max_batch_size()))
-        for s in range(0, len(ids), batch):
-            e = min(len(ids), s + batch)
-            col.add(
-                ids=list(ids[s:e]),
-                embeddings=np.asarray(vectors[s:e], dtype=np.float32),
-                documents=list(documents[s:e]) if documents is not None else None,
-            )
-            if progress:
-                progress(e - s)
-        if col.count() != len(ids):
-            raise JobError(
-                f"Chroma holds {col.count()} of the {len(ids)} vectors written to {staging}.",
-                "re-run the index command.",
-            )
-    except BaseException:
-        with contextlib.suppress(Exception):
-            client.delete_collection(staging)
-        raise
-    if old is not None:
-        client.delete_collection(name)
-    col.modify(name=name)
-    return WriteResult(name, "replaced" if old is not None else "created", note, time.perf_counter() - start)
-
-
-# --- reading -------------------------------------------------------------------------------------
-def fetch_all(collection, page: int = 5000) -> tuple[list[str], np.ndarray, list[str | None]]:
-    """Every stored (id, vector, document), in pages."""
-    ids: list[str] = []
-    vecs: list[np.ndarray] = []
-    docs: list[str | None] = []
-    offset = 0
-    while True:
-        got = collection.get(limit=page, offset=offset, include=["embeddings", "documents"])
-        if not got["ids"]:
-            break
-        ids += got["ids"]
-        vecs.append(np.asarray(got["embeddings"], dtype=np.float32))
-        docs += got["documents"] if got["documents"] is not None else [None] * len(got["ids"])
-        offset += len(got["ids"])
-        if len(got["ids"]) < page:
-            break
-    matrix = np.concatenate(vecs) if vecs else np.zeros((0, 0), dtype=np.float32)
-    return ids, matrix, docs
+        start = time.perf_counter()
+        old = self.open(name)
+        note = ""
+        if old is not None:
+            kind, problems = inspect(old, metadata["dim"])
+            if kind != OURS and not force:
+                raise JobError(
+                    f"A {kind} collection named {name} already exists: {'; '.join(problems)}.",
+                    "pass --force to replace it, or use another --collection-prefix.",
+                )
+            if kind != OURS:
+                note = f"replaced a {kind} collection (--force)"
+            elif old.settings != settings:
+                note = f"HNSW settings changed ({describe_changes(old.settings, settings)}): recreated"
+        staging = name + STAGING_SUFFIX
+        leftover = self.open(staging)
+        if leftover is not None:
+            if "rag_eval" not in leftover.metadata and not force:
+                raise JobError(
+                    f"A foreign collection named {staging} is in the way.",
+                    "pass --force to replace it, or use another --collection-prefix.",
+                )
+            self.delete(staging)
+        col = self.client.create_collection(
+            staging, configuration=settings.configuration(), metadata=metadata, embedding_function=None
+        )
+        try:
+            batch = max(1, int(self.client.get_max_batch_size()))
+            for s in range(0, len(ids), batch):
+                e = min(len(ids), s + batch)
+                col.add(
+                    ids=list(ids[s:e]),
+                    embeddings=np.asarray(vectors[s:e], dtype=np.float32),
+                    documents=list(documents[s:e]) if documents is not None else None,
+                )
+                if progress:
+                    progress(e - s)
+            if col.count() != len(ids):
+                raise JobError(
+                    f"Chroma holds {col.count()} of the {len(ids)} vectors written to {staging}.",
+                    "re-run the index command.",
+                )
+        except BaseException:
+            with contextlib.suppress(Exception):
+                self.delete(staging)
+            raise
+        if old is not None:
+            self.delete(name)
+        col.modify(name=name)
+        return WriteResult(name, "replaced" if old is not None else "created", note, time.perf_counter() - start)
 
 
 def _dir_bytes(path: Path) -> int:

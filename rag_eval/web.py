@@ -1,6 +1,6 @@
 """`rag-eval serve`'s web layer: a Gradio page and a small JSON API on one FastAPI app (uvicorn).
 
-A thin layer over :mod:`rag_eval.serve` (all search logic and HTML live there). Routes:
+A thin layer over :mod:`rag_eval.service` (the search) and :mod:`rag_eval.page` (the HTML). Routes:
 
 - ``/``: the Gradio page (question box, top-k, dim, held-out questions, both models side by side,
   index facts per dim, NDCG@10 by dim);
@@ -30,7 +30,8 @@ from collections.abc import Callable
 from typing import Any
 
 from job.errors import JobError
-from rag_eval import serve
+from rag_eval import page as html_page
+from rag_eval.service import MAX_K, RetrievalService
 
 AUTH_ENV = "RAG_EVAL_SERVE_AUTH"
 MAX_LISTED = 1000  # held-out questions offered in the page's list (any question can still be typed)
@@ -125,25 +126,25 @@ class BasicAuth:
         )
 
 
-async def _answer_html(service: serve.RetrievalService, question: Any, k: Any, dim: Any) -> str:
+async def _answer_html(service: RetrievalService, question: Any, k: Any, dim: Any) -> str:
     try:
-        return serve.render_answer(await service.search_async(question, k, dim))
+        return html_page.render_answer(await service.search_async(question, k, dim))
     except JobError as exc:
-        return serve.render_error(exc.message)
+        return html_page.render_error(exc.message)
     except Exception:
         log.exception("search failed")
-        return serve.render_error("Unexpected error while searching; the server log has the details.")
+        return html_page.render_error("Unexpected error while searching; the server log has the details.")
 
 
-def build_blocks(service: serve.RetrievalService):
+def build_blocks(service: RetrievalService):
     """The Gradio page: inputs on top, both models side by side, then index facts and quality by dim."""
     _offline_env()
     import gradio as gr
 
-    models = " vs ".join(f"{m.label} <code>{serve.esc(m.spec.ref)}</code>" for m in service.models)
+    models = " vs ".join(f"{m.label} <code>{html_page.esc(m.spec.ref)}</code>" for m in service.models)
     header = (
-        f'<h2 style="margin:0">Retrieval demo: {serve.esc(service.title)}</h2>'
-        f'<div class="re-note">{models}; {serve.esc(service.target.describe())}; the models are loaded once.</div>'
+        f'<h2 style="margin:0">Retrieval demo: {html_page.esc(service.title)}</h2>'
+        f'<div class="re-note">{models}; {html_page.esc(service.store.describe())}; the models are loaded once.</div>'
     )
     with gr.Blocks(title="rag-eval serve", analytics_enabled=False) as blocks:
         gr.HTML(header, js_on_load=None, elem_id="header")
@@ -161,7 +162,7 @@ def build_blocks(service: serve.RetrievalService):
             dim = gr.Radio(
                 choices=service.dims, value=service.dims[0], label="Matryoshka dim (indexed)", elem_id="dim", scale=3
             )
-            k = gr.Slider(1, serve.MAX_K, value=service.k, step=1, label="top-k", elem_id="k", scale=2)
+            k = gr.Slider(1, MAX_K, value=service.k, step=1, label="top-k", elem_id="k", scale=2)
         listed = [text for _, text in service.questions[:MAX_LISTED]]
         count = (
             f"{len(listed)} of {len(service.questions)}" if len(listed) < len(service.questions) else str(len(listed))
@@ -171,11 +172,11 @@ def build_blocks(service: serve.RetrievalService):
             "model finds its relevant passage (type to filter)", elem_id="heldout", filterable=True,
             visible=bool(listed),
         )  # fmt: skip
-        results = gr.HTML(serve.render_placeholder(service), js_on_load=None, elem_id="results")
+        results = gr.HTML(html_page.render_placeholder(service), js_on_load=None, elem_id="results")
         with gr.Accordion("Index facts by dim", open=True):
-            gr.HTML(serve.render_facts(service), js_on_load=None, elem_id="facts")
+            gr.HTML(html_page.render_facts(service), js_on_load=None, elem_id="facts")
         with gr.Accordion("Quality by dim: held-out NDCG@10, baseline and fine-tuned", open=True):
-            gr.HTML(serve.render_quality(service), js_on_load=None, elem_id="quality")
+            gr.HTML(html_page.render_quality(service), js_on_load=None, elem_id="quality")
 
         async def answer(q, k_, dim_):
             return await _answer_html(service, q, k_, dim_)
@@ -198,7 +199,7 @@ def build_blocks(service: serve.RetrievalService):
 
 
 def build_app(
-    service: serve.RetrievalService,
+    service: RetrievalService,
     auth: tuple[str, str] | None = None,
     *,
     host: str = "127.0.0.1",
@@ -244,7 +245,7 @@ def build_app(
 
         gr.mount_gradio_app(
             app, build_blocks(service), path="/", server_name=host, server_port=port, ssr_mode=False,
-            footer_links=["api", "settings"], css=serve.CSS, show_error=False, run_history=False,
+            footer_links=["api", "settings"], css=html_page.CSS, show_error=False, run_history=False,
         )  # fmt: skip
     if auth is not None:
         app.add_middleware(BasicAuth, user=auth[0], password=auth[1])
@@ -252,7 +253,7 @@ def build_app(
 
 
 def run(
-    service: serve.RetrievalService,
+    service: RetrievalService,
     *,
     host: str,
     port: int,

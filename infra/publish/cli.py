@@ -12,21 +12,12 @@ from job.errors import JobError
 
 
 def check_destinations(s3_uri: str | None, hub_repo: str | None, endpoint_url: str | None = None, client=None):
-    """Fail fast, before any training or upload: the Hub token (and offline mode, repo id) when
-    ``hub_repo`` is set; the bucket, endpoint and credentials when ``s3_uri`` is set. Makes no
-    request to the Hub; one ListObjectsV2 to S3. Returns the S3 client (or None) for reuse."""
-    if hub_repo:
-        from infra.publish.hub import check_hub_token
+    """Fail fast, before any training or upload: every destination these settings name is checked (the
+    Hub token's write access and offline mode; the bucket, endpoint and credentials). Makes no request to
+    the Hub; one ListObjectsV2 to S3."""
+    from infra.publish.destinations import check_all, destinations
 
-        check_hub_token(hub_repo)
-    if s3_uri:
-        from infra.publish.s3 import s3_client
-        from infra.publish.s3_publish import check_s3_destination
-
-        client = client or s3_client(endpoint_url)
-        check_s3_destination(s3_uri, client)
-        return client
-    return None
+    check_all(destinations(s3_uri, hub_repo, endpoint_url=endpoint_url, client=client))
 
 
 def push_run(
@@ -39,27 +30,13 @@ def push_run(
     progress: bool = False,
 ) -> str:
     """Check every destination first, then publish; return the one-line summary (also echoed)."""
-    from infra.publish import s3_publish as publish
     from infra.publish.bundle import run_root
+    from infra.publish.destinations import destinations, publish_all
 
-    if not s3_uri and not hub_repo:
+    dests = destinations(s3_uri, hub_repo, hub_private, endpoint_url)
+    if not dests:
         raise JobError("Nothing to publish to.", "pass --s3-uri s3://BUCKET/PREFIX and/or --hub-repo NAMESPACE/NAME.")
-    root = run_root(run_dir)
-    client = check_destinations(s3_uri, hub_repo, endpoint_url)
-    done = []
-    if s3_uri:
-        pub = publish.publish_s3(root, s3_uri, client=client, progress=progress, echo=echo)
-        done.append(
-            f"S3 {pub.uri} ({pub.status}: {pub.files} files, {pub.bytes / 1e6:.1f} MB, manifest {pub.manifest_uri})"
-        )
-    if hub_repo:
-        from infra.publish.hub import publish_hub
-
-        hub = publish_hub(root, hub_repo, private=hub_private)
-        done.append(f"Hub {hub.url} ({'private' if hub.private else 'public'})")
-    line = f"push: {root} -> " + "; ".join(done)
-    echo(line)
-    return line
+    return publish_all(run_root(run_dir), dests, echo=echo, progress=progress)
 
 
 @click.command("push")

@@ -52,7 +52,7 @@ def _index_and_score(tmp_path, data, model, dims=(4, 2), settings=None):
     client = store.connect(target)
     m = loaded(model)
     index_models(client, [m], data, "hand", list(dims), settings or store.HnswSettings(), echo=lambda _: None)
-    return score_models(client, target, [m], data, list(dims), opts=FAST, echo=lambda _: None)
+    return score_models(client, [m], data, list(dims), opts=FAST, echo=lambda _: None)
 
 
 def test_hand_values_exact_evaluator_and_chroma_agree(tmp_path):

@@ -183,13 +183,13 @@ def test_a_foreign_collection_under_the_same_name_is_refused_unless_forced(
     client = store.connect(store.StoreTarget(path=store_path))
     key = resolve_models(str(tiny_model_path)).models[0].key
     name = store.collection_name(store.DEFAULT_PREFIX, key, 8)
-    client.create_collection(name, metadata={"app": "prod"}, embedding_function=None).add(
+    client.client.create_collection(name, metadata={"app": "prod"}, embedding_function=None).add(
         ids=["a"], embeddings=[[0.0] * 8]
     )
     args = ("index", "--model", tiny_model_path, "--data", tiny_run_dir, "--chroma-path", store_path, "--dims", "8")
     code, _, err = _run(capsys, *args)
     _clean_failure(code, err, f"A foreign collection named {name} already exists", "--force")
-    assert client.get_collection(name).metadata == {"app": "prod"}
+    assert client.client.get_collection(name).metadata == {"app": "prod"}
     code, out, err = _run(capsys, *args, "--force")
     assert code == 0, err
     assert "replaced a foreign collection (--force)" in out

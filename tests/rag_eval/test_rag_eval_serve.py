@@ -26,8 +26,10 @@ import serve_browser as browser
 from rag_eval_helpers import XSS_QUESTION, free_port, make_serve_run, tiny_pairs, tiny_run_dir  # noqa: F401 - fixtures
 
 from job.errors import JobError
-from rag_eval import serve, store, web
+from rag_eval import page as html_page
+from rag_eval import store, web
 from rag_eval.cli import main
+from rag_eval.service import MAX_K, RetrievalService, load_score_report, query_terms
 from rag_eval.sources import load_eval_data, resolve_models
 
 REPO = Path(__file__).resolve().parents[2]
@@ -46,13 +48,13 @@ def serve_run(tiny_run_dir, tmp_path_factory):
 def service(serve_run):
     sources = resolve_models(str(serve_run))
     ir, _ = load_eval_data(None, sources)
-    return serve.RetrievalService.open(sources, store.StoreTarget(path=serve_run / "chroma"), ir, echo=lambda _: None)
+    return RetrievalService.open(sources, store.StoreTarget(path=serve_run / "chroma"), ir, echo=lambda _: None)
 
 
 # --- the service, without Gradio ----------------------------------------------------------------------
 def test_both_models_side_by_side_with_moves_relevance_and_timings(service):
     answer = service.search(HELD_OUT, 3, 16)
-    full = service.search(HELD_OUT, serve.MAX_K, 16)  # every passage, both models
+    full = service.search(HELD_OUT, MAX_K, 16)  # every passage, both models
     assert (answer.dim, answer.k) == (16, 3)
     assert [c.label for c in answer.columns] == ["baseline", "fine-tuned"]
     assert answer.relevant and set(answer.relevant) == service.gold[HELD_OUT]
@@ -82,7 +84,7 @@ def test_concurrent_searches_are_batched_and_agree_with_one_at_a_time(service):
             assert [r.score for r in column.rows] == pytest.approx([h.score for h in alone], abs=1e-4)
             assert not column.cached
     again = service.search(questions[0], 4, 16)  # another dim: the question's vectors are re-used
-    assert all(c.cached for c in again.columns) and "(cached)" in serve.render_answer(again)
+    assert all(c.cached for c in again.columns) and "(cached)" in html_page.render_answer(again)
 
 
 def test_bad_input_is_a_message_that_names_the_fix(service):
@@ -109,16 +111,16 @@ def test_bad_input_is_a_message_that_names_the_fix(service):
 def test_passages_are_escaped_and_question_words_highlighted(service):
     answer = service.search(XSS_QUESTION, 9, 8)
     assert any("<script>" in r.text for c in answer.columns for r in c.rows)  # the data is what it is ...
-    page = serve.render_answer(answer)
-    lowered = page.lower()
+    html = html_page.render_answer(answer)
+    lowered = html.lower()
     assert "<script" not in lowered and "<img" not in lowered and "<b>" not in lowered  # ... the HTML never holds it
-    assert "&lt;script&gt;alert(1)&lt;/script&gt;&lt;img src=x onerror=&quot;window.__xss=1&quot;&gt;" in page
-    assert "${" not in page and "{{" not in page and "&#36;&#123;7*7&#125;" in page
-    assert "&amp;amp;" in page  # an entity in the passage shows as typed
-    assert "<mark>Warranty</mark> <mark>reserves</mark>" in page
-    assert serve.highlight("a <b>Tax</b> rate", {"tax"}) == "a &lt;b&gt;<mark>Tax</mark>&lt;/b&gt; rate"
-    assert serve.query_terms("What was the tax rate in 2024?") == {"tax", "rate", "2024"}
-    question = serve.render_answer(service.search('<img src=x onerror="alert(1)"> tax', 2, 8))
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;&lt;img src=x onerror=&quot;window.__xss=1&quot;&gt;" in html
+    assert "${" not in html and "{{" not in html and "&#36;&#123;7*7&#125;" in html
+    assert "&amp;amp;" in html  # an entity in the passage shows as typed
+    assert "<mark>Warranty</mark> <mark>reserves</mark>" in html
+    assert html_page.highlight("a <b>Tax</b> rate", {"tax"}) == "a &lt;b&gt;<mark>Tax</mark>&lt;/b&gt; rate"
+    assert query_terms("What was the tax rate in 2024?") == {"tax", "rate", "2024"}
+    question = html_page.render_answer(service.search('<img src=x onerror="alert(1)"> tax', 2, 8))
     assert "<img" not in question and "&lt;img src=x" in question
 
 
@@ -135,19 +137,19 @@ def test_index_facts_and_quality_by_dim_come_from_the_run_reports(service, serve
             assert f.scored[label]["ann_recall@10"] == row["ann_recall@10"]
             assert f.scored[label]["ndcg_chroma"] == row["chroma"]["ndcg@10"]
             assert f.scored[label]["ndcg_exact"] == row["evaluator"]["ndcg@10"]
-    facts = serve.render_facts(service)
+    facts = html_page.render_facts(service)
     assert facts.count("<tr data-dim=") == 3 and "rag_eval/metrics.json" in facts
     assert [r["dim"] for r in service.quality["rows"]] == DIMS
     assert service.quality["rows"][0]["finetuned"] == quality["comparison"][0]["finetuned"]
-    page = serve.render_quality(service)
-    assert 'src="data:image/png;base64,iVBOR' in page and f"{quality['comparison'][0]['baseline']:.4f}" in page
+    html = html_page.render_quality(service)
+    assert 'src="data:image/png;base64,iVBOR' in html and f"{quality['comparison'][0]['baseline']:.4f}" in html
 
     bare = copy.copy(service)  # a model without a run directory's reports
     bare.score_report, bare.quality, bare.quality_plot = None, None, None
     bare.score_note = "No `rag-eval score` report at x."
     bare.facts = [bare._dim_facts(d) for d in bare.dims]
-    assert "<code>rag-eval score</code>" in serve.render_facts(bare) and "n/a" in serve.render_facts(bare)
-    assert "No held-out report" in serve.render_quality(bare)
+    assert "<code>rag-eval score</code>" in html_page.render_facts(bare) and "n/a" in html_page.render_facts(bare)
+    assert "No held-out report" in html_page.render_quality(bare)
 
 
 def test_a_score_report_of_other_weights_is_not_shown(service, tmp_path):
@@ -155,7 +157,7 @@ def test_a_score_report_of_other_weights_is_not_shown(service, tmp_path):
 
     report = {"models": {m.label: {"fingerprint": "other", "dims": {}} for m in service.models}}
     (tmp_path / "metrics.json").write_text(json.dumps(report))
-    got, note = serve.load_score_report(tmp_path / "metrics.json", service.models)
+    got, note = load_score_report(tmp_path / "metrics.json", service.models)
     assert got is None and "other weights of baseline, fine-tuned" in note
 
 

@@ -33,7 +33,7 @@ def _name(m, dim):
 def test_collection_has_cosine_space_explicit_hnsw_and_full_metadata(setup):
     client, _, data, m = setup
     _index(client, data, m, settings=store.HnswSettings(ef_construction=150, ef_search=300, max_neighbors=24))
-    col = client.get_collection(_name(m, 2))
+    col = client.client.get_collection(_name(m, 2))
     hnsw = col.configuration_json["hnsw"]
     assert (hnsw["space"], hnsw["ef_construction"], hnsw["ef_search"], hnsw["max_neighbors"]) == (
         "cosine",
@@ -69,7 +69,6 @@ def test_no_default_embedding_function_is_ever_called(setup, monkeypatch):
     _index(client, data, m)
     score_models(
         client,
-        target,
         [m],
         data,
         [4, 2],
@@ -81,13 +80,13 @@ def test_no_default_embedding_function_is_ever_called(setup, monkeypatch):
 def test_reindexing_replaces_the_collection_cleanly(setup):
     client, _, data, m = setup
     first = _index(client, data, m)
-    old_id = client.get_collection(_name(m, 4)).id
+    old_id = client.client.get_collection(_name(m, 4)).id
     again = _index(client, data, m)
     assert [r.action for r in first] == ["created", "created"]
     assert [r.action for r in again] == ["replaced", "replaced"] and all(r.note == "" for r in again)
-    col = client.get_collection(_name(m, 4))
+    col = client.client.get_collection(_name(m, 4))
     assert col.id != old_id and col.count() == 5
-    assert sorted(store.list_names(client)) == sorted([_name(m, 4), _name(m, 2)])  # no staging left behind
+    assert sorted(client.names()) == sorted([_name(m, 4), _name(m, 2)])  # no staging left behind
 
 
 def test_a_changed_hnsw_setting_recreates_the_collection(setup):
@@ -95,7 +94,7 @@ def test_a_changed_hnsw_setting_recreates_the_collection(setup):
     _index(client, data, m, dims=(4,))
     done = _index(client, data, m, dims=(4,), settings=store.HnswSettings(ef_search=120))
     assert done[0].note == "HNSW settings changed (ef_search 400 -> 120): recreated"
-    assert client.get_collection(_name(m, 4)).configuration_json["hnsw"]["ef_search"] == 120
+    assert client.client.get_collection(_name(m, 4)).configuration_json["hnsw"]["ef_search"] == 120
 
 
 def test_a_failed_write_leaves_the_old_collection_as_it_was(setup, monkeypatch):
@@ -103,7 +102,7 @@ def test_a_failed_write_leaves_the_old_collection_as_it_was(setup, monkeypatch):
 
     client, _, data, m = setup
     _index(client, data, m, dims=(4,))
-    before = client.get_collection(_name(m, 4))
+    before = client.client.get_collection(_name(m, 4))
 
     def fail(self, *args, **kwargs):
         raise RuntimeError("disk full")
@@ -111,54 +110,54 @@ def test_a_failed_write_leaves_the_old_collection_as_it_was(setup, monkeypatch):
     monkeypatch.setattr(Collection, "add", fail)
     with pytest.raises(RuntimeError, match="disk full"):
         _index(client, data, m, dims=(4,), settings=store.HnswSettings(ef_search=99))
-    after = client.get_collection(_name(m, 4))
+    after = client.client.get_collection(_name(m, 4))
     assert after.id == before.id and after.count() == 5 and after.configuration_json["hnsw"]["ef_search"] == 400
-    assert store.list_names(client) == [_name(m, 4)]
+    assert client.names() == [_name(m, 4)]
 
 
 def test_a_foreign_collection_is_refused_unless_forced(setup):
     client, target, data, m = setup
-    foreign = client.create_collection(_name(m, 4), metadata={"owner": "someone else"}, embedding_function=None)
+    foreign = client.client.create_collection(_name(m, 4), metadata={"owner": "someone else"}, embedding_function=None)
     foreign.add(ids=["x"], embeddings=[[0.1, 0.2, 0.3, 0.4]])
     with pytest.raises(JobError, match=r"foreign collection named .*d4 already exists.*--force"):
         _index(client, data, m, dims=(4,))
-    kept = client.get_collection(_name(m, 4))
+    kept = client.client.get_collection(_name(m, 4))
     assert kept.metadata == {"owner": "someone else"} and kept.count() == 1
     with pytest.raises(JobError, match="is foreign"):
-        open_collection(client, target, m, 4, store.DEFAULT_PREFIX)
+        open_collection(client, m, 4, store.DEFAULT_PREFIX)
     done = _index(client, data, m, dims=(4,), force=True)
     assert done[0].note == "replaced a foreign collection (--force)"
-    assert client.get_collection(_name(m, 4)).count() == 5
+    assert client.client.get_collection(_name(m, 4)).count() == 5
 
 
 def test_a_corrupted_collection_is_refused_unless_forced(setup):
     client, target, data, m = setup
     _index(client, data, m, dims=(4,))
-    client.get_collection(_name(m, 4)).delete(ids=["d3"])  # lost a vector
+    client.client.get_collection(_name(m, 4)).delete(ids=["d3"])  # lost a vector
     with pytest.raises(JobError, match="is corrupted: it holds 4 vectors but its metadata says 5"):
-        open_collection(client, target, m, 4, store.DEFAULT_PREFIX)
+        open_collection(client, m, 4, store.DEFAULT_PREFIX)
     with pytest.raises(JobError, match="corrupted collection named .* holds 4 vectors"):
         _index(client, data, m, dims=(4,))
-    assert client.get_collection(_name(m, 4)).count() == 4  # untouched
+    assert client.client.get_collection(_name(m, 4)).count() == 4  # untouched
     _index(client, data, m, dims=(4,), force=True)
-    open_collection(client, target, m, 4, store.DEFAULT_PREFIX)
+    open_collection(client, m, 4, store.DEFAULT_PREFIX)
 
 
 def test_querying_checks_dim_model_and_corpus(setup):
     client, target, data, m = setup
     _index(client, data, m)
     with pytest.raises(JobError, match=r"Dim 3 is not indexed .*; indexed dims: 4, 2\."):
-        open_collection(client, target, m, 3, store.DEFAULT_PREFIX)
+        open_collection(client, m, 3, store.DEFAULT_PREFIX)
     retrained = loaded(m.model)
     retrained.fingerprint = "fp-other-weights"
     with pytest.raises(JobError, match="indexed from other weights"):
-        open_collection(client, target, retrained, 4, store.DEFAULT_PREFIX)
+        open_collection(client, retrained, 4, store.DEFAULT_PREFIX)
     narrower = loaded(m.model)
     narrower.dim = 3
     with pytest.raises(JobError, match="makes 3-dim embeddings, but collection .* was indexed from a 4-dim model"):
-        open_collection(client, target, narrower, 2, store.DEFAULT_PREFIX)
+        open_collection(client, narrower, 2, store.DEFAULT_PREFIX)
     with pytest.raises(JobError, match="holds another corpus"):
-        open_collection(client, target, m, 4, store.DEFAULT_PREFIX, corpus_fp="0" * 16)
+        open_collection(client, m, 4, store.DEFAULT_PREFIX, corpus_fp="0" * 16)
 
 
 def test_footprint_grows_with_dim(setup):

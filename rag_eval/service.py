@@ -1,6 +1,6 @@
-"""`rag-eval serve` without Gradio: the retrieval service behind the page, and the page's HTML.
+"""`rag-eval serve`'s retrieval service: the models loaded once, one index per (model, dim), and the search.
 
-- :class:`RetrievalService` resolves the store, loads the models ONCE and opens one collection per
+- :class:`RetrievalService` resolves the store, loads the models ONCE and opens one index per
   (model, dim); every start-up problem is a :class:`JobError` (no index, damaged store, a dim that
   is not indexed, another corpus than the evaluation data's).
 - :meth:`RetrievalService.search` answers one question at one dim: each model's top k (baseline and
@@ -8,23 +8,17 @@
   held-out question, and the time spent embedding and in the vector store. Bad input (empty, too
   long, a dim that is not indexed, a k out of range) is a :class:`JobError` whose message the page
   and the JSON API show.
-- ``render_*``: the page's HTML. Passages, questions, ids and model names are user data: every one
-  goes through :func:`esc` (HTML-escaped, and ``$``/``{``/``}`` too, so no template sees them), so a
-  passage holding ``<script>`` or ``<img onerror=...>`` shows as text and never runs.
 
-The Gradio page and the HTTP endpoints are a thin layer over this module (:mod:`rag_eval.web`).
+Concurrency (:mod:`rag_eval.batching`): one batch thread per model encoder and per index, so
+concurrent requests share batched calls. The page's HTML is :mod:`rag_eval.page`; the HTTP layer is
+:mod:`rag_eval.web`.
 """
 
 from __future__ import annotations
 
-import base64
-import html
 import json
-import queue
 import re
-import threading
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Generator
 from concurrent.futures import Future
 from dataclasses import asdict, dataclass, field
@@ -36,8 +30,10 @@ import numpy as np
 from job.errors import JobError
 from job.layout import REPORT_RECORD
 from rag_eval import store
+from rag_eval.batching import LRU, Batcher, _done_at, _timed
 from rag_eval.demo import RANK_DEPTH, Searcher
-from rag_eval.sources import FINETUNED, LoadedModel, Sources
+from rag_eval.index import VectorStore
+from rag_eval.sources import LoadedModel, Sources
 from rag_eval.vectors import corpus_fingerprint, encode_queries, truncate_normalise
 
 Echo = Callable[[str], None]
@@ -100,7 +96,6 @@ def move(tuned_rank: int | None, base_rank: int | None) -> int | None:
     return base_rank - tuned_rank
 
 
-# --- the service ---------------------------------------------------------------------------------
 def set_torch_threads(threads: int, models: int) -> int:
     """PyTorch's intra-op threads for serving: ``threads``, or (0) the CPU cores shared out among the
     models, which encode in parallel, so that they do not oversubscribe the cores. Returns the number."""
@@ -111,79 +106,6 @@ def set_torch_threads(threads: int, models: int) -> int:
     n = threads or max(1, (os.cpu_count() or 1) // max(1, models))
     torch.set_num_threads(n)
     return n
-
-
-class Batcher:
-    """Runs ``fn`` on its own thread over batches of whatever requests are waiting.
-
-    Concurrent requests do not each pay a full call: while one batch runs, the next requests queue up
-    and go through together (on CPU, a batch of 16 short questions through MiniLM, or 16 queries to
-    a Chroma collection, costs a few times one, not 16 times). The thread is also the only one that
-    touches its model, so a fast tokenizer is never used from two threads at once ("Already borrowed")."""
-
-    def __init__(self, name: str, fn: Callable[[list], list], max_batch: int = 64):
-        self.fn = fn
-        self.max_batch = max_batch
-        self._queue: queue.SimpleQueue[tuple[Any, Future]] = queue.SimpleQueue()
-        self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
-        self._thread.start()
-
-    def submit(self, item: Any) -> Future:
-        future: Future = Future()
-        self._queue.put((item, future))
-        return future
-
-    def _loop(self) -> None:
-        while True:
-            batch = [self._queue.get()]
-            while len(batch) < self.max_batch:
-                try:
-                    batch.append(self._queue.get_nowait())
-                except queue.Empty:
-                    break
-            try:
-                results = self.fn([item for item, _ in batch])
-            except BaseException as exc:  # noqa: BLE001 - every waiting request gets the error
-                for _, future in batch:
-                    future.set_exception(exc)
-                continue
-            for (_, future), result in zip(batch, results):
-                future.set_result(result)
-
-
-def _timed(futures: list[Future]) -> list[Future]:
-    """Record when each future completes (read back with :func:`_done_at`)."""
-    for f in futures:
-        if not f.done():
-            f.add_done_callback(lambda f: setattr(f, "done_at", time.perf_counter()))
-    return futures
-
-
-def _done_at(future: Future) -> float:
-    return getattr(future, "done_at", None) or time.perf_counter()
-
-
-class LRU:
-    """A small thread-safe least-recently-used map."""
-
-    def __init__(self, size: int):
-        self.size = size
-        self._data: OrderedDict[Any, Any] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def get(self, key: Any) -> Any:
-        with self._lock:
-            value = self._data.get(key)
-            if value is not None:
-                self._data.move_to_end(key)
-            return value
-
-    def put(self, key: Any, value: Any) -> None:
-        with self._lock:
-            self._data[key] = value
-            self._data.move_to_end(key)
-            while len(self._data) > self.size:
-                self._data.popitem(last=False)
 
 
 @dataclass
@@ -201,7 +123,7 @@ class RetrievalService:
         self,
         models: list[LoadedModel],
         searchers: dict[int, list[Searcher]],
-        target: store.StoreTarget,
+        vector_store: VectorStore,
         *,
         questions: list[tuple[str, str]] | None = None,
         gold: dict[str, set[str]] | None = None,
@@ -215,7 +137,7 @@ class RetrievalService:
         self.models = models
         self.searchers = searchers
         self.dims = sorted(searchers, reverse=True)
-        self.target = target
+        self.store = vector_store
         self.questions = questions or []
         self.gold = gold or {}
         self.k = k
@@ -246,7 +168,7 @@ class RetrievalService:
     def open(
         cls,
         sources: Sources,
-        target: store.StoreTarget,
+        target: store.StoreTarget | VectorStore,
         ir=None,
         dims: list[int] | None = None,
         *,
@@ -259,13 +181,13 @@ class RetrievalService:
         from rag_eval.scoring import check_indexed
         from rag_eval.sources import load_models
 
-        client = store.connect(target, create=False)
-        dims = dims or store.dims_in_store(client, prefix, sources.models[-1].key) or [0]
-        check_indexed(client, target, sources.models, dims, prefix)
+        vector_store = store.connect(target, create=False) if isinstance(target, store.StoreTarget) else target
+        dims = dims or store.dims_in_store(vector_store, prefix, sources.models[-1].key) or [0]
+        check_indexed(vector_store, sources.models, dims, prefix)
         models = load(sources) if load else load_models(sources.models)
         corpus_fp = corpus_fingerprint(ir.corpus) if ir is not None else None
         try:
-            searchers = {d: [_searcher(client, target, m, d, prefix, corpus_fp) for m in models] for d in dims}
+            searchers = {d: [_searcher(vector_store, m, d, prefix, corpus_fp) for m in models] for d in dims}
         except JobError as exc:
             if corpus_fp is None or "holds another corpus" not in exc.problem:
                 raise
@@ -286,21 +208,19 @@ class RetrievalService:
         quality, plot = load_quality(run_dir.root if run_dir is not None else None)
         title = str(run_dir.root) if run_dir is not None else models[-1].spec.ref
         service = cls(
-            models, searchers, target, questions=questions, gold=gold, k=k, title=title,
+            models, searchers, vector_store, questions=questions, gold=gold, k=k, title=title,
             score_report=score_report, score_note=score_note, quality=quality, quality_plot=plot,
         )  # fmt: skip
         service.warm_up()
         echo(
             f"serve: {', '.join(f'{m.label} {m.spec.ref}' for m in models)}; dims {', '.join(map(str, service.dims))} "
-            f"from the {target.describe()}; {len(questions)} held-out questions; "
+            f"from the {vector_store.describe()}; {len(questions)} held-out questions; "
             f"score report: {'yes' if score_report else 'none'}; quality report: {'yes' if quality else 'none'}"
         )
         return service
 
     def _dim_facts(self, dim: int) -> DimFacts:
-        vectors = {
-            s.model.label: int(s.size if s.size is not None else s.collection.count()) for s in self.searchers[dim]
-        }
+        vectors = {s.model.label: int(s.size if s.size is not None else s.index.count()) for s in self.searchers[dim]}
         scored = {}
         for m in self.models if self.score_report else []:
             row = self.score_report["models"].get(m.label, {}).get("dims", {}).get(str(dim))
@@ -448,7 +368,7 @@ class RetrievalService:
         vectors = yield _timed([f for f, _ in pending])
         embed_ms = [(_done_at(f) - t0) * 1000 for f, _ in pending]
         t1 = time.perf_counter()
-        with store.store_errors(self.target):
+        with self.store.errors():
             futures = [
                 self._rankers[(dim, s.model.label)].submit(truncate_normalise(v[None, :], dim)[0])
                 for s, v in zip(searchers, vectors)
@@ -491,18 +411,18 @@ class RetrievalService:
             "k": self.k,
             "max_k": MAX_K,
             "max_question_chars": MAX_QUESTION_CHARS,
-            "store": self.target.describe(),
+            "store": self.store.describe(),
             "questions": [text for _, text in self.questions],
             "index": [asdict(f) for f in self.facts],
             "quality": self.quality,
         }
 
 
-def _searcher(client, target, model, dim, prefix, corpus_fp) -> Searcher:
+def _searcher(vector_store: VectorStore, model, dim, prefix, corpus_fp) -> Searcher:
     from rag_eval.scoring import open_collection
 
-    collection = open_collection(client, target, model, dim, prefix, corpus_fp)
-    return Searcher(model, collection, dim, size=collection.count())
+    index = open_collection(vector_store, model, dim, prefix, corpus_fp)
+    return Searcher(model, index, dim, size=index.count())
 
 
 # --- reports of the run --------------------------------------------------------------------------
@@ -543,7 +463,6 @@ def load_quality(run_root: Path | None) -> tuple[dict[str, Any] | None, bytes | 
     return quality, plot
 
 
-# --- HTML ----------------------------------------------------------------------------------------
 _STOPWORDS = frozenset(
     [
         "a",
@@ -595,215 +514,10 @@ _STOPWORDS = frozenset(
         "we",
     ]
 )
-_WORD = re.compile(r"\w+", re.UNICODE)
-
-
-def esc(value: Any) -> str:
-    """HTML-escape user data for the page; also ``$``, ``{`` and ``}`` so that no template expands it."""
-    return html.escape(str(value), quote=True).replace("$", "&#36;").replace("{", "&#123;").replace("}", "&#125;")
+WORD = re.compile(r"\w+", re.UNICODE)
 
 
 def query_terms(question: str) -> set[str]:
     """The question's words worth highlighting: lower-cased, no stop words, at least 3 letters (or 2 digits)."""
-    words = (w.lower() for w in _WORD.findall(question))
+    words = (w.lower() for w in WORD.findall(question))
     return {w for w in words if w not in _STOPWORDS and (len(w) >= 3 or (w.isdigit() and len(w) >= 2))}
-
-
-def highlight(text: str, terms: set[str]) -> str:
-    """``text`` escaped, with the words in ``terms`` wrapped in <mark> (matched on whole words, any case)."""
-    out, pos = [], 0
-    for m in _WORD.finditer(text):
-        out.append(esc(text[pos : m.start()]))
-        word = m.group(0)
-        out.append(f"<mark>{esc(word)}</mark>" if word.lower() in terms else esc(word))
-        pos = m.end()
-    out.append(esc(text[pos:]))
-    return "".join(out)
-
-
-def note(text: str) -> str:
-    """A sentence of ours that may quote user data (paths): escaped, with `commands` shown as code."""
-    return re.sub(r"`([^`]+)`", r"<code>\1</code>", esc(text))
-
-
-def _ms(value: float) -> str:
-    return f"{value:.1f} ms"
-
-
-def _moved(row: Row, tuned_column: bool, depth: int) -> tuple[str, str, str]:
-    """(symbol, css class, tooltip) for how the fine-tuned model moved this passage."""
-    tuned, base = (row.rank, row.other_rank) if tuned_column else (row.other_rank, row.rank)
-    delta = move(tuned, base)
-    if delta is None:
-        if tuned_column:
-            return "▲ new", "re-up", f"the baseline ranks it below #{depth}"
-        return "▼ out", "re-down", f"the fine-tuned model ranks it below #{depth}"
-    if delta > 0:
-        return f"▲{delta}", "re-up", f"fine-tuned #{tuned}, baseline #{base}: up {delta}"
-    if delta < 0:
-        return f"▼{-delta}", "re-down", f"fine-tuned #{tuned}, baseline #{base}: down {-delta}"
-    return "=", "re-same", f"#{tuned} in both"
-
-
-def _outcome(column: Column, k: int, depth: int) -> str:
-    if column.relevant_rank is None:
-        return f'<span class="re-miss">✗ miss: relevant passage not in the top {depth}</span>'
-    if column.relevant_rank <= k:
-        return f'<span class="re-hit">✓ hit: relevant passage at #{column.relevant_rank}</span>'
-    return f'<span class="re-miss">✗ miss: relevant passage at #{column.relevant_rank}, below the top {k}</span>'
-
-
-def render_answer(answer: Answer) -> str:
-    terms = set(answer.terms)
-    detail = "; ".join(
-        f"{esc(c.label)}: embedding {_ms(c.embed_ms)}{' (cached)' if c.cached else ''}, store {_ms(c.store_ms)}"
-        for c in answer.columns
-    )
-    latency = (
-        f"dim {answer.dim} · top {answer.k} · embedding {_ms(answer.embed_ms)} · vector store {_ms(answer.store_ms)} "
-        f"· total {_ms(answer.total_ms)}"
-    )
-    parts = [
-        f'<div class="re-answer" data-dim="{answer.dim}" data-k="{answer.k}">',
-        f'<div class="re-question">Q: {esc(answer.question)}</div>',
-        f'<div class="re-latency" id="re-latency">{latency} <span class="re-detail">({detail})</span></div>',
-    ]
-    if answer.relevant:
-        parts.append(
-            f'<div class="re-gold">Held-out test question; relevant passage{"s" if len(answer.relevant) > 1 else ""}: '
-            f"{', '.join(esc(r) for r in answer.relevant)} (marked ✓ relevant)</div>"
-        )
-    parts.append('<div class="re-columns">')
-    for column in answer.columns:
-        tuned_column = column.label == FINETUNED or not answer.compared
-        parts.append(f'<div class="re-col" data-model="{esc(column.label)}">')
-        parts.append(f'<h3>{esc(column.label)} <span class="re-ref">{esc(column.model)}</span></h3>')
-        if answer.relevant:
-            parts.append(f'<div class="re-outcome">{_outcome(column, answer.k, answer.depth)}</div>')
-        head = "<th>moved</th>" if answer.compared else ""
-        parts.append(
-            f'<table class="re-table"><thead><tr><th>rank</th><th>score</th>{head}<th>passage</th></tr></thead><tbody>'
-        )
-        for row in column.rows:
-            moved = ""
-            if answer.compared:
-                symbol, css, tip = _moved(row, tuned_column, answer.depth)
-                moved = f'<td class="re-moved {css}" title="{esc(tip)}">{esc(symbol)}</td>'
-            rel = '<span class="re-rel">✓ relevant</span> ' if row.relevant else ""
-            parts.append(
-                f'<tr class="re-row{" re-relevant" if row.relevant else ""}" data-id="{esc(row.id)}">'
-                f'<td class="re-rank">{row.rank}</td><td class="re-score">{row.score:.4f}</td>{moved}'
-                f'<td class="re-passage">{rel}<span class="re-id">{esc(row.id)}</span> '
-                f'<span class="re-text">{highlight(row.text, terms)}</span></td></tr>'
-            )
-        parts.append("</tbody></table></div>")
-    parts.append("</div>")
-    if answer.compared:
-        parts.append(
-            '<div class="re-legend">moved: where the fine-tuned model puts the passage compared with the baseline '
-            f"(▲ up, ▼ down, = same rank; new/out: below #{answer.depth} in the other model). "
-            "Highlighted: the question's words.</div>"
-        )
-    parts.append("</div>")
-    return "".join(parts)
-
-
-def render_error(message: str) -> str:
-    return f'<div class="re-error" role="alert">⚠ {esc(message)}</div>'
-
-
-def render_placeholder(service: RetrievalService) -> str:
-    return (
-        '<div class="re-placeholder">Type a question and press Enter, or pick a held-out test question. '
-        f"Indexed dims: {', '.join(map(str, service.dims))}.</div>"
-    )
-
-
-def _num(value: Any, fmt: str) -> str:
-    return "n/a" if value is None else format(value, fmt)
-
-
-def render_facts(service: RetrievalService) -> str:
-    labels = [m.label for m in service.models]
-    head = "<th>dim</th><th>vectors</th><th>bytes/vector (float32)</th><th>bytes/vector on disk</th>"
-    head += "".join(
-        f"<th>{esc(label)} ANN recall@10</th><th>{esc(label)} NDCG@10 Chroma / exact (Δ)</th>" for label in labels
-    )
-    rows = []
-    for f in service.facts:
-        counts = sorted(set(f.vectors.values()))
-        disk = [f.scored.get(label, {}).get("bytes_per_vector") for label in labels]
-        disk = [d for d in disk if d is not None]
-        cells = [str(f.dim), " / ".join(map(str, counts)), str(f.raw_bytes), f"{max(disk):,.0f}" if disk else "n/a"]
-        for label in labels:
-            s = f.scored.get(label)
-            if not s:
-                cells += ["n/a", "n/a"]
-                continue
-            cells.append(_num(s["ann_recall@10"], ".3f"))
-            cells.append(
-                f"{_num(s['ndcg_chroma'], '.4f')} / {_num(s['ndcg_exact'], '.4f')} ({_num(s['ndcg_delta'], '+.4f')})"
-            )
-        rows.append(f'<tr data-dim="{f.dim}">' + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
-    text = service.score_note
-    if service.score_report is None:
-        text += " Run `rag-eval score` with the same --model for ANN recall, size on disk and Chroma vs exact NDCG@10."
-    return (
-        f'<div class="re-facts"><table class="re-table"><thead><tr>{head}</tr></thead>'
-        f"<tbody>{''.join(rows)}</tbody></table>"
-        f'<div class="re-note">{esc(service.target.describe())}. {note(text.strip())}</div></div>'
-    )
-
-
-def render_quality(service: RetrievalService) -> str:
-    q = service.quality
-    if q is None and service.quality_plot is None:
-        return (
-            '<div class="re-note">'
-            f"{note('No held-out report for this model (`job run` / `job evaluate` write it into a run directory).')}"
-            "</div>"
-        )
-    parts = ['<div class="re-quality">']
-    if service.quality_plot is not None:
-        data = base64.b64encode(service.quality_plot).decode("ascii")
-        parts.append(
-            f'<img class="re-plot" alt="NDCG@10 by dim, baseline and fine-tuned" src="data:image/png;base64,{data}">'
-        )
-    if q is not None:
-        rows = "".join(
-            f'<tr data-dim="{r["dim"]}"><td>{r["dim"]}</td><td>{r["baseline"]:.4f}</td><td>{r["finetuned"]:.4f}</td>'
-            f"<td>{(r['finetuned'] - r['baseline']) / r['baseline'] * 100 if r['baseline'] else 0:+.1f}%</td></tr>"
-            for r in q["rows"]
-        )
-        parts.append(
-            '<table class="re-table"><thead><tr><th>dim</th><th>baseline NDCG@10</th><th>fine-tuned NDCG@10</th>'
-            f"<th>improvement</th></tr></thead><tbody>{rows}</tbody></table>"
-            f'<div class="re-note">Exact evaluator on {esc(q.get("test_queries") or "?")} held-out questions against '
-            f"{esc(q.get('corpus_size') or '?')} passages ({esc(q['source'])}).</div>"
-        )
-    parts.append("</div>")
-    return "".join(parts)
-
-
-CSS = """
-.re-columns { display: flex; gap: 16px; align-items: flex-start; }
-.re-col { flex: 1 1 0; min-width: 0; }
-.re-col h3 { margin: 4px 0; }
-.re-ref { font-weight: normal; font-size: 0.8em; opacity: 0.7; word-break: break-all; }
-.re-table { width: 100%; border-collapse: collapse; font-size: 0.9em; }
-.re-table th, .re-table td { border-bottom: 1px solid #ddd; padding: 4px 6px; text-align: left; vertical-align: top; }
-.re-rank, .re-score, .re-moved { white-space: nowrap; }
-.re-relevant { background: #eaf7ea; }
-.re-rel { color: #1a7f1a; font-weight: 600; white-space: nowrap; }
-.re-hit { color: #1a7f1a; font-weight: 600; }
-.re-miss { color: #b42318; font-weight: 600; }
-.re-up { color: #1a7f1a; } .re-down { color: #b42318; } .re-same { opacity: 0.7; }
-.re-id { font-family: monospace; opacity: 0.7; }
-.re-text { white-space: pre-wrap; overflow-wrap: anywhere; }
-.re-latency, .re-gold, .re-question { margin: 4px 0; }
-.re-question { font-weight: 600; overflow-wrap: anywhere; }
-.re-detail, .re-note, .re-legend { font-size: 0.85em; opacity: 0.8; margin-top: 4px; }
-.re-error { color: #b42318; font-weight: 600; padding: 8px; border: 1px solid #b42318; border-radius: 6px; }
-.re-plot { max-width: 560px; width: 100%; }
-mark { background: #fff3a3; color: inherit; padding: 0 1px; }
-"""

@@ -1,0 +1,115 @@
+"""The vector-index interface: everything rag_eval does with a vector store goes through these two classes.
+
+- :class:`VectorStore`: where indexes live. ``names``, ``open(name)``, ``write(name, ...)`` (atomic: the old
+  index stays until the new one is whole), ``delete``, ``describe`` and ``errors()`` (a context manager that
+  turns the store's own failures into errors that name it and the fix).
+- :class:`VectorIndex`: one index, one (model, dim): ``query`` (top n by cosine similarity, ties by ascending
+  id, documents optional), ``fetch`` (texts by id), ``fetch_all`` (every id, vector and text), ``count``,
+  ``metadata`` and ``describe``.
+
+`rag-eval index`, `score`, `query` and `serve` use only these. The Chroma implementation is
+:mod:`rag_eval.store` (embedded or server); an exact in-memory index over quantized vectors is
+:mod:`rag_eval.quantized`. A second store (pgvector, Qdrant, ...) is one new module implementing the two
+classes.
+"""
+
+from __future__ import annotations
+
+import abc
+import contextlib
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+
+@dataclass
+class Hit:
+    rank: int
+    id: str
+    score: float  # cosine similarity
+    text: str = ""
+
+
+def ranked(candidates: Iterable[tuple[str, float, str]]) -> list[Hit]:
+    """(id, score, text) -> Hits ranked by score, ties by ascending id (every store the same way)."""
+    ordered = sorted(candidates, key=lambda c: (-c[1], c[0]))
+    return [Hit(i + 1, cid, float(score), text or "") for i, (cid, score, text) in enumerate(ordered)]
+
+
+@dataclass
+class WriteResult:
+    name: str
+    action: str  # "created" or "replaced"
+    note: str = ""
+    seconds: float = 0.0
+
+
+class VectorIndex(abc.ABC):
+    """One index of unit vectors (one model at one dim) with their passage texts."""
+
+    name: str
+
+    @abc.abstractmethod
+    def count(self) -> int: ...
+
+    @property
+    @abc.abstractmethod
+    def metadata(self) -> dict[str, Any]: ...
+
+    @abc.abstractmethod
+    def query(self, vectors: np.ndarray, n: int, *, documents: bool = False) -> list[list[Hit]]:
+        """For each row of ``vectors`` (unit length, shape (q, dim)), its top ``n`` hits."""
+
+    @abc.abstractmethod
+    def fetch(self, ids: Iterable[str]) -> dict[str, str]:
+        """The stored text of each id."""
+
+    @abc.abstractmethod
+    def fetch_all(self) -> tuple[list[str], np.ndarray, list[str | None]]:
+        """Every stored (id, vector, text)."""
+
+    def vector_dim(self) -> int | None:
+        return self.metadata.get("dim")
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": self.name, "count": self.count(), "metadata": dict(self.metadata)}
+
+
+class VectorStore(abc.ABC):
+    """Where indexes live."""
+
+    @abc.abstractmethod
+    def describe(self) -> str:
+        """One phrase naming the store, for messages ('embedded Chroma store runs/x/chroma')."""
+
+    @abc.abstractmethod
+    def names(self) -> list[str]: ...
+
+    @abc.abstractmethod
+    def open(self, name: str) -> VectorIndex | None:
+        """The index of that name, or None when there is none."""
+
+    @abc.abstractmethod
+    def write(
+        self,
+        name: str,
+        ids: Sequence[str],
+        vectors: np.ndarray,
+        documents: Sequence[str] | None,
+        metadata: dict[str, Any],
+        settings: Any,
+        *,
+        force: bool = False,
+        progress: Callable[[int], None] | None = None,
+    ) -> WriteResult:
+        """Write (or replace) one index; the old one stays readable until the new one is complete."""
+
+    @abc.abstractmethod
+    def delete(self, name: str) -> None: ...
+
+    @contextlib.contextmanager
+    def errors(self) -> Iterator[None]:
+        """Translate the store's failures into JobErrors that name it (default: none to translate)."""
+        yield
