@@ -43,8 +43,9 @@ def checkpoint_dirs(checkpoint_dir: Path) -> list[Path]:
     return [p for _, p in sorted(found, reverse=True)]
 
 
-def mark_complete(path: Path) -> None:
-    """Write the commit mark: every file of the checkpoint with its size."""
+def mark_complete(path: Path, train_seconds: float | None = None) -> None:
+    """Write the commit mark: every file of the checkpoint with its size, and the training seconds spent up
+    to this checkpoint over every session (so a resumed run reports the whole run's time)."""
     path = Path(path)
     files = {
         p.relative_to(path).as_posix(): p.stat().st_size
@@ -53,7 +54,7 @@ def mark_complete(path: Path) -> None:
     }
     tmp = path / (MARK + ".tmp")
     with open(tmp, "w") as fh:
-        json.dump({"files": files, "written": time.time()}, fh)
+        json.dump({"files": files, "written": time.time(), "train_seconds": train_seconds}, fh)
         fh.flush()
         os.fsync(fh.fileno())
     os.replace(tmp, path / MARK)
@@ -138,6 +139,33 @@ def newest_complete(checkpoint_dir: Path, echo=None) -> str | None:
         target = set_aside(path)
         say(f"train: {path.name} is incomplete ({', '.join(found[:4])}); moved it to {target} and looked further back")
     return None
+
+
+def train_seconds(path: str | Path | None) -> float:
+    """Training seconds spent up to this checkpoint, over every session (0 when unknown)."""
+    if path is None:
+        return 0.0
+    try:
+        return float(json.loads((Path(path) / MARK).read_text()).get("train_seconds") or 0.0)
+    except (OSError, ValueError, TypeError):
+        return 0.0
+
+
+def finished_state(path: str | Path | None, max_steps: int, epochs: float) -> dict | None:
+    """The trainer state of a checkpoint at which a run of ``max_steps`` (> 0) or, else, ``epochs`` has ended,
+    else None. Resuming such a checkpoint must not train: transformers would take one more step."""
+    if path is None:
+        return None
+    try:
+        state = json.loads((Path(path) / "trainer_state.json").read_text())
+    except (OSError, ValueError):
+        return None
+    steps = state.get("global_step") or 0
+    if max_steps > 0:
+        return state if steps >= max_steps else None
+    same_run = state.get("num_train_epochs") == epochs or float(state.get("num_train_epochs") or -1) == float(epochs)
+    last = state.get("max_steps") or 0
+    return state if same_run and last > 0 and steps >= last else None
 
 
 def complete(checkpoint_dir: Path) -> list[Path]:

@@ -26,6 +26,13 @@ def _rd(cfg):
     return rd
 
 
+def _hold(rd, command: str):
+    """One writer per run directory (job.layout.run_lock)."""
+    from job.layout import run_lock
+
+    return run_lock(rd.root, command)
+
+
 def _step_cfg(cfg, rd):
     """A single step's configuration: with --docs, the data is the run's synthesized pairs."""
     from job.pipeline import require_synthesized
@@ -89,7 +96,9 @@ def synthesize_cmd(cfg, out: str | None) -> None:
     if target.is_dir():
         raise JobError(f"--out {target} is a folder.", "pass the pairs file to write, e.g. --out pairs.jsonl.")
     storage.probe_writable(target.parent, "the folder of --out")
-    with storage.storage_errors(target.parent, "the synthesized pairs"):
+    from job.layout import run_lock
+
+    with run_lock(target.parent, "job synthesize"), storage.storage_errors(target.parent, "the synthesized pairs"):
         synthesize(cfg, cfg.docs, target, echo)
 
 
@@ -102,7 +111,7 @@ def prepare_cmd(cfg) -> None:
 
     rd = _rd(cfg)
     cfg = _step_cfg(cfg, rd)
-    with storage.storage_errors(rd.root, "the prepare step's outputs"):
+    with _hold(rd, "job prepare"), storage.storage_errors(rd.root, "the prepare step's outputs"):
         prepare(cfg, rd, echo, model=load_model(cfg.model, max_seq_length=cfg.max_seq_length))
 
 
@@ -114,7 +123,7 @@ def baseline_cmd(cfg) -> None:
 
     rd = _rd(cfg)
     cfg = _step_cfg(cfg, rd)
-    with storage.storage_errors(rd.root, "the baseline step's outputs"):
+    with _hold(rd, "job baseline"), storage.storage_errors(rd.root, "the baseline step's outputs"):
         baseline(cfg, rd, echo)
 
 
@@ -128,7 +137,7 @@ def train_cmd(cfg, resume: bool, force: bool) -> None:
 
     rd = _rd(cfg)
     cfg = _step_cfg(cfg, rd)
-    with storage.storage_errors(rd.root, "the train step's outputs"):
+    with _hold(rd, "job train"), storage.storage_errors(rd.root, "the train step's outputs"):
         train(cfg, rd, echo, resume=resume, force=force)
 
 
@@ -140,7 +149,7 @@ def evaluate_cmd(cfg) -> None:
 
     rd = _rd(cfg)
     cfg = _step_cfg(cfg, rd)
-    with storage.storage_errors(rd.root, "the evaluate step's outputs"):
+    with _hold(rd, "job evaluate"), storage.storage_errors(rd.root, "the evaluate step's outputs"):
         evaluate(cfg, rd, echo)
 
 
@@ -160,7 +169,9 @@ def run_cmd(cfg, force: bool) -> None:
         check_destinations(cfg.s3_uri, cfg.hub_repo)
     from job.pipeline import run  # after the checks: importing torch takes seconds
 
-    run(cfg, _rd(cfg), echo, force=force)
+    rd = _rd(cfg)
+    with _hold(rd, "job run"):
+        run(cfg, rd, echo, force=force)
     if publish:
         push_run(cfg.run_dir, cfg.s3_uri, cfg.hub_repo, cfg.hub_private, echo=echo, progress=True)
 

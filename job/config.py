@@ -303,6 +303,17 @@ class JobConfig:
         "the best single checkpoint on validation; 0: off. Keeps N + 1 checkpoints on disk.",
         step="train",
     )
+    merge_base: str = _opt(
+        "off",
+        "Interpolate the fine-tuned weights with the base model's (alpha * fine-tuned + (1 - alpha) * base) against "
+        "forgetting general retrieval: 'off', an alpha in (0, 1], or 'auto' (every --merge-alphas scored on validation "
+        "and, with --guard-data, on the guard set's train/dev queries; kept: the best in-domain alpha whose guard drop "
+        "is within --guard-max-drop).",
+        step="train",
+    )
+    merge_alphas: list[float] = _opt(
+        [1.0, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3], "The alphas --merge-base auto tries.", step="train"
+    )
     eval_batch_size: int = _opt(64, "Batch size for encoding during evaluation.")
     save_total_limit: int = _opt(2, "Checkpoints kept on disk (the best one is always kept).")
     logging_steps: int = _opt(10, "Log the training loss every N steps.")
@@ -373,7 +384,8 @@ EVALUATE_FIELDS = TRAIN_FIELDS + fields_where(step="evaluate")
 LEGACY_VALUES: dict[str, Any] = {
     "length_grouping": 0, "loss_directions": ["query_to_doc"], "loss_scale": 20.0, "guide_model": None,
     "attention_dropout": None, "guard_data": None, "guard_split": "test", "guard_nanobeir": None, "guard_max_drop": 2.0,
-    "average_checkpoints": 0, "hard_negative_depth": 0,
+    "average_checkpoints": 0, "hard_negative_depth": 0, "merge_base": "off",
+    "merge_alphas": [1.0, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3],
 }  # fmt: skip
 
 
@@ -402,6 +414,7 @@ _SECTION_OF = {
     "run_dir": "Run", "preset": "Run", "seed": "Data",
     "best_model_dim": "Evaluation and checkpoints", "eval_steps": "Evaluation and checkpoints",
     "eval_batch_size": "Evaluation and checkpoints", "average_checkpoints": "Evaluation and checkpoints",
+    "merge_base": "Evaluation and checkpoints", "merge_alphas": "Evaluation and checkpoints",
     "save_total_limit": "Evaluation and checkpoints",
     "logging_steps": "Evaluation and checkpoints", "report_to": "Evaluation and checkpoints",
     "mixed_precision": "Speed and hardware", "dataloader_workers": "Speed and hardware", "nproc": "Speed and hardware",
@@ -572,6 +585,7 @@ def resolve_config(
 
 def validate_config(cfg: JobConfig) -> None:
     validate_synthesize(cfg)
+    validate_merge(cfg)
     if cfg.nproc < 0:
         raise JobError(f"nproc is {cfg.nproc}; it must be 0 (one per GPU) or more.", "pass e.g. --nproc 2.")
     if cfg.hard_negatives < 0:
@@ -632,6 +646,18 @@ def validate_config(cfg: JobConfig) -> None:
                 f"{name} is {getattr(cfg, name)}; it must be at least 1.",
                 f"pass a positive --{name.replace('_', '-')}.",
             )
+    if cfg.max_steps == 0 or cfg.max_steps < -1:
+        raise JobError(
+            f"max_steps is {cfg.max_steps}; it must be at least 1, or -1 to train all epochs.",
+            "pass e.g. --max-steps 100, or leave it out.",
+        )
+    if cfg.max_seq_length is not None and cfg.max_seq_length < 8:
+        raise JobError(
+            f"max_seq_length is {cfg.max_seq_length}; it must be at least 8 tokens (or left out: the model's own).",
+            "pass e.g. --max-seq-length 128, or leave it out.",
+        )
+    if not 0 <= cfg.seed < 2**32:
+        raise JobError(f"seed is {cfg.seed}; it must be in [0, 2**32).", "pass e.g. --seed 42.")
     if cfg.epochs <= 0 and cfg.max_steps <= 0:
         raise JobError(f"epochs is {cfg.epochs}; it must be positive.", "pass --epochs > 0 or --max-steps > 0.")
     if cfg.learning_rate <= 0:
@@ -665,6 +691,32 @@ def validate_config(cfg: JobConfig) -> None:
                 f"for {len(cfg.matryoshka_dims)} matryoshka_dims.",
                 "give one weight per dim, in the same order (largest dim first).",
             )
+
+
+def validate_merge(cfg: JobConfig) -> None:
+    mode = cfg.merge_base.strip().lower()
+    if mode not in ("off", "auto"):
+        try:
+            alpha = float(mode)
+        except ValueError:
+            alpha = None
+        if alpha is None or not 0 < alpha <= 1:
+            raise JobError(
+                f"merge_base is {cfg.merge_base!r}; it must be off, auto, or an alpha in (0, 1].",
+                "pass e.g. --merge-base auto, --merge-base 0.5, or --merge-base off.",
+            )
+        mode = str(alpha)
+    cfg.merge_base = mode
+    if not cfg.merge_alphas or any(not 0 < a <= 1 for a in cfg.merge_alphas):
+        raise JobError(
+            f"merge_alphas {cfg.merge_alphas} must be numbers in (0, 1].", "pass e.g. --merge-alphas 1,0.8,0.6,0.5,0.4."
+        )
+    if cfg.guard_split in ("train", "dev") and mode == "auto" and cfg.guard_data:
+        raise JobError(
+            f"guard_split is {cfg.guard_split}: --merge-base auto chooses on the guard's train/dev queries, so the "
+            "report must score another split.",
+            "keep --guard-split test (the default).",
+        )
 
 
 def validate_synthesize(cfg: JobConfig) -> None:

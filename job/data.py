@@ -119,6 +119,7 @@ def _load_local(path: Path) -> Records:
         if kind in ("csv", "tsv"):
             delimiter = "\t" if kind == "tsv" else _csv_delimiter(path)
             with path.open(newline="", encoding="utf-8-sig") as fh:
+                csv.field_size_limit(2**31 - 1)  # a long passage is data, not an error (the default limit is 128 KiB)
                 reader = csv.DictReader(fh, delimiter=delimiter)
                 rows = []
                 for i, r in enumerate(reader):
@@ -448,7 +449,7 @@ def load_beir(
     d = Path(directory).expanduser()
     if not d.is_dir():
         raise JobError(
-            f"BEIR folder {d} (given with {option}) does not exist.",
+            f"BEIR folder {d} (given with {option}) {'is a file, not a folder' if d.exists() else 'does not exist'}.",
             f"pass to {option} a folder with corpus.jsonl, queries.jsonl and qrels/<split>.tsv.",
         )
     qrels_path = d / "qrels" / f"{split}.tsv"

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from job import card, checkpoints, data, guard, storage
+from job import card, checkpoints, data, guard, merge, storage
 from job.config import (
     EMBEDDED_DATA,
     EVALUATE_FIELDS,
@@ -31,7 +31,19 @@ from job.config import (
 )
 from job.errors import JobError
 from job.evaluation import VALIDATION, build_evaluator, evaluate_model, evaluation_options, per_dim_metrics
-from job.layout import CHECKPOINT_FINGERPRINT, STEPS, RunDir, replace_dir, write_json
+from job.layout import (
+    CHECKPOINT_FINGERPRINT,
+    DATA,
+    IR,
+    MODEL,
+    STEPS,
+    RunDir,
+    changed_outputs,
+    output_stamp,
+    replace_dir,
+    run_lock,
+    write_json,
+)
 from job.models import load_model, resolve_best_dim, resolve_dims, resolve_model_name
 from job.report import markdown_table, write_report
 
@@ -95,6 +107,8 @@ def step_fingerprint(cfg: JobConfig, rd: RunDir, step: str) -> dict[str, Any]:
         }
     data_digest = _require(rd, "prepare", f"job {step}")["data_digest"]
     fields = {"baseline": MODEL_FIELDS, "train": TRAIN_FIELDS, "evaluate": EVALUATE_FIELDS}[step]
+    if step == "train" and cfg.merge_base == "auto":  # the guard set chooses alpha: it shapes the saved model
+        fields = tuple(fields) + ("guard_data", "guard_split", "guard_max_drop")
     return {**cfg.fingerprint(fields), "data_digest": data_digest}
 
 
@@ -217,6 +231,10 @@ def prepare(cfg: JobConfig, rd: RunDir, echo: Echo = print, model=None) -> dict[
         "inputs": inputs,
         "fingerprint": {**cfg.fingerprint(PREPARE_FIELDS), "inputs": {k: v["sha256"] for k, v in inputs.items()}},
     }
+    summary["outputs"] = {
+        **output_stamp(stage / "data", DATA),
+        **{k: v for split in ir_sets for k, v in output_stamp(stage / "ir" / split, f"{IR}/{split}").items()},
+    }
     write_json(stage / "data" / "prepare.json", summary)
     rd.root.mkdir(parents=True, exist_ok=True)
     (rd.root / "ir").mkdir(exist_ok=True)
@@ -305,6 +323,7 @@ def train(
     from job import distributed
     from job.train import train_model
 
+    merge.check_merge(cfg)  # before any training: --merge-base auto needs the guard's train/dev queries
     fingerprint = step_fingerprint(cfg, rd, "train")
     if not distributed.inside_torchrun():
         nproc = distributed.resolve_nproc(cfg)
@@ -354,7 +373,8 @@ def train(
     card.describe_model(model, base_id, card.title(base_id, base_name, cfg.data, dims))
     if validation is not None:  # the card and the record show the saved model's numbers, not the last evaluation's
         averaged = result.summary.get("checkpoint_average") or {}
-        if averaged.get("kept"):  # the average was just scored by this evaluator: no second validation pass
+        merged = (result.summary.get("merge_base") or {}).get("chosen", 1.0) < 1.0
+        if averaged.get("kept") and not merged:  # the average was just scored by this evaluator: no second pass
             scored = averaged["validation_scores"]
         else:
             evaluator = build_evaluator(validation, dims, VALIDATION, **evaluation_options(cfg))
@@ -363,6 +383,7 @@ def train(
     stage = rd.root / ".model.tmp"
     shutil.rmtree(stage, ignore_errors=True)
     model.save(str(stage))
+    record["outputs"] = output_stamp(stage, MODEL, skip=("training.json", "README.md"))  # the card: evaluate edits it
     write_json(stage / "training.json", record)
     replace_dir(stage, rd.model)
     _echo_train(echo, rd, record)
@@ -483,6 +504,7 @@ def evaluate(cfg: JobConfig, rd: RunDir, echo: Echo = print) -> dict[str, Any]:
         "validation_before": training.get("validation_before"),
         "validation_saved_model": training.get("validation_saved_model"),
         "checkpoint_average": training.get("checkpoint_average"),
+        "merge_base": training.get("merge_base"),
         "training": {
             k: training.get(k)
             for k in (
@@ -526,6 +548,12 @@ def run(
     """
     storage.probe_writable(rd.root)  # before any model is loaded
     guard.check_guard(cfg)  # a bad --guard-data fails now, not after training
+    merge.check_merge(cfg)  # --merge-base auto needs the guard's train/dev queries
+    with run_lock(rd.root, "job run"):  # one writer per run directory (nested holds pass through)
+        return _run_steps(cfg, rd, echo, force, on_step, train_step, mismatch_fix)
+
+
+def _run_steps(cfg, rd, echo, force, on_step, train_step, mismatch_fix) -> dict[str, Any]:
     results: dict[str, Any] = {}
     if cfg.docs:
         results["synthesize"] = synthesize_step(cfg, rd, echo, force)
@@ -536,20 +564,23 @@ def run(
         rec = rd.record(step)
         if rec is not None and not force and not ran_earlier_step and not inputs_changed:
             want = step_fingerprint(cfg, rd, step)
-            if fingerprints_match(rec.get("fingerprint") or {}, want):
+            if not fingerprints_match(rec.get("fingerprint") or {}, want):
+                raise JobError(
+                    f"{rd.root} already holds `{step}` output made with a different configuration "
+                    f"(changed: {', '.join(changed_fields(rec.get('fingerprint', {}), want))}).",
+                    mismatch_fix
+                    or "pass --force to redo the steps (the old outputs are replaced only when each step succeeds), "
+                    "or use a new --run-dir.",
+                )
+            damaged = changed_outputs(rd.root, rec)  # a done record never vouches for files changed under it
+            if not damaged:
                 hint = "; --force redoes it" if mismatch_fix is None else ""
                 echo(f"{step}: already done for this configuration, skipping ({rd.done_file(step)}){hint}")
                 results[step] = rec
                 if on_step:
                     on_step(step, rec)
                 continue
-            raise JobError(
-                f"{rd.root} already holds `{step}` output made with a different configuration "
-                f"(changed: {', '.join(changed_fields(rec.get('fingerprint', {}), want))}).",
-                mismatch_fix
-                or "pass --force to redo the steps (the old outputs are replaced only when each step succeeds), "
-                "or use a new --run-dir.",
-            )
+            echo(f"{step}: {', '.join(damaged[:3])} changed since the step wrote it: running {step} again")
         ran_earlier_step = True
         with storage.storage_errors(rd.root, f"the {step} step's outputs"):
             results[step] = _run_step(step, cfg, rd, echo, force, inputs_changed, train_step)

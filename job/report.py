@@ -103,6 +103,20 @@ def plot_ndcg(baseline: PerDim, finetuned: PerDim, path: Path, title: str = "NDC
     plt.close(fig)
 
 
+def side_by_side(baseline: PerDim, finetuned: PerDim, guard: dict[str, Any]) -> str:
+    """In-domain gain beside the change on each guard set, per dim, in NDCG@10 points: the trade-off in one table."""
+    sets = [s for s in guard["sets"] if s.get("finetuned")]
+    head = "| dim | in-domain gain (test) | " + " | ".join(f"{s['name']} change" for s in sets) + " |"
+    lines = ["### In domain and outside it (NDCG@10 points)", "", head, "|---:|---:|" + "---:|" * len(sets)]
+    for d in finetuned:
+        cells = [f"{(finetuned[d]['ndcg@10'] - baseline[d]['ndcg@10']) * 100:+.1f}"]
+        for s in sets:
+            f, b = s["finetuned"].get(d), s["baseline"].get(d)
+            cells.append(f"{(f - b) * 100:+.1f}" if f is not None and b is not None else "-")
+        lines.append(f"| {d} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def write_report(out_dir: Path, baseline: PerDim, finetuned: PerDim, meta: dict[str, Any]) -> dict[str, Path]:
     """Write report.md, metrics.json and ndcg_by_dim.png into ``out_dir``; metrics.json is written last."""
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -130,15 +144,22 @@ def write_report(out_dir: Path, baseline: PerDim, finetuned: PerDim, meta: dict[
         "![NDCG@10 by dim](ndcg_by_dim.png)",
         "",
     ]
+    if meta.get("merge_base"):
+        from job.merge import markdown as merge_markdown
+
+        md += [merge_markdown(meta["merge_base"]), ""]
     if meta.get("guard"):
         from job.guard import markdown as guard_markdown
 
-        md += [guard_markdown(meta["guard"]), ""]
+        md += [guard_markdown(meta["guard"]), "", side_by_side(baseline, finetuned, meta["guard"]), ""]
     paths = {"markdown": out_dir / "report.md", "plot": out_dir / "ndcg_by_dim.png", "json": out_dir / "metrics.json"}
     paths["markdown"].write_text("\n".join(md))
     plot_ndcg(baseline, finetuned, paths["plot"])
+    from job.layout import file_stamp
+
     payload = {
         **meta,
+        "outputs": {f"{out_dir.name}/{p.name}": file_stamp(p) for p in (paths["markdown"], paths["plot"])},
         "baseline": {str(d): m for d, m in baseline.items()},
         "finetuned": {str(d): m for d, m in finetuned.items()},
         "comparison": comparison_rows(baseline, finetuned),

@@ -47,6 +47,12 @@ def _mib(n: int | None) -> str:
 def probe_writable(folder: Path, what: str = "the run directory") -> None:
     """Create ``folder`` and write, sync and remove a small file in it; a JobError if that fails."""
     folder = Path(folder).expanduser()
+    blocking = next((p for p in (folder, *folder.parents) if p.exists() and not p.is_dir()), None)
+    if blocking is not None:
+        raise JobError(
+            f"{what.capitalize()} {folder} cannot be made: {blocking} is a file, not a folder.",
+            "pass a --run-dir that is a folder (or does not exist yet), or move that file away.",
+        )
     probe = folder / f".write-probe-{uuid.uuid4().hex[:8]}"
     try:
         folder.mkdir(parents=True, exist_ok=True)
@@ -58,7 +64,9 @@ def probe_writable(folder: Path, what: str = "the run directory") -> None:
     except OSError as exc:
         with contextlib.suppress(OSError):
             probe.unlink()
-        raise storage_error(exc, folder, what) from None
+        raise storage_error(exc, folder, what) or JobError(
+            f"Cannot write {what} in {folder}: {_first_line(exc)}.", "check the path and its permissions."
+        ) from None
 
 
 def check_free_space(folder: Path, need: int, what: str) -> None:

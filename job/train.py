@@ -12,7 +12,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from job import checkpoints, layout, soup, storage
+from job import checkpoints, layout, merge, soup, storage
 from job.collate import RowNamingCollator, failing_pair_named, raise_for_batch_failure, worker_signals_paused
 from job.config import JobConfig
 from job.data import IRData, Pair
@@ -225,38 +225,50 @@ def train_model(
     train_ds, negatives_stats = training_dataset(cfg, model, train_pairs, source)
     batch_size = min(cfg.batch_size, len(train_pairs))
     evaluator, select = model_selection(cfg, model, dims, best_dim, validation)
-    args = training_arguments(cfg, model, checkpoint_dir, batch_size, select, train_ds.column_names)
-    trace_dir = Path(tempfile.mkdtemp(prefix="job-batches-")) if cfg.dataloader_workers > 0 else None
-    trainer = build_trainer(cfg, model, args, train_ds, loss, evaluator, callbacks, train_pairs, source, trace_dir)
-    if torch_cuda_available():
-        import torch
+    before = checkpoints.train_seconds(resume_from)  # training time of the sessions before this one
+    finished = checkpoints.finished_state(resume_from, cfg.max_steps, cfg.epochs)
+    if finished is not None:  # the run ended at this checkpoint: end as the uninterrupted run did, no extra step
+        summary = finished_summary(cfg, model, finished, resume_from, checkpoint_dir, before, len(train_pairs))
+        best_metric = finished.get("best_metric")
+    else:
+        args = training_arguments(cfg, model, checkpoint_dir, batch_size, select, train_ds.column_names)
+        trace_dir = Path(tempfile.mkdtemp(prefix="job-batches-")) if cfg.dataloader_workers > 0 else None
+        trainer = build_trainer(cfg, model, args, train_ds, loss, evaluator, callbacks, train_pairs, source, trace_dir)
+        if torch_cuda_available():
+            import torch
 
-        torch.cuda.reset_peak_memory_stats()
-    start = time.perf_counter()
-    try:
-        output = trainer.train(resume_from_checkpoint=resume_from)
-    except Exception as error:  # noqa: BLE001 - each kind is translated below, or re-raised
-        retry = _after_failure(error, cfg, trainer, batch_size, resume_from, checkpoint_dir, trace_dir, source)
-        if retry is None:
-            raise
-        del trainer, loss
-        _free_accelerator_memory()
-        return train_model(
-            retry, model, dims, best_dim, train_pairs, validation, checkpoint_dir, resume=False, callbacks=callbacks,
-            source=source,
-        )  # fmt: skip
-    finally:
-        if trace_dir is not None:
-            shutil.rmtree(trace_dir, ignore_errors=True)
-    summary = training_summary(cfg, trainer, output, time.perf_counter() - start, len(train_pairs), batch_size)
+            torch.cuda.reset_peak_memory_stats()
+        start = time.perf_counter()
+        trainer.job_clock = (before, start)  # each checkpoint's commit mark records the run's training time so far
+        try:
+            output = trainer.train(resume_from_checkpoint=resume_from)
+        except Exception as error:  # noqa: BLE001 - each kind is translated below, or re-raised
+            retry = _after_failure(error, cfg, trainer, batch_size, resume_from, checkpoint_dir, trace_dir, source)
+            if retry is None:
+                raise
+            del trainer, loss
+            _free_accelerator_memory()
+            return train_model(
+                retry, model, dims, best_dim, train_pairs, validation, checkpoint_dir, resume=False,
+                callbacks=callbacks, source=source,
+            )  # fmt: skip
+        finally:
+            if trace_dir is not None:
+                shutil.rmtree(trace_dir, ignore_errors=True)
+        seconds = before + time.perf_counter() - start
+        summary = training_summary(cfg, trainer.state, trainer.model, output.training_loss, seconds, len(train_pairs))
+        best_metric = trainer.state.best_metric
     summary.update(
-        hard_negatives=negatives_stats, resumed_from=resume_from, best_metric_name=select.get("metric_for_best_model")
-    )
+        batch_size=batch_size, hard_negatives=negatives_stats, resumed_from=resume_from,
+        best_metric_name=select.get("metric_for_best_model"),
+    )  # fmt: skip
     if cfg.average_checkpoints and is_main_process():
         summary["checkpoint_average"] = soup.try_soup(
             model, checkpoint_dir, cfg.average_checkpoints, evaluator,
-            select.get("metric_for_best_model", "").removeprefix("eval_"), trainer.state.best_metric,
+            select.get("metric_for_best_model", "").removeprefix("eval_"), best_metric,
         )  # fmt: skip
+    if cfg.merge_base != "off" and is_main_process():
+        summary["merge_base"] = merge.merge_with_base(cfg, model, dims, best_dim, validation, checkpoint_dir)
     return TrainResult(model, summary)
 
 
@@ -373,7 +385,8 @@ def build_trainer(cfg: JobConfig, model, args, train_ds, loss, evaluator, callba
             super()._save_checkpoint(model, trial)
             if self.args.should_save:
                 folder = Path(self._get_output_dir(trial=trial)) / f"checkpoint-{self.state.global_step}"
-                checkpoints.mark_complete(folder)
+                before, start = getattr(self, "job_clock", (0.0, time.perf_counter()))
+                checkpoints.mark_complete(folder, round(before + time.perf_counter() - start, 2))
 
     with failing_pair_named(train_pairs, model.preprocess, source):  # the trainer tokenizes for its model card
         trainer = Trainer(
@@ -464,10 +477,11 @@ def _after_failure(
     return None
 
 
-def training_summary(cfg: JobConfig, trainer, output, seconds: float, pairs: int, batch_size: int) -> dict[str, Any]:
+def training_summary(cfg: JobConfig, state, model, train_loss, seconds: float, pairs: int) -> dict[str, Any]:
+    """The training record. ``seconds`` is the whole run's training time (every session, resumed ones too);
+    pairs/s is the pairs trained on (epochs x pairs) over that time."""
     import torch
 
-    state = trainer.state
     history = [
         {k: v for k, v in entry.items() if k in ("epoch", "step") or k.endswith("ndcg@10") or k == "loss"}
         for entry in state.log_history
@@ -475,14 +489,13 @@ def training_summary(cfg: JobConfig, trainer, output, seconds: float, pairs: int
     return {
         "loss": cfg.loss,
         "train_pairs": pairs,
-        "batch_size": batch_size,
         "world_size": world_size(),
-        "rank_param_checksums": _param_checksums(trainer.model),
+        "rank_param_checksums": _param_checksums(model),
         "global_steps": state.global_step,
         "epochs": state.epoch,
         "train_seconds": round(seconds, 2),
-        "pairs_per_second": round(output.metrics.get("train_samples_per_second", 0.0), 2),
-        "train_loss": output.training_loss,
+        "pairs_per_second": round(pairs * (state.epoch or 0) / seconds, 2) if seconds > 0 else 0.0,
+        "train_loss": train_loss,
         "best_checkpoint": state.best_model_checkpoint,
         "best_metric": state.best_metric,
         "peak_host_memory_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
@@ -491,3 +504,25 @@ def training_summary(cfg: JobConfig, trainer, output, seconds: float, pairs: int
         else None,
         "log_history": history,
     }
+
+
+def finished_summary(
+    cfg: JobConfig, model, state: dict, resume_from: str, checkpoint_dir: Path, seconds: float, pairs: int
+) -> dict[str, Any]:
+    """The end of a run whose last checkpoint is complete: what the trainer's own end of training does (the
+    best checkpoint's weights loaded when selecting on validation, else the last one's), without another step."""
+    from types import SimpleNamespace
+
+    best = state.get("best_model_checkpoint")
+    if best:  # the recorded path may be another machine's (a copied run directory): look in this one
+        local = Path(checkpoint_dir) / Path(best).name
+        best = str(local) if local.is_dir() else best
+    weights_from = best if best and Path(best).is_dir() else resume_from
+    model.load_state_dict(soup.checkpoint_weights(Path(weights_from)))
+    logger.info("the run ended at %s: no further step; weights from %s", Path(resume_from).name, weights_from)
+    losses = [e["loss"] for e in state.get("log_history", []) if "loss" in e]
+    st = SimpleNamespace(
+        global_step=state["global_step"], epoch=state.get("epoch"), best_model_checkpoint=best,
+        best_metric=state.get("best_metric"), log_history=state.get("log_history", []),
+    )  # fmt: skip
+    return training_summary(cfg, st, model, sum(losses) / len(losses) if losses else None, seconds, pairs)

@@ -33,6 +33,21 @@ def _setup_logging(debug: bool) -> None:
         logging.getLogger(noisy).setLevel(logging.INFO if debug else logging.WARNING)
 
 
+def _hold(sources, target: store.StoreTarget, command: str, *, shared: bool = False):
+    """The run directory (or, without one, the embedded store's folder) held for ``command``: exclusively by
+    `index` and `score`, which write there, shared by `query` and `serve`, which only read
+    (job.layout.run_lock: a second writer, or a writer while a reader serves, is refused with the holder named)."""
+    import contextlib
+
+    from job.layout import run_lock
+
+    if sources.run_dir is not None:
+        return run_lock(sources.run_dir.root, command, shared=shared)
+    if not target.is_server and (not shared or Path(target.path).expanduser().is_dir()):
+        return run_lock(Path(target.path).expanduser(), command, shared=shared)
+    return contextlib.nullcontext()
+
+
 def parse_dims(value: str | None) -> list[int] | None:
     if value is None or not value.strip():
         return None
@@ -264,7 +279,7 @@ def index_cmd(model, baseline, no_baseline, query_prompt, passage_prompt, data, 
     sources = _sources(model, baseline, no_baseline, query_prompt, passage_prompt)
     ir, source = load_eval_data(data, sources, split)
     target = store_target(chroma_path, chroma_host, chroma_port, sources.run_dir)
-    with store.store_errors(target):
+    with _hold(sources, target, "rag-eval index"), store.store_errors(target):
         vector_store = store.connect(target, rebuild_damaged=force, echo=echo)
         models = _load(sources)
         dims_ = wanted or sources.dims or default_dims(models[-1].dim)
@@ -316,7 +331,7 @@ def score_cmd(model, baseline, no_baseline, query_prompt, passage_prompt, data, 
     sources = _sources(model, baseline, no_baseline, query_prompt, passage_prompt)
     ir, source = load_eval_data(data, sources, split)
     target = store_target(chroma_path, chroma_host, chroma_port, sources.run_dir)
-    with store.store_errors(target):
+    with _hold(sources, target, "rag-eval score"), store.store_errors(target):
         vector_store = store.connect(target, create=False)
         dims_ = (
             wanted
@@ -330,8 +345,8 @@ def score_cmd(model, baseline, no_baseline, query_prompt, passage_prompt, data, 
             latency_samples=latency_samples, batch_queries=batch_queries, measure_disk=disk_size, batch_size=batch_size
         )
         result = score_models(vector_store, models, ir, dims_, prefix=collection_prefix, opts=opts, echo=echo)
-    out_dir = out or (sources.run_dir.rag_eval if sources.run_dir is not None else Path("rag_eval_report"))
-    paths = report.write(out_dir, result, {"data_source": source, "split": split})
+        out_dir = out or (sources.run_dir.rag_eval if sources.run_dir is not None else Path("rag_eval_report"))
+        paths = report.write(out_dir, result, {"data_source": source, "split": split})
     echo("")
     echo(report.ndcg_table(result))
     echo("")
@@ -381,7 +396,7 @@ def query_cmd(question, model, baseline, no_baseline, query_prompt, passage_prom
     _check_compare(compare, no_baseline, sources)
     target = store_target(chroma_path, chroma_host, chroma_port, sources.run_dir)
     _, gold = _gold(data, split, sources)
-    with store.store_errors(target):
+    with _hold(sources, target, "rag-eval query", shared=True), store.store_errors(target):
         vector_store = store.connect(target, create=False)
         dims_ = wanted or (store.dims_in_store(vector_store, collection_prefix, sources.models[-1].key) or [0])[:1]
         check_indexed(vector_store, sources.models, dims_, collection_prefix)
@@ -449,11 +464,12 @@ def serve_cmd(model, baseline, no_baseline, query_prompt, passage_prompt, data, 
     target = store_target(chroma_path, chroma_host, chroma_port, sources.run_dir)
     ir, _ = _gold(data, split, sources)
     set_torch_threads(threads, len(sources.models))
-    with store.store_errors(target):
-        service = RetrievalService.open(
-            sources, target, ir, wanted, prefix=collection_prefix, k=k, load=_load, echo=echo
-        )
-    web.run(service, host=host, port=port, auth=auth, echo=echo)
+    with _hold(sources, target, "rag-eval serve", shared=True):
+        with store.store_errors(target):
+            service = RetrievalService.open(
+                sources, target, ir, wanted, prefix=collection_prefix, k=k, load=_load, echo=echo
+            )
+        web.run(service, host=host, port=port, auth=auth, echo=echo)
 
 
 # --- entry point ---------------------------------------------------------------------------------

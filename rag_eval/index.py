@@ -44,6 +44,7 @@ class WriteResult:
     action: str  # "created" or "replaced"
     note: str = ""
     seconds: float = 0.0
+    reclaimed_bytes: int = 0  # disk freed from replaced indexes (a store that leaves them behind)
 
 
 class VectorIndex(abc.ABC):

@@ -80,7 +80,10 @@ def index_models(
             )  # fmt: skip
             result = vector_store.write(name, ids, truncate_normalise(full, dim), texts, meta, settings, force=force)
             done.append(IndexedCollection(m.label, dim, name, result.action, result.note, len(ids), result.seconds))
-            note = f" ({result.note})" if result.note else ""
+            notes = [result.note] if result.note else []
+            if result.reclaimed_bytes:
+                notes.append(f"reclaimed {result.reclaimed_bytes / 2**20:.2f} MiB of replaced collections")
+            note = f" ({'; '.join(notes)})" if notes else ""
             echo(
                 f"index: {m.label} dim {dim}: {result.action} {name}, "
                 f"{len(ids)} vectors in {result.seconds:.1f} s{note}"

@@ -60,6 +60,13 @@ def check_indexed(vector_store: VectorStore, specs: list[ModelSpec], dims: list[
                 f"not indexed for {who} in the {vector_store.describe()}; indexed dims: {listed}.",
                 f"pick from {listed}, or index it first (`rag-eval index ... --dims {','.join(map(str, missing))}`).",
             )
+        name = spec.key.split("@", 1)[0] if "@" in spec.key else None
+        if name and any(n.startswith(f"{prefix}-{store.slug(name)}-") for n in names):
+            raise JobError(
+                f"The collections for a model named '{name}' in the {vector_store.describe()} were indexed from other "
+                f"weights than {who} holds now (re-trained or replaced since).",
+                "re-run `rag-eval index` for this model (the old collections are replaced).",
+            )
         raise JobError(
             f"Nothing is indexed for {who} in the {vector_store.describe()}.",
             "run `rag-eval index` first, with the same --model and store options "

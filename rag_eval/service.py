@@ -17,6 +17,7 @@ concurrent requests share batched calls. The page's HTML is :mod:`rag_eval.page`
 from __future__ import annotations
 
 import json
+import math
 import re
 import time
 from collections.abc import Callable, Generator
@@ -86,6 +87,20 @@ class Answer:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def whole_number(value: Any) -> int | None:
+    """An int from an int, an integral float (the page's slider sends 5.0) or a string of digits (a URL's query
+    string); None for anything else: 2.5, true, 1e309, lists, objects. Never truncated or rounded."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float):
+        return int(value) if math.isfinite(value) and value.is_integer() else None
+    if isinstance(value, str) and re.fullmatch(r"\s*[+-]?\d{1,9}\s*", value):
+        return int(value)
+    return None
 
 
 def move(tuned_rank: int | None, base_rank: int | None) -> int | None:
@@ -248,7 +263,21 @@ class RetrievalService:
         return min(lengths) if lengths else None
 
     def check_question(self, question: Any) -> str:
-        text = "" if question is None else str(question)
+        if question is None:
+            question = ""
+        if not isinstance(question, str):
+            raise JobError(
+                f"The question must be text, not {type(question).__name__} {str(question)[:40]!r}.",
+                'send the question as a string, e.g. {"q": "What was revenue in 2024?"}.',
+            )
+        try:
+            question.encode("utf-8")
+        except UnicodeEncodeError:
+            raise JobError(
+                "The question is not valid text (it holds a lone surrogate, half of a character).",
+                "send the question as UTF-8 text.",
+            ) from None
+        text = question
         if not text.strip():
             raise JobError("The question is empty.", "type a question, or pick one of the held-out test questions.")
         if len(text) > MAX_QUESTION_CHARS:
@@ -262,10 +291,9 @@ class RetrievalService:
         return text.strip()
 
     def check_k(self, k: Any) -> int:
-        try:
-            value = int(k if k is not None else self.k)
-        except (TypeError, ValueError):
-            raise JobError(f"top-k {k!r} is not a whole number.", f"pass a number from 1 to {MAX_K}.") from None
+        value = whole_number(self.k if k is None or k == "" else k)
+        if value is None:
+            raise JobError(f"top-k {k!r} is not a whole number.", f"pass a number from 1 to {MAX_K}.")
         if not 1 <= value <= MAX_K:
             raise JobError(f"top-k {value} is out of range.", f"pass a number from 1 to {MAX_K}.")
         return value
@@ -274,10 +302,9 @@ class RetrievalService:
         indexed = ", ".join(map(str, self.dims))
         if dim is None or dim == "":
             return self.dims[0]
-        try:
-            value = int(dim)
-        except (TypeError, ValueError):
-            raise JobError(f"Dim {dim!r} is not a number.", f"pick one of the indexed dims: {indexed}.") from None
+        value = whole_number(dim)
+        if value is None:
+            raise JobError(f"Dim {str(dim)[:40]!r} is not a whole number.", f"pick one of the indexed dims: {indexed}.")
         if value not in self.searchers:
             raise JobError(
                 f"Dim {value} is not indexed (indexed dims: {indexed}).",

@@ -40,12 +40,19 @@ class ModelSpec:
     ref: str  # what job.models.load_model takes: a local folder or a Hub id (already resolved)
     query_prompt: str | None = None
     passage_prompt: str | None = None
+    _key: str | None = field(default=None, repr=False, compare=False)
 
     @property
     def key(self) -> str:
-        """Identity of the model for collection names: its absolute path, or its Hub id."""
+        """Identity of the model for collection names: a Hub id as it is; a local folder by its name and the
+        digest of its weights, so that a copied or renamed run directory still finds its collections (and
+        re-trained weights at the same path never do)."""
         path = Path(self.ref)
-        return str(path.resolve()) if path.exists() else self.ref
+        if not path.exists():
+            return self.ref
+        if self._key is None:
+            self._key = f"{path.resolve().name}@{model_fingerprint(self.ref)}"
+        return self._key
 
 
 @dataclass

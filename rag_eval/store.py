@@ -33,9 +33,20 @@ import numpy as np
 from job.errors import JobError
 from rag_eval import SCHEMA_VERSION
 from rag_eval.index import Hit, VectorIndex, VectorStore, WriteResult, ranked
+from rag_eval.store_faults import (
+    SQLITE_FILE,
+    _reason,
+    check_sqlite,
+    damaged_store,
+    forget_client,
+    is_damage,
+    move_aside,
+    storage_problem,
+)
 
 DEFAULT_PREFIX = "rag-eval"
 STAGING_SUFFIX = "-staging"
+_SEGMENT_ID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 _NAME_OK = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9._-]{1,510}[a-zA-Z0-9]$")
 
 
@@ -144,15 +155,19 @@ def connect(
             "run `rag-eval index` first, or point --chroma-path (or --chroma-host/--chroma-port) "
             "at the store you indexed into.",
         )
+    _check_writable(path)  # before Chroma: a client that fails to start stays half-built in its cache
     try:
         if rebuild_damaged:
             check_sqlite(path)
         path.mkdir(parents=True, exist_ok=True)
         return ChromaStore(chromadb.PersistentClient(path=str(path), settings=_settings()), target)
     except Exception as exc:
-        if not is_damage(exc):
-            raise
         forget_client(path)
+        if not is_damage(exc):
+            translated = storage_problem(exc, path)
+            if translated is not None:
+                raise translated from None
+            raise
         if not rebuild_damaged:
             raise damaged_store(path, exc) from None
         aside = move_aside(path)
@@ -162,6 +177,26 @@ def connect(
         )
         path.mkdir(parents=True)
         return ChromaStore(chromadb.PersistentClient(path=str(path), settings=_settings()), target)
+
+
+def _check_writable(path: Path) -> None:
+    """A store folder (or the nearest existing parent) this process cannot write is named now, with the fix."""
+    import os
+    import uuid
+
+    folder = next((p for p in (path, *path.parents) if p.exists()), None)
+    if folder is None:
+        return
+    probe = folder / f".rag-eval-probe-{uuid.uuid4().hex[:8]}"
+    try:
+        with open(probe, "wb") as fh:
+            fh.write(b"probe")
+        os.unlink(probe)
+    except OSError as exc:
+        translated = storage_problem(exc, path)
+        if translated is not None:
+            raise translated from None
+        raise
 
 
 def _unreachable(target: StoreTarget, exc: BaseException) -> JobError:
@@ -183,9 +218,13 @@ def store_errors(target: StoreTarget) -> Iterator[None]:
         except JobError:
             raise
         except Exception as exc:
+            path = Path(target.path).expanduser()
             if is_damage(exc):
-                forget_client(Path(target.path).expanduser())
-                raise damaged_store(Path(target.path).expanduser(), exc) from None
+                forget_client(path)
+                raise damaged_store(path, exc) from None
+            translated = storage_problem(exc, path)
+            if translated is not None:
+                raise translated from None
             raise
         return
     import httpx
@@ -196,89 +235,19 @@ def store_errors(target: StoreTarget) -> Iterator[None]:
         raise _unreachable(target, exc) from None
 
 
-# --- a damaged embedded store ------------------------------------------------------------------------
-SQLITE_FILE = "chroma.sqlite3"
-DAMAGED_SUFFIX = ".damaged-"
-# SQLite's SQLITE_CORRUPT (11) and SQLITE_NOTADB (26), as sqlite3 and Chroma's Rust bindings word them.
-_DAMAGE_MARKERS = ("database disk image is malformed", "file is not a database", "(code: 11)", "(code: 26)")
-
-
-def is_damage(exc: BaseException) -> bool:
-    """Is this error a damaged SQLite file (Chroma's InternalError or sqlite3's DatabaseError)?"""
-    import sqlite3
-
-    from chromadb.errors import InternalError
-
-    return isinstance(exc, (InternalError, sqlite3.DatabaseError)) and any(m in str(exc) for m in _DAMAGE_MARKERS)
-
-
-def _reason(exc: BaseException) -> str:
-    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-    return text.removeprefix("error returned from database: ")
-
-
-def damaged_store(path: Path, exc: BaseException) -> JobError:
-    return JobError(
-        f"The Chroma store at {path} is damaged ({path / SQLITE_FILE}: {_reason(exc)}); it cannot be read.",
-        f"rebuild it with `rag-eval index --force` and the same --model and --chroma-path (it moves the damaged store "
-        f"aside to {path}{DAMAGED_SUFFIX}<time>, keeping it, and indexes afresh), or restore {path} from a backup.",
-    )
-
-
-def check_sqlite(path: Path) -> None:
-    """Raise sqlite3.DatabaseError if the store's SQLite file fails SQLite's own ``quick_check``."""
-    import sqlite3
-
-    db = Path(path) / SQLITE_FILE
-    if not db.is_file():
-        return
-    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
-    try:
-        rows = [r[0] for r in con.execute("PRAGMA quick_check").fetchall()]
-    finally:
-        con.close()
-    if rows != ["ok"]:
-        raise sqlite3.DatabaseError(f"database disk image is malformed (quick_check: {'; '.join(map(str, rows[:3]))})")
-
-
-def forget_client(path: Path) -> None:
-    """Drop Chroma's per-process cache of the client for ``path``: a client that failed to start stays
-    cached and would be handed out again, even for a new store at the same path."""
-    from chromadb.api.shared_system_client import SharedSystemClient
-
-    for key in {str(path), str(Path(path).resolve())}:
-        system = SharedSystemClient._identifier_to_system.pop(key, None)
-        SharedSystemClient._identifier_to_refcount.pop(key, None)
-        if system is not None:
-            with contextlib.suppress(Exception):
-                system.stop()
-
-
-def move_aside(path: Path) -> Path:
-    """Rename a damaged store to ``<path>.damaged-<UTC time>`` beside it (a new name if that exists)."""
-    stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    aside = path.with_name(f"{path.name}{DAMAGED_SUFFIX}{stamp}")
-    n = 1
-    while aside.exists():
-        n += 1
-        aside = path.with_name(f"{path.name}{DAMAGED_SUFFIX}{stamp}-{n}")
-    path.rename(aside)
-    return aside
-
-
 # --- names and metadata ----------------------------------------------------------------------------
-def _slug(text: str, limit: int = 48) -> str:
+def slug(text: str, limit: int = 48) -> str:
     s = re.sub(r"[^a-zA-Z0-9._-]+", "-", text).strip("-._")
     return s[:limit].strip("-._") or "model"
 
 
-def model_slug(key: str) -> str:
+def modelslug(key: str) -> str:
     """A readable, unique-enough name for a model: the last two path parts or the Hub id, plus a hash."""
     from job.config import fingerprint_digest
 
     path = Path(key)
     readable = "-".join(path.parts[-2:]) if path.is_absolute() else key
-    return f"{_slug(readable)}-{fingerprint_digest({'model': key})[:8]}"
+    return f"{slug(readable)}-{fingerprint_digest({'model': key})[:8]}"
 
 
 def check_prefix(prefix: str) -> None:
@@ -290,14 +259,14 @@ def check_prefix(prefix: str) -> None:
 
 
 def collection_name(prefix: str, model_key: str, dim: int) -> str:
-    name = f"{prefix}-{model_slug(model_key)}-d{dim}"
+    name = f"{prefix}-{modelslug(model_key)}-d{dim}"
     assert _NAME_OK.match(name), name
     return name
 
 
 def dims_in_store(vector_store: VectorStore, prefix: str, model_key: str) -> list[int]:
     """The dims indexed for a model in this store, largest first (from the index names)."""
-    pattern = re.compile(re.escape(f"{prefix}-{model_slug(model_key)}-d") + r"(\d+)$")
+    pattern = re.compile(re.escape(f"{prefix}-{modelslug(model_key)}-d") + r"(\d+)$")
     dims = {int(m[1]) for c in vector_store.names() if (m := pattern.match(c))}
     return sorted(dims, reverse=True)
 
@@ -530,7 +499,34 @@ class ChromaStore(VectorStore):
         if old is not None:
             self.delete(name)
         col.modify(name=name)
-        return WriteResult(name, "replaced" if old is not None else "created", note, time.perf_counter() - start)
+        freed = self.reclaim()
+        action = "replaced" if old is not None else "created"
+        return WriteResult(name, action, note, time.perf_counter() - start, reclaimed_bytes=freed)
+
+    def reclaim(self) -> int:
+        """Remove the vector folders of deleted collections from an embedded store: Chroma deletes a
+        collection's records but leaves its HNSW folder behind, so every re-index grew the store. A folder is
+        removed only when its name is a segment id that no live segment in ``chroma.sqlite3`` has. Returns the
+        bytes freed (0 for a server, which manages its own disk)."""
+        import sqlite3
+
+        if self.target.is_server:
+            return 0
+        path = Path(self.target.path).expanduser()
+        try:
+            con = sqlite3.connect(f"file:{path / SQLITE_FILE}?mode=ro", uri=True)
+            try:
+                live = {str(r[0]) for r in con.execute("SELECT id FROM segments")}
+            finally:
+                con.close()
+        except sqlite3.Error:  # another Chroma schema: leave the folders alone
+            return 0
+        freed = 0
+        for d in path.iterdir():
+            if d.is_dir() and _SEGMENT_ID.match(d.name) and d.name not in live:
+                freed += _dir_bytes(d)
+                shutil.rmtree(d, ignore_errors=True)
+        return freed
 
 
 def _dir_bytes(path: Path) -> int:

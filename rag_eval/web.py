@@ -213,6 +213,19 @@ def build_app(
 
     app = FastAPI(title="rag-eval serve", docs_url=None, redoc_url=None, openapi_url=None)
 
+    from fastapi.exceptions import RequestValidationError
+
+    @app.exception_handler(RequestValidationError)
+    async def bad_request(request, exc: RequestValidationError) -> JSONResponse:
+        """Client input always gets 400 with the reason (FastAPI's own answer would be a 422 validation dump)."""
+        first = (exc.errors() or [{}])[0]
+        where = ".".join(str(p) for p in first.get("loc", ()) if p != "body") or "the request"
+        return JSONResponse(
+            {"error": f"{where}: {first.get('msg', 'not valid')}. Fix: send a JSON object such as "
+             '{"q": "...", "k": 5, "dim": 128}.'},
+            status_code=400,
+        )  # fmt: skip
+
     async def _search(q: Any, k: Any, dim: Any) -> JSONResponse:
         try:
             return JSONResponse((await service.search_async(q, k, dim)).to_dict())
@@ -238,6 +251,13 @@ def build_app(
 
     @app.post("/api/search")
     async def search_post(payload: dict[str, Any] = Body(...)):  # noqa: B008 - FastAPI's idiom
+        strings = [name for name in ("k", "dim") if isinstance(payload.get(name), str)]
+        if strings:  # in JSON a number is a number: "3" is a client mistake, not a 3
+            return JSONResponse(
+                {"error": f"{' and '.join(strings)} must be JSON numbers, not strings. Fix: send e.g. "
+                 '{"q": "...", "k": 5, "dim": 128}.'},
+                status_code=400,
+            )  # fmt: skip
         return await _search(payload.get("q"), payload.get("k"), payload.get("dim"))
 
     if page:

@@ -304,3 +304,28 @@ def make_run_dir(root: Path, name: str = "run-a", weights: bytes | None = None, 
 @pytest.fixture()
 def fake_run_dir(tmp_path) -> Path:
     return make_run_dir(tmp_path)
+
+
+# --- real small and read-only disks (root only) -------------------------------------------------------
+@pytest.fixture()
+def mount_tmpfs(tmp_path):
+    """Mount a size-limited tmpfs (root only; skips elsewhere, saying why); unmounted at the end."""
+    import uuid as _uuid
+
+    mounted: list[Path] = []
+
+    def mount(size: str, read_only: bool = False) -> Path:
+        where = tmp_path / f"disk-{_uuid.uuid4().hex[:6]}"
+        where.mkdir()
+        opts = f"size={size}" + (",ro" if read_only else "")
+        done = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", opts, "tmpfs", str(where)], capture_output=True, text=True, check=False
+        )
+        if done.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here ({done.stderr.strip() or 'not root'}): the disk tests need root")
+        mounted.append(where)
+        return where
+
+    yield mount
+    for where in mounted:
+        subprocess.run(["umount", "-l", str(where)], check=False)

@@ -11,7 +11,6 @@ import json
 import os
 import subprocess
 import sys
-import uuid
 from pathlib import Path
 
 import pytest
@@ -29,28 +28,6 @@ def job(*args, code: str | None = None, timeout: float = 900) -> subprocess.Comp
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
     cmd = [sys.executable, "-c", code, *map(str, args)] if code else [sys.executable, "-m", "job", *map(str, args)]
     return subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, timeout=timeout, check=False)
-
-
-@pytest.fixture()
-def mount_tmpfs(tmp_path):
-    """Mount a size-limited tmpfs (root only); unmounted at the end."""
-    mounted: list[Path] = []
-
-    def mount(size: str, read_only: bool = False) -> Path:
-        where = tmp_path / f"disk-{uuid.uuid4().hex[:6]}"
-        where.mkdir()
-        opts = f"size={size}" + (",ro" if read_only else "")
-        done = subprocess.run(
-            ["mount", "-t", "tmpfs", "-o", opts, "tmpfs", str(where)], capture_output=True, text=True, check=False
-        )
-        if done.returncode != 0:
-            pytest.skip(f"cannot mount a tmpfs here ({done.stderr.strip() or 'not root'}): the disk tests need root")
-        mounted.append(where)
-        return where
-
-    yield mount
-    for where in mounted:
-        subprocess.run(["umount", "-l", str(where)], check=False)
 
 
 @pytest.mark.slow

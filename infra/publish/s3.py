@@ -98,7 +98,14 @@ def s3_client(endpoint_url: str | None = None):
     kwargs: dict[str, Any] = {"region_name": region, "config": config}
     if endpoint_url:
         kwargs["endpoint_url"] = endpoint_url
-    return session.client("s3", **kwargs)
+    try:
+        return session.client("s3", **kwargs)
+    except ValueError as exc:  # botocore: "Invalid endpoint: ..."
+        raise JobError(
+            f"The S3 endpoint URL {custom!r} is not valid ({exc}).",
+            "pass a full URL such as http://127.0.0.1:8333 to --endpoint-url (or AWS_ENDPOINT_URL_S3), or unset it "
+            "to use AWS itself.",
+        ) from None
 
 
 def endpoint_of(client) -> str:
@@ -257,7 +264,28 @@ def check_bucket(s3_uri: str, client=None) -> None:
     try:
         client.list_objects_v2(Bucket=bucket, Prefix=prefix, MaxKeys=1)
     except (ClientError, BotoCoreError) as exc:
+        if not_s3(exc):
+            raise JobError(
+                f"The endpoint {endpoint_of(client)} did not answer like an S3 server when listing bucket '{bucket}' "
+                f"({type(exc).__name__}: {str(exc).splitlines()[0][:160]}).",
+                "point --endpoint-url (or AWS_ENDPOINT_URL_S3) at the S3 API of your storage (MinIO, SeaweedFS: "
+                "its S3 port), or unset it to use AWS itself.",
+            ) from None
         _raise(exc, client, bucket, None, "reach")
+
+
+def not_s3(exc: BaseException) -> bool:
+    """A GET that S3 answers with an error document (NoSuchBucket, AccessDenied, ...) got a bare HTTP status
+    or a body that is not S3's XML: the endpoint is some other web server."""
+    from botocore.exceptions import ClientError
+    from botocore.parsers import ResponseParserError
+
+    if isinstance(exc, ResponseParserError):
+        return True
+    if isinstance(exc, ClientError):
+        code = str(exc.response.get("Error", {}).get("Code", ""))
+        return code.isdigit() or code in ("", "NotFound", "Not Found")
+    return False
 
 
 def iter_objects(client, bucket: str, prefix: str) -> Iterator[dict[str, Any]]:

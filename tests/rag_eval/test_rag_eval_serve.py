@@ -100,7 +100,7 @@ def test_bad_input_is_a_message_that_names_the_fix(service):
         JobError, match=re.escape("Dim 12 is not indexed (indexed dims: 32, 16, 8). Fix: pick one of 32, 16, 8")
     ):
         service.search("tax", 5, 12)
-    with pytest.raises(JobError, match="Dim 'abc' is not a number"):
+    with pytest.raises(JobError, match="Dim 'abc' is not a whole number"):
         service.search("tax", 5, "abc")
     for k in (0, 51, "many"):
         with pytest.raises(JobError, match="top-k"):
@@ -178,6 +178,45 @@ def test_json_api(service):
     assert client.post("/api/search", json={"q": "tax", "k": 3, "dim": 16}).json()["k"] == 3
     info = client.get("/api/info").json()
     assert info["dims"] == DIMS and HELD_OUT in info["questions"] and len(info["index"]) == 3
+
+
+@pytest.mark.parametrize(
+    ("payload", "needle"),
+    [
+        ({"q": 123}, "The question must be text, not int"),
+        ({"q": ["tax"]}, "The question must be text, not list"),
+        ({"q": {"a": 1}}, "The question must be text, not dict"),
+        ({"q": "tax\ud800"}, "not valid text (it holds a lone surrogate"),
+        ({"q": "tax", "k": 2.5}, "top-k 2.5 is not a whole number"),
+        ({"q": "tax", "k": True}, "top-k True is not a whole number"),
+        ({"q": "tax", "k": "3"}, "k must be JSON numbers, not strings"),
+        ({"q": "tax", "dim": 1e309}, "Dim 'inf' is not a whole number"),
+        ({"q": "tax", "dim": [16]}, "Dim '[16]' is not a whole number"),
+    ],
+)
+def test_client_input_always_gets_400_with_the_reason(service, payload, needle):
+    """Every bad JSON input is a 400 naming the problem: never str() of a number, never a silent truncation
+    (2.5 -> 2, true -> 1), never a 500 with a traceback."""
+    import json as _json
+
+    from fastapi.testclient import TestClient
+
+    client = TestClient(web.build_app(service, page=False), raise_server_exceptions=False)
+    body = _json.dumps(payload, ensure_ascii=True)  # a lone surrogate travels as \ud800, as a browser would send it
+    got = client.post("/api/search", content=body, headers={"Content-Type": "application/json"})
+    assert got.status_code == 400, got.text
+    assert needle in got.json()["error"]
+
+
+def test_malformed_requests_get_400_too(service):
+    from fastapi.testclient import TestClient
+
+    client = TestClient(web.build_app(service, page=False), raise_server_exceptions=False)
+    for body in ("[1, 2]", "{not json", '"just a string"'):
+        got = client.post("/api/search", content=body, headers={"Content-Type": "application/json"})
+        assert got.status_code == 400 and "Fix:" in got.json()["error"], (body, got.text)
+    assert client.get("/api/search", params={"q": "tax", "k": "3", "dim": "16"}).status_code == 200  # a URL's strings
+    assert client.get("/api/search", params={"q": "tax", "k": "2.5"}).status_code == 400
 
 
 def test_basic_auth_from_the_environment_guards_every_route_but_health(service):
