@@ -151,6 +151,9 @@ def summary_lines(meta: dict[str, Any]) -> list[str]:
     if before and after:
         cells = ", ".join(f"{d}: {before[d]:.4f} -> {after[d]:.4f}" for d in after if d in before)
         out.append(f"- Validation NDCG@10, base model -> saved checkpoint, by dim: {cells}.")
+    from job.portable import describe
+
+    out += describe(meta.get("portable"))
     averaged = meta.get("checkpoint_average") or {}
     if averaged.get("validation_score") is not None:
         verdict = "saved (it beat" if averaged["kept"] else "not kept (it did not beat"
