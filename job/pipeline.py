@@ -33,6 +33,7 @@ from job.errors import JobError
 from job.evaluation import VALIDATION, build_evaluator, evaluate_model, evaluation_options, per_dim_metrics
 from job.layout import CHECKPOINT_FINGERPRINT, STEPS, RunDir, replace_dir, write_json
 from job.models import load_model, resolve_best_dim, resolve_dims, resolve_model_name
+from job.portable import make_portable
 from job.report import markdown_table, write_report
 
 logger = logging.getLogger(__name__)
@@ -363,6 +364,8 @@ def train(
     stage = rd.root / ".model.tmp"
     shutil.rmtree(stage, ignore_errors=True)
     model.save(str(stage))
+    # the module list and configs in the format sentence-transformers 3.x-6.x, infinity-emb and TEI all read
+    record["portable"] = make_portable(stage, model)
     write_json(stage / "training.json", record)
     replace_dir(stage, rd.model)
     _echo_train(echo, rd, record)
@@ -465,7 +468,13 @@ def evaluate(cfg: JobConfig, rd: RunDir, echo: Echo = print) -> dict[str, Any]:
         base_model = load_model(cfg.model, max_seq_length=cfg.max_seq_length)
         base_metrics = _score(cfg, base_model, test, dims, "test")
     tuned = load_model(str(rd.model), max_seq_length=cfg.max_seq_length)
-    tuned_metrics = _score(cfg, tuned, test, dims, "test")
+    memo = None
+    if cfg.export:
+        from job.export_scores import Memo
+
+        memo = Memo(tuned)  # keeps the PyTorch passage vectors for the exports' questions-only scores
+    tuned_metrics = _score(cfg, memo or tuned, test, dims, "test")
+    exports = _exports(cfg, rd, tuned, memo, base_model, test, dims, tuned_metrics, echo) if cfg.export else None
     guarded = None
     if cfg.guard_data or cfg.guard_nanobeir:
         base_model = base_model or load_model(cfg.model, max_seq_length=cfg.max_seq_length)
@@ -496,6 +505,8 @@ def evaluate(cfg: JobConfig, rd: RunDir, echo: Echo = print) -> dict[str, Any]:
             )
         },
         "guard": guarded,
+        "portable": training.get("portable") or (exports or {}).get("portable"),
+        "exports": (exports or {}).get("table"),
         "fingerprint": fingerprint,
     }
     paths = write_report(rd.report, base_metrics, tuned_metrics, meta)
@@ -505,6 +516,23 @@ def evaluate(cfg: JobConfig, rd: RunDir, echo: Echo = print) -> dict[str, Any]:
     echo(table)
     echo(f"evaluate: report {paths['markdown']}, metrics {paths['json']}, plot {paths['plot']}; {peak_memory()}")
     return json.loads(paths["json"].read_text())
+
+
+def _exports(cfg: JobConfig, rd: RunDir, tuned, memo, base_model, test, dims, tuned_metrics, echo: Echo):
+    """--export: make the fine-tuned model's exports (and the base model's, for `rag-eval serve`), then score them."""
+    from job.export import export_model
+    from job.export_scores import score_exports
+
+    manifest = export_model(rd.model, cfg.export, model=tuned, echo=echo)
+    base_name = resolve_model_name(cfg.model)
+    export_model(
+        base_name, cfg.export, model=base_model or load_model(cfg.model, max_seq_length=cfg.max_seq_length),
+        out=rd.base_export, echo=echo,
+    )  # fmt: skip
+    table = score_exports(
+        memo, rd.model, cfg.export, test, dims, tuned_metrics, evaluation_options(cfg), cfg.export_max_drop, echo
+    )
+    return {"table": table, "portable": manifest.get("portable")}
 
 
 # --- run -----------------------------------------------------------------------------------------
