@@ -10,7 +10,7 @@ What it writes (all from ONE installed environment, so the files agree with each
 - ``requirements/dev.lock``: every package of ``.[dev]`` (the tests, the demo, every extra), pinned with
   the SHA-256 of every file PyPI has for that release. `make setup`, `.ci/run` and the README's two
   commands install it with ``pip install --require-hashes``.
-- ``requirements/image.lock``: the closure of ``.[rag,serve]``, what the Docker image installs
+- ``requirements/image.lock``: the closure of ``.[rag,serve,synth,export]``, what the Docker image installs
   (with hashes), also from that environment.
 - ``requirements/constraints.txt``: the dev closure's pins without hashes, for ``pip install -c`` (a
   library user who wants the tested set with other extras; the image's optional EXTRAS).
@@ -41,7 +41,7 @@ PROJECT = "rag-embed-finetune"
 TORCH_SPEC = os.environ.get("TORCH_SPEC", "torch==2.13.0")
 # Installed on their own, never locked: torch (CPU wheel here, CUDA in the image) and pip's own tools.
 EXCLUDED = {"torch", "pip", "setuptools", "wheel"}
-TARGETS = {"dev": ["dev"], "image": ["rag", "serve", "synth"]}
+TARGETS = {"dev": ["dev"], "image": ["rag", "serve", "synth", "export"]}
 
 # Runs inside the locked environment: the closure of the project's requirements with the given extras,
 # as {name: version}, following markers (extras included) and skipping EXCLUDED and what only they need.
