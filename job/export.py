@@ -140,7 +140,9 @@ def status(folder: Path, name: str, source: Path | None = None) -> str:
     return "ok"
 
 
-def open_export(folder: Path, name: str, *, threads: int | None = None, source: Path | None = None) -> ExportedModel:
+def open_export(
+    folder: Path, name: str, *, threads: int | None = None, source: Path | None = None, spin: bool = True
+) -> ExportedModel:
     """An export, checked against its manifest first: a missing, stale or damaged one is a JobError with the fix."""
     folder = Path(folder)
     state = status(folder, name, source)
@@ -155,7 +157,7 @@ def open_export(folder: Path, name: str, *, threads: int | None = None, source: 
         )
     if state == "damaged":
         raise damaged(path)
-    return ExportedModel(folder, EXPORTS[name].file, threads=threads, name=name)
+    return ExportedModel(folder, EXPORTS[name].file, threads=threads, name=name, spin=spin)
 
 
 # --- exporting ----------------------------------------------------------------------------------------------------

@@ -51,7 +51,9 @@ class ExportedModel:
 
     similarity_fn_name = "cosine"
 
-    def __init__(self, folder: str | Path, file_name: str, *, threads: int | None = None, name: str = "") -> None:
+    def __init__(
+        self, folder: str | Path, file_name: str, *, threads: int | None = None, name: str = "", spin: bool = True
+    ) -> None:
         import onnxruntime as ort
         from tokenizers import Tokenizer
 
@@ -76,6 +78,8 @@ class ExportedModel:
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads or 0  # 0: ONNX Runtime's default (one per core)
         options.inter_op_num_threads = 1
+        if not spin:  # a server's encoders share the cores with each other and the event loop: no busy-waiting
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         path = self.folder / file_name
         try:
