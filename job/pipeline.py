@@ -26,6 +26,7 @@ from job.config import (
     PREPARE_FIELDS,
     TRAIN_FIELDS,
     JobConfig,
+    fields_where,
     fingerprint_digest,
     fingerprints_match,
 )
@@ -571,12 +572,20 @@ def run(
                 if on_step:
                     on_step(step, rec)
                 continue
+            changed = changed_fields(rec.get("fingerprint", {}), want)
+            only_evaluation = step == "evaluate" and set(changed) <= set(fields_where(step="evaluate"))
             raise JobError(
                 f"{rd.root} already holds `{step}` output made with a different configuration "
-                f"(changed: {', '.join(changed_fields(rec.get('fingerprint', {}), want))}).",
+                f"(changed: {', '.join(changed)}).",
                 mismatch_fix
-                or "pass --force to redo the steps (the old outputs are replaced only when each step succeeds), "
-                "or use a new --run-dir.",
+                or (
+                    f"only evaluation settings changed: redo the evaluation alone with `job evaluate --run-dir "
+                    f"{rd.root}` and these settings (`job export --run-dir {rd.root}` for --export), or pass --force "
+                    "to redo every step."
+                    if only_evaluation
+                    else "pass --force to redo the steps (the old outputs are replaced only when each step succeeds), "
+                    "or use a new --run-dir."
+                ),
             )
         ran_earlier_step = True
         with storage.storage_errors(rd.root, f"the {step} step's outputs"):

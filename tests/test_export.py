@@ -157,6 +157,12 @@ def test_evaluate_with_export_scores_every_export_at_every_dim(tmp_path, tiny_mo
     again = []
     run(cfg, rd, echo=again.append)
     assert all("skipping" in m for m in again)
+    # without --export: only evaluation settings differ, and the error says how to redo just the evaluation
+    plain = resolve_config(cli={k: v for k, v in values.items() if not k.startswith("export")}, environ={})
+    with pytest.raises(JobError) as err:
+        run(plain, rd, echo=lambda m: None)
+    assert "changed: export, export_max_drop" in err.value.problem
+    assert f"job evaluate --run-dir {rd.root}" in err.value.fix
 
 
 def test_an_export_over_the_drop_limit_is_flagged(monkeypatch):
