@@ -80,7 +80,7 @@ def main() -> None:
         worst = max(c["drop_points"] for c in cells.values())
         print(
             f"| {export} | "
-            + " | ".join(f"{cells[d]['ndcg@10']:.4f} ({-cells[d]['drop_points']:+.1f})" for d in dims)
+            + " | ".join(f"{cells[d]['ndcg@10']:.4f} ({0.0 - cells[d]['drop_points']:+.1f})" for d in dims)
             + f" | {worst:.1f} |"
         )
     print(f"json: {args.out}")

@@ -130,7 +130,7 @@ def score_exports(
             "dims": per_dim, "worst_drop_points": worst, "flagged": worst > max_drop,
         }  # fmt: skip
         models[name] = exported
-        cells = ", ".join(f"{d}: {v['ndcg@10']:.4f} ({-v['drop_points']:+.1f})" for d, v in per_dim.items())
+        cells = ", ".join(f"{d}: {v['ndcg@10']:.4f} ({0.0 - v['drop_points']:+.1f})" for d, v in per_dim.items())
         flag = f"; FLAGGED: loses {worst:.1f} points (over --export-max-drop {max_drop:g})" if worst > max_drop else ""
         echo(f"evaluate: {name} NDCG@10 by dim {{{cells}}}{flag}")
     for name, measured in speeds(models, passages, questions, batch).items():
@@ -165,7 +165,7 @@ def markdown(table: dict[str, Any] | None) -> str:
         cells = []
         for d in dims:
             v = row["dims"][d]
-            cells.append(f"{v['ndcg@10']:.4f}" + (f" ({-v['drop_points']:+.1f})" if name != "pytorch" else ""))
+            cells.append(f"{v['ndcg@10']:.4f}" + (f" ({0.0 - v['drop_points']:+.1f})" if name != "pytorch" else ""))
         worst = "-" if name == "pytorch" else f"{row['worst_drop_points']:.1f}" + (" ⚠" if row["flagged"] else "")
         lines.append(
             f"| {name} | `{row['file']}` | {size} | {row['texts_per_s']:.0f} | {row['question_ms']:.1f} ms | "
