@@ -130,3 +130,32 @@ def test_a_damaged_export_stops_serve_with_the_fix(exported_run, capsys, monkeyp
         assert choose_backend(resolve_models(str(run)), "auto")[0] == "onnx"
     finally:
         target.write_bytes(intact)
+
+
+@pytest.mark.slow
+def test_the_load_matrix_runs_every_backend_in_one_command(exported_run, tmp_path):
+    """bench/serve_load.py --matrix with tiny settings (the real run is the user's, on an idle machine)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[2]
+    out = tmp_path / "serve_load.json"
+    done = subprocess.run(
+        [sys.executable, str(repo / "bench" / "serve_load.py"), "--matrix", "--run", str(exported_run),
+         "--backends", "torch,onnx-int8", "--peer", "none", "--dim", "16", "--clients", "1,2", "--seconds", "1",
+         "--warmup", "0.5", "--json", str(out), "--logs", str(tmp_path / "logs")],
+        capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    result = json.loads(out.read_text())
+    rows = result["rows"]
+    assert [(r["server"], r["backend"], r["clients"]) for r in rows] == [
+        ("rag-eval serve", "torch", 1), ("rag-eval serve", "torch", 2),
+        ("rag-eval serve", "onnx-int8", 1), ("rag-eval serve", "onnx-int8", 2),
+    ]  # fmt: skip
+    for r in rows:
+        assert r["errors"] == 0 and r["requests_per_s"] > 0 and r["questions_per_s"] == 2 * r["requests_per_s"]
+        assert r["p50_ms"] <= r["p95_ms"] <= r["p99_ms"] and 0 <= r["load_generator_cpu_share"] <= 1
+    assert [s["backend"] for s in result["servers"]] == ["torch", "onnx-int8"]
+    assert all(str(exported_run) not in json.dumps(s["models"]) for s in result["servers"])  # names, not paths
