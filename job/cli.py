@@ -186,6 +186,17 @@ def export_cmd(cfg, force: bool, model_dir: str | None) -> None:
             f"{rd.root} has no fine-tuned model yet ({rd.done_file('train')} is missing).",
             f"run `job run --run-dir {rd.root} --export {','.join(names)}` (it trains, exports and scores).",
         )
+    from job.config import fingerprints_match
+    from job.pipeline import changed_fields, step_fingerprint
+
+    trained, want = rd.record("train")["fingerprint"], step_fingerprint(cfg, rd, "train")
+    if not fingerprints_match(trained, want):
+        changed = ", ".join(changed_fields(trained, want))
+        raise JobError(
+            f"{rd.model} was trained with other settings than these (changed: {changed}).",
+            "pass the settings the run was made with (the same flags, JOB_* variables or --config as for `job run`), "
+            "so that the report and the card describe this model.",
+        )
     with storage.storage_errors(rd.root, "the exports"):
         if force:
             export_model(rd.model, names, force=True, echo=echo)

@@ -119,9 +119,9 @@ def resolve_models(
             if not base_ref:
                 raise JobError(f"{rd.done_file('train')} does not name its base model.", "pass it with --baseline.")
             base_name = training.get("base_model_id") if not baseline else None
-            specs.append(
-                ModelSpec(BASELINE, _resolve(base_ref, "Baseline model"), qp, pp, base_name or "", str(rd.base_export))
-            )
+            resolved = _resolve(base_ref, "Baseline model")
+            exports = _local(resolved) if baseline else str(rd.base_export)  # another baseline: its own exports
+            specs.append(ModelSpec(BASELINE, resolved, qp, pp, base_name or "", exports))
         specs.append(ModelSpec(FINETUNED, str(rd.model), qp, pp, rd.root.name, str(rd.model)))
         return Sources(specs, rd, [int(d) for d in training.get("dims", [])] or None, training)
     if path.is_dir() and not any((path / f).is_file() for f in ("modules.json", "config.json")):

@@ -194,3 +194,19 @@ def test_minilm_int8_export_stays_close_to_the_model(tmp_path, minilm_path):
     ref = _torch(folder).encode(TEXTS, normalize_embeddings=True)
     got = ExportedModel(folder, EXPORTS["onnx-int8"].file).encode(TEXTS, normalize_embeddings=True)
     assert (ref * got).sum(1).min() > 0.98
+
+
+def test_job_export_refuses_settings_the_run_was_not_trained_with(tmp_path, tiny_model_path, pairs_file, capsys):
+    from job.cli import main
+
+    common = ["--run-dir", str(tmp_path / "run"), "--model", str(tiny_model_path), "--data", str(pairs_file),
+              "--batch-size", "8", "--epochs", "1", "--eval-batch-size", "16",
+              "--matryoshka-dims", "32,16"]  # fmt: skip
+    assert main(["run", *common]) == 0
+    capsys.readouterr()
+    assert main(["export", *[a if a != "1" else "2" for a in common]]) == 2  # --epochs 2: not this model
+    err = capsys.readouterr().err
+    assert "trained with other settings" in err and "changed: epochs" in err
+    assert main(["export", *common, "--export", "onnx"]) == 0
+    metrics = json.loads((tmp_path / "run" / "report" / "metrics.json").read_text())
+    assert list(metrics["exports"]["models"]) == ["pytorch", "onnx"]
