@@ -110,6 +110,7 @@ def add_evaluation_section(model_dir: Path, report_md: str, dims: list[int]) -> 
         report_md.replace("\n## ", "\n### ")
         .replace("# Retrieval report", "## Held-out evaluation", 1)
         .replace("![NDCG@10 by dim](ndcg_by_dim.png)", "")
+        .replace("SentenceTransformer(MODEL,", f'SentenceTransformer("{MODEL_ID_PLACEHOLDER}",')  # the exports
     )
     small = dims[min(2, len(dims) - 1)]
     usage = (

@@ -192,7 +192,7 @@ def markdown(table: dict[str, Any] | None) -> str:
         "it): " + "; ".join(serve) + ".",
         "",
         'Load an export elsewhere: `SentenceTransformer(MODEL, backend="onnx", model_kwargs={"file_name": '
-        "FILE})` (needs `sentence-transformers[onnx]`).",
+        f'"{models[list(models)[-1]]["file"]}"}})` (needs `sentence-transformers[onnx]`).',
     ]
     return "\n".join(lines)
 

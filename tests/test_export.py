@@ -151,6 +151,9 @@ def test_evaluate_with_export_scores_every_export_at_every_dim(tmp_path, tiny_mo
     for text in (report, card):
         assert "Exports" in text and "model_qint8_avx512_vnni.onnx" in text and 'backend="onnx"' in text
         assert "sentence-transformers 3.x-6.x" in text
+    from job.card import MODEL_ID_PLACEHOLDER  # `job push` puts the repo id there
+
+    assert f'SentenceTransformer("{MODEL_ID_PLACEHOLDER}", backend="onnx"' in card
     # the base model is exported too, for rag-eval serve's baseline column
     assert status(rd.base_export, "onnx-int8", tiny_model_path) == "ok"
     # the same configuration again: every step skipped, exports kept
