@@ -39,7 +39,7 @@ RUN pip install --no-cache-dir --no-deps /src \
     && if [ -n "$EXTRAS" ]; then \
         pip install --no-cache-dir --find-links /tmp/local -c /src/requirements/constraints.txt "/src[$EXTRAS]"; \
     fi \
-    && python -c "import torch, sentence_transformers, chromadb, openai, infra.container.entry, rag_eval.cli"
+    && python -c "import torch, sentence_transformers, chromadb, openai, onnx, onnxruntime, infra.container.entry, rag_eval.cli"
 
 # --- runtime: the environment, the job's user, the entrypoint -------------------------------------
 FROM ${BASE_IMAGE}
