@@ -258,7 +258,10 @@ def export_model(
     for name in todo:
         if states[name] in ("stale", "damaged"):
             echo(f"export: the {name} export in {out} was {states[name]}; making it again")
-    model = model or load_model(str(folder))
+    if model is None or not _cpu_float32(model):  # the graph is traced on the CPU in float32 (TEI loads float32)
+        limit = getattr(model, "max_seq_length", None)
+        model = load_model(str(folder), device="cpu", max_seq_length=limit)
+        model.float()
     if out == folder:
         manifest["portable"] = make_portable(folder, model)
     else:
@@ -305,6 +308,12 @@ def export_model(
     finally:
         shutil.rmtree(stage, ignore_errors=True)
     return manifest
+
+
+def _cpu_float32(model) -> bool:
+    import torch
+
+    return all(p.device.type == "cpu" and p.dtype == torch.float32 for p in model.parameters())
 
 
 SMALL_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt", "config.json")

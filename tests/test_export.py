@@ -213,3 +213,16 @@ def test_job_export_refuses_settings_the_run_was_not_trained_with(tmp_path, tiny
     assert main(["export", *common, "--export", "onnx"]) == 0
     metrics = json.loads((tmp_path / "run" / "report" / "metrics.json").read_text())
     assert list(metrics["exports"]["models"]) == ["pytorch", "onnx"]
+
+
+def test_a_model_in_half_precision_or_on_a_gpu_is_exported_from_a_float32_cpu_copy(tmp_path, tiny_model_path):
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_model_path, folder)
+    half = _torch(folder).half()  # as a GPU evaluate step may hold it; the graph must be float32 for TEI
+    manifest = export_model(folder, ["onnx"], model=half, echo=lambda m: None)
+    assert manifest["exports"]["onnx"]["agreement"]["max_abs_diff"] < 1e-4
+    import onnx
+
+    graph = onnx.load(str(folder / EXPORTS["onnx"].file)).graph
+    halves = (onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16)
+    assert not [i.name for i in graph.initializer if i.data_type in halves]
