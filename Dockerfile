@@ -26,7 +26,7 @@ COPY docker/local/ /tmp/local/
 RUN if [ -n "$TORCH_SPEC" ]; then \
         pip install --no-cache-dir --find-links /tmp/local $TORCH_SPEC; \
     fi
-# The locked versions (requirements/image.lock: the rag, serve and synth extras, each file checked against
+# The locked versions (requirements/image.lock: the rag, serve, synth and export extras, each file checked against
 # its SHA-256); torch is already there, so pip keeps it. EXTRAS adds more extras, held to the tested
 # versions by requirements/constraints.txt.
 COPY requirements/ /src/requirements/
@@ -39,7 +39,7 @@ RUN pip install --no-cache-dir --no-deps /src \
     && if [ -n "$EXTRAS" ]; then \
         pip install --no-cache-dir --find-links /tmp/local -c /src/requirements/constraints.txt "/src[$EXTRAS]"; \
     fi \
-    && python -c "import torch, sentence_transformers, chromadb, openai, infra.container.entry, rag_eval.cli"
+    && python -c "import torch, sentence_transformers, chromadb, openai, onnx, onnxruntime, infra.container.entry, rag_eval.cli"
 
 # --- runtime: the environment, the job's user, the entrypoint -------------------------------------
 FROM ${BASE_IMAGE}

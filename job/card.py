@@ -110,6 +110,7 @@ def add_evaluation_section(model_dir: Path, report_md: str, dims: list[int]) -> 
         report_md.replace("\n## ", "\n### ")
         .replace("# Retrieval report", "## Held-out evaluation", 1)
         .replace("![NDCG@10 by dim](ndcg_by_dim.png)", "")
+        .replace("SentenceTransformer(MODEL,", f'SentenceTransformer("{MODEL_ID_PLACEHOLDER}",')  # the exports
     )
     small = dims[min(2, len(dims) - 1)]
     usage = (
@@ -151,6 +152,9 @@ def summary_lines(meta: dict[str, Any]) -> list[str]:
     if before and after:
         cells = ", ".join(f"{d}: {before[d]:.4f} -> {after[d]:.4f}" for d in after if d in before)
         out.append(f"- Validation NDCG@10, base model -> saved checkpoint, by dim: {cells}.")
+    from job.portable import describe
+
+    out += describe(meta.get("portable"))
     averaged = meta.get("checkpoint_average") or {}
     if averaged.get("validation_score") is not None:
         verdict = "saved (it beat" if averaged["kept"] else "not kept (it did not beat"

@@ -1,4 +1,4 @@
-"""Command line: ``job synthesize|prepare|baseline|train|evaluate|run|config|presets`` (also ``python -m job``).
+"""Command line: ``job synthesize|prepare|baseline|train|evaluate|export|run|config|presets`` (also ``python -m job``).
 
 Every configuration field is a flag (``--epochs``), an environment variable (``JOB_EPOCHS``) and a
 YAML key (``epochs:``); see :mod:`job.config` for the precedence.
@@ -153,6 +153,67 @@ def evaluate_cmd(cfg) -> None:
         evaluate(cfg, rd, echo)
 
 
+@cli.command("export", cls=SectionedCommand)
+@config_options
+@click.option("--force", is_flag=True, help="Make the exports again even when they match the model's weights.")
+@click.option(
+    "--model-dir",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Export a model folder that is not in a run directory (writes MODEL_DIR/onnx/...; nothing is scored).",
+)
+def export_cmd(cfg, force: bool, model_dir: str | None) -> None:
+    """Export the fine-tuned model as ONNX (float32, int8) into model/onnx/, and score every export at every dim
+    beside the PyTorch model: the evaluate step with --export (default: every export).
+
+    The base model is exported too (RUN_DIR/baseline/model), so that `rag-eval serve --backend` runs both
+    columns of the page on the same backend. The report and the model card get the export table; an export
+    that loses more than --export-max-drop points at any dim is flagged.
+    """
+    import dataclasses
+    from pathlib import Path
+
+    from job.export import EXPORTS, export_model
+
+    names = cfg.export or list(EXPORTS)
+    if model_dir is not None:
+        folder = Path(model_dir).expanduser()
+        if not (folder / "modules.json").is_file():
+            raise JobError(
+                f"--model-dir {folder} is not a sentence-transformers model folder (no modules.json).",
+                "pass the folder that holds modules.json and the weights, or --run-dir for a run's model.",
+            )
+        export_model(folder, names, force=force, echo=echo)
+        return
+    from job.models import load_model, resolve_model_name
+    from job.pipeline import evaluate
+
+    rd = _rd(cfg)
+    cfg = dataclasses.replace(_step_cfg(cfg, rd), export=names)
+    if rd.record("train") is None:
+        raise JobError(
+            f"{rd.root} has no fine-tuned model yet ({rd.done_file('train')} is missing).",
+            f"run `job run --run-dir {rd.root} --export {','.join(names)}` (it trains, exports and scores).",
+        )
+    from job.config import fingerprints_match
+    from job.pipeline import changed_fields, step_fingerprint
+
+    trained, want = rd.record("train")["fingerprint"], step_fingerprint(cfg, rd, "train")
+    if not fingerprints_match(trained, want):
+        changed = ", ".join(changed_fields(trained, want))
+        raise JobError(
+            f"{rd.model} was trained with other settings than these (changed: {changed}).",
+            "pass the settings the run was made with (the same flags, JOB_* variables or --config as for `job run`), "
+            "so that the report and the card describe this model.",
+        )
+    with storage.storage_errors(rd.root, "the exports"):
+        if force:
+            export_model(rd.model, names, force=True, echo=echo)
+            base = load_model(cfg.model, max_seq_length=cfg.max_seq_length)
+            export_model(resolve_model_name(cfg.model), names, model=base, out=rd.base_export, force=True, echo=echo)
+        evaluate(cfg, rd, echo)
+
+
 @cli.command("run", cls=SectionedCommand)
 @config_options
 @click.option("--force", is_flag=True, help="Redo steps whose outputs already exist.")
@@ -178,7 +239,9 @@ def run_cmd(cfg, force: bool) -> None:
 
 cli.add_command(push)
 cli.add_command(launch)
-cli.order = ("synthesize", "prepare", "baseline", "train", "evaluate", "run", "push", "launch", "config", "presets")
+cli.order = (
+    "synthesize", "prepare", "baseline", "train", "evaluate", "run", "export", "push", "launch", "config", "presets",
+)  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:

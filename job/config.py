@@ -48,6 +48,8 @@ EMBEDDED_DATA = "embedded"
 AUTO_MODEL = "auto"
 ONLINE_DEFAULT_MODEL = "BAAI/bge-base-en-v1.5"
 OFFLINE_DEFAULT_MODEL = "bundled:all-MiniLM-L6-v2"
+# `--export`: what job/export.py writes into model/ (OpenVINO's exporter, optimum-intel, needs transformers < 5.6)
+EXPORT_NAMES = ("onnx", "onnx-int8")
 
 
 def _opt(default: Any, help: str, *, step: str | tuple[str, ...] = (), group: str | None = None, **extra: Any) -> Any:
@@ -214,6 +216,19 @@ class JobConfig:
     )
     guard_max_drop: float = _opt(
         2.0, "Warn when a guard set's NDCG@10 drops by more than this many points.", step="evaluate"
+    )
+    export: list[str] | None = _opt(
+        None,
+        "Exports written into model/ and scored beside the PyTorch model at every dim (NDCG@10, encode speed): "
+        "onnx (float32), onnx-int8 (dynamic int8), comma-separated; the base model is exported too, for "
+        "`rag-eval serve --backend`. `job export` does the same for a finished run.",
+        step="evaluate",
+    )
+    export_max_drop: float = _opt(
+        1.0,
+        "Flag an export whose NDCG@10 is more than this many points below the PyTorch model's at any dim "
+        "(`rag-eval serve` does not pick a flagged export by default).",
+        step="evaluate",
     )
     val_fraction: float = _opt(0.1, "Fraction of pairs held out for validation (model selection).", step="prepare")
     test_fraction: float = _opt(
@@ -385,7 +400,7 @@ LEGACY_VALUES: dict[str, Any] = {
     "length_grouping": 0, "loss_directions": ["query_to_doc"], "loss_scale": 20.0, "guide_model": None,
     "attention_dropout": None, "guard_data": None, "guard_split": "test", "guard_nanobeir": None, "guard_max_drop": 2.0,
     "average_checkpoints": 0, "hard_negative_depth": 0, "merge_base": "off",
-    "merge_alphas": [1.0, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3],
+    "merge_alphas": [1.0, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3], "export": None, "export_max_drop": 1.0,
 }  # fmt: skip
 
 
@@ -421,6 +436,7 @@ _SECTION_OF = {
     "token_cache": "Speed and hardware", "length_grouping": "Speed and hardware",
     "guard_data": "Evaluation and checkpoints", "guard_split": "Evaluation and checkpoints",
     "guard_nanobeir": "Evaluation and checkpoints", "guard_max_drop": "Evaluation and checkpoints",
+    "export": "Evaluation and checkpoints", "export_max_drop": "Evaluation and checkpoints",
 }  # fmt: skip
 
 
@@ -632,6 +648,23 @@ def validate_config(cfg: JobConfig) -> None:
         raise JobError(
             f"guard_max_drop is {cfg.guard_max_drop}; it must be 0 or more (NDCG@10 points).",
             "pass e.g. --guard-max-drop 2.",
+        )
+    if cfg.export is not None:
+        unknown = [e for e in cfg.export if e not in EXPORT_NAMES]
+        if unknown or not cfg.export:
+            why = (
+                " (OpenVINO's exporter, optimum-intel, cannot be installed beside transformers 5)"
+                if "openvino" in unknown
+                else ""
+            )
+            raise JobError(
+                f"export {cfg.export} names {', '.join(unknown) or 'nothing'}{why}.",
+                f"pass one or more of {', '.join(EXPORT_NAMES)}, e.g. --export onnx,onnx-int8 (or leave it out).",
+            )
+    if cfg.export_max_drop < 0:
+        raise JobError(
+            f"export_max_drop is {cfg.export_max_drop}; it must be 0 or more (NDCG@10 points).",
+            "pass e.g. --export-max-drop 1.",
         )
     if cfg.loss_scale <= 0:
         raise JobError(f"loss_scale is {cfg.loss_scale}; it must be positive.", "pass e.g. --loss-scale 20.")

@@ -8,6 +8,7 @@ PyTorch). Nothing else spells out a run directory's folder or file names::
       data/        train.jsonl validation.jsonl test.jsonl, leakage.json, prepare.json  (prepare)
       ir/          validation/ and test/ in BEIR format                                  (prepare)
       baseline/    metrics.json                                                          (baseline)
+                   model/: the base model's exports, tokenizer and configs (no weights)  (evaluate --export)
       checkpoints/ trainer checkpoints, job_fingerprint.json                             (train)
       model/       the fine-tuned model, its card README.md, training.json               (train)
       report/      report.md, metrics.json, ndcg_by_dim.png                              (evaluate)
@@ -40,6 +41,7 @@ STEPS = ("prepare", "baseline", "train", "evaluate")
 DATA, IR, BASELINE, CHECKPOINTS, MODEL, REPORT = "data", "ir", "baseline", "checkpoints", "model", "report"
 CHROMA, RAG_EVAL, LOGS, SYNTH = "chroma", "rag_eval", "logs", "synth"
 SYNTH_PAIRS = f"{SYNTH}/pairs.jsonl"  # `job run --docs` trains on this file
+BASE_EXPORT = f"{BASELINE}/model"  # the base model's exports, for `rag-eval serve --backend`
 # Each step's "done" record, relative to the run directory: its presence means the step finished.
 DONE_FILES = {
     "prepare": f"{DATA}/prepare.json",
@@ -76,6 +78,7 @@ class RunDir:
     chroma = property(lambda self: self.root / CHROMA)
     rag_eval = property(lambda self: self.root / RAG_EVAL)
     synth_pairs = property(lambda self: self.root / SYNTH_PAIRS)
+    base_export = property(lambda self: self.root / BASE_EXPORT)
 
     def ir(self, split: str) -> Path:
         return self.root / IR / split

@@ -26,6 +26,7 @@ from job.config import (
     PREPARE_FIELDS,
     TRAIN_FIELDS,
     JobConfig,
+    fields_where,
     fingerprint_digest,
     fingerprints_match,
 )
@@ -45,6 +46,7 @@ from job.layout import (
     write_json,
 )
 from job.models import load_model, resolve_best_dim, resolve_dims, resolve_model_name
+from job.portable import make_portable
 from job.report import markdown_table, write_report
 
 logger = logging.getLogger(__name__)
@@ -383,6 +385,8 @@ def train(
     stage = rd.root / ".model.tmp"
     shutil.rmtree(stage, ignore_errors=True)
     model.save(str(stage))
+    # the module list and configs in the format sentence-transformers 3.x-6.x, infinity-emb and TEI all read
+    record["portable"] = make_portable(stage, model)
     record["outputs"] = output_stamp(stage, MODEL, skip=("training.json", "README.md"))  # the card: evaluate edits it
     write_json(stage / "training.json", record)
     replace_dir(stage, rd.model)
@@ -486,7 +490,13 @@ def evaluate(cfg: JobConfig, rd: RunDir, echo: Echo = print) -> dict[str, Any]:
         base_model = load_model(cfg.model, max_seq_length=cfg.max_seq_length)
         base_metrics = _score(cfg, base_model, test, dims, "test")
     tuned = load_model(str(rd.model), max_seq_length=cfg.max_seq_length)
-    tuned_metrics = _score(cfg, tuned, test, dims, "test")
+    memo = None
+    if cfg.export:
+        from job.export_scores import Memo
+
+        memo = Memo(tuned)  # keeps the PyTorch passage vectors for the exports' questions-only scores
+    tuned_metrics = _score(cfg, memo or tuned, test, dims, "test")
+    exports = _exports(cfg, rd, tuned, memo, base_model, test, dims, tuned_metrics, echo) if cfg.export else None
     guarded = None
     if cfg.guard_data or cfg.guard_nanobeir:
         base_model = base_model or load_model(cfg.model, max_seq_length=cfg.max_seq_length)
@@ -518,6 +528,8 @@ def evaluate(cfg: JobConfig, rd: RunDir, echo: Echo = print) -> dict[str, Any]:
             )
         },
         "guard": guarded,
+        "portable": training.get("portable") or (exports or {}).get("portable"),
+        "exports": (exports or {}).get("table"),
         "fingerprint": fingerprint,
     }
     paths = write_report(rd.report, base_metrics, tuned_metrics, meta)
@@ -527,6 +539,23 @@ def evaluate(cfg: JobConfig, rd: RunDir, echo: Echo = print) -> dict[str, Any]:
     echo(table)
     echo(f"evaluate: report {paths['markdown']}, metrics {paths['json']}, plot {paths['plot']}; {peak_memory()}")
     return json.loads(paths["json"].read_text())
+
+
+def _exports(cfg: JobConfig, rd: RunDir, tuned, memo, base_model, test, dims, tuned_metrics, echo: Echo):
+    """--export: make the fine-tuned model's exports (and the base model's, for `rag-eval serve`), then score them."""
+    from job.export import export_model
+    from job.export_scores import score_exports
+
+    manifest = export_model(rd.model, cfg.export, model=tuned, echo=echo)
+    base_name = resolve_model_name(cfg.model)
+    export_model(
+        base_name, cfg.export, model=base_model or load_model(cfg.model, max_seq_length=cfg.max_seq_length),
+        out=rd.base_export, echo=echo,
+    )  # fmt: skip
+    table = score_exports(
+        memo, rd.model, cfg.export, test, dims, tuned_metrics, evaluation_options(cfg), cfg.export_max_drop, echo
+    )
+    return {"table": table, "portable": manifest.get("portable")}
 
 
 # --- run -----------------------------------------------------------------------------------------
@@ -565,12 +594,20 @@ def _run_steps(cfg, rd, echo, force, on_step, train_step, mismatch_fix) -> dict[
         if rec is not None and not force and not ran_earlier_step and not inputs_changed:
             want = step_fingerprint(cfg, rd, step)
             if not fingerprints_match(rec.get("fingerprint") or {}, want):
+                changed = changed_fields(rec.get("fingerprint", {}), want)
+                only_evaluation = step == "evaluate" and set(changed) <= set(fields_where(step="evaluate"))
                 raise JobError(
                     f"{rd.root} already holds `{step}` output made with a different configuration "
-                    f"(changed: {', '.join(changed_fields(rec.get('fingerprint', {}), want))}).",
+                    f"(changed: {', '.join(changed)}).",
                     mismatch_fix
-                    or "pass --force to redo the steps (the old outputs are replaced only when each step succeeds), "
-                    "or use a new --run-dir.",
+                    or (
+                        f"only evaluation settings changed: redo the evaluation alone with `job evaluate --run-dir "
+                        f"{rd.root}` and these settings (`job export --run-dir {rd.root}` for --export), or pass "
+                        "--force to redo every step."
+                        if only_evaluation
+                        else "pass --force to redo the steps (the old outputs are replaced only when each step "
+                        "succeeds), or use a new --run-dir."
+                    ),
                 )
             damaged = changed_outputs(rd.root, rec)  # a done record never vouches for files changed under it
             if not damaged:

@@ -152,6 +152,10 @@ def write_report(out_dir: Path, baseline: PerDim, finetuned: PerDim, meta: dict[
         from job.guard import markdown as guard_markdown
 
         md += [guard_markdown(meta["guard"]), "", side_by_side(baseline, finetuned, meta["guard"]), ""]
+    if meta.get("exports"):
+        from job.export_scores import markdown as exports_markdown
+
+        md += [exports_markdown(meta["exports"]), ""]
     paths = {"markdown": out_dir / "report.md", "plot": out_dir / "ndcg_by_dim.png", "json": out_dir / "metrics.json"}
     paths["markdown"].write_text("\n".join(md))
     plot_ndcg(baseline, finetuned, paths["plot"])

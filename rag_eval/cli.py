@@ -438,10 +438,18 @@ def query_cmd(question, model, baseline, no_baseline, query_prompt, passage_prom
 )
 @click.option(
     "--threads", type=int, default=0, show_default=True, envvar="RAG_EVAL_SERVE_THREADS",
-    help="PyTorch threads (the models encode in parallel on their own threads). 0: CPU cores / models, at least 1.",
+    help="Threads per model encoder (the models encode in parallel on their own threads). 0: CPU cores / models, "
+    "at least 1.",
+)  # fmt: skip
+@click.option(
+    "--backend", type=click.Choice(["auto", "torch", "onnx", "onnx-int8"]), default="auto", show_default=True,
+    envvar="RAG_EVAL_SERVE_BACKEND",
+    help="What encodes the questions: PyTorch, or the models' ONNX exports (`job export`). auto: the fastest export "
+    "within the run's --export-max-drop that both models have, else torch. The index stays the one `rag-eval index` "
+    "built.",
 )  # fmt: skip
 def serve_cmd(model, baseline, no_baseline, query_prompt, passage_prompt, data, split, chroma_path, chroma_host,
-              chroma_port, collection_prefix, dims, k, host, port, threads) -> None:  # fmt: skip
+              chroma_port, collection_prefix, dims, k, host, port, threads, backend) -> None:  # fmt: skip
     """The retrieval demo in a browser: base and fine-tuned side by side, models loaded once.
 
     A Gradio page (fully offline) at http://HOST:PORT/, and a JSON endpoint /api/search?q=...&k=5&dim=128
@@ -450,6 +458,7 @@ def serve_cmd(model, baseline, no_baseline, query_prompt, passage_prompt, data, 
     """
     from rag_eval import web
     from rag_eval.service import MAX_K, RetrievalService, set_torch_threads
+    from rag_eval.sources import choose_backend, load_models
 
     auth = web.auth_from_env()
     web.check_installed()
@@ -463,12 +472,20 @@ def serve_cmd(model, baseline, no_baseline, query_prompt, passage_prompt, data, 
     sources = _sources(model, baseline, no_baseline, query_prompt, passage_prompt)
     target = store_target(chroma_path, chroma_host, chroma_port, sources.run_dir)
     ir, _ = _gold(data, split, sources)
-    set_torch_threads(threads, len(sources.models))
+    per_model = set_torch_threads(threads, len(sources.models))
+    chosen, why = choose_backend(sources, backend)
+
+    def load(sources_):
+        models = load_models(sources_.models, backend=chosen, threads=per_model)
+        echo("models: " + ", ".join(f"{m.label} {m.spec.ref} ({m.dim} dims)" for m in models) + f" on {chosen} ({why})")
+        return models
+
     with _hold(sources, target, "rag-eval serve", shared=True):
         with store.store_errors(target):
             service = RetrievalService.open(
-                sources, target, ir, wanted, prefix=collection_prefix, k=k, load=_load, echo=echo
-            )
+                sources, target, ir, wanted, prefix=collection_prefix, k=k, load=load, echo=echo, backend=chosen,
+                backend_note=why,
+            )  # fmt: skip
         web.run(service, host=host, port=port, auth=auth, echo=echo)
 
 

@@ -85,6 +85,10 @@ class VectorStore(abc.ABC):
     def describe(self) -> str:
         """One phrase naming the store, for messages ('embedded Chroma store runs/x/chroma')."""
 
+    def public(self) -> str:
+        """The store for a page or an API: what it is, never where it is on this machine."""
+        return "vector store"
+
     @abc.abstractmethod
     def names(self) -> list[str]: ...
 

@@ -165,7 +165,7 @@ def render_facts(service: RetrievalService) -> str:
     return (
         f'<div class="re-facts"><table class="re-table"><thead><tr>{head}</tr></thead>'
         f"<tbody>{''.join(rows)}</tbody></table>"
-        f'<div class="re-note">{esc(service.store.describe())}. {note(text.strip())}</div></div>'
+        f'<div class="re-note">{esc(service.store.public())}. {note(text.strip())}</div></div>'
     )
 
 

@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from job.errors import JobError
-from job.layout import REPORT_RECORD
+from job.layout import RAG_EVAL, REPORT_RECORD
 from rag_eval import store
 from rag_eval.batching import LRU, Batcher, _done_at, _timed
 from rag_eval.demo import RANK_DEPTH, Searcher
@@ -43,6 +43,7 @@ MAX_K = 50  # at most RANK_DEPTH: every ranking is searched RANK_DEPTH deep
 EMBED_CACHE = 2048  # question vectors kept per model: switching dims or k re-uses them
 DOC_CACHE = 50_000  # passage texts kept
 SCORE_REPORT = "metrics.json"  # in RUN_DIR/rag_eval (`rag-eval score`)
+WARM_BATCH = 64  # the encoder batch threads' largest batch (Batcher's max_batch)
 QUALITY_PLOT = "ndcg_by_dim.png"  # in RUN_DIR/report (`job evaluate`)
 
 
@@ -86,7 +87,10 @@ class Answer:
         return len(self.columns) == 2
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """What ``dataclasses.asdict`` gives, without its recursive deep copies (the JSON API's every answer)."""
+        out = dict(self.__dict__)
+        out["columns"] = [{**c.__dict__, "rows": [dict(r.__dict__) for r in c.rows]} for c in self.columns]
+        return out
 
 
 def whole_number(value: Any) -> int | None:
@@ -148,6 +152,8 @@ class RetrievalService:
         score_note: str = "",
         quality: dict[str, Any] | None = None,
         quality_plot: bytes | None = None,
+        backend: str = "torch",
+        backend_note: str = "",
     ):
         self.models = models
         self.searchers = searchers
@@ -161,6 +167,8 @@ class RetrievalService:
         self.score_note = score_note
         self.quality = quality
         self.quality_plot = quality_plot
+        self.backend = backend  # what encodes the questions: torch, onnx or onnx-int8 (`rag-eval serve --backend`)
+        self.backend_note = backend_note
 
         def encoder(m: LoadedModel) -> Batcher:
             return Batcher(
@@ -191,6 +199,8 @@ class RetrievalService:
         k: int = 5,
         load: Callable[[Sources], list[LoadedModel]] | None = None,
         echo: Echo = print,
+        backend: str = "torch",
+        backend_note: str = "",
     ) -> RetrievalService:
         """Check the store, load the models, open every collection: all or a JobError, before serving."""
         from rag_eval.scoring import check_indexed
@@ -199,7 +209,7 @@ class RetrievalService:
         vector_store = store.connect(target, create=False) if isinstance(target, store.StoreTarget) else target
         dims = dims or store.dims_in_store(vector_store, prefix, sources.models[-1].key) or [0]
         check_indexed(vector_store, sources.models, dims, prefix)
-        models = load(sources) if load else load_models(sources.models)
+        models = load(sources) if load else load_models(sources.models, backend=backend)
         corpus_fp = corpus_fingerprint(ir.corpus) if ir is not None else None
         try:
             searchers = {d: [_searcher(vector_store, m, d, prefix, corpus_fp) for m in models] for d in dims}
@@ -219,18 +229,20 @@ class RetrievalService:
             gold = {text.strip(): set(relevant[qid]) for qid, text in questions}
         run_dir = sources.run_dir
         report_dir = run_dir.rag_eval if run_dir is not None else Path("rag_eval_report")
-        score_report, score_note = load_score_report(report_dir / SCORE_REPORT, models)
+        score_report, score_note = load_score_report(report_dir / SCORE_REPORT, models, f"{RAG_EVAL}/{SCORE_REPORT}")
         quality, plot = load_quality(run_dir.root if run_dir is not None else None)
-        title = str(run_dir.root) if run_dir is not None else models[-1].spec.ref
+        title = run_dir.root.name if run_dir is not None else models[-1].spec.name  # a name, never a path
         service = cls(
             models, searchers, vector_store, questions=questions, gold=gold, k=k, title=title,
-            score_report=score_report, score_note=score_note, quality=quality, quality_plot=plot,
+            score_report=score_report, score_note=score_note, quality=quality, quality_plot=plot, backend=backend,
+            backend_note=backend_note,
         )  # fmt: skip
         service.warm_up()
         echo(
-            f"serve: {', '.join(f'{m.label} {m.spec.ref}' for m in models)}; dims {', '.join(map(str, service.dims))} "
-            f"from the {vector_store.describe()}; {len(questions)} held-out questions; "
-            f"score report: {'yes' if score_report else 'none'}; quality report: {'yes' if quality else 'none'}"
+            f"serve: {', '.join(f'{m.label} {m.spec.ref}' for m in models)} on {backend} ({backend_note or 'asked'}); "
+            f"dims {', '.join(map(str, service.dims))} from the {vector_store.describe()}; {len(questions)} held-out "
+            f"questions; score report: {'yes' if score_report else 'none'}; "
+            f"quality report: {'yes' if quality else 'none'}"
         )
         return service
 
@@ -251,8 +263,14 @@ class RetrievalService:
         return DimFacts(dim, vectors, 4 * dim, scored)
 
     def warm_up(self) -> None:
-        """One search per dim before serving, so that the first visitor does not pay for lazy loading
-        (the models' first batch, each collection's HNSW index)."""
+        """Before serving, so that the first visitors do not pay for lazy loading: each encoder once at every
+        batch size its batch thread will see (PyTorch's and ONNX Runtime's buffers grow with the batch), then one
+        search per dim (each collection's HNSW index, the passage texts)."""
+        size = 1
+        while size <= WARM_BATCH:
+            for m in self.models:
+                encode_queries(m.model, [f"warm-up question {i}" for i in range(size)], m.spec.query_prompt, size)
+            size *= 2
         for dim in self.dims:
             self.search("warm-up question", 1, dim)
 
@@ -421,7 +439,7 @@ class RetrievalService:
             ]
             relevant_rank = min((h.rank for h in hits if h.id in gold), default=None)
             columns.append(
-                Column(s.model.label, s.model.spec.ref, rows, relevant_rank, embed_ms[i], store_ms[i], pending[i][1])
+                Column(s.model.label, s.model.spec.name, rows, relevant_rank, embed_ms[i], store_ms[i], pending[i][1])
             )
         return Answer(
             question=q, dim=dim, k=k, depth=RANK_DEPTH, columns=columns, relevant=sorted(gold),
@@ -433,12 +451,13 @@ class RetrievalService:
         """What the page shows besides answers (also the JSON API's /api/info)."""
         return {
             "title": self.title,
-            "models": [{"label": m.label, "model": m.spec.ref, "dim": m.dim} for m in self.models],
+            "models": [{"label": m.label, "model": m.spec.name, "dim": m.dim} for m in self.models],
+            "backend": self.backend,
             "dims": self.dims,
             "k": self.k,
             "max_k": MAX_K,
             "max_question_chars": MAX_QUESTION_CHARS,
-            "store": self.store.describe(),
+            "store": self.store.public(),
             "questions": [text for _, text in self.questions],
             "index": [asdict(f) for f in self.facts],
             "quality": self.quality,
@@ -453,19 +472,23 @@ def _searcher(vector_store: VectorStore, model, dim, prefix, corpus_fp) -> Searc
 
 
 # --- reports of the run --------------------------------------------------------------------------
-def load_score_report(path: Path, models: list[LoadedModel]) -> tuple[dict[str, Any] | None, str]:
-    """`rag-eval score`'s metrics.json, if it exists and was made from these models' weights."""
+def load_score_report(
+    path: Path, models: list[LoadedModel], shown: str | None = None
+) -> tuple[dict[str, Any] | None, str]:
+    """`rag-eval score`'s metrics.json, if it exists and was made from these models' weights; the note names it as
+    ``shown`` (the page's words: a path relative to the run, never one on the server's disk)."""
+    shown = shown or path.name
     if not path.is_file():
-        return None, f"No `rag-eval score` report at {path}."
+        return None, f"No `rag-eval score` report ({shown})."
     try:
         report = json.loads(path.read_text())
         scored = report["models"]
     except (OSError, ValueError, KeyError, TypeError):
-        return None, f"The `rag-eval score` report at {path} cannot be read."
+        return None, f"The `rag-eval score` report ({shown}) cannot be read."
     stale = [m.label for m in models if m.label in scored and scored[m.label].get("fingerprint") != m.fingerprint]
     if stale:
-        return None, f"The `rag-eval score` report at {path} was made from other weights of {', '.join(stale)}."
-    return report, f"From the `rag-eval score` report at {path}."
+        return None, f"The `rag-eval score` report ({shown}) was made from other weights of {', '.join(stale)}."
+    return report, f"From the run's `rag-eval score` report ({shown})."
 
 
 def load_quality(run_root: Path | None) -> tuple[dict[str, Any] | None, bytes | None]:
@@ -483,7 +506,7 @@ def load_quality(run_root: Path | None) -> tuple[dict[str, Any] | None, bytes | 
         ]
         if rows:
             quality = {"rows": sorted(rows, key=lambda r: -r["dim"]), "test_queries": payload.get("test_queries"),
-                       "corpus_size": payload.get("corpus_size"), "source": str(metrics_path)}  # fmt: skip
+                       "corpus_size": payload.get("corpus_size"), "source": REPORT_RECORD}  # fmt: skip
     except (OSError, ValueError, KeyError, TypeError):
         quality = None
     plot = plot_path.read_bytes() if plot_path.is_file() else None

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from job.config import OFFLINE_DEFAULT_MODEL
 from job.data import (
     IRData,
     build_ir_corpus,
@@ -25,11 +26,13 @@ from job.data import (
     validate_pairs,
 )
 from job.errors import JobError
-from job.layout import RunDir
-from job.models import hub_offline, load_model, model_dim, resolve_model_name
+from job.layout import REPORT_RECORD, RunDir
+from job.models import bundled_model_path, hub_offline, load_model, model_dim, resolve_model_name
 from rag_eval.vectors import model_fingerprint
 
 BASELINE, FINETUNED, MODEL = "baseline", "fine-tuned", "model"
+BACKENDS = ("auto", "torch", "onnx", "onnx-int8")  # `rag-eval serve --backend`
+BUNDLED_HUB_ID = "sentence-transformers/all-MiniLM-L6-v2"
 
 
 @dataclass
@@ -40,7 +43,12 @@ class ModelSpec:
     ref: str  # what job.models.load_model takes: a local folder or a Hub id (already resolved)
     query_prompt: str | None = None
     passage_prompt: str | None = None
+    name: str = ""  # what pages and APIs call it: a Hub id or a run's name, never a path on this machine
+    export_dir: str | None = None  # where its exports are (`job export`): a run's model/ or baseline/model
     _key: str | None = field(default=None, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        self.name = self.name or public_name(self.ref)
 
     @property
     def key(self) -> str:
@@ -117,8 +125,11 @@ def resolve_models(
             base_ref = baseline or training.get("base_model")
             if not base_ref:
                 raise JobError(f"{rd.done_file('train')} does not name its base model.", "pass it with --baseline.")
-            specs.append(ModelSpec(BASELINE, _resolve(base_ref, "Baseline model"), qp, pp))
-        specs.append(ModelSpec(FINETUNED, str(rd.model), qp, pp))
+            base_name = training.get("base_model_id") if not baseline else None
+            resolved = _resolve(base_ref, "Baseline model")
+            exports = _local(resolved) if baseline else str(rd.base_export)  # another baseline: its own exports
+            specs.append(ModelSpec(BASELINE, resolved, qp, pp, base_name or "", exports))
+        specs.append(ModelSpec(FINETUNED, str(rd.model), qp, pp, rd.root.name, str(rd.model)))
         return Sources(specs, rd, [int(d) for d in training.get("dims", [])] or None, training)
     if path.is_dir() and not any((path / f).is_file() for f in ("modules.json", "config.json")):
         raise JobError(
@@ -128,11 +139,32 @@ def resolve_models(
         )
     ref = _resolve(model, "Model")
     if baseline and with_baseline:
-        specs = [ModelSpec(BASELINE, _resolve(baseline, "Baseline model"), query_prompt, passage_prompt),
-                 ModelSpec(FINETUNED, ref, query_prompt, passage_prompt)]  # fmt: skip
+        base_ref = _resolve(baseline, "Baseline model")
+        specs = [ModelSpec(BASELINE, base_ref, query_prompt, passage_prompt, public_name(baseline), _local(base_ref)),
+                 ModelSpec(FINETUNED, ref, query_prompt, passage_prompt, public_name(model), _local(ref))]  # fmt: skip
     else:
-        specs = [ModelSpec(MODEL, ref, query_prompt, passage_prompt)]
+        specs = [ModelSpec(MODEL, ref, query_prompt, passage_prompt, public_name(model), _local(ref))]
     return Sources(specs)
+
+
+def _local(ref: str) -> str | None:
+    return ref if Path(ref).is_dir() else None
+
+
+def public_name(value: str) -> str:
+    """A model's name for a page or an API: its Hub id, or its folder's name (the bundled copy: its Hub id)."""
+    if value == OFFLINE_DEFAULT_MODEL:
+        return BUNDLED_HUB_ID
+    path = Path(value).expanduser()
+    if not path.exists():
+        return value  # a Hub id
+    try:
+        if path.resolve() == Path(bundled_model_path()).resolve():
+            return BUNDLED_HUB_ID
+    except JobError:
+        pass
+    name = path.resolve().name
+    return path.resolve().parent.name if name == "model" else name  # RUN/model: the run's name
 
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$|^[A-Za-z0-9][\w.-]*$")
@@ -145,12 +177,61 @@ def _resolve(value: str, what: str) -> str:
     return resolve_model_name(value)
 
 
-def load_models(specs: list[ModelSpec], max_seq_length: int | None = None) -> list[LoadedModel]:
+def load_models(
+    specs: list[ModelSpec], max_seq_length: int | None = None, *, backend: str = "torch", threads: int | None = None
+) -> list[LoadedModel]:
+    """Each model with the backend asked for: PyTorch, or one of its exports (`job export`). The fingerprint is
+    always the PyTorch weights': an index is built from them, whatever encodes the questions."""
     out = []
     for spec in specs:
-        st = load_model(spec.ref, max_seq_length=max_seq_length)
+        if backend == "torch":
+            st = load_model(spec.ref, max_seq_length=max_seq_length)
+        else:
+            from job.export import open_export
+
+            if spec.export_dir is None:
+                raise JobError(
+                    f"The {spec.label} model {spec.name} is not a local folder, so it has no {backend} export.",
+                    "serve with --backend torch, or pass a job run directory (`job export` exports both models).",
+                )
+            source = Path(spec.ref) if Path(spec.ref).is_dir() else None
+            st = open_export(Path(spec.export_dir), backend, threads=threads, source=source, spin=False)
         out.append(LoadedModel(spec, st, model_fingerprint(spec.ref), model_dim(st)))
     return out
+
+
+def choose_backend(sources: Sources, requested: str) -> tuple[str, str]:
+    """(backend, why): ``requested``, or for ``auto`` the fastest export within the drop limit that every model
+    has (from the run's evaluate step: report/metrics.json's export table), else torch."""
+    if requested != "auto":
+        return requested, "asked for"
+    if sources.run_dir is None:
+        return "torch", "no run directory, so no scored export"
+    import json
+
+    from job.export import EXPORTS, status
+    from job.export_scores import pick_backend
+
+    try:
+        table = json.loads((sources.run_dir.root / REPORT_RECORD).read_text()).get("exports")
+    except (OSError, ValueError):
+        table = None
+    if not table:
+        return "torch", "the run has no scored export (`job export`)"
+    available = [
+        name
+        for name in EXPORTS
+        if all(
+            spec.export_dir is not None
+            and status(Path(spec.export_dir), name, Path(spec.ref) if Path(spec.ref).is_dir() else None) == "ok"
+            for spec in sources.models
+        )
+    ]
+    chosen = pick_backend(table, available)
+    if chosen is None:
+        return "torch", "no export of every model within --export-max-drop"
+    limit = table.get("max_drop_points")
+    return chosen, f"the fastest export within {limit:g} NDCG@10 point(s) of the PyTorch model at every dim"
 
 
 def load_eval_data(data: str | None, sources: Sources, split: str = "test") -> tuple[IRData, str]:

@@ -406,6 +406,9 @@ class ChromaStore(VectorStore):
     def describe(self) -> str:
         return self.target.describe()
 
+    def public(self) -> str:
+        return "Chroma server" if self.target.is_server else "embedded Chroma store"
+
     def names(self) -> list[str]:
         names, offset = [], 0
         while True:

@@ -18,6 +18,7 @@ import numpy as np
 from job.config import fingerprint_digest
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".onnx")
+EXPORT_DIRS = ("onnx", "openvino")  # exports of the weights (`job export`): the index is made from the weights
 
 
 def truncate_normalise(vectors: np.ndarray, dim: int) -> np.ndarray:
@@ -58,7 +59,11 @@ def model_fingerprint(name_or_path: str) -> str:
     if not path.is_dir():
         return fingerprint_digest({"hub_id": name_or_path})
     digest = hashlib.sha256()
-    files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in WEIGHT_SUFFIXES)
+    files = sorted(
+        p
+        for p in path.rglob("*")
+        if p.is_file() and p.suffix in WEIGHT_SUFFIXES and p.relative_to(path).parts[0] not in EXPORT_DIRS
+    )
     for p in files:
         digest.update(str(p.relative_to(path)).encode())
         with p.open("rb") as fh:

@@ -10,7 +10,7 @@ What it writes (all from ONE installed environment, so the files agree with each
 - ``requirements/dev.lock``: every package of ``.[dev]`` (the tests, the demo, every extra), pinned with
   the SHA-256 of every file PyPI has for that release. `make setup`, `.ci/run` and the README's two
   commands install it with ``pip install --require-hashes``.
-- ``requirements/image.lock``: the closure of ``.[rag,serve]``, what the Docker image installs
+- ``requirements/image.lock``: the closure of ``.[rag,serve,synth,export]``, what the Docker image installs
   (with hashes), also from that environment.
 - ``requirements/constraints.txt``: the dev closure's pins without hashes, for ``pip install -c`` (a
   library user who wants the tested set with other extras; the image's optional EXTRAS).
@@ -41,7 +41,7 @@ PROJECT = "rag-embed-finetune"
 TORCH_SPEC = os.environ.get("TORCH_SPEC", "torch==2.13.0")
 # Installed on their own, never locked: torch (CPU wheel here, CUDA in the image) and pip's own tools.
 EXCLUDED = {"torch", "pip", "setuptools", "wheel"}
-TARGETS = {"dev": ["dev"], "image": ["rag", "serve", "synth"]}
+TARGETS = {"dev": ["dev"], "image": ["rag", "serve", "synth", "export"]}
 
 # Runs inside the locked environment: the closure of the project's requirements with the given extras,
 # as {name: version}, following markers (extras included) and skipping EXCLUDED and what only they need.
@@ -118,6 +118,8 @@ def main() -> int:
     tmp = None
     if args.from_venv:
         venv = args.from_venv.resolve()
+        # the package's own metadata (its extras) must be today's pyproject.toml's, not the last install's
+        run([str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet", "--no-deps", "-e", str(REPO)])
     else:
         tmp = Path(tempfile.mkdtemp(prefix="lock-venv-"))
         venv = tmp / "venv"
@@ -139,7 +141,6 @@ def main() -> int:
         dev = {}
         for target, extras in TARGETS.items():
             pins = closure(python, extras)
-            pins.pop("uv", None)
             compile_hashes(uv, pins, LOCK_DIR / f"{target}.lock", version)
             dev = pins if target == "dev" else dev
             print(f"{target}.lock: {len(pins)} packages")

@@ -186,6 +186,17 @@ def test_publish_hub_uploads_model_folder(hub_env, monkeypatch, fake_run_dir, fa
     assert "(run run-a-" in upload["commit_message"]
 
 
+def test_exports_are_published_with_the_model(hub_env, monkeypatch, fake_run_dir, fake_hub):
+    """`job export` writes into model/, so the Hub gets the files `backend="onnx"` loads by name."""
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
+    (fake_run_dir / "model" / "onnx").mkdir()
+    for name in ("onnx/model.onnx", "onnx/model_qint8_avx512_vnni.onnx", "exports.json"):
+        (fake_run_dir / "model" / name).write_bytes(b"stand-in")
+    H.publish_hub(fake_run_dir, "me/tiny-embed")
+    sent = {op.path_in_repo for op in fake_hub.calls[2][3]["operations"]}
+    assert {"onnx/model.onnx", "onnx/model_qint8_avx512_vnni.onnx", "exports.json"} <= sent
+
+
 def test_publish_hub_public(hub_env, monkeypatch, fake_run_dir, fake_hub):
     monkeypatch.setenv("HF_TOKEN", TOKEN)
     fake_hub.public_repo = True
