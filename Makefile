@@ -13,15 +13,20 @@ export TOKENIZERS_PARALLELISM ?= false
 
 .PHONY: setup demo test lock browser lint-docker docker-smoke clean
 
+# -qq: errors only (pip's notes about this machine's package mirrors and setuptools' editable-install notice
+# are not the project's output).
+PIP := PYTHONWARNINGS=ignore $(PY) -m pip install -qq
+
 $(STAMP): pyproject.toml requirements/dev.lock
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	# torch first: the local CPU wheel. Any other spec pulls a multi-GB CUDA build.
-	$(PY) -m pip install --quiet $(TORCH_SPEC)
-	# then exactly the locked versions, every file checked against its SHA-256 (llama-cpp-python builds: ~5 min)
-	$(PY) -m pip install --quiet --require-hashes -r requirements/dev.lock
-	$(PY) -m pip install --quiet --no-deps -e .
+	@echo "setup: pip, then $(TORCH_SPEC) (the CPU wheel: any other spec pulls a multi-GB CUDA build)"
+	@$(PIP) --upgrade pip
+	@$(PIP) $(TORCH_SPEC)
+	@echo "setup: the locked versions of requirements/dev.lock, every file checked against its SHA-256 (llama-cpp-python compiles: ~5 min)"
+	@$(PIP) --require-hashes -r requirements/dev.lock
+	@$(PIP) --no-deps -e .
 	@touch $(STAMP)
+	@echo "setup: done ($(VENV))"
 
 setup: $(STAMP)
 

@@ -53,7 +53,8 @@ class SharedEncodingIREvaluator(InformationRetrievalEvaluator):
         return "Information Retrieval"
 
     def __init__(self, *args, cache: _EmbeddingCache, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
+        self._progress = kwargs.pop("show_progress_bar", False)  # one bar: the corpus encoding, nothing nested
+        super().__init__(*args, show_progress_bar=False, **kwargs)
         self._cache = cache
 
     def embed_inputs(self, model, sentences, encode_fn_name=None, prompt_name=None, prompt=None, **kwargs):
@@ -66,7 +67,7 @@ class SharedEncodingIREvaluator(InformationRetrievalEvaluator):
                 prompt_name=prompt_name,
                 prompt=prompt,
                 batch_size=self.batch_size,
-                show_progress_bar=self.show_progress_bar,
+                show_progress_bar=self._progress and encode_fn_name == "document",
                 convert_to_tensor=True,
                 **kwargs,
             )

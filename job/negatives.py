@@ -44,21 +44,24 @@ def add_hard_negatives(
             f"lower --hard-negatives to at most {len(passages) - 1} (or 0 to turn mining off), or add data.",
         )
     base = datasets.Dataset.from_dict({"anchor": [p.question for p in pairs], "positive": [p.passage for p in pairs]})
-    mined = mine_hard_negatives(
-        base,
-        model,
-        anchor_column_name="anchor",
-        positive_column_name="positive",
-        num_negatives=num_negatives,
-        relative_margin=margin,
-        range_max=depth or None,
-        sampling_strategy="top",
-        output_format="n-tuple",
-        batch_size=batch_size,
-        query_prompt=query_prompt,
-        corpus_prompt=passage_prompt,
-        verbose=False,
-    )
+    from job.progress import silenced
+
+    with silenced():  # its encoding and scoring bars: the train step prints one line for mining instead
+        mined = mine_hard_negatives(
+            base,
+            model,
+            anchor_column_name="anchor",
+            positive_column_name="positive",
+            num_negatives=num_negatives,
+            relative_margin=margin,
+            range_max=depth or None,
+            sampling_strategy="top",
+            output_format="n-tuple",
+            batch_size=batch_size,
+            query_prompt=query_prompt,
+            corpus_prompt=passage_prompt,
+            verbose=False,
+        )
     negative_columns = [f"negative_{i}" for i in range(1, num_negatives + 1)]
     found: dict[tuple[str, str], list[str]] = {
         (row["anchor"], row["positive"]): [row[c] for c in negative_columns] for row in mined

@@ -220,6 +220,9 @@ def train_model(
         logger.info("resuming from %s", resume_from)
     storage.check_free_space(checkpoint_dir, space_needed(model, cfg), "Training (checkpoints and the final model)")
 
+    import datasets
+
+    datasets.disable_progress_bars()  # "Hashing dataset values" beside the training bar: one bar per phase
     loss = build_loss(model, cfg, dims, load_guide(cfg, model))  # first: its settings errors come before any mining
     set_attention_dropout(model, cfg.attention_dropout)
     train_ds, negatives_stats = training_dataset(cfg, model, train_pairs, source)
@@ -388,7 +391,10 @@ def build_trainer(cfg: JobConfig, model, args, train_ds, loss, evaluator, callba
                 before, start = getattr(self, "job_clock", (0.0, time.perf_counter()))
                 checkpoints.mark_complete(folder, round(before + time.perf_counter() - start, 2))
 
-    with failing_pair_named(train_pairs, model.preprocess, source):  # the trainer tokenizes for its model card
+    from job.progress import silenced
+
+    # the trainer tokenizes for its model card ("Computing widget examples": a bar of its own, silenced)
+    with failing_pair_named(train_pairs, model.preprocess, source), silenced():
         trainer = Trainer(
             model=model, args=args, train_dataset=train_ds, loss=loss, evaluator=evaluator, callbacks=callbacks
         )
