@@ -27,9 +27,15 @@ def _rd(cfg):
 
 
 def _hold(rd, command: str):
-    """One writer per run directory (job.layout.run_lock)."""
+    """One writer per run directory (job.layout.run_lock). Under torchrun only each machine's first rank holds
+    it (the ranks our launcher starts inherit its hold; a user's own `torchrun -m job train` starts several)."""
+    import contextlib
+    import os
+
     from job.layout import run_lock
 
+    if os.environ.get("LOCAL_RANK", "0") != "0":
+        return contextlib.nullcontext()
     return run_lock(rd.root, command)
 
 
