@@ -1,4 +1,8 @@
-"""`rag-eval index`: embed the corpus once per model, write one collection per dim."""
+"""`rag-eval index`: embed the corpus once per model, write one collection per dim.
+
+Every write goes through :func:`write_vectors` (also bench/chroma_scale.py's way in): batched, resumable
+(a killed run continues where it stopped: see :meth:`rag_eval.index.VectorStore.write`), and an index that
+is already complete with the same model, corpus, dim and settings is kept as it is."""
 
 from __future__ import annotations
 
@@ -9,7 +13,7 @@ from dataclasses import dataclass
 from job.data import IRData
 from job.errors import JobError
 from rag_eval import store
-from rag_eval.index import VectorStore
+from rag_eval.index import VectorStore, WriteResult
 from rag_eval.sources import LoadedModel
 from rag_eval.vectors import corpus_fingerprint, encode_passages, truncate_normalise
 
@@ -39,6 +43,27 @@ class IndexedCollection:
     note: str
     vectors: int
     seconds: float
+    resumed: int = 0
+
+
+def write_vectors(
+    vector_store: VectorStore,
+    name: str,
+    ids: list[str],
+    vectors,
+    texts: list[str] | None,
+    meta: dict,
+    settings: store.HnswSettings,
+    *,
+    force: bool = False,
+    write_batch: int | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> WriteResult:
+    """One index of (truncated, re-normalised) vectors, through the store's resumable batched write."""
+    with vector_store.errors():
+        return vector_store.write(
+            name, ids, vectors, texts, meta, settings, force=force, progress=progress, batch_size=write_batch
+        )
 
 
 def index_models(
@@ -53,6 +78,7 @@ def index_models(
     force: bool = False,
     batch_size: int = 64,
     progress: bool = False,
+    write_batch: int | None = None,
     echo: Echo = print,
 ) -> list[IndexedCollection]:
     """For each model: encode the corpus at full dim once; per dim truncate, re-normalise, write."""
@@ -78,8 +104,15 @@ def index_models(
                 corpus_fingerprint=fingerprint, corpus_size=len(ids), data_source=data_source, settings=settings,
                 query_prompt=m.spec.query_prompt, passage_prompt=m.spec.passage_prompt,
             )  # fmt: skip
-            result = vector_store.write(name, ids, truncate_normalise(full, dim), texts, meta, settings, force=force)
-            done.append(IndexedCollection(m.label, dim, name, result.action, result.note, len(ids), result.seconds))
+            result = write_vectors(
+                vector_store, name, ids, truncate_normalise(full, dim), texts, meta, settings, force=force,
+                write_batch=write_batch,
+            )  # fmt: skip
+            done.append(
+                IndexedCollection(
+                    m.label, dim, name, result.action, result.note, len(ids), result.seconds, result.resumed
+                )
+            )
             note = f" ({result.note})" if result.note else ""
             echo(
                 f"index: {m.label} dim {dim}: {result.action} {name}, "
