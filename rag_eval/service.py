@@ -33,6 +33,7 @@ from rag_eval import store
 from rag_eval.batching import LRU, Batcher, _done_at, _timed
 from rag_eval.demo import RANK_DEPTH, Searcher
 from rag_eval.index import VectorStore
+from rag_eval.quantized import DEFAULT_RESCORE_MULTIPLIER, QuantizedIndex, bytes_per_vector
 from rag_eval.sources import LoadedModel, Sources
 from rag_eval.vectors import corpus_fingerprint, encode_queries, truncate_normalise
 
@@ -133,7 +134,11 @@ class RetrievalService:
         score_note: str = "",
         quality: dict[str, Any] | None = None,
         quality_plot: bytes | None = None,
+        precision: str = "float32",
+        rescore_multiplier: int = 0,
     ):
+        self.precision = precision
+        self.rescore_multiplier = rescore_multiplier
         self.models = models
         self.searchers = searchers
         self.dims = sorted(searchers, reverse=True)
@@ -176,6 +181,8 @@ class RetrievalService:
         k: int = 5,
         load: Callable[[Sources], list[LoadedModel]] | None = None,
         echo: Echo = print,
+        precision: str = "float32",
+        rescore_multiplier: int = DEFAULT_RESCORE_MULTIPLIER,
     ) -> RetrievalService:
         """Check the store, load the models, open every collection: all or a JobError, before serving."""
         from rag_eval.scoring import check_indexed
@@ -187,7 +194,10 @@ class RetrievalService:
         models = load(sources) if load else load_models(sources.models)
         corpus_fp = corpus_fingerprint(ir.corpus) if ir is not None else None
         try:
-            searchers = {d: [_searcher(vector_store, m, d, prefix, corpus_fp) for m in models] for d in dims}
+            searchers = {
+                d: [_searcher(vector_store, m, d, prefix, corpus_fp, precision, rescore_multiplier) for m in models]
+                for d in dims
+            }
         except JobError as exc:
             if corpus_fp is None or "holds another corpus" not in exc.problem:
                 raise
@@ -210,11 +220,12 @@ class RetrievalService:
         service = cls(
             models, searchers, vector_store, questions=questions, gold=gold, k=k, title=title,
             score_report=score_report, score_note=score_note, quality=quality, quality_plot=plot,
+            precision=precision, rescore_multiplier=rescore_multiplier if precision != "float32" else 0,
         )  # fmt: skip
         service.warm_up()
         echo(
             f"serve: {', '.join(f'{m.label} {m.spec.ref}' for m in models)}; dims {', '.join(map(str, service.dims))} "
-            f"from the {vector_store.describe()}; {len(questions)} held-out questions; "
+            f"from the {service.describe_search()}; {len(questions)} held-out questions; "
             f"score report: {'yes' if score_report else 'none'}; quality report: {'yes' if quality else 'none'}"
         )
         return service
@@ -233,7 +244,14 @@ class RetrievalService:
                     "ndcg_exact": (ref or {}).get("ndcg@10"),
                     "ndcg_delta": row.get("ndcg_delta"),
                 }
-        return DimFacts(dim, vectors, 4 * dim, scored)
+        return DimFacts(dim, vectors, bytes_per_vector(self.precision, dim), scored)
+
+    def describe_search(self) -> str:
+        """Where the answers come from: the store, and the precision when it is not Chroma's float32 index."""
+        if self.precision == "float32":
+            return self.store.describe()
+        rescore = f", rescoring x{self.rescore_multiplier}" if self.rescore_multiplier else ", no rescoring"
+        return f"{self.store.describe()}, searched as {self.precision} codes in memory (exact{rescore})"
 
     def warm_up(self) -> None:
         """One search per dim before serving, so that the first visitor does not pay for lazy loading
@@ -411,17 +429,23 @@ class RetrievalService:
             "k": self.k,
             "max_k": MAX_K,
             "max_question_chars": MAX_QUESTION_CHARS,
-            "store": self.store.describe(),
+            "store": self.describe_search(),
+            "precision": self.precision,
+            "rescore_multiplier": self.rescore_multiplier,
             "questions": [text for _, text in self.questions],
             "index": [asdict(f) for f in self.facts],
             "quality": self.quality,
         }
 
 
-def _searcher(vector_store: VectorStore, model, dim, prefix, corpus_fp) -> Searcher:
+def _searcher(vector_store: VectorStore, model, dim, prefix, corpus_fp, precision="float32", multiplier=0) -> Searcher:
+    """The checked collection of (model, dim); for int8/binary, its vectors as codes in an exact in-memory index
+    (passage texts still come from the collection)."""
     from rag_eval.scoring import open_collection
 
     index = open_collection(vector_store, model, dim, prefix, corpus_fp)
+    if precision != "float32":
+        index = QuantizedIndex.from_index(index, precision, multiplier)
     return Searcher(model, index, dim, size=index.count())
 
 

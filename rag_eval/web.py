@@ -144,7 +144,7 @@ def build_blocks(service: RetrievalService):
     models = " vs ".join(f"{m.label} <code>{html_page.esc(m.spec.ref)}</code>" for m in service.models)
     header = (
         f'<h2 style="margin:0">Retrieval demo: {html_page.esc(service.title)}</h2>'
-        f'<div class="re-note">{models}; {html_page.esc(service.store.describe())}; the models are loaded once.</div>'
+        f'<div class="re-note">{models}; {html_page.esc(service.describe_search())}; the models are loaded once.</div>'
     )
     with gr.Blocks(title="rag-eval serve", analytics_enabled=False) as blocks:
         gr.HTML(header, js_on_load=None, elem_id="header")
