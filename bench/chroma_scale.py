@@ -107,16 +107,16 @@ def du(path: Path) -> int:
 
 
 def rss(pid: int) -> dict[str, int]:
-    """VmRSS and VmHWM (peak) of a process and its children, in bytes."""
-    import psutil
-
-    procs = [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]
+    """VmRSS and VmHWM (its peak) of a process and its children, in bytes (from /proc)."""
     out = {"rss": 0, "peak": 0}
-    for p in procs:
-        status = Path(f"/proc/{p.pid}/status").read_text()
-        fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
+    todo = [pid]
+    while todo:
+        p = todo.pop()
+        fields = dict(line.split(":", 1) for line in Path(f"/proc/{p}/status").read_text().splitlines() if ":" in line)
         out["rss"] += int(fields["VmRSS"].split()[0]) * 1024
         out["peak"] += int(fields["VmHWM"].split()[0]) * 1024
+        for task in Path(f"/proc/{p}/task").iterdir():
+            todo += [int(c) for c in (task / "children").read_text().split()]
     return out
 
 

@@ -91,19 +91,36 @@ def index_models(
     fingerprint = corpus_fingerprint(data.corpus)
     done = []
     for m in models:
+        metas = {
+            dim: store.build_metadata(
+                model=m.spec.ref,
+                model_key=m.spec.key,
+                model_fingerprint=m.fingerprint,
+                model_dim=m.dim,
+                dim=dim,
+                corpus_fingerprint=fingerprint,
+                corpus_size=len(ids),
+                data_source=data_source,
+                settings=settings,
+                query_prompt=m.spec.query_prompt,
+                passage_prompt=m.spec.passage_prompt,
+            )  # fmt: skip
+            for dim in check_dims(dims, m)
+        }
+        names = {dim: store.collection_name(prefix, m.spec.key, dim) for dim in metas}
+        if not force and all(is_complete(vector_store, names[d], metas[d]) for d in metas):
+            for dim in metas:  # a rerun after a kill: the finished model is not even encoded again
+                done.append(IndexedCollection(m.label, dim, names[dim], "kept", "unchanged", len(ids), 0.0))
+                echo(f"index: {m.label} dim {dim}: kept {names[dim]} (unchanged: already complete)")
+            continue
         start = time.perf_counter()
         full = encode_passages(m.model, texts, m.spec.passage_prompt, batch_size, progress)
         echo(
             f"index: {m.label} corpus of {len(ids)} passages encoded once at {m.dim} dims "
             f"in {time.perf_counter() - start:.1f} s"
         )
-        for dim in check_dims(dims, m):
-            name = store.collection_name(prefix, m.spec.key, dim)
-            meta = store.build_metadata(
-                model=m.spec.ref, model_key=m.spec.key, model_fingerprint=m.fingerprint, model_dim=m.dim, dim=dim,
-                corpus_fingerprint=fingerprint, corpus_size=len(ids), data_source=data_source, settings=settings,
-                query_prompt=m.spec.query_prompt, passage_prompt=m.spec.passage_prompt,
-            )  # fmt: skip
+        for dim, meta in metas.items():
+            name = names[dim]
             result = write_vectors(
                 vector_store, name, ids, truncate_normalise(full, dim), texts, meta, settings, force=force,
                 write_batch=write_batch,
@@ -119,3 +136,14 @@ def index_models(
                 f"{len(ids)} vectors in {result.seconds:.1f} s{note}"
             )
     return done
+
+
+def is_complete(vector_store: VectorStore, name: str, meta: dict) -> bool:
+    """Is ``name`` already whole, written with exactly this metadata (the same write key)?"""
+    with vector_store.errors():
+        index = vector_store.open(name)
+        return (
+            index is not None
+            and index.metadata.get(store.WRITE_KEY) == store.write_key(meta)
+            and index.count() == meta["corpus_size"]
+        )

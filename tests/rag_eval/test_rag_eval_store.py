@@ -81,10 +81,14 @@ def test_reindexing_keeps_an_unchanged_collection_and_force_replaces_it_cleanly(
     client, _, data, m = setup
     first = _index(client, data, m)
     old_id = client.client.get_collection(_name(m, 4)).id
+    encodes = m.model.encode_calls
     again = _index(client, data, m)
     assert [r.action for r in first] == ["created", "created"]
     assert [r.action for r in again] == ["kept", "kept"]  # same model, corpus, dim, settings: nothing to do
+    assert m.model.encode_calls == encodes  # not even encoded again
+    assert [r.action for r in _index(client, data, m, dims=(4, 3))] == ["kept", "created"]  # one new dim: encoded
     assert client.client.get_collection(_name(m, 4)).id == old_id
+    client.delete(_name(m, 3))
     forced = _index(client, data, m, force=True)
     assert [r.action for r in forced] == ["replaced", "replaced"] and all(r.note == "" for r in forced)
     col = client.client.get_collection(_name(m, 4))
