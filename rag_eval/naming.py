@@ -15,7 +15,6 @@ from rag_eval import SCHEMA_VERSION
 
 if TYPE_CHECKING:
     from rag_eval.index import VectorStore
-    from rag_eval.store import HnswSettings
 
 DEFAULT_PREFIX = "rag-eval"
 _NAME_OK = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9._-]{1,510}[a-zA-Z0-9]$")
@@ -65,7 +64,7 @@ REQUIRED_METADATA = {
 
 def build_metadata(
     *, model: str, model_key: str, model_fingerprint: str, model_dim: int, dim: int, corpus_fingerprint: str,
-    corpus_size: int, data_source: str, settings: HnswSettings, query_prompt: str | None, passage_prompt: str | None,
+    corpus_size: int, data_source: str, settings: Any, query_prompt: str | None, passage_prompt: str | None,
 ) -> dict[str, Any]:  # fmt: skip
     return {
         "rag_eval": SCHEMA_VERSION,
