@@ -127,15 +127,48 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def _die_with_parent() -> None:
+    """In the server's process: SIGTERM it when this script dies, even by SIGKILL (Linux prctl PDEATHSIG)."""
+    import ctypes
+    import signal
+
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+def stop_leftover(data: Path) -> None:
+    """A server a killed run left on this data folder (its PID in data/server.pid): stopped by that PID."""
+    pidfile = data / "server.pid"
+    if not pidfile.is_file():
+        return
+    pid = int(pidfile.read_text().split()[0])
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        cmdline = []
+    if str(data).encode() in cmdline:
+        import signal
+
+        print(f"stopping the server pid {pid} a killed run left on {data}")
+        os.kill(pid, signal.SIGTERM)
+        for _ in range(600):
+            if not Path(f"/proc/{pid}").exists():
+                break
+            time.sleep(0.1)
+    pidfile.unlink(missing_ok=True)
+
+
 def start_server(data: Path, log_path: Path) -> tuple[subprocess.Popen, int]:
     exe = Path(sys.executable).with_name("chroma")
     exe = exe if exe.exists() else shutil.which("chroma")
+    stop_leftover(data)
+    data.mkdir(parents=True, exist_ok=True)
     port = free_port()
     log = log_path.open("a")
     proc = subprocess.Popen(
         [str(exe), "run", "--host", "127.0.0.1", "--port", str(port), "--path", str(data)],
-        stdout=log, stderr=subprocess.STDOUT,
+        stdout=log, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent,
     )  # fmt: skip
+    (data / "server.pid").write_text(f"{proc.pid}\n")
     import chromadb
     from chromadb.config import Settings
 
@@ -151,13 +184,14 @@ def start_server(data: Path, log_path: Path) -> tuple[subprocess.Popen, int]:
             time.sleep(0.2)
 
 
-def stop_server(proc: subprocess.Popen) -> None:
+def stop_server(proc: subprocess.Popen, data: Path) -> None:
     proc.terminate()
     try:
         proc.wait(timeout=60)
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
+    (data / "server.pid").unlink(missing_ok=True)
 
 
 # --- measuring -----------------------------------------------------------------------------------
@@ -225,10 +259,10 @@ def bench_dim(args, corpus_full, queries_full, dim: int, settings: HnswSettings,
         sessions["build_s"].append(0.0)
         last_save = [time.monotonic()]
 
-        def progress(k: int) -> None:  # the build time of this session, saved every 30 s: a kill loses little
+        def progress(k: int) -> None:  # the build time of this session, saved every 10 s: a kill loses little
             sessions["written"] += k
             sessions["build_s"][-1] = time.perf_counter() - session_start
-            if time.monotonic() - last_save[0] > 30:
+            if time.monotonic() - last_save[0] > 10:
                 save_json(args.work / f"progress-{key}.json", state)
                 last_save[0] = time.monotonic()
                 done = vs.open(name + store.STAGING_SUFFIX)
@@ -245,6 +279,9 @@ def bench_dim(args, corpus_full, queries_full, dim: int, settings: HnswSettings,
         print(f"dim {dim}: {result.action} {name} ({result.note or 'one session'}), build {build_s:.0f} s", flush=True)
         index = vs.open(name)
         t = time.perf_counter()
+        index.query(queries[:1], 10)
+        first_query_s = time.perf_counter() - t  # what a reader waits for right after the build (index loading)
+        t = time.perf_counter()
         exact = exact_top10(corpus, queries, ids)
         exact_s = time.perf_counter() - t
         row = {
@@ -257,6 +294,7 @@ def bench_dim(args, corpus_full, queries_full, dim: int, settings: HnswSettings,
             "write_batch": args.write_batch or vs.client.get_max_batch_size(),
             **query_stats(index, queries, exact, args.batch_queries),
             "exact_search_s": exact_s,
+            "first_query_s": first_query_s,
         }
         mem = rss(proc.pid)
         row |= {"disk_bytes": du(data), "server_rss_bytes": mem["rss"], "server_peak_rss_bytes": mem["peak"]}
@@ -272,7 +310,7 @@ def bench_dim(args, corpus_full, queries_full, dim: int, settings: HnswSettings,
         row["ef_search_sweep"] = sweep
         return row
     finally:
-        stop_server(proc)
+        stop_server(proc, data)
         print(f"dim {dim}: server pid {proc.pid} stopped", flush=True)
 
 
