@@ -55,13 +55,52 @@ def rows_from_report(benchmark: str, path: Path) -> tuple[list[dict], dict]:
     return rows, source
 
 
+VARIANTS = [("float32", None), ("int8", False), ("int8", True), ("binary", False), ("binary", True)]
+
+
+def show(path: Path) -> None:
+    """Per benchmark and model: one line per dim, NDCG@10 (share of float32 at that dim) per precision."""
+    payload = json.loads(path.read_text())
+    head = "| model | dim | bytes f32 / int8 / bin | float32 | int8 | int8 + rescoring | binary | binary + rescoring |"
+    for bench, source in payload["sources"].items():
+        rows = [r for r in payload["rows"] if r["benchmark"] == bench]
+        print(f"\n{bench}: {source['queries']} questions, {source['corpus']} passages ({source['report']})\n")
+        print(head + "\n|:---|---:|---:|---:|---:|---:|---:|---:|")
+        for label in dict.fromkeys(r["model_label"] for r in rows):
+            for dim in sorted({r["dim"] for r in rows if r["model_label"] == label}, reverse=True):
+                got = {(r["precision"], r["rescore"]): r for r in rows if r["model_label"] == label and r["dim"] == dim}
+                sizes = " / ".join(str(got[(p, None if p == "float32" else False)]["bytes_per_vector"])
+                                   for p in ("float32", "int8", "binary") if (p, None if p == "float32" else False)
+                                   in got)  # fmt: skip
+                cells = [
+                    f"{got[v]['ndcg@10']:.4f} ({100 * got[v]['retained_vs_float32']:.1f} %)" if v in got else "-"
+                    for v in VARIANTS
+                ]
+                print(f"| {label} | {dim} | {sizes} | " + " | ".join(cells) + " |")
+        for label, config in source["recommendations"].items():
+            print(f"\nrecommendation ({label}): {config}")
+        times = {(r["precision"], r["rescore"]): [] for r in rows}
+        for r in rows:
+            times[(r["precision"], r["rescore"])].append(r["ms_per_query"])
+        print(
+            "\nms per query (median over dims and models): "
+            + ", ".join(
+                f"{p}{' + rescoring' if rs else ''} {sorted(t)[len(t) // 2]:.3f}" for (p, rs), t in times.items()
+            )
+        )
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--write-beir", type=Path, default=None, metavar="DIR")
     p.add_argument("--csv", type=Path, default=DEFAULT_CSV)
     p.add_argument("--report", action="append", default=[], metavar="NAME=PATH")
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "quantization_frontier.json")
+    p.add_argument("--show", action="store_true", help="print --out's tables (Markdown) and stop")
     args = p.parse_args(argv)
+    if args.show:
+        show(args.out)
+        return
     if args.write_beir:
         write_beir(args.write_beir, args.csv)
     if not args.report:
