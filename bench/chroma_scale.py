@@ -352,7 +352,20 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "chroma_scale_1m.json")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--clean", action="store_true", help="delete this configuration's server data first")
+    p.add_argument("--show", action="store_true", help="print --out's table (Markdown) and stop")
     args = p.parse_args(argv)
+    if args.show:
+        payload = load_json(args.out)
+        print_table(payload["rows"])
+        for r in payload["rows"]:
+            print(f"\ndim {r['dim']}: ef_search sweep (server restarted per value)")
+            print("| ef_search | recall@10 | context recall@10 | p50 ms | p95 ms | p99 ms | batch of 32 p50 ms |")
+            print("|---:|---:|---:|---:|---:|---:|---:|")
+            for x in r["ef_search_sweep"]:
+                ctx = "-" if x.get("context_recall@10") is None else f"{x['context_recall@10']:.4f}"
+                print(f"| {x['ef_search']} | {x['recall@10']:.4f} | {ctx} | {x['p50_ms']:.2f} | {x['p95_ms']:.2f} "
+                      f"| {x['p99_ms']:.2f} | {x['batch_p50_ms']:.1f} |")  # fmt: skip
+        return
     args.ef_sweep = [int(v) for v in args.ef_sweep.split(",") if v.strip()]
     args.work.mkdir(parents=True, exist_ok=True)
 
