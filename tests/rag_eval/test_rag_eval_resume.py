@@ -154,6 +154,29 @@ def test_a_store_that_fills_up_is_named_with_the_resume(tmp_path, monkeypatch):
     assert write_vectors(vs, NAME, ids, vectors, None, meta, settings, write_batch=BATCH).resumed == 300
 
 
+def test_a_server_lost_midway_names_it_and_the_resume(tmp_path, monkeypatch):
+    import httpx
+    from chromadb.api.models.Collection import Collection
+
+    embedded = store.connect(store.StoreTarget(path=tmp_path / "chroma"))
+    vs = store.ChromaStore(embedded.client, store.StoreTarget(host="127.0.0.1", port=8123))  # described as a server
+    ids, vectors = _vectors()
+    meta, settings = _meta()
+    real_add, calls = Collection.add, []
+
+    def add(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) > 2:
+            raise httpx.ConnectError("[Errno 111] Connection refused")
+        return real_add(self, *args, **kwargs)
+
+    monkeypatch.setattr(Collection, "add", add)
+    with pytest.raises(JobError) as err:
+        write_vectors(vs, NAME, ids, vectors, None, meta, settings, write_batch=BATCH)
+    assert "The connection to the Chroma server http://127.0.0.1:8123 was lost while writing" in err.value.problem
+    assert "chroma run --host 127.0.0.1 --port 8123" in err.value.fix and "from the 200 of 1000" in err.value.fix
+
+
 def _can_mount_tmpfs(where: Path) -> bool:
     if os.geteuid() != 0 or not shutil.which("mount"):
         return False
