@@ -144,6 +144,13 @@ def dims_option(help_text: str):
     return click.option("--dims", default=None, metavar="DIMS", help=help_text)
 
 
+def rescore_option():
+    return click.option(
+        "--rescore-multiplier", type=int, default=4, show_default=True, metavar="M",
+        help="int8/binary: rescore the top M x k quantized candidates with the float question (0: no rescoring).",
+    )  # fmt: skip
+
+
 def k_option(default: int, help_text: str):
     return click.option("-k", "--k", "k", type=int, default=default, show_default=True, help=help_text)
 
@@ -314,14 +321,22 @@ def index_cmd(model, baseline, no_baseline, query_prompt, passage_prompt, data, 
     "--disk-size/--no-disk-size", default=True, show_default=True, help="Measure each collection's size on disk."
 )
 @click.option("--batch-size", type=int, default=64, show_default=True, help="Encoding batch size.")
+@click.option(
+    "--precision", "precision", default="float32,int8,binary", show_default=True, metavar="LIST",
+    help="The frontier's precisions: float32, int8 (ranges from the corpus), binary; 'none' skips the frontier.",
+)  # fmt: skip
+@rescore_option()
 def score_cmd(model, baseline, no_baseline, query_prompt, passage_prompt, data, split, chroma_path, chroma_host,
               chroma_port, collection_prefix, dims, out, latency_samples, batch_queries, disk_size,
-              batch_size) -> None:  # fmt: skip
+              batch_size, precision, rescore_multiplier) -> None:  # fmt: skip
     """Query the test questions against every collection; report beside the exact evaluator."""
     from rag_eval import report
+    from rag_eval.quantized import check_multiplier, check_precisions
     from rag_eval.scoring import ScoreOptions, check_indexed, score_models
     from rag_eval.sources import load_eval_data
 
+    precisions = () if precision.strip().lower() == "none" else tuple(check_precisions(precision))
+    check_multiplier(rescore_multiplier)
     if latency_samples < 1 or batch_queries < 1 or batch_size < 1:
         raise JobError(
             "--latency-samples, --batch-queries and --batch-size must be at least 1.", "pass positive numbers."
@@ -342,8 +357,9 @@ def score_cmd(model, baseline, no_baseline, query_prompt, passage_prompt, data, 
         check_indexed(vector_store, sources.models, dims_, collection_prefix)
         models = _load(sources)
         opts = ScoreOptions(
-            latency_samples=latency_samples, batch_queries=batch_queries, measure_disk=disk_size, batch_size=batch_size
-        )
+            latency_samples=latency_samples, batch_queries=batch_queries, measure_disk=disk_size, batch_size=batch_size,
+            precisions=precisions, rescore_multiplier=rescore_multiplier,
+        )  # fmt: skip
         result = score_models(vector_store, models, ir, dims_, prefix=collection_prefix, opts=opts, echo=echo)
         out_dir = out or (sources.run_dir.rag_eval if sources.run_dir is not None else Path("rag_eval_report"))
         paths = report.write(out_dir, result, {"data_source": source, "split": split})
@@ -355,6 +371,11 @@ def score_cmd(model, baseline, no_baseline, query_prompt, passage_prompt, data, 
     echo(report.cost_table(result))
     echo("")
     echo(report.agreement_line(result))
+    if report.frontier_rows(result):
+        echo("")
+        echo(report.frontier_table(report.frontier_rows(result)))
+        echo("")
+        echo(report.recommendations(result))
     echo(f"score: report {paths['markdown']}, metrics {paths['json']}, plot {paths['plot']}")
 
 
@@ -448,8 +469,14 @@ def query_cmd(question, model, baseline, no_baseline, query_prompt, passage_prom
     "within the run's --export-max-drop that both models have, else torch. The index stays the one `rag-eval index` "
     "built.",
 )  # fmt: skip
+@click.option(
+    "--precision", type=click.Choice(["float32", "int8", "binary"]), default="float32", show_default=True,
+    help="float32: Chroma's HNSW index. int8/binary: the stored vectors as codes in memory, exact search.",
+)  # fmt: skip
+@rescore_option()
 def serve_cmd(model, baseline, no_baseline, query_prompt, passage_prompt, data, split, chroma_path, chroma_host,
-              chroma_port, collection_prefix, dims, k, host, port, threads, backend) -> None:  # fmt: skip
+              chroma_port, collection_prefix, dims, k, host, port, threads, backend, precision,
+              rescore_multiplier) -> None:  # fmt: skip
     """The retrieval demo in a browser: base and fine-tuned side by side, models loaded once.
 
     A Gradio page (fully offline) at http://HOST:PORT/, and a JSON endpoint /api/search?q=...&k=5&dim=128
@@ -457,9 +484,11 @@ def serve_cmd(model, baseline, no_baseline, query_prompt, passage_prompt, data, 
     environment (never on the command line). Stop it with Ctrl+C (or SIGTERM).
     """
     from rag_eval import web
+    from rag_eval.quantized import check_multiplier
     from rag_eval.service import MAX_K, RetrievalService, set_torch_threads
     from rag_eval.sources import choose_backend, load_models
 
+    check_multiplier(rescore_multiplier)
     auth = web.auth_from_env()
     web.check_installed()
     web.check_port_free(host, port)
@@ -484,7 +513,7 @@ def serve_cmd(model, baseline, no_baseline, query_prompt, passage_prompt, data, 
         with store.store_errors(target):
             service = RetrievalService.open(
                 sources, target, ir, wanted, prefix=collection_prefix, k=k, load=load, echo=echo, backend=chosen,
-                backend_note=why,
+                backend_note=why, precision=precision, rescore_multiplier=rescore_multiplier,
             )  # fmt: skip
         web.run(service, host=host, port=port, auth=auth, echo=echo)
 

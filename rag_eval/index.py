@@ -1,8 +1,9 @@
 """The vector-index interface: everything rag_eval does with a vector store goes through these two classes.
 
 - :class:`VectorStore`: where indexes live. ``names``, ``open(name)``, ``write(name, ...)`` (atomic: the old
-  index stays until the new one is whole), ``delete``, ``describe`` and ``errors()`` (a context manager that
-  turns the store's own failures into errors that name it and the fix).
+  index stays until the new one is whole; resumable: a killed write continues where it stopped, and an
+  unchanged index is kept), ``delete``, ``describe`` and ``errors()`` (a context manager that turns the
+  store's own failures into errors that name it and the fix).
 - :class:`VectorIndex`: one index, one (model, dim): ``query`` (top n by cosine similarity, ties by ascending
   id, documents optional), ``fetch`` (texts by id), ``fetch_all`` (every id, vector and text), ``count``,
   ``metadata`` and ``describe``.
@@ -28,7 +29,7 @@ import numpy as np
 class Hit:
     rank: int
     id: str
-    score: float  # cosine similarity
+    score: float  # the similarity the index ranks by: cosine (quantized indexes: see rag_eval.quantized)
     text: str = ""
 
 
@@ -41,9 +42,11 @@ def ranked(candidates: Iterable[tuple[str, float, str]]) -> list[Hit]:
 @dataclass
 class WriteResult:
     name: str
-    action: str  # "created" or "replaced"
+    action: str  # "created", "replaced" or "kept" (already complete with the same settings)
     note: str = ""
     seconds: float = 0.0
+    resumed: int = 0  # vectors an earlier, interrupted write had already stored (not written again)
+    written: int = 0  # vectors written by this call
     reclaimed_bytes: int = 0  # disk freed from replaced indexes (a store that leaves them behind)
 
 
@@ -108,8 +111,11 @@ class VectorStore(abc.ABC):
         *,
         force: bool = False,
         progress: Callable[[int], None] | None = None,
+        batch_size: int | None = None,
     ) -> WriteResult:
-        """Write (or replace) one index; the old one stays readable until the new one is complete."""
+        """Write (or replace) one index in batches; the old one stays readable until the new one is complete,
+        a write killed midway continues where it stopped when called again with the same metadata, and an
+        index already complete with the same metadata is kept (``force``: written afresh)."""
 
     @abc.abstractmethod
     def delete(self, name: str) -> None: ...

@@ -1,4 +1,8 @@
-"""`rag-eval index`: embed the corpus once per model, write one collection per dim."""
+"""`rag-eval index`: embed the corpus once per model, write one collection per dim.
+
+Every write goes through :func:`write_vectors` (also bench/chroma_scale.py's way in): batched, resumable
+(a killed run continues where it stopped: see :meth:`rag_eval.index.VectorStore.write`), and an index that
+is already complete with the same model, corpus, dim and settings is kept as it is."""
 
 from __future__ import annotations
 
@@ -9,7 +13,7 @@ from dataclasses import dataclass
 from job.data import IRData
 from job.errors import JobError
 from rag_eval import store
-from rag_eval.index import VectorStore
+from rag_eval.index import VectorStore, WriteResult
 from rag_eval.sources import LoadedModel
 from rag_eval.vectors import corpus_fingerprint, encode_passages, truncate_normalise
 
@@ -39,6 +43,27 @@ class IndexedCollection:
     note: str
     vectors: int
     seconds: float
+    resumed: int = 0
+
+
+def write_vectors(
+    vector_store: VectorStore,
+    name: str,
+    ids: list[str],
+    vectors,
+    texts: list[str] | None,
+    meta: dict,
+    settings: store.HnswSettings,
+    *,
+    force: bool = False,
+    write_batch: int | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> WriteResult:
+    """One index of (truncated, re-normalised) vectors, through the store's resumable batched write."""
+    with vector_store.errors():
+        return vector_store.write(
+            name, ids, vectors, texts, meta, settings, force=force, progress=progress, batch_size=write_batch
+        )
 
 
 def index_models(
@@ -53,6 +78,7 @@ def index_models(
     force: bool = False,
     batch_size: int = 64,
     progress: bool = False,
+    write_batch: int | None = None,
     echo: Echo = print,
 ) -> list[IndexedCollection]:
     """For each model: encode the corpus at full dim once; per dim truncate, re-normalise, write."""
@@ -65,21 +91,45 @@ def index_models(
     fingerprint = corpus_fingerprint(data.corpus)
     done = []
     for m in models:
+        metas = {
+            dim: store.build_metadata(
+                model=m.spec.ref,
+                model_key=m.spec.key,
+                model_fingerprint=m.fingerprint,
+                model_dim=m.dim,
+                dim=dim,
+                corpus_fingerprint=fingerprint,
+                corpus_size=len(ids),
+                data_source=data_source,
+                settings=settings,
+                query_prompt=m.spec.query_prompt,
+                passage_prompt=m.spec.passage_prompt,
+            )  # fmt: skip
+            for dim in check_dims(dims, m)
+        }
+        names = {dim: store.collection_name(prefix, m.spec.key, dim) for dim in metas}
+        if not force and all(is_complete(vector_store, names[d], metas[d]) for d in metas):
+            for dim in metas:  # a rerun after a kill: the finished model is not even encoded again
+                done.append(IndexedCollection(m.label, dim, names[dim], "kept", "unchanged", len(ids), 0.0))
+                echo(f"index: {m.label} dim {dim}: kept {names[dim]} (unchanged: already complete)")
+            continue
         start = time.perf_counter()
         full = encode_passages(m.model, texts, m.spec.passage_prompt, batch_size, progress)
         echo(
             f"index: {m.label} corpus of {len(ids)} passages encoded once at {m.dim} dims "
             f"in {time.perf_counter() - start:.1f} s"
         )
-        for dim in check_dims(dims, m):
-            name = store.collection_name(prefix, m.spec.key, dim)
-            meta = store.build_metadata(
-                model=m.spec.ref, model_key=m.spec.key, model_fingerprint=m.fingerprint, model_dim=m.dim, dim=dim,
-                corpus_fingerprint=fingerprint, corpus_size=len(ids), data_source=data_source, settings=settings,
-                query_prompt=m.spec.query_prompt, passage_prompt=m.spec.passage_prompt,
+        for dim, meta in metas.items():
+            name = names[dim]
+            result = write_vectors(
+                vector_store, name, ids, truncate_normalise(full, dim), texts, meta, settings, force=force,
+                write_batch=write_batch,
             )  # fmt: skip
-            result = vector_store.write(name, ids, truncate_normalise(full, dim), texts, meta, settings, force=force)
-            done.append(IndexedCollection(m.label, dim, name, result.action, result.note, len(ids), result.seconds))
+            done.append(
+                IndexedCollection(
+                    m.label, dim, name, result.action, result.note, len(ids), result.seconds, result.resumed
+                )
+            )
             notes = [result.note] if result.note else []
             if result.reclaimed_bytes:
                 notes.append(f"reclaimed {result.reclaimed_bytes / 2**20:.2f} MiB of replaced collections")
@@ -89,3 +139,14 @@ def index_models(
                 f"{len(ids)} vectors in {result.seconds:.1f} s{note}"
             )
     return done
+
+
+def is_complete(vector_store: VectorStore, name: str, meta: dict) -> bool:
+    """Is ``name`` already whole, written with exactly this metadata (the same write key)?"""
+    with vector_store.errors():
+        index = vector_store.open(name)
+        return (
+            index is not None
+            and index.metadata.get(store.WRITE_KEY) == store.write_key(meta)
+            and index.count() == meta["corpus_size"]
+        )

@@ -139,7 +139,7 @@ def _num(value: Any, fmt: str) -> str:
 
 def render_facts(service: RetrievalService) -> str:
     labels = [m.label for m in service.models]
-    head = "<th>dim</th><th>vectors</th><th>bytes/vector (float32)</th><th>bytes/vector on disk</th>"
+    head = f"<th>dim</th><th>vectors</th><th>bytes/vector ({esc(service.precision)})</th><th>bytes/vector on disk</th>"
     head += "".join(
         f"<th>{esc(label)} ANN recall@10</th><th>{esc(label)} NDCG@10 Chroma / exact (Δ)</th>" for label in labels
     )
@@ -165,7 +165,7 @@ def render_facts(service: RetrievalService) -> str:
     return (
         f'<div class="re-facts"><table class="re-table"><thead><tr>{head}</tr></thead>'
         f"<tbody>{''.join(rows)}</tbody></table>"
-        f'<div class="re-note">{esc(service.store.public())}. {note(text.strip())}</div></div>'
+        f'<div class="re-note">{esc(service.describe_search(public=True))}. {note(text.strip())}</div></div>'
     )
 
 

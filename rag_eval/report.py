@@ -7,6 +7,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+from rag_eval.frontier import frontier_table, recommendation_line
 from rag_eval.metrics import REPORTED
 
 _LABELS = {
@@ -111,6 +112,36 @@ def agreement_line(result: dict[str, Any]) -> str:
     return line + "."
 
 
+def frontier_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
+    return [r for model in result["models"].values() for r in model.get("frontier", [])]
+
+
+def recommendations(result: dict[str, Any]) -> str:
+    """One line per model: the smallest configuration within 1 NDCG@10 point of float32 at full dim."""
+    return "\n".join(recommendation_line(m.get("recommendation")) for m in result["models"].values() if "frontier" in m)
+
+
+def frontier_section(result: dict[str, Any]) -> list[str]:
+    rows = frontier_rows(result)
+    if not rows:
+        return []
+    return [
+        "## Quality x storage: every dim x precision",
+        "",
+        (
+            "The stored vectors as float32, int8 (ranges calibrated on the corpus) and binary codes "
+            "(sentence-transformers' quantize_embeddings), exact search in the quantized space, then (rescoring) "
+            f"the top {result.get('rescore_multiplier')} x 10 candidates re-ranked with the float question. "
+            "Bytes per vector: the codes alone. ms/query: one question's search (median), embedding excluded."
+        ),
+        "",
+        frontier_table(rows),
+        "",
+        recommendations(result),
+        "",
+    ]
+
+
 def markdown(result: dict[str, Any], meta: dict[str, Any]) -> str:
     d = result["data"]
     hnsw = next((r["hnsw"] for _, _, r in _rows(result)), {})
@@ -155,6 +186,7 @@ def markdown(result: dict[str, Any], meta: dict[str, Any]) -> str:
             "",
             cost_table(result),
             "",
+            *frontier_section(result),
             "![NDCG@10 and index size by dim](rag_eval_by_dim.png)",
             "",
         ]
@@ -212,16 +244,21 @@ def _clean(obj: Any) -> Any:
 
 
 def write(out_dir: Path, result: dict[str, Any], meta: dict[str, Any]) -> dict[str, Path]:
-    """report.md, metrics.json and rag_eval_by_dim.png in ``out_dir``; metrics.json is written last."""
+    """report.md, metrics.json and rag_eval_by_dim.png in ``out_dir``, each replaced whole; metrics.json last."""
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {
         "markdown": out_dir / "report.md",
         "json": out_dir / "metrics.json",
         "plot": out_dir / "rag_eval_by_dim.png",
     }
-    paths["markdown"].write_text(markdown(result, meta))
-    plot(result, paths["plot"])
-    tmp = paths["json"].with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(_clean({**meta, **result}), indent=2))
-    tmp.replace(paths["json"])
+    _replace(paths["markdown"], lambda p: p.write_text(markdown(result, meta)))
+    _replace(paths["plot"], lambda p: plot(result, p))
+    _replace(paths["json"], lambda p: p.write_text(json.dumps(_clean({**meta, **result}), indent=2)))
     return paths
+
+
+def _replace(path: Path, write) -> None:
+    """Write through a temporary file, then rename: a killed `score` leaves the old file whole, never half."""
+    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
+    write(tmp)
+    tmp.replace(path)

@@ -9,7 +9,10 @@ Per model and dim:
   ``evaluate_model``) on the same data, encoding on its own. Its relevance is binary, so on graded
   qrels its NDCG is not comparable and the agreement is judged against exact search instead;
 - disk footprint of the collection, and query latency (single queries and batches) of Chroma alone,
-  embedding time excluded.
+  embedding time excluded;
+- the quality x storage frontier (:mod:`rag_eval.frontier`): the stored vectors as float32, int8 and binary
+  codes (with and without rescoring), exact search, NDCG@10, bytes per vector and ms per query, and the
+  recommendation per model.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ import numpy as np
 from job.data import IRData
 from job.errors import JobError
 from job.evaluation import evaluate_model
-from rag_eval import metrics, store
+from rag_eval import frontier, metrics, store
 from rag_eval.index import VectorIndex, VectorStore
 from rag_eval.sources import LoadedModel, ModelSpec
 from rag_eval.vectors import corpus_fingerprint, encode_queries, truncate_normalise
@@ -41,6 +44,8 @@ class ScoreOptions:
     latency_k: int = 10  # n_results of the timed queries
     measure_disk: bool = True
     batch_size: int = 64  # encoding batch size
+    precisions: tuple[str, ...] = ("float32", "int8", "binary")  # the frontier's; () for none
+    rescore_multiplier: int = 4  # candidates per result rescored with the float query (0: no rescoring)
 
 
 def check_indexed(vector_store: VectorStore, specs: list[ModelSpec], dims: list[int], prefix: str) -> None:
@@ -193,6 +198,7 @@ def score_models(
             f"in {time.perf_counter() - start:.1f} s"
         )
         per_dim: dict[str, Any] = {}
+        rows: list[dict[str, Any]] = []
         for dim in dims:
             col = cols[(m.label, dim)]
             settings = col.settings
@@ -220,12 +226,21 @@ def score_models(
                 "latency": measure_latency(col, q, opts),
             }
             per_dim[str(dim)] = row
+            if opts.precisions:
+                rows += frontier.frontier_rows(
+                    m.label, dim, ids, vectors, q, qids, qrels, opts.precisions, opts.rescore_multiplier,
+                    timed_queries=opts.latency_samples,
+                )  # fmt: skip
             echo(
                 f"score: {m.label} dim {dim}: NDCG@10 {chroma['ndcg@10']:.4f} through Chroma, "
                 f"{ref['ndcg@10']:.4f} exact; "
                 f"ANN recall@10 {row['ann_recall@10']:.3f}; {row['latency']['single_p50_ms']:.2f} ms per query (p50)"
             )
         out[m.label] = {"model": m.spec.ref, "fingerprint": m.fingerprint, "model_dim": m.dim, "dims": per_dim}
+        if rows:
+            out[m.label]["frontier"] = rows
+            out[m.label]["recommendation"] = frontier.recommend(rows, m.dim)
+            echo(f"score: {frontier.recommendation_line(out[m.label]['recommendation'])}")
     deltas = [abs(r["ndcg_delta"]) for v in out.values() for r in v["dims"].values()]
     recalls = [r["ann_recall@10"] for v in out.values() for r in v["dims"].values()]
     return {
@@ -237,6 +252,8 @@ def score_models(
             "corpus_fingerprint": fp,
         },
         "dims": dims,
+        "precisions": list(opts.precisions),
+        "rescore_multiplier": opts.rescore_multiplier,
         "reference": reference,
         "models": out,
         "agreement": {

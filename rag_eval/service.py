@@ -34,6 +34,7 @@ from rag_eval import store
 from rag_eval.batching import LRU, Batcher, _done_at, _timed
 from rag_eval.demo import RANK_DEPTH, Searcher
 from rag_eval.index import VectorStore
+from rag_eval.quantized import DEFAULT_RESCORE_MULTIPLIER, QuantizedIndex, bytes_per_vector
 from rag_eval.sources import LoadedModel, Sources
 from rag_eval.vectors import corpus_fingerprint, encode_queries, truncate_normalise
 
@@ -154,7 +155,11 @@ class RetrievalService:
         quality_plot: bytes | None = None,
         backend: str = "torch",
         backend_note: str = "",
+        precision: str = "float32",
+        rescore_multiplier: int = 0,
     ):
+        self.precision = precision
+        self.rescore_multiplier = rescore_multiplier
         self.models = models
         self.searchers = searchers
         self.dims = sorted(searchers, reverse=True)
@@ -201,6 +206,8 @@ class RetrievalService:
         echo: Echo = print,
         backend: str = "torch",
         backend_note: str = "",
+        precision: str = "float32",
+        rescore_multiplier: int = DEFAULT_RESCORE_MULTIPLIER,
     ) -> RetrievalService:
         """Check the store, load the models, open every collection: all or a JobError, before serving."""
         from rag_eval.scoring import check_indexed
@@ -212,7 +219,10 @@ class RetrievalService:
         models = load(sources) if load else load_models(sources.models, backend=backend)
         corpus_fp = corpus_fingerprint(ir.corpus) if ir is not None else None
         try:
-            searchers = {d: [_searcher(vector_store, m, d, prefix, corpus_fp) for m in models] for d in dims}
+            searchers = {
+                d: [_searcher(vector_store, m, d, prefix, corpus_fp, precision, rescore_multiplier) for m in models]
+                for d in dims
+            }
         except JobError as exc:
             if corpus_fp is None or "holds another corpus" not in exc.problem:
                 raise
@@ -235,13 +245,14 @@ class RetrievalService:
         service = cls(
             models, searchers, vector_store, questions=questions, gold=gold, k=k, title=title,
             score_report=score_report, score_note=score_note, quality=quality, quality_plot=plot, backend=backend,
-            backend_note=backend_note,
+            backend_note=backend_note, precision=precision,
+            rescore_multiplier=rescore_multiplier if precision != "float32" else 0,
         )  # fmt: skip
         service.warm_up()
         echo(
             f"serve: {', '.join(f'{m.label} {m.spec.ref}' for m in models)} on {backend} ({backend_note or 'asked'}); "
-            f"dims {', '.join(map(str, service.dims))} from the {vector_store.describe()}; {len(questions)} held-out "
-            f"questions; score report: {'yes' if score_report else 'none'}; "
+            f"dims {', '.join(map(str, service.dims))} from the {service.describe_search()}; {len(questions)} "
+            f"held-out questions; score report: {'yes' if score_report else 'none'}; "
             f"quality report: {'yes' if quality else 'none'}"
         )
         return service
@@ -260,7 +271,16 @@ class RetrievalService:
                     "ndcg_exact": (ref or {}).get("ndcg@10"),
                     "ndcg_delta": row.get("ndcg_delta"),
                 }
-        return DimFacts(dim, vectors, 4 * dim, scored)
+        return DimFacts(dim, vectors, bytes_per_vector(self.precision, dim), scored)
+
+    def describe_search(self, public: bool = False) -> str:
+        """Where the answers come from: the store, and the precision when it is not Chroma's float32 index.
+        public: for the page and the API, what the store is and never where it is on this machine."""
+        where = self.store.public() if public else self.store.describe()
+        if self.precision == "float32":
+            return where
+        rescore = f", rescoring x{self.rescore_multiplier}" if self.rescore_multiplier else ", no rescoring"
+        return f"{where}, searched as {self.precision} codes in memory (exact{rescore})"
 
     def warm_up(self) -> None:
         """Before serving, so that the first visitors do not pay for lazy loading: each encoder once at every
@@ -457,17 +477,23 @@ class RetrievalService:
             "k": self.k,
             "max_k": MAX_K,
             "max_question_chars": MAX_QUESTION_CHARS,
-            "store": self.store.public(),
+            "store": self.describe_search(public=True),
+            "precision": self.precision,
+            "rescore_multiplier": self.rescore_multiplier,
             "questions": [text for _, text in self.questions],
             "index": [asdict(f) for f in self.facts],
             "quality": self.quality,
         }
 
 
-def _searcher(vector_store: VectorStore, model, dim, prefix, corpus_fp) -> Searcher:
+def _searcher(vector_store: VectorStore, model, dim, prefix, corpus_fp, precision="float32", multiplier=0) -> Searcher:
+    """The checked collection of (model, dim); for int8/binary, its vectors as codes in an exact in-memory index
+    (passage texts still come from the collection)."""
     from rag_eval.scoring import open_collection
 
     index = open_collection(vector_store, model, dim, prefix, corpus_fp)
+    if precision != "float32":
+        index = QuantizedIndex.from_index(index, precision, multiplier)
     return Searcher(model, index, dim, size=index.count())
 
 

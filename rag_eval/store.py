@@ -1,24 +1,23 @@
-"""The Chroma implementation of :mod:`rag_eval.index`: connecting, naming, writing and checking one
-collection per (model, dim).
+"""The Chroma implementation of :mod:`rag_eval.index`: connecting, writing and checking one collection per (model, dim).
 
 - Embedded persistent Chroma (``--chroma-path``) by default; a server (``--chroma-host/--chroma-port``)
   through ``HttpClient``. Telemetry is off; an unreachable server is a :class:`JobError` naming it.
 - Embeddings are always passed explicitly and collections are created with
   ``embedding_function=None``: Chroma's default embedding function downloads an ONNX model.
-- The distance space and HNSW parameters are fixed at creation (``get_or_create`` keeps old ones),
-  so a collection is always written afresh: into ``<name>-staging``, checked, then renamed over the
-  old one. A failure midway leaves the old collection as it was.
+- HNSW settings are fixed at creation, so a collection is always written afresh, in batches, into
+  ``<name>-staging``, checked, then renamed over the old one: only a complete collection has the final
+  name. A killed write leaves the old collection as it was; the same command (same write key) continues
+  it; other settings are a JobError (``--force`` discards it); an unchanged collection is kept. A full
+  disk or a lost server midway is a JobError naming it and the resume.
 - A damaged embedded store (its SQLite file truncated or overwritten) is named with the fix;
   ``index --force`` moves it aside (``<path>.damaged-<time>``, never deleted) and rebuilds it.
-- Every collection's metadata carries ``rag_eval`` (schema version), the model, dim, corpus
-  fingerprint and the HNSW settings. A collection under our name without it (foreign), or whose
-  metadata, size, dim or space disagree (corrupted), is refused unless ``--force``.
+- Names and metadata: :mod:`rag_eval.naming`. A collection under our name without the ``rag_eval`` marker
+  (foreign), or whose metadata, size, dim or space disagree (corrupted), is refused unless ``--force``.
 """
 
 from __future__ import annotations
 
 import contextlib
-import datetime as _dt
 import os
 import re
 import shutil
@@ -33,6 +32,19 @@ import numpy as np
 from job.errors import JobError
 from rag_eval import SCHEMA_VERSION
 from rag_eval.index import Hit, VectorIndex, VectorStore, WriteResult, ranked
+from rag_eval.naming import (  # noqa: F401 - re-exported: callers name collections through the store module
+    DEFAULT_PREFIX,
+    REQUIRED_METADATA,
+    WRITE_KEY,
+    build_metadata,
+    check_prefix,
+    collection_name,
+    dims_in_store,
+    metadata_changes,
+    model_slug,
+    slug,
+    write_key,
+)
 from rag_eval.store_faults import (
     SQLITE_FILE,
     _reason,
@@ -44,10 +56,8 @@ from rag_eval.store_faults import (
     storage_problem,
 )
 
-DEFAULT_PREFIX = "rag-eval"
 STAGING_SUFFIX = "-staging"
 _SEGMENT_ID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
-_NAME_OK = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9._-]{1,510}[a-zA-Z0-9]$")
 
 
 # --- settings --------------------------------------------------------------------------------------
@@ -235,71 +245,6 @@ def store_errors(target: StoreTarget) -> Iterator[None]:
         raise _unreachable(target, exc) from None
 
 
-# --- names and metadata ----------------------------------------------------------------------------
-def slug(text: str, limit: int = 48) -> str:
-    s = re.sub(r"[^a-zA-Z0-9._-]+", "-", text).strip("-._")
-    return s[:limit].strip("-._") or "model"
-
-
-def modelslug(key: str) -> str:
-    """A readable, unique-enough name for a model: the last two path parts or the Hub id, plus a hash."""
-    from job.config import fingerprint_digest
-
-    path = Path(key)
-    readable = "-".join(path.parts[-2:]) if path.is_absolute() else key
-    return f"{slug(readable)}-{fingerprint_digest({'model': key})[:8]}"
-
-
-def check_prefix(prefix: str) -> None:
-    if not re.fullmatch(r"[a-zA-Z0-9][a-zA-Z0-9._-]{0,63}", prefix):
-        raise JobError(
-            f"Collection prefix {prefix!r} is not allowed.",
-            "use letters, digits, '.', '_' or '-', starting with a letter or digit.",
-        )
-
-
-def collection_name(prefix: str, model_key: str, dim: int) -> str:
-    name = f"{prefix}-{modelslug(model_key)}-d{dim}"
-    assert _NAME_OK.match(name), name
-    return name
-
-
-def dims_in_store(vector_store: VectorStore, prefix: str, model_key: str) -> list[int]:
-    """The dims indexed for a model in this store, largest first (from the index names)."""
-    pattern = re.compile(re.escape(f"{prefix}-{modelslug(model_key)}-d") + r"(\d+)$")
-    dims = {int(m[1]) for c in vector_store.names() if (m := pattern.match(c))}
-    return sorted(dims, reverse=True)
-
-
-REQUIRED_METADATA = {
-    "rag_eval": int, "model": str, "model_key": str, "model_fingerprint": str, "model_dim": int, "dim": int,
-    "normalized": bool, "corpus_fingerprint": str, "corpus_size": int, "space": str, "ef_construction": int,
-    "ef_search": int, "max_neighbors": int,
-}  # fmt: skip
-
-
-def build_metadata(
-    *, model: str, model_key: str, model_fingerprint: str, model_dim: int, dim: int, corpus_fingerprint: str,
-    corpus_size: int, data_source: str, settings: HnswSettings, query_prompt: str | None, passage_prompt: str | None,
-) -> dict[str, Any]:  # fmt: skip
-    return {
-        "rag_eval": SCHEMA_VERSION,
-        "model": model,
-        "model_key": model_key,
-        "model_fingerprint": model_fingerprint,
-        "model_dim": model_dim,
-        "dim": dim,
-        "normalized": True,
-        "corpus_fingerprint": corpus_fingerprint,
-        "corpus_size": corpus_size,
-        "data_source": data_source,
-        "query_prompt": query_prompt or "",
-        "passage_prompt": passage_prompt or "",
-        **asdict(settings),
-        "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-    }
-
-
 FOREIGN, CORRUPT, OURS = "foreign", "corrupted", "ours"
 
 
@@ -406,9 +351,6 @@ class ChromaStore(VectorStore):
     def describe(self) -> str:
         return self.target.describe()
 
-    def public(self) -> str:
-        return "Chroma server" if self.target.is_server else "embedded Chroma store"
-
     def names(self) -> list[str]:
         names, offset = [], 0
         while True:
@@ -449,11 +391,17 @@ class ChromaStore(VectorStore):
         *,
         force: bool = False,
         progress: Callable[[int], None] | None = None,
+        batch_size: int | None = None,
     ) -> WriteResult:
-        """Write (or replace) one collection: into ``<name>-staging``, checked, then renamed over the old one."""
+        """Write one collection in batches into ``<name>-staging``, check it is whole, then rename it over the
+        old one. Only a complete collection ever carries the final name. A staging copy left by a killed run
+        with the same write key (:func:`write_key`) is continued where it stopped; one with another key is a
+        JobError (``force``: discarded). A final collection with the same key is kept (``force``: rewritten)."""
         import time
 
         start = time.perf_counter()
+        key = write_key(metadata)
+        metadata = {**metadata, WRITE_KEY: key}
         old = self.open(name)
         note = ""
         if old is not None:
@@ -465,46 +413,46 @@ class ChromaStore(VectorStore):
                 )
             if kind != OURS:
                 note = f"replaced a {kind} collection (--force)"
+            elif old.metadata.get(WRITE_KEY) == key and not force:
+                return WriteResult(name, "kept", "unchanged: already complete", time.perf_counter() - start)
             elif old.settings != settings:
                 note = f"HNSW settings changed ({describe_changes(old.settings, settings)}): recreated"
         staging = name + STAGING_SUFFIX
-        leftover = self.open(staging)
-        if leftover is not None:
-            if "rag_eval" not in leftover.metadata and not force:
-                raise JobError(
-                    f"A foreign collection named {staging} is in the way.",
-                    "pass --force to replace it, or use another --collection-prefix.",
-                )
-            self.delete(staging)
-        col = self.client.create_collection(
-            staging, configuration=settings.configuration(), metadata=metadata, embedding_function=None
-        )
+        col, todo = self._staging(staging, ids, metadata, settings, force)
+        resumed = len(ids) - len(todo)
+        if resumed:
+            note = "; ".join(filter(None, [note, f"resumed: {resumed} of {len(ids)} vectors were already written"]))
+        batch = max(1, int(batch_size or self.client.get_max_batch_size()))
+        written = 0
         try:
-            batch = max(1, int(self.client.get_max_batch_size()))
-            for s in range(0, len(ids), batch):
-                e = min(len(ids), s + batch)
+            for s in range(0, len(todo), batch):
+                part = todo[s : s + batch]
                 col.add(
-                    ids=list(ids[s:e]),
-                    embeddings=np.asarray(vectors[s:e], dtype=np.float32),
-                    documents=list(documents[s:e]) if documents is not None else None,
+                    ids=[ids[i] for i in part],
+                    embeddings=np.asarray(vectors[part], dtype=np.float32),
+                    documents=[documents[i] for i in part] if documents is not None else None,
                 )
+                written += len(part)
                 if progress:
-                    progress(e - s)
-            if col.count() != len(ids):
-                raise JobError(
-                    f"Chroma holds {col.count()} of the {len(ids)} vectors written to {staging}.",
-                    "re-run the index command.",
-                )
-        except BaseException:
-            with contextlib.suppress(Exception):
-                self.delete(staging)
-            raise
+                    progress(len(part))
+        except Exception as exc:
+            failed = self._write_failed(exc, staging, resumed + written, len(ids))
+            if failed is exc:
+                raise
+            raise failed from exc
+        if col.count() != len(ids):
+            raise JobError(
+                f"Chroma holds {col.count()} of the {len(ids)} vectors written to {staging}.",
+                "re-run the index command: it writes the missing ones.",
+            )
         if old is not None:
             self.delete(name)
-        col.modify(name=name)
-        freed = self.reclaim()
+        col.modify(name=name)  # the only step that gives the collection its final name
         action = "replaced" if old is not None else "created"
-        return WriteResult(name, action, note, time.perf_counter() - start, reclaimed_bytes=freed)
+        return WriteResult(
+            name, action, note, time.perf_counter() - start, resumed=resumed, written=written,
+            reclaimed_bytes=self.reclaim(),
+        )  # fmt: skip
 
     def reclaim(self) -> int:
         """Remove the vector folders of deleted collections from an embedded store: Chroma deletes a
@@ -530,6 +478,88 @@ class ChromaStore(VectorStore):
                 freed += _dir_bytes(d)
                 shutil.rmtree(d, ignore_errors=True)
         return freed
+
+    def _staging(self, staging: str, ids: Sequence[str], metadata: dict[str, Any], settings: HnswSettings, force):
+        """The staging collection to write into and the positions of ``ids`` it still lacks: a new one, or
+        the one an interrupted write with the same key left behind."""
+        leftover = self.open(staging)
+        if leftover is not None:
+            old_meta = leftover.metadata
+            same = old_meta.get(WRITE_KEY) == metadata[WRITE_KEY] and leftover.settings == settings
+            if same and not force:
+                return leftover.collection, missing_positions(leftover.collection, ids)
+            if not force:
+                if "rag_eval" not in old_meta:
+                    raise JobError(
+                        f"A foreign collection named {staging} is in the way.",
+                        "pass --force to replace it, or use another --collection-prefix.",
+                    )
+                raise JobError(
+                    f"An interrupted index run left {staging} ({leftover.count()} of "
+                    f"{old_meta.get('corpus_size', '?')} vectors) in the {self.describe()}, written with other "
+                    f"settings than now: {metadata_changes(old_meta, metadata)}.",
+                    "re-run with the settings it was started with to continue it, or pass --force to discard it "
+                    "and index afresh.",
+                )
+            self.delete(staging)
+        col = self.client.create_collection(
+            staging, configuration=settings.configuration(), metadata=metadata, embedding_function=None
+        )
+        return col, np.arange(len(ids))
+
+    def _write_failed(self, exc: BaseException, staging: str, stored: int, total: int) -> BaseException:
+        """A failure midway through a write as a JobError naming the store, the likely cause and the resume."""
+        resume = (
+            f"re-run the same `rag-eval index` command: it continues from the {stored} of {total} vectors already in "
+            f"{staging} (the old collection, if any, is untouched)"
+        )
+        text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        if any(m in str(exc).lower() for m in _FULL_MARKERS):
+            where = "the disk that holds the server's --path"
+            if not self.target.is_server:
+                where = f"the disk of {self.target.path}"
+            return JobError(
+                f"The {self.describe()} failed while writing {staging} ({text}): its disk is most likely full.",
+                f"free space on {where} (or move the store to a larger disk), then {resume}.",
+            )
+        import httpx
+
+        if isinstance(exc, (httpx.TransportError, ConnectionError)) and self.target.is_server:
+            return JobError(
+                f"The connection to the {self.describe()} was lost while writing {staging} ({text}).",
+                f"check that the server runs (`chroma run --host {self.target.host} --port {self.target.port} "
+                f"--path DIR`), then {resume}.",
+            )
+        return exc
+
+
+# Chroma's words for a full disk: SQLite's SQLITE_FULL, the OS's ENOSPC, and what a Chroma 1.5 server answers
+# (HTTP 500, its own log no wiser) when its disk fills during an add: "Error in compaction: Error purging logs"
+# or "...: Failed to apply logs to the hnsw segment writer" (both seen with a server on a full 3 MiB tmpfs).
+_FULL_MARKERS = ("database or disk is full", "no space left on device", "(code: 13)", "error in compaction")
+
+
+def missing_positions(collection, ids: Sequence[str], page: int = 5000) -> np.ndarray:
+    """Positions of ``ids`` that ``collection`` does not hold yet. Writes go in order, one batch per add, so
+    an interrupted write holds a prefix: checked around its end (one small get), else found by reading every
+    stored id."""
+    n, count = len(ids), int(collection.count())
+    if count == 0:
+        return np.arange(n)
+    if count <= n:
+        lo, hi = max(0, count - page), min(n, count + page)
+        got = set(collection.get(ids=list(ids[lo:hi]), include=[])["ids"])
+        if got == set(ids[lo:count]):
+            return np.arange(count, n)
+    stored: set[str] = set()
+    offset = 0
+    while True:
+        got = collection.get(limit=page, offset=offset, include=[])["ids"]
+        stored.update(got)
+        offset += len(got)
+        if len(got) < page:
+            break
+    return np.asarray([i for i, cid in enumerate(ids) if cid not in stored], dtype=np.int64)
 
 
 def _dir_bytes(path: Path) -> int:

@@ -145,7 +145,7 @@ def build_blocks(service: RetrievalService):
     header = (
         f'<h2 style="margin:0">Retrieval demo: {html_page.esc(service.title)}</h2>'
         f'<div class="re-note">{models}; questions encoded with {html_page.esc(service.backend)}; '
-        f"{html_page.esc(service.store.public())}; the models are loaded once.</div>"
+        f"{html_page.esc(service.describe_search(public=True))}; the models are loaded once.</div>"
     )
     with gr.Blocks(title="rag-eval serve", analytics_enabled=False) as blocks:
         gr.HTML(header, js_on_load=None, elem_id="header")

@@ -47,8 +47,9 @@ def test_index_writes_one_collection_per_model_and_dim(indexed, capsys):
     code, out, err = _run(capsys, "index", "--model", run_dir, "--chroma-path", store, "--dims", "16")
     assert code == 0, err
     lines = out.strip().splitlines()
-    assert any(line.startswith("index: baseline dim 16: replaced rag-eval-") for line in lines)
-    assert any(line.startswith("index: fine-tuned dim 16: replaced rag-eval-") for line in lines)
+    # already complete with the same model, corpus and settings: kept, not written again
+    assert any(line.startswith("index: baseline dim 16: kept rag-eval-") for line in lines)
+    assert any(line.startswith("index: fine-tuned dim 16: kept rag-eval-") for line in lines)
     assert lines[-1].startswith("index: 2 collections (2 models x dims 16), 8 passages each")
     assert str(store) in lines[-1]
 
@@ -72,6 +73,22 @@ def test_score_prints_the_per_dim_table_next_to_the_exact_numbers(indexed, tmp_p
             assert set(row["latency"]) >= {"single_p50_ms", "single_p95_ms", "batch_p50_ms", "batch_p95_ms"}
     assert (tmp_path / "report" / "rag_eval_by_dim.png").stat().st_size > 1000
     assert "## Index size and query latency" in (tmp_path / "report" / "report.md").read_text()
+    # the frontier: every dim x precision (int8 and binary with and without rescoring), and one line per model
+    assert "| model | dim | precision | rescoring | NDCG@10 | % of float32 (same dim) | bytes/vector |" in out
+    assert "| fine-tuned | 8 | binary | x4 |" in out and "| fine-tuned | 8 | binary | no |" in out
+    lines = [line for line in out.splitlines() if line.startswith("recommendation (")]
+    assert [line.split(")")[0] for line in lines] == ["recommendation (baseline", "recommendation (fine-tuned"]
+    for label in ("baseline", "fine-tuned"):
+        model = payload["models"][label]
+        assert len(model["frontier"]) == 3 * 5  # dims x (float32, int8, int8 + rescoring, binary, binary + ...)
+        rec = model["recommendation"]
+        assert rec["row"]["ndcg@10"] >= rec["reference"]["ndcg@10"] - 0.01
+        assert rec["reference"]["dim"] == 32 and rec["reference"]["precision"] == "float32"
+        assert all(r["ndcg@10"] < rec["reference"]["ndcg@10"] - 0.01 for r in model["frontier"]
+                   if r["bytes_per_vector"] < rec["row"]["bytes_per_vector"])  # fmt: skip
+        float32 = {r["dim"]: r["ndcg@10"] for r in model["frontier"] if r["precision"] == "float32"}
+        assert float32 == {int(d): row["exact"]["ndcg@10"] for d, row in model["dims"].items()}
+    assert "## Quality x storage: every dim x precision" in (tmp_path / "report" / "report.md").read_text()
 
 
 def test_query_shows_top_k_with_scores_and_ids(indexed, capsys):
@@ -206,6 +223,10 @@ def test_bad_flags_are_clear_errors(tiny_run_dir, tmp_path, capsys):
         capsys, "query", "x", "--model", tiny_run_dir / "model", "--compare", "--chroma-path", tmp_path / "c"
     )
     _clean_failure(code, err, "--compare needs two models")
+    code, _, err = _run(capsys, "score", "--model", tiny_run_dir, "--precision", "float16")
+    _clean_failure(code, err, "--precision 'float16' is not a comma-separated list of float32, int8, binary")
+    code, _, err = _run(capsys, "score", "--model", tiny_run_dir, "--rescore-multiplier", "-1")
+    _clean_failure(code, err, "--rescore-multiplier -1 is negative")
 
 
 def test_python_dash_m_runs_the_same_command_line():

@@ -36,8 +36,10 @@ def test_reindexing_does_not_grow_the_store(tiny_run_dir, tmp_path, capsys):
     assert code == 0, err
     first = _segment_dirs(store)
     assert len(first) == 4  # 2 models x 2 dims, one vector folder each
+    code, out, _ = _run(capsys, *args)
+    assert "kept" in out and "reclaimed" not in out  # unchanged: nothing rewritten
     for _ in range(2):
-        code, out, err = _run(capsys, *args)
+        code, out, err = _run(capsys, *args, "--force")  # every collection rewritten and replaced
         assert code == 0, err
     assert len(_segment_dirs(store)) == 4  # the replaced collections' folders were reclaimed
     assert "reclaimed" in out

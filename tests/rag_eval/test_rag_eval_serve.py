@@ -71,6 +71,32 @@ def test_both_models_side_by_side_with_moves_relevance_and_timings(service):
     assert answer.to_dict()["columns"][1]["rows"][0]["rank"] == 1
 
 
+@pytest.mark.parametrize("precision,multiplier", [("int8", 4), ("binary", 0)])
+def test_a_chosen_precision_is_served_from_codes_in_memory(serve_run, service, precision, multiplier):
+    from rag_eval.quantized import QuantizedIndex
+
+    sources = resolve_models(str(serve_run))
+    ir, _ = load_eval_data(None, sources)
+    quantized = RetrievalService.open(
+        sources, store.StoreTarget(path=serve_run / "chroma"), ir, echo=lambda _: None,
+        precision=precision, rescore_multiplier=multiplier,
+    )  # fmt: skip
+    index = quantized.searchers[16][1].index
+    assert isinstance(index, QuantizedIndex) and (index.precision, index.rescore_multiplier) == (precision, multiplier)
+    assert index.count() == service.searchers[16][1].index.count()
+    info = quantized.info()
+    assert (info["precision"], info["rescore_multiplier"]) == (precision, multiplier)
+    assert f"searched as {precision} codes in memory" in info["store"]
+    assert [f.raw_bytes for f in quantized.facts] == [{"int8": d, "binary": d // 8}[precision] for d in DIMS]
+    answer = quantized.search(HELD_OUT, 3, 16)
+    tuned = answer.columns[1]
+    assert [r.rank for r in tuned.rows] == [1, 2, 3] and all(r.text for r in tuned.rows)  # texts from Chroma
+    vector = quantized.searchers[16][1].embed(HELD_OUT)
+    assert [(r.id, r.score) for r in tuned.rows] == [(h.id, h.score) for h in index.query(vector, 3)[0]]
+    if precision == "binary":  # no rescoring: minus the Hamming distance of 16 bits
+        assert all(float(r.score).is_integer() and -16 <= r.score <= 0 for r in tuned.rows)
+
+
 def test_concurrent_searches_are_batched_and_agree_with_one_at_a_time(service):
     from concurrent.futures import ThreadPoolExecutor
 

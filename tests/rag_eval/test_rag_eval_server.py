@@ -19,14 +19,14 @@ from rag_eval.cli import main
 CHROMA = Path(sys.executable).with_name("chroma")
 
 
-@pytest.fixture()
-def chroma_server(tmp_path, free_port):
+def start_server(data: Path, port: int, log_path: Path):
+    """`chroma run` on 127.0.0.1:port with its own data folder, once it answers a heartbeat: (process, log)."""
     exe = CHROMA if CHROMA.exists() else shutil.which("chroma")
     if not exe:
         pytest.skip("the chroma executable is not installed")
-    log = (tmp_path / "server.log").open("w")
+    log = log_path.open("w")
     proc = subprocess.Popen(
-        [str(exe), "run", "--host", "127.0.0.1", "--port", str(free_port), "--path", str(tmp_path / "server-data")],
+        [str(exe), "run", "--host", "127.0.0.1", "--port", str(port), "--path", str(data)],
         stdout=log, stderr=subprocess.STDOUT,
     )  # fmt: skip
     import chromadb
@@ -35,16 +35,17 @@ def chroma_server(tmp_path, free_port):
     deadline = time.monotonic() + 30
     while True:
         try:
-            chromadb.HttpClient(
-                host="127.0.0.1", port=free_port, settings=Settings(anonymized_telemetry=False)
-            ).heartbeat()
-            break
+            chromadb.HttpClient(host="127.0.0.1", port=port, settings=Settings(anonymized_telemetry=False)).heartbeat()
+            return proc, log
         except Exception:  # noqa: BLE001 - not up yet
             if proc.poll() is not None or time.monotonic() > deadline:
                 proc.kill()
-                pytest.fail(f"chroma server did not start: {(tmp_path / 'server.log').read_text()[-2000:]}")
+                pytest.fail(f"chroma server did not start: {log_path.read_text()[-2000:]}")
             time.sleep(0.1)
-    yield proc, free_port
+
+
+def stop_server(proc, log) -> None:
+    """Stop the server by its PID (SIGTERM, then SIGKILL after 15 s)."""
     proc.terminate()
     try:
         proc.wait(timeout=15)
@@ -52,6 +53,13 @@ def chroma_server(tmp_path, free_port):
         proc.kill()
         proc.wait()
     log.close()
+
+
+@pytest.fixture()
+def chroma_server(tmp_path, free_port):
+    proc, log = start_server(tmp_path / "server-data", free_port, tmp_path / "server.log")
+    yield proc, free_port
+    stop_server(proc, log)
 
 
 def test_index_score_query_through_a_chroma_server(chroma_server, tiny_run_dir, tmp_path, capsys):

@@ -77,13 +77,20 @@ def test_no_default_embedding_function_is_ever_called(setup, monkeypatch):
     )
 
 
-def test_reindexing_replaces_the_collection_cleanly(setup):
+def test_reindexing_keeps_an_unchanged_collection_and_force_replaces_it_cleanly(setup):
     client, _, data, m = setup
     first = _index(client, data, m)
     old_id = client.client.get_collection(_name(m, 4)).id
+    encodes = m.model.encode_calls
     again = _index(client, data, m)
     assert [r.action for r in first] == ["created", "created"]
-    assert [r.action for r in again] == ["replaced", "replaced"] and all(r.note == "" for r in again)
+    assert [r.action for r in again] == ["kept", "kept"]  # same model, corpus, dim, settings: nothing to do
+    assert m.model.encode_calls == encodes  # not even encoded again
+    assert [r.action for r in _index(client, data, m, dims=(4, 3))] == ["kept", "created"]  # one new dim: encoded
+    assert client.client.get_collection(_name(m, 4)).id == old_id
+    client.delete(_name(m, 3))
+    forced = _index(client, data, m, force=True)
+    assert [r.action for r in forced] == ["replaced", "replaced"] and all(r.note == "" for r in forced)
     col = client.client.get_collection(_name(m, 4))
     assert col.id != old_id and col.count() == 5
     assert sorted(client.names()) == sorted([_name(m, 4), _name(m, 2)])  # no staging left behind
@@ -112,7 +119,9 @@ def test_a_failed_write_leaves_the_old_collection_as_it_was(setup, monkeypatch):
         _index(client, data, m, dims=(4,), settings=store.HnswSettings(ef_search=99))
     after = client.client.get_collection(_name(m, 4))
     assert after.id == before.id and after.count() == 5 and after.configuration_json["hnsw"]["ef_search"] == 400
-    assert client.names() == [_name(m, 4)]
+    # the partial copy stays under the staging name, for the next run to continue; never read as the index
+    assert sorted(client.names()) == [_name(m, 4), _name(m, 4) + store.STAGING_SUFFIX]
+    assert client.open(_name(m, 4)).collection.id == before.id
 
 
 def test_a_foreign_collection_is_refused_unless_forced(setup):
