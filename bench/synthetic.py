@@ -84,8 +84,12 @@ def main() -> None:
         machine=f"{platform.machine()} {platform.processor() or ''} python {platform.python_version()}".strip(),
         cpu_threads=torch_threads(),
     )
+    # --limit-chunks: the generator sees the first N training pairs' contexts, and the real row trains on those
+    # same N pairs, so synthetic and real pairs come from the same passages
+    source = train_pairs[: args.limit_chunks] if args.limit_chunks else train_pairs
+    protocol["train_pairs_source"] = len(source)
     docs = work / "train_contexts.jsonl"
-    n_contexts = contexts_file(train_pairs[: args.limit_chunks] if args.limit_chunks else train_pairs, docs)
+    n_contexts = contexts_file(source, docs)
     log(f"{n_contexts} distinct training contexts -> {docs} (the generator's only input)")
 
     synth_cli = {
@@ -128,7 +132,7 @@ def main() -> None:
     for name in [r for r in args.rows.split(",") if r]:
         if name not in ROWS:
             sys.exit(f"error: unknown row {name!r}; rows are {', '.join(ROWS)}")
-        pairs = train_pairs
+        pairs = source
         if name in outputs:
             pairs = [data.Pair(r["question"], r["passage"]) for r in data.read_jsonl(outputs[name])]
         cli = {"model": args.model, "max_seq_length": args.max_seq_length, "seed": 42}
