@@ -75,26 +75,57 @@ def _job(*args, **kw):
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kw)  # fmt: skip
 
 
+def _holding(process, lock, timeout=120):
+    """Wait until ``process`` holds the run directory (its pid in the lock file), then pause it (SIGSTOP): the
+    lock stays held for as long as the test needs, however fast the machine is."""
+    deadline = time.time() + timeout
+    while time.time() < deadline and process.poll() is None:
+        try:
+            if json.loads(lock.read_text() or "{}").get("pid") == process.pid:
+                process.send_signal(signal.SIGSTOP)
+                return
+        except (OSError, ValueError):
+            pass
+        time.sleep(0.02)
+    raise AssertionError(f"pid {process.pid} never took {lock} (exit {process.poll()})")
+
+
+def _finish(process):
+    process.send_signal(signal.SIGCONT)
+    out, err = process.communicate(timeout=600)
+    assert process.returncode == 0, err[-2000:]
+
+
 def test_two_runs_on_one_run_directory_the_second_is_refused(tmp_path, tiny_model_path, pairs_file):
     run_dir = tmp_path / "run"
-    args = _args(run_dir, tiny_model_path, pairs_file, "--epochs", "2")[0:]
-    first = _job(*args)
+    args = _args(run_dir, tiny_model_path, pairs_file, "--epochs", "2")
     lock = run_dir / ".lock"
-    deadline = time.time() + 120
-    while time.time() < deadline and not (lock.is_file() and lock.read_text()):
-        time.sleep(0.05)
-    assert lock.read_text(), "the first run never took the run directory"
-    second = _job(*args)
-    out, err = second.communicate(timeout=300)
+    first = _job(*args)
+    _holding(first, lock)
+    try:
+        second = _job(*args)
+        out, err = second.communicate(timeout=300)
+    finally:
+        _finish(first)
     assert second.returncode == 2, out + err
     assert f"is in use by job run (pid {first.pid}" in err and "another --run-dir" in err
-    index = subprocess.run([sys.executable, "-m", "rag_eval", "index", "--model", str(run_dir)], capture_output=True,
-                           text=True, env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=300)  # fmt: skip
-    if (run_dir / "model" / "training.json").is_file():  # rag-eval reaches the lock only once there is a model
-        assert index.returncode == 2 and "is in use by job run" in index.stderr
-    out, err = first.communicate(timeout=600)
-    assert first.returncode == 0, err[-2000:]
     assert not list((run_dir / "checkpoints").rglob("*.tmp"))
+    # rag-eval reaches the lock once there is a model: the finished run directory, held again by the job's own
+    # lock code (a job whose steps are all done holds it for too short a time to catch)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys; from job.layout import run_lock\n"
+         f"with run_lock({str(run_dir)!r}, 'job run'):\n    print('held', flush=True); sys.stdin.read()"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )  # fmt: skip
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        index = subprocess.run([sys.executable, "-m", "rag_eval", "index", "--model", str(run_dir)],
+                               capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)},
+                               timeout=300)  # fmt: skip
+    finally:
+        holder.communicate("", timeout=60)
+    assert index.returncode == 2, index.stdout + index.stderr
+    assert f"is in use by job run (pid {holder.pid}" in index.stderr and "another --run-dir" in index.stderr
 
 
 def test_a_killed_holder_releases_the_run_directory(tmp_path, tiny_model_path, pairs_file, capsys):
