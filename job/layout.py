@@ -9,6 +9,7 @@ PyTorch). Nothing else spells out a run directory's folder or file names::
       ir/          validation/ and test/ in BEIR format                                  (prepare)
       baseline/    metrics.json                                                          (baseline)
       checkpoints/ trainer checkpoints, job_fingerprint.json                             (train)
+      ddp_config.yaml, ddp_errors/   the configuration torchrun's ranks read, their errors    (train, DDP)
       model/       the fine-tuned model, its card README.md, training.json               (train)
       report/      report.md, metrics.json, ndcg_by_dim.png                              (evaluate)
       logs/        TensorBoard event files (train, when tensorboard is installed)
@@ -50,6 +51,9 @@ OUTPUT_DIRS = (DATA, IR, BASELINE, REPORT)
 # The model card section that the evaluate step writes into model/README.md.
 CARD_MARK = "<!-- job:evaluation -->"
 CHECKPOINT_FINGERPRINT = "job_fingerprint.json"
+# Multi-process training (job.distributed): the configuration every rank reads, and the error paragraph a
+# failing rank leaves for the process that started torchrun on its machine.
+DDP_CONFIG, DDP_ERRORS = "ddp_config.yaml", "ddp_errors"
 
 
 @dataclass

@@ -16,7 +16,7 @@ from job import checkpoints, layout, soup, storage
 from job.collate import RowNamingCollator, failing_pair_named, raise_for_batch_failure, worker_signals_paused
 from job.config import JobConfig
 from job.data import IRData, Pair
-from job.distributed import is_main_process, world_size
+from job.distributed import check_agreement, digest, is_main_process, on_first_node, world_size
 from job.errors import JobError
 from job.evaluation import VALIDATION, build_evaluator, evaluation_options, metric_key, per_dim_metrics
 from job.negatives import add_hard_negatives
@@ -228,6 +228,15 @@ def train_model(
     args = training_arguments(cfg, model, checkpoint_dir, batch_size, select, train_ds.column_names)
     trace_dir = Path(tempfile.mkdtemp(prefix="job-batches-")) if cfg.dataloader_workers > 0 else None
     trainer = build_trainer(cfg, model, args, train_ds, loss, evaluator, callbacks, train_pairs, source, trace_dir)
+    check_agreement(  # under DDP, before the first step: every machine trains on the same pairs, from one point
+        {
+            "the training pairs (digest)": digest([(p.question, p.passage) for p in train_pairs]),
+            "the checkpoint to resume from": Path(resume_from).name if resume_from else None,
+        },
+        "give every machine the same run directory: the same prepared data (the same data and flags), and the same "
+        "checkpoints (SageMaker restores the checkpoint S3 prefix on every instance; on your own machines copy "
+        "RUN_DIR/checkpoints from the first machine to the others, or use a shared folder).",
+    )
     if torch_cuda_available():
         import torch
 
@@ -369,6 +378,12 @@ def build_trainer(cfg: JobConfig, model, args, train_ds, loss, evaluator, callba
                 pool_batches=cfg.length_grouping, text_lengths=token_counter(self.model),
             )  # fmt: skip
 
+        def _load_best_model(self):
+            # Every rank, before the best checkpoint replaces the weights: did the ranks stay in sync?
+            self.final_param_checksums = _param_checksums(self.model)
+            if on_first_node():  # the checkpoints are on the disk of the machine that holds global rank 0
+                super()._load_best_model()
+
         def _save_checkpoint(self, model, trial):
             super()._save_checkpoint(model, trial)
             if self.args.should_save:
@@ -477,7 +492,7 @@ def training_summary(cfg: JobConfig, trainer, output, seconds: float, pairs: int
         "train_pairs": pairs,
         "batch_size": batch_size,
         "world_size": world_size(),
-        "rank_param_checksums": _param_checksums(trainer.model),
+        "rank_param_checksums": getattr(trainer, "final_param_checksums", None) or _param_checksums(trainer.model),
         "global_steps": state.global_step,
         "epochs": state.epoch,
         "train_seconds": round(seconds, 2),
