@@ -110,8 +110,11 @@ class Node:
                 "allows all traffic between its own members); in your own setup, start every host of the job.",
             ) from None
         self.store.set_timeout(WAIT_FOR_RESULT)
+        # A client serves one request at a time: the watcher blocks in its own connection.
+        watch = TCPStore(c.main_host, self.port + 1, None, False, timedelta(seconds=self.connect_timeout_s))
+        watch.set_timeout(WAIT_FOR_RESULT)
         self.store.set(f"job/joined/{c.rank}", c.current_host)
-        self._watcher = threading.Thread(target=self._watch, name="job-result", daemon=True)
+        self._watcher = threading.Thread(target=self._watch, args=(watch,), name="job-result", daemon=True)
         self._watcher.start()
         return self
 
@@ -129,12 +132,12 @@ class Node:
         except Exception as err:  # noqa: BLE001 - the others stop on their own when the store goes away
             self.echo(f"container: the other hosts did not all read the job's result ({_first_line(err)})")
 
-    def _watch(self) -> None:
+    def _watch(self, store) -> None:
         """Another node: block until node 0 publishes its result (or its store goes away); if this node is
         still training then, stop torchrun here."""
         try:
-            self.result = self.store.get(RESULT).decode(errors="replace")
-            self.store.set(f"job/ack/{self.cluster.rank}", "1")
+            self.result = store.get(RESULT).decode(errors="replace")
+            store.set(f"job/ack/{self.cluster.rank}", "1")
         except Exception as exc:  # noqa: BLE001
             self.result = f"the connection to it was lost ({_first_line(exc)})"
         child = SIGTERM.child
