@@ -191,13 +191,14 @@ class Node:
         c = self.cluster
         if self.result is not None and self.result != OK:
             return TrainingFailed(f"The first host {c.main_host} ended the job: {self.result}")
-        cause = f": {errors[0]}" if errors else ""
+        if errors:  # a rank's own error paragraph says what and how to fix it
+            where = f"across {c.size} hosts, on {c.current_host}" if c.size > 1 else f"(torchrun exit code {code})"
+            return TrainingFailed(f"Distributed training failed {where}: {errors[0]}")
         if c.size == 1:
-            return TrainingFailed(f"Distributed training failed (torchrun exit code {code}){cause}; see the ranks' "
-                                  "output above.")  # fmt: skip
+            return TrainingFailed(f"Distributed training failed (torchrun exit code {code}); see the ranks' output.")
         return TrainingFailed(
             f"Training across {c.size} hosts ({', '.join(c.hosts)}) stopped: torchrun on {c.current_host} exited with "
-            f"code {code}{cause}. A process failed on one of the hosts, or a host was lost (stopped, out of memory, "
+            f"code {code}. A process failed on one of the hosts, or a host was lost (stopped, out of memory, "
             "network); each host's log shows which. A new job with the same checkpoint location resumes from the "
             "last complete checkpoint."
         )
