@@ -169,11 +169,6 @@ def check_spec(spec: LaunchSpec, defaults: dict[str, Any] | None = None) -> Laun
             "push the image to ECR (ACCOUNT.dkr.ecr.REGION.amazonaws.com/NAME:TAG) and pass that URI, or use "
             f"--image {HUGGINGFACE}.",
         )
-    if spec.instance_count < 1:
-        raise JobError(
-            f"--instance-count {spec.instance_count}: a training job runs on at least one instance.",
-            "pass --instance-count 1, or N >= 2 to train on N instances together (torchrun across them).",
-        )
     if not _JOB_NAME.match(spec.base_job_name) or len(spec.base_job_name) > 48:
         raise JobError(
             f"The base job name {spec.base_job_name!r} is not valid.",
