@@ -214,7 +214,10 @@ phase "SDK local mode (pytest)"
 (cd "$REPO" && DOCKER_HOST="unix://$SOCK" JOB_DOCKER_IMAGE="$IMAGE" HF_HUB_OFFLINE=1 \
     "$PY" -m pytest tests/test_docker_local_mode.py -q -s -p no:cacheprovider -o addopts="" 2>&1 | tee "$WORK/pytest.log" | grep -E "^\[docker test\]|passed|failed|error" ) \
     || true
-grep -qE "^[0-9]+ passed" "$WORK/pytest.log" && ! grep -qE "[0-9]+ (failed|error)" "$WORK/pytest.log" \
+# pytest's summary line (the last one): "6 passed in ..." - not "1 failed, 5 passed" (containers' own
+# output may say "failed" anywhere above it).
+summary="$(tail -n 1 "$WORK/pytest.log")"
+grep -qE "^[0-9]+ passed" <<<"$summary" && ! grep -qE "failed|error" <<<"$summary" \
     || { tail -60 "$WORK/pytest.log"; die "tests/test_docker_local_mode.py failed"; }
 
 if [ "${MULTINODE_BENCH:-0}" = 1 ]; then

@@ -288,8 +288,8 @@ def test_two_containers_as_sagemaker_starts_them_fail_together_and_resume(tmp_pa
         _docker("kill", ids[1])  # the second instance is lost
         killed = time.perf_counter()
         assert wait(ids[0], timeout=300) == 1, _logs(ids[0])
-        print(f"\n[docker test] two hosts, algo-2 killed at step 4+: algo-1 failed on its own "
-              f"{time.perf_counter() - killed:.0f} s later")  # fmt: skip
+        print(f"\n[docker test] two hosts, algo-2 killed at step 4+: algo-1 stopped on its own, "
+              f"{time.perf_counter() - killed:.0f} s later, exit code 1")  # fmt: skip
         reason = (roots[0] / "output" / "failure").read_text()
         assert "Training across 2 hosts (algo-1, algo-2) stopped: torchrun on algo-1 exited with code" in reason
         print(f"[docker test]   failure reason: {reason[:300]}")
