@@ -346,6 +346,11 @@ def test_several_instances_are_one_job_over_all_of_them(aws, s3_bucket, pairs_fi
         "launch: 2 x ml.g5.12xlarge, 4 training process(es) each: torchrun across the instances, global batch 64 "
         "(8 pairs per process), in-batch negatives gathered across all of them"
     ) in err
+    # The Hugging Face image takes the same path: the SDK's driver runs our entrypoint on every instance.
+    code = launch_cli.main([*args[: args.index("--image") + 1], "huggingface", *args[args.index("--image") + 2 :]])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert json.loads(out)["ResourceConfig"]["InstanceCount"] == 2
     # the cost line counts every instance: BillableTimeInSeconds is per instance
     desc = {"ResourceConfig": {"InstanceType": "ml.g5.12xlarge", "InstanceCount": 2}, "BillableTimeInSeconds": 600}
     assert sagemaker_jobs.job_cost(desc)[0] == pytest.approx(600 * 2 * 7.09 / 3600)
