@@ -11,7 +11,10 @@ base-model channel, global batch 32, no validation split (so a step's time is tr
   ``sagemaker-local`` network, one process each (gloo across the Docker bridge).
 
 Both gather the in-batch negatives across their two processes, so they train on the same batches
-of 32 pairs; what differs is where the gather and the gradient all-reduce travel. Rows:
+of 32 pairs; what differs is where the gather and the gradient all-reduce travel. Every process
+runs one thread (``OMP_NUM_THREADS=1``, what torchrun sets itself for several processes per node):
+with two containers on one 2-core machine, two threads each would oversubscribe the cores and
+measure that instead of the network. Rows:
 ``test_ndcg@10`` per dim (from the run's report), ``seconds_per_step`` (train seconds / optimizer
 steps), and the whole job's wall time. Noise: the second seed (another split, sampler order and
 initialisation) - the spread between seeds is the yardstick for the difference between layouts.
@@ -44,7 +47,7 @@ RECIPE = ["--data", "embedded", "--batch-size", "32", "--epochs", "2", "--max-se
 def run_one(name: str, seed: int, image: str, model: str, work: Path) -> dict:
     run_dir = work / f"{name}-seed{seed}"
     args = ["local", "--image", image, "--model", model, "--run-dir", str(run_dir), "--seed", str(seed),
-            "--env", "HF_HUB_OFFLINE=1", *RECIPE, *LAYOUTS[name]]  # fmt: skip
+            "--env", "HF_HUB_OFFLINE=1", "--env", "OMP_NUM_THREADS=1", *RECIPE, *LAYOUTS[name]]  # fmt: skip
     start = time.perf_counter()
     code = launch_cli.main(args)
     wall = time.perf_counter() - start
@@ -88,6 +91,7 @@ def main(argv: list[str] | None = None) -> int:
                 "SageMaker SDK's local mode (Docker, CPU, gloo); rows per seed",
         "recipe": " ".join(RECIPE) + " --model all-MiniLM-L6-v2 (channel)",
         "layouts": {k: " ".join(v) for k, v in LAYOUTS.items()},
+        "threads_per_process": 1,
         "machine": f"{platform.machine()}, {__import__('os').cpu_count()} cores (shared with other work), no GPU",
         "measured": time.strftime("%Y-%m-%d"),
         "rows": rows,
