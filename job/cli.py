@@ -139,12 +139,18 @@ def baseline_cmd(cfg) -> None:
 @click.option("--force", is_flag=True, help="Discard checkpoints of an earlier unfinished run.")
 def train_cmd(cfg, resume: bool, force: bool) -> None:
     """Fine-tune with MatryoshkaLoss(MNRL); keep the best checkpoint by validation NDCG@10."""
+    from job import distributed
     from job.pipeline import train
 
     rd = _rd(cfg)
     cfg = _step_cfg(cfg, rd)
-    with _hold(rd, "job train"), storage.storage_errors(rd.root, "the train step's outputs"):
-        train(cfg, rd, echo, resume=resume, force=force)
+    try:
+        with _hold(rd, "job train"), storage.storage_errors(rd.root, "the train step's outputs"):
+            train(cfg, rd, echo, resume=resume, force=force)
+    except JobError as exc:
+        if distributed.inside_torchrun():  # for the process that started torchrun on this machine
+            distributed.record_rank_error(rd.root, exc.message)
+        raise
 
 
 @cli.command("evaluate", cls=SectionedCommand)

@@ -10,6 +10,7 @@ PyTorch). Nothing else spells out a run directory's folder or file names::
       baseline/    metrics.json                                                          (baseline)
                    model/: the base model's exports, tokenizer and configs (no weights)  (evaluate --export)
       checkpoints/ trainer checkpoints, job_fingerprint.json                             (train)
+      ddp_config.yaml, ddp_errors/   the configuration torchrun's ranks read, their errors    (train, DDP)
       model/       the fine-tuned model, its card README.md, training.json               (train)
       report/      report.md, metrics.json, ndcg_by_dim.png                              (evaluate)
       logs/        TensorBoard event files (train, when tensorboard is installed)
@@ -61,6 +62,9 @@ CARD_MARK = "<!-- job:evaluation -->"
 CHECKPOINT_FINGERPRINT = "job_fingerprint.json"
 LOCK_FILE = ".lock"  # one writer per run directory (see run_lock)
 _LOCK_ENV = "JOB_RUN_LOCK_HELD"  # the run directories this process (or its parent, for torchrun ranks) holds
+# Multi-process training (job.distributed): the configuration every rank reads, and the error paragraph a
+# failing rank leaves for the process that started torchrun on its machine.
+DDP_CONFIG, DDP_ERRORS = "ddp_config.yaml", "ddp_errors"
 
 
 @dataclass

@@ -334,17 +334,21 @@ def train(
             echo(f"train: starting {nproc} processes (torchrun, DDP)")
             code = distributed.launch_training(cfg, rd.root, nproc, resume=resume, force=force)
             if code != 0:
+                errors = distributed.rank_errors(rd.root)
                 raise JobError(
-                    f"Distributed training ({nproc} processes) failed with exit code {code}; its output is above.",
+                    f"Distributed training ({nproc} processes) failed with exit code {code}"
+                    + (f": {errors[0]}" if errors else "; its output is above."),
                     "fix the error shown by the failing rank; `job train --resume` continues from the last checkpoint.",
                 )
             record = _require(rd, "train", "job train")
             _echo_train(echo, rd, record)
             return record
         check_checkpoints(rd, fingerprint, resume, force, echo=echo)
-    elif distributed.is_main_process():
-        # torchrun rank 0: the launcher already checked the checkpoints (and --force cleared them)
-        check_checkpoints(rd, fingerprint, resume=resume, force=force, echo=echo)
+    else:  # a torchrun rank (`torchrun --nnodes ... -m job train` included): the global batch must split evenly
+        distributed.check_batch_split(cfg.batch_size, 1, distributed.world_size())
+        if distributed.is_main_process():
+            # torchrun rank 0: the launcher already checked the checkpoints (and --force cleared them)
+            check_checkpoints(rd, fingerprint, resume=resume, force=force, echo=echo)
 
     model = load_model(cfg.model, max_seq_length=cfg.max_seq_length, train=True)
     dims = resolve_dims(cfg, model)
@@ -568,28 +572,30 @@ def run(
     on_step: Callable[[str, dict[str, Any]], None] | None = None,
     train_step: Callable[[bool], dict[str, Any]] | None = None,
     mismatch_fix: str | None = None,
+    steps: tuple[str, ...] = STEPS,
 ) -> dict[str, Any]:
-    """Every step in order; a step whose done record matches the configuration is skipped.
+    """Every step in order (or those of ``steps``); a step whose done record matches the configuration is skipped.
 
     ``on_step(step, result)`` sees every step's result, skipped ones included; ``train_step(resume)``
     replaces the training call (the SageMaker container runs its own, with its callbacks);
-    ``mismatch_fix`` replaces the advice given when the run dir holds another configuration's output.
+    ``mismatch_fix`` replaces the advice given when the run dir holds another configuration's output;
+    ``steps`` limits the run (another machine of a multi-machine job only prepares and trains).
     """
     storage.probe_writable(rd.root)  # before any model is loaded
     guard.check_guard(cfg)  # a bad --guard-data fails now, not after training
     merge.check_merge(cfg)  # --merge-base auto needs the guard's train/dev queries
     with run_lock(rd.root, "job run"):  # one writer per run directory (nested holds pass through)
-        return _run_steps(cfg, rd, echo, force, on_step, train_step, mismatch_fix)
+        return _run_steps(cfg, rd, echo, force, on_step, train_step, mismatch_fix, steps)
 
 
-def _run_steps(cfg, rd, echo, force, on_step, train_step, mismatch_fix) -> dict[str, Any]:
+def _run_steps(cfg, rd, echo, force, on_step, train_step, mismatch_fix, steps) -> dict[str, Any]:
     results: dict[str, Any] = {}
     if cfg.docs:
         results["synthesize"] = synthesize_step(cfg, rd, echo, force)
         cfg = with_synthesized_data(cfg, rd)
     ran_earlier_step = False  # once a step runs, every later step must run on its new output
     inputs_changed = False if force else _inputs_changed(cfg, rd, echo)
-    for step in STEPS:
+    for step in (s for s in STEPS if s in steps):
         rec = rd.record(step)
         if rec is not None and not force and not ran_earlier_step and not inputs_changed:
             want = step_fingerprint(cfg, rd, step)

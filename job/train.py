@@ -16,7 +16,7 @@ from job import checkpoints, layout, merge, soup, storage
 from job.collate import RowNamingCollator, failing_pair_named, raise_for_batch_failure, worker_signals_paused
 from job.config import JobConfig
 from job.data import IRData, Pair
-from job.distributed import is_main_process, world_size
+from job.distributed import check_agreement, digest, is_main_process, on_first_node, world_size
 from job.errors import JobError
 from job.evaluation import VALIDATION, build_evaluator, evaluation_options, metric_key, per_dim_metrics
 from job.negatives import add_hard_negatives
@@ -228,13 +228,23 @@ def train_model(
     train_ds, negatives_stats = training_dataset(cfg, model, train_pairs, source)
     batch_size = min(cfg.batch_size, len(train_pairs))
     evaluator, select = model_selection(cfg, model, dims, best_dim, validation)
+    # under torchrun, the arguments also start the process group that check_agreement gathers over
+    args = training_arguments(cfg, model, checkpoint_dir, batch_size, select, train_ds.column_names)
+    check_agreement(  # under DDP, before the first step: every machine trains on the same pairs, from one point
+        {
+            "the training pairs (digest)": digest([(p.question, p.passage) for p in train_pairs]),
+            "the checkpoint to resume from": Path(resume_from).name if resume_from else None,
+        },
+        "give every machine the same run directory: the same prepared data (the same data and flags), and the same "
+        "checkpoints (SageMaker restores the checkpoint S3 prefix on every instance; on your own machines copy "
+        "RUN_DIR/checkpoints from the first machine to the others, or use a shared folder).",
+    )
     before = checkpoints.train_seconds(resume_from)  # training time of the sessions before this one
     finished = checkpoints.finished_state(resume_from, cfg.max_steps, cfg.epochs)
     if finished is not None:  # the run ended at this checkpoint: end as the uninterrupted run did, no extra step
         summary = finished_summary(cfg, model, finished, resume_from, checkpoint_dir, before, len(train_pairs))
         best_metric = finished.get("best_metric")
     else:
-        args = training_arguments(cfg, model, checkpoint_dir, batch_size, select, train_ds.column_names)
         trace_dir = Path(tempfile.mkdtemp(prefix="job-batches-")) if cfg.dataloader_workers > 0 else None
         trainer = build_trainer(cfg, model, args, train_ds, loss, evaluator, callbacks, train_pairs, source, trace_dir)
         if torch_cuda_available():
@@ -259,7 +269,10 @@ def train_model(
             if trace_dir is not None:
                 shutil.rmtree(trace_dir, ignore_errors=True)
         seconds = before + time.perf_counter() - start
-        summary = training_summary(cfg, trainer.state, trainer.model, output.training_loss, seconds, len(train_pairs))
+        summary = training_summary(
+            cfg, trainer.state, trainer.model, output.training_loss, seconds, len(train_pairs),
+            getattr(trainer, "final_param_checksums", None),
+        )  # fmt: skip
         best_metric = trainer.state.best_metric
     summary.update(
         batch_size=batch_size, hard_negatives=negatives_stats, resumed_from=resume_from,
@@ -384,6 +397,12 @@ def build_trainer(cfg: JobConfig, model, args, train_ds, loss, evaluator, callba
                 pool_batches=cfg.length_grouping, text_lengths=token_counter(self.model),
             )  # fmt: skip
 
+        def _load_best_model(self):
+            # Every rank, before the best checkpoint replaces the weights: did the ranks stay in sync?
+            self.final_param_checksums = _param_checksums(self.model)
+            if on_first_node():  # the checkpoints are on the disk of the machine that holds global rank 0
+                super()._load_best_model()
+
         def _save_checkpoint(self, model, trial):
             super()._save_checkpoint(model, trial)
             if self.args.should_save:
@@ -483,7 +502,9 @@ def _after_failure(
     return None
 
 
-def training_summary(cfg: JobConfig, state, model, train_loss, seconds: float, pairs: int) -> dict[str, Any]:
+def training_summary(
+    cfg: JobConfig, state, model, train_loss, seconds: float, pairs: int, checksums: list | None = None
+) -> dict[str, Any]:
     """The training record. ``seconds`` is the whole run's training time (every session, resumed ones too);
     pairs/s is the pairs trained on (epochs x pairs) over that time."""
     import torch
@@ -496,7 +517,7 @@ def training_summary(cfg: JobConfig, state, model, train_loss, seconds: float, p
         "loss": cfg.loss,
         "train_pairs": pairs,
         "world_size": world_size(),
-        "rank_param_checksums": _param_checksums(model),
+        "rank_param_checksums": checksums or _param_checksums(model),
         "global_steps": state.global_step,
         "epochs": state.epoch,
         "train_seconds": round(seconds, 2),

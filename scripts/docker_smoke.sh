@@ -23,12 +23,18 @@
 #     mounted folder, written by uid 1000;
 #  8. runs tests/test_docker_local_mode.py against the daemon and the image: `job launch local`
 #     and the SageMaker SDK's local mode on its own (60 pairs, 2 steps), a failing job, a missing
-#     image, and `rag-eval index` + `serve` on the result.
-# It prints the time of each phase; exit code 0 means every check passed.
+#     image, and `rag-eval index` + `serve` on the result; two instances: `job launch local
+#     --instance-count 2` (the SDK's containers algo-1 and algo-2 train one model together), and the
+#     same two containers started as SageMaker starts them, one killed mid-training, then resumed;
+#  9. with MULTINODE_BENCH=1: bench/multinode.py (1 node x 2 processes vs 2 nodes x 1 process through
+#     local mode, two seeds; about 20 minutes here) -> bench/results/multinode_local.json.
+# It prints the time of each phase; exit code 0 means every check passed. PY names the Python
+# (default: the repository's .venv), HADOLINT the linter (default: next to PY).
 set -euo pipefail
 
 REPO="$(cd "$(dirname "$0")/.." && pwd)"
 PY="${PY:-$REPO/.venv/bin/python}"
+HADOLINT="${HADOLINT:-$(dirname "$PY")/hadolint}"
 WHEEL="${TORCH_WHEEL:-$(ls /opt/wheels/torch-*+cpu-cp311-*.whl 2>/dev/null | head -n 1)}"
 CA_BUNDLE="${CA_BUNDLE:-/etc/ssl/certs/ca-certificates.crt}"
 MIRROR="${DEBIAN_MIRROR:-http://deb.debian.org/debian}"
@@ -107,7 +113,7 @@ tar -C "$WORK/rootfs" -c . | docker import - local/base >/dev/null
 rm -rf "$WORK/rootfs"
 
 phase "hadolint"
-"$REPO/.venv/bin/hadolint" "$REPO/Dockerfile" || die "hadolint found problems"
+"$HADOLINT" "$REPO/Dockerfile" || die "hadolint found problems"
 
 phase "docker build"
 # The build context: the working tree (tracked and untracked, not ignored files) plus, in
@@ -208,8 +214,18 @@ phase "SDK local mode (pytest)"
 (cd "$REPO" && DOCKER_HOST="unix://$SOCK" JOB_DOCKER_IMAGE="$IMAGE" HF_HUB_OFFLINE=1 \
     "$PY" -m pytest tests/test_docker_local_mode.py -q -s -p no:cacheprovider -o addopts="" 2>&1 | tee "$WORK/pytest.log" | grep -E "^\[docker test\]|passed|failed|error" ) \
     || true
-grep -qE "^[0-9]+ passed" "$WORK/pytest.log" && ! grep -qE "[0-9]+ (failed|error)" "$WORK/pytest.log" \
+# pytest's summary line (the last one): "6 passed in ..." - not "1 failed, 5 passed" (containers' own
+# output may say "failed" anywhere above it).
+summary="$(tail -n 1 "$WORK/pytest.log")"
+grep -qE "^[0-9]+ passed" <<<"$summary" && ! grep -qE "failed|error" <<<"$summary" \
     || { tail -60 "$WORK/pytest.log"; die "tests/test_docker_local_mode.py failed"; }
+
+if [ "${MULTINODE_BENCH:-0}" = 1 ]; then
+    phase "bench: one node vs two"
+    (cd "$REPO" && DOCKER_HOST="unix://$SOCK" HF_HUB_OFFLINE=1 "$PY" bench/multinode.py --image "$IMAGE" \
+        --model "$MODEL_SRC" 2>&1 | tee "$WORK/bench.log" | grep -E "^\[bench\]|^error" ) || true
+    grep -q "^\[bench\] wrote" "$WORK/bench.log" || { tail -60 "$WORK/bench.log"; die "bench/multinode.py failed"; }
+fi
 
 phase "done"
 echo "[smoke] PASS"

@@ -271,16 +271,6 @@ def test_two_model_sources_are_refused(tmp_path, tiny_model_path):
         container_inputs.channel_values(contract.ContainerPaths.create(root), {"model": "BAAI/bge-small-en-v1.5"})
 
 
-def test_several_instances_are_refused(tmp_path, tiny_model_path, capsys):
-    root = layout(tmp_path, tiny_model_path)
-    (root / "input" / "config" / "resourceconfig.json").write_text(
-        json.dumps({"current_host": "algo-1", "hosts": ["algo-1", "algo-2"]})
-    )
-    code, _, _ = run_train(root, capsys)
-    assert code == 2
-    assert "runs on 2 instances" in failure(root) and "ml.g5.12xlarge" in failure(root)
-
-
 # --- metrics -------------------------------------------------------------------------------------
 @pytest.mark.parametrize("value", [0.8194, 1e-05, 12.5, -0.25, 3.0, 123456789.0])
 def test_metric_regexes_parse_every_printed_number(value):

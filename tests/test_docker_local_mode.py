@@ -13,13 +13,19 @@ smoke script needs root), so every folder the launcher and the SDK create is roo
   hyperparameters as Python values, Docker creating the mount folders): the image trains with
   no command; the job writes the model as uid 1000, never root, and model.tar.gz holds it;
 * a job that fails in the container: the error carries its failure file;
-* an image that is not there: refused before anything starts.
+* an image that is not there: refused before anything starts;
+* two instances: `job launch local --instance-count 2` - the SDK's two containers algo-1 and algo-2
+  on its `sagemaker-local` network train one model together (torchrun across them, gloo); and the
+  same two containers started the way SageMaker starts them (one /opt/ml each, with its own
+  resourceconfig.json naming both hosts): one killed mid-training makes the other fail on its own
+  with the reason written, and a relaunch on the checkpoints restored to both resumes and finishes.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import tarfile
@@ -65,8 +71,8 @@ def test_launch_local_trains_in_the_image_on_root_owned_folders(
     seen = {}
     real = sagemaker_local._prepare_root
 
-    def prepare(root, plan):  # what the container meets: every mount folder root-owned, 0755
-        real(root, plan)
+    def prepare(root, plan, *rest):  # what the container meets: every mount folder root-owned, 0755
+        real(root, plan, *rest)
         for rel in ("model", "algo-1/output", "algo-1/output/data", "algo-1/input/data/train"):
             st = (root / rel).stat()
             seen[rel] = (st.st_uid, oct(st.st_mode & 0o777))
@@ -200,3 +206,118 @@ def test_an_image_that_is_not_there_is_refused_before_anything_starts(tmp_path, 
     )
     _, err = capsys.readouterr()
     assert code == 2 and "The image local/never-built:0 is not in this machine's Docker" in err, err
+
+
+# --- two instances ------------------------------------------------------------------------------
+def test_launch_local_on_two_containers_trains_one_model(tmp_path, tiny_model_path, capsys, no_telemetry_config):
+    run_dir = tmp_path / "run"
+    start = time.perf_counter()
+    code = launch_cli.main([
+        "local", "--image", IMAGE, "--instance-count", "2", "--data", str(_pairs(tmp_path / "pairs.jsonl")),
+        "--model", str(tiny_model_path), "--run-dir", str(run_dir), "--env", "HF_HUB_OFFLINE=1", *FAST,
+        "--max-steps", "4",
+    ])  # fmt: skip
+    out, err = capsys.readouterr()
+    print(f"\n[docker test] job launch local --instance-count 2: {time.perf_counter() - start:.0f} s")
+    assert code == 0, err[-3000:] + out[-3000:]
+    assert "(local_cpu x 2 containers (algo-1, algo-2: torchrun across them)" in err
+    assert "2 nodes x 1 process = 2 processes, this is node 0, rendezvous algo-1:29500" in out
+    assert "this is node 1, rendezvous algo-1:29500" in out and "waiting for algo-1 to evaluate and export" in out
+    training = json.loads((run_dir / "model" / "training.json").read_text())
+    assert training["world_size"] == 2 and training["global_steps"] == 4
+    assert len(set(training["rank_param_checksums"])) == 1
+    assert (run_dir / "report" / "metrics.json").is_file()
+    from sentence_transformers import SentenceTransformer
+
+    assert SentenceTransformer(str(run_dir / "model")).encode(["revenue"]).shape == (1, 32)
+    line = next(x for x in out.splitlines() if "train: 2 nodes x 1 process" in x and "node 0" in x)
+    plain = re.sub(r"\x1b\[[0-9;]*m", "", line.split("|", 1)[-1]).strip()  # compose's colours off
+    print(f"[docker test]   {plain}")
+
+
+HOSTS = ("algo-1", "algo-2")
+
+
+def _sagemaker_host(root: Path, host: str, train: Path, model: Path, hps: dict) -> Path:
+    """One instance's /opt/ml as SageMaker lays it out: channels, hyperparameters, resourceconfig."""
+    config = root / "input" / "config"
+    config.mkdir(parents=True)
+    shutil.copytree(train, root / "input" / "data" / "train")
+    shutil.copytree(model, root / "input" / "data" / "model")
+    subprocess.run(["chmod", "-R", "a+rX", str(root / "input")], check=True)
+    (config / "hyperparameters.json").write_text(json.dumps(hps))
+    (config / "inputdataconfig.json").write_text(json.dumps({"train": {"TrainingInputMode": "File"},
+                                                             "model": {"TrainingInputMode": "File"}}))  # fmt: skip
+    (config / "resourceconfig.json").write_text(json.dumps(
+        {"current_host": host, "hosts": list(HOSTS), "network_interface_name": "eth0"}))  # fmt: skip
+    return root
+
+
+def test_two_containers_as_sagemaker_starts_them_fail_together_and_resume(tmp_path, tiny_model_path):
+    """`docker run IMAGE train` per host on one network, as SageMaker runs a two-instance job (its SDK's
+    local mode cannot kill one host alone: compose stops every container when one exits)."""
+    train = tmp_path / "train"
+    train.mkdir()
+    _pairs(train / "pairs.jsonl")
+    hps = {"max_steps": "40", "eval_steps": "4", "batch_size": "8", "eval_batch_size": "16", "logging_steps": "1",
+           "matryoshka_dims": "[32, 16]"}  # fmt: skip
+    roots = [_sagemaker_host(tmp_path / h, h, train, tiny_model_path, hps) for h in HOSTS]
+    net, tag = f"two-hosts-{os.getpid()}", f"-{os.getpid()}"
+    _docker("network", "create", net)
+
+    def start() -> list[str]:
+        return [
+            _docker("run", "-d", "--name", h + tag, "--hostname", h, "--network", net, "--network-alias", h,
+                    "-e", "HF_HUB_OFFLINE=1", "-v", f"{r}:/opt/ml", IMAGE, "train").stdout.strip()
+            for h, r in zip(HOSTS, roots)
+        ]  # fmt: skip
+
+    def wait(cid: str, timeout: float) -> int:
+        return int(_docker("wait", cid, timeout=timeout).stdout.strip())
+
+    ids: list[str] = []
+    try:
+        start_t = time.perf_counter()
+        ids = start()
+        mark = roots[0] / "checkpoints" / "run" / "checkpoints" / "checkpoint-4" / "job_checkpoint_complete.json"
+        for _ in range(900):
+            if mark.is_file():
+                break
+            assert _docker("inspect", "-f", "{{.State.Running}}", ids[0]).stdout.strip() == "true", _logs(ids[0])
+            time.sleep(0.5)
+        _docker("kill", ids[1])  # the second instance is lost
+        killed = time.perf_counter()
+        assert wait(ids[0], timeout=300) == 1, _logs(ids[0])
+        print(f"\n[docker test] two hosts, algo-2 killed at step 4+: algo-1 stopped on its own, "
+              f"{time.perf_counter() - killed:.0f} s later, exit code 1")  # fmt: skip
+        reason = (roots[0] / "output" / "failure").read_text()
+        assert "Training across 2 hosts (algo-1, algo-2) stopped: torchrun on algo-1 exited with code" in reason
+        print(f"[docker test]   failure reason: {reason[:300]}")
+        for cid in ids:
+            _docker("rm", "-f", cid)
+
+        # Relaunch: SageMaker restores the checkpoint S3 prefix on every instance.
+        ckpts = [r / "checkpoints" / "run" / "checkpoints" for r in roots]
+        for a, b in ((ckpts[0], ckpts[1]), (ckpts[1], ckpts[0])):
+            for c in a.glob("checkpoint-*"):
+                shutil.copytree(c, b / c.name, dirs_exist_ok=True)
+        (roots[0] / "output" / "failure").unlink()
+        ids = start()
+        codes = [wait(cid, timeout=900) for cid in ids]
+        logs = [_logs(cid) for cid in ids]
+        assert codes == [0, 0], logs[0][-3000:] + logs[1][-3000:]
+        resumed = [next(x for x in log.splitlines() if "train: resuming from" in x) for log in logs]
+        assert resumed[0] == resumed[1] and "/opt/ml/checkpoints/run/checkpoints/checkpoint-" in resumed[0]
+        training = json.loads((roots[0] / "model" / "training.json").read_text())
+        assert training["global_steps"] == 40 and training["world_size"] == 2
+        assert not (roots[1] / "model" / "modules.json").exists()  # one model, from the first host
+        print(f"[docker test] relaunch: both hosts {resumed[0].strip()}; done in {time.perf_counter() - start_t:.0f} s")
+    finally:
+        for cid in ids:
+            _docker("rm", "-f", cid, check=False)
+        _docker("network", "rm", net, check=False)
+
+
+def _logs(cid: str) -> str:
+    done = _docker("logs", cid, check=False)
+    return done.stdout + done.stderr

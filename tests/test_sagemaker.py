@@ -301,7 +301,19 @@ def test_missing_region_is_refused_before_any_upload(aws, s3_bucket, pairs_file,
     [
         (["--role", "SageMakerExecution"], "is not an IAM role ARN"),
         (["--image", "rag-embed-finetune:latest"], "is not an ECR image URI"),
-        (["--instance-count", "2"], "trains on one instance"),
+        (["--instance-count", "0"], "--instance-count 0: a training job runs on at least one instance"),
+        (
+            ["--instance-type", "ml.g5.12xlarge", "--nproc", "8"],
+            "more training processes than ml.g5.12xlarge has GPUs (4)",
+        ),
+        (
+            ["--instance-count", "2", "--instance-type", "ml.g5.12xlarge", "--batch-size", "36"],
+            "batch_size 36 does not split evenly over 2 nodes x 4 processes (8)",
+        ),
+        (
+            ["--instance-count", "3", "--instance-type", "ml.g5.2xlarge", "--batch-size", "32"],
+            "batch_size 32 does not split evenly over 3 nodes x 1 process (3)",
+        ),
         (["--spot", "--max-run", "2h", "--max-wait", "1h"], "shorter than --max-run"),
         (["--max-wait", "1h"], "only applies to spot training"),
         (["--max-run", "soon"], "is not a duration"),
@@ -316,6 +328,32 @@ def test_bad_launch_settings_are_refused_before_any_upload(aws, s3_bucket, pairs
     _, err = capsys.readouterr()
     assert code == 2 and needle in err, err
     assert _keys(aws, s3_bucket) == []
+
+
+def test_several_instances_are_one_job_over_all_of_them(aws, s3_bucket, pairs_file, capsys):
+    """--instance-count 2: one CreateTrainingJob with InstanceCount 2 (SageMaker starts a container per
+    instance; they train together, see test_multinode.py); nproc is per instance."""
+    args = _launch_args(s3_bucket, pairs_file, "--role", ROLE, "--region", "us-east-1", "--instance-count", "2",
+                        "--instance-type", "ml.g5.12xlarge", "--batch-size", "64", "--spot", "--dry-run")  # fmt: skip
+    code = launch_cli.main(args)
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    request = json.loads(out)
+    assert request["ResourceConfig"] == {"InstanceType": "ml.g5.12xlarge", "InstanceCount": 2, "VolumeSizeInGB": 50}
+    assert request["HyperParameters"]["nproc"] == "4" and request["HyperParameters"]["batch_size"] == "64"
+    assert request["CheckpointConfig"]["LocalPath"] == "/opt/ml/checkpoints"  # restored on every instance
+    assert (
+        "launch: 2 x ml.g5.12xlarge, 4 training process(es) each: torchrun across the instances, global batch 64 "
+        "(8 pairs per process), in-batch negatives gathered across all of them"
+    ) in err
+    # The Hugging Face image takes the same path: the SDK's driver runs our entrypoint on every instance.
+    code = launch_cli.main([*args[: args.index("--image") + 1], "huggingface", *args[args.index("--image") + 2 :]])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert json.loads(out)["ResourceConfig"]["InstanceCount"] == 2
+    # the cost line counts every instance: BillableTimeInSeconds is per instance
+    desc = {"ResourceConfig": {"InstanceType": "ml.g5.12xlarge", "InstanceCount": 2}, "BillableTimeInSeconds": 600}
+    assert sagemaker_jobs.job_cost(desc)[0] == pytest.approx(600 * 2 * 7.09 / 3600)
 
 
 def test_missing_bucket_gets_the_s3_error(aws, pairs_file, capsys):

@@ -170,6 +170,11 @@ def test_an_image_that_does_not_train_is_a_failure_not_an_empty_success(
         ("ok", ["--data", "s3://bucket/pairs.jsonl"], ["a local run takes local files and folders, not s3:// URIs",
                                                        "aws s3 cp --recursive"]),
         ("ok", ["--image", "huggingface"], ["runs on SageMaker only"]),
+        ("ok", ["--instance-count", "0"], ["--instance-count 0: a training job runs on at least one instance"]),
+        ("ok", ["--instance-count", "2", "--gpus"], ["every local container would get all of this machine's GPUs",
+                                                     "drop --gpus"]),
+        ("ok", ["--instance-count", "2", "--batch-size", "33"], ["batch_size 33 does not split evenly over 2 nodes x "
+                                                                 "1 process (2)"]),
     ],
 )  # fmt: skip
 def test_bad_setups_are_refused_before_anything_starts(local_env, tmp_path, monkeypatch, capsys, setup, args, needles):
@@ -210,12 +215,37 @@ def test_dry_run_prints_what_would_run_and_starts_nothing(local_env, tmp_path, m
     assert json.loads(out) == {
         "image": IMAGE,
         "instance_type": "local_gpu",
+        "instance_count": 1,
         "channels": {"model": str(tiny_model_path.resolve()), "train": str(pairs.resolve())},
         "hyperparameters": {"data": "pairs.jsonl", "epochs": "2.0"},
         "environment": {"A": "1"},
         "run_dir": str(tmp_path / "run"),
     }
     assert list(local_env["tmp"].iterdir()) == []
+
+
+def test_several_containers_dry_run(local_env, tmp_path, monkeypatch, capsys):
+    """--instance-count 2 is used here (two containers, algo-1 and algo-2), not named as ignored."""
+    monkeypatch.setenv("PATH", str(tmp_path / "empty-bin"))
+    code = launch_cli.main(["local", "--image", IMAGE, "--data", "embedded", "--instance-count", "2", "--dry-run",
+                            "--run-dir", str(tmp_path / "run")])  # fmt: skip
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert json.loads(out)["instance_count"] == 2 and "ignored" not in err
+    assert sagemaker_local.hosts(2) == ["algo-1", "algo-2"]
+
+
+def test_the_first_hosts_failure_reason_is_the_jobs(tmp_path):
+    """The SDK merges every host's output folder (the last host wins): each host's own file is read."""
+    for host, text in (("algo-1", "Training across 2 hosts stopped."), ("algo-2", "Stopped by SIGTERM.")):
+        (tmp_path / host / "output").mkdir(parents=True)
+        (tmp_path / host / "output" / "failure").write_text(text)
+    (tmp_path / "artifacts" / "output").mkdir(parents=True)
+    (tmp_path / "artifacts" / "output" / "failure").write_text("Stopped by SIGTERM.")
+    assert sagemaker_local._failure(tmp_path, 2) == (
+        "algo-1: Training across 2 hosts stopped. (algo-2: Stopped by SIGTERM.)"
+    )
+    assert sagemaker_local._failure(tmp_path, 1) == "Training across 2 hosts stopped."
 
 
 def test_local_and_sagemaker_share_one_option_set():

@@ -15,9 +15,16 @@ torch, no SDK). The layout, every path overridable (``--opt-ml DIR`` moves them 
 ``output/data/``                       data/, ir/, baseline/, report/ of the run and metrics.json
                                        (uploaded as output.tar.gz); with model/ a whole run dir
 ``output/failure``                     on failure: the reason (SageMaker's FailureReason)
+``input/config/resourceconfig.json``   the job's hosts (``hosts``, ``current_host``): several hosts
+                                       train together (:class:`Cluster`)
 ``checkpoints/``                       the run directory itself (``checkpoints/run``), which SageMaker
-                                       syncs to the checkpoint S3 URI
+                                       syncs to the checkpoint S3 URI (and restores on every host)
 =====================================  ==============================================================
+
+Several instances: the first of ``hosts`` is node 0 (global rank 0: it alone writes checkpoints, the
+model and the report); torchrun's static rendezvous listens there on :data:`RENDEZVOUS_PORT`, and the
+job's end is agreed on the port after it (:mod:`infra.container.cluster`). ``MASTER_PORT`` in the
+container's environment moves both.
 
 Metrics are printed as ``METRIC <name>=<value>`` lines; :func:`metric_definitions` gives the
 matching regexes for the job's MetricDefinitions.
@@ -47,6 +54,7 @@ RUN_SUBDIR = "run"  # the run directory inside the checkpoints folder
 COMMON_DIMS = (1024, 768, 512, 384, 256, 128, 64, 32)
 FAILURE_LIMIT = 1024  # SageMaker keeps the first 1 KiB of output/failure as FailureReason
 EXIT_SIGTERM = 143
+RENDEZVOUS_PORT = 29500  # torchrun's static rendezvous on the first host; the job-status store uses the next port
 
 
 # --- paths ---------------------------------------------------------------------------------------
@@ -93,6 +101,47 @@ class ContainerPaths:
     @property
     def run_dir(self) -> Path:
         return self.checkpoints / RUN_SUBDIR
+
+
+# --- hosts ---------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Cluster:
+    """The job's hosts as ``resourceconfig.json`` names them; one host when there is no such file."""
+
+    hosts: tuple[str, ...] = ("algo-1",)
+    current_host: str = "algo-1"
+    interface: str | None = None  # network_interface_name: the NIC the hosts reach each other on
+
+    @property
+    def size(self) -> int:
+        return len(self.hosts)
+
+    @property
+    def rank(self) -> int:
+        return self.hosts.index(self.current_host)
+
+    @property
+    def main_host(self) -> str:
+        return self.hosts[0]
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @classmethod
+    def parse(cls, raw: Any) -> Cluster:
+        """From the parsed JSON; ValueError says what is wrong with it."""
+        if not isinstance(raw, dict):
+            raise ValueError("it is not a JSON object")
+        hosts, current = raw.get("hosts"), raw.get("current_host")
+        if not isinstance(hosts, list) or not hosts or not all(isinstance(h, str) and h for h in hosts):
+            raise ValueError(f"'hosts' is {hosts!r}, not a list of host names")
+        if len(set(hosts)) != len(hosts):
+            raise ValueError(f"'hosts' names a host twice ({', '.join(hosts)})")
+        if current not in hosts:
+            raise ValueError(f"'current_host' ({current!r}) is not one of 'hosts' ({', '.join(hosts)})")
+        interface = raw.get("network_interface_name")
+        return cls(tuple(hosts), current, interface if isinstance(interface, str) and interface else None)
 
 
 # --- metrics -------------------------------------------------------------------------------------

@@ -10,7 +10,9 @@
 Every path is overridable (``--opt-ml DIR`` moves them all; one flag per path), so the same
 entrypoint runs on a laptop against a folder laid out like ``/opt/ml``. With several GPUs (the
 ``nproc`` field: 0 = one process per visible GPU) the train step runs under torchrun, started here
-so that every rank gets the SIGTERM and metric callbacks; the other steps run once.
+so that every rank gets the SIGTERM and metric callbacks; the other steps run once. With several
+hosts (``resourceconfig.json``) every host starts torchrun with its node rank; the first host runs
+every step and exports, the others prepare and train (:mod:`infra.container.cluster`).
 """
 
 from __future__ import annotations
@@ -28,11 +30,12 @@ from typing import Any
 
 import click
 
-from infra.container.contract import EXIT_SIGTERM, FAILURE_LIMIT, OPT_ML, ContainerPaths, emit
+from infra.container.cluster import Node, TrainingFailed
+from infra.container.contract import EXIT_SIGTERM, FAILURE_LIMIT, OPT_ML, Cluster, ContainerPaths, emit
 from infra.container.hooks import SIGTERM, Interrupted
 from infra.container.hooks import callbacks as container_callbacks
-from infra.container.inputs import check_single_node, resolve_container_config
-from job import config, layout
+from infra.container.inputs import read_cluster, resolve_container_config
+from job import config, distributed, layout
 from job.errors import JobError
 from job.layout import RunDir
 
@@ -40,10 +43,15 @@ Echo = Callable[[str], None]
 
 
 # --- the job -------------------------------------------------------------------------------------
-def run_steps(cfg: config.JobConfig, echo: Echo, nproc: int = 1, callbacks: list | None = None) -> dict[str, Any]:
+def run_steps(
+    cfg: config.JobConfig, echo: Echo, nproc: int = 1, callbacks: list | None = None, node: Node | None = None
+) -> dict[str, Any]:
     """``job run``'s steps and skip/refuse rules (``job.pipeline.run``); training resumes from the run's
-    checkpoints (a spot restart), carries our callbacks, and runs under torchrun when ``nproc`` > 1."""
+    checkpoints (a spot restart), carries our callbacks, and runs under torchrun when ``nproc`` > 1 or
+    the job has several hosts (``node``: this host's part; the hosts after the first prepare and train only)."""
     from job import pipeline
+
+    node = node or Node(Cluster(), echo)
 
     rd = RunDir(cfg.run_dir)
     fix = (
@@ -53,11 +61,12 @@ def run_steps(cfg: config.JobConfig, echo: Echo, nproc: int = 1, callbacks: list
 
     def train_step(resume: bool) -> dict[str, Any]:
         pipeline.check_checkpoints(rd, pipeline.step_fingerprint(cfg, rd, "train"), resume=resume, force=False, fix=fix)
-        if nproc > 1:
-            return _train_distributed(cfg, rd, nproc, resume, echo)
+        if nproc > 1 or node.cluster.size > 1:
+            return _train_distributed(cfg, rd, nproc, resume, echo, node)
         return pipeline.train(cfg, rd, echo, resume=resume, callbacks=callbacks)
 
-    return pipeline.run(cfg, rd, echo, on_step=_emit_step, train_step=train_step, mismatch_fix=fix)
+    steps = layout.STEPS if node.is_main else ("prepare", "train")
+    return pipeline.run(cfg, rd, echo, on_step=_emit_step, train_step=train_step, mismatch_fix=fix, steps=steps)
 
 
 def _emit_step(step: str, result: dict[str, Any]) -> None:
@@ -70,32 +79,36 @@ def _emit_step(step: str, result: dict[str, Any]) -> None:
             emit(f"test_ndcg@10_dim{dim}", m["ndcg@10"])
 
 
-def _train_distributed(cfg: config.JobConfig, rd, nproc: int, resume: bool, echo: Echo) -> dict[str, Any]:
-    from job.distributed import launch_training
-
-    echo(f"train: {nproc} processes under torchrun (DDP)")
+def _train_distributed(cfg: config.JobConfig, rd, nproc: int, resume: bool, echo: Echo, node: Node) -> dict[str, Any]:
+    if not node.before_training():
+        echo(f"train: {node.cluster.main_host} finished the job without training again; nothing to train here")
+        return {"host": node.cluster.current_host}
+    echo(f"train: {distributed.world_line(cfg, node.nodes, nproc)}; under torchrun (DDP)")
 
     def track(proc) -> None:
         SIGTERM.child = proc  # SIGTERM is passed on to torchrun, which passes it to every rank
 
+    node.in_training = True
     try:
-        code = launch_training(
-            cfg, rd.root, nproc, resume=resume, entry=("infra.container", "_train-rank"), on_start=track
-        )
+        code = distributed.launch_training(
+            cfg, rd.root, nproc, resume=resume, nodes=node.nodes, entry=("infra.container", "_train-rank"),
+            on_start=track, env=node.network_env(),
+        )  # fmt: skip
     finally:
         SIGTERM.child = None
+        node.in_training = False
     if SIGTERM.received:
         raise Interrupted(
             f"Stopped by SIGTERM during distributed training; the ranks saved a checkpoint in {rd.checkpoints}."
         )
     if code != 0:
-        raise RuntimeError(f"distributed training failed (torchrun exit code {code}); see the ranks' output above")
-    return rd.record("train")
+        raise node.training_failed(code, distributed.rank_errors(rd.root))
+    return rd.record("train") or {"host": node.cluster.current_host}  # the model is on the first host
 
 
 def train_rank(cfg: config.JobConfig, resume: bool) -> None:
     """One torchrun rank of the train step: the job's own train step (rank 0 writes), plus our callbacks."""
-    from job import distributed, pipeline
+    from job import pipeline
 
     quiet = lambda msg: None  # noqa: E731 - one rank speaks
     pipeline.train(
@@ -153,7 +166,7 @@ def _check_writable(paths: ContainerPaths) -> None:
     for d in (paths.model, paths.output_data, paths.checkpoints):
         try:
             d.mkdir(parents=True, exist_ok=True)
-            probe = d / ".write-test"
+            probe = d / f".write-test-{os.uname().nodename}-{os.getpid()}"  # several hosts may share a folder
             probe.write_text("")
             probe.unlink()
         except OSError as exc:
@@ -174,15 +187,22 @@ def run_contract(
 ) -> dict[str, Any]:
     """The whole contract; raises on failure (see :func:`train_command` for the failure file)."""
     start = time.perf_counter()
-    check_single_node(paths)
+    cluster = read_cluster(paths)
     cfg = resolve_container_config(paths, environ)
     _check_writable(paths)
-    from job import distributed
-
-    nproc = distributed.resolve_nproc(cfg)
-    echo(f"container: run dir {cfg.run_dir}, model {cfg.model}, data {cfg.data}, {nproc} process(es) for training")
-    results = run_steps(cfg, echo, nproc=nproc, callbacks=(callbacks or []) + container_callbacks())
-    export_outputs(cfg, paths, results)
+    nproc = distributed.resolve_nproc(cfg, nodes=cluster.size)
+    node = Node(cluster, echo, environ)
+    echo(
+        f"container: run dir {cfg.run_dir}, model {cfg.model}, data {cfg.data}, {nproc} process(es) for training"
+        + node.describe()
+    )
+    with node:  # several hosts: the first publishes the job's result, the others wait for it
+        results = run_steps(cfg, echo, nproc=nproc, callbacks=(callbacks or []) + container_callbacks(), node=node)
+        if not node.is_main:
+            node.wait_for_main()
+            echo(f"container: done in {time.perf_counter() - start:.0f} s; {cluster.main_host} exported the model")
+            return results
+        export_outputs(cfg, paths, results)
     echo(
         f"container: done in {time.perf_counter() - start:.0f} s -> model {paths.model}, "
         f"report {paths.output_data / 'report'}"
@@ -258,6 +278,10 @@ def contract_main(argv: list[str], callbacks: list | None = None) -> int:
             paths, f"{exc} The job resumes from the checkpoint when it is restarted with the same checkpoint location."
         )
         return EXIT_SIGTERM
+    except TrainingFailed as exc:
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+        write_failure(paths, str(exc))
+        return 1
     except BaseException as exc:  # noqa: BLE001 - the contract: every failure is reported
         traceback.print_exc()
         write_failure(paths, f"Unexpected {type(exc).__name__}: {exc}")
@@ -270,11 +294,16 @@ def _train_rank_main(argv: list[str]) -> int:
     """Internal: one torchrun rank of the train step (``_train-rank --config FILE [--resume]``)."""
     cfg_file = argv[argv.index("--config") + 1]
     signal.signal(signal.SIGTERM, SIGTERM.handler)
+    cfg = config.resolve_config(cfg_file, environ={})
     try:
-        train_rank(config.resolve_config(cfg_file, environ={}), resume="--resume" in argv)
+        train_rank(cfg, resume="--resume" in argv)
     except Interrupted as exc:
         print(str(exc), file=sys.stderr, flush=True)
         return EXIT_SIGTERM
+    except JobError as exc:  # named in the failure reason by the process that started torchrun on this host
+        print(f"error: {exc.message}", file=sys.stderr, flush=True)
+        distributed.record_rank_error(Path(cfg.run_dir), exc.message)
+        return exc.exit_code
     return 0
 
 

@@ -25,6 +25,7 @@ from infra.container.contract import (
     EVAL,
     RESERVED_PREFIXES,
     TRAIN,
+    Cluster,
     ContainerPaths,
 )
 from job import config
@@ -203,16 +204,15 @@ def resolve_container_config(paths: ContainerPaths, environ: Mapping[str, str] |
     return config.resolve_config(None, values, env)
 
 
-def check_single_node(paths: ContainerPaths) -> None:
+def read_cluster(paths: ContainerPaths) -> Cluster:
+    """The job's hosts from ``resourceconfig.json`` (one host when the file is not there)."""
     if not paths.resource_config.is_file():
-        return
+        return Cluster()
     try:
-        hosts = json.loads(paths.resource_config.read_text()).get("hosts", [])
-    except (json.JSONDecodeError, AttributeError):
-        return
-    if len(hosts) > 1:
+        return Cluster.parse(json.loads(paths.resource_config.read_text()))
+    except (json.JSONDecodeError, ValueError) as exc:
         raise JobError(
-            f"This job runs on {len(hosts)} instances ({', '.join(hosts)}); "
-            "training runs on one instance (all its GPUs).",
-            "launch with --instance-count 1 and a multi-GPU instance type such as ml.g5.12xlarge.",
-        )
+            f"{paths.resource_config} cannot be read as SageMaker's resource configuration: {exc}.",
+            'SageMaker writes it; when you lay out /opt/ml yourself, write {"current_host": "algo-1", '
+            '"hosts": ["algo-1", "algo-2"]} (this host, and every host of the job in the same order on each).',
+        ) from None

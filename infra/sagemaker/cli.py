@@ -76,7 +76,10 @@ _LAUNCH_OPTIONS = [
         "--instance-type", default="ml.g5.2xlarge", show_default=True,
         help="Several GPUs (e.g. ml.g5.12xlarge) train under torchrun.",
     ),
-    click.option("--instance-count", type=int, default=1, show_default=True, help="Instances (the job trains on one)."),
+    click.option(
+        "--instance-count", type=int, default=1, show_default=True,
+        help="Instances training together (torchrun across them; `local`: one container each).",
+    ),
     click.option("--volume-size", type=int, default=50, show_default=True, help="Storage volume, GB."),
     click.option("--max-run", default="4h", show_default=True, help="Stop the job after this long (3600, 90m, 4h)."),
     click.option(

@@ -10,6 +10,8 @@ CreateTrainingJob request:
 * metric definitions match the container's ``METRIC`` lines (NDCG@10 per dim, :mod:`infra.container.contract`);
 * spot training sets the checkpoint S3 URI and the maximum wait; on an instance with several GPUs
   the ``nproc`` hyperparameter makes the container train under torchrun, one process per GPU;
+* ``instance_count`` N >= 2 starts one container per instance; they train together under torchrun
+  across the instances (:mod:`infra.container.cluster`), checked first by :func:`check_instances`;
 * the user's SageMaker SDK configuration (``config.yaml``) is kept, with telemetry turned off on top
   (:func:`infra.sagemaker.sdk.sdk_config`); its ``SageMaker.TrainingJob`` role, environment, tags,
   VPC, network isolation and KMS keys apply unless a flag says otherwise.
@@ -167,11 +169,6 @@ def check_spec(spec: LaunchSpec, defaults: dict[str, Any] | None = None) -> Laun
             "push the image to ECR (ACCOUNT.dkr.ecr.REGION.amazonaws.com/NAME:TAG) and pass that URI, or use "
             f"--image {HUGGINGFACE}.",
         )
-    if spec.instance_count != 1:
-        raise JobError(
-            f"--instance-count {spec.instance_count}: the job trains on one instance (with all of its GPUs).",
-            "use --instance-count 1 with a multi-GPU instance type such as ml.g5.12xlarge (4 x A10G) for more GPUs.",
-        )
     if not _JOB_NAME.match(spec.base_job_name) or len(spec.base_job_name) > 48:
         raise JobError(
             f"The base job name {spec.base_job_name!r} is not valid.",
@@ -189,6 +186,27 @@ def check_spec(spec: LaunchSpec, defaults: dict[str, Any] | None = None) -> Laun
     elif spec.max_wait_s is not None:
         raise JobError("--max-wait only applies to spot training.", "add --spot, or drop --max-wait.")
     return spec
+
+
+def check_instances(cfg: config.JobConfig, instance_count: int, gpus: int | None, instance: str) -> int:
+    """Training processes per instance for ``instance_count`` instances of ``instance`` with ``gpus`` GPUs
+    each (None: not a GPU type, or not known), checked before anything is uploaded or started: --nproc
+    must fit the GPUs, and the global batch must split evenly over every process of every instance."""
+    from job import distributed
+
+    if instance_count < 1:
+        raise JobError(
+            f"--instance-count {instance_count}: a training job runs on at least one instance.",
+            "pass --instance-count 1, or N >= 2 to train on N instances together (torchrun across them).",
+        )
+    if gpus and cfg.nproc > gpus:
+        raise JobError(
+            f"--nproc {cfg.nproc} asks for more training processes than {instance} has GPUs ({gpus}).",
+            f"use --nproc {gpus}, or leave it at 0 (one process per GPU).",
+        )
+    nproc = cfg.nproc or gpus or 1
+    distributed.check_batch_split(cfg.batch_size, instance_count, nproc)
+    return nproc
 
 
 def _source_bundle(spec: LaunchSpec, where: Path) -> Path:
@@ -320,10 +338,16 @@ def launch(
     user_config = sdk_config()
     defaults = training_job_defaults(user_config)
     spec = check_spec(spec, defaults)
+    gpus = gpus_per_instance(spec.instance_type, spec.region)
+    nproc = check_instances(cfg, spec.instance_count, gpus, spec.instance_type)
     plan = plan_inputs(cfg, spec.bucket, spec.prefix)
-    hps = hyperparameters_for(
-        cfg, plan, gpus_per_instance(spec.instance_type, spec.region)
-    )  # fails here, before any upload, on a value SageMaker would refuse
+    hps = hyperparameters_for(cfg, plan, gpus)  # fails here, before any upload, on a value SageMaker would refuse
+    if spec.instance_count > 1:
+        echo(
+            f"launch: {spec.instance_count} x {spec.instance_type}, {nproc} training process(es) each: torchrun "
+            f"across the instances, global batch {cfg.batch_size} ({cfg.batch_size // (nproc * spec.instance_count)} "
+            "pairs per process), in-batch negatives gathered across all of them"
+        )
     uploads = [(str(p), uri) for p, uri in plan.uploads]
     if not dry_run:
         upload_inputs(plan, echo)

@@ -35,7 +35,7 @@ from typing import Any
 from infra.container import contract
 from infra.sagemaker.inputs import InputPlan, hyperparameters_for, plan_local_inputs
 from infra.sagemaker.jobs import check_run_dir, result_lines, unpack_result
-from infra.sagemaker.launch import HUGGINGFACE, LaunchSpec
+from infra.sagemaker.launch import HUGGINGFACE, LaunchSpec, check_instances
 from infra.sagemaker.sdk import config_files, quiet_sdk_logs, require_sdk, sdk_config, training_job_defaults
 from job import config
 from job.errors import JobError
@@ -43,12 +43,18 @@ from job.errors import JobError
 Echo = Callable[[str], None]
 
 LOCAL_CPU, LOCAL_GPU = "local_cpu", "local_gpu"
-HOST = "algo-1"  # the SDK's name for the one container (algo-1 .. algo-N)
+HOST = "algo-1"  # the SDK's name for the first container (algo-1 .. algo-N, one per instance)
 # What `job launch sagemaker` takes that has no meaning on this machine (LaunchSpec fields).
 CLOUD_ONLY = (
-    "role", "region", "bucket", "prefix", "instance_type", "instance_count", "volume_gb", "max_run_s", "spot",
+    "role", "region", "bucket", "prefix", "instance_type", "volume_gb", "max_run_s", "spot",
     "max_wait_s", "checkpoint_s3_uri", "output_path", "tags",
 )  # fmt: skip
+
+
+def hosts(count: int) -> list[str]:
+    return [f"algo-{i}" for i in range(1, count + 1)]
+
+
 INSTALL_DOCKER = (
     "install Docker with Docker Compose: `sudo apt-get install docker.io docker-compose` on Debian/Ubuntu (or Docker "
     "Engine with its docker-compose-plugin, see docs.docker.com/engine/install; or Docker Desktop), then check "
@@ -141,16 +147,14 @@ def check_image_name(image: str | None) -> str:
 
 
 # --- the run -------------------------------------------------------------------------------------
-def _prepare_root(root: Path, plan: InputPlan) -> None:
+def _prepare_root(root: Path, plan: InputPlan, count: int = 1) -> None:
     """The folders Docker would otherwise create as root for the SDK's bind mounts, made by you: the
     container then works for you (its entrypoint runs the job as the owner of output/), and the
-    SDK can remove them afterwards."""
-    for rel in (
-        "model",
-        f"{HOST}/output/data",
-        f"{HOST}/input/config",
-        *(f"{HOST}/input/data/{ch}" for ch in plan.channels),
-    ):
+    SDK can remove them afterwards. One set per host; ``model`` is shared by all of them."""
+    for rel in ["model"] + [
+        f"{host}/{sub}" for host in hosts(count) for sub in ("output/data", "input/config", *(
+            f"input/data/{ch}" for ch in plan.channels))
+    ]:  # fmt: skip
         (root / rel).mkdir(parents=True, exist_ok=True)
     for ch in plan.channels:  # staged copies: readable by the container's user whatever your umask
         staged = root / "channels" / ch
@@ -200,12 +204,23 @@ def _stage_readable_channels(plan: InputPlan, stage: Path, echo: Echo) -> None:
             plan.channels[ch] = str(stage / ch)
 
 
-def _failure(root: Path) -> str | None:
-    """The job's own failure reason: /opt/ml/output/failure, as the SDK gathered it (or left it)."""
-    for path in (root / "artifacts" / "output" / "failure", root / HOST / "output" / "failure"):
+def _failure(root: Path, count: int = 1) -> str | None:
+    """The job's own failure reason: /opt/ml/output/failure of the first host that wrote one (each host's
+    own folder; the SDK's merged copy keeps only the last host's), else as the SDK gathered it."""
+    found = []
+    for host in hosts(count):
+        path = root / host / "output" / "failure"
         if path.is_file():
-            return path.read_text(errors="replace").strip() or "(empty failure file)"
-    return None
+            found.append((host, path.read_text(errors="replace").strip() or "(empty failure file)"))
+    if found:
+        first = found[0][1]
+        return (
+            first
+            if count == 1
+            else f"{found[0][0]}: {first}" + "".join(f" ({host}: {text})" for host, text in found[1:] if text != first)
+        )
+    merged = root / "artifacts" / "output" / "failure"
+    return (merged.read_text(errors="replace").strip() or "(empty failure file)") if merged.is_file() else None
 
 
 def _compose_down(root: Path) -> None:
@@ -240,7 +255,7 @@ def build_local_trainer(spec: LaunchSpec, plan: InputPlan, hyperparameters: dict
         training_mode=Mode.LOCAL_CONTAINER,
         training_image=spec.image,
         base_job_name=spec.base_job_name,
-        compute=Compute(instance_type=LOCAL_GPU if gpus else LOCAL_CPU, instance_count=1),
+        compute=Compute(instance_type=LOCAL_GPU if gpus else LOCAL_CPU, instance_count=spec.instance_count),
         input_data_config=[InputData(channel_name=ch, data_source=path) for ch, path in sorted(plan.channels.items())],
         hyperparameters=hyperparameters,
         environment=environment or None,
@@ -264,12 +279,21 @@ def launch_local(
     run_dir = Path(cfg.run_dir).expanduser()
     check_run_dir(run_dir, force)
     user_config = sdk_config()
+    count = spec.instance_count
+    check_instances(cfg, count, None, "a local container")
+    if gpus and count > 1:
+        raise JobError(
+            f"--gpus with --instance-count {count}: every local container would get all of this machine's GPUs.",
+            "drop --gpus (the containers train on CPU, gloo), or use --instance-count 1 --gpus (one container, "
+            "one process per GPU); several GPU instances train together on SageMaker.",
+        )
     plan = plan_local_inputs(cfg)  # checks the inputs; nothing is written yet
     hps = hyperparameters_for(cfg, plan)
     environment = {**training_job_defaults(user_config)["environment"], **spec.environment}
     request = {
         "image": image,
         "instance_type": LOCAL_GPU if gpus else LOCAL_CPU,
+        "instance_count": count,
         "channels": {ch: str(plan.local.get(ch, path)) for ch, path in sorted(plan.channels.items())},
         "hyperparameters": hps,
         "environment": environment,
@@ -278,15 +302,15 @@ def launch_local(
     if dry_run:
         return LocalResult(None, run_dir, request, True)
     daemon = check_docker(image)
-    echo(
-        f"launch local: {image} on Docker {daemon} ({request['instance_type']}), through the SageMaker SDK's local mode"
-    )
+    where = f" x {count} containers ({', '.join(hosts(count))}: torchrun across them)" if count > 1 else ""
+    echo(f"launch local: {image} on Docker {daemon} ({request['instance_type']}{where}), through the SageMaker SDK's "
+         "local mode")  # fmt: skip
 
     root = Path(tempfile.mkdtemp(prefix="job-launch-local-"))
     try:
         plan = plan_local_inputs(cfg, stage=root / "channels")
         _stage_readable_channels(plan, root / "channels", echo)
-        _prepare_root(root, plan)
+        _prepare_root(root, plan, count)
         trainer = build_local_trainer(spec, plan, hps, environment, root, gpus)
         error: Exception | None = None
         with config_files(user_config):
@@ -297,7 +321,7 @@ def launch_local(
             finally:
                 _compose_down(root)
         name = _job_name(root)
-        failure = _failure(root)
+        failure = _failure(root, count)
         if error is not None or failure is not None:
             code = re.search(r"exited with code:?\s*(\d+)", str(error or ""))
             how = f"exited with code {code.group(1)}" if code else ("failed" if error else "wrote a failure reason")
