@@ -296,6 +296,14 @@ def test_missing_region_is_refused_before_any_upload(aws, s3_bucket, pairs_file,
     assert _keys(aws, s3_bucket) == []
 
 
+def test_a_bad_instance_count_is_named_before_a_missing_role(aws, s3_bucket, pairs_file, monkeypatch, capsys):
+    monkeypatch.delenv("SAGEMAKER_ROLE", raising=False)
+    code = launch_cli.main(_launch_args(s3_bucket, pairs_file, "--instance-count", "-1"))
+    _, err = capsys.readouterr()
+    assert code == 2
+    assert "--instance-count -1: a training job runs on at least one instance" in err and "IAM role" not in err
+
+
 @pytest.mark.parametrize(
     "extra, needle",
     [

@@ -130,6 +130,7 @@ def check_spec(spec: LaunchSpec, defaults: dict[str, Any] | None = None) -> Laun
     """Fill defaults from the environment (then the SDK configuration's ``defaults``, see
     :func:`infra.sagemaker.sdk.training_job_defaults`) and refuse what cannot work - before anything is uploaded."""
     spec = copy.deepcopy(spec)
+    check_count(spec.instance_count)  # before the role: the first error names the first thing to fix
     spec.role = spec.role or os.environ.get(ROLE_ENV) or (defaults or {}).get("role") or None
     if not spec.role:
         raise JobError(
@@ -188,17 +189,21 @@ def check_spec(spec: LaunchSpec, defaults: dict[str, Any] | None = None) -> Laun
     return spec
 
 
+def check_count(instance_count: int) -> None:
+    if instance_count < 1:
+        raise JobError(
+            f"--instance-count {instance_count}: a training job runs on at least one instance.",
+            "pass --instance-count 1, or N >= 2 to train on N instances together (torchrun across them).",
+        )
+
+
 def check_instances(cfg: config.JobConfig, instance_count: int, gpus: int | None, instance: str) -> int:
     """Training processes per instance for ``instance_count`` instances of ``instance`` with ``gpus`` GPUs
     each (None: not a GPU type, or not known), checked before anything is uploaded or started: --nproc
     must fit the GPUs, and the global batch must split evenly over every process of every instance."""
     from job import distributed
 
-    if instance_count < 1:
-        raise JobError(
-            f"--instance-count {instance_count}: a training job runs on at least one instance.",
-            "pass --instance-count 1, or N >= 2 to train on N instances together (torchrun across them).",
-        )
+    check_count(instance_count)
     if gpus and cfg.nproc > gpus:
         raise JobError(
             f"--nproc {cfg.nproc} asks for more training processes than {instance} has GPUs ({gpus}).",
