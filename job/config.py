@@ -323,7 +323,7 @@ class JobConfig:
         "Interpolate the fine-tuned weights with the base model's (alpha * fine-tuned + (1 - alpha) * base) against "
         "forgetting general retrieval: 'off', an alpha in (0, 1], or 'auto' (every --merge-alphas scored on validation "
         "and, with --guard-data, on the guard set's train/dev queries; kept: the best in-domain alpha whose guard drop "
-        "is within --guard-max-drop).",
+        "is within --guard-max-drop). Default: off, and auto when --guard-data has train or dev queries to choose on.",
         step="train",
     )
     merge_alphas: list[float] = _opt(
@@ -594,9 +594,29 @@ def resolve_config(
             raise JobError(f"Unknown preset '{preset}'.", f"use one of: {', '.join(sorted(PRESETS))} (or no preset).")
         _apply(values, PRESETS[preset], f"preset '{preset}'")
     values.update(explicit)
+    report_split = values.get("guard_split", "test")
+    if (
+        "merge_base" not in explicit
+        and report_split not in CHOICE_SPLITS
+        and guard_choice_split(values.get("guard_data"), report_split)
+    ):
+        # measured (BENCHMARKS.md, forgetting): with a guard set to choose on, interpolating with the base model keeps
+        # general retrieval for a fraction of a domain point, so a guard set turns it on unless a layer says otherwise
+        values["merge_base"] = "auto"
     cfg = JobConfig(**values)
     validate_config(cfg)
     return cfg
+
+
+CHOICE_SPLITS = ("train", "dev")  # a guard set's queries that --merge-base auto may choose alpha on
+
+
+def guard_choice_split(guard_dir: str | os.PathLike | None, report_split: str) -> str | None:
+    """The guard set's split to choose alpha on (train, else dev; never the reported one), or None."""
+    if not guard_dir:
+        return None
+    qrels = Path(guard_dir).expanduser() / "qrels"
+    return next((s for s in CHOICE_SPLITS if s != report_split and (qrels / f"{s}.tsv").is_file()), None)
 
 
 def validate_config(cfg: JobConfig) -> None:

@@ -25,14 +25,13 @@ from pathlib import Path
 from typing import Any
 
 from job import data
-from job.config import JobConfig, fingerprint_digest
+from job.config import CHOICE_SPLITS, JobConfig, fingerprint_digest, guard_choice_split
 from job.errors import JobError
 from job.evaluation import VALIDATION, evaluate_model, evaluation_options
 from job.layout import write_json
 
 logger = logging.getLogger(__name__)
 SCORES_FILE = "merge_scores.json"
-CHOICE_SPLITS = ("train", "dev")
 
 
 def interpolate(base: dict[str, Any], tuned: dict[str, Any], alpha: float) -> dict[str, Any]:
@@ -65,9 +64,9 @@ def interpolate(base: dict[str, Any], tuned: dict[str, Any], alpha: float) -> di
 def choice_split(guard_dir: str | Path, report_split: str) -> str:
     """The guard set's queries to choose alpha on: ``train``, else ``dev`` (never the reported split)."""
     qrels = Path(guard_dir).expanduser() / "qrels"
-    for split in CHOICE_SPLITS:
-        if split != report_split and (qrels / f"{split}.tsv").is_file():
-            return split
+    split = guard_choice_split(guard_dir, report_split)
+    if split is not None:
+        return split
     raise JobError(
         f"--merge-base auto chooses alpha on the guard set's own choice queries, but {qrels} holds no "
         f"{' or '.join(f'{s}.tsv' for s in CHOICE_SPLITS if s != report_split)} besides the {report_split}.tsv that "

@@ -75,6 +75,18 @@ def test_auto_needs_the_guards_own_choice_queries(tmp_path):
         resolve_config(cli={"merge_base": "auto", "guard_data": str(g), "guard_split": "train"}, environ={})
 
 
+def test_a_guard_set_with_choice_queries_turns_auto_on_unless_a_layer_says_otherwise(tmp_path):
+    g = guard_folder(tmp_path / "g")
+    assert resolve_config(cli={}, environ={}).merge_base == "off"  # no guard set (make demo): off
+    assert resolve_config(cli={"guard_data": str(g)}, environ={}).merge_base == "auto"
+    assert resolve_config(cli={"guard_data": str(g), "merge_base": "off"}, environ={}).merge_base == "off"
+    assert resolve_config(cli={"guard_data": str(g)}, environ={"JOB_MERGE_BASE": "0.7"}).merge_base == "0.7"
+    # the reported split is a choice split: nothing left to choose on, so the default stays off (no error)
+    assert resolve_config(cli={"guard_data": str(g), "guard_split": "train"}, environ={}).merge_base == "off"
+    (g / "qrels" / "train.tsv").unlink()  # a guard set with test queries only: reported, not chosen on
+    assert resolve_config(cli={"guard_data": str(g)}, environ={}).merge_base == "off"
+
+
 def _args(run_dir, model, data, *extra):
     return [str(a) for a in ("run", "--run-dir", run_dir, "--model", model, "--data", data, "--max-steps", "3",
                              "--batch-size", "8", "--matryoshka-dims", "32,16", "--eval-steps", "3",
