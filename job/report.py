@@ -9,6 +9,14 @@ from typing import Any
 PerDim = dict[int, dict[str, float]]
 
 
+NO_GUARD = (
+    "General retrieval: not measured. No guard set was given, so this report cannot say what the fine-tune costs "
+    "outside its domain (on SciFact the default recipe loses 4.5-6.6 NDCG@10 points: BENCHMARKS.md). Pass "
+    "`--guard-data DIR` (a BEIR folder; with train or dev queries it also turns on `--merge-base auto`, which keeps "
+    "most of that)."
+)
+
+
 def _pct(new: float, old: float) -> str:
     return f"{(new - old) / old * 100:+.1f}%" if old else "n/a"
 
@@ -152,6 +160,8 @@ def write_report(out_dir: Path, baseline: PerDim, finetuned: PerDim, meta: dict[
         from job.guard import markdown as guard_markdown
 
         md += [guard_markdown(meta["guard"]), "", side_by_side(baseline, finetuned, meta["guard"]), ""]
+    else:
+        md += [NO_GUARD, ""]
     if meta.get("exports"):
         from job.export_scores import markdown as exports_markdown
 

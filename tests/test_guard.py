@@ -46,6 +46,7 @@ def test_guard_set_is_scored_and_reported(tmp_path, tiny_model_path, pairs_file,
     assert report["guard"]["warnings"] == [] and report["guard"]["max_drop_points"] is not None
     md = (run_dir / "report" / "report.md").read_text()
     assert "## General-retrieval guard" in md and "No drop beyond 50 points." in md
+    assert "General retrieval: not measured" not in md
 
 
 def test_a_drop_beyond_the_limit_warns(monkeypatch):

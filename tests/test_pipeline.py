@@ -327,6 +327,7 @@ def test_checkpoint_average_is_reported_and_saved_with_its_own_scores(
     assert f"{saved:.4f}" in card_data  # the card's evaluation block: the saved weights' numbers
     report = (rd.report / "report.md").read_text()
     assert "Checkpoint average of checkpoint-2, checkpoint-4, checkpoint-6: validation" in report
+    assert "General retrieval: not measured. No guard set was given" in report and "--guard-data DIR" in report
 
 
 def test_a_crash_while_averaging_checkpoints_is_recovered_by_the_next_run(
