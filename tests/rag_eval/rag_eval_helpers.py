@@ -196,3 +196,12 @@ def make_serve_run(root: Path, tiny_run: Path, *, report: bool = True) -> Path:
             rd.report, base, tuned, {"model": str(rd.model), "test_queries": len(queries), "corpus_size": len(corpus)}
         )
     return run
+
+
+def run_cli(capsys, *args) -> tuple[int, str, str]:
+    """`rag-eval ARGS` in this process: (exit code, stdout, stderr)."""
+    from rag_eval.cli import main
+
+    code = main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return code, out, err

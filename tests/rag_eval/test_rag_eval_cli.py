@@ -12,17 +12,11 @@ import subprocess
 import sys
 
 import pytest
-from rag_eval_helpers import free_port, tiny_pairs, tiny_run_dir  # noqa: F401 - fixtures
+from rag_eval_helpers import free_port, run_cli, tiny_pairs, tiny_run_dir  # noqa: F401 - fixtures
 
 from rag_eval.cli import main
 
 FAST_SCORE = ("--latency-samples", "10", "--batch-queries", "4")
-
-
-def _run(capsys, *args):
-    code = main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def _clean_failure(code, err, *needles):
@@ -44,7 +38,7 @@ def indexed(tiny_run_dir, tmp_path_factory):
 
 def test_index_writes_one_collection_per_model_and_dim(indexed, capsys):
     run_dir, store = indexed
-    code, out, err = _run(capsys, "index", "--model", run_dir, "--chroma-path", store, "--dims", "16")
+    code, out, err = run_cli(capsys, "index", "--model", run_dir, "--chroma-path", store, "--dims", "16")
     assert code == 0, err
     lines = out.strip().splitlines()
     # already complete with the same model, corpus and settings: kept, not written again
@@ -56,7 +50,7 @@ def test_index_writes_one_collection_per_model_and_dim(indexed, capsys):
 
 def test_score_prints_the_per_dim_table_next_to_the_exact_numbers(indexed, tmp_path, capsys):
     run_dir, store = indexed
-    code, out, err = _run(
+    code, out, err = run_cli(
         capsys, "score", "--model", run_dir, "--chroma-path", store, "--out", tmp_path / "report", *FAST_SCORE
     )
     assert code == 0, err
@@ -94,7 +88,7 @@ def test_score_prints_the_per_dim_table_next_to_the_exact_numbers(indexed, tmp_p
 def test_query_shows_top_k_with_scores_and_ids(indexed, capsys):
     run_dir, store = indexed
     question = tiny_pairs()[0].question  # a test question: its passage is marked relevant
-    code, out, err = _run(
+    code, out, err = run_cli(
         capsys, "query", question, "--model", run_dir, "--chroma-path", store, "--dim", "16", "--k", "3"
     )
     assert code == 0, err
@@ -108,7 +102,7 @@ def test_query_shows_top_k_with_scores_and_ids(indexed, capsys):
 
 def test_query_compare_marks_what_the_fine_tuned_model_ranks_higher(indexed, capsys):
     run_dir, store = indexed
-    code, out, err = _run(
+    code, out, err = run_cli(
         capsys,
         "query",
         "dividend per share",
@@ -133,7 +127,7 @@ def test_query_compare_marks_what_the_fine_tuned_model_ranks_higher(indexed, cap
 def test_interactive_mode_reads_questions_until_eof(indexed, capsys, monkeypatch):
     run_dir, store = indexed
     monkeypatch.setattr(sys, "stdin", io.StringIO("revenue growth\n\nhow many employees\n"))
-    code, out, err = _run(capsys, "query", "--model", run_dir, "--chroma-path", store, "--k", "2")
+    code, out, err = run_cli(capsys, "query", "--model", run_dir, "--chroma-path", store, "--k", "2")
     assert code == 0, err
     assert "Q: revenue growth" in out and "Q: how many employees" in out
     assert "dim 32, top 2" in out  # the largest indexed dim by default
@@ -142,9 +136,11 @@ def test_interactive_mode_reads_questions_until_eof(indexed, capsys, monkeypatch
 
 def test_a_dim_that_was_not_indexed_lists_the_indexed_dims(indexed, capsys):
     run_dir, store = indexed
-    code, _, err = _run(capsys, "query", "x", "--model", run_dir, "--chroma-path", store, "--dim", "12")
+    code, _, err = run_cli(capsys, "query", "x", "--model", run_dir, "--chroma-path", store, "--dim", "12")
     _clean_failure(code, err, "Dim 12 is not indexed", "indexed dims: 32, 16, 8")
-    code, _, err = _run(capsys, "score", "--model", run_dir, "--chroma-path", store, "--dims", "12", "--no-disk-size")
+    code, _, err = run_cli(
+        capsys, "score", "--model", run_dir, "--chroma-path", store, "--dims", "12", "--no-disk-size"
+    )
     _clean_failure(code, err, "indexed dims: 32, 16, 8")
 
 
@@ -154,7 +150,7 @@ def test_a_model_whose_dimension_does_not_match_the_collection(tiny_model_path, 
 
     model_dir, store = tmp_path / "model", tmp_path / "chroma"
     shutil.copytree(tiny_model_path, model_dir)
-    code, _, err = _run(
+    code, _, err = run_cli(
         capsys, "index", "--model", model_dir, "--data", tiny_run_dir, "--chroma-path", store, "--dims", "32,16"
     )
     assert code == 0, err
@@ -163,28 +159,28 @@ def test_a_model_whose_dimension_does_not_match_the_collection(tiny_model_path, 
     narrower = SentenceTransformer(modules=[st[0], st[1], Dense(32, 16), Normalize()], device="cpu")
     shutil.rmtree(model_dir)
     narrower.save(str(model_dir))
-    code, _, err = _run(capsys, "query", "x", "--model", model_dir, "--chroma-path", store, "--dim", "16")
+    code, _, err = run_cli(capsys, "query", "x", "--model", model_dir, "--chroma-path", store, "--dim", "16")
     _clean_failure(code, err, "were indexed from other weights", "re-run `rag-eval index`")
-    code, _, err = _run(
+    code, _, err = run_cli(
         capsys, "index", "--model", model_dir, "--data", tiny_run_dir, "--chroma-path", store, "--dims", "32"
     )
     _clean_failure(code, err, "Dims [32] are larger than the embedding dimension", "(16)")
 
 
 def test_missing_run_directory_data_file_and_store(tiny_run_dir, tmp_path, capsys):
-    code, _, err = _run(capsys, "index", "--model", tmp_path / "runs" / "nope", "--chroma-path", tmp_path / "c")
+    code, _, err = run_cli(capsys, "index", "--model", tmp_path / "runs" / "nope", "--chroma-path", tmp_path / "c")
     _clean_failure(code, err, "nope does not exist")
-    code, _, err = _run(
+    code, _, err = run_cli(
         capsys, "index", "--model", tiny_run_dir, "--data", tmp_path / "missing.jsonl", "--chroma-path", tmp_path / "c"
     )
     _clean_failure(code, err, "Evaluation data", "missing.jsonl does not exist")
-    code, _, err = _run(capsys, "score", "--model", tiny_run_dir, "--chroma-path", tmp_path / "empty")
+    code, _, err = run_cli(capsys, "score", "--model", tiny_run_dir, "--chroma-path", tmp_path / "empty")
     _clean_failure(code, err, "There is no Chroma store at", "rag-eval index")
     assert not (tmp_path / "c").exists() and not (tmp_path / "empty").exists()
 
 
 def test_unreachable_server_names_host_and_port_without_a_traceback(tiny_run_dir, free_port, capsys):
-    code, _, err = _run(
+    code, _, err = run_cli(
         capsys, "score", "--model", tiny_run_dir, "--chroma-host", "127.0.0.1", "--chroma-port", free_port
     )
     _clean_failure(code, err, f"Cannot reach the Chroma server at 127.0.0.1:{free_port}", "chroma run --host 127.0.0.1")
@@ -204,28 +200,28 @@ def test_a_foreign_collection_under_the_same_name_is_refused_unless_forced(
         ids=["a"], embeddings=[[0.0] * 8]
     )
     args = ("index", "--model", tiny_model_path, "--data", tiny_run_dir, "--chroma-path", store_path, "--dims", "8")
-    code, _, err = _run(capsys, *args)
+    code, _, err = run_cli(capsys, *args)
     _clean_failure(code, err, f"A foreign collection named {name} already exists", "--force")
     assert client.client.get_collection(name).metadata == {"app": "prod"}
-    code, out, err = _run(capsys, *args, "--force")
+    code, out, err = run_cli(capsys, *args, "--force")
     assert code == 0, err
     assert "replaced a foreign collection (--force)" in out
 
 
 def test_bad_flags_are_clear_errors(tiny_run_dir, tmp_path, capsys):
-    code, _, err = _run(capsys, "index", "--model", tiny_run_dir, "--dims", "32,x", "--chroma-path", tmp_path / "c")
+    code, _, err = run_cli(capsys, "index", "--model", tiny_run_dir, "--dims", "32,x", "--chroma-path", tmp_path / "c")
     _clean_failure(code, err, "--dims '32,x' is not a comma-separated list of integers")
-    code, _, err = _run(
+    code, _, err = run_cli(
         capsys, "query", "x", "--model", tiny_run_dir, "--chroma-path", tmp_path / "c", "--chroma-host", "h"
     )
     _clean_failure(code, err, "Both --chroma-path and --chroma-host")
-    code, _, err = _run(
+    code, _, err = run_cli(
         capsys, "query", "x", "--model", tiny_run_dir / "model", "--compare", "--chroma-path", tmp_path / "c"
     )
     _clean_failure(code, err, "--compare needs two models")
-    code, _, err = _run(capsys, "score", "--model", tiny_run_dir, "--precision", "float16")
+    code, _, err = run_cli(capsys, "score", "--model", tiny_run_dir, "--precision", "float16")
     _clean_failure(code, err, "--precision 'float16' is not a comma-separated list of float32, int8, binary")
-    code, _, err = _run(capsys, "score", "--model", tiny_run_dir, "--rescore-multiplier", "-1")
+    code, _, err = run_cli(capsys, "score", "--model", tiny_run_dir, "--rescore-multiplier", "-1")
     _clean_failure(code, err, "--rescore-multiplier -1 is negative")
 
 
@@ -250,7 +246,7 @@ def test_graded_beir_folder_and_pairs_file_as_evaluation_data(tiny_model_path, t
     write_beir(tmp_path / "beir", graded, "test")
     common = ("--model", tiny_model_path, "--chroma-path", tmp_path / "chroma", "--dims", "16")
     assert main(["index", *map(str, common), "--data", str(tmp_path / "beir")]) == 0
-    code, out, err = _run(
+    code, out, err = run_cli(
         capsys, "score", *common, "--data", tmp_path / "beir", "--out", tmp_path / "r", *FAST_SCORE, "--no-disk-size"
     )
     assert code == 0, err
@@ -262,7 +258,7 @@ def test_graded_beir_folder_and_pairs_file_as_evaluation_data(tiny_model_path, t
     pairs = tmp_path / "pairs.jsonl"
     pairs.write_text("".join(json.dumps({"question": p.question, "context": p.passage}) + "\n" for p in tiny_pairs()))
     # the same corpus from a pairs file: same fingerprint, so the collections built from the BEIR folder serve it
-    code, out, err = _run(
+    code, out, err = run_cli(
         capsys, "score", *common, "--data", pairs, "--out", tmp_path / "r2", *FAST_SCORE, "--no-disk-size"
     )
     assert code == 0, err
@@ -286,7 +282,7 @@ def test_a_damaged_store_is_named_with_the_fix_and_index_force_rebuilds_it(tiny_
         ("score", *common, "--no-disk-size"),
         ("index", *common, "--dims", "8"),
     ):
-        code, _, err = _run(capsys, *args)
+        code, _, err = run_cli(capsys, *args)
         _clean_failure(
             code,
             err,
@@ -295,30 +291,30 @@ def test_a_damaged_store_is_named_with_the_fix_and_index_force_rebuilds_it(tiny_
             "rag-eval index --force",
         )
         assert "unexpected" not in err and db.read_bytes() == damaged_bytes  # nothing touched
-    code, out, err = _run(capsys, "index", *common, "--dims", "8", "--force")
+    code, out, err = run_cli(capsys, "index", *common, "--dims", "8", "--force")
     assert code == 0, err
     asides = list(tmp_path.glob("chroma.damaged-*"))
     assert (
         len(asides) == 1 and (asides[0] / "chroma.sqlite3").read_bytes() == damaged_bytes
     )  # moved aside, never deleted
     assert f"index: the Chroma store at {chroma} is damaged" in out and f"moved it aside to {asides[0]}" in out
-    code, out, err = _run(capsys, "query", "tax rate", *common, "--dims", "8", "-k", "2")
+    code, out, err = run_cli(capsys, "query", "tax rate", *common, "--dims", "8", "-k", "2")
     assert code == 0, err
     assert "dim 8, top 2" in out
 
 
 def test_query_takes_dims_and_k_like_the_other_commands(indexed, capsys):
     run_dir, store_path = indexed
-    code, out, err = _run(
+    code, out, err = run_cli(
         capsys, "query", "tax rate", "--model", run_dir, "--chroma-path", store_path, "--dims", "16,8", "-k", "2"
     )
     assert code == 0, err
     assert "dim 16, top 2:" in out and "dim 8, top 2:" in out  # one answer per dim
-    code, out, err = _run(
+    code, out, err = run_cli(
         capsys, "query", "tax rate", "--model", run_dir, "--chroma-path", store_path, "--dim", "8", "--k", "2"
     )
     assert code == 0 and "dim 8, top 2:" in out  # the old spelling still works
-    code, _, err = _run(
+    code, _, err = run_cli(
         capsys, "query", "x", "--model", run_dir, "--chroma-path", store_path, "--dim", "8", "--dims", "16"
     )
     _clean_failure(code, err, "Both --dim and --dims are given")
@@ -337,7 +333,7 @@ def test_query_takes_dims_and_k_like_the_other_commands(indexed, capsys):
 
 def test_compare_with_no_baseline_says_which_flag_to_drop(indexed, capsys):
     run_dir, store_path = indexed
-    code, _, err = _run(
+    code, _, err = run_cli(
         capsys, "query", "x", "--model", run_dir, "--chroma-path", store_path, "--compare", "--no-baseline"
     )
     _clean_failure(code, err, "--compare and --no-baseline contradict each other", "drop --no-baseline")

@@ -7,15 +7,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 
-from rag_eval_helpers import tiny_run_dir  # noqa: F401 - fixture
-
-from rag_eval.cli import main
-
-
-def _run(capsys, *args):
-    code = main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    return code, out, err
+from rag_eval_helpers import run_cli, tiny_run_dir  # noqa: F401 - fixture
 
 
 def _fails(code, err, *needles):
@@ -32,14 +24,14 @@ def _segment_dirs(store):
 def test_reindexing_does_not_grow_the_store(tiny_run_dir, tmp_path, capsys):
     store = tmp_path / "chroma"
     args = ("index", "--model", tiny_run_dir, "--chroma-path", store, "--dims", "16,8")
-    code, _, err = _run(capsys, *args)
+    code, _, err = run_cli(capsys, *args)
     assert code == 0, err
     first = _segment_dirs(store)
     assert len(first) == 4  # 2 models x 2 dims, one vector folder each
-    code, out, _ = _run(capsys, *args)
+    code, out, _ = run_cli(capsys, *args)
     assert "kept" in out and "reclaimed" not in out  # unchanged: nothing rewritten
     for _ in range(2):
-        code, out, err = _run(capsys, *args, "--force")  # every collection rewritten and replaced
+        code, out, err = run_cli(capsys, *args, "--force")  # every collection rewritten and replaced
         assert code == 0, err
     assert len(_segment_dirs(store)) == 4  # the replaced collections' folders were reclaimed
     assert "reclaimed" in out
@@ -48,20 +40,22 @@ def test_reindexing_does_not_grow_the_store(tiny_run_dir, tmp_path, capsys):
 def test_a_copied_run_directory_finds_its_collections(tiny_run_dir, tmp_path, capsys):
     original = tmp_path / "original"
     shutil.copytree(tiny_run_dir, original, ignore=shutil.ignore_patterns(".lock"))
-    code, _, err = _run(capsys, "index", "--model", original, "--dims", "16")
+    code, _, err = run_cli(capsys, "index", "--model", original, "--dims", "16")
     assert code == 0, err
     moved = tmp_path / "renamed-copy"
     shutil.copytree(original, moved)
-    code, out, err = _run(capsys, "query", "revenue", "--model", moved, "--dims", "16", "--compare")
+    code, out, err = run_cli(capsys, "query", "revenue", "--model", moved, "--dims", "16", "--compare")
     assert code == 0, err
-    code, out, err = _run(capsys, "score", "--model", moved, "--dims", "16", "--latency-samples", "2",
+    code, out, err = run_cli(capsys, "score", "--model", moved, "--dims", "16", "--latency-samples", "2",
                           "--no-disk-size")  # fmt: skip
     assert code == 0, err
 
 
 def test_index_on_a_full_disk_is_named_with_the_fix(tiny_run_dir, mount_tmpfs, capsys):
     disk = mount_tmpfs("160k")
-    code, _, err = _run(capsys, "index", "--model", tiny_run_dir, "--chroma-path", disk / "chroma", "--dims", "32,16,8")
+    code, _, err = run_cli(
+        capsys, "index", "--model", tiny_run_dir, "--chroma-path", disk / "chroma", "--dims", "32,16,8"
+    )
     _fails(code, err, "is full", "free space on that disk")
 
 
@@ -70,7 +64,7 @@ def test_a_read_only_store_is_named_for_index_and_for_queries(tiny_run_dir, tmp_
     import pytest
 
     store = tmp_path / "chroma"
-    code, _, err = _run(capsys, "index", "--model", tiny_run_dir, "--chroma-path", store, "--dims", "16")
+    code, _, err = run_cli(capsys, "index", "--model", tiny_run_dir, "--chroma-path", store, "--dims", "16")
     assert code == 0, err
     ro = tmp_path / "read-only"
     ro.mkdir()
@@ -79,10 +73,10 @@ def test_a_read_only_store_is_named_for_index_and_for_queries(tiny_run_dir, tmp_
         pytest.skip(f"cannot bind-mount here ({done.stderr.strip() or 'not root'}): the read-only test needs root")
     try:
         subprocess.run(["mount", "-o", "remount,bind,ro", str(ro)], check=True, capture_output=True)
-        code, _, err = _run(capsys, "index", "--model", tiny_run_dir, "--chroma-path", ro, "--dims", "16")
+        code, _, err = run_cli(capsys, "index", "--model", tiny_run_dir, "--chroma-path", ro, "--dims", "16")
         _fails(code, err, "read-only")
         for command in (("query", "revenue"), ("score", "--latency-samples", "2", "--no-disk-size")):
-            code, _, err = _run(capsys, *command, "--model", tiny_run_dir, "--chroma-path", ro, "--dims", "16")
+            code, _, err = run_cli(capsys, *command, "--model", tiny_run_dir, "--chroma-path", ro, "--dims", "16")
             _fails(code, err, "cannot be written by this user", "copy it to a writable place")
     finally:
         from rag_eval import store as chroma_store

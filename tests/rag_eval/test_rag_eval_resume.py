@@ -130,6 +130,22 @@ def test_a_partial_run_with_other_settings_is_refused_unless_forced(tmp_path):
     assert vs.open(NAME).settings.ef_search == 120
 
 
+def _fail_adds_after(monkeypatch, ok: int, error: Exception):
+    """Chroma's Collection.add writes ``ok`` batches, then raises ``error``; returns the real add."""
+    from chromadb.api.models.Collection import Collection
+
+    real_add, calls = Collection.add, []
+
+    def add(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) > ok:
+            raise error
+        return real_add(self, *args, **kwargs)
+
+    monkeypatch.setattr(Collection, "add", add)
+    return real_add
+
+
 def test_a_store_that_fills_up_is_named_with_the_resume(tmp_path, monkeypatch):
     from chromadb.api.models.Collection import Collection
     from chromadb.errors import InternalError
@@ -137,15 +153,7 @@ def test_a_store_that_fills_up_is_named_with_the_resume(tmp_path, monkeypatch):
     vs = store.connect(store.StoreTarget(path=tmp_path / "chroma"))
     ids, vectors = _vectors()
     meta, settings = _meta()
-    real_add, calls = Collection.add, []
-
-    def add(self, *args, **kwargs):
-        calls.append(1)
-        if len(calls) > 3:
-            raise InternalError("Error in compaction: Error purging logs")  # what a Chroma 1.5 server says
-        return real_add(self, *args, **kwargs)
-
-    monkeypatch.setattr(Collection, "add", add)
+    real_add = _fail_adds_after(monkeypatch, 3, InternalError("Error in compaction: Error purging logs"))  # Chroma 1.5
     with pytest.raises(JobError) as err:
         write_vectors(vs, NAME, ids, vectors, None, meta, settings, write_batch=BATCH)
     assert "its disk is most likely full" in err.value.problem
@@ -156,21 +164,12 @@ def test_a_store_that_fills_up_is_named_with_the_resume(tmp_path, monkeypatch):
 
 def test_a_server_lost_midway_names_it_and_the_resume(tmp_path, monkeypatch):
     import httpx
-    from chromadb.api.models.Collection import Collection
 
     embedded = store.connect(store.StoreTarget(path=tmp_path / "chroma"))
     vs = store.ChromaStore(embedded.client, store.StoreTarget(host="127.0.0.1", port=8123))  # described as a server
     ids, vectors = _vectors()
     meta, settings = _meta()
-    real_add, calls = Collection.add, []
-
-    def add(self, *args, **kwargs):
-        calls.append(1)
-        if len(calls) > 2:
-            raise httpx.ConnectError("[Errno 111] Connection refused")
-        return real_add(self, *args, **kwargs)
-
-    monkeypatch.setattr(Collection, "add", add)
+    _fail_adds_after(monkeypatch, 2, httpx.ConnectError("[Errno 111] Connection refused"))
     with pytest.raises(JobError) as err:
         write_vectors(vs, NAME, ids, vectors, None, meta, settings, write_batch=BATCH)
     assert "The connection to the Chroma server http://127.0.0.1:8123 was lost while writing" in err.value.problem
