@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import resource
 import sys
 import time
 from pathlib import Path
@@ -131,6 +132,7 @@ def main() -> None:
             row.update(
                 train_seconds=summary["train_seconds"], merge_seconds=round(time.perf_counter() - start, 1),
                 global_steps=summary["global_steps"], best_checkpoint=Path(summary["best_checkpoint"] or "").name,
+                pairs_per_second=summary.get("pairs_per_second"),
             )  # fmt: skip
             merged = summary.get("merge_base")
             if merged:
@@ -150,6 +152,8 @@ def main() -> None:
         row["test_ndcg@10"] = ndcg(model, plain, dims, "plain", cfg)
         row["test_ndcg@10_dedup"] = ndcg(model, dedup, dims, "dedup", cfg)
         row["guard_ndcg@10"] = ndcg(model, guard_test, dims, "guard-test", cfg)
+        # the process's peak resident memory so far (rows run in order: a trained row's peak is its training's)
+        row["peak_rss_gib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2)
         rows.append(row)
         log(f"{name}: done: test {row['test_ndcg@10']}, guard {row['guard_ndcg@10']}")
         write_json(out, {"protocol": protocol, "general_pairs": "none available offline",

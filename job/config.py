@@ -19,6 +19,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import typing
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -27,6 +28,8 @@ from typing import Any
 import yaml
 
 from job.errors import JobError
+from job.llm import check_base_url
+from job.redact import KEY_SHAPED, redact_url
 
 ENV_PREFIX = "JOB_"
 # transformers' SchedulerType values that need no extra arguments
@@ -170,6 +173,13 @@ class JobConfig:
         5,
         "Round-trip filter: keep a generated question only when the base model ranks its own chunk within the top k "
         "of all chunks (0: off).",
+        step="synthesize",
+        group="synthesize",
+    )
+    grounding_filter: bool = _opt(
+        True,
+        "Grounding filter: drop a generated question that names a number, a year, a name or a domain phrase ('the "
+        "company', 'fiscal', the prompt example's subject) that its passage does not contain.",
         step="synthesize",
         group="synthesize",
     )
@@ -368,16 +378,25 @@ class JobConfig:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    def shown(self) -> dict[str, Any]:
+        """:meth:`to_dict` as it may be shown or stored: URLs with their credentials masked (the credentials
+        change no output, so fingerprints need not hold them)."""
+        d = self.to_dict()
+        for name in URL_FIELDS:
+            d[name] = redact_url(d[name])
+        return d
+
     def fingerprint(self, names: typing.Iterable[str]) -> dict[str, Any]:
         """The values of ``names``: what a step's outputs depend on."""
-        d = self.to_dict()
+        d = self.shown()
         return {n: d[n] for n in sorted(names)}
 
     def to_yaml(self) -> str:
-        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+        return yaml.safe_dump(self.shown(), sort_keys=False)
 
 
 FIELDS = {f.name: f for f in fields(JobConfig)}
+URL_FIELDS = tuple(n for n in FIELDS if n.endswith("_url"))  # may carry credentials: see JobConfig.shown
 
 
 def fields_where(*, step: str | None = None, group: str | None = None) -> tuple[str, ...]:
@@ -547,17 +566,94 @@ def _apply(values: dict[str, Any], updates: dict[str, Any], source: str) -> None
         values[key] = coerce(key, value, source)
 
 
+MAX_CONFIG_BYTES = 1 << 20  # a config file is a page of option: value lines; 1 MiB is far beyond any real one
+MAX_CONFIG_NODES = 100_000  # values in the file once YAML aliases are expanded (a "billion laughs" is 10**9)
+
+
 def load_yaml(path: str | os.PathLike) -> dict[str, Any]:
     p = Path(path)
     if not p.is_file():
         raise JobError(f"Config file {p} does not exist or is not a file.", "pass the path of a YAML file to --config.")
+    size = p.stat().st_size
+    if size > MAX_CONFIG_BYTES:
+        raise JobError(
+            f"Config file {p} is {size / 2**20:.1f} MiB; a config file is a short YAML mapping of option: value "
+            f"(at most {MAX_CONFIG_BYTES // 2**20} MiB is read).",
+            "pass the YAML config file to --config (see `job config` for the keys); data goes to --data.",
+        )
     try:
-        data = yaml.safe_load(p.read_text()) or {}
+        text = p.read_bytes().decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise JobError(
+            f"Config file {p} is not UTF-8 text ({exc.reason} at byte {exc.start}): it looks like a binary file.",
+            "pass a UTF-8 YAML file of option: value lines to --config (`job config` prints one).",
+        ) from None
+    try:
+        data = _safe_load(text, p) or {}
     except yaml.YAMLError as exc:
         raise JobError(f"Config file {p} is not valid YAML: {exc}.", "fix the YAML syntax.") from None
+    except RecursionError:
+        raise JobError(
+            f"Config file {p} nests YAML lists or mappings too deeply to read.",
+            "write the config as a flat mapping of option: value lines (`job config` prints one).",
+        ) from None
     if not isinstance(data, dict):
         raise JobError(f"Config file {p} must hold a mapping of option: value.", "see `job config` for the keys.")
     return data
+
+
+def _safe_load(text: str, path: Path) -> Any:
+    """``yaml.safe_load``, with the document's size once its aliases are expanded checked before it is built."""
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _check_expanded_size(node, path)
+        return loader.construct_document(node)
+    finally:
+        loader.dispose()
+
+
+def _check_expanded_size(root: yaml.Node, path: Path) -> None:
+    """Refuse a document whose aliases expand to more than MAX_CONFIG_NODES values (or refer to themselves):
+    the "billion laughs", a few lines that become 10**9 values when read, which would hang the job. Counted on the
+    node graph, each shared node once, without expanding anything."""
+    size: dict[int, int] = {}  # id(node) -> expanded size
+    active: set[int] = set()  # on the current path: a node met again there is an alias to itself
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    while stack:
+        node, children_done = stack.pop()
+        key = id(node)
+        if children_done:
+            active.discard(key)
+            kids = _children(node)
+            size[key] = min(1 + sum(size[id(k)] for k in kids), MAX_CONFIG_NODES + 1)
+            if size[key] > MAX_CONFIG_NODES:
+                break
+            continue
+        if key in size:
+            continue
+        if key in active:
+            size[id(root)] = MAX_CONFIG_NODES + 1  # a value that contains itself: endless when expanded
+            break
+        active.add(key)
+        stack.append((node, True))
+        stack.extend((k, False) for k in _children(node) if id(k) not in size)
+    if max(size.values(), default=0) > MAX_CONFIG_NODES:
+        raise JobError(
+            f"Config file {path} expands, through its YAML aliases (*name), to more than {MAX_CONFIG_NODES:,} values "
+            "(or to a value that contains itself); a config file is a short mapping of option: value.",
+            "write the options out without nested aliases (`job config` prints a complete file).",
+        )
+
+
+def _children(node: yaml.Node) -> list[yaml.Node]:
+    if isinstance(node, yaml.SequenceNode):
+        return list(node.value)
+    if isinstance(node, yaml.MappingNode):
+        return [n for pair in node.value for n in pair]
+    return []
 
 
 def env_values(environ: typing.Mapping[str, str] | None = None) -> dict[str, str]:
@@ -802,11 +898,17 @@ def validate_synthesize(cfg: JobConfig) -> None:
             f"chunk_overlap ({cfg.chunk_overlap}) must be below chunk_tokens ({cfg.chunk_tokens}).",
             "pass a smaller --chunk-overlap.",
         )
-    if not cfg.llm_api_key_env.replace("_", "").isalnum():
+    name = cfg.llm_api_key_env
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,127}", name) or KEY_SHAPED.search(name):
+        # never echo the value: it is often the key itself, pasted where its variable's name belongs
+        looks = "looks like an API key itself" if KEY_SHAPED.search(name) or len(name) > 40 else "is not one"
         raise JobError(
-            f"llm_api_key_env {cfg.llm_api_key_env!r} is not an environment variable name.",
-            "name the variable that holds the key, e.g. --llm-api-key-env OPENAI_API_KEY (never the key itself).",
+            f"--llm-api-key-env takes the NAME of an environment variable, and the value given ({len(name)} "
+            f"characters, not shown) {looks}.",
+            "put the key in the environment (export OPENAI_API_KEY=...) and pass its name, e.g. --llm-api-key-env "
+            "OPENAI_API_KEY; if the key was typed on a command line, rotate it.",
         )
+    check_base_url(cfg.llm_base_url)
 
 
 def fingerprint_digest(values: dict[str, Any]) -> str:

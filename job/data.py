@@ -12,7 +12,9 @@ import json
 import logging
 import math
 import random
+import re
 import statistics
+import sys
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -36,6 +38,8 @@ LOCAL_SUFFIXES = {
     ".parquet": "parquet",
 }
 SPLITS = ("train", "validation", "test")
+LINE_FIELD = "__line__"  # the loader's own field on JSON Lines rows: the row's line in the file
+_SURROGATE = re.compile(r"[\ud800-\udfff]")  # a lone surrogate (from a JSON escape such as \ud800): not text
 
 
 @dataclass(frozen=True)
@@ -93,10 +97,42 @@ def load_records(source: str, split: str = "train") -> Records:
             "pass the data file itself, e.g. --data " + str(path / "pairs.csv") + ".",
         )
     if path.exists():
-        return _load_local(path)
+        return _refuse_reserved(_load_local(path))
     if path.suffix.lower() in LOCAL_SUFFIXES or source.startswith(("/", ".", "~")) or source.count("/") > 1:
         raise JobError(f"Data file {path} does not exist.", "check the path given to --data.")
-    return _load_hub(source, split)
+    return _refuse_reserved(_load_hub(source, split))
+
+
+def _reserved_column(where: str) -> JobError:
+    return JobError(
+        f"{where} has a column named '{LINE_FIELD}', a name the loader keeps for itself (the line number of each "
+        "JSON Lines row, used to name bad rows).",
+        "rename that column (or drop it: only the question and passage columns are read).",
+    )
+
+
+def _refuse_reserved(records: Records) -> Records:
+    """A user column named like the loader's line-number field would be overwritten or mistaken for it."""
+    if records.row_label != "line" and any(LINE_FIELD in row for row in records.rows):
+        raise _reserved_column(records.source)
+    return records
+
+
+def _duplicate_columns(names: Iterable[str], where: str) -> None:
+    """A header naming a column twice: a reader keeps only one of the two, silently."""
+    seen: dict[str, int] = {}
+    for name in names:
+        if name and name.strip():  # unnamed (empty) columns, e.g. trailing delimiters, are never read
+            seen[name] = seen.get(name, 0) + 1
+    twice = [name for name, n in seen.items() if n > 1]
+    if twice:
+        raise JobError(
+            f"{where} names {'a column' if len(twice) == 1 else 'columns'} more than once in its header: "
+            f"{', '.join(repr(c) for c in twice)}. Only one of each would be read, and which one is the question or "
+            "the passage cannot be told.",
+            "give every column its own name in the header (e.g. question, context), then name them with "
+            "--question-column and --passage-column if they are not found on their own.",
+        )
 
 
 def _load_local(path: Path) -> Records:
@@ -121,6 +157,7 @@ def _load_local(path: Path) -> Records:
             with path.open(newline="", encoding="utf-8-sig") as fh:
                 csv.field_size_limit(2**31 - 1)  # a long passage is data, not an error (the default limit is 128 KiB)
                 reader = csv.DictReader(fh, delimiter=delimiter)
+                _duplicate_columns(reader.fieldnames or [], str(path))
                 rows = []
                 for i, r in enumerate(reader):
                     if None in r:
@@ -136,6 +173,7 @@ def _load_local(path: Path) -> Records:
         elif kind == "parquet":
             import pyarrow.parquet as pq
 
+            _duplicate_columns(pq.read_schema(path).names, str(path))  # read_table itself fails on a duplicate
             records = Records(pq.read_table(path).to_pylist(), str(path), "row")
         else:
             records = _load_json(path, kind)
@@ -177,6 +215,8 @@ def _load_json(path: Path, kind: str) -> Records:
             data = json.loads(text)
         except json.JSONDecodeError:
             kind = "jsonl"  # many ".json" files on the Hub are JSON Lines
+        except RecursionError:
+            raise _too_deep(str(path), "make it a flat list of objects") from None
         else:
             if isinstance(data, dict) and len(data) == 1 and isinstance(next(iter(data.values())), list):
                 data = next(iter(data.values()))
@@ -195,7 +235,9 @@ def _load_json(path: Path, kind: str) -> Records:
                 f"{path} line {lineno} is not a JSON object.",
                 'write one {"question": ..., "context": ...} object per line.',
             )
-        obj["__line__"] = lineno
+        if LINE_FIELD in obj:
+            raise _reserved_column(f"{path} line {lineno}")
+        obj[LINE_FIELD] = lineno
         rows.append(obj)
     return Records(rows, str(path), "line")
 
@@ -206,9 +248,20 @@ def json_lines(path: Path, text: str):
         if not line.strip():
             continue
         try:
-            yield lineno, json.loads(line)
+            obj = json.loads(line)
         except json.JSONDecodeError as exc:
             raise JobError(f"{path} line {lineno} is not valid JSON: {exc.msg}.", "fix or remove that line.") from None
+        except RecursionError:
+            raise _too_deep(f"{path} line {lineno}", "fix or remove that line (one flat object per line)") from None
+        yield lineno, obj
+
+
+def _too_deep(where: str, fix: str) -> JobError:
+    return JobError(
+        f"{where} nests JSON arrays or objects too deeply to read (more levels than Python's recursion limit, "
+        f"{sys.getrecursionlimit()}).",
+        f"{fix}: a pair is one object with a question string and a passage string.",
+    )
 
 
 def _load_hub(dataset_id: str, split: str) -> Records:
@@ -227,7 +280,7 @@ def _load_hub(dataset_id: str, split: str) -> Records:
 
 # --- columns and validation ---------------------------------------------------------------------
 def detect_columns(columns: list[str], question: str | None, passage: str | None, source: str) -> tuple[str, str]:
-    available = ", ".join(repr(c) for c in columns if c != "__line__") or "(none)"
+    available = ", ".join(repr(c) for c in columns if c != LINE_FIELD) or "(none)"
     lower = {c.lower(): c for c in columns}
 
     def pick(given: str | None, candidates: Iterable[str], what: str, flag: str) -> str:
@@ -258,6 +311,11 @@ class ValidationResult:
     pairs: list[Pair]
     dropped_rows: dict[str, list[str]] = field(default_factory=dict)  # problem -> row labels
 
+    @property
+    def rows_dropped(self) -> int:
+        """Rows dropped: a row with two problems is under both in ``dropped_rows`` but is one row."""
+        return len({label for labels in self.dropped_rows.values() for label in labels})
+
 
 def _is_missing(value: Any) -> bool:
     return value is None or (isinstance(value, float) and math.isnan(value))
@@ -279,11 +337,12 @@ def validate_pairs(
     """Map rows onto (question, passage); every bad row is named, and the run fails unless dropping."""
     problems: dict[str, list[str]] = defaultdict(list)
     pairs: list[Pair] = []
+    columns = (question_column, passage_column)
     for i, row in enumerate(records.rows):
-        label = f"line {row['__line__']}" if "__line__" in row else records.where(i)
+        label = f"line {row[LINE_FIELD]}" if records.row_label == "line" and LINE_FIELD in row else records.where(i)
         texts = []
         bad = False
-        for column in (question_column, passage_column):
+        for column in columns:
             value = row.get(column)
             if _is_missing(value) or (isinstance(value, str) and not value.strip()):
                 problems[f"an empty or whitespace-only '{column}'"].append(label)
@@ -291,8 +350,17 @@ def validate_pairs(
             elif not isinstance(value, str):
                 problems[f"a non-text '{column}' (a number, list or object instead of a string)"].append(label)
                 bad = True
+            elif _SURROGATE.search(value):
+                problems[
+                    f"a '{column}' holding a lone UTF-16 surrogate (an escape such as \\ud800 without its pair), "
+                    "which is not text"
+                ].append(label)
+                bad = True
             else:
                 texts.append(value.strip())
+        if not bad and all(t.lstrip("\ufeff").casefold() == c.strip().casefold() for t, c in zip(texts, columns)):
+            problems["the column names as its values (the header repeated inside the data)"].append(label)
+            bad = True
         if not bad:
             pairs.append(Pair(texts[0], texts[1]))
     if problems and not drop_invalid:
@@ -311,7 +379,7 @@ def validate_pairs(
     if check_column_order:
         q_len = statistics.median(len(p.question) for p in pairs)
         p_len = statistics.median(len(p.passage) for p in pairs)
-        if q_len > p_len:
+        if q_len > p_len and not _questions_are_questions(pairs):
             raise JobError(
                 f"{records.source}: the question column '{question_column}' (median {q_len:.0f} characters) "
                 f"is longer than the passage column '{passage_column}' (median {p_len:.0f}). "
@@ -320,6 +388,14 @@ def validate_pairs(
                 "swap --question-column and --passage-column, or pass --no-check-column-order if this is intended.",
             )
     return ValidationResult(pairs, {k: v for k, v in problems.items()})
+
+
+def _questions_are_questions(pairs: list[Pair]) -> bool:
+    """Most questions end in '?' and clearly more of them than of the passages: the columns are in order, however
+    long the passages (short chunks of documents, e.g. `job run --docs` with a small --chunk-tokens)."""
+    asked = sum(p.question.endswith("?") for p in pairs) / len(pairs)
+    passages_asked = sum(p.passage.endswith("?") for p in pairs) / len(pairs)
+    return asked >= 0.5 and asked >= passages_asked + 0.25
 
 
 def dedupe_pairs(pairs: list[Pair]) -> tuple[list[Pair], int]:

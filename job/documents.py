@@ -15,10 +15,13 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import json
+import os
 import re
+import stat
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from html.parser import HTMLParser
 from pathlib import Path
@@ -115,13 +118,14 @@ def _read_text(path: Path) -> str:
         raise ValueError(f"not UTF-8 text ({exc.reason} at byte {exc.start})") from None
 
 
-def _table_rows(path: Path) -> Iterable[tuple[int, dict]]:
+def _table_rows(path: Path, suffix: str) -> Iterable[tuple[int, dict]]:
     text = _read_text(path)
-    if path.suffix.lower() == ".csv":
+    if suffix == ".csv":
         csv.field_size_limit(sys.maxsize)  # a long passage is data, not an error
-        yield from ((i + 1, row) for i, row in enumerate(csv.DictReader(text.splitlines())))
+        # io.StringIO with newline="": the csv module finds the row ends itself (quoted newlines stay in a field)
+        yield from ((i + 1, row) for i, row in enumerate(csv.DictReader(io.StringIO(text, newline=""))))
         return
-    for n, line in enumerate(text.splitlines(), 1):
+    for n, line in enumerate(text.split("\n"), 1):  # "\n" only: U+2028 / U+0085 are legal inside JSON strings
         if not line.strip():
             continue
         try:
@@ -136,8 +140,9 @@ def _table_rows(path: Path) -> Iterable[tuple[int, dict]]:
 def _table_documents(path: Path, label: str, text_column: str | None) -> list[Document]:
     docs = []
     column = text_column
-    unit = "row" if path.suffix.lower() == ".csv" else "line"
-    for n, row in _table_rows(path):
+    suffix = Path(label).suffix.lower()
+    unit = "row" if suffix == ".csv" else "line"
+    for n, row in _table_rows(path, suffix):
         if column is None:
             lower = {str(k).lower(): k for k in row}
             column = next((lower[c] for c in TEXT_COLUMNS if c in lower), None)
@@ -154,26 +159,109 @@ def _table_documents(path: Path, label: str, text_column: str | None) -> list[Do
     return docs
 
 
-def collect_files(paths: Iterable[str | Path]) -> list[tuple[Path, str]]:
-    """(file, label) for every file under ``paths``, in a stable order; labels are relative to a folder given."""
-    out = []
+SPECIAL_ROOTS = ("/proc", "/sys", "/dev")  # file systems whose "files" are the machine's state, never documents
+
+
+def safe_label(text: str) -> str:
+    """A file name as text that can be printed and stored: bytes that are not UTF-8 become U+FFFD."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
+def _walk(root: Path) -> Iterator[tuple[Path, str] | tuple[None, str, str]]:
+    """Every entry under ``root`` that is not a folder, in a stable order, without recursion (a folder nested
+    thousands deep is data, not a crash) and without following links to folders. Yields (path, label), or
+    (None, label, reason) for a folder that cannot be listed."""
+    stack = [(root, "")]
+    while stack:
+        folder, rel = stack.pop()
+        try:
+            with os.scandir(folder) as it:
+                entries = sorted(it, key=lambda e: e.name)
+        except OSError as exc:
+            yield None, safe_label(rel or str(folder)), f"cannot list this folder ({exc.strerror or exc})"
+            continue
+        below = []
+        for e in entries:
+            label = f"{rel}/{e.name}" if rel else e.name
+            if e.is_dir(follow_symlinks=False):
+                below.append((Path(e.path), label))
+            elif not e.name.startswith("."):
+                yield Path(e.path), label
+        stack += reversed(below)
+
+
+def _judge(path: Path, root: Path | None) -> tuple[Path | None, str | None]:
+    """(the path to read, None), or (None, why it is not read): links that leave ``root`` (the folder given,
+    resolved), broken links, link loops, links to folders, special files and special file systems."""
+    target = path
+    if path.is_symlink():
+        try:
+            target = path.resolve(strict=True)
+        except FileNotFoundError:
+            return None, "a broken symbolic link (its target does not exist)"
+        except (RuntimeError, OSError) as exc:
+            return None, f"a symbolic link that cannot be followed ({getattr(exc, 'strerror', None) or 'a loop'})"
+        if root is not None and not target.is_relative_to(root):
+            return None, f"a symbolic link to {safe_label(str(target))}, outside {safe_label(str(root))}: not read"
+        if target.is_dir():
+            return None, "a symbolic link to a folder: not followed"
+    else:
+        target = path.resolve()
+    if any(target.is_relative_to(r) for r in SPECIAL_ROOTS):
+        return None, f"on a special file system ({safe_label(str(target))}): not read"
+    try:
+        mode = target.stat().st_mode
+    except OSError as exc:
+        return None, f"cannot be read ({exc.strerror or exc})"
+    if not stat.S_ISREG(mode):
+        kind = "a FIFO" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode) else "a device"
+        return None, f"not a regular file ({kind}): not read"
+    return target, None
+
+
+def list_files(paths: Iterable[str | Path]) -> tuple[list[tuple[Path, str]], list[tuple[str, str]]]:
+    """(file to read, label) for every document file under ``paths`` in a stable order (labels relative to a
+    folder given), and (label, reason) for every entry that is not read. Only regular files inside a folder
+    given are read: a link out of it, a special file or a special file system is listed, never opened."""
+    files, skipped = [], []
     for given in paths:
         p = Path(given).expanduser()
         if p.is_dir():
-            files = sorted(f for f in p.rglob("*") if f.is_file() and not any(s.startswith(".") for s in f.parts[-1:]))
-            out += [(f, f.relative_to(p).as_posix()) for f in files]
-        elif p.is_file():
-            out.append((p, p.name))
+            root = p.resolve()
+            for path, label, *why in _walk(p):
+                if path is None:
+                    skipped.append((label, why[0]))
+                    continue
+                label = safe_label(label)
+                target, reason = _judge(path, root)
+                if reason:
+                    skipped.append((label, reason))
+                else:
+                    files.append((target, label))
+        elif p.exists() or p.is_symlink():
+            label = safe_label(p.name)
+            target, reason = _judge(p, None)
+            if reason:
+                skipped.append((label, reason))
+            else:
+                files.append((target, label))
         else:
-            raise JobError(f"Documents path {p} does not exist.", "check the path given to --docs.")
-    return out
+            raise JobError(f"Documents path {safe_label(str(p))} does not exist.", "check the path given to --docs.")
+    return files, skipped
+
+
+def collect_files(paths: Iterable[str | Path]) -> list[tuple[Path, str]]:
+    """(file, label) for every readable document file under ``paths`` (see :func:`list_files`)."""
+    return list_files(paths)[0]
 
 
 def read_documents(paths: Iterable[str | Path], text_column: str | None = None) -> ReadResult:
     result = ReadResult()
-    for path, label in collect_files(paths):
-        result.files += 1
-        suffix = path.suffix.lower()
+    files, skipped = list_files(paths)
+    result.files = len(files) + len(skipped)
+    result.skipped += skipped
+    for path, label in files:
+        suffix = Path(label).suffix.lower()  # the kind the name says (a link inside the folder reads its target)
         if suffix not in SUPPORTED:
             result.skipped.append((label, f"unsupported file type '{suffix or '(none)'}'"))
             continue

@@ -25,11 +25,14 @@ new content, never a half-written mix.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import shutil
 import socket
+import stat
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -143,11 +146,20 @@ def changed_outputs(root: Path, record: dict[str, Any]) -> list[str]:
 
 
 def write_json(path: Path, payload: dict[str, Any]) -> None:
-    """Write ``payload`` as JSON through a temporary file and a rename: never half a file."""
+    """Write ``payload`` as JSON through a new temporary file and a rename: never half a file, and never
+    through a link planted where the file or its temporary goes (the rename replaces a link, not its target)."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(payload, indent=2, default=str))
-    os.replace(tmp, path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)  # O_EXCL: a new file
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(json.dumps(payload, indent=2, default=str))
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
 
 
 def replace_dir(staged: Path, final: Path) -> None:
@@ -166,24 +178,97 @@ def replace_dir(staged: Path, final: Path) -> None:
 _held: dict[str, int] = {}  # run dir -> nesting depth, in this process
 
 
-def _holder(path: Path) -> str:
+def _live_holders(dir_fd: int) -> list[int]:
+    """The pids holding an OS lock on the folder behind ``dir_fd`` (Linux's /proc/locks; [] elsewhere)."""
+    st = os.fstat(dir_fd)
+    ident = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
     try:
-        info = json.loads(path.read_text() or "{}")
+        lines = Path("/proc/locks").read_text().splitlines()
+    except OSError:
+        return []
+    pids = []
+    for line in lines:
+        parts = line.split()
+        if "->" in parts:  # a waiter, not a holder
+            continue
+        if len(parts) >= 6 and parts[1] == "FLOCK" and parts[5] == ident and parts[4].isdigit():
+            pids.append(int(parts[4]))
+    return sorted(set(pids))
+
+
+def _command_of(pid: int) -> str:
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return "a process"
+    words = [
+        Path(a.decode(errors="replace")).name if i == 0 else a.decode(errors="replace") for i, a in enumerate(argv) if a
+    ]
+    return " ".join(" ".join(words).split())[:120] or "a process"
+
+
+def _holder(path: Path, dir_fd: int) -> str:
+    """Who holds the run directory: the writer's record in ``.lock`` when that process still holds it, else the
+    live holders the OS knows of (a reader such as `rag-eval serve` records nothing), else "another process"."""
+    try:
+        info = json.loads(_read_nofollow(path) or "{}")
     except (OSError, ValueError):
-        return "another process"
-    if not info:
-        return "another process"
-    who = info.get("command", "a process")
-    return f"{who} (pid {info.get('pid', '?')} on {info.get('host', '?')}, since {info.get('since', '?')})"
+        info = {}
+    live = _live_holders(dir_fd)
+    recorded = isinstance(info, dict) and info.get("pid") is not None
+    if recorded and (info.get("pid") in live or (not live and info.get("host") != socket.gethostname())):
+        who = info.get("command", "a process")
+        return f"{who} (pid {info.get('pid', '?')} on {info.get('host', '?')}, since {info.get('since', '?')})"
+    if live:
+        return ", ".join(f"{_command_of(pid)} (pid {pid} on {socket.gethostname()})" for pid in live[:3])
+    return "another process"
+
+
+def _read_nofollow(path: Path) -> str:
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    with os.fdopen(fd, "rb") as fh:
+        return fh.read(4096).decode(errors="replace")
+
+
+def _lock_link_error(path: Path, what: str) -> JobError:
+    return JobError(
+        f"{path} is {what}; the run directory's lock file is never written through a link (it could overwrite "
+        "the file it points to).",
+        f"remove it (rm {path}): it holds only the name of the process that last wrote the run directory.",
+    )
+
+
+def _record_holder(path: Path, command: str) -> None:
+    """Write who holds the run directory into ``.lock``, never through a symbolic or hard link."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise _lock_link_error(path, "a symbolic link") from None
+        raise
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise _lock_link_error(path, "not a plain file")
+        if st.st_nlink > 1:
+            raise _lock_link_error(path, f"a hard link ({st.st_nlink} names for one file)")
+        info = {"pid": os.getpid(), "host": socket.gethostname(), "command": command,
+                "since": time.strftime("%Y-%m-%d %H:%M:%S")}  # fmt: skip
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps(info).encode(), 0)
+    finally:
+        os.close(fd)
 
 
 @contextlib.contextmanager
 def run_lock(root: Path, command: str, *, shared: bool = False) -> Iterator[None]:
     """Hold the run directory for ``command``: exclusive for a writer (the job's steps, `rag-eval index` and
-    `score`), shared for a reader (`rag-eval serve` and `query`). An OS file lock (flock) on
-    ``RUN_DIR/.lock``: a killed process releases it, so a crash never leaves a stale lock. A second writer,
-    or a writer while readers hold it, is a JobError naming the holder. Nested uses in one process, and the
-    torchrun ranks a holder starts (they inherit ``JOB_RUN_LOCK_HELD``), pass through."""
+    `score`), shared for a reader (`rag-eval serve` and `query`). An OS lock (flock) on the run directory
+    ITSELF: a killed process releases it, so a crash never leaves a stale lock, and deleting ``RUN_DIR/.lock``
+    cannot let a second writer in. ``.lock`` only records who holds it (pid, host, command), written without
+    following links. A second writer, or a writer while readers hold it, is a JobError naming the live holder.
+    Nested uses in one process, and the torchrun ranks a holder starts (they inherit ``JOB_RUN_LOCK_HELD``),
+    pass through."""
     import fcntl
 
     root = Path(root).expanduser()
@@ -201,32 +286,36 @@ def run_lock(root: Path, command: str, *, shared: bool = False) -> Iterator[None
     path = root / LOCK_FILE
     try:
         root.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
     except OSError as exc:
-        if shared:  # a reader of a folder it cannot write: nothing to guard against, no lock to take
+        if shared:  # a reader of a folder it cannot open: nothing to guard against, no lock to take
             yield
             return
         from job.storage import storage_error
 
-        raise storage_error(exc, root, f"the lock file of {command}") or JobError(
-            f"Cannot create {path} ({exc.strerror}).", "check the run directory's path and permissions."
+        raise storage_error(exc, root, f"the lock of {command}") or JobError(
+            f"Cannot open the run directory {root} ({exc.strerror}).", "check the run directory's path and permissions."
         ) from None
     try:
         try:
             fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
         except BlockingIOError:
             raise JobError(
-                f"{root} is in use by {_holder(path)}; one process writes a run directory at a time.",
+                f"{root} is in use by {_holder(path, fd)}; one process writes a run directory at a time.",
                 "wait for it to finish or stop it (a killed process releases the run directory at once), or use "
                 "another --run-dir.",
             ) from None
         except OSError as exc:  # a file system without locks (some network mounts): say so, go on unlocked
-            print(f"warning: cannot lock {path} ({exc.strerror}); nothing stops a second writer", file=sys.stderr)
+            print(f"warning: cannot lock {root} ({exc.strerror}); nothing stops a second writer", file=sys.stderr)
         if not shared:  # who holds it, for the message a second writer gets
-            info = {"pid": os.getpid(), "host": socket.gethostname(), "command": command,
-                    "since": time.strftime("%Y-%m-%d %H:%M:%S")}  # fmt: skip
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, json.dumps(info).encode(), 0)
+            try:
+                _record_holder(path, command)
+            except OSError as exc:
+                from job.storage import storage_error
+
+                raise storage_error(exc, root, f"the lock file of {command}") or JobError(
+                    f"Cannot write {path} ({exc.strerror}).", "check the run directory's path and permissions."
+                ) from None
         _held[key] = 1
         previous = os.environ.get(_LOCK_ENV)
         os.environ[_LOCK_ENV] = os.pathsep.join(p for p in (previous, key) if p)

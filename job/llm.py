@@ -9,11 +9,16 @@
   names). It is never taken from the command line, and every message this module raises has it masked.
 - :class:`AnswerCache`: every answer is appended to a JSONL file (flushed and fsynced) the moment it
   arrives, keyed by the chunk's text, the prompt and the generation settings, so a killed run asked
-  again asks only for what is missing. A torn last line (a kill mid-write) is ignored and rewritten.
+  again asks only for what is missing. Only usable answers are final: a failed request or an empty reply is
+  asked again on the next run. A damaged line is skipped and counted, the lines after it kept; a torn last
+  line (a kill mid-write) is cut off.
+- Secrets: the key, and the credentials a ``--llm-base-url`` may carry (user-info, ``?api-key=``), are masked
+  in every message and never stored (:mod:`job.redact`).
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -23,8 +28,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from job.errors import JobError
+from job.redact import mask, redact_url, url_secrets
 
 PASSAGE_SLOT = "{passage}"
 COUNT_SLOT = "{n}"
@@ -32,14 +39,17 @@ ROLES = ("system", "user", "assistant")
 _SECTION = re.compile(r"^###\s*(system|user|assistant)\s*$", re.IGNORECASE | re.MULTILINE)
 
 # A few-shot prompt: small local models (SmolLM2-135M here) follow an example far better than an instruction.
+# The example is deliberately of no domain users bring (a bridge and its traffic), so what a small model copies
+# from it is caught by the grounding filter (job.grounding), never mistaken for the user's subject.
 DEFAULT_PROMPT = """### system
 You write search questions. Given a passage from a document, write {n} specific question(s) that the passage \
-answers, one per line. A question must make sense on its own, without the passage: name what it is about. \
-Reply with the question(s) only, each ending with a question mark.
+answers, one per line. A question must make sense on its own, without the passage: name what it is about, using \
+only names, numbers and terms that appear in the passage. Reply with the question(s) only, each ending with a \
+question mark.
 ### user
-Passage: In fiscal 2022 the company opened 120 new stores in North America, bringing the total to 1,450 stores.
+Passage: The Harwick Bridge, opened in 1932, carries about 18,000 vehicles a day across the Tamsin River.
 ### assistant
-How many stores did the company have in North America at the end of fiscal 2022?
+How many vehicles cross the Harwick Bridge each day?
 ### user
 Passage: {passage}
 """
@@ -128,7 +138,13 @@ class LLMSettings:
         }
 
     def describe(self) -> str:
-        return f"{self.model} at {self.base_url or 'the OpenAI API'}"
+        """For messages: the URL with its credentials masked (user-info, key-like query values)."""
+        return f"{self.model} at {redact_url(self.base_url) or 'the OpenAI API'}"
+
+    def secrets(self) -> list[str]:
+        """Every value that must never be shown: the key from the environment, the URL's credentials."""
+        key = os.environ.get(self.api_key_env, "").strip()
+        return [*([key] if len(key) >= 4 else []), *url_secrets(self.base_url)]
 
 
 def api_key(settings: LLMSettings) -> str:
@@ -154,11 +170,28 @@ def make_client(settings: LLMSettings):
 
 
 def masked(text: str, settings: LLMSettings) -> str:
-    """``text`` with the key (and anything that looks like a bearer token) masked."""
-    key = os.environ.get(settings.api_key_env, "").strip()
-    if key and len(key) >= 4:
-        text = text.replace(key, "***")
-    return re.sub(r"(Bearer\s+)\S+", r"\1***", text)
+    """``text`` with the key, the URL's credentials, bearer tokens and key-shaped values masked."""
+    return mask(text, settings.secrets())
+
+
+def check_base_url(url: str | None) -> None:
+    """An endpoint must be an http(s) URL with a host: anything else is named up front (credentials masked),
+    not after a minute of retries."""
+    if url is None:
+        return
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname
+        parts.port  # noqa: B018 - raises ValueError on a port that is not a number
+    except ValueError:
+        parts, host = None, None
+    if parts is None or parts.scheme not in ("http", "https") or not host:
+        why = "has no host" if parts is not None and parts.scheme in ("http", "https") else "is not an http(s) URL"
+        raise JobError(
+            f"The LLM endpoint {redact_url(url)!r} given with --llm-base-url {why}.",
+            "pass the server's OpenAI-compatible base URL, e.g. --llm-base-url http://127.0.0.1:8080/v1 (or leave it "
+            "out for OpenAI's API).",
+        )
 
 
 def _status_text(exc: Exception) -> str:
@@ -214,11 +247,14 @@ def ask(client, settings: LLMSettings, messages: list[dict[str, str]]) -> dict[s
         temperature=settings.temperature,
         max_tokens=settings.max_tokens,
     )
-    choice = response.choices[0] if response.choices else None
+    choices = getattr(response, "choices", None)  # a junk reply (a server fault) has none: an empty answer
+    choice = choices[0] if isinstance(choices, list) and choices else None
+    message = getattr(choice, "message", None)
     usage = getattr(response, "usage", None)
+    answer = getattr(message, "content", None) or ""
     return {
-        "answer": (choice.message.content if choice and choice.message else None) or "",
-        "finish_reason": choice.finish_reason if choice else None,
+        "answer": answer.encode("utf-8", "replace").decode("utf-8") if isinstance(answer, str) else "",
+        "finish_reason": getattr(choice, "finish_reason", None),
         "tokens_in": getattr(usage, "prompt_tokens", None),
         "tokens_out": getattr(usage, "completion_tokens", None),
         "seconds": round(time.perf_counter() - start, 3),
@@ -231,42 +267,115 @@ def answer_key(chunk_text: str, prompt: Prompt, settings: LLMSettings) -> str:
     return hashlib.sha256(payload.encode()).hexdigest()
 
 
+def usable(record: dict[str, Any] | None) -> bool:
+    """A final answer: text came back. A failed request (no answer) or an empty reply (a server fault, a cut
+    connection) is kept for the record but asked again on the next run."""
+    return record is not None and isinstance(record.get("answer"), str) and bool(record["answer"].strip())
+
+
+def plausible_tokens(value: Any, limit: int) -> int | None:
+    """A token count the server reported, or None when it is missing, not a count, or beyond ``limit`` (a
+    server that reports nonsense must not turn into a bill)."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= limit:
+        return None
+    return value
+
+
+_FIELDS = {  # what a cache line must hold, and the types each field may have
+    "key": (str,),
+    "answer": (str, type(None)),
+    "tokens_in": (int, type(None)),
+    "tokens_out": (int, type(None)),
+    "seconds": (int, float, type(None)),
+}
+
+
+def _record(line: bytes) -> dict[str, Any] | None:
+    """A cache line as a record, or None when it is not one (torn, not JSON, or the wrong shape)."""
+    try:
+        rec = json.loads(line)
+    except (ValueError, RecursionError):
+        return None
+    if not isinstance(rec, dict) or not isinstance(rec.get("key"), str) or not rec["key"]:
+        return None
+    if any(not isinstance(rec.get(k), types) for k, types in _FIELDS.items() if k != "key"):
+        return None
+    return rec
+
+
 class AnswerCache:
-    """Answers on disk, one JSON object per line, appended as they arrive (thread-safe)."""
+    """Answers on disk, one JSON object per line, appended as they arrive (thread-safe).
+
+    A damaged line anywhere (not JSON, the wrong shape) is skipped and counted, and the lines after it are
+    kept; only a torn LAST line (a kill mid-write) is cut off, so that the next answer starts a line of its
+    own. The file is opened without following a symbolic link."""
 
     def __init__(self, path: Path):
         self.path = Path(path)
         self.records: dict[str, dict[str, Any]] = {}
         self.torn = 0
+        self.damaged: list[int] = []  # line numbers skipped
         self._lock = threading.Lock()
+        if self.path.is_symlink() or (self.path.exists() and not self.path.is_file()):
+            what = "a symbolic link" if self.path.is_symlink() else "a folder" if self.path.is_dir() else "not a file"
+            raise JobError(
+                f"The answer cache {self.path} is {what}; it must be a plain file (or not exist yet).",
+                "move it away, or pass another --out (the cache is <out stem>.answers.jsonl beside it).",
+            )
         if self.path.is_file():
             self._load()
 
     def _load(self) -> None:
-        raw = self.path.read_bytes()
-        good_end = 0
-        for line in raw.splitlines(keepends=True):
-            try:
-                rec = json.loads(line)
-                if not line.endswith(b"\n"):
-                    raise ValueError("no newline: cut short")
-            except ValueError:
-                self.torn += 1
-                break  # a kill mid-write leaves at most the last line torn; nothing after it is trusted
-            self.records[rec["key"]] = rec
-            good_end += len(line)
-        if good_end < len(raw):  # drop the torn tail so that new answers start on a line of their own
-            with self.path.open("r+b") as fh:
-                fh.truncate(good_end)
+        try:
+            raw = self.path.read_bytes()
+        except OSError as exc:
+            raise JobError(
+                f"The answer cache {self.path} cannot be read ({exc.strerror}).", "check its permissions."
+            ) from None
+        lines = raw.split(b"\n")  # on "\n" only: U+2028 and U+0085 are legal inside JSON strings
+        tail = lines.pop()  # b"" when the file ends with a newline
+        for n, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            rec = _record(line)
+            if rec is None:
+                self.damaged.append(n)
+                continue
+            self.records[rec["key"]] = rec  # a later answer for the same key wins
+        if tail.strip():
+            rec = _record(tail)
+            with self._open("r+b") as fh:
+                if rec is not None:  # whole but unterminated: keep it, end its line
+                    self.records[rec["key"]] = rec
+                    fh.seek(0, os.SEEK_END)
+                    fh.write(b"\n")
+                else:  # torn by a kill mid-write: cut it off
+                    self.torn += 1
+                    fh.truncate(len(raw) - len(tail))
+
+    def _open(self, mode: str):
+        flags = (os.O_RDWR if "+" in mode else os.O_WRONLY) | os.O_NOFOLLOW | (os.O_APPEND if "a" in mode else 0)
+        if "a" in mode:
+            flags |= os.O_CREAT
+        try:
+            fd = os.open(self.path, flags, 0o644)
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise JobError(
+                    f"The answer cache {self.path} is a symbolic link; it is never written through.",
+                    "move the link away, or pass another --out.",
+                ) from None
+            raise
+        return os.fdopen(fd, mode)
 
     def get(self, key: str) -> dict[str, Any] | None:
         return self.records.get(key)
 
     def put(self, record: dict[str, Any]) -> None:
-        line = (json.dumps(record, ensure_ascii=False) + "\n").encode()
+        line = (json.dumps(record, ensure_ascii=True) + "\n").encode()  # ASCII: no text can break the file
         with self._lock:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            with self.path.open("ab") as fh:
+            with self._open("ab") as fh:
                 fh.write(line)
                 fh.flush()
                 os.fsync(fh.fileno())

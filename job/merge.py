@@ -10,11 +10,14 @@ LM-Cocktail does for embedding models), ``alpha * fine-tuned + (1 - alpha) * bas
   never the ``--guard-split`` queries the report scores). Kept: the alpha with the best in-domain validation
   NDCG@10 at ``best_model_dim`` whose guard drop (points below the base model, at every dim) is within
   ``--guard-max-drop``; with no guard set, the best validation alpha (1.0 when nothing beats the fine-tuned
-  weights), and the record says so. Every alpha tried is reported (training.json, report, card).
+  weights), and the record says so; with a guard set but no validation split (``--val-fraction 0``), nothing
+  in the domain to compare on: the largest alpha within the guard's limit, and the record says that instead.
+  Every alpha tried is reported (training.json, report, card).
 
 The per-alpha scores are kept beside the checkpoints (``merge_scores.json``), so a crash mid-merge costs
 only the alphas not yet scored: the next run resumes the training at its last checkpoint, which ends at
-once, and merges again.
+once, and merges again. A damaged scores file (cut short, or of another shape) is said and ignored: the alphas are
+scored again.
 """
 
 from __future__ import annotations
@@ -117,9 +120,7 @@ def merge_with_base(
     weights = [round(float(v.float().sum()), 4) for v in tuned.values() if torch.is_floating_point(v)]
     key = fingerprint_digest({"tuned": weights, "model": cfg.model, "guard": guard, "dims": dims,
                               "max_seq_length": cfg.max_seq_length})  # fmt: skip
-    cache = json.loads(cache_path.read_text()) if cache_path.is_file() else {}
-    if cache.get("key") != key:
-        cache = {"key": key, "alphas": {}}
+    cache = read_scores(cache_path, key, dims, validation is not None, guard is not None)
 
     def scored(alpha: float) -> dict[str, Any]:
         tag = f"{alpha:.4f}"
@@ -146,15 +147,25 @@ def merge_with_base(
             row["guard_drop_points"] = {d: round((base_row["guard"][d] - row["guard"][d]) * 100, 2) for d in dims}
             row["within_guard"] = max(row["guard_drop_points"].values()) <= cfg.guard_max_drop
         rows.append(row)
-        val = f"validation {row['validation'][best_dim]:.4f}" if "validation" in row else ""
-        drop = f", guard drop {max(row['guard_drop_points'].values()):+.1f} points" if guard is not None else ""
-        echo(f"train: base-model interpolation alpha {alpha:g}: {val}{drop}")
+        said = [f"validation {row['validation'][best_dim]:.4f}"] if "validation" in row else []
+        if guard is not None:
+            said.append(f"guard drop {max(row['guard_drop_points'].values()):+.1f} points")
+        echo(f"train: base-model interpolation alpha {alpha:g}: {', '.join(said)}")
 
     def in_domain(row) -> float:
         return row["validation"][best_dim] if "validation" in row else 0.0
 
     feasible = [r for r in rows if r.get("within_guard", True)]
-    if feasible:
+    if feasible and validation is None:
+        # nothing in the domain to compare the alphas on (guard only): the one nearest the fine-tuned weights that
+        # the guard allows, so as much of the fine-tuning as the guard permits is kept
+        chosen = max(feasible, key=lambda r: r["alpha"])
+        why = (
+            f"no validation split to compare the alphas in the domain (--val-fraction 0): the largest alpha (the most "
+            f"fine-tuning kept) within {cfg.guard_max_drop:g} points of the base model on {guard['set']} "
+            f"({guard['split']} queries)"
+        )
+    elif feasible:
         chosen = max(feasible, key=lambda r: (in_domain(r), r["alpha"]))
         why = (
             f"best validation NDCG@10 at dim {best_dim} among the alphas within {cfg.guard_max_drop:g} points of the "
@@ -175,6 +186,54 @@ def merge_with_base(
         "mode": "auto", "chosen": chosen["alpha"], "why": why, "best_dim": best_dim, "guard": guard,
         "base_guard": base_row["guard"] if base_row else None, "limit_points": cfg.guard_max_drop, "alphas": rows,
     }  # fmt: skip
+
+
+def read_scores(path: Path, key: str, dims: list[int], validation: bool, guard: bool) -> dict[str, Any]:
+    """The per-alpha scores a previous run kept for these weights (``key``); a fresh record when there are none, when
+    they are for other weights, or when the file is damaged (cut short, or not the shape this code writes): a damaged
+    file is said and ignored, and the alphas are scored again (nothing is lost but time)."""
+    fresh = {"key": key, "alphas": {}}
+    if not path.is_file():
+        return fresh
+    try:
+        cache = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
+        logger.warning("%s is damaged (%s); ignoring it and scoring the alphas again", path, type(exc).__name__)
+        return fresh
+    if not isinstance(cache, dict) or not isinstance(cache.get("alphas"), dict):
+        logger.warning(
+            "%s is damaged (not the scores this step writes); ignoring it and scoring the alphas again", path
+        )
+        return fresh
+    if cache.get("key") != key:
+        return fresh  # scores of other weights (an earlier training): not these
+    want = {str(d) for d in dims}
+
+    def per_dim(scores: Any) -> bool:
+        return (
+            isinstance(scores, dict)
+            and set(scores) >= want
+            and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in scores.values())
+        )
+
+    kept = {}
+    for tag, row in cache["alphas"].items():
+        if (
+            isinstance(row, dict)
+            and isinstance(row.get("alpha"), (int, float))
+            and f"{row['alpha']:.4f}" == tag
+            and (not validation or per_dim(row.get("validation")))
+            and (not guard or per_dim(row.get("guard")))
+        ):
+            kept[tag] = row
+    if len(kept) < len(cache["alphas"]):
+        logger.warning(
+            "%s: %d of its %d alpha score records are damaged; scoring those alphas again",
+            path,
+            len(cache["alphas"]) - len(kept),
+            len(cache["alphas"]),
+        )
+    return {"key": key, "alphas": kept}
 
 
 def _at(scores: dict, dim: int) -> float:

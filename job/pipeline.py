@@ -247,7 +247,7 @@ def prepare(cfg: JobConfig, rd: RunDir, echo: Echo = print, model=None) -> dict[
     replace_dir(stage / "data", rd.data)
     shutil.rmtree(stage, ignore_errors=True)
 
-    dropped = sum(summary["rows_dropped_invalid"].values())
+    dropped = validated.rows_dropped  # rows: one with two problems is under both reasons but is one row
     trunc = (
         f", {truncation['passages_truncated']} of them over {truncation['max_seq_length']} tokens (truncated)"
         if truncation

@@ -28,10 +28,11 @@ from typing import Any
 
 import numpy as np
 
-from job import documents, llm
+from job import documents, grounding, llm
 from job.config import JobConfig, fingerprint_digest
 from job.errors import JobError
 from job.layout import write_json
+from job.redact import redact_url
 
 Echo = Callable[[str], None]
 MIN_PAIRS = 10  # fewer cannot be split into train / validation / test
@@ -46,6 +47,7 @@ REASONS = (
     "echoes_prompt",
     "copies_chunk",
     "duplicate",
+    "ungrounded",
     "inconsistent",
 )
 _LEAD = re.compile(r"^\s*(?:[-*•]+|\(?\d+[.):]|q\d*\s*[:.)]|question\s*\d*\s*[:.)])\s*", re.IGNORECASE)
@@ -78,6 +80,7 @@ def settings_of(cfg: JobConfig) -> llm.LLMSettings:
             "pass --llm-model (e.g. gpt-4o-mini on OpenAI, or the model your local server serves) and --llm-base-url "
             "for any server other than OpenAI's.",
         )
+    llm.check_base_url(cfg.llm_base_url)
     return llm.LLMSettings(
         base_url=cfg.llm_base_url,
         model=cfg.llm_model,
@@ -134,6 +137,15 @@ def echoes_prompt(question: str, examples: list[str]) -> bool:
     """The question is (nearly) one of the prompt's own example answers: a small model repeating its example."""
     q = words(question)
     return any(SequenceMatcher(None, q, words(e), autojunk=False).ratio() >= 0.8 for e in examples)
+
+
+def example_pairs(prompt: llm.Prompt) -> list[tuple[str, str]]:
+    """(example passage, example question) for every assistant message of the prompt that follows a user one."""
+    pairs = []
+    for (role_a, text_a), (role_b, text_b) in zip(prompt.messages, prompt.messages[1:]):
+        if role_a == "user" and role_b == "assistant":
+            pairs.append((text_a.split("Passage:", 1)[-1].strip(), text_b))
+    return pairs
 
 
 def rule_check(question: str | None, chunk: str, seen: set[str], examples: list[str] = ()) -> str | None:
@@ -194,7 +206,7 @@ def generate(
     from tqdm.auto import tqdm
 
     keys = {c.id: llm.answer_key(c.text, prompt, settings) for c in chunks}
-    todo = [c for c in chunks if cache.get(keys[c.id]) is None]
+    todo = [c for c in chunks if not llm.usable(cache.get(keys[c.id]))]  # failed or empty: asked again
     stats = {"asked": len(todo), "cached": len(chunks) - len(todo), "failed": 0}
     if not todo:
         return stats
@@ -284,6 +296,12 @@ def synthesize(cfg: JobConfig, sources: list[str], out: Path, echo: Echo = print
     cache = llm.AnswerCache(paths["answers"])
     if cache.torn:
         echo(f"synthesize: {cache.path} ended in a torn line (a run was killed mid-write); dropped it")
+    if cache.damaged:
+        lines = ", ".join(map(str, cache.damaged[:5])) + (" ..." if len(cache.damaged) > 5 else "")
+        echo(
+            f"synthesize: {cache.path} has {len(cache.damaged)} damaged line(s) (line {lines}): skipped, the other "
+            f"{len(cache.records)} answers kept; the chunks they were for are asked again"
+        )
     changed = other_settings_in_cache(cache, chunks, prompt, settings)
     if changed:
         echo(changed)
@@ -297,12 +315,26 @@ def synthesize(cfg: JobConfig, sources: list[str], out: Path, echo: Echo = print
     candidates: list[tuple[str, int]] = []  # (question, chunk index) that passed the rules
     seen: set[str] = set()
     examples = [text for role, text in prompt.messages if role == "assistant"]
-    usage = {"tokens_in": 0, "tokens_out": 0, "seconds": 0.0, "usage_unknown": 0}
+    leak_terms = grounding.example_terms(example_pairs(prompt))
+    ungrounded_seen = 0  # candidates that name what their passage does not, counted whether or not the filter is on
+    usage = {"tokens_in": 0, "tokens_out": 0, "seconds": 0.0, "usage_unknown": 0, "usage_implausible": 0}
     for i, chunk in enumerate(chunks):
         rec = cache.get(llm.answer_key(chunk.text, prompt, settings))
-        for k in ("tokens_in", "tokens_out"):
-            usage[k] += rec.get(k) or 0
-        usage["usage_unknown"] += rec.get("tokens_in") is None
+        # a count beyond what the request could hold (every byte a token, plus the chat template) is the
+        # server's nonsense, not a bill: counted as unknown, and said
+        sent = sum(len(m["content"].encode()) for m in prompt.render(chunk.text, settings.questions))
+        limits = {
+            "tokens_in": sent + 4096,
+            "tokens_out": max(settings.max_tokens, len((rec.get("answer") or "").encode())) + 64,
+        }
+        counts = {k: llm.plausible_tokens(rec.get(k), limits[k]) for k in limits}
+        if any(counts[k] is None and rec.get(k) is not None for k in limits):
+            usage["usage_implausible"] += 1
+        elif counts["tokens_in"] is None:
+            usage["usage_unknown"] += 1
+        if all(v is not None for v in counts.values()):
+            for k in limits:
+                usage[k] += counts[k]
         usage["seconds"] += rec.get("seconds") or 0.0
         if rec.get("answer") is None:
             dropped_reasons["request_failed"] += 1
@@ -319,6 +351,12 @@ def synthesize(cfg: JobConfig, sources: list[str], out: Path, echo: Echo = print
             if reason:
                 dropped_reasons[reason] += 1
                 dropped_rows.append({"chunk_id": chunk.id, "reason": reason, "question": question or line})
+                continue
+            term = grounding.ungrounded_term(question, chunk.text, leak_terms)
+            ungrounded_seen += term is not None
+            if term is not None and cfg.grounding_filter:
+                dropped_reasons["ungrounded"] += 1
+                dropped_rows.append({"chunk_id": chunk.id, "reason": "ungrounded", "question": question, "term": term})
                 continue
             seen.add(" ".join(words(question)))
             candidates.append((question, i))
@@ -355,7 +393,7 @@ def synthesize(cfg: JobConfig, sources: list[str], out: Path, echo: Echo = print
     summary = {
         "outputs": {k: str(v) for k, v in paths.items()},
         "generator": {
-            "base_url": cfg.llm_base_url or "(the openai client's default)",
+            "base_url": redact_url(cfg.llm_base_url) or "(the openai client's default)",
             "model": settings.model,
             "prompt": prompt.source,
             "prompt_digest": prompt.digest,
@@ -380,6 +418,7 @@ def synthesize(cfg: JobConfig, sources: list[str], out: Path, echo: Echo = print
             "in": usage["tokens_in"],
             "out": usage["tokens_out"],
             "answers_without_usage": usage["usage_unknown"],
+            "answers_with_implausible_usage": usage["usage_implausible"],
             "per_1000_chunks_in": round(1000 * usage["tokens_in"] / max(1, len(chunks))),
             "per_1000_chunks_out": round(1000 * usage["tokens_out"] / max(1, len(chunks))),
         },
@@ -392,6 +431,14 @@ def synthesize(cfg: JobConfig, sources: list[str], out: Path, echo: Echo = print
             "generated": generated,
             "kept": len(kept),
             "dropped": {r: dropped_reasons.get(r, 0) for r in REASONS},
+        },
+        "grounding": {
+            "enabled": cfg.grounding_filter,
+            "example_terms": list(leak_terms),
+            "ungrounded_candidates": ungrounded_seen,
+            "ungrounded_share_of_rule_passing": round(
+                ungrounded_seen / max(1, len(candidates) + dropped_reasons["ungrounded"]), 4
+            ),
         },
         "consistency": {
             "top_k": cfg.consistency_top_k,
@@ -406,8 +453,9 @@ def synthesize(cfg: JobConfig, sources: list[str], out: Path, echo: Echo = print
         raise JobError(
             f"Only {len(pairs)} of {generated} generated questions were kept (dropped: "
             f"{', '.join(f'{r} {n}' for r, n in dropped_reasons.most_common() if n)}), fewer than the {MIN_PAIRS} "
-            f"needed to split into train, validation and test. The answers are kept in {paths['answers']}, the "
-            f"dropped questions with their reason in {paths['dropped']}.",
+            f"needed to split into train, validation and test. The answers are kept in {paths['answers']} (failed or "
+            f"empty answers are asked again on the next run), the dropped questions with their reason in "
+            f"{paths['dropped']}.",
             "add documents, raise --questions-per-chunk, use a stronger --llm-model or --prompt-file, or loosen the "
             "filter (--consistency-top-k larger, 0 turns it off).",
         )
@@ -435,6 +483,8 @@ def _echo_summary(echo: Echo, s: dict, pairs: list[dict], paths: dict[str, Path]
     q, t, r = s["questions"], s["tokens"], s["requests"]
     drops = ", ".join(f"{k} {v}" for k, v in q["dropped"].items() if v) or "none"
     cost = f", cost ${s['cost']:.4f}" if s["cost"] is not None else ""
+    if t.get("answers_with_implausible_usage"):
+        cost += f" ({t['answers_with_implausible_usage']} answers with impossible token counts not billed)"
     echo(
         f"synthesize: {s['chunks']['count']} chunks, {r['asked']} requests ({r['cached']} answers from the cache, "
         f"{r['failed']} failed), tokens in/out {t['in']:,}/{t['out']:,}{cost}, {s['seconds']:.0f} s; "

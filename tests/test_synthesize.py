@@ -514,7 +514,7 @@ def test_no_documents(tmp_path, tiny_model_path, capsys):
         (["--llm-concurrency", "0"], "llm_concurrency is 0"),
         (["--chunk-tokens", "4"], "chunk_tokens is 4"),
         (["--chunk-tokens", "64", "--chunk-overlap", "64"], "chunk_overlap (64) must be below"),
-        (["--llm-api-key-env", "sk-abc/def"], "not an environment variable name"),
+        (["--llm-api-key-env", "sk-abc/def"], "NAME of an environment variable"),
         (["--data", "pairs.csv"], "Both --docs"),
     ],
 )

@@ -66,6 +66,13 @@ DEFAULT_BASE_JOB_NAME = "rag-embed-finetune"
 DEFAULT_MAX_RUN_S = 4 * 3600
 
 
+# SageMaker's limits for one training job (ResourceConfig's InstanceCount and VolumeSizeInGB).
+MAX_INSTANCE_COUNT = 100
+
+
+MAX_VOLUME_GB = 16384
+
+
 HUGGINGFACE = "huggingface"
 
 
@@ -131,6 +138,7 @@ def check_spec(spec: LaunchSpec, defaults: dict[str, Any] | None = None) -> Laun
     :func:`infra.sagemaker.sdk.training_job_defaults`) and refuse what cannot work - before anything is uploaded."""
     spec = copy.deepcopy(spec)
     check_count(spec.instance_count)  # before the role: the first error names the first thing to fix
+    check_volume(spec.volume_gb)
     spec.role = spec.role or os.environ.get(ROLE_ENV) or (defaults or {}).get("role") or None
     if not spec.role:
         raise JobError(
@@ -194,6 +202,23 @@ def check_count(instance_count: int) -> None:
         raise JobError(
             f"--instance-count {instance_count}: a training job runs on at least one instance.",
             "pass --instance-count 1, or N >= 2 to train on N instances together (torchrun across them).",
+        )
+    if instance_count > MAX_INSTANCE_COUNT:
+        raise JobError(
+            f"--instance-count {instance_count}: a SageMaker training job runs on at most {MAX_INSTANCE_COUNT} "
+            "instances (SageMaker's limit for one job; your account's quota for the instance type may be lower).",
+            f"pass --instance-count from 1 to {MAX_INSTANCE_COUNT} (N >= 2 train together, torchrun across them).",
+        )
+
+
+def check_volume(volume_gb: int) -> None:
+    """--volume-size within what SageMaker accepts (VolumeSizeInGB 1 to 16384), before anything is uploaded."""
+    if not 1 <= volume_gb <= MAX_VOLUME_GB:
+        raise JobError(
+            f"--volume-size {volume_gb}: a SageMaker training job's storage volume is 1 to {MAX_VOLUME_GB} GB "
+            "(SageMaker's limit on VolumeSizeInGB).",
+            f"pass --volume-size in GB from 1 to {MAX_VOLUME_GB}, e.g. the default 50 (room for the model, the data "
+            "and the checkpoints).",
         )
 
 
