@@ -27,6 +27,8 @@ def rows_of(metrics: dict, name: str) -> list[dict]:
         raise SystemExit("this run's report has no export table: run `job export --run-dir RUN` first")
     out = []
     for export, row in table["models"].items():
+        if row.get("status", "ok") != "ok":  # a failed export (its reason is in the report): no scores to keep
+            continue
         for dim, cell in row["dims"].items():
             out.append(
                 {

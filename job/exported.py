@@ -1,11 +1,12 @@
 """Encoding with an exported model (ONNX, run by ONNX Runtime): the same vectors path as sentence-transformers.
 
 sentence-transformers runs ONNX files through Optimum (``SentenceTransformer(path, backend="onnx",
-model_kwargs={"file_name": "onnx/model_qint8_avx512_vnni.onnx"})``), and that is how users load the exports
+model_kwargs={"file_name": "onnx/model_qint8.onnx"})``), and that is how users load the exports
 elsewhere. Optimum's ONNX Runtime package (optimum-onnx 0.1.0) requires transformers < 4.58, so it cannot be
 installed beside this project's transformers 5; :class:`ExportedModel` is the small part of that path the job
 needs: the model's own fast tokenizer (``tokenizer.json``, truncated at its ``max_seq_length``), one ONNX Runtime
-session, then the saved pooling and normalisation (:func:`job.portable.read_pipeline`). It answers the calls
+session, whose graph pools and normalises (``sentence_embedding``; for older graphs and models without a
+Normalize module, the saved pooling and normalisation here, :func:`job.portable.read_pipeline`). It answers the calls
 that the evaluator, the vector store code and ``rag-eval serve`` make on a SentenceTransformer (``encode``,
 ``encode_query``, ``encode_document``, ``similarity``, ``max_seq_length``). The tests check it against
 sentence-transformers' own ONNX backend in a venv where Optimum installs.
@@ -47,7 +48,8 @@ def _pool(hidden: np.ndarray, mask: np.ndarray, mode: str) -> np.ndarray:
 
 
 class ExportedModel:
-    """One exported file of a saved sentence-transformers model, encoding like the model does."""
+    """One exported file of a saved sentence-transformers model, encoding like the model does. ``file_name`` is
+    relative to ``folder`` (or absolute: a file being checked before it is moved into place)."""
 
     similarity_fn_name = "cosine"
 
@@ -69,6 +71,7 @@ class ExportedModel:
         self.max_seq_length = self.pipeline.max_seq_length or 512
         self.prompts = dict(self.pipeline.prompts)
         self.model_card_data = _NoCard()
+        self.probe: dict[str, Any] | None = None  # the probe check on this machine (job.export.open_export)
         tokenizer = Tokenizer.from_file(str(self.folder / "tokenizer.json"))
         tokenizer.enable_truncation(self.max_seq_length)
         pad_id = tokenizer.padding["pad_id"] if tokenizer.padding else (tokenizer.token_to_id("[PAD]") or 0)
@@ -87,6 +90,13 @@ class ExportedModel:
         except Exception as exc:  # noqa: BLE001 - a truncated or corrupt file: named with the fix
             raise damaged(path, exc) from None
         self._inputs = {i.name for i in self._session.get_inputs()}
+        outputs = [o.name for o in self._session.get_outputs()]
+        # graphs made since issue #33 pool and normalise inside (``sentence_embedding``); a model without a Normalize
+        # module, and older graphs, are pooled here from ``last_hidden_state``
+        self.pooled_in_graph = "sentence_embedding" in outputs and self.pipeline.normalize
+        self._output = "sentence_embedding" if self.pooled_in_graph else (
+            "last_hidden_state" if "last_hidden_state" in outputs else outputs[0]
+        )  # fmt: skip
 
     # -- the calls the evaluator and rag_eval make --------------------------------------------------------------
     def get_sentence_embedding_dimension(self) -> int:
@@ -112,8 +122,10 @@ class ExportedModel:
         feed = {"input_ids": ids, "attention_mask": mask}
         if "token_type_ids" in self._inputs:
             feed["token_type_ids"] = np.asarray([e.type_ids for e in encodings], dtype=np.int64)
-        hidden = self._session.run(None, feed)[0]
-        pooled = _pool(hidden, mask, self.pipeline.pooling)
+        out = self._session.run([self._output], feed)[0]
+        if self.pooled_in_graph:
+            return out.astype(np.float32)
+        pooled = _pool(out, mask, self.pipeline.pooling)
         if self.pipeline.normalize:
             pooled = pooled / np.maximum(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12)
         return pooled.astype(np.float32)

@@ -13,7 +13,7 @@ pins 3.4.1) fail on those files, and Text Embeddings Inference (TEI) reads two o
 * ``sentence_bert_config.json`` (or one of the older per-architecture names) must hold ``max_seq_length``;
   without the file TEI truncates at ``max_position_embeddings`` (512 for MiniLM, not its 256).
 * its ONNX backend loads ``model.onnx`` or ``onnx/model.onnx`` and accepts float32 only, so those names must
-  never hold a quantized graph (the int8 export is ``onnx/model_qint8_avx512_vnni.onnx``).
+  never hold a quantized graph (the int8 export is ``onnx/model_qint8.onnx``).
 
 (Read from TEI's ``router/src/lib.rs``, ``core/src/download.rs`` and ``backends/ort/src/lib.rs``.)
 
@@ -136,6 +136,26 @@ def read_pipeline(folder: str | Path) -> Pipeline:
         pooling, normalize, max_len, bool(config.get("do_lower_case", False)), dim, include_prompt, dense,
         prompts, pooling_dir,
     )  # fmt: skip
+
+
+# --- prompts that travel with the model -------------------------------------------------------------------------
+PROMPT_KEYS = {"query": "query", "passage": "document"}  # the names encode_query / encode_document look up first
+
+
+def carry_prompts(model, query_prompt: str | None, passage_prompt: str | None) -> dict[str, str]:
+    """Put the run's prompts (``--query-prompt`` / ``--passage-prompt``) into the model before it is saved: they are
+    written to ``config_sentence_transformers.json`` as ``prompts`` ``{"query": ..., "document": ...}``, so that
+    ``model.encode_query`` / ``encode_document`` wherever the model is loaded (sentence-transformers >= 5; older
+    releases: ``encode(..., prompt_name="query")``), our ONNX serve path and ``rag-eval`` apply them without flags.
+    ``default_prompt_name`` stays unset: plain ``encode`` adds no prompt, as the model was trained (each side with
+    its own prompt, or none). A prompt not given is not written (the model's own, if it had one, is kept)."""
+    prompts = dict(getattr(model, "prompts", None) or {})
+    given = {PROMPT_KEYS["query"]: query_prompt, PROMPT_KEYS["passage"]: passage_prompt}
+    prompts.update({key: value for key, value in given.items() if value})
+    model.prompts = prompts
+    if getattr(model, "default_prompt_name", None) not in prompts:
+        model.default_prompt_name = None
+    return prompts
 
 
 # --- what Text Embeddings Inference would do with the folder ------------------------------------------------------

@@ -1,8 +1,10 @@
 """`job export` and the evaluate step's export table (job/export.py, job/exported.py, job/export_scores.py).
 
 Tolerances: the float32 ONNX export gives the PyTorch model's unit vectors within 1e-4 per component (measured:
-~1e-7); the int8 export within a cosine of 0.98 of each vector on MiniLM (measured: 0.989 minimum over the probe
-texts; the tiny random model of the fast tests quantizes worse, so it is only held to the export's own check).
+~1e-7); the int8 export within a cosine of 0.98 of each vector on MiniLM (measured with the recipe of issue #30,
+FFN output projections in float32 and 7-bit weights: 0.9925 minimum over these texts, the old recipe 0.990; 0.979
+over the export's 16 probe texts, whose lowest is the one-word "OK"). The int8 recipe, the probe check at load and
+failed exports are tested in test_export_int8.py.
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ def _torch(folder):
 
 def test_exports_land_inside_the_model_with_sentence_transformers_names(exported_tiny):
     assert (exported_tiny / "onnx" / "model.onnx").is_file()
-    assert (exported_tiny / "onnx" / "model_qint8_avx512_vnni.onnx").is_file()
+    assert (exported_tiny / "onnx" / "model_qint8.onnx").is_file()
     manifest = read_manifest(exported_tiny)
     assert set(manifest["exports"]) == {"onnx", "onnx-int8"} and manifest["portable"]["portable"] is True
     assert all(status(exported_tiny, n) == "ok" for n in EXPORTS)
@@ -140,6 +142,7 @@ def test_evaluate_with_export_scores_every_export_at_every_dim(tmp_path, tiny_mo
     assert list(table["models"]) == ["pytorch", "onnx", "onnx-int8"]
     for name in ("onnx", "onnx-int8"):
         row = table["models"][name]
+        assert row["status"] == "ok" and row["probe"]["min_cosine"] >= row["probe"]["limit"]
         assert list(row["dims"]) == ["32", "16"] and row["texts_per_s"] > 0 and row["question_ms"] > 0
         for dim, cell in row["dims"].items():
             torch_ndcg = table["models"]["pytorch"]["dims"][dim]["ndcg@10"]
@@ -149,7 +152,7 @@ def test_evaluate_with_export_scores_every_export_at_every_dim(tmp_path, tiny_mo
     report = (rd.report / "report.md").read_text()
     card = (rd.model / "README.md").read_text()
     for text in (report, card):
-        assert "Exports" in text and "model_qint8_avx512_vnni.onnx" in text and 'backend="onnx"' in text
+        assert "Exports" in text and "model_qint8.onnx" in text and 'backend="onnx"' in text
         assert "sentence-transformers 3.x-6.x" in text
     from job.card import MODEL_ID_PLACEHOLDER  # `job push` puts the repo id there
 

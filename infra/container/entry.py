@@ -17,6 +17,7 @@ every step and exports, the others prepare and train (:mod:`infra.container.clus
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -66,7 +67,9 @@ def run_steps(
         return pipeline.train(cfg, rd, echo, resume=resume, callbacks=callbacks)
 
     steps = layout.STEPS if node.is_main else ("prepare", "train")
-    return pipeline.run(cfg, rd, echo, on_step=_emit_step, train_step=train_step, mismatch_fix=fix, steps=steps)
+    # strict_exports=False: a failed export costs only itself here; run_job names it after the outputs are copied
+    return pipeline.run(cfg, rd, echo, on_step=_emit_step, train_step=train_step, mismatch_fix=fix, steps=steps,
+                        strict_exports=False)  # fmt: skip
 
 
 def _emit_step(step: str, result: dict[str, Any]) -> None:
@@ -135,13 +138,16 @@ def copy_contents(source: Path, target: Path) -> None:
 
 
 def export_outputs(cfg: config.JobConfig, paths: ContainerPaths, results: dict[str, Any]) -> None:
-    """Model to ``model/``; data/, ir/, baseline/, report/ and a flat metrics.json to ``output/data/``."""
+    """Model to ``model/``; data/, ir/, baseline/, report/, TensorBoard's event files (as logs/, where a run
+    directory keeps them: `job launch fetch` puts them back there) and a flat metrics.json to ``output/data/``."""
     rd = RunDir(cfg.run_dir)
     copy_contents(rd.model, paths.model)
     paths.output_data.mkdir(parents=True, exist_ok=True)
     for name in layout.OUTPUT_DIRS:
         if (rd.root / name).is_dir():
             copy_contents(rd.root / name, paths.output_data / name)
+    if paths.tensorboard.is_dir() and any(p.is_file() for p in paths.tensorboard.rglob("*")):
+        copy_contents(paths.tensorboard, paths.output_data / layout.LOGS)
     flat: dict[str, float] = {}
     for dim, m in results.get("baseline", {}).get("metrics", {}).items():
         flat[f"baseline_ndcg@10_dim{dim}"] = m["ndcg@10"]
@@ -162,8 +168,9 @@ def write_failure(paths: ContainerPaths, reason: str) -> None:
         print(f"could not write {paths.failure}: {exc}", file=sys.stderr, flush=True)
 
 
-def _check_writable(paths: ContainerPaths) -> None:
-    for d in (paths.model, paths.output_data, paths.checkpoints):
+def _check_writable(paths: ContainerPaths, cfg: config.JobConfig) -> None:
+    tensorboard = (paths.tensorboard,) if cfg.report_to != "none" else ()
+    for d in (paths.model, paths.output_data, paths.checkpoints, *tensorboard):
         try:
             d.mkdir(parents=True, exist_ok=True)
             probe = d / f".write-test-{os.uname().nodename}-{os.getpid()}"  # several hosts may share a folder
@@ -182,6 +189,23 @@ def echo(msg: str) -> None:
     print(msg, flush=True)
 
 
+@contextlib.contextmanager
+def tensorboard_dir(path: Path):
+    """TensorBoard's event files go to ``path`` (SageMaker's TensorBoard output folder, synced to the job's
+    TensorBoardOutputConfig) instead of RUN_DIR/logs, for the steps run here and the torchrun ranks started
+    from here: transformers' TensorBoardCallback reads TENSORBOARD_LOGGING_DIR, which
+    :func:`job.train.report_targets` keeps when it is set."""
+    old = os.environ.get("TENSORBOARD_LOGGING_DIR")
+    os.environ["TENSORBOARD_LOGGING_DIR"] = str(path)
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("TENSORBOARD_LOGGING_DIR", None)
+        else:
+            os.environ["TENSORBOARD_LOGGING_DIR"] = old
+
+
 def run_contract(
     paths: ContainerPaths, environ: Mapping[str, str] | None = None, callbacks: list | None = None
 ) -> dict[str, Any]:
@@ -189,25 +213,39 @@ def run_contract(
     start = time.perf_counter()
     cluster = read_cluster(paths)
     cfg = resolve_container_config(paths, environ)
-    _check_writable(paths)
+    _check_writable(paths, cfg)
     nproc = distributed.resolve_nproc(cfg, nodes=cluster.size)
     node = Node(cluster, echo, environ)
     echo(
         f"container: run dir {cfg.run_dir}, model {cfg.model}, data {cfg.data}, {nproc} process(es) for training"
         + node.describe()
     )
-    with node:  # several hosts: the first publishes the job's result, the others wait for it
+    # several hosts: the first publishes the job's result, the others wait for it
+    with node, tensorboard_dir(paths.tensorboard):
         results = run_steps(cfg, echo, nproc=nproc, callbacks=(callbacks or []) + container_callbacks(), node=node)
         if not node.is_main:
             node.wait_for_main()
             echo(f"container: done in {time.perf_counter() - start:.0f} s; {cluster.main_host} exported the model")
             return results
         export_outputs(cfg, paths, results)
+        _warn_failed_exports(cfg, results, echo)
     echo(
         f"container: done in {time.perf_counter() - start:.0f} s -> model {paths.model}, "
         f"report {paths.output_data / 'report'}"
     )
     return results
+
+
+def _warn_failed_exports(cfg: config.JobConfig, results: dict[str, Any], echo: Echo) -> None:
+    """A failed export does not fail the job (the model and the report it earned are in /opt/ml/model and the
+    output): it is said here, and the report and the card list it with the reason."""
+    from job import pipeline
+    from job.export import ExportsFailed
+
+    try:
+        pipeline.check_exports(RunDir(cfg.run_dir), results.get("evaluate"))
+    except ExportsFailed as exc:
+        echo(f"container: warning: {exc.message}")
 
 
 # --- command line --------------------------------------------------------------------------------
@@ -230,6 +268,7 @@ def _path_option(flag: str, help_text: str):
 @_path_option("--output-data-dir", "Where reports and metrics go [default: ROOT/output/data].")
 @_path_option("--checkpoint-dir", "Checkpoints and the run directory [default: ROOT/checkpoints].")
 @_path_option("--failure-file", "Where the failure reason goes [default: ROOT/output/failure].")
+@_path_option("--tensorboard-dir", "TensorBoard's event files, synced by SageMaker [default: ROOT/output/tensorboard].")
 def train_command(**kw) -> None:
     """Run the job under the SageMaker training-container contract (what SageMaker calls as `train`)."""
 
@@ -245,6 +284,7 @@ def _paths_from_options(kw: dict[str, Any]) -> ContainerPaths:
         output_data=kw.get("output_data_dir"),
         checkpoints=kw.get("checkpoint_dir"),
         failure=kw.get("failure_file"),
+        tensorboard=kw.get("tensorboard_dir"),
     )
 
 
