@@ -12,7 +12,7 @@ import click
 
 from infra.publish.cli import push  # `job push` lives with the publishing code
 from infra.sagemaker.cli import launch  # `job launch` (SageMaker) lives with the cloud code
-from job import config, storage
+from job import config, progress, storage
 from job.cli_common import SectionedCommand, StepOrderGroup, config_options, echo, run_cli
 from job.errors import JobError
 
@@ -37,6 +37,15 @@ def _hold(rd, command: str):
     if os.environ.get("LOCAL_RANK", "0") != "0":
         return contextlib.nullcontext()
     return run_lock(rd.root, command)
+
+
+def _check_precision(cfg) -> None:
+    """An explicit --mixed-precision fp16/bf16 that this machine cannot train in is refused before any work
+    (auto and no always resolve)."""
+    if cfg.mixed_precision in ("fp16", "bf16"):
+        from job.train import resolve_precision
+
+        resolve_precision(cfg.mixed_precision)
 
 
 def _step_cfg(cfg, rd):
@@ -118,7 +127,9 @@ def prepare_cmd(cfg) -> None:
     rd = _rd(cfg)
     cfg = _step_cfg(cfg, rd)
     with _hold(rd, "job prepare"), storage.storage_errors(rd.root, "the prepare step's outputs"):
-        prepare(cfg, rd, echo, model=load_model(cfg.model, max_seq_length=cfg.max_seq_length))
+        progress.phase_done(
+            "prepare", prepare(cfg, rd, echo, model=load_model(cfg.model, max_seq_length=cfg.max_seq_length))
+        )
 
 
 @cli.command("baseline", cls=SectionedCommand)
@@ -130,7 +141,7 @@ def baseline_cmd(cfg) -> None:
     rd = _rd(cfg)
     cfg = _step_cfg(cfg, rd)
     with _hold(rd, "job baseline"), storage.storage_errors(rd.root, "the baseline step's outputs"):
-        baseline(cfg, rd, echo)
+        progress.phase_done("baseline", baseline(cfg, rd, echo))
 
 
 @cli.command("train", cls=SectionedCommand)
@@ -144,9 +155,10 @@ def train_cmd(cfg, resume: bool, force: bool) -> None:
 
     rd = _rd(cfg)
     cfg = _step_cfg(cfg, rd)
+    _check_precision(cfg)
     try:
         with _hold(rd, "job train"), storage.storage_errors(rd.root, "the train step's outputs"):
-            train(cfg, rd, echo, resume=resume, force=force)
+            progress.phase_done("train", train(cfg, rd, echo, resume=resume, force=force))
     except JobError as exc:
         if distributed.inside_torchrun():  # for the process that started torchrun on this machine
             distributed.record_rank_error(rd.root, exc.message)
@@ -162,7 +174,7 @@ def evaluate_cmd(cfg) -> None:
     rd = _rd(cfg)
     cfg = _step_cfg(cfg, rd)
     with _hold(rd, "job evaluate"), storage.storage_errors(rd.root, "the evaluate step's outputs"):
-        evaluate(cfg, rd, echo)
+        progress.phase_done("evaluate", evaluate(cfg, rd, echo))
 
 
 @cli.command("export", cls=SectionedCommand)
@@ -219,11 +231,12 @@ def export_cmd(cfg, force: bool, model_dir: str | None) -> None:
             "so that the report and the card describe this model.",
         )
     with storage.storage_errors(rd.root, "the exports"):
-        if force:
-            export_model(rd.model, names, force=True, echo=echo)
+        if force:  # a failed export is recorded and costs only itself: the evaluate step reports it, then exit 2
+            export_model(rd.model, names, force=True, echo=echo, strict=False)
             base = load_model(cfg.model, max_seq_length=cfg.max_seq_length)
-            export_model(resolve_model_name(cfg.model), names, model=base, out=rd.base_export, force=True, echo=echo)
-        evaluate(cfg, rd, echo)
+            base_name = resolve_model_name(cfg.model)
+            export_model(base_name, names, model=base, out=rd.base_export, force=True, echo=echo, strict=False)
+        progress.phase_done("export", evaluate(cfg, rd, echo))
 
 
 @cli.command("run", cls=SectionedCommand)
@@ -243,8 +256,9 @@ def run_cmd(cfg, force: bool) -> None:
     from job.pipeline import run  # after the checks: importing torch takes seconds
 
     rd = _rd(cfg)
+    _check_precision(cfg)  # before any step: a precision this machine cannot train in is refused now
     with _hold(rd, "job run"):
-        run(cfg, rd, echo, force=force)
+        run(cfg, rd, echo, force=force, on_step=progress.phase_done)
     if publish:
         push_run(cfg.run_dir, cfg.s3_uri, cfg.hub_repo, cfg.hub_private, echo=echo, progress=True)
 
@@ -257,7 +271,7 @@ cli.order = (
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_cli(cli, argv, "job", "`job run` resumes from the last checkpoint")
+    return run_cli(cli, argv, "job", "`job run` resumes from the last checkpoint", log_format_env=progress.FORMAT_ENV)
 
 
 def entrypoint() -> None:

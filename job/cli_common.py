@@ -16,7 +16,7 @@ import traceback
 
 import click
 
-from job import config
+from job import config, progress
 from job.errors import JobError
 
 
@@ -96,6 +96,7 @@ def config_options(func):
         cli_values = {k: kwargs.pop(k) for k in list(kwargs) if k in config.FIELDS}
         setup_logging(debug)
         cfg = config.resolve_config(config_file, cli_values)
+        progress.configure(cfg.log_format, cfg.progress_seconds)  # --log-format json: events on stdout from here
         return func(*args, cfg=cfg, **kwargs)
 
     return wrapper
@@ -126,40 +127,55 @@ def setup_logging(debug: bool) -> None:
         enable_progress_bars()  # transformers turned the Hub's off too: downloads and uploads keep theirs
         # texts longer than the model's limit are truncated on purpose; prepare counts and reports them
         logging.getLogger("transformers.tokenization_utils_base").setLevel(logging.ERROR)
+    progress.install()  # progress bars that no terminal shows (CloudWatch, docker logs, CI) print lines, not frames
 
 
 def echo(msg: str) -> None:
-    click.echo(msg)
+    """A line of the job's output (a ``message`` event with --log-format json)."""
+    progress.say(msg)
 
 
 def run_cli(
-    group: click.Group, argv: list[str] | None, prog_name: str, interrupted_hint: str, debug_env: str = "JOB_DEBUG"
+    group: click.Group,
+    argv: list[str] | None,
+    prog_name: str,
+    interrupted_hint: str,
+    debug_env: str = "JOB_DEBUG",
+    log_format_env: str | None = None,
 ) -> int:
     """Run a click group with the project's error contract: a JobError prints one `error:` paragraph
-    and exits 2 (traceback only with --debug or DEBUG_ENV=1); anything unexpected exits 1."""
+    and exits 2 (traceback only with --debug or DEBUG_ENV=1); anything unexpected exits 1. With JSON
+    output (--log-format json, or LOG_FORMAT_ENV=json) the error is also an ``error`` event on stdout."""
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv or os.environ.get(debug_env, "") not in ("", "0")
+
+    def fail(text: str, code: int, problem: str | None = None, fix: str | None = None) -> int:
+        click.echo(text, err=True)
+        if progress.json_requested(argv, env=log_format_env):
+            progress.error(problem or text.removeprefix("error: "), fix, text.removeprefix("error: "), code)
+        return code
+
     try:
         group.main(args=argv, prog_name=prog_name, standalone_mode=False)
     except JobError as exc:
         if debug:
             traceback.print_exc()
-        click.echo(f"error: {exc.message}", err=True)
-        return exc.exit_code
+        return fail(f"error: {exc.message}", exc.exit_code, exc.problem, exc.fix)
     except click.exceptions.Abort:
-        click.echo("aborted", err=True)
-        return 130
+        return fail("aborted", 130)
     except click.ClickException as exc:
         exc.show()
+        if progress.json_requested(argv, env=log_format_env):
+            progress.error(exc.format_message(), "see --help.", exc.format_message(), exc.exit_code)
         return exc.exit_code
     except click.exceptions.Exit as exc:
         return exc.exit_code
     except KeyboardInterrupt:
-        click.echo(f"interrupted; {interrupted_hint}", err=True)
-        return 130
+        return fail(f"interrupted; {interrupted_hint}", 130)
     except Exception as exc:  # noqa: BLE001
         if debug:
             raise
-        click.echo(f"error: unexpected {type(exc).__name__}: {exc} (re-run with --debug for the traceback)", err=True)
-        return 1
+        return fail(f"error: unexpected {type(exc).__name__}: {exc} (re-run with --debug for the traceback)", 1)
+    finally:
+        progress.reset()
     return 0

@@ -102,9 +102,10 @@ class RowNamingCollator:
 
 
 def failing_pair(pairs: Sequence[Any], preprocess_fn: Callable) -> tuple[int, str, Exception] | None:
-    """The first (1-based line, question, error) whose question or passage ``preprocess_fn`` rejects."""
+    """The first (1-based line, question, error) whose question, passage or a given negative ``preprocess_fn``
+    rejects."""
     for line, pair in enumerate(pairs, 1):
-        for text in (pair.question, pair.passage):
+        for text in (pair.question, pair.passage, *getattr(pair, "negatives", ())):
             try:
                 preprocess_fn([text])
             except Exception as error:  # noqa: BLE001

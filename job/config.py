@@ -197,6 +197,12 @@ class JobConfig:
     passage_column: str | None = _opt(
         None, "Column holding the passage (positive). Default: auto-detect.", step="prepare"
     )
+    negative_columns: list[str] = _opt(
+        ["auto"],
+        "Columns holding hard negatives given with the data (each a string or a list of strings). 'auto': "
+        "negative, negatives, neg, hard_negative(s) and numbered ones (negative_1, ...); 'off': none.",
+        step="prepare",
+    )
     check_column_order: bool = _opt(
         True,
         "Refuse data whose 'questions' are much longer than its 'passages' (columns likely swapped).",
@@ -278,7 +284,8 @@ class JobConfig:
     )
     hard_negatives: int = _opt(
         1,
-        "Mine N hard negatives per pair from the training passages with the base model before training (0: off).",
+        "Hard negatives per pair: mined from the training passages with the base model before training, for the "
+        "places the negatives given with the data (--negative-columns) leave (0: no mining).",
         step="train",
     )
     hard_negative_margin: float = _opt(
@@ -290,6 +297,12 @@ class JobConfig:
         0,
         "How many of the base model's top-ranked passages per question mining looks through for negatives that pass "
         "the margin (0: the library's default, 10 per negative + 1); a pair with too few gets random passages.",
+        step="train",
+    )
+    hard_negative_range_min: int = _opt(
+        0,
+        "Mining skips each question's N top-ranked passages (a guard against false negatives: unlabelled passages "
+        "that answer the question rank first); they count in --hard-negative-depth, and the default depth adds them.",
         step="train",
     )
     epochs: float = _opt(4.0, "Training epochs.", step="train")
@@ -340,6 +353,13 @@ class JobConfig:
         [1.0, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3], "The alphas --merge-base auto tries.", step="train"
     )
     eval_batch_size: int = _opt(64, "Batch size for encoding during evaluation.")
+    relevance_threshold: int = _opt(
+        1,
+        "On graded qrels (BEIR scores above 1): the grade from which a passage counts as relevant for the binary "
+        "metrics (the evaluator's NDCG@10, MRR, MAP, recall; model selection). 1: every grade > 0; TREC-DL uses 2. "
+        "Graded NDCG@10 (linear gains) is reported beside them either way; binary qrels ignore it.",
+        step="model",
+    )
     save_total_limit: int = _opt(2, "Checkpoints kept on disk (the best one is always kept).")
     logging_steps: int = _opt(10, "Log the training loss every N steps.")
     report_to: str = _opt(
@@ -348,13 +368,35 @@ class JobConfig:
         "tensorboard when it is installed, else none.",
         choices=REPORT_TO,
     )
+    log_format: str = _opt(
+        "text",
+        "What the job prints on stdout: 'text' (lines for people), or 'json' (one JSON object per event: steps, "
+        "losses, validation NDCG@10 by dim, phase timings, errors with their fix; for a log collector).",
+        choices=("text", "json"),
+        group="local",
+    )
+    progress_seconds: float = _opt(
+        30.0,
+        "Where the output is not a terminal (a file, docker logs, CI, CloudWatch), progress bars print one line "
+        "every N seconds and one when they end, instead of redrawing; 0: only the line at the end.",
+        group="local",
+    )
     mixed_precision: str = _opt(
         "auto",
-        "'auto' uses bf16 autocast (fp32 master weights) and tf32 where CUDA supports them; 'no' keeps fp32.",
-        choices=("auto", "no"),
+        "Training precision (autocast; master weights stay fp32): 'auto' is bf16 on GPUs that have it (compute "
+        "capability 8.0+: A10G, A100, L4, H100), fp16 with loss scaling on older ones (T4 of ml.g4dn, V100 of ml.p3), "
+        "fp32 on CPU; 'no' is fp32 everywhere; 'fp16' and 'bf16' are refused where the machine cannot do them "
+        "(fp16 needs CUDA; bf16 runs on CPU, slowly unless the CPU has bf16 instructions). tf32 matmuls on 8.0+ "
+        "unless 'no'. training.json records what was used.",
+        choices=("auto", "no", "fp16", "bf16"),
         step="train",
     )
     dataloader_workers: int = _opt(0, "DataLoader worker processes.")
+    memory_check: bool = _opt(
+        True,
+        "On the CPU, estimate a training step's memory before training: switch to the cached loss when the plain one "
+        "would not fit, stop with the fix when nothing would (the GPU retries after a real out-of-memory instead).",
+    )
     nproc: int = _opt(0, "Training processes (DDP through torchrun); 0 = one per visible GPU, 1 on CPU.")
     token_cache: bool = _opt(
         True,
@@ -418,8 +460,10 @@ EVALUATE_FIELDS = TRAIN_FIELDS + fields_where(step="evaluate")
 LEGACY_VALUES: dict[str, Any] = {
     "length_grouping": 0, "loss_directions": ["query_to_doc"], "loss_scale": 20.0, "guide_model": None,
     "attention_dropout": None, "guard_data": None, "guard_split": "test", "guard_nanobeir": None, "guard_max_drop": 2.0,
-    "average_checkpoints": 0, "hard_negative_depth": 0, "merge_base": "off",
+    "average_checkpoints": 0, "hard_negative_depth": 0, "merge_base": "off", "negative_columns": ["auto"],
+    "hard_negative_range_min": 0,
     "merge_alphas": [1.0, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3], "export": None, "export_max_drop": 1.0,
+    "relevance_threshold": 1,
 }  # fmt: skip
 
 
@@ -445,9 +489,10 @@ HELP_SECTIONS = (
     "Publishing",
 )
 _SECTION_OF = {
-    "run_dir": "Run", "preset": "Run", "seed": "Data",
+    "run_dir": "Run", "preset": "Run", "seed": "Data", "log_format": "Run", "progress_seconds": "Run",
     "best_model_dim": "Evaluation and checkpoints", "eval_steps": "Evaluation and checkpoints",
-    "eval_batch_size": "Evaluation and checkpoints", "average_checkpoints": "Evaluation and checkpoints",
+    "eval_batch_size": "Evaluation and checkpoints", "relevance_threshold": "Evaluation and checkpoints",
+    "average_checkpoints": "Evaluation and checkpoints",
     "merge_base": "Evaluation and checkpoints", "merge_alphas": "Evaluation and checkpoints",
     "save_total_limit": "Evaluation and checkpoints",
     "logging_steps": "Evaluation and checkpoints", "report_to": "Evaluation and checkpoints",
@@ -730,6 +775,19 @@ def validate_config(cfg: JobConfig) -> None:
             "look through more passages than that (and 0 is the library's default).",
             f"pass e.g. --hard-negative-depth {max(50, 10 * cfg.hard_negatives + 1)}, or 0.",
         )
+    if cfg.hard_negative_range_min < 0:
+        raise JobError(
+            f"hard_negative_range_min is {cfg.hard_negative_range_min}; it must be 0 or more.",
+            "pass e.g. --hard-negative-range-min 3.",
+        )
+    if cfg.hard_negative_depth and cfg.hard_negative_depth - cfg.hard_negative_range_min < cfg.hard_negatives:
+        raise JobError(
+            f"hard_negative_depth {cfg.hard_negative_depth} less the {cfg.hard_negative_range_min} top-ranked "
+            f"passages that hard_negative_range_min skips leaves fewer than the {cfg.hard_negatives} negative(s) "
+            "mining picks per pair.",
+            f"pass e.g. --hard-negative-depth {cfg.hard_negative_range_min + max(50, 10 * cfg.hard_negatives + 1)}, "
+            "or 0 (the library's default depth, which adds the skipped passages).",
+        )
     if cfg.average_checkpoints < 0 or cfg.average_checkpoints == 1:
         raise JobError(
             f"average_checkpoints is {cfg.average_checkpoints}; it must be 0 (off) or at least 2.",
@@ -784,11 +842,18 @@ def validate_config(cfg: JobConfig) -> None:
         )
     if cfg.loss_scale <= 0:
         raise JobError(f"loss_scale is {cfg.loss_scale}; it must be positive.", "pass e.g. --loss-scale 20.")
+    if not 0 <= cfg.progress_seconds < float("inf"):
+        raise JobError(
+            f"progress_seconds is {cfg.progress_seconds}; it must be 0 or more.", "pass e.g. --progress-seconds 30."
+        )
     if cfg.length_grouping < 0:
         raise JobError(
             f"length_grouping is {cfg.length_grouping}; it must be 0 (off) or more.", "pass e.g. --length-grouping 16."
         )
-    positive_ints = ("batch_size", "gradient_accumulation_steps", "mini_batch_size", "eval_batch_size", "logging_steps")
+    positive_ints = (
+        "batch_size", "gradient_accumulation_steps", "mini_batch_size", "eval_batch_size", "logging_steps",
+        "relevance_threshold",
+    )  # fmt: skip
     for name in positive_ints:
         if getattr(cfg, name) < 1:
             raise JobError(

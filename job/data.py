@@ -28,7 +28,13 @@ from job.errors import JobError
 logger = logging.getLogger(__name__)
 
 QUESTION_COLUMNS = ("question", "query", "anchor", "questions", "queries", "q")
-PASSAGE_COLUMNS = ("context", "passage", "positive", "document", "doc", "text", "chunk", "content")
+PASSAGE_COLUMNS = (
+    "context", "passage", "positive", "document", "doc", "text", "chunk", "content", "pos", "positives",
+)  # fmt: skip
+# hard-negative columns found on their own: these names, then numbered ones (negative_1, neg2, ...) in number order
+NEGATIVE_COLUMNS = ("negative", "negatives", "neg", "hard_negative", "hard_negatives")
+_NUMBERED_NEGATIVE = re.compile(r"(?:hard_)?neg(?:ative)?_?(\d+)", re.IGNORECASE)
+AUTO, OFF = "auto", "off"  # --negative-columns' two words
 LOCAL_SUFFIXES = {
     ".csv": "csv",
     ".tsv": "tsv",
@@ -44,8 +50,12 @@ _SURROGATE = re.compile(r"[\ud800-\udfff]")  # a lone surrogate (from a JSON esc
 
 @dataclass(frozen=True)
 class Pair:
+    """One training example: a question, one of its positive passages, and the hard negatives given for the
+    question (empty unless the data has negative columns; mining adds its own at training time)."""
+
     question: str
     passage: str
+    negatives: tuple[str, ...] = ()
 
 
 @dataclass
@@ -68,12 +78,14 @@ class IRData:
     queries: dict[str, str]
     qrels: dict[str, dict[str, int]]
 
-    def relevant_docs(self) -> dict[str, set[str]]:
-        """Binary relevance for InformationRetrievalEvaluator: every grade > 0 counts."""
+    def relevant_docs(self, threshold: int = 1) -> dict[str, set[str]]:
+        """Binary relevance for InformationRetrievalEvaluator: every grade >= ``threshold`` counts (default 1:
+        every grade > 0; TREC-DL counts from 2). Queries with no passage that high are left out."""
+        threshold = max(int(threshold), 1)
         return {
-            q: {d for d, g in docs.items() if g > 0}
+            q: {d for d, g in docs.items() if g >= threshold}
             for q, docs in self.qrels.items()
-            if any(g > 0 for g in docs.values())
+            if any(g >= threshold for g in docs.values())
         }
 
     @property
@@ -243,8 +255,13 @@ def _load_json(path: Path, kind: str) -> Records:
 
 
 def json_lines(path: Path, text: str):
-    """(line number, parsed object) for every non-blank line; a bad line is a JobError naming it."""
-    for lineno, line in enumerate(text.splitlines(), 1):
+    """(line number, parsed object) for every non-blank line; a bad line is a JobError naming it.
+
+    Lines end at "\\n" only (a "\\r" before it is dropped): ``str.splitlines`` would also cut at U+0085 (NEL),
+    U+2028 and U+2029, which JSON allows unescaped inside a string (MS MARCO passages hold NEL), and then
+    refuse the halves as "Unterminated string"."""
+    for lineno, line in enumerate(text.split("\n"), 1):
+        line = line.removesuffix("\r")
         if not line.strip():
             continue
         try:
@@ -326,6 +343,66 @@ def _fmt_rows(rows: list[str], limit: int = 8) -> str:
     return shown + (f" and {len(rows) - limit} more" if len(rows) > limit else "")
 
 
+def detect_negative_columns(
+    columns: list[str], wanted: list[str] | None, question: str, passage: str, source: str
+) -> list[str]:
+    """The columns holding hard negatives: ``wanted`` (``--negative-columns``) by name, none for ``off``, and for
+    ``auto`` (the default) those named negative/negatives/neg/hard_negative(s), then numbered ones (negative_1,
+    negative_2, ... in number order)."""
+    names = [c for c in columns if c != LINE_FIELD and c not in (question, passage)]
+    if wanted and [w.lower() for w in wanted] in ([OFF], ["none"]):
+        return []
+    if wanted and wanted != [AUTO]:
+        available = ", ".join(repr(c) for c in columns if c != LINE_FIELD) or "(none)"
+        missing = [c for c in wanted if c not in columns]
+        if missing:
+            raise JobError(
+                f"{source} has no negative column {', '.join(map(repr, missing))}. Available columns: {available}.",
+                "pass the right names with --negative-columns, or --negative-columns off to use no given negatives.",
+            )
+        taken = [c for c in wanted if c in (question, passage)]
+        if taken:
+            raise JobError(
+                f"--negative-columns names {', '.join(map(repr, taken))}, the question or passage column.",
+                "name only the columns that hold hard negatives.",
+            )
+        return list(dict.fromkeys(wanted))
+    plain = [c for c in names if c.lower() in NEGATIVE_COLUMNS]
+    numbered = [c for c in names if _NUMBERED_NEGATIVE.fullmatch(c)]
+    return plain + sorted(numbered, key=lambda c: int(_NUMBERED_NEGATIVE.fullmatch(c)[1]))
+
+
+_NON_TEXT = "a non-text '{}' (a number, list or object instead of a string)"
+_NON_TEXT_LIST = "a non-text '{}' (a number or object instead of a string or a list of strings)"
+_EMPTY = "an empty or whitespace-only '{}'"
+_SURROGATE_TEXT = (
+    "a '{}' holding a lone UTF-16 surrogate (an escape such as \\ud800 without its pair), which is not text"
+)
+
+
+def _cell_texts(value: Any, column: str, *, many: bool = False, optional: bool = False) -> tuple[list[str], str | None]:
+    """The stripped texts of one cell, and what is wrong with it (None: nothing). ``many``: a list of strings
+    holds several texts (several positives, or several negatives). ``optional`` (negatives): an empty cell, or an
+    empty item of a list, is no text rather than a problem."""
+    listed = many and isinstance(value, (list, tuple))
+    if not listed and (_is_missing(value) or (isinstance(value, str) and not value.strip())):
+        return [], None if optional else _EMPTY.format(column)
+    out = []
+    for item in value if listed else [value]:
+        if isinstance(item, str) and not item.strip() or _is_missing(item):
+            if optional:
+                continue
+            return [], _EMPTY.format(column)
+        if not isinstance(item, str):
+            return [], (_NON_TEXT_LIST if optional else _NON_TEXT).format(column)
+        if _SURROGATE.search(item):
+            return [], _SURROGATE_TEXT.format(column)
+        out.append(item.strip())
+    if not out and not optional:
+        return [], _EMPTY.format(column)
+    return out, None
+
+
 def validate_pairs(
     records: Records,
     question_column: str,
@@ -333,36 +410,38 @@ def validate_pairs(
     *,
     drop_invalid: bool = False,
     check_column_order: bool = True,
+    negative_columns: Iterable[str] = (),
 ) -> ValidationResult:
-    """Map rows onto (question, passage); every bad row is named, and the run fails unless dropping."""
+    """Map rows onto (question, passage[, negatives]); every bad row is named, and the run fails unless dropping.
+
+    A passage cell holding a list of strings gives one pair per string (several positives of one question); the
+    ``negative_columns`` hold hard negatives, each a string or a list of strings (an empty cell: none given)."""
     problems: dict[str, list[str]] = defaultdict(list)
     pairs: list[Pair] = []
-    columns = (question_column, passage_column)
+    negative_columns = list(negative_columns)
     for i, row in enumerate(records.rows):
         label = f"line {row[LINE_FIELD]}" if records.row_label == "line" and LINE_FIELD in row else records.where(i)
-        texts = []
+        cells = [
+            (question_column, _cell_texts(row.get(question_column), question_column)),
+            (passage_column, _cell_texts(row.get(passage_column), passage_column, many=True)),
+            *((c, _cell_texts(row.get(c), c, many=True, optional=True)) for c in negative_columns),
+        ]
         bad = False
-        for column in columns:
-            value = row.get(column)
-            if _is_missing(value) or (isinstance(value, str) and not value.strip()):
-                problems[f"an empty or whitespace-only '{column}'"].append(label)
+        for _, (_, problem) in cells:
+            if problem is not None:
+                problems[problem].append(label)
                 bad = True
-            elif not isinstance(value, str):
-                problems[f"a non-text '{column}' (a number, list or object instead of a string)"].append(label)
-                bad = True
-            elif _SURROGATE.search(value):
-                problems[
-                    f"a '{column}' holding a lone UTF-16 surrogate (an escape such as \\ud800 without its pair), "
-                    "which is not text"
-                ].append(label)
-                bad = True
-            else:
-                texts.append(value.strip())
-        if not bad and all(t.lstrip("\ufeff").casefold() == c.strip().casefold() for t, c in zip(texts, columns)):
+        if bad:
+            continue
+        question, passages = cells[0][1][0][0], cells[1][1][0]
+        if isinstance(row.get(passage_column), str) and all(
+            t.lstrip("\ufeff").casefold() == c.strip().casefold()
+            for t, c in ((question, question_column), (passages[0], passage_column))
+        ):
             problems["the column names as its values (the header repeated inside the data)"].append(label)
-            bad = True
-        if not bad:
-            pairs.append(Pair(texts[0], texts[1]))
+            continue
+        negatives = tuple(dict.fromkeys(t for _, (texts, _) in cells[2:] for t in texts))
+        pairs.extend(Pair(question, passage, negatives) for passage in passages)
     if problems and not drop_invalid:
         details = "; ".join(
             f"{len(rows)} {'row has' if len(rows) == 1 else 'rows have'} {what}: {_fmt_rows(rows)}"
@@ -399,14 +478,45 @@ def _questions_are_questions(pairs: list[Pair]) -> bool:
 
 
 def dedupe_pairs(pairs: list[Pair]) -> tuple[list[Pair], int]:
-    """Drop exact duplicate pairs (after whitespace stripping), keeping the first occurrence."""
-    seen: set[Pair] = set()
+    """Drop exact duplicate (question, passage) pairs (after whitespace stripping), keeping the first occurrence."""
+    seen: set[tuple[str, str]] = set()
     out = []
     for p in pairs:
-        if p not in seen:
-            seen.add(p)
+        if (p.question, p.passage) not in seen:
+            seen.add((p.question, p.passage))
             out.append(p)
     return out, len(pairs) - len(out)
+
+
+def pool_negatives(pairs: list[Pair]) -> tuple[list[Pair], int]:
+    """Hard negatives belong to the question: every pair of a question gets all the negatives given on any of its
+    rows (in order of first appearance), less any that is one of the question's own positives (a false negative).
+    Returns the pairs and how many given negatives were dropped for being a positive."""
+    if not any(p.negatives for p in pairs):
+        return pairs, 0
+    positives: dict[str, set[str]] = defaultdict(set)
+    given: dict[str, dict[str, None]] = defaultdict(dict)
+    for p in pairs:
+        positives[p.question].add(p.passage)
+        given[p.question].update(dict.fromkeys(p.negatives))
+    kept = {q: tuple(n for n in negs if n not in positives[q]) for q, negs in given.items()}
+    dropped = sum(len(negs) - len(kept[q]) for q, negs in given.items())
+    pooled = [p if p.negatives == kept[p.question] else Pair(p.question, p.passage, kept[p.question]) for p in pairs]
+    return pooled, dropped
+
+
+def data_shape(pairs: list[Pair]) -> dict[str, int]:
+    """Questions, how many have several positives, and the given hard negatives: for prepare's summary."""
+    per_question: dict[str, int] = defaultdict(int)
+    for p in pairs:
+        per_question[p.question] += 1
+    with_negatives = {p.question: len(p.negatives) for p in pairs if p.negatives}
+    return {
+        "questions": len(per_question),
+        "questions_with_several_positives": sum(n > 1 for n in per_question.values()),
+        "questions_with_given_negatives": len(with_negatives),
+        "given_negatives": sum(with_negatives.values()),
+    }
 
 
 # --- splitting ----------------------------------------------------------------------------------
@@ -415,25 +525,72 @@ def split_pairs(
 ) -> dict[str, list[Pair]]:
     """Seeded split. ``pair``: shuffle indices with ``random.Random(seed)``; the first
     ``round(n * test_fraction)`` are test, the next ``round(n * val_fraction)`` validation.
-    ``passage``: the same over groups of pairs sharing one passage, so no passage crosses splits."""
+    ``passage``: the same over groups of pairs sharing one passage, so no passage crosses splits.
+
+    Either way, all pairs of one question stay in one split (its other positives are relevant to it in the
+    evaluation, and never training pairs of a test question): units (pairs, or passage groups) that share a
+    question go together, to the split of the unit among them that comes first in the input, at that unit's
+    place in the shuffled order. Data whose questions each have one unit is split exactly as described above."""
     if split_by == "pair":
-        groups = [[p] for p in pairs]
+        units = [[p] for p in pairs]
     else:
         by_passage: dict[str, list[Pair]] = {}
         for p in pairs:
             by_passage.setdefault(p.passage, []).append(p)
-        groups = list(by_passage.values())
-    order = list(range(len(groups)))
+        units = list(by_passage.values())
+    order = list(range(len(units)))
     random.Random(seed).shuffle(order)
+    together = _units_sharing_a_question(units)  # unit -> the first unit of its component
+    members: dict[int, list[int]] = defaultdict(list)
+    for u in order:  # a component's units in shuffled order
+        members[together[u]].append(u)
     n = len(pairs)
     want = {"test": round(n * test_fraction), "validation": round(n * val_fraction)}
-    out: dict[str, list[Pair]] = {s: [] for s in SPLITS}
+    placed: dict[int, str] = {}
+    size = {s: 0 for s in SPLITS}
     current = "test"
-    for gi in order:
-        while current != "train" and len(out[current]) >= want[current]:
+    for u in order:
+        if together[u] != u:  # not the component's first unit: placed with it
+            continue
+        while current != "train" and size[current] >= want[current]:
             current = "validation" if current == "test" else "train"
-        out[current].extend(groups[gi])
+        for member in members[u]:
+            placed[member] = current
+            size[current] += len(units[member])
+    out: dict[str, list[Pair]] = {s: [] for s in SPLITS}
+    for u in order:
+        out[placed[u]].extend(units[u])
+    starved = not out["train"] or (want["validation"] and not out["validation"])
+    if split_by == "passage" and starved and len(members) < len(units):
+        biggest = max(members.values(), key=lambda m: sum(len(units[u]) for u in m))
+        pairs_in = sum(len(units[u]) for u in biggest)
+        raise JobError(
+            f"--split-by passage keeps every passage, and every question, in one split; but questions with several "
+            f"positives join {len(biggest)} passages ({pairs_in} of the {n} pairs) into one group, so the "
+            "train / validation / test split cannot be made.",
+            "use --split-by pair (each question still stays in one split; a passage may then be in several).",
+        )
     return out
+
+
+def _units_sharing_a_question(units: list[list[Pair]]) -> list[int]:
+    """For each unit, the lowest-numbered unit connected to it through shared questions (union-find)."""
+    parent = list(range(len(units)))
+
+    def root(u: int) -> int:
+        while parent[u] != u:
+            parent[u] = parent[parent[u]]
+            u = parent[u]
+        return u
+
+    first_with: dict[str, int] = {}
+    for u, unit in enumerate(units):
+        for p in unit:
+            other = first_with.setdefault(p.question, u)
+            a, b = root(u), root(other)
+            if a != b:
+                parent[max(a, b)] = min(a, b)
+    return [root(u) for u in range(len(units))]
 
 
 # --- IR sets ------------------------------------------------------------------------------------
@@ -594,16 +751,21 @@ def write_jsonl(path: Path, rows: Iterable[dict]) -> None:
 
 
 def read_jsonl(path: Path) -> list[dict]:
-    with path.open(encoding="utf-8") as fh:
-        return [json.loads(line) for line in fh if line.strip()]
+    """The objects of a JSON Lines file the job wrote (lines end at "\\n" only, as in :func:`json_lines`)."""
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").split("\n") if line.strip()]
 
 
 def write_pairs(path: Path, pairs: list[Pair]) -> None:
-    write_jsonl(path, ({"anchor": p.question, "positive": p.passage} for p in pairs))
+    """One JSON object per pair: anchor, positive, and the given hard negatives (a list) when the pair has any."""
+    write_jsonl(
+        path,
+        ({"anchor": p.question, "positive": p.passage, **({"negatives": list(p.negatives)} if p.negatives else {})}
+         for p in pairs),
+    )  # fmt: skip
 
 
 def read_pairs(path: Path) -> list[Pair]:
-    return [Pair(r["anchor"], r["positive"]) for r in read_jsonl(path)]
+    return [Pair(r["anchor"], r["positive"], tuple(r.get("negatives") or ())) for r in read_jsonl(path)]
 
 
 def count_truncated(texts: list[str], tokenizer, max_length: int, batch_size: int = 1024) -> int:

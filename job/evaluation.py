@@ -4,22 +4,34 @@ One sentence-transformers ``InformationRetrievalEvaluator`` per dim, run through
 ``SequentialEvaluator``. The per-dim evaluators share one embedding cache: queries and corpus are
 encoded once at full dimension per evaluation call and each dim slices the cached vectors, which
 is exactly what ``encode(..., truncate_dim=d)`` returns. Cost: one corpus encoding, not one per dim.
+
+Relevance. The evaluator's metrics are binary: a passage is relevant or not, and NDCG's gain is 1 for every
+relevant passage. On graded qrels (a BEIR folder whose scores go above 1, e.g. TREC-DL's 0-3) a passage
+counts as relevant from ``relevance_threshold`` (default 1: every grade > 0; TREC-DL counts from 2), and
+``graded_ndcg@10`` is reported beside the evaluator's ``ndcg@10``: linear gains (the grade), over the same
+ranking and the same queries, as trec_eval / pytrec_eval (BEIR) and ``rag-eval score`` compute it. Binary
+qrels (grades 0/1) give no graded column (it would equal ``ndcg@10``) and ignore the threshold. Model
+selection keeps the evaluator's binary NDCG@10 on the validation split.
 """
 
 from __future__ import annotations
 
+import math
 import re
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from sentence_transformers.sentence_transformer.evaluation import InformationRetrievalEvaluator, SequentialEvaluator
 
 from job.data import IRData
+from job.errors import JobError
 
 VALIDATION = "validation"  # the evaluator name of the validation split (model selection)
 
 # Metrics we report, in order, as (label, evaluator key suffix).
 REPORTED_METRICS = [
     ("ndcg@10", "ndcg@10"),
+    ("graded_ndcg@10", "graded_ndcg@10"),  # graded qrels only: linear gains, as trec_eval
     ("mrr@10", "mrr@10"),
     ("map@100", "map@100"),
     *[(f"accuracy@{k}", f"accuracy@{k}") for k in (1, 3, 5, 10)],
@@ -45,17 +57,39 @@ class _EmbeddingCache:
         return self._store[key]
 
 
+def graded_ndcg_at_k(ranked: Sequence[str], grades: Mapping[str, int], k: int) -> float:
+    """NDCG@k with linear gains (gain = the grade, DCG = sum of gain / log2(rank + 1)), IDCG from the best
+    min(#graded > 0, k) grades: trec_eval's ndcg_cut / pytrec_eval's, and ``rag_eval.metrics.ndcg_at_k``."""
+    dcg = sum(grades.get(cid, 0) / math.log2(i + 2) for i, cid in enumerate(ranked[:k]) if grades.get(cid, 0) > 0)
+    ideal = sorted((g for g in grades.values() if g > 0), reverse=True)[:k]
+    idcg = sum(g / math.log2(i + 2) for i, g in enumerate(ideal))
+    return dcg / idcg if idcg else 0.0
+
+
 class SharedEncodingIREvaluator(InformationRetrievalEvaluator):
-    """An ``InformationRetrievalEvaluator`` at one truncated dim that reuses its siblings' encodings."""
+    """An ``InformationRetrievalEvaluator`` at one truncated dim that reuses its siblings' encodings; given
+    ``grades`` (graded qrels) it adds ``graded_ndcg@k`` over the same rankings."""
 
     @property
     def description(self) -> str:  # the model card's task name: what it measures, not our class name
         return "Information Retrieval"
 
-    def __init__(self, *args, cache: _EmbeddingCache, **kwargs) -> None:
+    def __init__(self, *args, cache: _EmbeddingCache, grades: Mapping[str, Mapping[str, int]] | None = None, **kwargs):
         self._progress = kwargs.pop("show_progress_bar", False)  # one bar: the corpus encoding, nothing nested
         super().__init__(*args, show_progress_bar=False, **kwargs)
         self._cache = cache
+        self._grades = grades
+
+    def compute_metrics(self, queries_result_list):
+        scores = super().compute_metrics(queries_result_list)
+        if self._grades:
+            graded: dict[int, list[float]] = {k: [] for k in self.ndcg_at_k}
+            for query_id, hits in zip(self.queries_ids, queries_result_list, strict=True):
+                ranked = [h["corpus_id"] for h in sorted(hits, key=lambda h: (-h["score"], h["corpus_id"]))]
+                for k in self.ndcg_at_k:
+                    graded[k].append(graded_ndcg_at_k(ranked, self._grades[query_id], k))
+            scores["graded_ndcg@k"] = {k: float(sum(v) / len(v)) for k, v in graded.items()}
+        return scores
 
     def embed_inputs(self, model, sentences, encode_fn_name=None, prompt_name=None, prompt=None, **kwargs):
         key = (encode_fn_name, prompt_name, prompt, tuple(sentences), tuple(sorted(kwargs.items())))
@@ -106,10 +140,20 @@ def build_evaluator(
     query_prompt: str | None = None,
     passage_prompt: str | None = None,
     show_progress_bar: bool = False,
+    relevance_threshold: int = 1,
 ) -> MatryoshkaEvaluator:
     cache = _EmbeddingCache()
-    relevant = data.relevant_docs()
+    threshold = relevance_threshold if data.graded else 1  # binary qrels: grade 1 is relevant, whatever the flag
+    relevant = data.relevant_docs(threshold)
+    if not relevant:
+        top = max((g for docs in data.qrels.values() for g in docs.values()), default=0)
+        raise JobError(
+            f"No {name} query has a passage graded {threshold} or more (the highest grade is {top}), so nothing "
+            "counts as relevant.",
+            f"lower --relevance-threshold (at most {top}).",
+        )
     queries = {q: data.queries[q] for q in relevant}
+    grades = {q: data.qrels[q] for q in relevant} if data.graded else None
     evaluators = [
         SharedEncodingIREvaluator(
             queries=queries,
@@ -123,13 +167,14 @@ def build_evaluator(
             show_progress_bar=show_progress_bar and i == 0,  # only the first dim encodes; the rest slice
             write_csv=False,
             cache=cache,
+            grades=grades,
         )
         for i, dim in enumerate(dims)
     ]
     return MatryoshkaEvaluator(evaluators, cache, dims, name)
 
 
-_KEY = re.compile(r"^(?:eval_)?(?P<name>.+)_dim(?P<dim>\d+)_(?P<fn>[a-z_]+?)_(?P<metric>[a-z]+@\d+)$")
+_KEY = re.compile(r"^(?:eval_)?(?P<name>.+)_dim(?P<dim>\d+)_(?P<fn>[a-z_]+?)_(?P<metric>(?:graded_)?[a-z]+@\d+)$")
 
 
 def metric_key(name: str, dim: int, similarity_fn: str, metric: str = "ndcg@10") -> str:
@@ -151,8 +196,13 @@ def per_dim_metrics(raw: dict[str, float], name: str) -> dict[int, dict[str, flo
 
 
 def evaluation_options(cfg) -> dict[str, Any]:
-    """The evaluator settings a JobConfig fixes: encoding batch size and the prompts."""
-    return {"batch_size": cfg.eval_batch_size, "query_prompt": cfg.query_prompt, "passage_prompt": cfg.passage_prompt}
+    """The evaluator settings a JobConfig fixes: encoding batch size, the prompts, the relevance threshold."""
+    return {
+        "batch_size": cfg.eval_batch_size,
+        "query_prompt": cfg.query_prompt,
+        "passage_prompt": cfg.passage_prompt,
+        "relevance_threshold": getattr(cfg, "relevance_threshold", 1),
+    }
 
 
 def evaluate_model(model, data: IRData, dims: list[int], name: str, **kwargs) -> dict[int, dict[str, float]]:

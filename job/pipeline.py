@@ -46,7 +46,7 @@ from job.layout import (
     write_json,
 )
 from job.models import load_model, resolve_best_dim, resolve_dims, resolve_model_name
-from job.portable import make_portable
+from job.portable import carry_prompts, make_portable
 from job.report import markdown_table, write_report
 
 logger = logging.getLogger(__name__)
@@ -162,10 +162,13 @@ def prepare(cfg: JobConfig, rd: RunDir, echo: Echo = print, model=None) -> dict[
     records = data.load_records(cfg.data, cfg.data_split)
     columns = list(dict.fromkeys(k for row in records.rows[:1000] for k in row if k != "__line__"))
     q_col, p_col = data.detect_columns(columns, cfg.question_column, cfg.passage_column, records.source)
+    n_cols = data.detect_negative_columns(columns, cfg.negative_columns, q_col, p_col, records.source)
     validated = data.validate_pairs(
-        records, q_col, p_col, drop_invalid=cfg.drop_invalid, check_column_order=cfg.check_column_order
-    )
-    pairs, n_duplicates = data.dedupe_pairs(validated.pairs)
+        records, q_col, p_col, drop_invalid=cfg.drop_invalid, check_column_order=cfg.check_column_order,
+        negative_columns=n_cols,
+    )  # fmt: skip
+    pooled, negatives_dropped = data.pool_negatives(validated.pairs)  # a question's negatives, on all its pairs
+    pairs, n_duplicates = data.dedupe_pairs(pooled)
     test_fraction = 0.0 if cfg.eval_data else cfg.test_fraction
     splits = data.split_pairs(pairs, cfg.val_fraction, test_fraction, cfg.seed, cfg.split_by)
     if not cfg.eval_data and not splits["test"]:
@@ -212,21 +215,27 @@ def prepare(cfg: JobConfig, rd: RunDir, echo: Echo = print, model=None) -> dict[
         data.write_beir(stage / "ir" / split, ir, split)
     leakage = data.leakage_report(splits) if splits["test"] else data.leakage_against_test_set(splits, ir_sets["test"])
     write_json(stage / "data" / "leakage.json", leakage)
-    digest_src = {s: [(p.question, p.passage) for p in v] for s, v in splits.items()}
+    digest_src = {
+        s: [(p.question, p.passage, *([p.negatives] if p.negatives else [])) for p in v] for s, v in splits.items()
+    }
     digest_src["test_ir"] = [sorted(ir_sets["test"].qrels.items()), len(ir_sets["test"].corpus)]
     summary = {
         "source": records.source,
-        "columns": {"question": q_col, "passage": p_col},
+        "columns": {"question": q_col, "passage": p_col, **({"negatives": n_cols} if n_cols else {})},
         "rows_read": len(records.rows),
         "rows_dropped_invalid": {k: len(v) for k, v in validated.dropped_rows.items()},
         "duplicate_pairs_dropped": n_duplicates,
         "pairs": len(pairs),
+        **data.data_shape(pairs),
+        "given_negatives_dropped_as_positives": negatives_dropped,
         "splits": {s: len(v) for s, v in splits.items()},
         "corpus_size": len(corpus),
-        "test_queries": len(ir_sets["test"].relevant_docs()),
+        "test_queries": len(ir_sets["test"].relevant_docs(cfg.relevance_threshold)),
         "test_corpus_size": len(ir_sets["test"].corpus),
         "test_graded_relevance": ir_sets["test"].graded,
-        "validation_queries": len(ir_sets["validation"].relevant_docs()) if "validation" in ir_sets else 0,
+        "validation_queries": len(ir_sets["validation"].relevant_docs(cfg.relevance_threshold))
+        if "validation" in ir_sets
+        else 0,
         "truncation": truncation,
         "leakage": {k: v for k, v in leakage.items() if k != "examples"},
         "data_digest": fingerprint_digest(digest_src),
@@ -266,9 +275,19 @@ def prepare(cfg: JobConfig, rd: RunDir, echo: Echo = print, model=None) -> dict[
     else:
         corpora = f"corpus {len(corpus)} passages{trunc}"
         leaks = f"leakage: {leakage.get('test_pairs_whose_passage_is_in_train', 0)} test passages also in train"
+    richer = "".join(
+        f"{text}; "
+        for n, text in (
+            (summary["questions_with_several_positives"], f"{summary['questions_with_several_positives']} of "
+             f"{summary['questions']} questions with several positives"),
+            (summary["given_negatives"], f"{summary['given_negatives']} given hard negatives for "
+             f"{summary['questions_with_given_negatives']} questions"),
+        )
+        if n
+    )  # fmt: skip
     echo(
         f"prepare: {len(records.rows)} rows -> {len(pairs)} pairs "
-        f"({n_duplicates} duplicates, {dropped} invalid dropped); "
+        f"({n_duplicates} duplicates, {dropped} invalid dropped); {richer}"
         f"train/validation/test {len(splits['train'])}/{len(splits['validation'])}/{summary['test_queries']} "
         f"questions, {corpora}; {leaks}; {peak_memory()} -> {rd.data}"
     )
@@ -299,7 +318,7 @@ def baseline(cfg: JobConfig, rd: RunDir, echo: Echo = print) -> dict[str, Any]:
         "model": resolve_model_name(cfg.model),
         "dims": dims,
         "split": "test",
-        "queries": len(test.relevant_docs()),
+        "queries": len(test.relevant_docs(cfg.relevance_threshold)),
         "corpus_size": len(test.corpus),
         "seconds": round(time.perf_counter() - start, 2),
         "metrics": {str(d): m for d, m in metrics.items()},
@@ -388,6 +407,7 @@ def train(
         record["validation_saved_model"] = {d: m["ndcg@10"] for d, m in per_dim_metrics(scored, VALIDATION).items()}
     stage = rd.root / ".model.tmp"
     shutil.rmtree(stage, ignore_errors=True)
+    carry_prompts(model, cfg.query_prompt, cfg.passage_prompt)  # encode_query/encode_document apply them elsewhere
     model.save(str(stage))
     # the module list and configs in the format sentence-transformers 3.x-6.x, infinity-emb and TEI all read
     record["portable"] = make_portable(stage, model)
@@ -479,7 +499,10 @@ def check_checkpoints(
 
 
 # --- evaluate ------------------------------------------------------------------------------------
-def evaluate(cfg: JobConfig, rd: RunDir, echo: Echo = print) -> dict[str, Any]:
+def evaluate(cfg: JobConfig, rd: RunDir, echo: Echo = print, *, strict_exports: bool = True) -> dict[str, Any]:
+    """Score the base and fine-tuned models (and with --export, every export), then write the report and the
+    card. An export that fails costs only itself: its row says why, the report and card are written, and then,
+    with ``strict_exports``, :class:`job.export.ExportsFailed` names it (`job run` raises it after every step)."""
     fingerprint = step_fingerprint(cfg, rd, "evaluate")
     training = _require(rd, "train", "job evaluate")
     guard.check_guard(cfg)  # a guard folder that is not BEIR, or NanoBEIR offline, fails before any scoring
@@ -501,6 +524,12 @@ def evaluate(cfg: JobConfig, rd: RunDir, echo: Echo = print) -> dict[str, Any]:
         memo = Memo(tuned)  # keeps the PyTorch passage vectors for the exports' questions-only scores
     tuned_metrics = _score(cfg, memo or tuned, test, dims, "test")
     exports = _exports(cfg, rd, tuned, memo, base_model, test, dims, tuned_metrics, echo) if cfg.export else None
+    from job.report import per_question
+
+    base_model = base_model or load_model(cfg.model, max_seq_length=cfg.max_seq_length)
+    options = evaluation_options(cfg)  # each test question under both models, for the per-question picture
+    options = {k: options[k] for k in ("batch_size", "query_prompt", "passage_prompt") if k in options}
+    per_q = per_question(base_model, tuned, test, training.get("best_dim") or dims[0], **options)
     guarded = None
     if cfg.guard_data or cfg.guard_nanobeir:
         base_model = base_model or load_model(cfg.model, max_seq_length=cfg.max_seq_length)
@@ -511,7 +540,8 @@ def evaluate(cfg: JobConfig, rd: RunDir, echo: Echo = print) -> dict[str, Any]:
         "base_model": training.get("base_model_id") or Path(training["base_model"]).name,
         "data": card.data_label(cfg.data),
         "dims": dims,
-        "test_queries": len(test.relevant_docs()),
+        "test_queries": len(test.relevant_docs(cfg.relevance_threshold)),
+        "relevance_threshold": cfg.relevance_threshold,
         "corpus_size": len(test.corpus),
         "leakage": prepared.get("leakage"),
         "hard_negatives": training.get("hard_negatives"),
@@ -532,34 +562,95 @@ def evaluate(cfg: JobConfig, rd: RunDir, echo: Echo = print) -> dict[str, Any]:
             )
         },
         "guard": guarded,
+        "per_question": per_q,
         "portable": training.get("portable") or (exports or {}).get("portable"),
         "exports": (exports or {}).get("table"),
         "fingerprint": fingerprint,
     }
-    paths = write_report(rd.report, base_metrics, tuned_metrics, meta)
+    paths = write_report(rd.report, base_metrics, tuned_metrics, meta, training)
     card.add_test_results(rd.model, tuned_metrics, card.data_label(cfg.eval_data or cfg.data))
+    card.add_plot(rd.model, paths["plot"])
     card.add_evaluation_section(rd.model, paths["markdown"].read_text(), dims)
     table = markdown_table(base_metrics, tuned_metrics)
     echo(table)
     echo(f"evaluate: report {paths['markdown']}, metrics {paths['json']}, plot {paths['plot']}; {peak_memory()}")
-    return json.loads(paths["json"].read_text())
+    record = json.loads(paths["json"].read_text())
+    if strict_exports:
+        check_exports(rd, record)
+    return record
+
+
+def check_exports(rd: RunDir, record: dict[str, Any] | None, results: dict[str, Any] | None = None) -> None:
+    """The evaluate record's failed exports as one error (exit 2), raised once everything else is written."""
+    from job.export import ExportsFailed
+    from job.export_scores import failed_exports
+
+    failures = failed_exports((record or {}).get("exports"))
+    if not failures:
+        return
+    names = list(dict.fromkeys(n.split(" ")[0] for n in failures))
+    requested = [n for n in (record or {})["exports"].get("models", {}) if n != "pytorch"]
+    scored = [n for n in requested if n not in names]
+    without = f"--export {','.join(scored)}" if scored else "without --export"
+    grouped: dict[str, list[str]] = {}  # the base model's export often fails for the same reason: said once
+    for name, why in failures.items():
+        grouped.setdefault(why.removeprefix("it failed when it was made: "), []).append(name)
+    listed = "; ".join(f"{' and '.join(names_)}: {why}" for why, names_ in grouped.items())
+    error = ExportsFailed(
+        f"The run finished (model, {rd.report / 'report.md'}, metrics.json and the model card are written and list "
+        f"each export's status), but {len(failures)} export(s) failed: {listed}",
+        "the PyTorch model and the other exports are unaffected: serve with `rag-eval serve --backend auto` (it "
+        f"skips a failed export) or torch; `job export --run-dir {rd.root} --export {','.join(requested)} --force` "
+        f"tries again; to finish without it, evaluate with the exports that work (`job evaluate --run-dir {rd.root} "
+        f"{without}`); `job push` publishes the run as it is",
+        failures,
+    )
+    error.results = results or {}
+    raise error
 
 
 def _exports(cfg: JobConfig, rd: RunDir, tuned, memo, base_model, test, dims, tuned_metrics, echo: Echo):
-    """--export: make the fine-tuned model's exports (and the base model's, for `rag-eval serve`), then score them."""
-    from job.export import export_model
+    """--export: make the fine-tuned model's exports (and the base model's, for `rag-eval serve`), then score them.
+    A failed or crashed export is recorded in the table with the reason; nothing here stops the evaluate step."""
+    from job.export import export_model, failure_reason, status
     from job.export_scores import score_exports
 
-    manifest = export_model(rd.model, cfg.export, model=tuned, echo=echo)
+    crashed: dict[str, str] = {}
+    portable = None
+    try:
+        portable = export_model(rd.model, cfg.export, model=tuned, echo=echo, strict=False).get("portable")
+    except Exception as exc:  # noqa: BLE001 - the exports fail, the evaluation does not
+        why = _why(exc)
+        crashed = {name: f"the exporter stopped: {why}" for name in cfg.export}
+        echo(f"evaluate: exporting {rd.model} FAILED: {why}")
     base_name = resolve_model_name(cfg.model)
-    export_model(
-        base_name, cfg.export, model=base_model or load_model(cfg.model, max_seq_length=cfg.max_seq_length),
-        out=rd.base_export, echo=echo,
-    )  # fmt: skip
+    base: dict[str, dict[str, str]] = {}
+    try:
+        export_model(
+            base_name, cfg.export, model=base_model or load_model(cfg.model, max_seq_length=cfg.max_seq_length),
+            out=rd.base_export, echo=echo, strict=False,
+        )  # fmt: skip
+        for name in cfg.export:
+            state = status(rd.base_export, name, Path(base_name))
+            base[name] = {"status": "ok"} if state == "ok" else {
+                "status": "failed", "why": failure_reason(rd.base_export, name) if state == "failed" else state,
+            }  # fmt: skip
+    except Exception as exc:  # noqa: BLE001 - the base model's exports only serve rag-eval serve's baseline column
+        why = _why(exc)
+        base = {name: {"status": "failed", "why": f"the exporter stopped: {why}"} for name in cfg.export}
+        echo(f"evaluate: exporting the base model {base_name} FAILED: {why}")
     table = score_exports(
-        memo, rd.model, cfg.export, test, dims, tuned_metrics, evaluation_options(cfg), cfg.export_max_drop, echo
-    )
-    return {"table": table, "portable": manifest.get("portable")}
+        memo, rd.model, cfg.export, test, dims, tuned_metrics, evaluation_options(cfg), cfg.export_max_drop, echo,
+        crashed=crashed, base=base,
+    )  # fmt: skip
+    return {"table": table, "portable": portable}
+
+
+def _why(exc: BaseException) -> str:
+    if isinstance(exc, JobError):
+        return exc.message
+    first = (str(exc).strip().splitlines() or [""])[0][:300]
+    return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
 
 
 # --- run -----------------------------------------------------------------------------------------
@@ -573,6 +664,7 @@ def run(
     train_step: Callable[[bool], dict[str, Any]] | None = None,
     mismatch_fix: str | None = None,
     steps: tuple[str, ...] = STEPS,
+    strict_exports: bool = True,
 ) -> dict[str, Any]:
     """Every step in order (or those of ``steps``); a step whose done record matches the configuration is skipped.
 
@@ -580,12 +672,19 @@ def run(
     replaces the training call (the SageMaker container runs its own, with its callbacks);
     ``mismatch_fix`` replaces the advice given when the run dir holds another configuration's output;
     ``steps`` limits the run (another machine of a multi-machine job only prepares and trains).
+    With ``strict_exports`` (the default), an export that failed (now, or when the evaluate step ran) is raised
+    as :class:`job.export.ExportsFailed` once every step has finished and ``on_step`` has seen it (its ``results``
+    holds the steps' results); without, the caller reads the failures from the evaluate record
+    (:func:`job.export_scores.failed_exports`).
     """
     storage.probe_writable(rd.root)  # before any model is loaded
     guard.check_guard(cfg)  # a bad --guard-data fails now, not after training
     merge.check_merge(cfg)  # --merge-base auto needs the guard's train/dev queries
     with run_lock(rd.root, "job run"):  # one writer per run directory (nested holds pass through)
-        return _run_steps(cfg, rd, echo, force, on_step, train_step, mismatch_fix, steps)
+        results = _run_steps(cfg, rd, echo, force, on_step, train_step, mismatch_fix, steps)
+    if strict_exports and "evaluate" in results:  # a failed export (now or when the step ran): said at the very end
+        check_exports(rd, results["evaluate"], results)
+    return results
 
 
 def _run_steps(cfg, rd, echo, force, on_step, train_step, mismatch_fix, steps) -> dict[str, Any]:
@@ -640,7 +739,7 @@ def _run_step(
     if step == "baseline":
         return baseline(cfg, rd, echo)
     if step == "evaluate":
-        return evaluate(cfg, rd, echo)
+        return evaluate(cfg, rd, echo, strict_exports=False)
     if inputs_changed and rd.checkpoints.exists():  # made on the old data: of no use, but not deleted
         stale = rd.root / f"{rd.checkpoints.name}.before-{time.strftime('%Y%m%d-%H%M%S')}"
         rd.checkpoints.rename(stale)

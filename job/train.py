@@ -12,14 +12,14 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from job import checkpoints, layout, merge, soup, storage
+from job import checkpoints, layout, memory, merge, soup, storage
 from job.collate import RowNamingCollator, failing_pair_named, raise_for_batch_failure, worker_signals_paused
 from job.config import JobConfig
 from job.data import IRData, Pair
 from job.distributed import check_agreement, digest, is_main_process, on_first_node, world_size
 from job.errors import JobError
 from job.evaluation import VALIDATION, build_evaluator, evaluation_options, metric_key, per_dim_metrics
-from job.negatives import add_hard_negatives
+from job.negatives import add_hard_negatives, negatives_per_pair
 from job.sampler import LengthGroupedBatchSampler, no_duplicates_sampler
 from job.token_cache import cached_trainer_class
 
@@ -32,14 +32,94 @@ class TrainResult:
     summary: dict[str, Any]
 
 
-def precision_flags(mode: str) -> dict[str, bool]:
-    """bf16 autocast and tf32 only where CUDA supports them; weights stay fp32 (AMP master weights)."""
+@dataclass(frozen=True)
+class Accelerator:
+    """What the training precision depends on: where training runs (``cuda``, ``mps`` or ``cpu``), the device's
+    name, its CUDA compute capability, and whether it computes in bf16 natively (not emulated)."""
+
+    kind: str
+    name: str
+    capability: tuple[int, int] | None = None
+    native_bf16: bool = False
+
+
+def detect_accelerator() -> Accelerator:
+    """This machine's training device, as the trainer will pick it (CUDA first, then Apple MPS, else CPU)."""
     import torch
 
-    if mode == "no" or not torch.cuda.is_available():
-        return {"bf16": False, "tf32": False}
-    major, _ = torch.cuda.get_device_capability()
-    return {"bf16": bool(torch.cuda.is_bf16_supported()), "tf32": major >= 8}
+    if torch.cuda.is_available():
+        major, minor = torch.cuda.get_device_capability()
+        # not torch.cuda.is_bf16_supported(): by default it also says yes where bf16 is only emulated (T4, V100)
+        native = bool(torch.version.hip) or major >= 8
+        return Accelerator("cuda", torch.cuda.get_device_name(), (major, minor), native)
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return Accelerator("mps", "Apple MPS")
+    return Accelerator("cpu", "CPU")
+
+
+@dataclass(frozen=True)
+class Precision:
+    """The resolved ``--mixed-precision``: autocast in ``dtype`` (bf16, fp16 with loss scaling, or none: fp32)
+    around fp32 master weights, tf32 matmuls or not, and whether the trainer must be told to stay on the CPU."""
+
+    requested: str
+    dtype: str
+    tf32: bool
+    device: str
+    use_cpu: bool = False
+
+    def trainer_flags(self) -> dict[str, bool]:
+        return {"bf16": self.dtype == "bf16", "fp16": self.dtype == "fp16", "tf32": self.tf32}
+
+    def describe(self) -> str:
+        autocast = {"bf16": "bf16 autocast", "fp16": "fp16 autocast with loss scaling"}.get(self.dtype, "fp32")
+        return autocast + (", tf32 matmuls" if self.tf32 else "")
+
+    def record(self) -> dict[str, Any]:
+        """What training.json keeps."""
+        return {
+            "requested": self.requested, "resolved": self.dtype, "loss_scaling": self.dtype == "fp16",
+            "tf32": self.tf32, "device": self.device,
+        }  # fmt: skip
+
+
+def resolve_precision(mode: str, accelerator: Accelerator | None = None) -> Precision:
+    """``--mixed-precision`` on this machine (``accelerator``: :func:`detect_accelerator` when not given).
+
+    auto: bf16 where the GPU has it natively (compute capability 8.0+, or ROCm), fp16 with loss scaling on older
+    CUDA GPUs (T4, V100: ml.g4dn, ml.p3), fp32 elsewhere. no: fp32. fp16 / bf16: as asked, or a JobError where
+    the machine cannot (fp16 needs CUDA; bf16 needs native bf16 on a GPU, and runs on a CPU - transformers'
+    CPU autocast, told by ``use_cpu`` - but not on Apple MPS). tf32 on 8.0+ GPUs, except with no."""
+    acc = accelerator or detect_accelerator()
+    where = f"{acc.name} (compute capability {acc.capability[0]}.{acc.capability[1]})" if acc.capability else acc.name
+    tf32 = acc.kind == "cuda" and acc.capability is not None and acc.capability[0] >= 8 and mode != "no"
+    if mode == "no":
+        return Precision(mode, "fp32", False, where)
+    if mode == "auto":
+        dtype = "fp32" if acc.kind != "cuda" else "bf16" if acc.native_bf16 else "fp16"
+        return Precision(mode, dtype, tf32, where)
+    if mode == "fp16":
+        if acc.kind != "cuda":
+            raise JobError(
+                f"--mixed-precision fp16 needs a CUDA GPU; this machine trains on {where}.",
+                "use --mixed-precision auto (fp32 here, fp16 or bf16 on a GPU) or no"
+                + (", or bf16 (slow unless the CPU has bf16 instructions)." if acc.kind == "cpu" else "."),
+            )
+        return Precision(mode, "fp16", tf32, where)
+    if mode == "bf16":
+        if acc.kind == "cuda" and not acc.native_bf16:
+            raise JobError(
+                f"--mixed-precision bf16: {where} has no native bf16 (it needs compute capability 8.0+: A10G, "
+                "A100, L4, H100; T4 and V100 instances such as ml.g4dn and ml.p3 only emulate it, slowly).",
+                "use --mixed-precision fp16 or auto (fp16 with loss scaling on this GPU), or a GPU with bf16.",
+            )
+        if acc.kind == "mps":
+            raise JobError(
+                "--mixed-precision bf16 is not supported on Apple MPS by this job.",
+                "use --mixed-precision auto or no (fp32).",
+            )
+        return Precision(mode, "bf16", tf32, where, use_cpu=acc.kind == "cpu")
+    raise JobError(f"--mixed-precision {mode!r} is not a precision.", "use one of: auto, no, fp16, bf16.")
 
 
 def _param_checksums(model) -> list[float]:
@@ -219,17 +299,24 @@ def train_model(
             )
         logger.info("resuming from %s", resume_from)
     storage.check_free_space(checkpoint_dir, space_needed(model, cfg), "Training (checkpoints and the final model)")
+    precision = resolve_precision(cfg.mixed_precision)  # before any mining: a precision refused costs nothing
+    logger.info("mixed precision %s: %s on %s", precision.requested, precision.describe(), precision.device)
+    if precision.use_cpu:
+        logger.warning("bf16 autocast on the CPU: faster only on CPUs with bf16 instructions (AVX512-BF16, AMX)")
 
     import datasets
 
     datasets.disable_progress_bars()  # "Hashing dataset values" beside the training bar: one bar per phase
+    if cfg.memory_check and not torch_cuda_available():  # the GPU retries after a real out-of-memory instead
+        texts = 2 + negatives_per_pair(train_pairs, cfg.hard_negatives)  # given negatives count too
+        cfg = memory.fit_cpu_training(cfg, model, min(cfg.batch_size, len(train_pairs)), texts)
     loss = build_loss(model, cfg, dims, load_guide(cfg, model))  # first: its settings errors come before any mining
     set_attention_dropout(model, cfg.attention_dropout)
     train_ds, negatives_stats = training_dataset(cfg, model, train_pairs, source)
     batch_size = min(cfg.batch_size, len(train_pairs))
     evaluator, select = model_selection(cfg, model, dims, best_dim, validation)
     # under torchrun, the arguments also start the process group that check_agreement gathers over
-    args = training_arguments(cfg, model, checkpoint_dir, batch_size, select, train_ds.column_names)
+    args = training_arguments(cfg, model, checkpoint_dir, batch_size, select, train_ds.column_names, precision)
     check_agreement(  # under DDP, before the first step: every machine trains on the same pairs, from one point
         {
             "the training pairs (digest)": digest([(p.question, p.passage) for p in train_pairs]),
@@ -276,7 +363,7 @@ def train_model(
         best_metric = trainer.state.best_metric
     summary.update(
         batch_size=batch_size, hard_negatives=negatives_stats, resumed_from=resume_from,
-        best_metric_name=select.get("metric_for_best_model"),
+        best_metric_name=select.get("metric_for_best_model"), mixed_precision=precision.record(),
     )  # fmt: skip
     if cfg.average_checkpoints and is_main_process():
         summary["checkpoint_average"] = soup.try_soup(
@@ -295,17 +382,18 @@ def torch_cuda_available() -> bool:
 
 
 def training_dataset(cfg: JobConfig, model, train_pairs: list[Pair], source: str):
-    """(anchor, positive[, negative_1..n]) rows, with hard negatives mined by the base model when asked."""
+    """(anchor, positive[, negative_1..n]) rows: the negatives given with the data, and those mined by the base
+    model when asked (:func:`job.negatives.add_hard_negatives`)."""
     import datasets
 
-    if not cfg.hard_negatives:
+    if not cfg.hard_negatives and not any(p.negatives for p in train_pairs):  # negatives given in the data: used
         columns = {"anchor": [p.question for p in train_pairs], "positive": [p.passage for p in train_pairs]}
         return datasets.Dataset.from_dict(columns), None
     with failing_pair_named(train_pairs, model.preprocess, source):
         train_ds, stats = add_hard_negatives(
             train_pairs, model, cfg.hard_negatives, margin=cfg.hard_negative_margin, depth=cfg.hard_negative_depth,
-            seed=cfg.seed, batch_size=cfg.eval_batch_size, query_prompt=cfg.query_prompt,
-            passage_prompt=cfg.passage_prompt,
+            range_min=cfg.hard_negative_range_min, seed=cfg.seed, batch_size=cfg.eval_batch_size,
+            query_prompt=cfg.query_prompt, passage_prompt=cfg.passage_prompt,
         )  # fmt: skip
     logger.info("hard negatives: %s", stats)
     return train_ds, stats
@@ -327,9 +415,14 @@ def model_selection(cfg: JobConfig, model, dims: list[int], best_dim: int, valid
     return evaluator, select
 
 
-def training_arguments(cfg: JobConfig, model, checkpoint_dir: Path, batch_size: int, select: dict, columns: list[str]):
+def training_arguments(
+    cfg: JobConfig, model, checkpoint_dir: Path, batch_size: int, select: dict, columns: list[str],
+    precision: Precision | None = None,
+):  # fmt: skip
     import torch
     from sentence_transformers import SentenceTransformerTrainingArguments
+
+    precision = precision or resolve_precision(cfg.mixed_precision)
 
     world = world_size()
     prompts = {k: v for k, v in (("anchor", cfg.query_prompt), ("positive", cfg.passage_prompt)) if v}
@@ -357,14 +450,19 @@ def training_arguments(cfg: JobConfig, model, checkpoint_dir: Path, batch_size: 
         dataloader_num_workers=cfg.dataloader_workers,
         dataloader_pin_memory=torch.cuda.is_available(),
         prompts=prompts or None,
-        **precision_flags(cfg.mixed_precision),
-        **({"ddp_backend": "gloo", "use_cpu": True} if world > 1 and not torch.cuda.is_available() else {}),
+        **precision.trainer_flags(),
+        **({"use_cpu": True} if precision.use_cpu or (world > 1 and not torch.cuda.is_available()) else {}),
+        **({"ddp_backend": "gloo"} if world > 1 and not torch.cuda.is_available() else {}),
         **select,
     )
 
 
 def report_targets(cfg: JobConfig, checkpoint_dir: Path) -> str:
-    """The trainer's ``report_to``: 'auto' is TensorBoard when installed (logs in RUN_DIR/logs), else none."""
+    """The trainer's ``report_to``: 'auto' is TensorBoard when installed (the dev, runtime and image locks hold
+    it), else none. TensorBoard's event files go to RUN_DIR/logs, unless TENSORBOARD_LOGGING_DIR (transformers'
+    own variable) names another folder: the SageMaker container sets it to SageMaker's TensorBoard output path
+    (/opt/ml/output/tensorboard, infra.container.contract), and so may a user. A value this function set
+    for an earlier run in the same process is replaced, not kept."""
     import importlib.util
     import os
 
@@ -373,7 +471,10 @@ def report_targets(cfg: JobConfig, checkpoint_dir: Path) -> str:
         has_tb = any(importlib.util.find_spec(m) is not None for m in ("tensorboard", "tensorboardX"))
         target = "tensorboard" if has_tb else "none"
     if target == "tensorboard":
-        os.environ.setdefault("TENSORBOARD_LOGGING_DIR", str(Path(checkpoint_dir).parent / layout.LOGS))
+        current = os.environ.get("TENSORBOARD_LOGGING_DIR")
+        if current is None or current == getattr(report_targets, "own_dir", None):
+            report_targets.own_dir = str(Path(checkpoint_dir).parent / layout.LOGS)
+            os.environ["TENSORBOARD_LOGGING_DIR"] = report_targets.own_dir
     return target
 
 

@@ -17,6 +17,7 @@ import click
 
 from job.errors import JobError
 from rag_eval import store
+from rag_eval.store_options import store_options, store_target
 
 DEBUG_ENV = "RAG_EVAL_DEBUG"
 
@@ -98,31 +99,6 @@ def data_options(func):
     )(func)
 
 
-def store_options(func):
-    func = click.option(
-        "--collection-prefix", default=store.DEFAULT_PREFIX, show_default=True, envvar="RAG_EVAL_COLLECTION_PREFIX",
-        help="Collections are named PREFIX-<model>-<hash>-d<dim>.",
-    )(func)  # fmt: skip
-    func = click.option(
-        "--chroma-port",
-        type=int,
-        default=None,
-        envvar="RAG_EVAL_CHROMA_PORT",
-        help="Chroma server port (default 8000 with --chroma-host).",
-    )(func)
-    func = click.option(
-        "--chroma-host",
-        default=None,
-        envvar="RAG_EVAL_CHROMA_HOST",
-        help="Use the Chroma server on this host (HttpClient) instead of an embedded store.",
-    )(func)
-    func = click.option(
-        "--chroma-path", type=click.Path(path_type=Path), default=None, envvar="RAG_EVAL_CHROMA_PATH",
-        help="Embedded persistent Chroma store. Default: RUN_DIR/chroma with a run directory, else ./chroma.",
-    )(func)  # fmt: skip
-    return func
-
-
 def common(func):
     """--debug and logging set-up; the wrapped command does not see ``debug``."""
     func = click.option("--debug", is_flag=True, help="Show Python tracebacks for errors.")(func)
@@ -153,26 +129,6 @@ def rescore_option():
 
 def k_option(default: int, help_text: str):
     return click.option("-k", "--k", "k", type=int, default=default, show_default=True, help=help_text)
-
-
-def store_target(
-    chroma_path: Path | None, chroma_host: str | None, chroma_port: int | None, run_dir
-) -> store.StoreTarget:
-    if chroma_host is None and chroma_port is not None:
-        chroma_host = "localhost"
-    if chroma_host is not None:
-        if chroma_path is not None:
-            raise JobError(
-                "Both --chroma-path and --chroma-host are given.",
-                "pass --chroma-path for an embedded store or --chroma-host/--chroma-port for a server, not both.",
-            )
-        port = chroma_port if chroma_port is not None else 8000
-        if not 0 < port < 65536:
-            raise JobError(f"--chroma-port {port} is not a TCP port.", "pass a port between 1 and 65535.")
-        return store.StoreTarget(host=chroma_host, port=port)
-    if chroma_path is None:
-        chroma_path = run_dir.chroma if run_dir is not None else Path("chroma")
-    return store.StoreTarget(path=Path(chroma_path).expanduser())
 
 
 def _sources(model, baseline, no_baseline, query_prompt, passage_prompt, *, with_baseline=True):
@@ -271,8 +227,8 @@ def cli() -> None:
     is_flag=True,
     help="Replace a foreign or corrupted collection of the same name; move a damaged store aside and rebuild it.",
 )
-def index_cmd(model, baseline, no_baseline, query_prompt, passage_prompt, data, split, chroma_path, chroma_host,
-              chroma_port, collection_prefix, dims, ef_construction, ef_search, max_neighbors, batch_size,
+def index_cmd(model, baseline, no_baseline, query_prompt, passage_prompt, data, split, chroma,
+              collection_prefix, dims, ef_construction, ef_search, max_neighbors, batch_size,
               force) -> None:  # fmt: skip
     """Embed the corpus once per model; write one cosine collection per (model, dim)."""
     from job.config import default_dims
@@ -285,7 +241,7 @@ def index_cmd(model, baseline, no_baseline, query_prompt, passage_prompt, data, 
     wanted = parse_dims(dims)
     sources = _sources(model, baseline, no_baseline, query_prompt, passage_prompt)
     ir, source = load_eval_data(data, sources, split)
-    target = store_target(chroma_path, chroma_host, chroma_port, sources.run_dir)
+    target = store_target(chroma, sources.run_dir)
     with _hold(sources, target, "rag-eval index"), store.store_errors(target):
         vector_store = store.connect(target, rebuild_damaged=force, echo=echo)
         models = _load(sources)
@@ -326,9 +282,14 @@ def index_cmd(model, baseline, no_baseline, query_prompt, passage_prompt, data, 
     help="The frontier's precisions: float32, int8 (ranges from the corpus), binary; 'none' skips the frontier.",
 )  # fmt: skip
 @rescore_option()
-def score_cmd(model, baseline, no_baseline, query_prompt, passage_prompt, data, split, chroma_path, chroma_host,
-              chroma_port, collection_prefix, dims, out, latency_samples, batch_queries, disk_size,
-              batch_size, precision, rescore_multiplier) -> None:  # fmt: skip
+@click.option(
+    "--run-file", "run_file", type=click.Path(path_type=Path, file_okay=False), default=None, metavar="DIR",
+    help="Also write TREC run files (qid Q0 docid rank score tag), one per model, dim and precision (chroma, "
+    "float32 exact, int8, binary...), and the qrels (qid 0 docid grade) into DIR, for trec_eval, ir_measures or ranx.",
+)  # fmt: skip
+def score_cmd(model, baseline, no_baseline, query_prompt, passage_prompt, data, split, chroma,
+              collection_prefix, dims, out, latency_samples, batch_queries, disk_size,
+              batch_size, precision, rescore_multiplier, run_file) -> None:  # fmt: skip
     """Query the test questions against every collection; report beside the exact evaluator."""
     from rag_eval import report
     from rag_eval.quantized import check_multiplier, check_precisions
@@ -345,7 +306,7 @@ def score_cmd(model, baseline, no_baseline, query_prompt, passage_prompt, data, 
     wanted = parse_dims(dims)
     sources = _sources(model, baseline, no_baseline, query_prompt, passage_prompt)
     ir, source = load_eval_data(data, sources, split)
-    target = store_target(chroma_path, chroma_host, chroma_port, sources.run_dir)
+    target = store_target(chroma, sources.run_dir)
     with _hold(sources, target, "rag-eval score"), store.store_errors(target):
         vector_store = store.connect(target, create=False)
         dims_ = (
@@ -358,7 +319,7 @@ def score_cmd(model, baseline, no_baseline, query_prompt, passage_prompt, data, 
         models = _load(sources)
         opts = ScoreOptions(
             latency_samples=latency_samples, batch_queries=batch_queries, measure_disk=disk_size, batch_size=batch_size,
-            precisions=precisions, rescore_multiplier=rescore_multiplier,
+            precisions=precisions, rescore_multiplier=rescore_multiplier, run_dir=run_file,
         )  # fmt: skip
         result = score_models(vector_store, models, ir, dims_, prefix=collection_prefix, opts=opts, echo=echo)
         out_dir = out or (sources.run_dir.rag_eval if sources.run_dir is not None else Path("rag_eval_report"))
@@ -377,6 +338,9 @@ def score_cmd(model, baseline, no_baseline, query_prompt, passage_prompt, data, 
         echo("")
         echo(report.recommendations(result))
     echo(f"score: report {paths['markdown']}, metrics {paths['json']}, plot {paths['plot']}")
+    if result.get("run_files"):
+        n = sum(len(files) for dims_ in result["run_files"]["runs"].values() for files in dims_.values())
+        echo(f"score: {n} TREC run files and {result['run_files']['qrels']} -> {run_file}")
 
 
 @cli.command("query")
@@ -396,8 +360,8 @@ def score_cmd(model, baseline, no_baseline, query_prompt, passage_prompt, data, 
     is_flag=True,
     help="Read questions from standard input until EOF (also when no QUESTION is given).",
 )
-def query_cmd(question, model, baseline, no_baseline, query_prompt, passage_prompt, data, split, chroma_path,
-              chroma_host, chroma_port, collection_prefix, dims, dim, k, compare, interactive) -> None:  # fmt: skip
+def query_cmd(question, model, baseline, no_baseline, query_prompt, passage_prompt, data, split, chroma,
+              collection_prefix, dims, dim, k, compare, interactive) -> None:  # fmt: skip
     """The retrieval demo in the terminal: the top-k passages for a question, with scores and ids.
 
     Passages relevant to a question of the evaluation data (--data, default the run's test set) are
@@ -415,7 +379,7 @@ def query_cmd(question, model, baseline, no_baseline, query_prompt, passage_prom
     wanted = [dim] if dim is not None else parse_dims(dims)
     sources = _sources(model, baseline, no_baseline, query_prompt, passage_prompt, with_baseline=compare)
     _check_compare(compare, no_baseline, sources)
-    target = store_target(chroma_path, chroma_host, chroma_port, sources.run_dir)
+    target = store_target(chroma, sources.run_dir)
     _, gold = _gold(data, split, sources)
     with _hold(sources, target, "rag-eval query", shared=True), store.store_errors(target):
         vector_store = store.connect(target, create=False)
@@ -474,8 +438,8 @@ def query_cmd(question, model, baseline, no_baseline, query_prompt, passage_prom
     help="float32: Chroma's HNSW index. int8/binary: the stored vectors as codes in memory, exact search.",
 )  # fmt: skip
 @rescore_option()
-def serve_cmd(model, baseline, no_baseline, query_prompt, passage_prompt, data, split, chroma_path, chroma_host,
-              chroma_port, collection_prefix, dims, k, host, port, threads, backend, precision,
+def serve_cmd(model, baseline, no_baseline, query_prompt, passage_prompt, data, split, chroma,
+              collection_prefix, dims, k, host, port, threads, backend, precision,
               rescore_multiplier) -> None:  # fmt: skip
     """The retrieval demo in a browser: base and fine-tuned side by side, models loaded once.
 
@@ -499,7 +463,7 @@ def serve_cmd(model, baseline, no_baseline, query_prompt, passage_prompt, data, 
     store.check_prefix(collection_prefix)
     wanted = parse_dims(dims)
     sources = _sources(model, baseline, no_baseline, query_prompt, passage_prompt)
-    target = store_target(chroma_path, chroma_host, chroma_port, sources.run_dir)
+    target = store_target(chroma, sources.run_dir)
     ir, _ = _gold(data, split, sources)
     per_model = set_torch_threads(threads, len(sources.models))
     chosen, why = choose_backend(sources, backend)

@@ -104,6 +104,9 @@ def index_models(
                 settings=settings,
                 query_prompt=m.spec.query_prompt,
                 passage_prompt=m.spec.passage_prompt,
+                model_name=m.spec.name,
+                query_prompt_used=prompt_used(m.model, m.spec.query_prompt, QUERY_PROMPT_NAMES),
+                passage_prompt_used=prompt_used(m.model, m.spec.passage_prompt, PASSAGE_PROMPT_NAMES),
             )  # fmt: skip
             for dim in check_dims(dims, m)
         }
@@ -142,11 +145,35 @@ def index_models(
 
 
 def is_complete(vector_store: VectorStore, name: str, meta: dict) -> bool:
-    """Is ``name`` already whole, written with exactly this metadata (the same write key)?"""
+    """Is ``name`` already whole, written with exactly this metadata (the same write key)? A complete one gets
+    its descriptive metadata (model name, prompts used, precision, usage) brought up to date."""
     with vector_store.errors():
         index = vector_store.open(name)
-        return (
+        complete = (
             index is not None
             and index.metadata.get(store.WRITE_KEY) == store.write_key(meta)
             and index.count() == meta["corpus_size"]
         )
+        if complete:
+            store.refresh_description(index, meta)
+        return complete
+
+
+# sentence-transformers' own order: encode_query takes the model's "query" prompt, encode_document the first of
+# "document", "passage", "corpus" it has (sentence_transformer/model.py)
+QUERY_PROMPT_NAMES = ("query",)
+PASSAGE_PROMPT_NAMES = ("document", "passage", "corpus")
+
+
+def prompt_used(model, explicit: str | None, names: tuple[str, ...]) -> str:
+    """The prompt ``encode_query``/``encode_document`` applies: ``explicit`` when given (``""``: none), else the
+    model's own saved prompt of the first of ``names`` it has, else its default prompt, else none. Recorded in
+    each collection so that plain sentence-transformers code embeds questions the same way."""
+    if explicit is not None:
+        return explicit
+    prompts = getattr(model, "prompts", None) or {}
+    for name in names:
+        if name in prompts:
+            return prompts[name] or ""
+    default = getattr(model, "default_prompt_name", None)
+    return (prompts.get(default) or "") if default else ""

@@ -9,7 +9,8 @@ qrels, the numbers here equal the evaluator's (the tests assert it):
   (linear gain, as BEIR / pytrec_eval), so binary grades give the evaluator's binary NDCG; IDCG
   takes the best min(#relevant, k) grades;
 - MRR@k = 1 / rank of the first relevant document within the top k (0 if none);
-- MAP@k = sum of precision@rank at each relevant rank <= k, divided by min(#relevant, k);
+- MAP@k = sum of precision@rank at each relevant rank <= k, divided by min(#relevant, k) (trec_eval's
+  map_cut_k and ir_measures' AP@k divide by all #relevant, so they differ once a query has more than k);
 - Recall@k = relevant documents in the top k / all relevant documents.
 
 Graded qrels therefore change NDCG only; the other metrics are binary by definition.

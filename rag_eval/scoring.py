@@ -12,14 +12,18 @@ Per model and dim:
   embedding time excluded;
 - the quality x storage frontier (:mod:`rag_eval.frontier`): the stored vectors as float32, int8 and binary
   codes (with and without rescoring), exact search, NDCG@10, bytes per vector and ms per query, and the
-  recommendation per model.
+  recommendation per model;
+- with ``run_dir`` (``--run-file DIR``): TREC run files, one per (model, dim, precision), and the qrels, for
+  trec_eval / ir_measures / ranx (:func:`write_run_files`).
 """
 
 from __future__ import annotations
 
+import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -29,6 +33,7 @@ from job.errors import JobError
 from job.evaluation import evaluate_model
 from rag_eval import frontier, metrics, store
 from rag_eval.index import VectorIndex, VectorStore
+from rag_eval.quantized import QuantizedIndex
 from rag_eval.sources import LoadedModel, ModelSpec
 from rag_eval.vectors import corpus_fingerprint, encode_queries, truncate_normalise
 
@@ -46,6 +51,102 @@ class ScoreOptions:
     batch_size: int = 64  # encoding batch size
     precisions: tuple[str, ...] = ("float32", "int8", "binary")  # the frontier's; () for none
     rescore_multiplier: int = 4  # candidates per result rescored with the float query (0: no rescoring)
+    run_dir: Path | None = None  # where TREC run files and the qrels go (`--run-file DIR`); None: none written
+
+
+# --- TREC run files -------------------------------------------------------------------------------
+QRELS_FILE = "qrels.txt"
+
+
+def _token(text: str) -> str:
+    """A TREC column has no whitespace: runs of anything but letters, digits, ``.``, ``_``, ``-`` become ``_``."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_") or "run"
+
+
+def _check_id(kind: str, value: str) -> str:
+    if not value or any(c.isspace() for c in value):
+        raise JobError(
+            f"The {kind} id {value!r} is empty or holds whitespace, which a TREC run or qrels file cannot carry "
+            "(its columns are split on whitespace).",
+            "rename the ids in the data (BEIR _id / qrels), or leave out --run-file.",
+        )
+    return value
+
+
+def write_trec_qrels(path: Path, qrels: Mapping[str, Mapping[str, int]]) -> Path:
+    """``qid 0 docid grade`` per judged pair (grade 0 rows too: judged not relevant), as trec_eval reads."""
+    lines = [
+        f"{_check_id('query', q)} 0 {_check_id('corpus', d)} {int(g)}\n"
+        for q, docs in qrels.items()
+        for d, g in docs.items()
+    ]
+    path.write_text("".join(lines), encoding="utf-8")
+    return path
+
+
+def write_trec_run(path: Path, rankings: Iterable[tuple[str, Sequence[tuple[str, float]]]], tag: str) -> Path:
+    """``qid Q0 docid rank score tag``, rank from 1 in our order (score descending, ties by ascending id).
+    trec_eval and pytrec_eval re-sort by score and break ties by descending docid; ties are rare with float
+    vectors, common with binary codes unrescored (there the rank column, not the score, is our order)."""
+    tag = _token(tag)
+    with path.open("w", encoding="utf-8") as fh:
+        for qid, hits in rankings:
+            _check_id("query", qid)
+            for rank, (doc, score) in enumerate(hits, 1):
+                fh.write(f"{qid} Q0 {_check_id('corpus', doc)} {rank} {float(score)!r} {tag}\n")
+    return path
+
+
+def _ranked(hits: Iterable[tuple[str, float]]) -> list[tuple[str, float]]:
+    return sorted(hits, key=lambda h: (-h[1], h[0]))
+
+
+def _run_variants(precisions: Sequence[str], rescore_multiplier: int) -> list[tuple[str, int]]:
+    """(file name part, rescore multiplier) for each quantized precision the frontier scores."""
+    out = []
+    for p in precisions:
+        if p == "float32":
+            continue
+        out.append((p, 0))
+        if rescore_multiplier:
+            out.append((f"{p}-rescored", rescore_multiplier))
+    return out
+
+
+def write_run_files(
+    run_dir: Path,
+    label: str,
+    dim: int,
+    qids: Sequence[str],
+    queries: np.ndarray,
+    ids: Sequence[str],
+    vectors: np.ndarray,
+    chroma_hits: Sequence[Sequence[tuple[str, float]]],
+    opts: ScoreOptions,
+) -> dict[str, str]:
+    """One run per precision at (model, dim): ``chroma`` (what the store returned), ``float32`` (exact search
+    over the stored vectors) and each quantized variant of the frontier (``int8``, ``int8-rescored``,
+    ``binary``, ``binary-rescored``), each to depth 100. Returns {precision: file name}."""
+    depth = min(metrics.DEPTH, len(ids))
+    stem = f"{_token(label)}_dim{dim}"
+    written: dict[str, str] = {}
+
+    def emit(precision: str, rankings) -> None:
+        path = run_dir / f"{stem}_{precision}.run"
+        write_trec_run(path, zip(qids, rankings, strict=True), f"{label}-dim{dim}-{precision}")
+        written[precision] = path.name
+
+    emit("chroma", [_ranked(h) for h in chroma_hits])
+    scores = np.asarray(queries, dtype=np.float32) @ np.asarray(vectors, dtype=np.float32).T
+    position = {cid: i for i, cid in enumerate(ids)}
+    exact = metrics.exact_search(queries, vectors, ids, depth)
+    emit("float32", [[(c, float(row[position[c]])) for c in ranked] for row, ranked in zip(scores, exact)])
+    for name, multiplier in _run_variants(opts.precisions, opts.rescore_multiplier):
+        index = QuantizedIndex(
+            f"{label}-d{dim}-{name}", ids, vectors, name.split("-")[0], rescore_multiplier=multiplier
+        )
+        emit(name, [[(ids[p], s) for p, s in hits] for hits in index.search(queries, depth)])
+    return written
 
 
 def check_indexed(vector_store: VectorStore, specs: list[ModelSpec], dims: list[int], prefix: str) -> None:
@@ -185,6 +286,11 @@ def score_models(
     reference = "exact" if data.graded else "evaluator"
     # open (and check) every collection before any expensive step
     cols = {(m.label, d): open_collection(vector_store, m, d, prefix, fp) for m in models for d in dims}
+    runs: dict[str, Any] | None = None
+    if opts.run_dir is not None:
+        opts.run_dir.mkdir(parents=True, exist_ok=True)
+        write_trec_qrels(opts.run_dir / QRELS_FILE, data.qrels)
+        runs = {"dir": str(opts.run_dir), "qrels": QRELS_FILE, "runs": {}}
     out: dict[str, Any] = {}
     for m in models:
         start = time.perf_counter()
@@ -205,7 +311,8 @@ def score_models(
             q = truncate_normalise(full_q, dim)
             ids, vectors, documents = col.fetch_all()
             depth = min(metrics.DEPTH, len(ids))
-            chroma_rank = [metrics.rank_hits(hits) for hits in query_rankings(col, q, depth)]
+            chroma_hits = query_rankings(col, q, depth)
+            chroma_rank = [metrics.rank_hits(hits) for hits in chroma_hits]
             exact_rank = metrics.exact_search(q, vectors, ids, depth)
             chroma = metrics.score_rankings(dict(zip(qids, chroma_rank)), qrels)
             exact = metrics.score_rankings(dict(zip(qids, exact_rank)), qrels)
@@ -226,6 +333,10 @@ def score_models(
                 "latency": measure_latency(col, q, opts),
             }
             per_dim[str(dim)] = row
+            if runs is not None:
+                runs["runs"].setdefault(m.label, {})[str(dim)] = write_run_files(
+                    opts.run_dir, m.label, dim, qids, q, ids, vectors, chroma_hits, opts
+                )
             if opts.precisions:
                 rows += frontier.frontier_rows(
                     m.label, dim, ids, vectors, q, qids, qrels, opts.precisions, opts.rescore_multiplier,
@@ -256,6 +367,7 @@ def score_models(
         "rescore_multiplier": opts.rescore_multiplier,
         "reference": reference,
         "models": out,
+        **({"run_files": runs} if runs is not None else {}),
         "agreement": {
             "max_abs_ndcg_delta": max(deltas),
             "tolerance": AGREEMENT_TOLERANCE,

@@ -10,9 +10,12 @@ read with the job's own loaders.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import click
 
 from job.config import OFFLINE_DEFAULT_MODEL
 from job.data import (
@@ -200,9 +203,14 @@ def load_models(
     return out
 
 
-def choose_backend(sources: Sources, requested: str) -> tuple[str, str]:
+def choose_backend(sources: Sources, requested: str, warn: Callable[[str], None] | None = None) -> tuple[str, str]:
     """(backend, why): ``requested``, or for ``auto`` the fastest export within the drop limit that every model
-    has (from the run's evaluate step: report/metrics.json's export table), else torch."""
+    has (from the run's evaluate step: report/metrics.json's export table), else torch.
+
+    For ``auto`` the chosen export is also checked on this machine (its probe texts, :func:`job.export.open_export`):
+    one whose vectors are too far from the PyTorch model's here is passed over with a warning (``warn``, default
+    stderr) naming it and the measured cosine, and the next one is tried (the float32 export, then torch). An
+    export asked for by name is checked when it is loaded, and refused with a JobError."""
     if requested != "auto":
         return requested, "asked for"
     if sources.run_dir is None:
@@ -227,11 +235,41 @@ def choose_backend(sources: Sources, requested: str) -> tuple[str, str]:
             for spec in sources.models
         )
     ]
-    chosen = pick_backend(table, available)
-    if chosen is None:
-        return "torch", "no export of every model within --export-max-drop"
-    limit = table.get("max_drop_points")
-    return chosen, f"the fastest export within {limit:g} NDCG@10 point(s) of the PyTorch model at every dim"
+    warn = warn or (lambda msg: click.echo(msg, err=True))
+    passed_over = []
+    while True:
+        chosen = pick_backend(table, available)
+        if chosen is None:
+            why = "no other export" if passed_over else "no export of every model within --export-max-drop"
+            break
+        refused = _refusal(sources, chosen)
+        if refused is None:
+            limit = table.get("max_drop_points")
+            why = f"the fastest export within {limit:g} NDCG@10 point(s) of the PyTorch model at every dim"
+            break
+        available.remove(chosen)
+        passed_over.append(f"{chosen} refused on this machine ({refused[1]})")
+        following = pick_backend(table, available) or "torch"
+        warn(f"warning: rag-eval serve --backend auto: {refused[0]}; serving on {following} instead.")
+    if passed_over:
+        why = f"{'; '.join(passed_over)}; {why}"
+    return chosen or "torch", why
+
+
+def _refusal(sources: Sources, backend: str) -> tuple[str, str] | None:
+    """Why ``backend`` cannot serve here, as (the error's problem, a short note), or None: every model's export
+    loads and passes its probe check on this machine."""
+    from job.export import ExportRefused, open_export
+
+    for spec in sources.models:
+        source = Path(spec.ref) if Path(spec.ref).is_dir() else None
+        try:
+            open_export(Path(spec.export_dir), backend, threads=1, source=source, spin=False)
+        except ExportRefused as exc:
+            return exc.problem, f"the {spec.label} model's minimum cosine {exc.min_cosine:.4f} < {exc.limit:g}"
+        except JobError as exc:
+            return exc.problem, f"the {spec.label} model's export: {exc.problem}"
+    return None
 
 
 def load_eval_data(data: str | None, sources: Sources, split: str = "test") -> tuple[IRData, str]:

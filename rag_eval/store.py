@@ -1,7 +1,8 @@
 """The Chroma implementation of :mod:`rag_eval.index`: connecting, writing and checking one collection per (model, dim).
 
-- Embedded persistent Chroma (``--chroma-path``) by default; a server (``--chroma-host/--chroma-port``)
-  through ``HttpClient``. Telemetry is off; an unreachable server is a :class:`JobError` naming it.
+- Embedded persistent Chroma (``--chroma-path``) by default; a server (``--chroma-host/--chroma-port``, with TLS,
+  a token, a tenant and database) through ``HttpClient``, or Chroma Cloud through ``CloudClient``, checked first
+  by :mod:`rag_eval.store_access` (which names a refused token or an untrusted certificate). Telemetry is off.
 - Embeddings are always passed explicitly and collections are created with
   ``embedding_function=None``: Chroma's default embedding function downloads an ONNX model.
 - HNSW settings are fixed at creation, so a collection is always written afresh, in batches, into
@@ -23,7 +24,7 @@ import re
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,7 @@ import numpy as np
 
 from job.errors import JobError
 from rag_eval import SCHEMA_VERSION
+from rag_eval import store_access as access
 from rag_eval.index import Hit, VectorIndex, VectorStore, WriteResult, ranked
 from rag_eval.naming import (  # noqa: F401 - re-exported: callers name collections through the store module
     DEFAULT_PREFIX,
@@ -39,11 +41,21 @@ from rag_eval.naming import (  # noqa: F401 - re-exported: callers name collecti
     build_metadata,
     check_prefix,
     collection_name,
+    description_changes,
     dims_in_store,
     metadata_changes,
     model_slug,
     slug,
     write_key,
+)
+from rag_eval.store_access import (  # noqa: F401 - re-exported: the store's options and targets, as before
+    DEFAULT_DATABASE,
+    DEFAULT_TENANT,
+    StoreTarget,
+    check_writable,
+    missing_scope,
+    store_errors,
+    unreachable,
 )
 from rag_eval.store_faults import (
     SQLITE_FILE,
@@ -111,28 +123,10 @@ def describe_changes(old: HnswSettings | None, new: HnswSettings) -> str:
 
 
 # --- connecting ----------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class StoreTarget:
-    """Where the collections live: an embedded store at ``path``, or a server at ``host:port``."""
-
-    path: Path | None = None
-    host: str | None = None
-    port: int | None = None
-
-    @property
-    def is_server(self) -> bool:
-        return self.host is not None
-
-    def describe(self) -> str:
-        return (
-            f"Chroma server http://{self.host}:{self.port}" if self.is_server else f"embedded Chroma store {self.path}"
-        )
-
-
-def _settings():
+def _settings(**extra):
     from chromadb.config import Settings
 
-    return Settings(anonymized_telemetry=False)
+    return Settings(anonymized_telemetry=False, **extra)
 
 
 def connect(
@@ -141,19 +135,16 @@ def connect(
     """The :class:`ChromaStore` at ``target``. ``create=False`` refuses an embedded path that holds no store
     (scoring or querying a store that was never written is a mistake, not an empty result).
 
+    A server (or Chroma Cloud) is checked first (:func:`rag_eval.store_access.check_server`); a missing tenant
+    is an error, a missing database is created by ``index`` (``create``) and an error otherwise.
+
     A damaged embedded store (a truncated or overwritten ``chroma.sqlite3``) is a :class:`JobError`
     naming it and the fix; with ``rebuild_damaged`` (``rag-eval index --force``) its file is checked
     first (SQLite ``quick_check``) and a damaged store is moved aside, never deleted, and started afresh."""
     import chromadb
 
     if target.is_server:
-        with store_errors(target):
-            try:
-                client = chromadb.HttpClient(host=target.host, port=int(target.port), settings=_settings())
-                client.heartbeat()
-            except ValueError as exc:  # chromadb raises ValueError("Could not connect to a Chroma server...")
-                raise _unreachable(target, exc) from None
-        return ChromaStore(client, target)
+        return _connect_server(target, create=create, echo=echo)
     path = Path(target.path).expanduser()
     if path.exists() and not path.is_dir():
         raise JobError(
@@ -165,7 +156,7 @@ def connect(
             "run `rag-eval index` first, or point --chroma-path (or --chroma-host/--chroma-port) "
             "at the store you indexed into.",
         )
-    _check_writable(path)  # before Chroma: a client that fails to start stays half-built in its cache
+    check_writable(path)  # before Chroma: a client that fails to start stays half-built in its cache
     try:
         if rebuild_damaged:
             check_sqlite(path)
@@ -189,60 +180,54 @@ def connect(
         return ChromaStore(chromadb.PersistentClient(path=str(path), settings=_settings()), target)
 
 
-def _check_writable(path: Path) -> None:
-    """A store folder (or the nearest existing parent) this process cannot write is named now, with the fix."""
-    import os
-    import uuid
+def _connect_server(target: StoreTarget, *, create: bool, echo: Callable[[str], None]):
+    """A Chroma server through ``HttpClient``, or Chroma Cloud through ``CloudClient``, checked first
+    (:func:`rag_eval.store_access.check_server`)."""
+    import warnings
 
-    folder = next((p for p in (path, *path.parents) if p.exists()), None)
-    if folder is None:
-        return
-    probe = folder / f".rag-eval-probe-{uuid.uuid4().hex[:8]}"
-    try:
-        with open(probe, "wb") as fh:
-            fh.write(b"probe")
-        os.unlink(probe)
-    except OSError as exc:
-        translated = storage_problem(exc, path)
-        if translated is not None:
-            raise translated from None
-        raise
+    import chromadb
+    from chromadb.errors import ChromaAuthError, NotFoundError
 
+    headers, key, verify = access.check_server(target)
+    extra = {"chroma_server_ssl_verify": verify} if verify else {}
 
-def _unreachable(target: StoreTarget, exc: BaseException) -> JobError:
-    reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-    return JobError(
-        f"Cannot reach the Chroma server at {target.host}:{target.port} ({reason}).",
-        f"start it (`chroma run --host {target.host} --port {target.port} --path DIR`), check --chroma-host and "
-        "--chroma-port, or leave both out to use the embedded store at --chroma-path.",
-    )
+    def client():
+        with warnings.catch_warnings():  # httpx deprecates verify=<path>, the only form chromadb's Settings take
+            warnings.simplefilter("ignore", DeprecationWarning)
+            if target.cloud:
+                cloud_extra = {**extra, "chroma_server_headers": dict(headers)} if headers else extra
+                return chromadb.CloudClient(
+                    tenant=target.tenant, database=target.database, api_key=key, settings=_settings(**cloud_extra),
+                    cloud_host=access.CLOUD_HOST, cloud_port=access.CLOUD_PORT,  # chromadb's defaults, for tests
+                )  # fmt: skip
+            return chromadb.HttpClient(
+                host=target.host, port=int(target.port), ssl=target.ssl, headers=dict(headers) or None,
+                settings=_settings(**extra), tenant=target.tenant or DEFAULT_TENANT,
+                database=target.database or DEFAULT_DATABASE,
+            )  # fmt: skip
 
-
-@contextlib.contextmanager
-def store_errors(target: StoreTarget) -> Iterator[None]:
-    """Turn the store's failures the user can act on into JobErrors that name it: a lost connection
-    to a Chroma server (at any step), or an embedded store whose SQLite file turns out damaged."""
-    if not target.is_server:
+    with store_errors(target):
         try:
-            yield
-        except JobError:
-            raise
-        except Exception as exc:
-            path = Path(target.path).expanduser()
-            if is_damage(exc):
-                forget_client(path)
-                raise damaged_store(path, exc) from None
-            translated = storage_problem(exc, path)
-            if translated is not None:
-                raise translated from None
-            raise
-        return
-    import httpx
-
-    try:
-        yield
-    except (httpx.TransportError, ConnectionError) as exc:
-        raise _unreachable(target, exc) from None
+            try:
+                made = client()
+            except NotFoundError as exc:
+                if not (create and not target.cloud and str(exc).lower().startswith("database")):
+                    raise
+                database = access.create_database(target, headers, verify)
+                echo(f"index: created database {database} in tenant {target.tenant or DEFAULT_TENANT} ({target.url})")
+                made = client()
+        except NotFoundError as exc:
+            raise missing_scope(target, exc) from None
+        except ChromaAuthError as exc:
+            raise JobError(
+                f"The {target.describe()} does not give this token access: {str(exc).splitlines()[0]}",
+                "check --chroma-tenant and --chroma-database (Chroma Cloud: leave them out to use the key's own).",
+            ) from None
+        except ValueError as exc:  # chromadb raises ValueError("Could not connect to a Chroma server...")
+            raise unreachable(target, exc) from None
+    if target.cloud:  # the tenant and database Chroma Cloud resolved from the key, for messages and reports
+        target = replace(target, tenant=made.tenant, database=made.database)
+    return ChromaStore(made, target)
 
 
 FOREIGN, CORRUPT, OURS = "foreign", "corrupted", "ours"
@@ -414,6 +399,7 @@ class ChromaStore(VectorStore):
             if kind != OURS:
                 note = f"replaced a {kind} collection (--force)"
             elif old.metadata.get(WRITE_KEY) == key and not force:
+                refresh_description(old, metadata)
                 return WriteResult(name, "kept", "unchanged: already complete", time.perf_counter() - start)
             elif old.settings != settings:
                 note = f"HNSW settings changed ({describe_changes(old.settings, settings)}): recreated"
@@ -525,12 +511,27 @@ class ChromaStore(VectorStore):
         import httpx
 
         if isinstance(exc, (httpx.TransportError, ConnectionError)) and self.target.is_server:
+            check = (
+                f"`chroma run --host {self.target.host} --port {self.target.port} --path DIR`"
+                if not (self.target.cloud or self.target.tls)
+                else "and the network path to it"
+            )
             return JobError(
                 f"The connection to the {self.describe()} was lost while writing {staging} ({text}).",
-                f"check that the server runs (`chroma run --host {self.target.host} --port {self.target.port} "
-                f"--path DIR`), then {resume}.",
+                f"check that the server runs ({check}), then {resume}.",
             )
         return exc
+
+
+def refresh_description(index: VectorIndex, metadata: dict[str, Any]) -> bool:
+    """Bring a kept collection's descriptive metadata (:data:`rag_eval.naming.DESCRIPTIVE`: model name, prompts
+    used, precision, usage) up to date without rewriting its vectors; True when it changed. Chroma's
+    ``modify(metadata=...)`` replaces the whole mapping, so the rest is passed back as it is."""
+    changes = description_changes(index.metadata, metadata)
+    if not changes or not isinstance(index, ChromaIndex):
+        return False
+    index.collection.modify(metadata={**index.metadata, **changes})
+    return True
 
 
 # Chroma's words for a full disk: SQLite's SQLITE_FULL, the OS's ENOSPC, and what a Chroma 1.5 server answers

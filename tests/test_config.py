@@ -330,8 +330,8 @@ def test_choices_are_case_sensitive_and_checked_for_env():
     assert _error(resolve_config, None, {"split_by": "question"}, {}) == (
         f"'split_by' from {CLI} is 'question'. Fix: use one of: pair, passage."
     )
-    assert _error(resolve_config, None, {"mixed_precision": "fp16"}, {}) == (
-        f"'mixed_precision' from {CLI} is 'fp16'. Fix: use one of: auto, no."
+    assert _error(resolve_config, None, {"mixed_precision": "fp8"}, {}) == (
+        f"'mixed_precision' from {CLI} is 'fp8'. Fix: use one of: auto, no, fp16, bf16."
     )
 
 

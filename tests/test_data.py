@@ -310,7 +310,8 @@ def test_detect_columns_explicit_name_is_case_sensitive():
 def test_detect_columns_missing_passage_column_lists_available():
     msg = _error(D.detect_columns, ["question", "answer", "__line__"], None, None, "pairs.csv")
     assert msg == (
-        "pairs.csv has no passage column (looked for context, passage, positive, document, doc, text, chunk, content). "
+        "pairs.csv has no passage column (looked for context, passage, positive, document, doc, text, chunk, content, "
+        "pos, positives). "
         "Available columns: 'question', 'answer'. Fix: name it with --passage-column COLUMN."
     )
 
