@@ -8,7 +8,8 @@ things are set right here:
 * the base model is named by its Hub id where one is known (the bundled all-MiniLM-L6-v2 included),
   and the title says what was fine-tuned on what;
 * the evaluate step adds the held-out test NDCG@10 per dim to the card's ``model-index`` and a
-  section with the baseline-vs-fine-tuned table and a usage snippet with ``truncate_dim``.
+  section with the baseline-vs-fine-tuned table and a usage snippet with ``encode_query``/``encode_document``,
+  ``truncate_dim`` and normalisation.
 """
 
 from __future__ import annotations
@@ -78,6 +79,11 @@ def rescore_for_card(model, evaluator) -> dict[str, float]:
     return metrics
 
 
+# The card's names where the plain capitalisation misleads: the evaluator's NDCG is binary, beside a graded one.
+_CARD_NAMES = {"graded_ndcg@10": "Cosine Graded NDCG@10 (linear gains, as trec_eval)"}
+_GRADED_NAMES = {"ndcg@10": "Cosine Ndcg@10 (binary relevance, the evaluator's)"}
+
+
 def add_test_results(model_dir: Path, tuned: dict[int, dict[str, float]], test_name: str) -> None:
     """Add the held-out test NDCG@10 (and MRR@10, Recall@10) per dim to the card's model-index."""
     from huggingface_hub import EvalResult, ModelCard
@@ -86,18 +92,38 @@ def add_test_results(model_dir: Path, tuned: dict[int, dict[str, float]], test_n
     card = ModelCard.load(path)
     results = [r for r in card.data.eval_results or [] if not (r.dataset_type or "").startswith("test_dim")]
     for dim, metrics in tuned.items():
-        for metric in ("ndcg@10", "mrr@10", "recall@10"):
+        names = {**_CARD_NAMES, **(_GRADED_NAMES if "graded_ndcg@10" in metrics else {})}
+        for metric in ("ndcg@10", "graded_ndcg@10", "mrr@10", "recall@10"):  # graded: graded qrels only
             if metric in metrics:
                 results.append(
                     EvalResult(
                         task_type="information-retrieval", task_name="Information Retrieval",
                         dataset_type=f"test_dim{dim}", dataset_name=f"{test_name} (held-out test, dim {dim})",
-                        metric_type=f"cosine_{metric}", metric_name=f"Cosine {metric.capitalize()}",
+                        metric_type=f"cosine_{metric}", metric_name=names.get(metric, f"Cosine {metric.capitalize()}"),
                         metric_value=float(metrics[metric]),
                     )
                 )  # fmt: skip
     card.data.eval_results = results
     card.save(path)
+
+
+CARD_PLOT = "ndcg_by_dim.png"  # the one picture the card shows, copied into model/ (a relative link on the Hub)
+
+
+def add_plot(model_dir: Path, plot: Path) -> None:
+    """Copy the report's NDCG@10-by-dim plot into the model folder, beside the card that links it."""
+    import shutil
+
+    shutil.copyfile(plot, Path(model_dir) / CARD_PLOT)
+
+
+def card_pictures(model_dir: Path, report_md: str) -> str:
+    """The report's Markdown as the card shows it: the NDCG@10 plot kept where model/ holds its copy, every other
+    picture and the per-question section (test questions' text) left to the report."""
+    report_md = re.sub(r"\n## Per-question change.*?(?=\n## |\n<!-- |\Z)", "", report_md, flags=re.S)
+    keep = f"![NDCG@10 by dim]({CARD_PLOT})" if (Path(model_dir) / CARD_PLOT).is_file() else ""
+    report_md = report_md.replace(f"![NDCG@10 by dim]({CARD_PLOT})", "\0")
+    return re.sub(r"!\[[^\]]*\]\([^)]*\)\n?", "", report_md).replace("\0", keep)
 
 
 def add_evaluation_section(model_dir: Path, report_md: str, dims: list[int]) -> None:
@@ -107,19 +133,32 @@ def add_evaluation_section(model_dir: Path, report_md: str, dims: list[int]) -> 
     text = card.read_text() if card.is_file() else ""
     text = text.split(CARD_MARK)[0].rstrip()
     section = (
-        report_md.replace("\n## ", "\n### ")
+        card_pictures(model_dir, report_md)
+        .replace("\n## ", "\n### ")
         .replace("# Retrieval report", "## Held-out evaluation", 1)
-        .replace("![NDCG@10 by dim](ndcg_by_dim.png)", "")
         .replace("SentenceTransformer(MODEL,", f'SentenceTransformer("{MODEL_ID_PLACEHOLDER}",')  # the exports
     )
     small = dims[min(2, len(dims) - 1)]
-    usage = (
-        "\n\n### Usage at a reduced dimension\n\n"
-        "```python\nfrom sentence_transformers import SentenceTransformer\n\n"
-        f'model = SentenceTransformer("{MODEL_ID_PLACEHOLDER}", truncate_dim={small})  # any of {dims}\n'
-        'embeddings = model.encode(["What was the order backlog at year end?"])\n```\n'
-    )
+    usage = "\n\n### Usage at a reduced dimension\n\n" + usage_snippet(model_dir, dims, small) + "\n"
     card.write_text(f"{text}\n\n{CARD_MARK}\n{section.strip()}{usage}")
+
+
+def usage_snippet(model_dir: Path, dims: list[int], small: int) -> str:
+    """The card's usage snippet: ``encode_query``/``encode_document`` (which apply the prompts saved with the model),
+    ``truncate_dim`` and normalisation (truncated vectors are not unit length: a dot-product store needs them
+    normalised again)."""
+    config = Path(model_dir) / "config_sentence_transformers.json"
+    prompts = (json.loads(config.read_text()).get("prompts") or {}) if config.is_file() else {}
+    saved = ", ".join(f"{k} {v!r}" for k, v in prompts.items() if v)
+    note = f"# encode_query / encode_document apply the prompts saved with the model: {saved}\n" if saved else ""
+    return (
+        "```python\nfrom sentence_transformers import SentenceTransformer\n\n"
+        f'model = SentenceTransformer("{MODEL_ID_PLACEHOLDER}", truncate_dim={small})  # any of {dims}\n{note}'
+        'queries = model.encode_query(["What was the order backlog at year end?"], normalize_embeddings=True)\n'
+        'passages = model.encode_document(["The order backlog was 5.3 billion dollars at year end."], '
+        "normalize_embeddings=True)\n"
+        "scores = queries @ passages.T  # unit vectors: the dot product is the cosine\n```"
+    )
 
 
 def summary_lines(meta: dict[str, Any]) -> list[str]:

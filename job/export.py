@@ -7,7 +7,8 @@ FILE})`` loads wherever Optimum is installed, and that publishing (S3, the Hub) 
 export          file in model/              how
 ==============  ==========================  ======================================================================
 ``onnx``        ``onnx/model.onnx``         float32 graph (torch.onnx), the name TEI's ONNX backend and
-                                            ``backend="onnx"`` load by default
+                                            ``backend="onnx"`` load by default; pooling and normalisation
+                                            inside (output ``sentence_embedding``, beside ``last_hidden_state``)
 ``onnx-int8``   ``onnx/model_qint8.onnx``   ONNX Runtime dynamic quantization of the attention and FFN-input
                                             MatMuls (int8 weights per channel in a 7-bit range, activations
                                             quantized at run time); embeddings, LayerNorms and the FFN output
@@ -21,6 +22,11 @@ they cannot be installed beside this project's transformers 5. The same steps ar
 functions call (torch.onnx for the graph, ``onnxruntime.quantization.quantize_dynamic``), and :mod:`job.exported`
 runs the files. ``model/exports.json`` records each file's SHA-256 and the digest of the weights it was made from:
 a file that no longer matches is named as damaged, an export of older weights as stale, each with the fix.
+
+**The graph pools** (issue #33): the model's own pooling (mean, CLS, last token, ...) and L2 normalisation are in
+the graph, whose first output ``sentence_embedding`` is what ``SentenceTransformer.encode(normalize_embeddings=True)``
+gives, so ONNX Runtime alone, TEI's ONNX backend, OpenSearch ml-commons and fastembed-style loaders need no pooling
+code (docs/deploy.md says what each one needs). ``last_hidden_state`` stays for runtimes that pool themselves.
 
 **The int8 recipe** (issue #30). Quantizing every MatMul (what ``export_dynamic_quantized_onnx_model(model,
 "avx512_vnni")`` does, and what this project did up to the file ``onnx/model_qint8_avx512_vnni.onnx``) broke
