@@ -124,3 +124,67 @@ def frontier_table(rows: list[dict[str, Any]]) -> str:
             f"| {r['bytes_per_vector']:,} | {r['ms_per_query']:.3f} |"
         )
     return "\n".join(lines)
+
+
+_MARKERS = {
+    ("float32", None): "o",
+    ("int8", False): "s",
+    ("int8", True): "D",
+    ("binary", False): "^",
+    ("binary", True): "v",
+}
+
+
+def plot(rows: list[dict[str, Any]], recommended: list[dict[str, Any] | None], path) -> None:
+    """Bytes per vector (log axis) against NDCG@10: a line per model x dim through its precisions, a marker per
+    precision (filled: with rescoring), each model's recommended setting circled."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
+    from matplotlib.ticker import FuncFormatter
+
+    models = list(dict.fromkeys(r["model"] for r in rows))
+    fig, axes = plt.subplots(1, len(models), figsize=(6.4 * len(models), 4.6), dpi=120, squeeze=False)
+    cmap = plt.get_cmap("viridis")
+    for ax, label in zip(axes[0], models):
+        mine = [r for r in rows if r["model"] == label]
+        dims = sorted({r["dim"] for r in mine}, reverse=True)
+        for i, dim in enumerate(dims):
+            colour = cmap(i / max(1, len(dims) - 1))
+            at = sorted((r for r in mine if r["dim"] == dim), key=lambda r: (r["bytes_per_vector"], bool(r["rescore"])))
+            plain = [r for r in at if not r["rescore"]]
+            ax.plot([r["bytes_per_vector"] for r in plain], [r["ndcg@10"] for r in plain], "-", color=colour,
+                    alpha=0.7, label=f"dim {dim}")  # fmt: skip
+            for r in at:
+                marker = _MARKERS.get((r["precision"], r["rescore"]), "o")
+                ax.plot([r["bytes_per_vector"]], [r["ndcg@10"]], marker, color=colour, markersize=6,
+                        markerfacecolor=colour if r["rescore"] in (None, True) else "white")  # fmt: skip
+        rec = next((x for x in recommended if x and x.get("model") == label), None)
+        if rec:
+            best = rec["row"]
+            ax.plot([best["bytes_per_vector"]], [best["ndcg@10"]], "o", markersize=18, markerfacecolor="none",
+                    markeredgecolor="#d62728", markeredgewidth=2)  # fmt: skip
+            ax.annotate(f"recommended: {config_name(best)}", (best["bytes_per_vector"], best["ndcg@10"]),
+                        textcoords="offset points", xytext=(-12, -18), ha="right", fontsize=8,
+                        color="#d62728")  # fmt: skip
+        ax.set_xscale("log", base=2)
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.0f}"))
+        ax.set_xlabel("bytes per vector (log scale)")
+        ax.set_ylabel("NDCG@10 (test)")
+        ax.set_title(f"Quality x storage: {label}", fontsize=10)
+        ax.grid(alpha=0.3)
+        legend = ax.legend(fontsize=7, loc="lower right", title="line: one dim", title_fontsize=7)
+        ax.add_artist(legend)
+        kinds = [
+            Line2D([], [], marker=m, linestyle="", color="#555555",
+                   markerfacecolor="#555555" if rescore in (None, True) else "white",
+                   label=p + ("" if rescore is None else (" + rescoring" if rescore else "")))
+            for (p, rescore), m in _MARKERS.items()
+            if any(r["precision"] == p and r["rescore"] == rescore for r in mine)
+        ]  # fmt: skip
+        ax.legend(handles=kinds, fontsize=7, loc="upper left")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)

@@ -7,8 +7,11 @@ import math
 from pathlib import Path
 from typing import Any
 
+from rag_eval import frontier
 from rag_eval.frontier import frontier_table, recommendation_line
 from rag_eval.metrics import REPORTED
+
+FRONTIER_PNG = "frontier.png"  # the quality x storage picture, beside report.md (only when the frontier was scored)
 
 _LABELS = {
     "ndcg@10": "NDCG@10",
@@ -139,6 +142,25 @@ def frontier_section(result: dict[str, Any]) -> list[str]:
         "",
         recommendations(result),
         "",
+        f"![Quality x storage: NDCG@10 against bytes per vector]({FRONTIER_PNG})",
+        "",
+    ]
+
+
+def run_files_section(result: dict[str, Any]) -> list[str]:
+    """Where `--run-file` put the TREC runs and qrels, and how our numbers relate to trec_eval's."""
+    runs = result.get("run_files")
+    if not runs:
+        return []
+    names = [n for dims in runs["runs"].values() for files in dims.values() for n in files.values()]
+    return [
+        "## TREC run files",
+        "",
+        f"`{runs['dir']}`: {runs['qrels']} (`qid 0 docid grade`) and {len(names)} runs (`qid Q0 docid rank score "
+        f"tag`, top 100), one per model, dim and precision, e.g. `{names[0]}`. `ir_measures` / `trec_eval` give "
+        "the NDCG@10 above (graded gains on graded qrels). MAP differs: ours is sentence-transformers' MAP@100 "
+        "(divided by min(relevant, 100)), trec_eval's AP divides by all relevant passages.",
+        "",
     ]
 
 
@@ -187,6 +209,7 @@ def markdown(result: dict[str, Any], meta: dict[str, Any]) -> str:
             cost_table(result),
             "",
             *frontier_section(result),
+            *run_files_section(result),
             "![NDCG@10 and index size by dim](rag_eval_by_dim.png)",
             "",
         ]
@@ -244,7 +267,8 @@ def _clean(obj: Any) -> Any:
 
 
 def write(out_dir: Path, result: dict[str, Any], meta: dict[str, Any]) -> dict[str, Path]:
-    """report.md, metrics.json and rag_eval_by_dim.png in ``out_dir``, each replaced whole; metrics.json last."""
+    """report.md, metrics.json, rag_eval_by_dim.png (and frontier.png when the frontier was scored) in ``out_dir``,
+    each replaced whole; metrics.json last."""
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {
         "markdown": out_dir / "report.md",
@@ -253,6 +277,15 @@ def write(out_dir: Path, result: dict[str, Any], meta: dict[str, Any]) -> dict[s
     }
     _replace(paths["markdown"], lambda p: p.write_text(markdown(result, meta)))
     _replace(paths["plot"], lambda p: plot(result, p))
+    if frontier_rows(result):
+        paths["frontier"] = out_dir / FRONTIER_PNG
+        recommended = [m.get("recommendation") for m in result["models"].values()]
+        _replace(paths["frontier"], lambda p: frontier.plot(frontier_rows(result), recommended, p))
+        run_report = out_dir.parent / "report"
+        if out_dir.name == "rag_eval" and (run_report / "report.md").is_file():  # RUN_DIR/rag_eval: a job run's
+            from job.report import attach_frontier
+
+            attach_frontier(run_report, paths["frontier"], frontier_section(result))
     _replace(paths["json"], lambda p: p.write_text(json.dumps(_clean({**meta, **result}), indent=2)))
     return paths
 
