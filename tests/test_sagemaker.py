@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import socket
@@ -362,6 +363,33 @@ def test_several_instances_are_one_job_over_all_of_them(aws, s3_bucket, pairs_fi
     # the cost line counts every instance: BillableTimeInSeconds is per instance
     desc = {"ResourceConfig": {"InstanceType": "ml.g5.12xlarge", "InstanceCount": 2}, "BillableTimeInSeconds": 600}
     assert sagemaker_jobs.job_cost(desc)[0] == pytest.approx(600 * 2 * 7.09 / 3600)
+
+
+def test_tensorboard_s3_uri_is_the_jobs_tensorboard_output_config(aws, s3_bucket, pairs_file, capsys):
+    """--tensorboard-s3-uri sets the SDK v3 ModelTrainer's TensorBoardOutputConfig: SageMaker syncs the container's
+    TensorBoard folder (the contract's /opt/ml/output/tensorboard, where the job writes its event files, see
+    test_container.py) to the URI while the job runs. moto stands in for SageMaker's control plane: it accepts
+    the CreateTrainingJob request and keeps the job, but syncs nothing; what is checked is the request as sent."""
+    uri = f"s3://{s3_bucket}/rag-embed-finetune/tensorboard/"
+    spec = sagemaker_launch.LaunchSpec(role=ROLE, region="us-east-1", bucket=s3_bucket, image=IMAGE)
+    result = sagemaker_launch.launch(
+        _cfg(data=str(pairs_file)), dataclasses.replace(spec, tensorboard_s3_uri=uri), echo=lambda m: None
+    )
+    assert result.request["TensorBoardOutputConfig"] == {"S3OutputPath": uri, "LocalPath": contract.TENSORBOARD}
+    assert contract.TENSORBOARD == "/opt/ml/output/tensorboard"
+    assert sagemaker_jobs.describe(result.job_name, "us-east-1")["TrainingJobStatus"] == "Completed"  # moto took it
+    # Without the flag the job has no TensorBoardOutputConfig (the event files still come back in output.tar.gz).
+    plain = sagemaker_launch.launch(_cfg(data=str(pairs_file)), spec, dry_run=True, echo=lambda m: None)
+    assert "TensorBoardOutputConfig" not in plain.request
+
+    # The command line's flag reaches the request (a dry run prints it); a URI that is not s3:// is refused first.
+    args = _launch_args(s3_bucket, pairs_file, "--role", ROLE, "--region", "us-east-1", "--dry-run")
+    assert launch_cli.main([*args, "--tensorboard-s3-uri", uri]) == 0
+    out, err = capsys.readouterr()
+    assert json.loads(out)["TensorBoardOutputConfig"] == result.request["TensorBoardOutputConfig"], err
+    assert launch_cli.main([*args, "--tensorboard-s3-uri", f"{s3_bucket}/tb"]) == 2
+    _, err = capsys.readouterr()
+    assert f"'{s3_bucket}/tb' is not an S3 URI" in err
 
 
 def test_missing_bucket_gets_the_s3_error(aws, pairs_file, capsys):

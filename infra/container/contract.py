@@ -15,6 +15,11 @@ torch, no SDK). The layout, every path overridable (``--opt-ml DIR`` moves them 
 ``output/data/``                       data/, ir/, baseline/, report/ of the run and metrics.json
                                        (uploaded as output.tar.gz); with model/ a whole run dir
 ``output/failure``                     on failure: the reason (SageMaker's FailureReason)
+``output/tensorboard/``                TensorBoard's event files (``--report-to tensorboard``, or auto
+                                       with tensorboard installed, as in the image): SageMaker syncs
+                                       the folder to S3 while the job runs when the job has a
+                                       TensorBoardOutputConfig (``job launch sagemaker
+                                       --tensorboard-s3-uri``); a copy also goes to ``output/data/logs``
 ``input/config/resourceconfig.json``   the job's hosts (``hosts``, ``current_host``): several hosts
                                        train together (:class:`Cluster`)
 ``checkpoints/``                       the run directory itself (``checkpoints/run``), which SageMaker
@@ -50,6 +55,8 @@ RESERVED_PREFIXES = ("sagemaker_", "_")
 CONTAINER_FIELDS = config.LOCAL_FIELDS
 CHECKPOINTS = f"{OPT_ML}/checkpoints"  # SageMaker syncs this folder with the checkpoint S3 URI
 RUN_SUBDIR = "run"  # the run directory inside the checkpoints folder
+# SageMaker syncs this folder with the TensorBoardOutputConfig's S3 path (its LocalPath; the SDK's default too)
+TENSORBOARD = f"{OPT_ML}/output/tensorboard"
 # Dims that get a SageMaker metric definition when the configuration does not list its own.
 COMMON_DIMS = (1024, 768, 512, 384, 256, 128, 64, 32)
 FAILURE_LIMIT = 1024  # SageMaker keeps the first 1 KiB of output/failure as FailureReason
@@ -71,6 +78,7 @@ class ContainerPaths:
     output_data: Path
     failure: Path
     checkpoints: Path
+    tensorboard: Path
 
     @classmethod
     def create(
@@ -78,7 +86,7 @@ class ContainerPaths:
     ) -> ContainerPaths:
         """Paths under ``root`` (default ``$OPT_ML`` or /opt/ml); ``SM_CHANNEL_<NAME>``, ``SM_MODEL_DIR``
         and ``SM_OUTPUT_DATA_DIR`` (set by SageMaker's training toolkit images) and then ``overrides``
-        (``train=``, ``eval=``, ``base_model=``, ``hyperparameters=``, ``model=``, ...) win."""
+        (``train=``, ``eval=``, ``base_model=``, ``hyperparameters=``, ``model=``, ``tensorboard=``, ...) win."""
         env = os.environ if environ is None else environ
         r = Path(root or env.get("OPT_ML") or OPT_ML)
         channels = {ch: Path(env.get(f"SM_CHANNEL_{ch.upper()}") or r / "input" / "data" / ch) for ch in CHANNELS}
@@ -96,6 +104,7 @@ class ContainerPaths:
             output_data=pick("output_data", env.get("SM_OUTPUT_DATA_DIR") or r / "output" / "data"),
             failure=pick("failure", r / "output" / "failure"),
             checkpoints=pick("checkpoints", r / "checkpoints"),
+            tensorboard=pick("tensorboard", r / "output" / "tensorboard"),
         )
 
     @property

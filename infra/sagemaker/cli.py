@@ -93,6 +93,11 @@ _LAUNCH_OPTIONS = [
         help="Where checkpoints are synced  [default with --spot: per job, under the bucket]",
     ),
     click.option(
+        "--tensorboard-s3-uri", default=None,
+        help="Where SageMaker syncs the job's TensorBoard event files while it runs (its TensorBoardOutputConfig; "
+        "the job reports to TensorBoard unless --report-to none)  [default: not synced; output.tar.gz holds them]",
+    ),
+    click.option(
         "--output-path", default=None, help="S3 URI for model.tar.gz / output.tar.gz  [default: s3://BUCKET/PREFIX/output/]"
     ),
     click.option(
@@ -131,7 +136,8 @@ def _spec(opts: dict) -> sagemaker_launch.LaunchSpec:  # noqa: F821 - imported l
         instance_type=opts["instance_type"], instance_count=opts["instance_count"], volume_gb=opts["volume_size"],
         max_run_s=parse_duration(opts["max_run"], "--max-run"), spot=opts["spot"],
         max_wait_s=parse_duration(opts["max_wait"], "--max-wait"), checkpoint_s3_uri=opts["checkpoint_s3_uri"],
-        output_path=opts["output_path"], base_job_name=opts["base_job_name"], tags=_pairs(opts["tags"], "--tag"),
+        tensorboard_s3_uri=opts["tensorboard_s3_uri"], output_path=opts["output_path"],
+        base_job_name=opts["base_job_name"], tags=_pairs(opts["tags"], "--tag"),
         environment=_pairs(opts["env"], "--env"),
     )  # fmt: skip
 

@@ -117,6 +117,7 @@ class LaunchSpec:
     spot: bool = False
     max_wait_s: int | None = None
     checkpoint_s3_uri: str | None = None
+    tensorboard_s3_uri: str | None = None  # where SageMaker syncs the container's TensorBoard folder while it runs
     output_path: str | None = None
     base_job_name: str = DEFAULT_BASE_JOB_NAME
     tags: dict[str, str] = field(default_factory=dict)
@@ -166,6 +167,8 @@ def check_spec(spec: LaunchSpec, defaults: dict[str, Any] | None = None) -> Laun
         s3.parse_s3_uri(spec.output_path)
     if spec.checkpoint_s3_uri:
         s3.parse_s3_uri(spec.checkpoint_s3_uri)
+    if spec.tensorboard_s3_uri:
+        s3.parse_s3_uri(spec.tensorboard_s3_uri)
     if not spec.image:
         raise JobError(
             "No training image is given.",
@@ -280,6 +283,7 @@ def build_trainer(
         SourceCode,
         StoppingCondition,
         Tag,
+        TensorBoardOutputConfig,
     )
     from sagemaker.train import ModelTrainer
 
@@ -333,6 +337,13 @@ def build_trainer(
         # new job never picks up another's checkpoints; a spot restart of the same job does.
         trainer = trainer.with_checkpoint_config(
             CheckpointConfig(s3_uri=spec.checkpoint_s3_uri, local_path=contract.CHECKPOINTS)
+        )
+    if spec.tensorboard_s3_uri:
+        # SageMaker syncs the container's TensorBoard folder (the contract's path, where the job's event files go
+        # when it reports to TensorBoard) to this URI while the job runs: `tensorboard --logdir s3://...` or
+        # SageMaker's TensorBoard app follow the training live.
+        trainer = trainer.with_tensorboard_output_config(
+            TensorBoardOutputConfig(s3_output_path=spec.tensorboard_s3_uri, local_path=contract.TENSORBOARD)
         )
     return trainer.with_metric_definitions(_metric_definitions(cfg))
 

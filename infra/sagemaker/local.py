@@ -47,7 +47,7 @@ HOST = "algo-1"  # the SDK's name for the first container (algo-1 .. algo-N, one
 # What `job launch sagemaker` takes that has no meaning on this machine (LaunchSpec fields).
 CLOUD_ONLY = (
     "role", "region", "bucket", "prefix", "instance_type", "volume_gb", "max_run_s", "spot",
-    "max_wait_s", "checkpoint_s3_uri", "output_path", "tags",
+    "max_wait_s", "checkpoint_s3_uri", "tensorboard_s3_uri", "output_path", "tags",
 )  # fmt: skip
 
 
