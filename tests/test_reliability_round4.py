@@ -17,19 +17,11 @@ from pathlib import Path
 
 import pytest
 from conftest import TOPICS, make_pairs
+from test_reliability import _fails
 
 from job.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _fails(capsys, code, *needles):
-    out, err = capsys.readouterr()
-    assert code == 2, out + err
-    assert "Traceback" not in err and "unexpected" not in err, err
-    for needle in needles:
-        assert needle in err, err
-    return err
 
 
 def _prepare(tmp_path, model, data, *extra):

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 from llm_servers import FakeChatServer, completion, free_port
+from test_synthesize import PASSAGES
 
 from job import documents, llm
 from job.cli import main
@@ -30,20 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SECRET_ENV = "sk-proj-envsecret0123456789abcdef"
 URL_PASSWORD = "urlpassw0rd-XYZ"
 URL_KEY = "querykey-98765"
-TEXTS = [
-    "Revenue grew 6 percent to 8.9 billion dollars on strong pricing in the industrial segment.",
-    "The board raised the quarterly dividend to 62 cents per share in February.",
-    "Senior notes of 500 million dollars due 2031 carry a 4.25 percent coupon.",
-    "The Monterrey plant added a second assembly line for servo drives last year.",
-    "The company holds about 3,900 active patents worldwide, most of them in Europe.",
-    "About 31,400 employees work in 24 countries, a third of them in manufacturing.",
-    "Backlog reached 5.3 billion dollars at year end, up from 4.1 billion.",
-    "The effective tax rate was 21.4 percent in fiscal 2024 after a one-time benefit.",
-    "A cybersecurity committee of the board reviews incidents every quarter.",
-    "Copper and steel prices drive the cost of the transformers the company builds.",
-    "Share repurchases totalled 700 million dollars during the year under the program.",
-    "The pension plan was 96 percent funded at year end, against 91 percent a year earlier.",
-]
+TEXTS = PASSAGES  # the synthesize tests' twelve passages, one document each
 
 
 def _answer(request: dict):
