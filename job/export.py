@@ -68,9 +68,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -554,16 +556,28 @@ QUANT_SETTINGS = {
 }
 
 
+@contextmanager
+def _root_log_quiet() -> Iterator[None]:
+    """ONNX Runtime's quantization tools log advice on the root logger ("consider pre-processing": done here);
+    quiet while they run, the root logger's level restored after (it once stayed at ERROR: every later warning of
+    the job was lost)."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(max(level, logging.ERROR))
+    try:
+        yield
+    finally:
+        root.setLevel(level)
+
+
 def _prepare_graph(source: Path, pre: Path):
     """ONNX Runtime's pre-processing for quantization (shape inference, basic graph optimisation); every node gets a
     name, so that the ones kept in float32 can be named."""
-    import logging
-
     import onnx
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    logging.getLogger().setLevel(max(logging.getLogger().level, logging.ERROR))  # "consider pre-processing": done
-    quant_pre_process(str(source), str(pre), skip_symbolic_shape=True)
+    with _root_log_quiet():
+        quant_pre_process(str(source), str(pre), skip_symbolic_shape=True)
     graph = onnx.load(str(pre))
     used = {n.name for n in graph.graph.node}
     for i, node in enumerate(graph.graph.node):
@@ -579,10 +593,11 @@ def _prepare_graph(source: Path, pre: Path):
 def _quantize(pre: Path, target: Path, float_nodes: list[str]) -> None:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    quantize_dynamic(
-        str(pre), str(target), op_types_to_quantize=["MatMul"], per_channel=True, reduce_range=True,
-        weight_type=QuantType.QInt8, nodes_to_exclude=float_nodes, extra_options={"MatMulConstBOnly": True},
-    )  # fmt: skip
+    with _root_log_quiet():
+        quantize_dynamic(
+            str(pre), str(target), op_types_to_quantize=["MatMul"], per_channel=True, reduce_range=True,
+            weight_type=QuantType.QInt8, nodes_to_exclude=float_nodes, extra_options={"MatMulConstBOnly": True},
+        )  # fmt: skip
 
 
 def _transformer_sizes(model) -> tuple[int | None, int | None]:

@@ -49,6 +49,20 @@ def _vouch_for(folder, name):
     assert status(folder, name) == "ok"
 
 
+def test_an_int8_export_leaves_the_job_s_warnings_on(tmp_path, tiny_model_path, caplog):
+    """The quantizer's advice was silenced by setting the root logger to ERROR for good: every warning the job logged
+    after an export (a damaged merge_scores.json, a publish retry) was lost."""
+    import logging
+
+    root = logging.getLogger()
+    before = root.level
+    export_model(_copy(tiny_model_path, tmp_path), ["onnx-int8"], echo=QUIET)
+    assert root.level == before
+    caplog.clear()
+    logging.getLogger("job.merge").warning("still heard")
+    assert "still heard" in caplog.text
+
+
 # --- the recipe ---------------------------------------------------------------------------------------------------
 def test_int8_keeps_embeddings_layernorms_and_ffn_outputs_in_float32(exported):
     import onnx

@@ -259,8 +259,9 @@ def _topic(request: dict) -> str:
 
 
 def good_answers(request: dict):
-    """Questions a good generator would write: one per passage, each naming its passage's subject."""
-    return completion(f"What does the company report about its {_topic(request)}?")
+    """Questions a good generator would write: one per passage, each naming its passage's subject and nothing the
+    passage does not say (the grounding filter drops "the company" where the passage never names one)."""
+    return completion(f"What is reported about the {_topic(request)}?")
 
 
 def _synth_args(docs, out, url, model, *extra):
@@ -380,8 +381,9 @@ def test_the_consistency_filter_drops_questions_that_do_not_find_their_chunk(tmp
         return completion(SPECIFIC[_topic(request)])
 
     out = tmp_path / "pairs.jsonl"
+    # the grounding filter is off: it would drop "Australia" (not in the passage) before this filter sees it
     cfg = resolve_config(cli={"docs": str(docs), "llm_model": "m", "model": str(minilm_path),
-                              "consistency_top_k": 1}, environ={})  # fmt: skip
+                              "consistency_top_k": 1, "grounding_filter": False}, environ={})  # fmt: skip
     with FakeChatServer(answers) as server:
         cfg.llm_base_url = server.url
         summary = synthesize(cfg, [str(docs)], out, echo=lambda m: None)
