@@ -1,38 +1,81 @@
-"""The batching pieces behind `rag-eval serve`: a thread that runs a function over whatever requests are
-waiting (:class:`Batcher`), completion times of futures, and a small thread-safe LRU map."""
+"""The batching pieces behind `rag-eval serve`: a thread that runs a function over every item waiting
+(:class:`Stage`), replies that settle a whole batch with one wake-up of each waiting event loop
+(:class:`Reply`, :func:`settle`), per-stage counters (:class:`StageStats`) and a small thread-safe LRU map."""
 
 from __future__ import annotations
 
 import queue
+import sys
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import Future
+from dataclasses import dataclass
 from typing import Any
 
 
-class Batcher:
-    """Runs ``fn`` on its own thread over batches of whatever requests are waiting.
+@dataclass
+class StageStats:
+    """What a stage did since it started (or since :meth:`Stage.reset`): batches, items and busy seconds."""
 
-    Concurrent requests do not each pay a full call: while one batch runs, the next requests queue up
-    and go through together (on CPU, a batch of 16 short questions through MiniLM, or 16 queries to
-    a Chroma collection, costs a few times one, not 16 times). The thread is also the only one that
-    touches its model, so a fast tokenizer is never used from two threads at once ("Already borrowed")."""
+    batches: int = 0
+    items: int = 0
+    largest: int = 0
+    busy_s: float = 0.0
 
-    def __init__(self, name: str, fn: Callable[[list], list], max_batch: int = 64):
+    def as_dict(self) -> dict[str, Any]:
+        mean = self.items / self.batches if self.batches else 0.0
+        return {"batches": self.batches, "items": self.items, "mean_batch": round(mean, 2), "largest": self.largest,
+                "busy_s": round(self.busy_s, 3)}  # fmt: skip
+
+
+def name_os_thread(name: str) -> None:
+    """Give the calling thread ``name`` in the operating system too (Linux: the first 15 bytes), so that ``top -H``
+    and /proc/PID/task/*/comm tell the stages apart (bench/serve_load.py reads the CPU each used). Best effort."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        import ctypes
+
+        ctypes.CDLL(None).prctl(15, name.encode()[:15], 0, 0, 0)  # PR_SET_NAME
+    except (OSError, AttributeError):
+        pass
+
+
+class Stage:
+    """Runs ``fn`` on its own thread over batches of whatever items are waiting (at most ``max_batch``).
+
+    Concurrent requests do not each pay a full call: while one batch runs, the next items queue up and go
+    through together (on CPU a batch of 16 short questions through MiniLM, or 16 queries to a Chroma
+    collection, costs a few times one, not 16 times). ``fn`` delivers its own results (the items carry their
+    replies); if it raises, ``fail(batch, exc)`` is called, so that every waiting request gets the error."""
+
+    def __init__(
+        self, name: str, fn: Callable[[list], None], fail: Callable[[list, BaseException], None], max_batch: int = 64
+    ):
         self.fn = fn
+        self.fail = fail
         self.max_batch = max_batch
-        self._queue: queue.SimpleQueue[tuple[Any, Future]] = queue.SimpleQueue()
+        self.stats = StageStats()
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
         self._thread.start()
 
-    def submit(self, item: Any) -> Future:
-        future: Future = Future()
-        self._queue.put((item, future))
-        return future
+    def put(self, item: Any) -> None:
+        self._queue.put(item)
+
+    def put_many(self, items: Iterable[Any]) -> None:
+        for item in items:
+            self._queue.put(item)
+
+    def reset(self) -> StageStats:
+        """The counters so far, and zero them (for load tests between levels)."""
+        stats, self.stats = self.stats, StageStats()
+        return stats
 
     def _loop(self) -> None:
+        name_os_thread(self._thread.name)
         while True:
             batch = [self._queue.get()]
             while len(batch) < self.max_batch:
@@ -40,26 +83,53 @@ class Batcher:
                     batch.append(self._queue.get_nowait())
                 except queue.Empty:
                     break
+            began = time.perf_counter()
             try:
-                results = self.fn([item for item, _ in batch])
+                self.fn(batch)
             except BaseException as exc:  # noqa: BLE001 - every waiting request gets the error
-                for _, future in batch:
-                    future.set_exception(exc)
-                continue
-            for (_, future), result in zip(batch, results):
-                future.set_result(result)
+                self.fail(batch, exc)
+            stats = self.stats
+            stats.batches += 1
+            stats.items += len(batch)
+            stats.largest = max(stats.largest, len(batch))
+            stats.busy_s += time.perf_counter() - began
 
 
-def _timed(futures: list[Future]) -> list[Future]:
-    """Record when each future completes (read back with :func:`_done_at`)."""
-    for f in futures:
-        if not f.done():
-            f.add_done_callback(lambda f: setattr(f, "done_at", time.perf_counter()))
-    return futures
+class Reply:
+    """Where one request's result goes: an asyncio future on its event loop (``search_async``), or a
+    :class:`concurrent.futures.Future` for a blocking caller."""
+
+    __slots__ = ("future", "loop")
+
+    def __init__(self, loop=None):
+        self.loop = loop
+        self.future = loop.create_future() if loop is not None else Future()
 
 
-def _done_at(future: Future) -> float:
-    return getattr(future, "done_at", None) or time.perf_counter()
+def _set_all(outcomes: list[tuple[Any, Any, BaseException | None]]) -> None:
+    for future, result, exc in outcomes:
+        if future.done():  # the awaiting task was cancelled (a client that went away)
+            continue
+        if exc is not None:
+            future.set_exception(exc)
+        else:
+            future.set_result(result)
+
+
+def settle(outcomes: Iterable[tuple[Reply, Any, BaseException | None]]) -> None:
+    """Deliver (reply, result, error) for a batch: blocking callers at once, and each event loop's futures in
+    ONE call on that loop (one wake-up per loop per batch, not one per request)."""
+    by_loop: dict[Any, list] = {}
+    for reply, result, exc in outcomes:
+        if reply.loop is None:
+            _set_all([(reply.future, result, exc)])
+        else:
+            by_loop.setdefault(reply.loop, []).append((reply.future, result, exc))
+    for loop, items in by_loop.items():
+        try:
+            loop.call_soon_threadsafe(_set_all, items)
+        except RuntimeError:  # that loop has closed: nobody waits any more
+            pass
 
 
 class LRU:

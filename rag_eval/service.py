@@ -9,19 +9,24 @@
   long, a dim that is not indexed, a k out of range) is a :class:`JobError` whose message the page
   and the JSON API show.
 
-Concurrency (:mod:`rag_eval.batching`): one batch thread per model encoder and per index, so
-concurrent requests share batched calls. The page's HTML is :mod:`rag_eval.page`; the HTTP layer is
-:mod:`rag_eval.web`.
+Concurrency (:mod:`rag_eval.batching`): batch threads, each taking every request waiting for it. One encode
+stage per model (the models side by side, neither waiting for the other): the batch's questions through the
+model in one call, as length-sorted chunks of ENCODE_CHUNK. A request whose vectors are all there goes on to
+the search stage: each (dim, model) collection queried once for the whole batch, then the missing passage texts
+in one call; a batch wakes each waiting event loop once. While the search stage serves one batch, the encoders
+already run the next. The page's HTML is :mod:`rag_eval.page`; the HTTP layer is :mod:`rag_eval.web`.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import re
+import threading
 import time
-from collections.abc import Callable, Generator
-from concurrent.futures import Future
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,7 +36,7 @@ import numpy as np
 from job.errors import JobError
 from job.layout import RAG_EVAL, REPORT_RECORD
 from rag_eval import store
-from rag_eval.batching import LRU, Batcher, _done_at, _timed
+from rag_eval.batching import LRU, Reply, Stage, name_os_thread, settle
 from rag_eval.demo import RANK_DEPTH, Searcher
 from rag_eval.index import VectorStore
 from rag_eval.quantized import DEFAULT_RESCORE_MULTIPLIER, QuantizedIndex, bytes_per_vector
@@ -44,7 +49,12 @@ MAX_K = 50  # at most RANK_DEPTH: every ranking is searched RANK_DEPTH deep
 EMBED_CACHE = 2048  # question vectors kept per model: switching dims or k re-uses them
 DOC_CACHE = 50_000  # passage texts kept
 SCORE_REPORT = "metrics.json"  # in RUN_DIR/rag_eval (`rag-eval score`)
-WARM_BATCH = 64  # the encoder batch threads' largest batch (Batcher's max_batch)
+ENCODE_BATCH = 64  # the encode stage's largest batch (requests per pass through the encoders)
+# The encoders run a batch as length-sorted chunks of this many questions: a chunk pads only to its own longest
+# question (on the 2-core machine measured, 64 questions in chunks of 8 encoded 20-65 % faster than in one call;
+# BENCHMARKS.md, `rag-eval serve` at the encoders' ceiling).
+ENCODE_CHUNK = 8
+SEARCH_BATCH = 256  # the search stage's largest batch (requests per pass over the collections)
 QUALITY_PLOT = "ndcg_by_dim.png"  # in RUN_DIR/report (`job evaluate`)
 
 
@@ -92,6 +102,33 @@ class Answer:
         out = dict(self.__dict__)
         out["columns"] = [{**c.__dict__, "rows": [dict(r.__dict__) for r in c.rows]} for c in self.columns]
         return out
+
+
+def encode_questions(m: LoadedModel, questions: list[str]) -> np.ndarray:
+    """A batch of questions through one model as the encode stage runs it (and `bench/serve_load.py`'s ceiling
+    measures it): the model's query prompt, length-sorted chunks of ENCODE_CHUNK; full-dim vectors in order."""
+    return encode_queries(m.model, questions, m.spec.query_prompt, ENCODE_CHUNK)
+
+
+class _Pending:
+    """One request on its way through the stages: its vectors, rankings and texts, and when each was there."""
+
+    __slots__ = ("question", "k", "dim", "reply", "start", "vectors", "encoded_at", "from_cache", "rankings",
+                 "ranked_at", "texts", "done_at", "failed")  # fmt: skip
+
+    def __init__(self, question: str, k: int, dim: int, reply: Reply, start: float):
+        self.question, self.k, self.dim, self.reply, self.start = question, k, dim, reply, start
+        self.vectors: dict[str, np.ndarray] = {}
+        self.encoded_at: dict[str, float] = {}
+        self.from_cache: set[str] = set()
+        self.rankings: dict[str, list] = {}
+        self.ranked_at: dict[str, float] = {}
+        self.texts: dict[str, str] = {}
+        self.done_at = 0.0
+        self.failed = False
+
+    def cached(self, label: str) -> bool:
+        return label in self.from_cache
 
 
 def whole_number(value: Any) -> int | None:
@@ -175,20 +212,18 @@ class RetrievalService:
         self.backend = backend  # what encodes the questions: torch, onnx or onnx-int8 (`rag-eval serve --backend`)
         self.backend_note = backend_note
 
-        def encoder(m: LoadedModel) -> Batcher:
-            return Batcher(
-                f"encode-{m.label}", lambda qs: list(encode_queries(m.model, qs, m.spec.query_prompt, len(qs)))
-            )
-
-        def ranker(s: Searcher) -> Batcher:
-            return Batcher(f"query-{s.model.label}-d{s.dim}", lambda vs: s.query_many(np.stack(vs), RANK_DEPTH))
-
-        self._encoders = {m.label: encoder(m) for m in models}
-        self._rankers = {(d, s.model.label): ranker(s) for d, group in searchers.items() for s in group}
+        self._lock = threading.Lock()  # a request's vectors arrive from both models' stages
+        self._encode_stages = {
+            m.label: Stage(f"encode-{m.label}", functools.partial(self._encode_batch, m), self._fail, ENCODE_BATCH)
+            for m in models
+        }
+        self._search_stage = Stage("search", self._search_batch, self._fail, SEARCH_BATCH)
+        self._rankers = ThreadPoolExecutor(  # the search stage's helpers: the other collections' queries
+            max(1, len(models) - 1), "search-helper", initializer=lambda: name_os_thread("search-helper")
+        )
         self._vectors = {m.label: LRU(EMBED_CACHE) for m in models}
         self._texts = LRU(DOC_CACHE)
         self._text_source = searchers[self.dims[0]][-1]  # every collection holds the same passages
-        self._fetcher = Batcher("passages", self._fetch)
         self.facts = [self._dim_facts(d) for d in self.dims]
 
     # -- start-up ---------------------------------------------------------------------------------
@@ -284,12 +319,12 @@ class RetrievalService:
 
     def warm_up(self) -> None:
         """Before serving, so that the first visitors do not pay for lazy loading: each encoder once at every
-        batch size its batch thread will see (PyTorch's and ONNX Runtime's buffers grow with the batch), then one
-        search per dim (each collection's HNSW index, the passage texts)."""
+        chunk size it will run (PyTorch's and ONNX Runtime's buffers grow with the batch), then one search per
+        dim (each collection's HNSW index, the passage texts)."""
         size = 1
-        while size <= WARM_BATCH:
+        while size <= ENCODE_CHUNK:
             for m in self.models:
-                encode_queries(m.model, [f"warm-up question {i}" for i in range(size)], m.spec.query_prompt, size)
+                encode_questions(m, [f"warm-up question {i}" for i in range(size)])
             size *= 2
         for dim in self.dims:
             self.search("warm-up question", 1, dim)
@@ -351,121 +386,130 @@ class RetrievalService:
             )
         return value
 
-    def _embed(self, label: str, question: str) -> tuple[Future, bool]:
-        """A future of the question's full-dim vector for one model, and whether it came from the cache."""
-        cached = self._vectors[label].get(question)
-        if cached is not None:
-            done: Future = Future()
-            done.set_result(cached)
-            return done, True
-        future = self._encoders[label].submit(question)
-        future.add_done_callback(lambda f: f.exception() is None and self._vectors[label].put(question, f.result()))
-        return future, False
-
-    def _documents(self, ids: list[str]) -> Future:
-        """A future of {id: passage text}: from the cache, the rest in one batched call to the store."""
-        texts = {i: t for i in dict.fromkeys(ids) if (t := self._texts.get(i)) is not None}
-        missing = [i for i in dict.fromkeys(ids) if i not in texts]
+    def _request(self, question: Any, k: Any, dim: Any, reply: Reply) -> _Pending:
+        """A checked request (a JobError for bad input), its cached vectors taken, on its way through the stages:
+        to the encode stage of each model whose vector is missing, or straight to the search stage."""
+        start = time.perf_counter()
+        q, k, dim = self.check_question(question), self.check_k(k), self.check_dim(dim)
+        p = _Pending(q, k, dim, reply, start)
+        for m in self.models:
+            vector = self._vectors[m.label].get(q)
+            if vector is not None:
+                p.vectors[m.label], p.encoded_at[m.label] = vector, time.perf_counter()
+                p.from_cache.add(m.label)
+        missing = [m.label for m in self.models if m.label not in p.vectors]
+        for label in missing:
+            self._encode_stages[label].put(p)
         if not missing:
-            done: Future = Future()
-            done.set_result(texts)
-            return done
-        result: Future = Future()
+            self._search_stage.put(p)
+        return p
 
-        def merge(fetched: Future) -> None:
-            if fetched.exception() is not None:
-                result.set_exception(fetched.exception())
-                return
-            for i, t in fetched.result().items():
-                self._texts.put(i, t)
-            result.set_result({**texts, **fetched.result()})
+    def _fail(self, batch: list[_Pending], exc: BaseException) -> None:
+        """Every request of a failed batch gets the error, once (the other model's stage may hold it too)."""
+        with self._lock:
+            failed = [p for p in batch if not p.failed]
+            for p in failed:
+                p.failed = True
+        settle((p.reply, None, exc) for p in failed)
 
-        self._fetcher.submit(missing).add_done_callback(merge)
-        return result
+    def _encode_batch(self, m: LoadedModel, batch: list[_Pending]) -> None:
+        """One model's encode stage: the batch's distinct questions in one call (:func:`encode_questions`); each
+        request whose vectors are now all there goes on to the search stage. The models' stages run side by side
+        and never wait for each other."""
+        todo = list(dict.fromkeys(p.question for p in batch))
+        vectors, at = self._encode(m, todo)
+        by_question = dict(zip(todo, vectors))
+        cache = self._vectors[m.label]
+        for q, v in by_question.items():
+            cache.put(q, v)
+        ready = []
+        with self._lock:
+            for p in batch:
+                p.vectors[m.label], p.encoded_at[m.label] = by_question[p.question], at
+                if len(p.vectors) == len(self.models) and not p.failed:
+                    ready.append(p)
+        self._search_stage.put_many(ready)
 
-    def _fetch(self, id_lists: list[list[str]]) -> list[dict[str, str]]:
-        """One store call for the passages of several requests (run by the fetcher's batch thread)."""
-        texts = self._text_source.documents(i for ids in id_lists for i in ids)
-        return [{i: texts.get(i, "") for i in ids} for ids in id_lists]
+    @staticmethod
+    def _encode(m: LoadedModel, questions: list[str]) -> tuple[list[np.ndarray], float]:
+        return list(encode_questions(m, questions)), time.perf_counter()
+
+    def _search_batch(self, batch: list[_Pending]) -> None:
+        """The search stage: each (dim, model) collection queried once for the whole batch, RANK_DEPTH deep (the
+        models' collections at the same time: the store works without the GIL), then the passage texts not in the
+        cache in one call; every request of the batch is answered at once."""
+        with self.store.errors():
+            jobs = [(s, [p for p in batch if p.dim == dim]) for dim in dict.fromkeys(p.dim for p in batch)
+                    for s in self.searchers[dim]]  # fmt: skip
+            others = [self._rankers.submit(self._rank, s, group) for s, group in jobs[1:]]
+            self._rank(*jobs[0])
+            for other in others:
+                other.result()
+            wanted = {h.id for p in batch for hits in p.rankings.values() for h in hits[: p.k]}
+            texts = {i: t for i in wanted if (t := self._texts.get(i)) is not None}
+            missing = [i for i in wanted if i not in texts]
+            if missing:
+                fetched = self._text_source.documents(missing)
+                for i, t in fetched.items():
+                    self._texts.put(i, t)
+                texts.update(fetched)
+        at = time.perf_counter()
+        for p in batch:
+            p.texts, p.done_at = texts, at
+        settle((p.reply, p, None) for p in batch if not p.failed)
+
+    @staticmethod
+    def _rank(s: Searcher, group: list[_Pending]) -> None:
+        label = s.model.label
+        hits = s.query_many(truncate_normalise(np.stack([p.vectors[label] for p in group]), s.dim), RANK_DEPTH)
+        at = time.perf_counter()
+        for p, h in zip(group, hits):
+            p.rankings[label], p.ranked_at[label] = h, at
 
     def search(self, question: Any, k: Any = None, dim: Any = None) -> Answer:
         """Both models' top k at one dim (blocks; :meth:`search_async` is the same for an event loop)."""
-        steps = self._search_steps(question, k, dim)
-        try:
-            futures = next(steps)
-            while True:
-                try:
-                    results = [f.result() for f in futures]
-                except Exception as exc:  # noqa: BLE001 - raised inside the steps, where store errors are named
-                    futures = steps.throw(exc)
-                else:
-                    futures = steps.send(results)
-        except StopIteration as stop:
-            return stop.value
+        p = self._request(question, k, dim, Reply())
+        p.reply.future.result()
+        return self._answer(p)
 
     async def search_async(self, question: Any, k: Any = None, dim: Any = None) -> Answer:
-        """:meth:`search` without blocking an event loop: the work runs on the batch threads."""
+        """:meth:`search` without blocking an event loop: the work runs on the stages' threads."""
         import asyncio
 
-        steps = self._search_steps(question, k, dim)
-        try:
-            futures = next(steps)
-            while True:
-                try:
-                    results = await asyncio.gather(*(asyncio.wrap_future(f) for f in futures))
-                except Exception as exc:  # noqa: BLE001
-                    futures = steps.throw(exc)
-                else:
-                    futures = steps.send(list(results))
-        except StopIteration as stop:
-            return stop.value
+        p = self._request(question, k, dim, Reply(asyncio.get_running_loop()))
+        await p.reply.future
+        return self._answer(p)
 
-    def _search_steps(self, question: Any, k: Any, dim: Any) -> Generator[list[Future], list[Any], Answer]:
-        """The search as steps that hand out futures and get their results back, so that one body serves
-        the blocking and the async caller. The models encode in parallel, each batched with concurrent
-        requests (and cached per question); each collection is searched RANK_DEPTH deep, batched too."""
-        start = time.perf_counter()
-        q, k, dim = self.check_question(question), self.check_k(k), self.check_dim(dim)
-        searchers = self.searchers[dim]
-        gold = self.gold.get(q, set())
-        t0 = time.perf_counter()
-        pending = [self._embed(s.model.label, q) for s in searchers]  # both models at once
-        vectors = yield _timed([f for f, _ in pending])
-        embed_ms = [(_done_at(f) - t0) * 1000 for f, _ in pending]
-        t1 = time.perf_counter()
-        with self.store.errors():
-            futures = [
-                self._rankers[(dim, s.model.label)].submit(truncate_normalise(v[None, :], dim)[0])
-                for s, v in zip(searchers, vectors)
-            ]
-            rankings = yield _timed(futures)
-            store_ms = [(_done_at(f) - t1) * 1000 for f in futures]
-            (texts,) = yield [self._documents([h.id for hits in rankings for h in hits[:k]])]
-        t2 = time.perf_counter()
+    def _answer(self, p: _Pending) -> Answer:
+        """The answer of a request the stages are done with. Times from the request's arrival: each model's
+        vector (queue, encoder), then from both vectors on: each ranking, and the passages' texts."""
+        searchers = self.searchers[p.dim]
+        gold = self.gold.get(p.question, set())
+        t1 = max(p.encoded_at.values())
+        rankings = [p.rankings[s.model.label] for s in searchers]
         ranks = [{h.id: h.rank for h in hits} for hits in rankings]
         columns = []
         for i, (s, hits) in enumerate(zip(searchers, rankings)):
+            label = s.model.label
             other = ranks[1 - i] if len(searchers) == 2 else None
             rows = [
-                Row(
-                    h.rank,
-                    h.id,
-                    h.score,
-                    texts.get(h.id, ""),
-                    h.id in gold,
-                    other.get(h.id) if other is not None else None,
-                )
-                for h in hits[:k]
-            ]
-            relevant_rank = min((h.rank for h in hits if h.id in gold), default=None)
-            columns.append(
-                Column(s.model.label, s.model.spec.name, rows, relevant_rank, embed_ms[i], store_ms[i], pending[i][1])
-            )
+                Row(h.rank, h.id, h.score, p.texts.get(h.id, ""), h.id in gold,
+                    other.get(h.id) if other is not None else None)
+                for h in hits[: p.k]
+            ]  # fmt: skip
+            relevant_rank = min((h.rank for h in hits if h.id in gold), default=None) if gold else None
+            embed_ms, store_ms = (p.encoded_at[label] - p.start) * 1000, (p.ranked_at[label] - t1) * 1000
+            columns.append(Column(label, s.model.spec.name, rows, relevant_rank, embed_ms, store_ms, p.cached(label)))
         return Answer(
-            question=q, dim=dim, k=k, depth=RANK_DEPTH, columns=columns, relevant=sorted(gold),
-            terms=sorted(query_terms(q)), embed_ms=(t1 - t0) * 1000, store_ms=(t2 - t1) * 1000,
-            total_ms=(time.perf_counter() - start) * 1000,
+            question=p.question, dim=p.dim, k=p.k, depth=RANK_DEPTH, columns=columns, relevant=sorted(gold),
+            terms=sorted(query_terms(p.question)), embed_ms=(t1 - p.start) * 1000, store_ms=(p.done_at - t1) * 1000,
+            total_ms=(time.perf_counter() - p.start) * 1000,
         )  # fmt: skip
+
+    def stage_stats(self, reset: bool = False) -> dict[str, dict[str, Any]]:
+        """The encode and search stages' batches, items and busy time (``reset``: zero them afterwards)."""
+        stages = {**{f"encode-{label}": s for label, s in self._encode_stages.items()}, "search": self._search_stage}
+        return {name: (s.reset() if reset else s.stats).as_dict() for name, s in stages.items()}
 
     def info(self) -> dict[str, Any]:
         """What the page shows besides answers (also the JSON API's /api/info)."""
@@ -540,55 +584,8 @@ def load_quality(run_root: Path | None) -> tuple[dict[str, Any] | None, bytes | 
 
 
 _STOPWORDS = frozenset(
-    [
-        "a",
-        "an",
-        "and",
-        "are",
-        "as",
-        "at",
-        "be",
-        "by",
-        "did",
-        "do",
-        "does",
-        "for",
-        "from",
-        "had",
-        "has",
-        "have",
-        "how",
-        "in",
-        "is",
-        "it",
-        "its",
-        "of",
-        "on",
-        "or",
-        "than",
-        "that",
-        "the",
-        "their",
-        "there",
-        "these",
-        "this",
-        "those",
-        "to",
-        "was",
-        "were",
-        "what",
-        "when",
-        "where",
-        "which",
-        "who",
-        "why",
-        "will",
-        "with",
-        "your",
-        "you",
-        "our",
-        "we",
-    ]
+    "a an and are as at be by did do does for from had has have how in is it its of on or than that the their there "
+    "these this those to was were what when where which who why will with your you our we".split()
 )
 WORD = re.compile(r"\w+", re.UNICODE)
 

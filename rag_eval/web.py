@@ -8,10 +8,15 @@ A thin layer over :mod:`rag_eval.service` (the search) and :mod:`rag_eval.page` 
   the same answer as JSON (400 with ``{"error": ...}`` for bad input). Used by scripts and by
   ``bench/serve_load.py``: plain HTTP, no Gradio queue or SSE in the way;
 
-Both the page's events and the API are async: a request waits on the service's batch threads (one
-per model encoder, one per collection) without holding a worker thread, so many concurrent
-requests share a few batched model calls.
 - ``GET /api/info``: models, dims, held-out questions, index facts; ``GET /healthz``: liveness (no auth).
+
+Both the page's events and the API are async: a request waits on the service's batch threads (the encode
+and the search stage) without holding a worker thread, so many concurrent requests share a few batched
+model calls. ``GET /api/search`` is answered by a small ASGI layer (:class:`SearchFastPath`) in front of
+FastAPI's router, with the same parameters, answers and errors as the FastAPI route it stands for: the
+router's per-request work (parameter validation, dependency resolution) cost more CPU than all the rest of the
+HTTP layer (~250 against ~90 us per request), and on two cores the CPU not spent encoding is taken from the
+encoders (BENCHMARKS.md, `rag-eval serve` at the encoders' ceiling).
 
 Offline by construction: Gradio analytics are off (``GRADIO_ANALYTICS_ENABLED=False``), there is no
 share link, no server-side rendering (no Node), and the frontend and its fonts come from the gradio
@@ -22,12 +27,14 @@ wheel. It binds 127.0.0.1 unless ``--host`` says otherwise. ``RAG_EVAL_SERVE_AUT
 from __future__ import annotations
 
 import base64
+import gc
 import logging
 import os
 import secrets
 import socket
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import parse_qsl
 
 from job.errors import JobError
 from rag_eval import page as html_page
@@ -35,6 +42,10 @@ from rag_eval.service import MAX_K, RetrievalService
 
 AUTH_ENV = "RAG_EVAL_SERVE_AUTH"
 MAX_LISTED = 1000  # held-out questions offered in the page's list (any question can still be typed)
+# The cyclic garbage collector holds the GIL while it runs, stalling every thread. With the models, Chroma and Gradio
+# loaded, a full collection walked ~600k start-up objects (~0.45 s each, twice per 15 s at 160 requests/s); frozen
+# after start-up they are skipped, and a larger first generation runs the young collections less often.
+GC_THRESHOLD = (20_000, 20, 20)
 log = logging.getLogger("rag_eval.serve")
 
 
@@ -199,17 +210,53 @@ def build_blocks(service: RetrievalService):
     return blocks
 
 
-def _json(payload: dict[str, Any], status: int = 200):
-    """A JSON response, serialised by orjson (a gradio dependency) when it is there: several times faster than the
-    standard library for the answers' nested lists, which matters at a few hundred answers a second."""
-    from fastapi.responses import JSONResponse, Response
-
+def _dumps(payload: dict[str, Any]) -> bytes:
+    """JSON bytes, by orjson (a gradio dependency) when it is there: several times faster than the standard library
+    for the answers' nested lists, which matters at a few hundred answers a second."""
     try:
         import orjson
     except ImportError:  # pragma: no cover - gradio brings it
-        return JSONResponse(payload, status_code=status)
-    return Response(orjson.dumps(payload, option=orjson.OPT_SERIALIZE_NUMPY), status_code=status,
-                    media_type="application/json")  # fmt: skip
+        import json
+
+        return json.dumps(payload, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode()
+    return orjson.dumps(payload, option=orjson.OPT_SERIALIZE_NUMPY)
+
+
+def _json(payload: dict[str, Any], status: int = 200):
+    """A JSON response (:func:`_dumps`)."""
+    from fastapi.responses import Response
+
+    return Response(_dumps(payload), status_code=status, media_type="application/json")
+
+
+async def _search_json(service: RetrievalService, q: Any, k: Any, dim: Any) -> tuple[int, bytes]:
+    """(status, JSON body) of one search: the answer, 400 with the reason for bad input, 500 for anything else."""
+    try:
+        return 200, _dumps((await service.search_async(q, k, dim)).to_dict())
+    except JobError as exc:
+        return 400, _dumps({"error": exc.message})
+    except Exception:
+        log.exception("search failed")
+        return 500, _dumps({"error": "unexpected error while searching; the server log has the details"})
+
+
+class SearchFastPath:
+    """ASGI middleware: ``GET /api/search?q=...&k=...&dim=...`` answered without FastAPI's router (the query string
+    read as Starlette reads it: latin-1, blanks kept, the last of repeated names); everything else passes on."""
+
+    def __init__(self, app, service: RetrievalService, path: str = "/api/search"):
+        self.app = app
+        self.service = service
+        self.path = path
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope["method"] != "GET" or scope["path"] != self.path:
+            return await self.app(scope, receive, send)
+        params = dict(parse_qsl(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True))
+        status, body = await _search_json(self.service, params.get("q", ""), params.get("k"), params.get("dim"))
+        headers = [(b"content-length", str(len(body)).encode()), (b"content-type", b"application/json")]
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
 
 
 def build_app(
@@ -241,13 +288,8 @@ def build_app(
         )  # fmt: skip
 
     async def _search(q: Any, k: Any, dim: Any) -> Response:
-        try:
-            return _json((await service.search_async(q, k, dim)).to_dict())
-        except JobError as exc:
-            return _json({"error": exc.message}, 400)
-        except Exception:
-            log.exception("search failed")
-            return _json({"error": "unexpected error while searching; the server log has the details"}, 500)
+        status, body = await _search_json(service, q, k, dim)
+        return Response(body, status_code=status, media_type="application/json")
 
     @app.get("/healthz")
     def healthz() -> dict[str, bool]:
@@ -257,7 +299,7 @@ def build_app(
     def info() -> dict[str, Any]:
         return service.info()
 
-    @app.get("/api/search")
+    @app.get("/api/search")  # GET is answered by SearchFastPath in front; this route documents it (and HEAD)
     async def search_get(q: str = "", k: str | None = None, dim: str | None = None):
         return await _search(q, k, dim)
 
@@ -279,7 +321,8 @@ def build_app(
             app, build_blocks(service), path="/", server_name=host, server_port=port, ssr_mode=False,
             footer_links=["api", "settings"], css=html_page.CSS, show_error=False, run_history=False,
         )  # fmt: skip
-    if auth is not None:
+    app.add_middleware(SearchFastPath, service=service)
+    if auth is not None:  # added last: the outermost layer, so it guards the fast path too
         app.add_middleware(BasicAuth, user=auth[0], password=auth[1])
     return app
 
@@ -296,6 +339,9 @@ def run(
     import uvicorn
 
     app = build_app(service, auth, host=host, port=port)
+    gc.collect()
+    gc.freeze()  # everything loaded so far lives as long as the server
+    gc.set_threshold(*GC_THRESHOLD)
     shown = f"[{host}]" if ":" in host else host
     echo(
         f"serve: http://{shown}:{port}/ (JSON: /api/search?q=...&k={service.k}&dim={service.dims[0]})"

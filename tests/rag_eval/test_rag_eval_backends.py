@@ -144,7 +144,8 @@ def test_the_load_matrix_runs_every_backend_in_one_command(exported_run, tmp_pat
     done = subprocess.run(
         [sys.executable, str(repo / "bench" / "serve_load.py"), "--matrix", "--run", str(exported_run),
          "--backends", "torch,onnx-int8", "--peer", "none", "--dim", "16", "--clients", "1,2", "--seconds", "1",
-         "--warmup", "0.5", "--json", str(out), "--logs", str(tmp_path / "logs")],
+         "--warmup", "0.5", "--ceiling-seconds", "0.05", "--ceiling-rounds", "1", "--json", str(out),
+         "--logs", str(tmp_path / "logs")],
         capture_output=True, text=True, timeout=900,
     )  # fmt: skip
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
@@ -157,5 +158,12 @@ def test_the_load_matrix_runs_every_backend_in_one_command(exported_run, tmp_pat
     for r in rows:
         assert r["errors"] == 0 and r["requests_per_s"] > 0 and r["questions_per_s"] == 2 * r["requests_per_s"]
         assert r["p50_ms"] <= r["p95_ms"] <= r["p99_ms"] and 0 <= r["load_generator_cpu_share"] <= 1
+        # the encoders alone, measured before that server started: the served share of their questions/s
+        ceiling = result["ceilings"][r["backend"]]
+        assert r["ceiling_questions_per_s"] == max(v for b, v in ceiling["best"].items() if int(b) <= r["clients"])
+        assert r["served_over_ceiling"] == round(r["questions_per_s"] / r["ceiling_questions_per_s"], 3)
+        assert any(name.startswith("encode-") for name in r["server_threads_core_share"])  # the stages, by name
+    assert set(result["ceilings"]) == {"torch", "onnx-int8"}
+    assert result["machine"]["cpu"] and result["machine"]["cores"] >= 1 and "flags" in result["machine"]
     assert [s["backend"] for s in result["servers"]] == ["torch", "onnx-int8"]
     assert all(str(exported_run) not in json.dumps(s["models"]) for s in result["servers"])  # names, not paths

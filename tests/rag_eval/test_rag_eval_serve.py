@@ -113,6 +113,59 @@ def test_concurrent_searches_are_batched_and_agree_with_one_at_a_time(service):
     assert all(c.cached for c in again.columns) and "(cached)" in html_page.render_answer(again)
 
 
+def test_waiting_requests_share_one_pass_per_model_and_per_collection(service, monkeypatch):
+    """While the encoders are busy, new requests wait and then go through together: one encode per model and one
+    query per (dim, model) collection for the whole batch, however many requests it holds; each model's stage
+    takes its own batches."""
+    import asyncio
+    import threading
+
+    from rag_eval import service as service_module
+
+    calls = []
+    encode, query = service_module.RetrievalService._encode, service.searchers[8][0].query_many
+    blocked = threading.Event()
+
+    def slow_encode(m, questions):
+        calls.append(("encode", m.label, len(questions)))
+        if len(calls) <= 2:  # each model's first batch holds its encoder while the others arrive
+            blocked.wait(10)
+        return encode(m, questions)
+
+    def counted_query(vectors, n):
+        calls.append(("query", "baseline", len(vectors)))
+        return query(vectors, n)
+
+    questions = [f"{p.question} (batched {i})" for i, p in enumerate(tiny_pairs()[:12])]
+
+    async def ask_all():
+        first = asyncio.create_task(service.search_async(questions[0], 4, 8))
+        while len(calls) < 2:
+            await asyncio.sleep(0.01)
+        rest = [asyncio.create_task(service.search_async(q, 4, 8)) for q in questions[1:]]
+        await asyncio.sleep(0.2)  # every request is queued behind the first batch
+        blocked.set()
+        return await asyncio.gather(first, *rest)
+
+    service.stage_stats(reset=True)
+    monkeypatch.setattr(service_module.RetrievalService, "_encode", staticmethod(slow_encode))
+    monkeypatch.setattr(service.searchers[8][0], "query_many", counted_query)
+    answers = asyncio.run(ask_all())
+    monkeypatch.undo()
+    stats = service.stage_stats()
+    for label in ("baseline", "fine-tuned"):
+        assert (stats[f"encode-{label}"]["items"], stats[f"encode-{label}"]["batches"]) == (12, 2)
+        assert stats[f"encode-{label}"]["largest"] == 11
+    encodes = sorted(c for c in calls if c[0] == "encode")
+    assert encodes == [("encode", "baseline", 1), ("encode", "baseline", 11),
+                       ("encode", "fine-tuned", 1), ("encode", "fine-tuned", 11)]  # fmt: skip
+    assert sum(n for kind, _, n in calls if kind == "query") == 12 and len([c for c in calls if c[0] == "query"]) <= 3
+    for question, answer in zip(questions, answers):
+        assert answer.question == question and not any(c.cached for c in answer.columns)
+        for column, searcher in zip(answer.columns, service.searchers[8]):
+            assert [r.id for r in column.rows] == [h.id for h in searcher.search(question, 4)]
+
+
 def test_bad_input_is_a_message_that_names_the_fix(service):
     cases = {
         "": "The question is empty. Fix:",
@@ -204,6 +257,31 @@ def test_json_api(service):
     assert client.post("/api/search", json={"q": "tax", "k": 3, "dim": 16}).json()["k"] == 3
     info = client.get("/api/info").json()
     assert info["dims"] == DIMS and HELD_OUT in info["questions"] and len(info["index"]) == 3
+
+
+def test_the_get_fast_path_answers_like_the_fastapi_route(service):
+    """GET /api/search is answered in front of FastAPI's router; the route it stands for gives the same answers."""
+    from fastapi.testclient import TestClient
+
+    fast = web.build_app(service, page=False)
+    routed = web.build_app(service, page=False)
+    routed.user_middleware = [m for m in routed.user_middleware if m.cls is not web.SearchFastPath]
+    assert len(routed.user_middleware) == len(fast.user_middleware) - 1
+    queries = [
+        f"q={HELD_OUT}&k=2&dim=8", "q=tax&k=&dim=", "q=tax&dim=16&dim=8", "q=%E2%82%AC%20revenue&k=3",
+        "k=3", "q=tax&k=2.5", "q=tax&dim=12", "q=tax&k=99", "q=" + "x" * 2001, "q=tax&k=+3", "q=tax&k=%00",
+    ]  # fmt: skip
+    with TestClient(fast) as a, TestClient(routed) as b:
+        for query in queries:
+            got, want = a.get("/api/search?" + query), b.get("/api/search?" + query)
+            assert (got.status_code, got.headers["content-type"]) == (want.status_code, want.headers["content-type"])
+            got_body, want_body = got.json(), want.json()
+            for body in (got_body, want_body):
+                for key in ("embed_ms", "store_ms", "total_ms"):
+                    body.pop(key, None)
+                for column in body.get("columns", []):
+                    column.pop("embed_ms"), column.pop("store_ms"), column.pop("cached")
+            assert got_body == want_body, query
 
 
 @pytest.mark.parametrize(
