@@ -27,6 +27,7 @@ from typing import Any
 
 import yaml
 
+from job import losses
 from job.errors import JobError
 from job.llm import check_base_url
 from job.redact import KEY_SHAPED, redact_url
@@ -45,7 +46,7 @@ LR_SCHEDULERS = (
     "warmup_stable_decay",
 )
 REPORT_TO = ("auto", "none", "tensorboard", "mlflow", "wandb", "trackio")
-LOSSES = ("mnrl", "cached_mnrl", "gist", "cached_gist")
+LOSSES = losses.REGISTRY  # name -> entry (job/losses.py): a loss registered there is a valid --loss
 LOSS_DIRECTIONS = ("query_to_doc", "doc_to_query", "query_to_query", "doc_to_doc")
 EMBEDDED_DATA = "embedded"
 AUTO_MODEL = "auto"
@@ -261,9 +262,7 @@ class JobConfig:
     preset: str | None = _opt(None, "Named recipe: see `job presets`.", choices=tuple(PRESETS))
     loss: str = _opt(
         "mnrl",
-        "'mnrl' (MultipleNegativesRankingLoss), 'gist' (GISTEmbedLoss: in-batch negatives that the guide model scores "
-        "above the positive are left out, against false negatives); 'cached_mnrl' / 'cached_gist': the same with "
-        "GradCache (large batches in little memory). All wrapped in MatryoshkaLoss.",
+        losses.help_text(),
         choices=LOSSES,
         step="train",
     )
@@ -804,14 +803,17 @@ def validate_config(cfg: JobConfig) -> None:
             f"{', '.join(LOSS_DIRECTIONS)}.",
             "pass e.g. --loss-directions query_to_doc,doc_to_query (the symmetric loss).",
         )
-    if cfg.loss_directions != ["query_to_doc"] and cfg.loss in ("gist", "cached_gist"):
+    loss = losses.get(cfg.loss)
+    if cfg.loss_directions != ["query_to_doc"] and not loss.directions:
         raise JobError(
-            f"loss_directions applies to mnrl and cached_mnrl, not to {cfg.loss}.",
+            f"loss_directions applies to {', '.join(n for n, e in losses.REGISTRY.items() if e.directions)}, not to "
+            f"{cfg.loss}.",
             "drop --loss-directions or use --loss mnrl.",
         )
-    if cfg.guide_model and cfg.loss not in ("gist", "cached_gist"):
+    if cfg.guide_model and not loss.guide:
         raise JobError(
-            f"guide_model is set but loss is {cfg.loss}; only the gist losses use a guide.",
+            f"guide_model is set but loss is {cfg.loss}; only "
+            f"{', '.join(n for n, e in losses.REGISTRY.items() if e.guide)} use a guide.",
             "pass --loss gist, or drop --guide-model.",
         )
     if cfg.attention_dropout is not None and not 0 <= cfg.attention_dropout < 1:

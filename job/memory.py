@@ -24,12 +24,12 @@ import logging
 import os
 from dataclasses import dataclass, replace
 
+from job import losses
 from job.errors import JobError
 
 logger = logging.getLogger(__name__)
 PROCESS_OVERHEAD = 1.5 * 2**30  # Python, torch, tokenizers, the data (an evaluation-only run peaks at 1.2 GiB)
 HEADROOM = 0.9  # use at most this share of the memory available
-CACHED = {"mnrl": "cached_mnrl", "gist": "cached_gist"}
 
 
 @dataclass(frozen=True)
@@ -95,7 +95,8 @@ def fit_cpu_training(cfg, model, batch_size: int, texts_per_row: int, available:
         return cfg
     seq = int(cfg.max_seq_length or getattr(model, "max_seq_length", 512) or 512)
     budget = HEADROOM * available
-    cached = cfg.loss.startswith("cached_")
+    loss = losses.get(cfg.loss)
+    cached = loss.cached
     held = min(cfg.mini_batch_size, batch_size) if cached else batch_size
     need = step_bytes(shape, held * texts_per_row, seq)
     if need <= budget:
@@ -105,14 +106,21 @@ def fit_cpu_training(cfg, model, batch_size: int, texts_per_row: int, available:
         mini //= 2
     fits = step_bytes(shape, mini * texts_per_row, seq) <= budget
     what = f"{shape.params / 1e6:.0f}M parameters, batch {batch_size} x {texts_per_row} texts at {seq} tokens"
-    if fits and (cfg.loss in CACHED or cached):
-        new_loss = CACHED.get(cfg.loss, cfg.loss)
+    if fits and (loss.cached_twin or cached):
+        new_loss = loss.cached_twin or cfg.loss
         logger.warning(
             "training %s with %s would need about %s, more than the %s available: training with %s instead "
             "(the same in-batch negatives, mini-batches of %d)",
             what, cfg.loss, gib(need), gib(available), new_loss, mini,
         )  # fmt: skip
         return replace(cfg, loss=new_loss, mini_batch_size=mini)
+    if fits:  # a loss with no cached twin (job/losses.py): a smaller batch would fit
+        raise JobError(
+            f"Training {what} with {cfg.loss} needs about {gib(need)}, and {gib(available)} of memory is available; "
+            f"{cfg.loss} has no cached (GradCache) twin to fall back to.",
+            f"pass --batch-size {mini} or less, shorten --max-seq-length (now {seq}), or register the loss with a "
+            "cached_twin in job/losses.py; to train anyway, pass --no-memory-check.",
+        )
     raise JobError(
         f"Training {what} needs about {gib(step_bytes(shape, texts_per_row, seq))} even one pair at a time, and "
         f"{gib(available)} of memory is available.",

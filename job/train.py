@@ -12,7 +12,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from job import checkpoints, layout, memory, merge, soup, storage
+from job import checkpoints, layout, losses, memory, merge, soup, storage
 from job.collate import RowNamingCollator, failing_pair_named, raise_for_batch_failure, worker_signals_paused
 from job.config import JobConfig
 from job.data import IRData, Pair
@@ -145,37 +145,19 @@ def _free_accelerator_memory() -> None:
 
 
 def build_loss(model, cfg: JobConfig, dims: list[int], guide=None):
-    """MatryoshkaLoss around the configured in-batch-negatives loss. The gist losses need ``guide``
-    (see :func:`load_guide`)."""
-    from sentence_transformers.sentence_transformer import losses
+    """MatryoshkaLoss around the configured in-batch-negatives loss (:mod:`job.losses`). The losses with a guide
+    need ``guide`` (see :func:`load_guide`)."""
+    from sentence_transformers.sentence_transformer.losses import MatryoshkaLoss
 
     gather = world_size() > 1  # under DDP, every rank scores its queries against all ranks' passages
-    directions = tuple(cfg.loss_directions)
-    if cfg.loss == "cached_mnrl":
-        inner = losses.CachedMultipleNegativesRankingLoss(
-            model,
-            scale=cfg.loss_scale,
-            mini_batch_size=cfg.mini_batch_size,
-            gather_across_devices=gather,
-            directions=directions,
-        )
-    elif cfg.loss == "mnrl":
-        inner = losses.MultipleNegativesRankingLoss(
-            model, scale=cfg.loss_scale, gather_across_devices=gather, directions=directions
-        )
-    elif cfg.loss == "gist":
-        inner = losses.GISTEmbedLoss(model, guide, gather_across_devices=gather)
-    else:
-        inner = losses.CachedGISTEmbedLoss(
-            model, guide, mini_batch_size=cfg.mini_batch_size, gather_across_devices=gather
-        )
+    inner = losses.get(cfg.loss).build(model, cfg, guide, gather)
     weights = cfg.matryoshka_weights
     if weights is not None and len(weights) != len(dims):
         raise JobError(
             f"matryoshka_weights has {len(weights)} values for the {len(dims)} Matryoshka dims {dims}.",
             "give one weight per dim, largest dim first, or set --matryoshka-dims to match.",
         )
-    return losses.MatryoshkaLoss(model, inner, matryoshka_dims=dims, matryoshka_weights=weights)
+    return MatryoshkaLoss(model, inner, matryoshka_dims=dims, matryoshka_weights=weights)
 
 
 def load_guide(cfg: JobConfig, model):
@@ -185,7 +167,7 @@ def load_guide(cfg: JobConfig, model):
 
     from job.models import load_model, model_dim
 
-    if cfg.loss not in ("gist", "cached_gist"):
+    if not losses.get(cfg.loss).guide:
         return None
     if cfg.guide_model is None:
         guide = copy.deepcopy(model)
@@ -571,17 +553,20 @@ def _after_failure(
     import torch
 
     if isinstance(error, torch.OutOfMemoryError):
-        if trainer.state.global_step == 0 and cfg.loss in ("mnrl", "gist") and not resume_from:
+        twin = losses.get(cfg.loss).cached_twin
+        if trainer.state.global_step == 0 and twin and not resume_from:
             # Nothing was updated yet: retry with GradCache, which keeps the same in-batch
             # negatives but only holds a mini-batch of activations at a time.
             mini = min(cfg.mini_batch_size, batch_size)
             logger.warning(
-                "batch size %d does not fit in accelerator memory with mnrl; retrying with cached_mnrl "
+                "batch size %d does not fit in accelerator memory with %s; retrying with %s "
                 "(same negatives, mini-batches of %d)",
                 batch_size,
+                cfg.loss,
+                twin,
                 mini,
             )
-            return replace(cfg, loss=f"cached_{cfg.loss}", mini_batch_size=mini)
+            return replace(cfg, loss=twin, mini_batch_size=mini)
         _free_accelerator_memory()
         raise JobError(
             f"Training ran out of accelerator memory at step {trainer.state.global_step} with batch size {batch_size} "
@@ -648,9 +633,9 @@ def finished_summary(
     weights_from = best if best and Path(best).is_dir() else resume_from
     model.load_state_dict(soup.checkpoint_weights(Path(weights_from)))
     logger.info("the run ended at %s: no further step; weights from %s", Path(resume_from).name, weights_from)
-    losses = [e["loss"] for e in state.get("log_history", []) if "loss" in e]
+    logged = [e["loss"] for e in state.get("log_history", []) if "loss" in e]
     st = SimpleNamespace(
         global_step=state["global_step"], epoch=state.get("epoch"), best_model_checkpoint=best,
         best_metric=state.get("best_metric"), log_history=state.get("log_history", []),
     )  # fmt: skip
-    return training_summary(cfg, st, model, sum(losses) / len(losses) if losses else None, seconds, pairs)
+    return training_summary(cfg, st, model, sum(logged) / len(logged) if logged else None, seconds, pairs)

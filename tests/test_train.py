@@ -64,7 +64,7 @@ def test_gist_guide_problems_are_named_before_training(tiny_model_path, tmp_path
     model = SentenceTransformer(str(tiny_model_path), device="cpu")
     with pytest.raises(JobError, match="The guide model could not be loaded: Model path .*nope does not exist"):
         load_guide(resolve_config(None, {"loss": "gist", "guide_model": str(tmp_path / "nope")}, {}), model)
-    with pytest.raises(JobError, match="only the gist losses use a guide"):
+    with pytest.raises(JobError, match="only gist, cached_gist use a guide"):
         resolve_config(None, {"guide_model": str(tiny_model_path)}, {})
     with pytest.raises(JobError, match="use one of: mnrl, cached_mnrl, gist, cached_gist"):
         resolve_config(None, {"loss": "triplet"}, {})
