@@ -23,8 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import shutil
 import sys
 import time
@@ -33,6 +31,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np
+from machine import cpu_facts  # bench/machine.py
 
 from job import export as E
 from job.data import IRData
@@ -42,21 +41,6 @@ from job.layout import write_json
 from job.models import load_model
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def cpu() -> dict:
-    flags = set()
-    model = platform.processor()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return {"model": model, "cores": os.cpu_count(), "avx2": "avx2" in flags, "avx512f": "avx512f" in flags,
-            "avx512_vnni": "avx512_vnni" in flags, "avx_vnni": "avx_vnni" in flags}  # fmt: skip
 
 
 def main() -> None:
@@ -102,7 +86,7 @@ def main() -> None:
         "all-matmul-reduce": dict(mm, reduce_range=True),
     }
     wanted = [r for r in args.recipes.split(",") if r] or list(recipes)
-    out = {"model": src.name, "cpu": cpu(), "ffn_down_projections": len(down), "recipes": {}}
+    out = {"model": src.name, "cpu": cpu_facts(), "ffn_down_projections": len(down), "recipes": {}}
     for name in wanted:
         kw = recipes[name]
         f = fp32 if kw is None else work / "onnx" / f"{name}.onnx"

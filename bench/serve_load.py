@@ -63,6 +63,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+from machine import cpu_facts, machine  # bench/machine.py
 
 REPO = Path(__file__).resolve().parents[1]
 RUN_TOKEN = secrets.token_hex(2)  # this run's questions differ from any earlier run's
@@ -329,40 +330,6 @@ def run_level(
 
 # --- the ceiling: the same encoders alone, no server ---------------------------------------------------------------
 CEILING_BATCHES = (1, 2, 4, 8, 16, 32, 64)  # the batch sizes `rag-eval serve`'s encode stage sees (at most 64)
-CPU_FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_int8", "amx_bf16")
-
-
-def cpu_facts() -> dict:
-    """The CPU every absolute number here was measured on: its model name, the SIMD flags that decide ONNX
-    Runtime's kernels (AVX2, AVX-512, VNNI: int8 dot products), and the cores this process may use."""
-    name, flags = platform.processor() or platform.machine(), set()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            if key.strip() == "model name" and name in (platform.processor(), platform.machine()):
-                name = value.strip()
-            elif key.strip() == "flags" and not flags:
-                flags = set(value.split())
-    except OSError:
-        pass
-    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return {"cpu": name, "flags": [f for f in CPU_FLAGS if f in flags], "cores": os.cpu_count(),
-            "usable_cores": usable, "avx512": "avx512f" in flags,
-            "vnni": "avx512_vnni" in flags or "avx_vnni" in flags}  # fmt: skip
-
-
-def machine() -> dict:
-    """Where the numbers come from: the CPU (name, flags, cores), the load before, the versions that matter."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    versions = {}
-    for package in ("onnxruntime", "torch", "chromadb"):
-        try:
-            versions[package] = version(package)
-        except PackageNotFoundError:
-            pass
-    return {"node": platform.node(), **cpu_facts(), "cpus": os.cpu_count(), "python": platform.python_version(),
-            "versions": versions, "load_average_before": os.getloadavg()}  # fmt: skip
 
 
 def _unique(questions: list[str], n: int) -> list[str]:

@@ -12,6 +12,10 @@ Parts:
   minilm    full training steps with all-MiniLM-L6-v2 (the bundled offline copy).
   padding   tokens computed per epoch vs real tokens (padding) for random and length-grouped batches.
   samplers  the no-duplicates batch samplers alone: sentence-transformers' (plain and hashed) and the job's.
+  recipes   the blog recipe (`preset: blog`) and the job's default, trained one after the other in this run on
+            all-MiniLM-L6-v2 over the same pairs, each for about --steps batches of its own size (the blog
+            preset accumulates 16): pairs/s of each and default / blog, the ratio that holds on another CPU.
+            The default's time includes mining its hard negatives (as `job run` does); --set applies to both.
 On CUDA the model parts run on the GPU. Each prints pairs/s, the split of a step into waiting for
 data vs forward + loss + backward / optimizer / the rest, and peak host (and GPU) memory.
 --profile N adds a torch.profiler pass over N steps: the share of step time inside PyTorch
@@ -34,6 +38,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
+from machine import machine  # noqa: E402 - bench/machine.py
 from transformers import TrainerCallback  # noqa: E402
 
 from job import data  # noqa: E402
@@ -268,12 +273,14 @@ class OpProfile(TrainerCallback):
 
 
 def bench_training(
-    pairs: list[data.Pair], model_name: str, batch_size: int, steps: int, extra: dict, profile: int = 0
+    pairs: list[data.Pair], model_name: str, batch_size: int | None, steps: int, extra: dict, profile: int = 0
 ) -> dict:
-    cfg = resolve_config(
-        cli={"model": model_name, "batch_size": batch_size, "max_steps": steps, "logging_steps": 1000, **extra},
-        environ={},
-    )
+    """``steps`` optimizer steps; ``batch_size`` None: the configuration's (a preset's) own."""
+    cli = {"model": model_name, "max_steps": steps, "logging_steps": 1000, **extra}
+    if batch_size is not None:
+        cli["batch_size"] = batch_size
+    cfg = resolve_config(cli=cli, environ={})
+    batch_size = cfg.batch_size * cfg.gradient_accumulation_steps  # pairs per optimizer step
     model = load_model(cfg.model, max_seq_length=cfg.max_seq_length, train=True)
     dims = resolve_dims(cfg, model)
     timer = StepTimer()
@@ -303,7 +310,28 @@ def bench_training(
         "ms_per_step_by_phase": {k: round(statistics.mean(v[2:] or v) * 1000, 1) for k, v in timer.parts.items() if v},
         "profile": profiler.result if profiler is not None else None,
         "peak_gpu_mib": round(torch.cuda.max_memory_allocated() / 2**20) if torch.cuda.is_available() else None,
+        "config": {k: getattr(cfg, k) for k in RECIPE_KEYS},
     }
+
+
+RECIPE_KEYS = ("loss", "batch_size", "gradient_accumulation_steps", "hard_negatives", "token_cache", "max_seq_length",
+               "mixed_precision", "learning_rate")  # fmt: skip
+
+
+def bench_recipes(pairs: list[data.Pair], model_name: str, batches: int, extra: dict) -> dict:
+    """The blog preset and the job's default on the same pairs in one run: pairs/s of each and their ratio."""
+    out = {}
+    for name, preset in (("blog", {"preset": "blog"}), ("default", {})):
+        cfg = resolve_config(cli={"model": model_name, **preset, **extra}, environ={})
+        steps = max(1, -(-batches // cfg.gradient_accumulation_steps))  # about `batches` batches of its own size
+        out[name] = bench_training(pairs, model_name, None, steps, {**preset, **extra})
+        print(f"recipes/{name}:", json.dumps(out[name]), flush=True)
+    for key in ("trainer_pairs_per_s", "steady_pairs_per_s"):
+        out[f"default_over_blog_{key}"] = round(out["default"][key] / out["blog"][key], 3)
+    out["default_over_blog_wall_incl_setup"] = round(
+        out["default"]["wall_seconds_incl_setup"] / out["blog"]["wall_seconds_incl_setup"], 3
+    )
+    return out
 
 
 def main() -> None:
@@ -330,7 +358,8 @@ def main() -> None:
     extra = dict(kv.split("=", 1) for kv in args.set)
     pairs = load_pairs(args.data, args.limit)
     device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"CPU x{torch.get_num_threads()} threads"
-    info = {"machine": f"{platform.machine()} {device}", "torch": torch.__version__, "pairs": len(pairs)}
+    info = {"machine": f"{platform.machine()} {device}", "torch": torch.__version__, "pairs": len(pairs),
+            **machine()}  # fmt: skip
     print("setup:", json.dumps(info), flush=True)
     out = {"setup": info}
     tiny = args.tiny_model
@@ -356,6 +385,8 @@ def main() -> None:
             )
         elif part == "tiny":
             res = bench_training(pairs, tiny, args.batch_size, args.steps, extra, args.profile)
+        elif part == "recipes":
+            res = bench_recipes(pairs, args.minilm, args.steps, extra)
         elif part == "minilm":
             res = bench_training(pairs, args.minilm, args.batch_size, args.steps, extra, args.profile)
         else:

@@ -186,9 +186,13 @@ def test_a_new_matrix_keeps_the_earlier_runs(tmp_path):
 
 
 def test_the_cpu_is_named_with_the_flags_that_decide_the_kernels():
-    facts = serve_load.cpu_facts()
-    assert facts["cpu"] and facts["cores"] >= 1 and set(facts["flags"]) <= set(serve_load.CPU_FLAGS)
+    import machine  # bench/machine.py: every bench script records it
+
+    facts = machine.cpu_facts()
+    assert facts["cpu"] and facts["cores"] >= 1 and set(facts["flags"]) <= set(machine.CPU_FLAGS)
     assert facts["avx512"] == ("avx512f" in facts["flags"])
+    assert facts["cpu"] in machine.cpu_label(facts) and f"{facts['usable_cores']} cores" in machine.cpu_label(facts)
+    assert serve_load.machine()["cpu"] == facts["cpu"]
 
 
 @pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="Linux /proc only")
