@@ -245,14 +245,15 @@ def export_cmd(cfg, force: bool, model_dir: str | None) -> None:
 def run_cmd(cfg, force: bool) -> None:
     """Run every step; finished steps are skipped, an interrupted training resumes.
 
-    With --s3-uri and/or --hub-repo the finished run is then published (as `job push` does); both
-    destinations are checked before any step runs.
+    With --s3-uri, --hub-repo and/or --publish-dir the finished run is then published (as `job push` does);
+    every destination is checked before any step runs.
     """
     from infra.publish.cli import check_destinations, push_run
 
-    publish = bool(cfg.s3_uri or cfg.hub_repo)
+    options = {name: getattr(cfg, name) for name in config.PUBLISH_FIELDS}
+    publish = bool(cfg.s3_uri or cfg.hub_repo or cfg.publish_dir)
     if publish:
-        check_destinations(cfg.s3_uri, cfg.hub_repo)
+        check_destinations(**options)
     from job.pipeline import run  # after the checks: importing torch takes seconds
 
     rd = _rd(cfg)
@@ -260,7 +261,7 @@ def run_cmd(cfg, force: bool) -> None:
     with _hold(rd, "job run"):
         run(cfg, rd, echo, force=force, on_step=progress.phase_done)
     if publish:
-        push_run(cfg.run_dir, cfg.s3_uri, cfg.hub_repo, cfg.hub_private, echo=echo, progress=True)
+        push_run(cfg.run_dir, echo=echo, progress=True, **options)
 
 
 cli.add_command(push)

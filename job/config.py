@@ -414,6 +414,12 @@ class JobConfig:
         group="publish",
     )
     hub_private: bool = _opt(True, "Create the Hub repo as private.", group="publish")
+    publish_dir: str | None = _opt(
+        None,
+        "Copy model and report into this folder (a mounted volume, NFS; one sub-folder per run, every file verified, "
+        "manifest last) after `job run`.",
+        group="publish",
+    )
 
     # ----------------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:

@@ -109,12 +109,13 @@ def storage_error(exc: BaseException, folder: Path, what: str, fix: str | None =
     if code == errno.EROFS:
         return JobError(
             f"{where} is on a read-only file system, so {what} cannot be written there.",
-            "pass a --run-dir on a writable disk (or remount it read-write).",
+            fix or "pass a --run-dir on a writable disk (or remount it read-write).",
         )
     if code in (errno.EACCES, errno.EPERM):
         return JobError(
             f"Permission denied writing {what} in {where} (user id {os.getuid()}).",
-            "make the folder writable for this user (e.g. `chown -R $(id -u) FOLDER`), or pass another --run-dir.",
+            fix
+            or "make the folder writable for this user (e.g. `chown -R $(id -u) FOLDER`), or pass another --run-dir.",
         )
     return None
 

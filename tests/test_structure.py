@@ -149,7 +149,7 @@ def test_publishing_loops_over_destinations():
     assert not graph["infra.publish.cli"] & {"infra.publish.s3_publish", "infra.publish.hub"}
     from infra.publish.destinations import Destination, HubDestination, S3Destination, destinations
 
-    kinds = [type(d) for d in destinations("s3://b/p", "org/model")]
+    kinds = [type(d) for d in destinations(s3_uri="s3://b/p", hub_repo="org/model")]
     assert set(kinds) == {S3Destination, HubDestination}
     for kind in kinds:
         assert all(callable(getattr(kind, name, None)) for name in ("check", "publish")), Destination

@@ -1,4 +1,4 @@
-"""``job push``: publish a finished run to S3 and/or the Hugging Face Hub.
+"""``job push``: publish a finished run to S3, the Hugging Face Hub and/or a folder.
 
 Registered on the main group with ``cli.add_command(push)`` in :mod:`job.cli`; errors are
 JobErrors, which ``job.cli.main`` prints as one paragraph with exit code 2.
@@ -11,32 +11,25 @@ import click
 from job.errors import JobError
 
 
-def check_destinations(s3_uri: str | None, hub_repo: str | None, endpoint_url: str | None = None, client=None):
-    """Fail fast, before any training or upload: every destination these settings name is checked (the
-    Hub token's write access and offline mode; the bucket, endpoint and credentials). Makes no request to
-    the Hub; one ListObjectsV2 to S3."""
+def check_destinations(**options) -> None:
+    """Fail fast, before any training or upload: every destination the options name is checked (the Hub token's
+    write access and offline mode; the folder made and written to; the bucket, endpoint and credentials). Makes
+    no request to the Hub; one ListObjectsV2 to S3."""
     from infra.publish.destinations import check_all, destinations
 
-    check_all(destinations(s3_uri, hub_repo, endpoint_url=endpoint_url, client=client))
+    check_all(destinations(**options))
 
 
-def push_run(
-    run_dir,
-    s3_uri: str | None = None,
-    hub_repo: str | None = None,
-    hub_private: bool = True,
-    endpoint_url: str | None = None,
-    echo=click.echo,
-    progress: bool = False,
-) -> str:
-    """Check every destination first, then publish; return the one-line summary (also echoed)."""
+def push_run(run_dir, *, echo=click.echo, progress: bool = False, **options) -> str:
+    """Check every destination the options name first, then publish; return the one-line summary (also echoed)."""
     from infra.publish.bundle import run_root
-    from infra.publish.destinations import destinations, publish_all
+    from infra.publish.destinations import NOTHING_FIX, destinations, publish_all
 
-    dests = destinations(s3_uri, hub_repo, hub_private, endpoint_url)
+    root = run_root(run_dir)
+    dests = destinations(run_dir=root, **options)
     if not dests:
-        raise JobError("Nothing to publish to.", "pass --s3-uri s3://BUCKET/PREFIX and/or --hub-repo NAMESPACE/NAME.")
-    return publish_all(run_root(run_dir), dests, echo=echo, progress=progress)
+        raise JobError("Nothing to publish to.", NOTHING_FIX)
+    return publish_all(root, dests, echo=echo, progress=progress)
 
 
 @click.command("push")
@@ -60,14 +53,21 @@ def push_run(
     "--endpoint-url", envvar="AWS_ENDPOINT_URL_S3", default=None,
     help="S3-compatible endpoint (MinIO, SeaweedFS...).  [env AWS_ENDPOINT_URL_S3]",
 )  # fmt: skip
+@click.option(
+    "--publish-dir", envvar="JOB_PUBLISH_DIR", default=None, type=click.Path(file_okay=False),
+    help="Copy the run into this folder (a mounted volume, NFS) under <run-id>/, verified, manifest last.  "
+    "[env JOB_PUBLISH_DIR]",
+)  # fmt: skip
 @click.option("--debug", is_flag=True, help="Show Python tracebacks for errors.")
 def push(
-    run_dir: str, s3_uri: str | None, hub_repo: str | None, hub_private: bool, endpoint_url: str | None, debug: bool
-) -> None:
-    """Publish a finished run: model, report and manifest to S3; the model with its card to the Hub.
+    run_dir: str, s3_uri: str | None, hub_repo: str | None, hub_private: bool, endpoint_url: str | None,
+    publish_dir: str | None, debug: bool,
+) -> None:  # fmt: skip
+    """Publish a finished run: model, report and manifest to S3 or a folder; the model with its card to the Hub.
 
     Credentials come from the environment only: AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY (or an
     AWS profile) for S3, HF_TOKEN or the token file (HF_TOKEN_PATH, `hf auth login`) for the Hub.
     Both destinations are checked before anything is uploaded.
     """
-    push_run(run_dir, s3_uri, hub_repo, hub_private, endpoint_url, echo=click.echo, progress=True)
+    push_run(run_dir, echo=click.echo, progress=True, s3_uri=s3_uri, hub_repo=hub_repo, hub_private=hub_private,
+             endpoint_url=endpoint_url, publish_dir=publish_dir)  # fmt: skip
