@@ -38,10 +38,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from quality import load_protocol, merge_rows, parse_settings, row_fingerprint, torch_threads, validation_at_best
+from quality import load_protocol, merge_rows, parse_settings, resolve_row, torch_threads, validation_at_best
 
 from job import data
-from job.config import JobConfig, resolve_config
 from job.evaluation import evaluate_model, evaluation_options
 from job.layout import write_json
 from job.models import load_model, resolve_best_dim, resolve_dims
@@ -94,7 +93,6 @@ def main() -> None:
     previous = json.loads(out.read_text()) if out.is_file() else {}
     done = {r["name"]: r for r in previous.get("rows", [])}
     rows = []
-    defaults = JobConfig().to_dict()
     for name in rows_wanted + list(variants):
         recipe = variants.get(name, ROWS.get(name, "unknown"))
         if recipe == "unknown":
@@ -106,14 +104,10 @@ def main() -> None:
                 cli["epochs"] = args.epochs
             if name == "merge_auto":
                 cli["guard_data"] = args.guard
-        cfg = resolve_config(cli=cli, environ={})
-        config = {k: v for k, v in cfg.to_dict().items() if v != defaults[k]}
-        fingerprint = row_fingerprint(protocol, {"row": name, **cfg.to_dict()})
-        if name in done and done[name].get("fingerprint") == fingerprint:
-            log(f"{name}: already measured in {out}, kept")
-            rows.append(done[name])
+        cfg, config, fingerprint, kept = resolve_row(name, cli, protocol, done, out, log)
+        if kept:
+            rows.append(kept)
             continue
-        log(f"{name}: start ({config})")
         model = load_model(cfg.model, max_seq_length=cfg.max_seq_length, train=recipe is not None)
         dims = resolve_dims(cfg, model)
         row = {"name": name, "config": config, "fingerprint": fingerprint}

@@ -119,6 +119,18 @@ def row_fingerprint(protocol: dict, cfg_dict: dict) -> str:
     return fingerprint_digest({"protocol": {k: v for k, v in protocol.items() if k != "machine"}, "config": cfg_dict})
 
 
+def resolve_row(name: str, cli: dict, protocol: dict, done: dict[str, dict], where, log):
+    """A named row's configuration: ``(cfg, its values that differ from the defaults, fingerprint, the row
+    already measured in ``done`` under the same fingerprint or None)``."""
+    cfg = resolve_config(cli=cli, environ={})
+    defaults = JobConfig().to_dict()
+    config = {k: v for k, v in cfg.to_dict().items() if v != defaults[k]}
+    fingerprint = row_fingerprint(protocol, {"row": name, **cfg.to_dict()})
+    kept = done.get(name) if done.get(name, {}).get("fingerprint") == fingerprint else None
+    log(f"{name}: already measured in {where}, kept" if kept else f"{name}: start ({config})")
+    return cfg, config, fingerprint, kept
+
+
 class _ElapsedOnSave:
     """Trainer callback: training seconds so far, written next to the checkpoints at every save, so a
     resumed row reports the whole training time (time between saves that was lost is not counted)."""

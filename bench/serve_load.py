@@ -590,14 +590,7 @@ def matrix(args) -> dict:
     if args.peer == "infinity":
         rows += _infinity(args, run, levels, questions, logs, env, servers)
     return {
-        "measured": datetime.datetime.now().isoformat(timespec="seconds"),
-        "label": args.label,
-        "machine": machine(),
-        "command": " ".join([Path(sys.executable).name, *sys.argv]),
-        "run": run.name,
-        "dim": args.dim,
-        "k": args.k,
-        "seconds_per_level": args.seconds,
+        **_result_header(args, run),
         "questions": len(questions),
         "unique_questions": True,
         "notes": "load generator on the same machine (its CPU share per row); rag-eval serve embeds two questions "
@@ -672,6 +665,18 @@ def compare(args) -> dict:
                                 "questions_per_s_median": median("questions_per_s"),
                                 "ceiling_median": median("ceiling_questions_per_s")})  # fmt: skip
     return {
+        **_result_header(args, run),
+        "comparison": {"this": REPO.name, "other": other.name, "rounds": args.rounds},
+        "notes": "two checkouts' rag-eval serve in turns; each row's ceiling is the encoders alone measured just "
+        "before it (both layouts, the batch sizes its clients can fill); summary: medians over the rounds.",
+        "summary": summary,
+        "rows": rows,
+    }
+
+
+def _result_header(args, run: Path) -> dict:
+    """What every results file of this script starts with: when, where (the CPU), the command and the settings."""
+    return {
         "measured": datetime.datetime.now().isoformat(timespec="seconds"),
         "label": args.label,
         "machine": machine(),
@@ -680,11 +685,6 @@ def compare(args) -> dict:
         "dim": args.dim,
         "k": args.k,
         "seconds_per_level": args.seconds,
-        "comparison": {"this": REPO.name, "other": other.name, "rounds": args.rounds},
-        "notes": "two checkouts' rag-eval serve in turns; each row's ceiling is the encoders alone measured just "
-        "before it (both layouts, the batch sizes its clients can fill); summary: medians over the rounds.",
-        "summary": summary,
-        "rows": rows,
     }
 
 

@@ -151,3 +151,15 @@ def build_manifest(
         },
         "metrics": metrics_summary(root),
     }
+
+
+def different_run(where: str, manifest: dict[str, Any], run_id: str, option: str) -> JobError:
+    """The error for a destination (``where``) whose manifest describes another run than ``run_id`` holds now:
+    publishing leaves it untouched. ``option`` names the flag that chose the destination."""
+    return JobError(
+        f"{where} already holds a different published run (manifest {manifest.get('run_id', '?')} created "
+        f"{manifest.get('created', '?')}, content {str(manifest.get('content_sha256'))[:12]}) than {run_id} "
+        "holds now; it is left untouched.",
+        f"publish under another {option}; if the run directory was changed after publishing, restore it or use "
+        "a new --run-dir.",
+    )

@@ -37,6 +37,7 @@ from infra.publish.bundle import (
     RunFile,
     build_manifest,
     content_digest,
+    different_run,
     run_files,
     run_id_for,
     run_root,
@@ -149,13 +150,7 @@ def _write_manifest(dest: Path, manifest: dict[str, Any]) -> bool:
 
 
 def _different_run(dest: Path, manifest: dict[str, Any], run_id: str) -> JobError:
-    return JobError(
-        f"{dest} already holds a different published run (manifest {manifest.get('run_id', '?')} created "
-        f"{manifest.get('created', '?')}, content {str(manifest.get('content_sha256'))[:12]}) than {run_id} holds "
-        "now; it is left untouched.",
-        "publish into another --publish-dir; if the run directory was changed after publishing, restore it or use a "
-        "new --run-dir.",
-    )
+    return different_run(str(dest), manifest, run_id, "--publish-dir")
 
 
 def publish_folder(run_dir, folder, *, run_id: str | None = None, echo: Echo | None = None) -> FolderPublication:

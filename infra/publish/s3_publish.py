@@ -48,6 +48,7 @@ from infra.publish.bundle import (
     RunFile,
     build_manifest,
     content_digest,
+    different_run,
     run_files,
     run_id_for,
     run_root,
@@ -242,13 +243,7 @@ def _put_manifest(client, bucket: str, key: str, body: bytes) -> bool:
 
 
 def _different_run(uri: str, manifest: dict[str, Any], run_id: str) -> JobError:
-    return JobError(
-        f"{uri} already holds a different published run (manifest {manifest.get('run_id', '?')} created "
-        f"{manifest.get('created', '?')}, content {str(manifest.get('content_sha256'))[:12]}) than {run_id} "
-        "holds now; it is left untouched.",
-        "publish under another --s3-uri; if the run directory was changed after publishing, restore it or use "
-        "a new --run-dir.",
-    )
+    return different_run(uri, manifest, run_id, "--s3-uri")
 
 
 def _verify_all(client, bucket: str, prefix: str, files: list[RunFile]) -> tuple[list[str], dict[str, int]]:
