@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import logging
 import math
 import os
 import re
@@ -706,7 +707,17 @@ def _children(node: yaml.Node) -> list[yaml.Node]:
     return []
 
 
+# JOB_* variables the program reads outside the configuration (never a misspelt field)
+OWN_ENV = ("debug", "run_lock_held")
+_WARNED_ENV: set[str] = set()
+
+
 def env_values(environ: typing.Mapping[str, str] | None = None) -> dict[str, str]:
+    """The configuration fields set as JOB_<FIELD> variables. A JOB_* variable that is no field but close to one
+    (JOB_EPOCH, JOB_LEARNINGRATE) is a warning naming the field it resembles, once per process; other JOB_*
+    variables (JOB_NAME from a CI system) are left alone."""
+    import difflib
+
     environ = os.environ if environ is None else environ
     out = {}
     for key, value in environ.items():
@@ -714,6 +725,14 @@ def env_values(environ: typing.Mapping[str, str] | None = None) -> dict[str, str
             name = key[len(ENV_PREFIX) :].lower()
             if name in FIELDS:
                 out[name] = value
+            elif name not in OWN_ENV and key not in _WARNED_ENV:
+                close = difflib.get_close_matches(name, FIELDS, n=1, cutoff=0.8)
+                if close:
+                    _WARNED_ENV.add(key)
+                    logging.getLogger(__name__).warning(
+                        "%s is not a configuration variable and is ignored; did you mean %s%s?",
+                        key, ENV_PREFIX, close[0].upper(),
+                    )  # fmt: skip
     return out
 
 

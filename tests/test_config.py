@@ -109,6 +109,21 @@ def test_env_values_picks_known_job_variables_only():
     assert env_values(environ) == {"epochs": "2", "seed": "7"}
 
 
+def test_a_misspelt_job_variable_is_a_warning_naming_the_field(caplog):
+    from job import config
+
+    config._WARNED_ENV.clear()
+    env = {"JOB_EPOCH": "3", "JOB_LEARNINGRATE": "1e-5", "JOB_NAME": "nightly", "JOB_DEBUG": "1", "JOB_SEED": "7"}
+    with caplog.at_level("WARNING", logger="job.config"):
+        assert env_values(env) == {"seed": "7"}
+        env_values(env)  # once per process
+    warned = [r.getMessage() for r in caplog.records]
+    assert warned == [
+        "JOB_EPOCH is not a configuration variable and is ignored; did you mean JOB_EPOCHS?",
+        "JOB_LEARNINGRATE is not a configuration variable and is ignored; did you mean JOB_LEARNING_RATE?",
+    ]
+
+
 def test_real_environment_is_ignored_with_explicit_environ(monkeypatch):
     monkeypatch.setenv("JOB_EPOCHS", "9")
     assert resolve_config(environ={}).epochs == 4.0
