@@ -367,9 +367,10 @@ def query_cmd(question, model, baseline, no_baseline, query_prompt, passage_prom
     Passages relevant to a question of the evaluation data (--data, default the run's test set) are
     marked *. For the same demo in a browser, with the models loaded once, see `rag-eval serve`.
     """
-    from rag_eval.demo import Searcher, show
     from rag_eval.demo import interactive as ask_until_eof
+    from rag_eval.demo import show
     from rag_eval.scoring import check_indexed, open_collection
+    from rag_eval.searcher import Searcher
 
     if k < 1:
         raise JobError(f"-k/--k {k} must be at least 1.", "pass e.g. -k 5.")

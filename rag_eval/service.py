@@ -37,9 +37,9 @@ from job.errors import JobError
 from job.layout import RAG_EVAL, REPORT_RECORD
 from rag_eval import store
 from rag_eval.batching import LRU, Reply, Stage, name_os_thread, settle
-from rag_eval.demo import RANK_DEPTH, Searcher
 from rag_eval.index import VectorStore
 from rag_eval.quantized import DEFAULT_RESCORE_MULTIPLIER, QuantizedIndex, bytes_per_vector
+from rag_eval.searcher import RANK_DEPTH, Searcher
 from rag_eval.sources import LoadedModel, Sources
 from rag_eval.vectors import corpus_fingerprint, encode_queries, truncate_normalise
 
