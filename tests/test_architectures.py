@@ -4,9 +4,9 @@ last-token pooling and left padding, and a model with query/passage prompts).
 
 Per architecture: `job run` (prepare -> baseline -> train with the token cache and a mined negative ->
 `--merge-base 0.5` -> evaluate -> `--export onnx,onnx-int8`, each export checked against PyTorch), the cached loss,
-the portable save loaded back by plain sentence-transformers with the same vectors, and `rag-eval index / score /
-query` on the fine-tuned model. A path that cannot support an architecture must say so before doing the work;
-none is refused today, and every cell below runs.
+the portable save loaded back by plain sentence-transformers with the same vectors, `rag-eval index / score /
+query` on the fine-tuned model, and `serve`'s search on the torch, onnx and onnx-int8 backends. A path that cannot
+support an architecture must say so before doing the work; none is refused today, and every cell below runs.
 """
 
 from __future__ import annotations
@@ -83,3 +83,21 @@ def test_every_path_on_every_architecture(arch, arch_models, arch_pairs, tmp_pat
         out, err = capsys.readouterr()
         assert code == 0, f"rag-eval {args[0]}: " + out[-2000:] + err[-2000:]
     assert "What about revenue?" in out
+
+    # rag-eval serve's search on each backend (the service `serve` runs, without its HTTP server): both models'
+    # exports encode the question against the index PyTorch built
+    from rag_eval import store
+    from rag_eval.service import RetrievalService
+    from rag_eval.sources import choose_backend, load_eval_data, resolve_models
+
+    sources = resolve_models(str(run))
+    ir, _ = load_eval_data(None, sources)
+    found = {}
+    for backend in ("torch", "onnx", "onnx-int8"):
+        chosen, why = choose_backend(sources, backend)
+        service = RetrievalService.open(sources, store.StoreTarget(path=run / "chroma"), ir, echo=lambda _: None,
+                                        backend=chosen, backend_note=why)  # fmt: skip
+        assert service.backend == backend
+        found[backend] = [[r.id for r in c.rows] for c in service.search("What about revenue?", 5, 16).columns]
+    assert found["onnx"] == found["torch"]  # float32: the same rankings
+    assert [ids[:1] for ids in found["onnx-int8"]] == [ids[:1] for ids in found["torch"]]
