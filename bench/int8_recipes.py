@@ -1,5 +1,6 @@
 """int8 recipes for `job export`, compared on one model: cosine to PyTorch (the 16 probe texts and real questions
-and passages), NDCG@10 at every dim on the embedded Corvane pairs, texts/s and file size.
+and passages), NDCG@10 at every dim on the embedded Corvane pairs (or --eval-csv's test split), texts/s and file
+size.
 
 Recipes (ONNX Runtime dynamic quantization; activations are always uint8 there):
 
@@ -48,6 +49,9 @@ def main() -> None:
     ap.add_argument("--model", required=True)
     ap.add_argument("--recipes", default="", help="comma list of recipe names (default: all)")
     ap.add_argument("--real", type=int, default=150, help="questions and passages each for the cosine on real text")
+    ap.add_argument("--eval-csv", default=None, help="score NDCG@10 on this (question, context) CSV's test split "
+                    "(bench/quality.py's protocol: seed-42 shuffle, first 10 %%, every context) instead of the "
+                    "embedded pairs (which a model fine-tuned on them has seen)")  # fmt: skip
     ap.add_argument("--out", default=None)
     ap.add_argument("--work-dir", default=".bench/int8_recipes")
     args = ap.parse_args()
@@ -63,6 +67,12 @@ def main() -> None:
     ctx = {c: f"d{i}" for i, c in enumerate(dict.fromkeys(r["context"] for r in rows))}
     ir = IRData({v: k for k, v in ctx.items()}, {f"q{i}": r["question"] for i, r in enumerate(rows)},
                 {f"q{i}": {ctx[r["context"]]: 1} for i, r in enumerate(rows)})  # fmt: skip
+    evaluated_on = "the embedded Corvane pairs (all of them)"
+    if args.eval_csv:
+        from quality import load_protocol
+
+        _, _, ir, _, _ = load_protocol(args.eval_csv, 42, 300)
+        evaluated_on = f"{args.eval_csv}: test split ({len(ir.queries)} questions, {len(ir.corpus)} passages)"
     probes = list(E.EXPORT_PROBE_TEXTS)
     real = [r["question"] for r in rows[: args.real]] + list(ctx)[: args.real]
     ref_p, ref_r = E.probe_vectors(model, probes), E.probe_vectors(model, real)
@@ -86,7 +96,8 @@ def main() -> None:
         "all-matmul-reduce": dict(mm, reduce_range=True),
     }
     wanted = [r for r in args.recipes.split(",") if r] or list(recipes)
-    out = {"model": src.name, "cpu": cpu_facts(), "ffn_down_projections": len(down), "recipes": {}}
+    out = {"model": src.name, "cpu": cpu_facts(), "ffn_down_projections": len(down), "ndcg_on": evaluated_on,
+           "recipes": {}}  # fmt: skip
     for name in wanted:
         kw = recipes[name]
         f = fp32 if kw is None else work / "onnx" / f"{name}.onnx"
