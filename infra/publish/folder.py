@@ -31,18 +31,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from infra.publish.bundle import (
-    CHUNK,
-    MANIFEST_NAME,
-    RunFile,
-    build_manifest,
-    content_digest,
-    different_run,
-    run_files,
-    run_id_for,
-    run_root,
-    sha256_file,
-)
+from infra.publish import bundle
+from infra.publish.bundle import MANIFEST_NAME, RunFile, sha256_file
 from job import storage
 from job.errors import JobError
 
@@ -80,7 +70,7 @@ def check_folder(folder, run_dir=None) -> None:
         with tempfile.NamedTemporaryFile(dir=path, prefix=".publish-check-"):
             pass
     if run_dir is not None:
-        need = sum(f.size for f in run_files(run_dir))
+        need = sum(f.size for f in bundle.run_files(run_dir))
         free = shutil.disk_usage(path).free
         if free < need:
             raise JobError(
@@ -109,7 +99,7 @@ def _copy(f: RunFile, target: Path) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     try:
         with os.fdopen(fd, "wb") as out, open(f.local, "rb") as src:
-            for block in iter(lambda: src.read(CHUNK), b""):
+            for block in iter(lambda: src.read(bundle.CHUNK), b""):
                 out.write(block)
             out.flush()
             os.fsync(out.fileno())
@@ -150,18 +140,18 @@ def _write_manifest(dest: Path, manifest: dict[str, Any]) -> bool:
 
 
 def _different_run(dest: Path, manifest: dict[str, Any], run_id: str) -> JobError:
-    return different_run(str(dest), manifest, run_id, "--publish-dir")
+    return bundle.different_run(str(dest), manifest, run_id, "--publish-dir")
 
 
 def publish_folder(run_dir, folder, *, run_id: str | None = None, echo: Echo | None = None) -> FolderPublication:
     """Copy a finished run to ``<folder>/<run-id>/``, verify every file, write manifest.json last."""
     say = echo or (lambda _msg: None)
-    root = run_root(run_dir)
+    root = bundle.run_root(run_dir)
     base = _folder(folder)
-    run_id = run_id or run_id_for(root)
+    run_id = run_id or bundle.run_id_for(root)
     dest = base / run_id
-    files = run_files(root)
-    digest = content_digest(files)
+    files = bundle.run_files(root)
+    digest = bundle.content_digest(files)
     total = sum(f.size for f in files)
     with storage.storage_errors(dest, "the published run", FIX):
         status = "published"
@@ -193,7 +183,7 @@ def publish_folder(run_dir, folder, *, run_id: str | None = None, echo: Echo | N
                 "No manifest was written, so the run does not count as published.",
                 "publish again (a folder without a manifest is replaced); if it fails again, check that disk.",
             )
-        manifest = build_manifest(root, run_id, files, f"file://{dest}/", {"read-back-sha256": len(files)})
+        manifest = bundle.build_manifest(root, run_id, files, f"file://{dest}/", {"read-back-sha256": len(files)})
         manifest["checksum_verification"]["how"] = "every copied file read back and its SHA-256 compared"
         if not _write_manifest(dest, manifest):
             other = read_manifest(dest / MANIFEST_NAME) or {}
