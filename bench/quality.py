@@ -29,7 +29,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from job import data  # noqa: E402
-from job.config import MODEL_FIELDS, JobConfig, fingerprint_digest, resolve_config  # noqa: E402
+from job.config import MODEL_FIELDS, PUBLISH_FIELDS, JobConfig, fields_where, fingerprint_digest, resolve_config  # noqa: E402
 from job.evaluation import evaluate_model, evaluation_options, per_dim_metrics  # noqa: E402
 from job.layout import write_json  # noqa: E402
 from job.models import load_model, resolve_best_dim, resolve_dims  # noqa: E402
@@ -114,6 +114,18 @@ def validation_at_best(summary: dict) -> dict[int, float]:
     return {}
 
 
+# Publishing destinations and this machine's settings change no measured number. The ones that rows recorded
+# before 2026-12-07 hold in their fingerprints stay in (so those rows still match); any added since are left
+# out, so a new option (--publish-dir was the first) re-measures nothing.
+_NEUTRAL_IN_OLD_ROWS = ("s3_uri", "hub_repo", "hub_private", "run_dir", "log_format", "progress_seconds")
+NOT_SCORED = tuple(n for n in PUBLISH_FIELDS + fields_where(group="local") if n not in _NEUTRAL_IN_OLD_ROWS)
+
+
+def scored_config(cfg: JobConfig) -> dict:
+    """The configuration as a row's fingerprint holds it: every field a measured number may depend on."""
+    return {k: v for k, v in cfg.to_dict().items() if k not in NOT_SCORED}
+
+
 def row_fingerprint(protocol: dict, cfg_dict: dict) -> str:
     """What a row's numbers depend on: the protocol (machine aside) and the full configuration."""
     return fingerprint_digest({"protocol": {k: v for k, v in protocol.items() if k != "machine"}, "config": cfg_dict})
@@ -125,7 +137,7 @@ def resolve_row(name: str, cli: dict, protocol: dict, done: dict[str, dict], whe
     cfg = resolve_config(cli=cli, environ={})
     defaults = JobConfig().to_dict()
     config = {k: v for k, v in cfg.to_dict().items() if v != defaults[k]}
-    fingerprint = row_fingerprint(protocol, {"row": name, **cfg.to_dict()})
+    fingerprint = row_fingerprint(protocol, {"row": name, **scored_config(cfg)})
     kept = done.get(name) if done.get(name, {}).get("fingerprint") == fingerprint else None
     log(f"{name}: already measured in {where}, kept" if kept else f"{name}: start ({config})")
     return cfg, config, fingerprint, kept
@@ -246,7 +258,7 @@ def main() -> None:
         cfg = resolve_config(cli=cli, environ={})
         config = {k: v for k, v in cfg.to_dict().items() if v != defaults[k]}
         # a base row depends on the model and how it is evaluated; a trained row on everything
-        scored = cfg.fingerprint(MODEL_FIELDS + ("eval_batch_size",)) if name == "base" else cfg.to_dict()
+        scored = cfg.fingerprint(MODEL_FIELDS + ("eval_batch_size",)) if name == "base" else scored_config(cfg)
         fingerprint = row_fingerprint(protocol, {"trained": name != "base", **scored})
         if name in done and done[name]["fingerprint"] == fingerprint:
             log(f"{name}: already measured in {args.out}, kept")

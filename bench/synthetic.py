@@ -33,7 +33,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from quality import load_protocol, measure_row, merge_rows, print_tables, row_fingerprint, torch_threads
+from quality import load_protocol, measure_row, merge_rows, print_tables, row_fingerprint, scored_config, torch_threads
 
 from job import data
 from job.config import JobConfig, fingerprint_digest, resolve_config
@@ -141,7 +141,7 @@ def main() -> None:
         cfg = resolve_config(cli=cli, environ={})
         config = {k: v for k, v in cfg.to_dict().items() if v != defaults[k]}
         trained = name != "base"
-        what = {"trained": trained, **cfg.to_dict(), "pairs": fingerprint_digest({"p": [(p.question, p.passage)
+        what = {"trained": trained, **scored_config(cfg), "pairs": fingerprint_digest({"p": [(p.question, p.passage)
                 for p in pairs]}) if trained else None}  # fmt: skip
         fingerprint = row_fingerprint(protocol, what)
         if name in done and done[name].get("fingerprint") == fingerprint:

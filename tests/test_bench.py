@@ -10,7 +10,9 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 
-from quality import check_same_protocol, merge_rows  # noqa: E402
+from quality import check_same_protocol, merge_rows, resolve_row, row_fingerprint  # noqa: E402
+
+from job.config import resolve_config  # noqa: E402
 
 PROTOCOL = {"rows": 7000, "epochs_override": 1.0, "max_seq_length": 128, "reduced": True}
 
@@ -63,3 +65,16 @@ def test_show_prints_a_results_file_without_running(tmp_path):
     assert "| default | 0.700 |" in shown.stdout
     missing = subprocess.run([sys.executable, str(script)], capture_output=True, text=True)
     assert missing.returncode == 2 and "--data is required" in missing.stderr
+
+
+def test_a_publishing_option_added_later_changes_no_row_s_fingerprint():
+    """Rows measured before --publish-dir existed must still be kept: where a run publishes changes no number.
+    The recipe still counts."""
+    protocol = {"rows": 10, "machine": "anything"}
+    fp = lambda cli: resolve_row("default", {"seed": 42, **cli}, protocol, {}, "x", lambda m: None)[2]  # noqa: E731
+    assert fp({}) == fp({"publish_dir": "/mnt/models"})
+    assert fp({}) != fp({"learning_rate": 1e-5})
+    # the fingerprint of a row recorded before the field existed: the same configuration without it
+    cfg = resolve_config(cli={"seed": 42}, environ={}).to_dict()
+    cfg.pop("publish_dir")
+    assert fp({}) == row_fingerprint(protocol, {"row": "default", **cfg})
