@@ -16,7 +16,10 @@ from pathlib import Path
 import click
 
 from job.errors import JobError
-from rag_eval import store
+from rag_eval import stores
+from rag_eval.naming import check_prefix, dims_in_store
+from rag_eval.store import HnswSettings  # Chroma's index parameters (--ef-construction ...); the exact store has none
+from rag_eval.store_access import StoreTarget
 from rag_eval.store_options import store_options, store_target
 
 DEBUG_ENV = "RAG_EVAL_DEBUG"
@@ -34,8 +37,8 @@ def _setup_logging(debug: bool) -> None:
         logging.getLogger(noisy).setLevel(logging.INFO if debug else logging.WARNING)
 
 
-def _hold(sources, target: store.StoreTarget, command: str, *, shared: bool = False):
-    """The run directory (or, without one, the embedded store's folder) held for ``command``: exclusively by
+def _hold(sources, target: StoreTarget, command: str, *, shared: bool = False):
+    """The run directory (or, without one, the embedded or exact store's folder) held for ``command``: exclusively by
     `index` and `score`, which write there, shared by `query` and `serve`, which only read
     (job.layout.run_lock: a second writer, or a writer while a reader serves, is refused with the holder named)."""
     import contextlib
@@ -203,21 +206,21 @@ def cli() -> None:
 @click.option(
     "--ef-construction",
     type=int,
-    default=store.HnswSettings.ef_construction,
+    default=HnswSettings.ef_construction,
     show_default=True,
     help="HNSW build-time candidate list size.",
 )
 @click.option(
     "--ef-search",
     type=int,
-    default=store.HnswSettings.ef_search,
+    default=HnswSettings.ef_search,
     show_default=True,
     help="HNSW query-time candidate list size.",
 )
 @click.option(
     "--max-neighbors",
     type=int,
-    default=store.HnswSettings.max_neighbors,
+    default=HnswSettings.max_neighbors,
     show_default=True,
     help="HNSW links per node (M).",
 )
@@ -235,15 +238,24 @@ def index_cmd(model, baseline, no_baseline, query_prompt, passage_prompt, data, 
     from rag_eval.indexing import index_models
     from rag_eval.sources import load_eval_data
 
-    settings = store.HnswSettings(ef_construction, ef_search, max_neighbors)
+    settings = HnswSettings(ef_construction, ef_search, max_neighbors)
     settings.check()
-    store.check_prefix(collection_prefix)
+    check_prefix(collection_prefix)
     wanted = parse_dims(dims)
+    target = store_target(chroma, None)  # checks the store options before any model loads
+    if target.kind != "chroma":
+        if settings != HnswSettings():
+            raise JobError(
+                f"--ef-construction, --ef-search and --max-neighbors set Chroma's HNSW index; --store {target.kind} "
+                "has no index parameters.",
+                f"drop them, or drop --store {target.kind}.",
+            )
+        settings = None
     sources = _sources(model, baseline, no_baseline, query_prompt, passage_prompt)
     ir, source = load_eval_data(data, sources, split)
     target = store_target(chroma, sources.run_dir)
-    with _hold(sources, target, "rag-eval index"), store.store_errors(target):
-        vector_store = store.connect(target, rebuild_damaged=force, echo=echo)
+    with _hold(sources, target, "rag-eval index"), stores.errors(target):
+        vector_store = stores.connect(target, rebuild_damaged=force, echo=echo)
         models = _load(sources)
         dims_ = wanted or sources.dims or default_dims(models[-1].dim)
         done = index_models(
@@ -253,8 +265,13 @@ def index_cmd(model, baseline, no_baseline, query_prompt, passage_prompt, data, 
     echo(
         f"index: {len(done)} collections ({len(models)} models x dims "
         f"{', '.join(map(str, sorted({d.dim for d in done}, reverse=True)))}), "
-        f"{len(ir.corpus)} passages each, HNSW ef_construction {ef_construction} / ef_search {ef_search} / "
-        f"max_neighbors {max_neighbors} -> {target.describe()}"
+        f"{len(ir.corpus)} passages each, "
+        + (
+            f"HNSW ef_construction {ef_construction} / ef_search {ef_search} / max_neighbors {max_neighbors}"
+            if settings is not None
+            else "exact search"
+        )
+        + f" -> {target.describe()}"
     )
 
 
@@ -302,19 +319,14 @@ def score_cmd(model, baseline, no_baseline, query_prompt, passage_prompt, data, 
         raise JobError(
             "--latency-samples, --batch-queries and --batch-size must be at least 1.", "pass positive numbers."
         )
-    store.check_prefix(collection_prefix)
+    check_prefix(collection_prefix)
     wanted = parse_dims(dims)
     sources = _sources(model, baseline, no_baseline, query_prompt, passage_prompt)
     ir, source = load_eval_data(data, sources, split)
     target = store_target(chroma, sources.run_dir)
-    with _hold(sources, target, "rag-eval score"), store.store_errors(target):
-        vector_store = store.connect(target, create=False)
-        dims_ = (
-            wanted
-            or sources.dims
-            or store.dims_in_store(vector_store, collection_prefix, sources.models[-1].key)
-            or [0]
-        )
+    with _hold(sources, target, "rag-eval score"), stores.errors(target):
+        vector_store = stores.connect(target, create=False)
+        dims_ = wanted or sources.dims or dims_in_store(vector_store, collection_prefix, sources.models[-1].key) or [0]
         check_indexed(vector_store, sources.models, dims_, collection_prefix)
         models = _load(sources)
         opts = ScoreOptions(
@@ -376,15 +388,15 @@ def query_cmd(question, model, baseline, no_baseline, query_prompt, passage_prom
         raise JobError(f"-k/--k {k} must be at least 1.", "pass e.g. -k 5.")
     if dim is not None and dims is not None:
         raise JobError("Both --dim and --dims are given.", "pass --dims (one dim or a comma-separated list).")
-    store.check_prefix(collection_prefix)
+    check_prefix(collection_prefix)
     wanted = [dim] if dim is not None else parse_dims(dims)
     sources = _sources(model, baseline, no_baseline, query_prompt, passage_prompt, with_baseline=compare)
     _check_compare(compare, no_baseline, sources)
     target = store_target(chroma, sources.run_dir)
     _, gold = _gold(data, split, sources)
-    with _hold(sources, target, "rag-eval query", shared=True), store.store_errors(target):
-        vector_store = store.connect(target, create=False)
-        dims_ = wanted or (store.dims_in_store(vector_store, collection_prefix, sources.models[-1].key) or [0])[:1]
+    with _hold(sources, target, "rag-eval query", shared=True), stores.errors(target):
+        vector_store = stores.connect(target, create=False)
+        dims_ = wanted or (dims_in_store(vector_store, collection_prefix, sources.models[-1].key) or [0])[:1]
         check_indexed(vector_store, sources.models, dims_, collection_prefix)
         models = _load(sources)
         per_dim = [
@@ -461,7 +473,7 @@ def serve_cmd(model, baseline, no_baseline, query_prompt, passage_prompt, data, 
         raise JobError(f"-k/--k {k} is out of range.", f"pass a number from 1 to {MAX_K}.")
     if threads < 0:
         raise JobError(f"--threads {threads} is negative.", "pass 0 (automatic) or a positive number.")
-    store.check_prefix(collection_prefix)
+    check_prefix(collection_prefix)
     wanted = parse_dims(dims)
     sources = _sources(model, baseline, no_baseline, query_prompt, passage_prompt)
     target = store_target(chroma, sources.run_dir)
@@ -475,7 +487,7 @@ def serve_cmd(model, baseline, no_baseline, query_prompt, passage_prompt, data, 
         return models
 
     with _hold(sources, target, "rag-eval serve", shared=True):
-        with store.store_errors(target):
+        with stores.errors(target):
             service = RetrievalService.open(
                 sources, target, ir, wanted, prefix=collection_prefix, k=k, load=load, echo=echo, backend=chosen,
                 backend_note=why, precision=precision, rescore_multiplier=rescore_multiplier,

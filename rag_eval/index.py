@@ -8,10 +8,11 @@
   id, documents optional), ``fetch`` (texts by id), ``fetch_all`` (every id, vector and text), ``count``,
   ``metadata`` and ``describe``.
 
-`rag-eval index`, `score`, `query` and `serve` use only these. The Chroma implementation is
-:mod:`rag_eval.store` (embedded or server); an exact in-memory index over quantized vectors is
-:mod:`rag_eval.quantized`. A second store (pgvector, Qdrant, ...) is one new module implementing the two
-classes.
+`rag-eval index`, `score`, `query` and `serve` use only these, and get a store by name from
+:mod:`rag_eval.stores` (``--store``). The Chroma implementation is :mod:`rag_eval.store` (embedded or server);
+the exact store, brute-force search over saved vectors, is :mod:`rag_eval.exact_store`; an exact in-memory
+index over quantized codes is :mod:`rag_eval.quantized`. Another store (pgvector, Qdrant, ...) is one new module
+implementing the two classes and a ``connect``, plus one line in :data:`rag_eval.stores.STORES`.
 """
 
 from __future__ import annotations
@@ -23,6 +24,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+
+from rag_eval import SCHEMA_VERSION
+from rag_eval.naming import REQUIRED_METADATA, description_changes
+
+# What :meth:`VectorIndex.check` finds under one of our names
+FOREIGN, CORRUPT, OURS = "foreign", "corrupted", "ours"
 
 
 @dataclass
@@ -77,12 +84,69 @@ class VectorIndex(abc.ABC):
     def vector_dim(self) -> int | None:
         return self.metadata.get("dim")
 
+    def stored_dim(self) -> int | None:
+        """The length of the vectors actually stored (None when it cannot be told, or there are none)."""
+        return None
+
+    def search_settings(self) -> dict[str, Any] | None:
+        """How this index searches, for reports (Chroma: its HNSW parameters; an exact index: its precision)."""
+        return None
+
+    def check(self, dim: int | None = None) -> tuple[str, list[str]]:
+        """Is this one of our indexes, and is it whole? ``(FOREIGN | CORRUPT | OURS, problems)``."""
+        meta = self.metadata
+        if "rag_eval" not in meta:
+            return FOREIGN, ["its metadata has no 'rag_eval' marker (it was not written by rag-eval)"]
+        problems = []
+        for key, typ in self.required_metadata().items():
+            value = meta.get(key)
+            if value is None or not isinstance(value, typ) or (typ is int and isinstance(value, bool)):
+                problems.append(f"metadata '{key}' is {value!r}")
+        if problems:
+            return CORRUPT, problems
+        if meta["rag_eval"] > SCHEMA_VERSION:
+            problems.append(f"it was written by a newer rag-eval (schema {meta['rag_eval']})")
+        if dim is not None and meta["dim"] != dim:
+            problems.append(f"its name says dim {dim} but its metadata says {meta['dim']}")
+        problems += self.store_problems()
+        count = self.count()
+        if count != meta["corpus_size"]:
+            problems.append(f"it holds {count} vectors but its metadata says {meta['corpus_size']}")
+        elif count:
+            stored = self.stored_dim()
+            if stored is not None and stored != meta["dim"]:
+                problems.append(f"its vectors have {stored} dims but its metadata says {meta['dim']}")
+        return (CORRUPT if problems else OURS), problems
+
+    def required_metadata(self) -> dict[str, type]:
+        """Metadata keys (and their types) an index of this store must have to be whole."""
+        return REQUIRED_METADATA
+
+    def store_problems(self) -> list[str]:
+        """What the store itself finds wrong with this index (Chroma: a distance space other than cosine)."""
+        return []
+
+    def refresh_description(self, metadata: dict[str, Any]) -> bool:
+        """Bring a kept index's descriptive metadata (:data:`rag_eval.naming.DESCRIPTIVE`) up to date without
+        rewriting its vectors; True when it changed."""
+        changes = description_changes(self.metadata, metadata)
+        if not changes:
+            return False
+        return self.replace_metadata({**self.metadata, **changes})
+
+    def replace_metadata(self, metadata: dict[str, Any]) -> bool:
+        """Replace the whole metadata mapping; False for an index that cannot (nothing changes)."""
+        return False
+
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "count": self.count(), "metadata": dict(self.metadata)}
 
 
 class VectorStore(abc.ABC):
     """Where indexes live."""
+
+    kind: str  # its name in rag_eval.stores.STORES ("chroma", "exact")
+    label: str  # how reports and pages name it ("Chroma", "exact store")
 
     @abc.abstractmethod
     def describe(self) -> str:
@@ -124,3 +188,10 @@ class VectorStore(abc.ABC):
     def errors(self) -> Iterator[None]:
         """Translate the store's failures into JobErrors that name it (default: none to translate)."""
         yield
+
+    def footprint_bytes(
+        self, index: VectorIndex, ids: Sequence[str], vectors: np.ndarray, documents: Sequence[str | None]
+    ) -> int | None:
+        """Bytes on disk that ``index`` (whose ids, vectors and texts are given) takes in this kind of store,
+        whether it lives on this machine or not (None: unknown)."""
+        return None

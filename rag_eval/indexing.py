@@ -9,10 +9,11 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from job.data import IRData
 from job.errors import JobError
-from rag_eval import store
+from rag_eval import naming
 from rag_eval.index import VectorStore, WriteResult
 from rag_eval.sources import LoadedModel
 from rag_eval.vectors import corpus_fingerprint, encode_passages, truncate_normalise
@@ -53,7 +54,7 @@ def write_vectors(
     vectors,
     texts: list[str] | None,
     meta: dict,
-    settings: store.HnswSettings,
+    settings: Any,  # the store's index parameters (Chroma: HnswSettings; the exact store: none)
     *,
     force: bool = False,
     write_batch: int | None = None,
@@ -72,9 +73,9 @@ def index_models(
     data: IRData,
     data_source: str,
     dims: list[int],
-    settings: store.HnswSettings,
+    settings: Any,  # the store's index parameters (Chroma: HnswSettings; the exact store: none)
     *,
-    prefix: str = store.DEFAULT_PREFIX,
+    prefix: str = naming.DEFAULT_PREFIX,
     force: bool = False,
     batch_size: int = 64,
     progress: bool = False,
@@ -82,8 +83,9 @@ def index_models(
     echo: Echo = print,
 ) -> list[IndexedCollection]:
     """For each model: encode the corpus at full dim once; per dim truncate, re-normalise, write."""
-    settings.check()
-    store.check_prefix(prefix)
+    if settings is not None:
+        settings.check()
+    naming.check_prefix(prefix)
     for m in models:  # check every model before any expensive step
         check_dims(dims, m)
     ids = list(data.corpus)
@@ -92,7 +94,7 @@ def index_models(
     done = []
     for m in models:
         metas = {
-            dim: store.build_metadata(
+            dim: naming.build_metadata(
                 model=m.spec.ref,
                 model_key=m.spec.key,
                 model_fingerprint=m.fingerprint,
@@ -110,7 +112,7 @@ def index_models(
             )  # fmt: skip
             for dim in check_dims(dims, m)
         }
-        names = {dim: store.collection_name(prefix, m.spec.key, dim) for dim in metas}
+        names = {dim: naming.collection_name(prefix, m.spec.key, dim) for dim in metas}
         if not force and all(is_complete(vector_store, names[d], metas[d]) for d in metas):
             for dim in metas:  # a rerun after a kill: the finished model is not even encoded again
                 done.append(IndexedCollection(m.label, dim, names[dim], "kept", "unchanged", len(ids), 0.0))
@@ -151,11 +153,11 @@ def is_complete(vector_store: VectorStore, name: str, meta: dict) -> bool:
         index = vector_store.open(name)
         complete = (
             index is not None
-            and index.metadata.get(store.WRITE_KEY) == store.write_key(meta)
+            and index.metadata.get(naming.WRITE_KEY) == naming.write_key(meta)
             and index.count() == meta["corpus_size"]
         )
         if complete:
-            store.refresh_description(index, meta)
+            index.refresh_description(meta)
         return complete
 
 

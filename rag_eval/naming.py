@@ -9,13 +9,15 @@ import datetime as _dt
 import re
 from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from job.errors import JobError
 from rag_eval import SCHEMA_VERSION
 
-if TYPE_CHECKING:
-    from rag_eval.index import VectorStore
+
+class _Named(Protocol):  # what dims_in_store reads of a rag_eval.index.VectorStore (which imports this module)
+    def names(self) -> list[str]: ...
+
 
 DEFAULT_PREFIX = "rag-eval"
 _NAME_OK = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9._-]{1,510}[a-zA-Z0-9]$")
@@ -49,17 +51,17 @@ def collection_name(prefix: str, model_key: str, dim: int) -> str:
     return name
 
 
-def dims_in_store(vector_store: VectorStore, prefix: str, model_key: str) -> list[int]:
+def dims_in_store(vector_store: _Named, prefix: str, model_key: str) -> list[int]:
     """The dims indexed for a model in this store, largest first (from the index names)."""
     pattern = re.compile(re.escape(f"{prefix}-{model_slug(model_key)}-d") + r"(\d+)$")
     dims = {int(m[1]) for c in vector_store.names() if (m := pattern.match(c))}
     return sorted(dims, reverse=True)
 
 
+# every store's; a store adds its own index parameters (VectorIndex.required_metadata: Chroma's HNSW ones)
 REQUIRED_METADATA = {
     "rag_eval": int, "model": str, "model_key": str, "model_fingerprint": str, "model_dim": int, "dim": int,
-    "normalized": bool, "corpus_fingerprint": str, "corpus_size": int, "space": str, "ef_construction": int,
-    "ef_search": int, "max_neighbors": int,
+    "normalized": bool, "corpus_fingerprint": str, "corpus_size": int,
 }  # fmt: skip
 
 
@@ -105,7 +107,7 @@ def build_metadata(
         "passage_prompt": passage_prompt or "",
         "query_prompt_used": query_prompt_used if query_prompt_used is not None else (query_prompt or ""),
         "passage_prompt_used": passage_prompt_used if passage_prompt_used is not None else (passage_prompt or ""),
-        **asdict(settings),
+        **(asdict(settings) if settings is not None else {}),  # the store's index parameters (exact store: none)
         "usage": usage_line(dim),
         "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }

@@ -139,9 +139,13 @@ def _num(value: Any, fmt: str) -> str:
 
 def render_facts(service: RetrievalService) -> str:
     labels = [m.label for m in service.models]
+    scored_in = (
+        (service.score_report or {}).get("store_label", "Chroma") if service.score_report else service.store.label
+    )
     head = f"<th>dim</th><th>vectors</th><th>bytes/vector ({esc(service.precision)})</th><th>bytes/vector on disk</th>"
     head += "".join(
-        f"<th>{esc(label)} ANN recall@10</th><th>{esc(label)} NDCG@10 Chroma / exact (Δ)</th>" for label in labels
+        f"<th>{esc(label)} ANN recall@10</th><th>{esc(label)} NDCG@10 {esc(scored_in)} / exact (Δ)</th>"
+        for label in labels
     )
     rows = []
     for f in service.facts:
@@ -156,12 +160,15 @@ def render_facts(service: RetrievalService) -> str:
                 continue
             cells.append(_num(s["ann_recall@10"], ".3f"))
             cells.append(
-                f"{_num(s['ndcg_chroma'], '.4f')} / {_num(s['ndcg_exact'], '.4f')} ({_num(s['ndcg_delta'], '+.4f')})"
+                f"{_num(s['ndcg_store'], '.4f')} / {_num(s['ndcg_exact'], '.4f')} ({_num(s['ndcg_delta'], '+.4f')})"
             )
         rows.append(f'<tr data-dim="{f.dim}">' + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
     text = service.score_note
     if service.score_report is None:
-        text += " Run `rag-eval score` with the same --model for ANN recall, size on disk and Chroma vs exact NDCG@10."
+        text += (
+            " Run `rag-eval score` with the same --model for ANN recall, size on disk and NDCG@10 through the store "
+            "vs exact."
+        )
     return (
         f'<div class="re-facts"><table class="re-table"><thead><tr>{head}</tr></thead>'
         f"<tbody>{''.join(rows)}</tbody></table>"

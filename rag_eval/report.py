@@ -37,13 +37,23 @@ def _mib(n: int | None) -> str:
     return "n/a" if n is None else f"{n / 2**20:.2f}"
 
 
+def store_label(result: dict[str, Any]) -> str:
+    """How the report names the store it scored ("Chroma", "exact store"; reports before 2026-12-07: Chroma)."""
+    return result.get("store_label", "Chroma")
+
+
+def through_store(row: dict[str, Any]) -> dict[str, float]:
+    """A dim's metrics through the store (key ``store``; ``chroma`` in reports before 2026-12-07)."""
+    return row["store"] if "store" in row else row["chroma"]
+
+
 def ndcg_table(result: dict[str, Any]) -> str:
-    """Per dim, each model side by side: NDCG@10 through Chroma, exact, the difference, ANN recall@10."""
+    """Per dim, each model side by side: NDCG@10 through the store, exact, the difference, ANN recall@10."""
     labels = list(result["models"])
     ref = "exact evaluator" if result["reference"] == "evaluator" else "exact search (graded)"
     head = ["dim"]
     for label in labels:
-        head += [f"{label} Chroma", f"{label} {ref}", "Δ", "ANN recall@10"]
+        head += [f"{label} {store_label(result)}", f"{label} {ref}", "Δ", "ANN recall@10"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---:|" * len(head)]
     for dim in sorted(result["dims"], reverse=True):
         cells = [str(dim)]
@@ -54,7 +64,7 @@ def ndcg_table(result: dict[str, Any]) -> str:
                 continue
             reference = r["evaluator"] if result["reference"] == "evaluator" else r["exact"]
             cells += [
-                f"{r['chroma']['ndcg@10']:.4f}",
+                f"{through_store(r)['ndcg@10']:.4f}",
                 f"{reference['ndcg@10']:.4f}",
                 f"{r['ndcg_delta']:+.4f}",
                 f"{r['ann_recall@10']:.3f}",
@@ -64,18 +74,18 @@ def ndcg_table(result: dict[str, Any]) -> str:
 
 
 def metrics_table(result: dict[str, Any]) -> str:
-    """Every metric through Chroma, with the exact evaluator's number in brackets."""
+    """Every metric through the store, with the exact evaluator's number in brackets."""
     key = "evaluator" if result["reference"] == "evaluator" else "exact"
     head = ["dim", "model", *(_LABELS[m] for m in REPORTED)]
     lines = ["| " + " | ".join(head) + " |", "|---:|:---|" + "---:|" * len(REPORTED)]
     for dim, label, r in _rows(result):
-        cells = [f"{r['chroma'][m]:.3f} ({r[key][m]:.3f})" for m in REPORTED]
+        cells = [f"{through_store(r)[m]:.3f} ({r[key][m]:.3f})" for m in REPORTED]
         lines.append(f"| {dim} | {label} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
 def cost_table(result: dict[str, Any]) -> str:
-    """Disk footprint and Chroma query latency per dim and model."""
+    """Disk footprint and the store's query latency per dim and model."""
     batch = next((r["latency"]["batch_size"] for _, _, r in _rows(result)), "?")
     head = [
         "dim",
@@ -104,7 +114,7 @@ def agreement_line(result: dict[str, Any]) -> str:
     what = "the exact evaluator's" if result["reference"] == "evaluator" else "exact search's (graded)"
     verdict = "agrees with" if a["ok"] else "DIFFERS from"
     line = (
-        f"NDCG@10 through Chroma {verdict} {what} within {a['max_abs_ndcg_delta']:.4f} at every dim "
+        f"NDCG@10 through {store_label(result)} {verdict} {what} within {a['max_abs_ndcg_delta']:.4f} at every dim "
         f"(tolerance {a['tolerance']}); lowest ANN recall@10 {a['min_ann_recall@10']:.3f}"
     )
     if not a["ok"] or a["min_ann_recall@10"] < a["ann_recall_target"]:
@@ -166,28 +176,35 @@ def run_files_section(result: dict[str, Any]) -> list[str]:
 
 def markdown(result: dict[str, Any], meta: dict[str, Any]) -> str:
     d = result["data"]
-    hnsw = next((r["hnsw"] for _, _, r in _rows(result)), {})
-    settings = ", ".join(f"{k} {v}" for k, v in hnsw.items())
+    label = store_label(result)
+    searched = next((r.get("store_settings", r.get("hnsw")) for _, _, r in _rows(result)), None) or {}
+    settings = ", ".join(f"{k} {v}" for k, v in searched.items()) or "none"
+    chroma = result.get("store_kind", "chroma") == "chroma"
+    disk_note = (
+        "Disk: the collection alone in an embedded store (SQLite log, records and documents, HNSW files). "
+        if chroma
+        else "Disk: the index's saved files (float32 vectors, ids and texts). "
+    )
     relevance = "graded relevance (NDCG with graded gains)" if d["graded"] else "binary relevance"
     models = "; ".join(f"{label}: {m['model']}" for label, m in result["models"].items())
     return "\n".join(
         [
-            "# Retrieval through Chroma, by Matryoshka dim",
+            f"# Retrieval through {label}, by Matryoshka dim",
             "",
             (
                 f"{d['queries']} questions against {d['corpus_size']} passages "
                 f"({meta.get('data_source', '')}; {relevance}). "
-                f"Store: {result['store']}. HNSW: {settings}. Models: {models}."
+                f"Store: {result['store']}. {'HNSW' if chroma else 'Search'}: {settings}. Models: {models}."
             ),
             "",
-            "Chroma: metrics of the rankings the vector store returns. Exact: sentence-transformers' "
+            f"{label}: metrics of the rankings the vector store returns. Exact: sentence-transformers' "
             "InformationRetrievalEvaluator on the same data"
             + (
                 " (binary relevance; for graded qrels the reference is exact search with graded gains)"
                 if d["graded"]
                 else ""
             )
-            + ". ANN recall@10: overlap of Chroma's top 10 with exact search over the same stored vectors.",
+            + f". ANN recall@10: overlap of {label}'s top 10 with exact search over the same stored vectors.",
             "",
             "## NDCG@10",
             "",
@@ -195,16 +212,13 @@ def markdown(result: dict[str, Any], meta: dict[str, Any]) -> str:
             "",
             agreement_line(result),
             "",
-            "## All metrics through Chroma (exact in brackets)",
+            f"## All metrics through {label} (exact in brackets)",
             "",
             metrics_table(result),
             "",
             "## Index size and query latency",
             "",
-            (
-                "Disk: the collection alone in an embedded store (SQLite log, records and documents, HNSW files). "
-                "Latency: Chroma's query call only (top 10 with documents), embedding excluded."
-            ),
+            disk_note + f"Latency: {label}'s query call only (top 10 with documents), embedding excluded.",
             "",
             cost_table(result),
             "",
@@ -217,7 +231,7 @@ def markdown(result: dict[str, Any], meta: dict[str, Any]) -> str:
 
 
 def plot(result: dict[str, Any], path: Path) -> None:
-    """Left: NDCG@10 against dim (Chroma solid, exact dashed). Right: index size against dim."""
+    """Left: NDCG@10 against dim (through the store solid, exact dashed). Right: index size against dim."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -230,7 +244,9 @@ def plot(result: dict[str, Any], path: Path) -> None:
     for i, (label, model) in enumerate(result["models"].items()):
         c = colours[i % len(colours)]
         rows = [model["dims"][str(d)] for d in dims]
-        left.plot(dims, [r["chroma"]["ndcg@10"] for r in rows], "o-", color=c, label=f"{label} (Chroma)")
+        left.plot(
+            dims, [through_store(r)["ndcg@10"] for r in rows], "o-", color=c, label=f"{label} ({store_label(result)})"
+        )
         left.plot(dims, [r[key]["ndcg@10"] for r in rows], "x--", color=c, alpha=0.6, label=f"{label} (exact)")
         sizes = [r["disk_bytes"] for r in rows]
         if all(s is not None for s in sizes):

@@ -22,7 +22,7 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,8 +31,8 @@ import numpy as np
 from job.data import IRData
 from job.errors import JobError
 from job.evaluation import evaluate_model
-from rag_eval import frontier, metrics, store
-from rag_eval.index import VectorIndex, VectorStore
+from rag_eval import frontier, metrics, naming
+from rag_eval.index import OURS, VectorIndex, VectorStore
 from rag_eval.quantized import QuantizedIndex
 from rag_eval.sources import LoadedModel, ModelSpec
 from rag_eval.vectors import corpus_fingerprint, encode_queries, truncate_normalise
@@ -121,10 +121,12 @@ def write_run_files(
     queries: np.ndarray,
     ids: Sequence[str],
     vectors: np.ndarray,
-    chroma_hits: Sequence[Sequence[tuple[str, float]]],
+    store_hits: Sequence[Sequence[tuple[str, float]]],
     opts: ScoreOptions,
+    store_kind: str = "chroma",
 ) -> dict[str, str]:
-    """One run per precision at (model, dim): ``chroma`` (what the store returned), ``float32`` (exact search
+    """One run per precision at (model, dim): the store's own (named by its kind: ``chroma``, ``exact``; what
+    the store returned), ``float32`` (exact search
     over the stored vectors) and each quantized variant of the frontier (``int8``, ``int8-rescored``,
     ``binary``, ``binary-rescored``), each to depth 100. Returns {precision: file name}."""
     depth = min(metrics.DEPTH, len(ids))
@@ -136,7 +138,7 @@ def write_run_files(
         write_trec_run(path, zip(qids, rankings, strict=True), f"{label}-dim{dim}-{precision}")
         written[precision] = path.name
 
-    emit("chroma", [_ranked(h) for h in chroma_hits])
+    emit(store_kind, [_ranked(h) for h in store_hits])
     scores = np.asarray(queries, dtype=np.float32) @ np.asarray(vectors, dtype=np.float32).T
     position = {cid: i for i, cid in enumerate(ids)}
     exact = metrics.exact_search(queries, vectors, ids, depth)
@@ -153,11 +155,11 @@ def check_indexed(vector_store: VectorStore, specs: list[ModelSpec], dims: list[
     """Every (model, dim) has a collection; checked before any model is loaded. The error lists what is indexed."""
     names = set(vector_store.names())
     for spec in specs:
-        missing = [d for d in dims if store.collection_name(prefix, spec.key, d) not in names]
+        missing = [d for d in dims if naming.collection_name(prefix, spec.key, d) not in names]
         if not missing:
             continue
         who = f"the {spec.label} model {spec.ref}"
-        indexed = store.dims_in_store(vector_store, prefix, spec.key)
+        indexed = naming.dims_in_store(vector_store, prefix, spec.key)
         if indexed:
             listed = ", ".join(map(str, indexed))
             raise JobError(
@@ -167,7 +169,7 @@ def check_indexed(vector_store: VectorStore, specs: list[ModelSpec], dims: list[
                 f"pick from {listed}, or index it first (`rag-eval index ... --dims {','.join(map(str, missing))}`).",
             )
         name = spec.key.split("@", 1)[0] if "@" in spec.key else None
-        if name and any(n.startswith(f"{prefix}-{store.slug(name)}-") for n in names):
+        if name and any(n.startswith(f"{prefix}-{naming.slug(name)}-") for n in names):
             raise JobError(
                 f"The collections for a model named '{name}' in the {vector_store.describe()} were indexed from other "
                 f"weights than {who} holds now (re-trained or replaced since).",
@@ -176,7 +178,7 @@ def check_indexed(vector_store: VectorStore, specs: list[ModelSpec], dims: list[
         raise JobError(
             f"Nothing is indexed for {who} in the {vector_store.describe()}.",
             "run `rag-eval index` first, with the same --model and store options "
-            "(--chroma-path or --chroma-host/--chroma-port).",
+            "(--store, --store-path, --chroma-path or --chroma-host/--chroma-port).",
         )
 
 
@@ -184,7 +186,7 @@ def open_collection(
     vector_store: VectorStore, model: LoadedModel, dim: int, prefix: str, corpus_fp: str | None = None
 ) -> VectorIndex:
     """The index for (model, dim), checked against the model (and the corpus, when given)."""
-    name = store.collection_name(prefix, model.spec.key, dim)
+    name = naming.collection_name(prefix, model.spec.key, dim)
     col = vector_store.open(name)
     who = f"the {model.label} model {model.spec.ref}"
     if col is None:
@@ -193,8 +195,8 @@ def open_collection(
             f"Collection {name} vanished from the {vector_store.describe()} while it was being opened.",
             "run the command again.",
         )
-    kind, problems = store.inspect(col, dim)
-    if kind != store.OURS:
+    kind, problems = col.check(dim)
+    if kind != OURS:
         raise JobError(
             f"Collection {name} in the {vector_store.describe()} is {kind}: {'; '.join(problems)}.",
             "re-index it with `rag-eval index ... --force` (that replaces it).",
@@ -273,11 +275,13 @@ def score_models(
     data: IRData,
     dims: list[int],
     *,
-    prefix: str = store.DEFAULT_PREFIX,
+    prefix: str = naming.DEFAULT_PREFIX,
     opts: ScoreOptions | None = None,
     echo: Echo = print,
 ) -> dict[str, Any]:
-    """Every (model, dim): Chroma vs exact search vs the evaluator, size and latency. JSON-ready."""
+    """Every (model, dim): the store's search vs exact search vs the evaluator, size and latency. JSON-ready.
+    Each dim's row holds the store's metrics under ``store`` (``chroma`` in reports before 2026-12-07) and how
+    it searched under ``store_settings`` (Chroma: its HNSW parameters; was ``hnsw``)."""
     opts = opts or ScoreOptions()
     fp = corpus_fingerprint(data.corpus)
     qrels = {q: g for q, g in data.qrels.items() if any(v > 0 for v in g.values())}
@@ -307,27 +311,27 @@ def score_models(
         rows: list[dict[str, Any]] = []
         for dim in dims:
             col = cols[(m.label, dim)]
-            settings = col.settings
+            settings = col.search_settings()
             q = truncate_normalise(full_q, dim)
             ids, vectors, documents = col.fetch_all()
             depth = min(metrics.DEPTH, len(ids))
-            chroma_hits = query_rankings(col, q, depth)
-            chroma_rank = [metrics.rank_hits(hits) for hits in chroma_hits]
+            store_hits = query_rankings(col, q, depth)
+            store_rank = [metrics.rank_hits(hits) for hits in store_hits]
             exact_rank = metrics.exact_search(q, vectors, ids, depth)
-            chroma = metrics.score_rankings(dict(zip(qids, chroma_rank)), qrels)
+            through = metrics.score_rankings(dict(zip(qids, store_rank)), qrels)
             exact = metrics.score_rankings(dict(zip(qids, exact_rank)), qrels)
             ev = {k: evaluator[dim][k] for k in metrics.REPORTED}
             ref = ev if reference == "evaluator" else exact
-            disk = store.footprint_bytes(ids, vectors, documents, settings) if opts.measure_disk else None
+            disk = vector_store.footprint_bytes(col, ids, vectors, documents) if opts.measure_disk else None
             row = {
                 "collection": col.name,
                 "vectors": len(ids),
-                "hnsw": asdict(settings),
-                "chroma": chroma,
+                "store_settings": settings,
+                "store": through,
                 "exact": exact,
                 "evaluator": ev,
-                "ndcg_delta": chroma["ndcg@10"] - ref["ndcg@10"],
-                "ann_recall@10": metrics.mean_overlap_at_k(chroma_rank, exact_rank, 10),
+                "ndcg_delta": through["ndcg@10"] - ref["ndcg@10"],
+                "ann_recall@10": metrics.mean_overlap_at_k(store_rank, exact_rank, 10),
                 "disk_bytes": disk,
                 "bytes_per_vector": disk / len(ids) if disk is not None and ids else None,
                 "latency": measure_latency(col, q, opts),
@@ -335,7 +339,7 @@ def score_models(
             per_dim[str(dim)] = row
             if runs is not None:
                 runs["runs"].setdefault(m.label, {})[str(dim)] = write_run_files(
-                    opts.run_dir, m.label, dim, qids, q, ids, vectors, chroma_hits, opts
+                    opts.run_dir, m.label, dim, qids, q, ids, vectors, store_hits, opts, vector_store.kind
                 )
             if opts.precisions:
                 rows += frontier.frontier_rows(
@@ -343,7 +347,7 @@ def score_models(
                     timed_queries=opts.latency_samples,
                 )  # fmt: skip
             echo(
-                f"score: {m.label} dim {dim}: NDCG@10 {chroma['ndcg@10']:.4f} through Chroma, "
+                f"score: {m.label} dim {dim}: NDCG@10 {through['ndcg@10']:.4f} through {vector_store.label}, "
                 f"{ref['ndcg@10']:.4f} exact; "
                 f"ANN recall@10 {row['ann_recall@10']:.3f}; {row['latency']['single_p50_ms']:.2f} ms per query (p50)"
             )
@@ -356,6 +360,8 @@ def score_models(
     recalls = [r["ann_recall@10"] for v in out.values() for r in v["dims"].values()]
     return {
         "store": vector_store.describe(),
+        "store_kind": vector_store.kind,
+        "store_label": vector_store.label,
         "data": {
             "queries": len(qids),
             "corpus_size": len(data.corpus),

@@ -35,12 +35,14 @@ import numpy as np
 
 from job.errors import JobError
 from job.layout import RAG_EVAL, REPORT_RECORD
-from rag_eval import store
+from rag_eval import stores
 from rag_eval.batching import LRU, Reply, Stage, name_os_thread, settle
 from rag_eval.index import VectorStore
+from rag_eval.naming import DEFAULT_PREFIX, dims_in_store
 from rag_eval.quantized import DEFAULT_RESCORE_MULTIPLIER, QuantizedIndex, bytes_per_vector
 from rag_eval.searcher import RANK_DEPTH, Searcher
 from rag_eval.sources import LoadedModel, Sources
+from rag_eval.store_access import StoreTarget
 from rag_eval.vectors import corpus_fingerprint, encode_queries, truncate_normalise
 
 Echo = Callable[[str], None]
@@ -231,11 +233,11 @@ class RetrievalService:
     def open(
         cls,
         sources: Sources,
-        target: store.StoreTarget | VectorStore,
+        target: StoreTarget | VectorStore,
         ir=None,
         dims: list[int] | None = None,
         *,
-        prefix: str = store.DEFAULT_PREFIX,
+        prefix: str = DEFAULT_PREFIX,
         k: int = 5,
         load: Callable[[Sources], list[LoadedModel]] | None = None,
         echo: Echo = print,
@@ -248,8 +250,8 @@ class RetrievalService:
         from rag_eval.scoring import check_indexed
         from rag_eval.sources import load_models
 
-        vector_store = store.connect(target, create=False) if isinstance(target, store.StoreTarget) else target
-        dims = dims or store.dims_in_store(vector_store, prefix, sources.models[-1].key) or [0]
+        vector_store = stores.connect(target, create=False) if isinstance(target, StoreTarget) else target
+        dims = dims or dims_in_store(vector_store, prefix, sources.models[-1].key) or [0]
         check_indexed(vector_store, sources.models, dims, prefix)
         models = load(sources) if load else load_models(sources.models, backend=backend)
         corpus_fp = corpus_fingerprint(ir.corpus) if ir is not None else None
@@ -302,14 +304,14 @@ class RetrievalService:
                 scored[m.label] = {
                     "bytes_per_vector": row.get("bytes_per_vector"),
                     "ann_recall@10": row.get("ann_recall@10"),
-                    "ndcg_chroma": row["chroma"]["ndcg@10"],
+                    "ndcg_store": row.get("store", row.get("chroma", {})).get("ndcg@10"),  # ("chroma": before 12-07)
                     "ndcg_exact": (ref or {}).get("ndcg@10"),
                     "ndcg_delta": row.get("ndcg_delta"),
                 }
         return DimFacts(dim, vectors, bytes_per_vector(self.precision, dim), scored)
 
     def describe_search(self, public: bool = False) -> str:
-        """Where the answers come from: the store, and the precision when it is not Chroma's float32 index.
+        """Where the answers come from: the store, and the precision when it is not the store's float32 search.
         public: for the page and the API, what the store is and never where it is on this machine."""
         where = self.store.public() if public else self.store.describe()
         if self.precision == "float32":

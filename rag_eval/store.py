@@ -31,9 +31,8 @@ from typing import Any
 import numpy as np
 
 from job.errors import JobError
-from rag_eval import SCHEMA_VERSION
 from rag_eval import store_access as access
-from rag_eval.index import Hit, VectorIndex, VectorStore, WriteResult, ranked
+from rag_eval.index import CORRUPT, FOREIGN, OURS, Hit, VectorIndex, VectorStore, WriteResult, ranked  # noqa: F401
 from rag_eval.naming import (  # noqa: F401 - re-exported: callers name collections through the store module
     DEFAULT_PREFIX,
     REQUIRED_METADATA,
@@ -69,6 +68,7 @@ from rag_eval.store_faults import (
 )
 
 STAGING_SUFFIX = "-staging"
+errors = store_errors  # rag_eval.stores' entry point: failures at any step as JobErrors naming the store
 _SEGMENT_ID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 
 
@@ -230,39 +230,11 @@ def _connect_server(target: StoreTarget, *, create: bool, echo: Callable[[str], 
     return ChromaStore(made, target)
 
 
-FOREIGN, CORRUPT, OURS = "foreign", "corrupted", "ours"
+def inspect(index: VectorIndex, dim: int | None = None) -> tuple[str, list[str]]:
+    """Is this one of our collections, and is it whole? Returns (kind, problems): :meth:`VectorIndex.check`."""
+    return index.check(dim)
 
 
-def inspect(index: ChromaIndex, dim: int | None = None) -> tuple[str, list[str]]:
-    """Is this one of our collections, and is it whole? Returns (kind, problems)."""
-    meta = index.metadata
-    if "rag_eval" not in meta:
-        return FOREIGN, ["its metadata has no 'rag_eval' marker (it was not written by rag-eval)"]
-    problems = []
-    for key, typ in REQUIRED_METADATA.items():
-        value = meta.get(key)
-        if value is None or not isinstance(value, typ) or (typ is int and isinstance(value, bool)):
-            problems.append(f"metadata '{key}' is {value!r}")
-    if problems:
-        return CORRUPT, problems
-    if meta["rag_eval"] > SCHEMA_VERSION:
-        problems.append(f"it was written by a newer rag-eval (schema {meta['rag_eval']})")
-    if dim is not None and meta["dim"] != dim:
-        problems.append(f"its name says dim {dim} but its metadata says {meta['dim']}")
-    settings = index.settings
-    if settings is None or settings.space != "cosine":
-        problems.append(f"its distance space is {settings.space if settings else 'unknown'}, not cosine")
-    count = index.count()
-    if count != meta["corpus_size"]:
-        problems.append(f"it holds {count} vectors but its metadata says {meta['corpus_size']}")
-    elif count:
-        stored = index.stored_dim()
-        if stored is not None and stored != meta["dim"]:
-            problems.append(f"its vectors have {stored} dims but its metadata says {meta['dim']}")
-    return (CORRUPT if problems else OURS), problems
-
-
-# --- the store and its indexes (rag_eval.index's interface) ---------------------------------------
 class ChromaIndex(VectorIndex):
     """One Chroma collection (one model at one dim)."""
 
@@ -284,6 +256,23 @@ class ChromaIndex(VectorIndex):
     def stored_dim(self) -> int | None:
         got = self.collection.get(limit=1, include=["embeddings"])["embeddings"]
         return len(got[0]) if got is not None and len(got) else None
+
+    def search_settings(self) -> dict[str, Any] | None:
+        settings = self.settings
+        return asdict(settings) if settings else None
+
+    def required_metadata(self) -> dict[str, type]:
+        return {**REQUIRED_METADATA, "space": str, "ef_construction": int, "ef_search": int, "max_neighbors": int}
+
+    def store_problems(self) -> list[str]:
+        settings = self.settings
+        if settings is None or settings.space != "cosine":
+            return [f"its distance space is {settings.space if settings else 'unknown'}, not cosine"]
+        return []
+
+    def replace_metadata(self, metadata: dict[str, Any]) -> bool:
+        self.collection.modify(metadata=metadata)  # Chroma's modify(metadata=...) replaces the whole mapping
+        return True
 
     def query(self, vectors: np.ndarray, n: int, *, documents: bool = False) -> list[list[Hit]]:
         include = ["distances", "documents"] if documents else ["distances"]
@@ -329,6 +318,8 @@ class ChromaIndex(VectorIndex):
 class ChromaStore(VectorStore):
     """A Chroma client (embedded or server) as a :class:`~rag_eval.index.VectorStore`."""
 
+    kind, label = "chroma", "Chroma"
+
     def __init__(self, client, target: StoreTarget):
         self.client = client
         self.target = target
@@ -364,6 +355,10 @@ class ChromaStore(VectorStore):
     def errors(self) -> Iterator[None]:
         with store_errors(self.target):
             yield
+
+    def footprint_bytes(self, index, ids, vectors, documents) -> int | None:
+        settings = index.settings if isinstance(index, ChromaIndex) else None
+        return footprint_bytes(ids, vectors, documents, settings or HnswSettings())
 
     def write(
         self,
@@ -524,14 +519,8 @@ class ChromaStore(VectorStore):
 
 
 def refresh_description(index: VectorIndex, metadata: dict[str, Any]) -> bool:
-    """Bring a kept collection's descriptive metadata (:data:`rag_eval.naming.DESCRIPTIVE`: model name, prompts
-    used, precision, usage) up to date without rewriting its vectors; True when it changed. Chroma's
-    ``modify(metadata=...)`` replaces the whole mapping, so the rest is passed back as it is."""
-    changes = description_changes(index.metadata, metadata)
-    if not changes or not isinstance(index, ChromaIndex):
-        return False
-    index.collection.modify(metadata={**index.metadata, **changes})
-    return True
+    """:meth:`VectorIndex.refresh_description` (kept for callers of the module function)."""
+    return index.refresh_description(metadata)
 
 
 # Chroma's words for a full disk: SQLite's SQLITE_FULL, the OS's ENOSPC, and what a Chroma 1.5 server answers

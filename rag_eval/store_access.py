@@ -53,6 +53,8 @@ class StoreTarget:
     tenant: str | None = None
     database: str | None = None
     cloud: bool = False
+    kind: str = "chroma"  # which store (rag_eval.stores.STORES); "exact": a folder at ``path``
+    precision: str = "float32"  # the exact store: the codes it searches (float32, int8, binary)
 
     @property
     def is_server(self) -> bool:
@@ -69,6 +71,10 @@ class StoreTarget:
         return f"{'https' if self.tls else 'http'}://{host}:{port}"
 
     def describe(self) -> str:
+        if self.kind == "exact":
+            return f"exact store {self.path}" + (
+                f", searched as {self.precision} codes" if self.precision != "float32" else ""
+            )
         if not self.is_server:
             return f"embedded Chroma store {self.path}"
         where = "Chroma Cloud" if self.cloud else f"Chroma server {self.url}"

@@ -1,6 +1,8 @@
 """The store's command-line options, the same for every `rag-eval` command, and the target they name.
 
-`--chroma-path` (embedded), `--chroma-host/--chroma-port` (a server; with `--chroma-ssl`, `--chroma-ca-bundle`,
+`--store chroma` (the default) or `--store exact` (a folder of saved vectors searched exactly: `--store-path`,
+`--exact-precision`; see :mod:`rag_eval.exact_store`).
+Chroma: `--chroma-path` (embedded), `--chroma-host/--chroma-port` (a server; with `--chroma-ssl`, `--chroma-ca-bundle`,
 `--chroma-token-env`/`--chroma-auth-header`, `--chroma-header`, `--chroma-tenant`, `--chroma-database`) or
 `--chroma-cloud`. Secrets are never option values: the options name the environment variables that hold them,
 and a value that may be a secret given by mistake is never echoed in an error.
@@ -17,9 +19,14 @@ import click
 from job.errors import JobError
 from rag_eval import store_access
 from rag_eval.naming import DEFAULT_PREFIX
+from rag_eval.quantized import PRECISIONS
 from rag_eval.store_access import StoreTarget
+from rag_eval.stores import DEFAULT_STORE, STORES
+
+EXACT_FOLDER = "exact_store"  # the exact store's folder in a run directory (or the working directory)
 
 _STORE_KEYS = (
+    "store", "store_path", "exact_precision",
     "chroma_path", "chroma_host", "chroma_port", "chroma_ssl", "chroma_ca_bundle", "chroma_token_env",
     "chroma_auth_header", "chroma_headers", "chroma_tenant", "chroma_database", "chroma_cloud",
 )  # fmt: skip
@@ -95,13 +102,61 @@ def store_options(func):
         "--chroma-path", type=click.Path(path_type=Path), default=None, envvar="RAG_EVAL_CHROMA_PATH",
         help="Embedded persistent Chroma store. Default: RUN_DIR/chroma with a run directory, else ./chroma.",
     )(func)  # fmt: skip
+    func = click.option(
+        "--exact-precision", type=click.Choice(PRECISIONS), default="float32", show_default=True,
+        envvar="RAG_EVAL_EXACT_PRECISION",
+        help="--store exact: search float32 vectors, or int8 / binary codes of them (top candidates rescored).",
+    )(func)  # fmt: skip
+    func = click.option(
+        "--store-path", type=click.Path(path_type=Path), default=None, envvar="RAG_EVAL_STORE_PATH",
+        help=f"--store exact: its folder. Default: RUN_DIR/{EXACT_FOLDER} with a run directory, else ./{EXACT_FOLDER}.",
+    )(func)  # fmt: skip
+    func = click.option(
+        "--store", type=click.Choice(sorted(STORES)), default=DEFAULT_STORE, show_default=True,
+        envvar="RAG_EVAL_STORE",
+        help="The vector store: chroma (embedded, a server or Chroma Cloud; HNSW search) or exact (a folder of "
+        "saved vectors, every passage scored: small corpora, or the ground truth).",
+    )(func)  # fmt: skip
     return func
 
 
 def store_target(chroma: dict, run_dir) -> StoreTarget:
-    """The store the options name: an embedded store (--chroma-path, default the run's), a server
-    (--chroma-host/--chroma-port, with TLS, a token, headers, a tenant and a database) or Chroma Cloud."""
+    """The store the options name: the exact store (--store exact, --store-path), or Chroma: an embedded store
+    (--chroma-path, default the run's), a server (--chroma-host/--chroma-port, with TLS, a token, headers, a
+    tenant and a database) or Chroma Cloud."""
     from urllib.parse import urlsplit
+
+    kind = chroma.get("store") or DEFAULT_STORE
+    if kind != "chroma":
+        chroma_given = [
+            "--" + k.replace("_", "-").replace("chroma-headers", "chroma-header")
+            for k in _STORE_KEYS
+            if k.startswith("chroma_") and k != "chroma_auth_header" and chroma.get(k)
+        ]
+        if chroma_given:
+            raise JobError(
+                f"{', '.join(chroma_given)} apply to a Chroma store, but --store {kind} is picked.",
+                f"drop them, or drop --store {kind}.",
+            )
+        path = chroma.get("store_path")
+        if path is None:
+            path = run_dir.root / EXACT_FOLDER if run_dir is not None else Path(EXACT_FOLDER)
+        return StoreTarget(
+            path=Path(path).expanduser(), kind=kind, precision=chroma.get("exact_precision") or "float32"
+        )
+    extra = [
+        name
+        for name, key, unset in (
+            ("--store-path", "store_path", None),
+            ("--exact-precision", "exact_precision", "float32"),
+        )
+        if chroma.get(key) not in (None, unset)
+    ]
+    if extra:
+        raise JobError(
+            f"{', '.join(extra)} apply to the exact store, but the store is Chroma.",
+            "add --store exact, or drop them (Chroma's folder is --chroma-path).",
+        )
 
     path, host, port = chroma["chroma_path"], chroma["chroma_host"], chroma["chroma_port"]
     ssl = bool(chroma["chroma_ssl"])

@@ -106,7 +106,7 @@ def test_run_files_scored_by_ir_measures_equal_our_ndcg(tmp_path, graded):
     qrels = list(ir_measures.read_trec_qrels(str(runs / QRELS_FILE)))
     for dim in dims:
         row = result["models"][FINETUNED]["dims"][str(dim)]
-        for precision, ours in (("chroma", row["chroma"]), ("float32", row["exact"])):
+        for precision, ours in (("chroma", row["store"]), ("float32", row["exact"])):
             path = runs / listed[str(dim)][precision]
             lines = [line.split() for line in path.read_text().splitlines()]
             assert all(len(cols) == 6 and cols[1] == "Q0" for cols in lines)

@@ -277,7 +277,7 @@ def test_index_score_query_through_a_token_checking_tls_proxy(deployed, env, tin
     assert payload["store"] == where and payload["agreement"]["ok"]
     for label in ("baseline", "fine-tuned"):
         row = payload["models"][label]["dims"]["8"]
-        assert abs(row["chroma"]["ndcg@10"] - row["evaluator"]["ndcg@10"]) <= 0.002
+        assert abs(row["store"]["ndcg@10"] - row["evaluator"]["ndcg@10"]) <= 0.002
 
     code, query_out = run(capsys, "query", "tax rate", "--model", tiny_run_dir, "--dims", "8", "-k", "2",
                           *deployed.args())  # fmt: skip

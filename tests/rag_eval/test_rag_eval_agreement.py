@@ -68,9 +68,9 @@ def test_hand_values_exact_evaluator_and_chroma_agree(tmp_path):
     for dim, expected in EXPECTED.items():
         row = result["models"]["fine-tuned"]["dims"][str(dim)]
         for metric, value in expected.items():
-            assert row["chroma"][metric] == pytest.approx(value, abs=1e-6), ("chroma", dim, metric)
+            assert row["store"][metric] == pytest.approx(value, abs=1e-6), ("chroma", dim, metric)
             assert row["exact"][metric] == pytest.approx(value, abs=1e-6), ("exact search", dim, metric)
-        assert abs(row["chroma"]["ndcg@10"] - row["evaluator"]["ndcg@10"]) <= 0.002
+        assert abs(row["store"]["ndcg@10"] - row["evaluator"]["ndcg@10"]) <= 0.002
         assert row["ann_recall@10"] == 1.0
     assert result["agreement"]["ok"] and result["reference"] == "evaluator"
 
@@ -85,10 +85,10 @@ def test_graded_qrels_give_graded_ndcg_and_are_judged_against_exact_search(tmp_p
     assert result["reference"] == "exact" and result["data"]["graded"]
     for dim, (q0, q1) in {4: (G, 1.0), 2: (G, G)}.items():
         row = result["models"]["fine-tuned"]["dims"][str(dim)]
-        assert row["chroma"]["ndcg@10"] == pytest.approx((q0 + q1 + q2) / 3, abs=1e-6)
+        assert row["store"]["ndcg@10"] == pytest.approx((q0 + q1 + q2) / 3, abs=1e-6)
         assert row["exact"]["ndcg@10"] == pytest.approx((q0 + q1 + q2) / 3, abs=1e-6)
         assert row["evaluator"]["ndcg@10"] == pytest.approx(
             EXPECTED[dim]["ndcg@10"], abs=1e-6
         )  # binary: grade 2 counts as 1
-        assert row["chroma"]["recall@1"] == pytest.approx(EXPECTED[dim]["recall@1"], abs=1e-6)
+        assert row["store"]["recall@1"] == pytest.approx(EXPECTED[dim]["recall@1"], abs=1e-6)
         assert row["ndcg_delta"] == pytest.approx(0.0, abs=1e-6)

@@ -62,7 +62,7 @@ def test_score_prints_the_per_dim_table_next_to_the_exact_numbers(indexed, tmp_p
     for label in ("baseline", "fine-tuned"):
         for dim in ("32", "16", "8"):
             row = payload["models"][label]["dims"][dim]
-            assert abs(row["chroma"]["ndcg@10"] - row["evaluator"]["ndcg@10"]) <= 0.002
+            assert abs(row["store"]["ndcg@10"] - row["evaluator"]["ndcg@10"]) <= 0.002
             assert row["ann_recall@10"] == 1.0 and row["disk_bytes"] > 0
             assert set(row["latency"]) >= {"single_p50_ms", "single_p95_ms", "batch_p50_ms", "batch_p95_ms"}
     assert (tmp_path / "report" / "rag_eval_by_dim.png").stat().st_size > 1000

@@ -214,7 +214,7 @@ def test_index_facts_and_quality_by_dim_come_from_the_run_reports(service, serve
         for label in ("baseline", "fine-tuned"):
             row = scored["models"][label]["dims"][str(f.dim)]
             assert f.scored[label]["ann_recall@10"] == row["ann_recall@10"]
-            assert f.scored[label]["ndcg_chroma"] == row["chroma"]["ndcg@10"]
+            assert f.scored[label]["ndcg_store"] == row["store"]["ndcg@10"]
             assert f.scored[label]["ndcg_exact"] == row["evaluator"]["ndcg@10"]
     facts = html_page.render_facts(service)
     assert facts.count("<tr data-dim=") == 3 and "rag_eval/metrics.json" in facts

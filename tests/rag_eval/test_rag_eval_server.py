@@ -94,7 +94,7 @@ def test_index_score_query_through_a_chroma_server(chroma_server, tiny_run_dir, 
     for label in ("baseline", "fine-tuned"):
         for dim in ("32", "8"):
             row = payload["models"][label]["dims"][dim]
-            assert abs(row["chroma"]["ndcg@10"] - row["evaluator"]["ndcg@10"]) <= 0.002
+            assert abs(row["store"]["ndcg@10"] - row["evaluator"]["ndcg@10"]) <= 0.002
             assert row["latency"]["single_p50_ms"] > 0
 
     assert (
