@@ -56,6 +56,7 @@ lock:  # refresh requirements/*.lock: a fresh venv with the newest releases in p
 test: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 browser:  # Debian's headless Chromium + driver for the `rag-eval serve` browser tests (root; .ci/run does this)

@@ -13,6 +13,7 @@ import logging
 import os
 import sys
 import traceback
+from typing import Any
 
 import click
 
@@ -35,6 +36,7 @@ def _field_option(name: str):
         return click.option("--private/--public", name, default=None, help=help_text)
     if base is bool and not is_list:
         return click.option(f"{flag}/--no-{flag[2:]}", name, default=None, help=help_text)
+    ptype: Any
     if "choices" in f.metadata:
         ptype = click.Choice(f.metadata["choices"])
     elif is_list:

@@ -61,7 +61,7 @@ class RowNamingCollator:
         return getattr(self.inner, name)
 
     def line_of(self, feature: dict[str, Any]) -> int | None:
-        return self.pair_index.get((feature.get("anchor"), feature.get("positive")))
+        return self.pair_index.get((str(feature.get("anchor")), str(feature.get("positive"))))
 
     def describe(self, feature: dict[str, Any]) -> str:
         line = self.line_of(feature)

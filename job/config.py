@@ -585,6 +585,7 @@ def coerce(name: str, value: Any, source: str) -> Any:
         if optional:
             return None
         raise JobError(f"{where} must not be empty.", f"give a {base.__name__} value.")
+    out: Any
     try:
         if is_list:
             items = value if isinstance(value, (list, tuple)) else str(value).replace(" ", "").split(",")

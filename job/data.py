@@ -369,7 +369,7 @@ def detect_negative_columns(
         return list(dict.fromkeys(wanted))
     plain = [c for c in names if c.lower() in NEGATIVE_COLUMNS]
     numbered = [c for c in names if _NUMBERED_NEGATIVE.fullmatch(c)]
-    return plain + sorted(numbered, key=lambda c: int(_NUMBERED_NEGATIVE.fullmatch(c)[1]))
+    return plain + sorted(numbered, key=lambda c: int(_NUMBERED_NEGATIVE.fullmatch(c)[1]))  # type: ignore[index]
 
 
 _NON_TEXT = "a non-text '{}' (a number, list or object instead of a string)"

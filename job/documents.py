@@ -234,15 +234,15 @@ def list_files(paths: Iterable[str | Path]) -> tuple[list[tuple[Path, str]], lis
                     continue
                 label = safe_label(label)
                 target, reason = _judge(path, root)
-                if reason:
-                    skipped.append((label, reason))
+                if reason or target is None:
+                    skipped.append((label, reason or "not readable"))
                 else:
                     files.append((target, label))
         elif p.exists() or p.is_symlink():
             label = safe_label(p.name)
             target, reason = _judge(p, None)
-            if reason:
-                skipped.append((label, reason))
+            if reason or target is None:
+                skipped.append((label, reason or "not readable"))
             else:
                 files.append((target, label))
         else:
@@ -311,7 +311,8 @@ def chunk_documents(
     chunker = semchunk.chunkerify(tokenizer, chunk_tokens)
     chunks, seen, repeats = [], set(), 0
     for doc in documents:
-        for i, text in enumerate(chunker(doc.text, overlap=overlap or None)):
+        pieces: list[str] = chunker(doc.text, overlap=overlap or None)  # type: ignore[assignment]  # (str in: str out)
+        for i, text in enumerate(pieces):
             text = text.strip()
             if not text:
                 continue

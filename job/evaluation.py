@@ -76,7 +76,7 @@ class SharedEncodingIREvaluator(InformationRetrievalEvaluator):
 
     def __init__(self, *args, cache: _EmbeddingCache, grades: Mapping[str, Mapping[str, int]] | None = None, **kwargs):
         self._progress = kwargs.pop("show_progress_bar", False)  # one bar: the corpus encoding, nothing nested
-        super().__init__(*args, show_progress_bar=False, **kwargs)
+        super().__init__(*args, show_progress_bar=False, **kwargs)  # type: ignore[misc]  # (popped just above)
         self._cache = cache
         self._grades = grades
 

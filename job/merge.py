@@ -111,7 +111,7 @@ def merge_with_base(
         model.load_state_dict(tuned)
         return {"mode": "auto", "chosen": 1.0, "alphas": [], "why": "no validation split and no guard set to choose on"}
 
-    guard = None
+    guard: dict[str, Any] | None = None
     if cfg.guard_data:
         split = choice_split(cfg.guard_data, cfg.guard_split)
         guard_ir = data.load_beir(cfg.guard_data, split, option="--guard-data")
@@ -128,7 +128,7 @@ def merge_with_base(
             state = base if alpha == 0 else interpolate(base, tuned, alpha)
             model.load_state_dict(state)
             with torch.no_grad():
-                row = {"alpha": alpha}
+                row: dict[str, Any] = {"alpha": alpha}
                 if validation is not None:
                     row["validation"] = _scores(model, validation, dims, VALIDATION, cfg)
                 if guard is not None:
@@ -143,7 +143,7 @@ def merge_with_base(
     rows = []
     for alpha in sorted(set(cfg.merge_alphas), reverse=True):
         row = scored(alpha)
-        if guard is not None:
+        if guard is not None and base_row is not None:
             row["guard_drop_points"] = {d: round((base_row["guard"][d] - row["guard"][d]) * 100, 2) for d in dims}
             row["within_guard"] = max(row["guard_drop_points"].values()) <= cfg.guard_max_drop
         rows.append(row)
@@ -160,6 +160,7 @@ def merge_with_base(
         # nothing in the domain to compare the alphas on (guard only): the one nearest the fine-tuned weights that
         # the guard allows, so as much of the fine-tuning as the guard permits is kept
         chosen = max(feasible, key=lambda r: r["alpha"])
+        assert guard is not None  # (no validation and no guard returned early)
         why = (
             f"no validation split to compare the alphas in the domain (--val-fraction 0): the largest alpha (the most "
             f"fine-tuning kept) within {cfg.guard_max_drop:g} points of the base model on {guard['set']} "

@@ -6,6 +6,7 @@ import logging
 import os
 import re
 from pathlib import Path
+from typing import Any
 
 from job.config import AUTO_MODEL, OFFLINE_DEFAULT_MODEL, ONLINE_DEFAULT_MODEL, JobConfig, default_dims
 from job.errors import JobError
@@ -77,7 +78,7 @@ def load_model(model: str, *, device: str | None = None, max_seq_length: int | N
     from sentence_transformers import SentenceTransformer
 
     name = resolve_model_name(model)
-    kwargs = {}
+    kwargs: dict[str, Any] = {}
     if train:
         # Weights load in their stored dtype; a checkpoint stored in fp16 must train in fp32.
         kwargs["model_kwargs"] = {"dtype": torch.float32}

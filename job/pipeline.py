@@ -66,7 +66,7 @@ def _require(rd: RunDir, step: str, for_step: str) -> dict[str, Any]:
 
 def input_files(cfg: JobConfig) -> dict[str, Path]:
     """The local files and folders the prepare step reads (a Hub dataset id has none)."""
-    out = {}
+    out: dict[str, Path] = {}
     for name in ("data", "eval_data"):
         value = getattr(cfg, name)
         if name == "data" and value == EMBEDDED_DATA:
@@ -132,14 +132,17 @@ def synthesize_step(cfg: JobConfig, rd: RunDir, echo: Echo, force: bool = False)
     (a changed document or setting re-runs it; unchanged chunks come from the answer cache)."""
     from job.synthesize import side_files, synth_fingerprint, synthesize
 
+    assert cfg.docs, "the synthesize step runs with --docs only"
+    docs = cfg.docs
+
     summary_path = side_files(rd.synth_pairs)["summary"]
     if summary_path.is_file() and rd.synth_pairs.is_file() and not force:
         rec = json.loads(summary_path.read_text())
-        if rec.get("fingerprint") == synth_fingerprint(cfg, cfg.docs):
+        if rec.get("fingerprint") == synth_fingerprint(cfg, docs):
             echo(f"synthesize: already done for these documents and settings, skipping ({summary_path})")
             return rec
     with storage.storage_errors(rd.root, "the synthesized pairs"):
-        return synthesize(cfg, cfg.docs, rd.synth_pairs, echo)
+        return synthesize(cfg, docs, rd.synth_pairs, echo)
 
 
 def require_synthesized(cfg: JobConfig, rd: RunDir) -> JobConfig:
@@ -215,7 +218,7 @@ def prepare(cfg: JobConfig, rd: RunDir, echo: Echo = print, model=None) -> dict[
         data.write_beir(stage / "ir" / split, ir, split)
     leakage = data.leakage_report(splits) if splits["test"] else data.leakage_against_test_set(splits, ir_sets["test"])
     write_json(stage / "data" / "leakage.json", leakage)
-    digest_src = {
+    digest_src: dict[str, Any] = {
         s: [(p.question, p.passage, *([p.negatives] if p.negatives else [])) for p in v] for s, v in splits.items()
     }
     digest_src["test_ir"] = [sorted(ir_sets["test"].qrels.items()), len(ir_sets["test"].corpus)]
@@ -306,10 +309,21 @@ def load_split(rd: RunDir, split: str) -> data.IRData | None:
     return data.load_beir(d, split) if d.is_dir() else None
 
 
+def require_split(rd: RunDir, split: str) -> data.IRData:
+    """The prepared ``split``; its absence (a run directory whose data/ was removed by hand) is a JobError."""
+    loaded = load_split(rd, split)
+    if loaded is None:
+        raise JobError(
+            f"The run directory {rd.root} has no prepared {split} split ({rd.ir(split)} is missing).",
+            f"run `job prepare --run-dir {rd.root} --force` (or `job run`), which writes it again.",
+        )
+    return loaded
+
+
 # --- baseline ------------------------------------------------------------------------------------
 def baseline(cfg: JobConfig, rd: RunDir, echo: Echo = print) -> dict[str, Any]:
     fingerprint = step_fingerprint(cfg, rd, "baseline")
-    test = load_split(rd, "test")
+    test = require_split(rd, "test")
     model = load_model(cfg.model, max_seq_length=cfg.max_seq_length)
     dims = resolve_dims(cfg, model)
     start = time.perf_counter()
@@ -506,7 +520,7 @@ def evaluate(cfg: JobConfig, rd: RunDir, echo: Echo = print, *, strict_exports: 
     fingerprint = step_fingerprint(cfg, rd, "evaluate")
     training = _require(rd, "train", "job evaluate")
     guard.check_guard(cfg)  # a guard folder that is not BEIR, or NanoBEIR offline, fails before any scoring
-    test = load_split(rd, "test")
+    test = require_split(rd, "test")
     dims = training["dims"]
     base_rec = rd.record("baseline")
     base_model = None
@@ -615,32 +629,33 @@ def _exports(cfg: JobConfig, rd: RunDir, tuned, memo, base_model, test, dims, tu
     from job.export import export_model, failure_reason, status
     from job.export_scores import score_exports
 
+    exports = cfg.export or []  # (called with --export only)
     crashed: dict[str, str] = {}
     portable = None
     try:
-        portable = export_model(rd.model, cfg.export, model=tuned, echo=echo, strict=False).get("portable")
+        portable = export_model(rd.model, exports, model=tuned, echo=echo, strict=False).get("portable")
     except Exception as exc:  # noqa: BLE001 - the exports fail, the evaluation does not
         why = _why(exc)
-        crashed = {name: f"the exporter stopped: {why}" for name in cfg.export}
+        crashed = {name: f"the exporter stopped: {why}" for name in exports}
         echo(f"evaluate: exporting {rd.model} FAILED: {why}")
     base_name = resolve_model_name(cfg.model)
     base: dict[str, dict[str, str]] = {}
     try:
         export_model(
-            base_name, cfg.export, model=base_model or load_model(cfg.model, max_seq_length=cfg.max_seq_length),
+            base_name, exports, model=base_model or load_model(cfg.model, max_seq_length=cfg.max_seq_length),
             out=rd.base_export, echo=echo, strict=False,
         )  # fmt: skip
-        for name in cfg.export:
+        for name in exports:
             state = status(rd.base_export, name, Path(base_name))
             base[name] = {"status": "ok"} if state == "ok" else {
                 "status": "failed", "why": failure_reason(rd.base_export, name) if state == "failed" else state,
             }  # fmt: skip
     except Exception as exc:  # noqa: BLE001 - the base model's exports only serve rag-eval serve's baseline column
         why = _why(exc)
-        base = {name: {"status": "failed", "why": f"the exporter stopped: {why}"} for name in cfg.export}
+        base = {name: {"status": "failed", "why": f"the exporter stopped: {why}"} for name in exports}
         echo(f"evaluate: exporting the base model {base_name} FAILED: {why}")
     table = score_exports(
-        memo, rd.model, cfg.export, test, dims, tuned_metrics, evaluation_options(cfg), cfg.export_max_drop, echo,
+        memo, rd.model, exports, test, dims, tuned_metrics, evaluation_options(cfg), cfg.export_max_drop, echo,
         crashed=crashed, base=base,
     )  # fmt: skip
     return {"table": table, "portable": portable}

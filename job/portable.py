@@ -129,7 +129,7 @@ def read_pipeline(folder: str | Path) -> Pipeline:
     if max_len is None and (folder / "tokenizer_config.json").is_file():
         max_len = _json(folder / "tokenizer_config.json").get("model_max_length")
         max_len = max_len if isinstance(max_len, int) and max_len < 1_000_000 else None
-    prompts = {}
+    prompts: dict[str, str] = {}
     if (folder / "config_sentence_transformers.json").is_file():
         prompts = _json(folder / "config_sentence_transformers.json").get("prompts") or {}
     return Pipeline(
@@ -337,7 +337,7 @@ def make_portable(folder: str | Path, model=None, *, verify: bool = True) -> dic
         from sentence_transformers import SentenceTransformer
 
         before = SentenceTransformer(str(folder), device="cpu")
-    source = model if model is not None else before
+    source: Any = model if model is not None else before
     max_len = getattr(source, "max_seq_length", None)
     do_lower = bool(getattr(source[0], "do_lower_case", False))
     try:
@@ -351,6 +351,7 @@ def make_portable(folder: str | Path, model=None, *, verify: bool = True) -> dic
         if verify:
             from sentence_transformers import SentenceTransformer
 
+            assert before is not None  # (loaded above whenever verify)
             before.max_seq_length = max_len
             after = SentenceTransformer(str(folder), device="cpu")
             difference = float(np.abs(_probe(after) - _probe(before)).max())

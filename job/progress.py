@@ -30,6 +30,7 @@ import os
 import sys
 import threading
 import time
+import types
 from collections.abc import Iterator, Mapping
 from functools import partialmethod
 from typing import Any
@@ -267,7 +268,7 @@ def _label(desc: str | None) -> str:
     """The bar's name: its description, else what created it (the trainer's bar has none)."""
     if desc:
         return desc.rstrip(": ")
-    frame = sys._getframe(2)
+    frame: types.FrameType | None = sys._getframe(2)
     while frame is not None and (
         frame.f_globals.get("__name__") == __name__ or frame.f_globals.get("__name__", "").split(".")[0] == "tqdm"
     ):
@@ -337,8 +338,8 @@ def _json_logging(on: bool) -> None:
     root = logging.getLogger()
     if on and _state["handlers"] is None:
         plain = [h for h in root.handlers if type(h) is logging.StreamHandler]  # basicConfig's, not pytest's
-        for handler in plain:
-            root.removeHandler(handler)
+        for old in plain:
+            root.removeHandler(old)
         handler = _JsonLogHandler()
         root.addHandler(handler)
         _state["handlers"] = (plain, handler)

@@ -20,7 +20,7 @@ import random
 import re
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from difflib import SequenceMatcher
 from pathlib import Path
@@ -133,7 +133,7 @@ def copies_chunk(question: str, chunk: str) -> bool:
     return match.size >= 0.8 * len(q)
 
 
-def echoes_prompt(question: str, examples: list[str]) -> bool:
+def echoes_prompt(question: str, examples: Sequence[str]) -> bool:
     """The question is (nearly) one of the prompt's own example answers: a small model repeating its example."""
     q = words(question)
     return any(SequenceMatcher(None, q, words(e), autojunk=False).ratio() >= 0.8 for e in examples)
@@ -148,7 +148,7 @@ def example_pairs(prompt: llm.Prompt) -> list[tuple[str, str]]:
     return pairs
 
 
-def rule_check(question: str | None, chunk: str, seen: set[str], examples: list[str] = ()) -> str | None:
+def rule_check(question: str | None, chunk: str, seen: set[str], examples: Sequence[str] = ()) -> str | None:
     """The first rule a candidate breaks (its drop reason), or None when it passes every rule."""
     if question is None:
         return "not_a_question"
@@ -236,8 +236,8 @@ def generate(
         futures = [pool.submit(one, c) for c in todo]
         done, _ = wait(futures, return_when=FIRST_EXCEPTION)
         for f in done:
-            if f.exception() is not None and not fatal:
-                raise f.exception()
+            if (exc := f.exception()) is not None and not fatal:
+                raise exc
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
         bar.close()
@@ -252,7 +252,7 @@ def other_settings_in_cache(
     """Say so when the cache holds answers for these chunks made with another prompt or other settings."""
     ids = {c.id for c in chunks}
     now = {"prompt": prompt.digest, **settings.generation_key()}
-    other = Counter()
+    other: Counter[str] = Counter()
     for rec in cache.records.values():
         if rec.get("chunk_id") in ids:
             then = {k: rec.get(k) for k in now}
@@ -317,9 +317,15 @@ def synthesize(cfg: JobConfig, sources: list[str], out: Path, echo: Echo = print
     examples = [text for role, text in prompt.messages if role == "assistant"]
     leak_terms = grounding.example_terms(example_pairs(prompt))
     ungrounded_seen = 0  # candidates that name what their passage does not, counted whether or not the filter is on
-    usage = {"tokens_in": 0, "tokens_out": 0, "seconds": 0.0, "usage_unknown": 0, "usage_implausible": 0}
+    usage: dict[str, float] = {
+        "tokens_in": 0,
+        "tokens_out": 0,
+        "seconds": 0.0,
+        "usage_unknown": 0,
+        "usage_implausible": 0,
+    }
     for i, chunk in enumerate(chunks):
-        rec = cache.get(llm.answer_key(chunk.text, prompt, settings))
+        rec = cache.get(llm.answer_key(chunk.text, prompt, settings)) or {}  # (none: counted as a failed request)
         # a count beyond what the request could hold (every byte a token, plus the chat template) is the
         # server's nonsense, not a bill: counted as unknown, and said
         sent = sum(len(m["content"].encode()) for m in prompt.render(chunk.text, settings.questions))
@@ -334,21 +340,22 @@ def synthesize(cfg: JobConfig, sources: list[str], out: Path, echo: Echo = print
             usage["usage_unknown"] += 1
         if all(v is not None for v in counts.values()):
             for k in limits:
-                usage[k] += counts[k]
+                usage[k] += counts[k] or 0
         usage["seconds"] += rec.get("seconds") or 0.0
         if rec.get("answer") is None:
             dropped_reasons["request_failed"] += 1
             dropped_rows.append({"chunk_id": chunk.id, "reason": "request_failed", "error": rec.get("error")})
             continue
-        lines = parse_questions(rec["answer"], settings.questions)
-        if not lines:
+        parsed = parse_questions(rec["answer"], settings.questions)
+        if not parsed:
             dropped_reasons["empty_answer"] += 1
             dropped_rows.append({"chunk_id": chunk.id, "reason": "empty_answer", "answer": rec["answer"]})
             continue
-        for line in lines:
+        for line in parsed:
             question = normalise_question(line)
             reason = rule_check(question, chunk.text, seen, examples)
-            if reason:
+            if reason or question is None:  # (no question: rule_check names why)
+                reason = reason or "not_a_question"
                 dropped_reasons[reason] += 1
                 dropped_rows.append({"chunk_id": chunk.id, "reason": reason, "question": question or line})
                 continue

@@ -122,12 +122,12 @@ def cached_trainer_class():
 
         def warm_token_cache(self, dataset) -> None:
             """Tokenize every column of ``dataset`` once, with the prompt each column is trained with."""
-            cache: TokenCache = self.data_collator.preprocess_fn
-            prompts = self.args.prompts
+            cache: TokenCache = self.data_collator.preprocess_fn  # type: ignore[assignment]  # (set just above)
+            prompts: Any = self.args.prompts  # str, {column: prompt}, or None (the job never uses per-dataset ones)
             for column in dataset.column_names:
                 prompt = prompts if isinstance(prompts, str) else (prompts or {}).get(column)
                 max_length = getattr(self.data_collator, "max_length", None)
-                extra = {"max_length": max_length} if isinstance(max_length, int) else {}
+                extra: dict[str, Any] = {"max_length": max_length} if isinstance(max_length, int) else {}
                 cache.warm(dataset[column], prompt=prompt, **extra)
 
     return CachedTokenizationTrainer

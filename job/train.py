@@ -310,7 +310,7 @@ def train_model(
     )
     before = checkpoints.train_seconds(resume_from)  # training time of the sessions before this one
     finished = checkpoints.finished_state(resume_from, cfg.max_steps, cfg.epochs)
-    if finished is not None:  # the run ended at this checkpoint: end as the uninterrupted run did, no extra step
+    if finished is not None and resume_from is not None:  # the run ended here: end as the uninterrupted run did
         summary = finished_summary(cfg, model, finished, resume_from, checkpoint_dir, before, len(train_pairs))
         best_metric = finished.get("best_metric")
     else:
@@ -386,7 +386,7 @@ def model_selection(cfg: JobConfig, model, dims: list[int], best_dim: int, valid
     if validation is None:
         return None, {"eval_strategy": "no", "load_best_model_at_end": False}
     evaluator = build_evaluator(validation, dims, VALIDATION, **evaluation_options(cfg))
-    select = {
+    select: dict[str, Any] = {
         "eval_strategy": "steps" if cfg.eval_steps else "epoch",
         "load_best_model_at_end": True,
         "metric_for_best_model": "eval_" + metric_key(VALIDATION, best_dim, model.similarity_fn_name),
@@ -407,6 +407,12 @@ def training_arguments(
     precision = precision or resolve_precision(cfg.mixed_precision)
 
     world = world_size()
+    extra: dict[str, Any] = {
+        **precision.trainer_flags(),
+        **({"use_cpu": True} if precision.use_cpu or (world > 1 and not torch.cuda.is_available()) else {}),
+        **({"ddp_backend": "gloo"} if world > 1 and not torch.cuda.is_available() else {}),
+        **select,
+    }
     prompts = {k: v for k, v in (("anchor", cfg.query_prompt), ("positive", cfg.passage_prompt)) if v}
     if cfg.passage_prompt:  # mined negatives are passages too
         prompts.update({c: cfg.passage_prompt for c in columns if c.startswith("negative")})
@@ -432,11 +438,11 @@ def training_arguments(
         dataloader_num_workers=cfg.dataloader_workers,
         dataloader_pin_memory=torch.cuda.is_available(),
         prompts=prompts or None,
-        **precision.trainer_flags(),
-        **({"use_cpu": True} if precision.use_cpu or (world > 1 and not torch.cuda.is_available()) else {}),
-        **({"ddp_backend": "gloo"} if world > 1 and not torch.cuda.is_available() else {}),
-        **select,
+        **extra,
     )
+
+
+_TENSORBOARD_DIR_SET: dict[str, str] = {}  # the TENSORBOARD_LOGGING_DIR report_targets set in this process
 
 
 def report_targets(cfg: JobConfig, checkpoint_dir: Path) -> str:
@@ -454,9 +460,9 @@ def report_targets(cfg: JobConfig, checkpoint_dir: Path) -> str:
         target = "tensorboard" if has_tb else "none"
     if target == "tensorboard":
         current = os.environ.get("TENSORBOARD_LOGGING_DIR")
-        if current is None or current == getattr(report_targets, "own_dir", None):
-            report_targets.own_dir = str(Path(checkpoint_dir).parent / layout.LOGS)
-            os.environ["TENSORBOARD_LOGGING_DIR"] = report_targets.own_dir
+        if current is None or current == _TENSORBOARD_DIR_SET.get("dir"):
+            _TENSORBOARD_DIR_SET["dir"] = str(Path(checkpoint_dir).parent / layout.LOGS)
+            os.environ["TENSORBOARD_LOGGING_DIR"] = _TENSORBOARD_DIR_SET["dir"]
     return target
 
 
@@ -467,7 +473,7 @@ def build_trainer(cfg: JobConfig, model, args, train_ds, loss, evaluator, callba
     pair_index = {(p.question, p.passage): line for line, p in enumerate(train_pairs, 1)}
     base_class = cached_trainer_class() if cfg.token_cache else SentenceTransformerTrainer
 
-    class Trainer(base_class):
+    class Trainer(base_class):  # type: ignore[valid-type,misc]  # (a base chosen at run time)
         def get_data_collator(self, model, args, processing_class=None):
             inner = super().get_data_collator(model=model, args=args, processing_class=processing_class)
             return RowNamingCollator(inner, pair_index, source, trace_dir)

@@ -47,7 +47,7 @@ def _hold(sources, target: StoreTarget, command: str, *, shared: bool = False):
 
     if sources.run_dir is not None:
         return run_lock(sources.run_dir.root, command, shared=shared)
-    if not target.is_server and (not shared or Path(target.path).expanduser().is_dir()):
+    if target.path is not None and (not shared or Path(target.path).expanduser().is_dir()):  # a store's folder
         return run_lock(Path(target.path).expanduser(), command, shared=shared)
     return contextlib.nullcontext()
 
@@ -250,7 +250,7 @@ def index_cmd(model, baseline, no_baseline, query_prompt, passage_prompt, data, 
                 "has no index parameters.",
                 f"drop them, or drop --store {target.kind}.",
             )
-        settings = None
+        settings = None  # type: ignore[assignment]  # (the exact store: no index parameters)
     sources = _sources(model, baseline, no_baseline, query_prompt, passage_prompt)
     ir, source = load_eval_data(data, sources, split)
     target = store_target(chroma, sources.run_dir)

@@ -84,15 +84,14 @@ class ExactIndex(VectorIndex):
         self.precision = precision
         self.rescore_multiplier = rescore_multiplier
         self._meta: dict[str, Any] = json.loads((folder / META).read_text())
-        self._ids: list[str] | None = None
-        self._vectors: np.ndarray | None = None
-        self._documents: list[str | None] | None = None
+        self._loaded: tuple[list[str], np.ndarray, list[str | None]] | None = None
         self._search: QuantizedIndex | None = None
 
     # -- loading, once per opened index ---------------------------------------------------------------
-    def _load(self) -> None:
-        if self._ids is not None:
-            return
+    def _load(self) -> tuple[list[str], np.ndarray, list[str | None]]:
+        """(ids, float32 vectors, texts), read on first use and kept."""
+        if self._loaded is not None:
+            return self._loaded
         try:
             ids = json.loads((self.folder / IDS).read_text())
             vectors = np.load(self.folder / VECTORS, allow_pickle=False)
@@ -109,29 +108,29 @@ class ExactIndex(VectorIndex):
                 f"vectors of shape {vectors.shape}.",
                 "re-index it with `rag-eval index ... --store exact --force` (that replaces it).",
             )
-        self._ids, self._vectors, self._documents = ids, vectors.astype(np.float32, copy=False), documents
+        self._loaded = ids, vectors.astype(np.float32, copy=False), documents
+        return self._loaded
 
     def _searcher(self) -> QuantizedIndex:
         if self._search is None:
-            self._load()
+            ids, vectors, documents = self._load()
             self._search = QuantizedIndex(
-                self.name, self._ids, self._vectors, self.precision, rescore_multiplier=self.rescore_multiplier,
-                metadata=self._meta, texts=self._documents,
+                self.name, ids, vectors, self.precision, rescore_multiplier=self.rescore_multiplier,
+                metadata=self._meta, texts=documents,
             )  # fmt: skip
         return self._search
 
     # -- the interface --------------------------------------------------------------------------------
     def count(self) -> int:
-        self._load()
-        return len(self._ids)
+        return len(self._load()[0])
 
     @property
     def metadata(self) -> dict[str, Any]:
         return self._meta
 
     def stored_dim(self) -> int | None:
-        self._load()
-        return int(self._vectors.shape[1]) if len(self._vectors) else None
+        vectors = self._load()[1]
+        return int(vectors.shape[1]) if len(vectors) else None
 
     def check(self, dim: int | None = None) -> tuple[str, list[str]]:
         try:
@@ -147,13 +146,13 @@ class ExactIndex(VectorIndex):
         return self._searcher().query(np.asarray(vectors, dtype=np.float32), n, documents=documents)
 
     def fetch(self, ids: Iterable[str]) -> dict[str, str]:
-        self._load()
-        texts = dict(zip(self._ids, self._documents))
+        ids, _, documents = self._load()
+        texts = dict(zip(ids, documents))
         return {i: texts[i] or "" for i in dict.fromkeys(map(str, ids)) if i in texts}
 
     def fetch_all(self) -> tuple[list[str], np.ndarray, list[str | None]]:
-        self._load()
-        return list(self._ids), np.array(self._vectors, dtype=np.float32), list(self._documents)
+        ids, vectors, documents = self._load()
+        return list(ids), np.array(vectors, dtype=np.float32), list(documents)
 
     def replace_metadata(self, metadata: dict[str, Any]) -> bool:
         _write_json(self.folder / META, metadata)

@@ -35,7 +35,7 @@ def frontier_rows(
 ) -> list[dict[str, Any]]:
     """One row per (precision, rescore) at this dim: NDCG@10 of the top 10, bytes per vector, ms per query
     (median wall time of one question's search, quantizing the question included)."""
-    rows = []
+    rows: list[dict[str, Any]] = []
     float_ndcg = None
     for precision in precisions:
         variants = [None] if precision == "float32" else [False] + ([True] if rescore_multiplier else [])

@@ -156,7 +156,7 @@ def is_complete(vector_store: VectorStore, name: str, meta: dict) -> bool:
             and index.metadata.get(naming.WRITE_KEY) == naming.write_key(meta)
             and index.count() == meta["corpus_size"]
         )
-        if complete:
+        if complete and index is not None:
             index.refresh_description(meta)
         return complete
 

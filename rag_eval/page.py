@@ -150,8 +150,7 @@ def render_facts(service: RetrievalService) -> str:
     rows = []
     for f in service.facts:
         counts = sorted(set(f.vectors.values()))
-        disk = [f.scored.get(label, {}).get("bytes_per_vector") for label in labels]
-        disk = [d for d in disk if d is not None]
+        disk = [d for label in labels if (d := f.scored.get(label, {}).get("bytes_per_vector")) is not None]
         cells = [str(f.dim), " / ".join(map(str, counts)), str(f.raw_bytes), f"{max(disk):,.0f}" if disk else "n/a"]
         for label in labels:
             s = f.scored.get(label)

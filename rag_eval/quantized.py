@@ -96,7 +96,7 @@ def quantize(vectors: np.ndarray, precision: str, ranges: np.ndarray | None = No
             raise ValueError("int8 needs the corpus's ranges (calibrate); never the queries'")
         return Codes(precision, np.ascontiguousarray(quantize_embeddings(v, "int8", ranges=ranges)), dim)
     if precision == "binary":
-        packed = quantize_embeddings(v, "ubinary")  # np.packbits(v > 0): the same bits as "binary", unsigned
+        packed = np.asarray(quantize_embeddings(v, "ubinary"))  # np.packbits(v > 0): "binary"'s bits, unsigned
         words = -(-packed.shape[1] // 8)
         padded = np.zeros((len(v), words * 8), dtype=np.uint8)  # zero padding XORs to zero: no effect
         padded[:, : packed.shape[1]] = packed
@@ -112,7 +112,7 @@ def quantized_scores(queries: Codes, corpus: Codes, block: int = 16384) -> np.nd
     if corpus.precision == "float32":
         return q @ c.T
     out = np.empty((len(q), len(c)), dtype=np.int32)
-    wide_q = q.astype(np.int32) if corpus.precision == "int8" else None
+    wide_q = q.astype(np.int32)  # (int8; unused for binary)
     for s in range(0, len(c), block):
         part = c[s : s + block]
         if corpus.precision == "int8":
@@ -130,6 +130,7 @@ def dequantize(codes: np.ndarray, precision: str, dim: int, ranges: np.ndarray |
     if precision == "float32":
         return np.asarray(codes, dtype=np.float32)
     if precision == "int8":
+        assert ranges is not None, "int8 codes need the corpus's ranges"
         lo, hi = ranges[0].astype(np.float64), ranges[1].astype(np.float64)
         steps = (hi - lo) / 255
         steps = np.where(steps == 0, 1, steps)

@@ -323,7 +323,7 @@ def score_models(
             ev = {k: evaluator[dim][k] for k in metrics.REPORTED}
             ref = ev if reference == "evaluator" else exact
             disk = vector_store.footprint_bytes(col, ids, vectors, documents) if opts.measure_disk else None
-            row = {
+            row: dict[str, Any] = {
                 "collection": col.name,
                 "vectors": len(ids),
                 "store_settings": settings,
@@ -337,7 +337,7 @@ def score_models(
                 "latency": measure_latency(col, q, opts),
             }
             per_dim[str(dim)] = row
-            if runs is not None:
+            if runs is not None and opts.run_dir is not None:
                 runs["runs"].setdefault(m.label, {})[str(dim)] = write_run_files(
                     opts.run_dir, m.label, dim, qids, q, ids, vectors, store_hits, opts, vector_store.kind
                 )

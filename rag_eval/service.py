@@ -297,10 +297,11 @@ class RetrievalService:
     def _dim_facts(self, dim: int) -> DimFacts:
         vectors = {s.model.label: int(s.size if s.size is not None else s.index.count()) for s in self.searchers[dim]}
         scored = {}
-        for m in self.models if self.score_report else []:
-            row = self.score_report["models"].get(m.label, {}).get("dims", {}).get(str(dim))
+        report = self.score_report or {}
+        for m in self.models if report else []:
+            row = report["models"].get(m.label, {}).get("dims", {}).get(str(dim))
             if row:
-                ref = row.get("evaluator") if self.score_report.get("reference") == "evaluator" else row.get("exact")
+                ref = row.get("evaluator") if report.get("reference") == "evaluator" else row.get("exact")
                 scored[m.label] = {
                     "bytes_per_vector": row.get("bytes_per_vector"),
                     "ann_recall@10": row.get("ann_recall@10"),
@@ -333,8 +334,7 @@ class RetrievalService:
 
     # -- answering --------------------------------------------------------------------------------
     def max_tokens(self) -> int | None:
-        lengths = [getattr(m.model, "max_seq_length", None) for m in self.models]
-        lengths = [n for n in lengths if isinstance(n, int)]
+        lengths = [n for m in self.models if isinstance(n := getattr(m.model, "max_seq_length", None), int)]
         return min(lengths) if lengths else None
 
     def check_question(self, question: Any) -> str:

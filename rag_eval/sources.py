@@ -236,7 +236,7 @@ def choose_backend(sources: Sources, requested: str, warn: Callable[[str], None]
         )
     ]
     warn = warn or (lambda msg: click.echo(msg, err=True))
-    passed_over = []
+    passed_over: list[str] = []
     while True:
         chosen = pick_backend(table, available)
         if chosen is None:
@@ -263,6 +263,8 @@ def _refusal(sources: Sources, backend: str) -> tuple[str, str] | None:
 
     for spec in sources.models:
         source = Path(spec.ref) if Path(spec.ref).is_dir() else None
+        if spec.export_dir is None:
+            return f"The {spec.label} model {spec.ref} has no exports.", f"the {spec.label} model has no export"
         try:
             open_export(Path(spec.export_dir), backend, threads=1, source=source, spin=False)
         except ExportRefused as exc:

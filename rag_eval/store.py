@@ -145,6 +145,7 @@ def connect(
 
     if target.is_server:
         return _connect_server(target, create=create, echo=echo)
+    assert target.path is not None  # an embedded store (store_target always sets it)
     path = Path(target.path).expanduser()
     if path.exists() and not path.is_dir():
         raise JobError(
@@ -442,7 +443,7 @@ class ChromaStore(VectorStore):
         bytes freed (0 for a server, which manages its own disk)."""
         import sqlite3
 
-        if self.target.is_server:
+        if self.target.is_server or self.target.path is None:
             return 0
         path = Path(self.target.path).expanduser()
         try:
@@ -574,7 +575,11 @@ def footprint_bytes(
             chromadb.PersistentClient(path=str(root / "empty"), settings=_settings()).heartbeat()
             _EMPTY_STORE_BYTES = _dir_bytes(root / "empty")
         client = chromadb.PersistentClient(path=str(root / "one"), settings=_settings())
-        col = client.create_collection("footprint", configuration=settings.configuration(), embedding_function=None)
+        col = client.create_collection(
+            "footprint",
+            configuration=settings.configuration(),  # type: ignore[arg-type]  # (chromadb types it as a TypedDict)
+            embedding_function=None,
+        )
         docs = None if all(d is None for d in documents) else [d or "" for d in documents]
         batch = max(1, int(client.get_max_batch_size()))
         for s in range(0, len(ids), batch):

@@ -271,7 +271,7 @@ def store_errors(target: StoreTarget) -> Iterator[None]:
         except JobError:
             raise
         except Exception as exc:
-            path = Path(target.path).expanduser()
+            path = Path(target.path or ".").expanduser()  # an embedded store always has one
             if is_damage(exc):
                 forget_client(path)
                 raise damaged_store(path, exc) from None

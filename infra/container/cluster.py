@@ -28,6 +28,7 @@ import threading
 from collections.abc import Callable, Mapping
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 from infra.container.contract import RENDEZVOUS_PORT, Cluster
 from infra.container.hooks import SIGTERM
@@ -62,7 +63,7 @@ class Node:
         self.echo = echo
         self.port = port(environ)
         self.connect_timeout_s = connect_timeout_s or CONNECT_TIMEOUT_S
-        self.store = None
+        self.store: Any = None  # a torch.distributed.TCPStore once joined (torch is imported late)
         self.result: str | None = None  # node 0's result, as another node saw it
         self.in_training = False
         self._watcher: threading.Thread | None = None
@@ -171,7 +172,8 @@ class Node:
             go = f"the connection to it was lost ({_first_line(exc)})"
         if go == GO:
             return True
-        self._watcher.join(timeout=30)
+        if self._watcher is not None:
+            self._watcher.join(timeout=30)
         if self.result == OK:
             return False
         raise TrainingFailed(f"The first host {c.main_host} ended the job before training: {self.result or go}")

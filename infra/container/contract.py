@@ -150,7 +150,7 @@ class Cluster:
         if current not in hosts:
             raise ValueError(f"'current_host' ({current!r}) is not one of 'hosts' ({', '.join(hosts)})")
         interface = raw.get("network_interface_name")
-        return cls(tuple(hosts), current, interface if isinstance(interface, str) and interface else None)
+        return cls(tuple(hosts), str(current), interface if isinstance(interface, str) and interface else None)
 
 
 # --- metrics -------------------------------------------------------------------------------------

@@ -54,7 +54,7 @@ def run_steps(
 
     node = node or Node(Cluster(), echo)
 
-    rd = RunDir(cfg.run_dir)
+    rd = RunDir(Path(cfg.run_dir))
     fix = (
         "start the job with an empty checkpoint location (a new --checkpoint-s3-uri, or an empty checkpoints folder), "
         "or the original settings."
@@ -116,7 +116,7 @@ def train_rank(cfg: config.JobConfig, resume: bool) -> None:
     quiet = lambda msg: None  # noqa: E731 - one rank speaks
     pipeline.train(
         cfg,
-        RunDir(cfg.run_dir),
+        RunDir(Path(cfg.run_dir)),
         echo if distributed.is_main_process() else quiet,
         resume=resume,
         callbacks=container_callbacks(distributed=True),
@@ -140,7 +140,7 @@ def copy_contents(source: Path, target: Path) -> None:
 def export_outputs(cfg: config.JobConfig, paths: ContainerPaths, results: dict[str, Any]) -> None:
     """Model to ``model/``; data/, ir/, baseline/, report/, TensorBoard's event files (as logs/, where a run
     directory keeps them: `job launch fetch` puts them back there) and a flat metrics.json to ``output/data/``."""
-    rd = RunDir(cfg.run_dir)
+    rd = RunDir(Path(cfg.run_dir))
     copy_contents(rd.model, paths.model)
     paths.output_data.mkdir(parents=True, exist_ok=True)
     for name in layout.OUTPUT_DIRS:
@@ -243,7 +243,7 @@ def _warn_failed_exports(cfg: config.JobConfig, results: dict[str, Any], echo: E
     from job.export import ExportsFailed
 
     try:
-        pipeline.check_exports(RunDir(cfg.run_dir), results.get("evaluate"))
+        pipeline.check_exports(RunDir(Path(cfg.run_dir)), results.get("evaluate"))
     except ExportsFailed as exc:
         echo(f"container: warning: {exc.message}")
 

@@ -81,7 +81,7 @@ class _SigtermState:
         self.child: subprocess.Popen | None = None
 
     def reset(self) -> None:
-        self.__init__()
+        self.__init__()  # type: ignore[misc]  # (this class is never subclassed)
 
     def handler(self, signum, frame) -> None:
         self.received = True

@@ -137,7 +137,7 @@ def _client_error(exc: BaseException):
         seen.add(id(exc))
         if isinstance(exc, (ClientError, BotoCoreError)):
             return exc
-        exc = exc.__cause__ or exc.__context__
+        exc = exc.__cause__ or exc.__context__  # type: ignore[assignment]  # (None ends the loop)
     return None
 
 

@@ -247,7 +247,8 @@ def _different_run(uri: str, manifest: dict[str, Any], run_id: str) -> JobError:
 
 
 def _verify_all(client, bucket: str, prefix: str, files: list[RunFile]) -> tuple[list[str], dict[str, int]]:
-    bad, methods = [], {}
+    bad: list[str] = []
+    methods: dict[str, int] = {}
     for f in files:
         ok, method = verify_object(client, bucket, s3.join_key(prefix, f.path), f)
         methods[method] = methods.get(method, 0) + 1
@@ -319,7 +320,7 @@ def publish_s3(
         raise JobError(
             f"{exc.problem} The upload to {uri} finished but could not be verified, so no manifest was written and the "
             "run does not count as published.",
-            f"{exc.fix.rstrip('.')}; then publish again (`job push`): "
+            f"{(exc.fix or 'fix that').rstrip('.')}; then publish again (`job push`): "
             "a prefix without a manifest is checked and replaced.",
         ) from None
     if bad:

@@ -16,6 +16,7 @@ import json
 import re
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
@@ -128,13 +129,17 @@ def launch_options(func):
     return config_options(func)
 
 
-def _spec(opts: dict) -> sagemaker_launch.LaunchSpec:  # noqa: F821 - imported lazily (the SDK is optional)
+if TYPE_CHECKING:
+    from infra.sagemaker.launch import LaunchSpec
+
+
+def _spec(opts: dict) -> LaunchSpec:  # (imported lazily: the SDK is optional)
     from infra.sagemaker import launch as sagemaker_launch
 
     return sagemaker_launch.LaunchSpec(
         role=opts["role"], region=opts["region"], bucket=opts["bucket"], prefix=opts["prefix"], image=opts["image"],
         instance_type=opts["instance_type"], instance_count=opts["instance_count"], volume_gb=opts["volume_size"],
-        max_run_s=parse_duration(opts["max_run"], "--max-run"), spot=opts["spot"],
+        max_run_s=parse_duration(opts["max_run"], "--max-run") or sagemaker_launch.DEFAULT_MAX_RUN_S, spot=opts["spot"],
         max_wait_s=parse_duration(opts["max_wait"], "--max-wait"), checkpoint_s3_uri=opts["checkpoint_s3_uri"],
         tensorboard_s3_uri=opts["tensorboard_s3_uri"], output_path=opts["output_path"],
         base_job_name=opts["base_job_name"], tags=_pairs(opts["tags"], "--tag"),

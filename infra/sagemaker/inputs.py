@@ -101,6 +101,7 @@ def plan_inputs(cfg: config.JobConfig, bucket: str, prefix: str) -> InputPlan:
             if item.name == "data" and Path(item.value).suffix.lower() in _data_suffixes():
                 plan.hyperparameters["data"] = item.value.rstrip("/").rsplit("/", 1)[-1]
         elif item.kind == "local":
+            assert item.path is not None  # classify_inputs sets it for every local input
             local = item.path
             uri = f"s3://{bucket}/{s3.join_key(prefix, 'inputs', f'{item.channel}-{_digest(local)}')}/"
             plan.channels[item.channel] = uri
@@ -130,6 +131,7 @@ def plan_local_inputs(cfg: config.JobConfig, stage: Path | None = None) -> Input
         if item.kind == "value":
             plan.hyperparameters[item.name] = item.value
             continue
+        assert item.path is not None  # classify_inputs sets it for every local input
         local = item.path.resolve()
         plan.local[item.channel] = local
         folder = local

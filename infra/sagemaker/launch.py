@@ -328,7 +328,7 @@ def build_trainer(
             s3_output_path=output_path, compression_type="GZIP", kms_key_id=defaults.get("output_kms_key_id")
         ),
         input_data_config=[InputData(channel_name=ch, data_source=uri) for ch, uri in sorted(plan.channels.items())],
-        hyperparameters=hyperparameters_for(cfg, plan, gpus_per_instance(spec.instance_type, spec.region)),
+        hyperparameters=hyperparameters_for(cfg, plan, gpus_per_instance(spec.instance_type, spec.region or "")),
         environment=environment,
         tags=[Tag(key=k, value=v) for k, v in sorted(tags.items())] or None,
     )
@@ -376,9 +376,9 @@ def launch(
     """Check, upload (unless ``dry_run``), create the training job; return the exact CreateTrainingJob request."""
     require_sdk()
     quiet_sdk_logs()
-    user_config = sdk_config()
-    defaults = training_job_defaults(user_config)
+    defaults = training_job_defaults(user_config := sdk_config())
     spec = check_spec(spec, defaults)
+    assert spec.region is not None and spec.bucket is not None  # check_spec resolves both, or refuses
     gpus = gpus_per_instance(spec.instance_type, spec.region)
     nproc = check_instances(cfg, spec.instance_count, gpus, spec.instance_type)
     plan = plan_inputs(cfg, spec.bucket, spec.prefix)
