@@ -146,8 +146,8 @@ class ExactIndex(VectorIndex):
         return self._searcher().query(np.asarray(vectors, dtype=np.float32), n, documents=documents)
 
     def fetch(self, ids: Iterable[str]) -> dict[str, str]:
-        ids, _, documents = self._load()
-        texts = dict(zip(ids, documents))
+        stored, _, documents = self._load()
+        texts = dict(zip(stored, documents))
         return {i: texts[i] or "" for i in dict.fromkeys(map(str, ids)) if i in texts}
 
     def fetch_all(self) -> tuple[list[str], np.ndarray, list[str | None]]:

@@ -98,6 +98,21 @@ def test_every_path_on_every_architecture(arch, arch_models, arch_pairs, tmp_pat
         service = RetrievalService.open(sources, store.StoreTarget(path=run / "chroma"), ir, echo=lambda _: None,
                                         backend=chosen, backend_note=why)  # fmt: skip
         assert service.backend == backend
-        found[backend] = [[r.id for r in c.rows] for c in service.search("What about revenue?", 5, 16).columns]
-    assert found["onnx"] == found["torch"]  # float32: the same rankings
-    assert [ids[:1] for ids in found["onnx-int8"]] == [ids[:1] for ids in found["torch"]]
+        answer = service.search("What about revenue?", 5, 16)
+        found[backend] = [[(r.id, r.score) for r in c.rows] for c in answer.columns]
+    for torch_rows, onnx_rows in zip(found["torch"], found["onnx"]):  # float32: the same ranking
+        assert _same_ranking(torch_rows, onnx_rows), (torch_rows, onnx_rows)
+    assert [rows[0][0] for rows in found["onnx-int8"]] == [rows[0][0] for rows in found["torch"]]
+
+
+def _same_ranking(a: list[tuple[str, float]], b: list[tuple[str, float]], tol: float = 1e-4) -> bool:
+    """The same scores rank by rank, and the same passages except where two scores tie within ``tol`` (a random
+    tiny model's near-ties may swap between two float32 encoders: seen once with bert-cls in CI)."""
+    if len(a) != len(b) or any(abs(x[1] - y[1]) > tol for x, y in zip(a, b)):
+        return False
+    where = {cid: score for cid, score in b}
+    for cid, score in a:
+        other = where.get(cid, b[-1][1])  # pushed out of the top k: only by a tie with the last one
+        if abs(other - score) > tol:
+            return False
+    return True
