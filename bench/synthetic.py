@@ -15,6 +15,17 @@ training split (never its questions); validation and test questions are the real
         --llm-base-url http://127.0.0.1:8089/v1 --llm-model SmolLM2-135M-Instruct-Q4_1 \\
         --epochs 1 --max-seq-length 128 --out bench/results/synthetic_cpu.json
 
+**Another domain** (``--beir DIR``, issue #32: SciFact): the generator sees a bounded, seeded sample of the
+corpus's documents (``--limit-chunks`` of them, always including every document a test claim cites: a user
+writes questions for the whole corpus; the generator never sees a claim). Rows: ``base``, ``synthetic`` (every
+filter), ``synthetic_nogrounding`` (the grounding filter off, the rest on) and ``real`` (the folder's train
+claims, as bench/second_domain.py); validation: a seeded tenth of the train claims; test: the folder's test
+claims against the whole corpus. Written to its own file with ``"domain"`` on the protocol and every row.
+
+    python bench/synthetic.py --beir ../shared/data/scifact --limit-chunks 1200 \
+        --llm-base-url http://127.0.0.1:8089/v1 --llm-model SmolLM2-135M-Instruct-Q4_1 \
+        --max-seq-length 128 --out bench/results/synthetic_scifact_cpu.json --work-dir .bench/synthetic_scifact
+
 Resumable: answers are cached by `job synthesize` (rerun asks only for what is missing), a row in --out
 with the same fingerprint is kept, and a row being trained continues from its last checkpoint.
 ``--generate-only`` stops after the pairs are written (to start training later).
@@ -41,6 +52,21 @@ from job.layout import write_json
 from job.synthesize import side_files, synthesize
 
 ROWS = ("base", "synthetic", "synthetic_unfiltered", "real")
+BEIR_ROWS = ("base", "synthetic", "synthetic_nogrounding", "real")
+
+
+def beir_documents(test: data.IRData, limit: int | None, seed: int, path: Path) -> int:
+    """The generator's input for a BEIR corpus: every document a test claim cites, then a seeded sample of the
+    others up to ``limit`` documents in all (None: every document); one JSON document per line."""
+    import random
+
+    cited = sorted({d for rel in test.relevant_docs().values() for d in rel})
+    others = sorted(set(test.corpus) - set(cited))
+    random.Random(seed).shuffle(others)
+    chosen = cited + others[: max(0, (limit or len(test.corpus)) - len(cited))]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data.write_jsonl(path, ({"text": test.corpus[d]} for d in chosen))
+    return len(chosen)
 
 
 def contexts_file(train_pairs: list[data.Pair], path: Path) -> int:
@@ -55,14 +81,15 @@ def contexts_file(train_pairs: list[data.Pair], path: Path) -> int:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data", required=True)
+    ap.add_argument("--data", help="a (question, context) file: the financial protocol")
+    ap.add_argument("--beir", help="a BEIR folder with train and test qrels (another domain: SciFact)")
     ap.add_argument("--model", default="bundled:all-MiniLM-L6-v2")
     ap.add_argument("--llm-base-url", required=True)
     ap.add_argument("--llm-model", required=True)
     ap.add_argument("--llm-concurrency", type=int, default=1, help="1 on a one-slot local server: times add up")
     ap.add_argument("--consistency-top-k", type=int, default=None, help="default: the job's default")
     ap.add_argument("--questions-per-chunk", type=int, default=1)
-    ap.add_argument("--rows", default=",".join(ROWS))
+    ap.add_argument("--rows", default=None, help=f"default: {','.join(ROWS)} ({','.join(BEIR_ROWS)} with --beir)")
     ap.add_argument("--val-rows", type=int, default=300)
     ap.add_argument("--epochs", type=float, default=None)
     ap.add_argument("--max-seq-length", type=int, default=None)
@@ -76,7 +103,16 @@ def main() -> None:
     def log(msg: str) -> None:
         print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
-    train_pairs, validation, plain, dedup, protocol = load_protocol(args.data, 42, args.val_rows)
+    if bool(args.data) == bool(args.beir):
+        sys.exit("error: pass --data (a pairs file) or --beir (a BEIR folder), one of them")
+    if args.beir:
+        from second_domain import load_scifact
+
+        train_pairs, validation, plain, protocol = load_scifact(args.beir)
+        dedup = plain  # a BEIR corpus has its own ids: no duplicate texts to merge
+        protocol["domain"] = Path(args.beir).name
+    else:
+        train_pairs, validation, plain, dedup, protocol = load_protocol(args.data, 42, args.val_rows)
     protocol.update(
         epochs_override=args.epochs,
         max_seq_length=args.max_seq_length,
@@ -86,11 +122,16 @@ def main() -> None:
     )
     # --limit-chunks: the generator sees the first N training pairs' contexts, and the real row trains on those
     # same N pairs, so synthetic and real pairs come from the same passages
-    source = train_pairs[: args.limit_chunks] if args.limit_chunks else train_pairs
+    source = train_pairs[: args.limit_chunks] if args.limit_chunks and not args.beir else train_pairs
     protocol["train_pairs_source"] = len(source)
-    docs = work / "train_contexts.jsonl"
-    n_contexts = contexts_file(source, docs)
-    log(f"{n_contexts} distinct training contexts -> {docs} (the generator's only input)")
+    docs = work / ("corpus_sample.jsonl" if args.beir else "train_contexts.jsonl")
+    if args.beir:
+        n_contexts = beir_documents(plain, args.limit_chunks, 42, docs)
+        protocol["generator_documents"] = n_contexts
+        log(f"{n_contexts} corpus documents (every one a test claim cites, then a seeded sample) -> {docs}")
+    else:
+        n_contexts = contexts_file(source, docs)
+        log(f"{n_contexts} distinct training contexts -> {docs} (the generator's only input)")
 
     synth_cli = {
         "model": args.model, "docs": str(docs), "llm_base_url": args.llm_base_url, "llm_model": args.llm_model,
@@ -99,12 +140,15 @@ def main() -> None:
     if args.consistency_top_k is not None:
         synth_cli["consistency_top_k"] = args.consistency_top_k
     filtered_cfg = resolve_config(cli=synth_cli, environ={})
-    outputs = {"synthetic": work / "synthetic.jsonl", "synthetic_unfiltered": work / "synthetic_unfiltered.jsonl"}
+    # the second set: the same answers with one filter off (the consistency filter; with --beir the grounding
+    # filter): the answer cache is copied, nothing is asked again
+    other, off = ("synthetic_nogrounding", {"grounding_filter": False}) if args.beir else (
+        "synthetic_unfiltered", {"consistency_top_k": 0})  # fmt: skip
+    outputs = {"synthetic": work / "synthetic.jsonl", other: work / f"{other}.jsonl"}
     summaries = {"synthetic": synthesize(filtered_cfg, [str(docs)], outputs["synthetic"], log)}
-    # the same answers, the consistency filter off: the cache is copied, nothing is asked again
-    shutil.copyfile(side_files(outputs["synthetic"])["answers"], side_files(outputs["synthetic_unfiltered"])["answers"])
-    unfiltered_cfg = resolve_config(cli={**synth_cli, "consistency_top_k": 0}, environ={})
-    summaries["synthetic_unfiltered"] = synthesize(unfiltered_cfg, [str(docs)], outputs["synthetic_unfiltered"], log)
+    shutil.copyfile(side_files(outputs["synthetic"])["answers"], side_files(outputs[other])["answers"])
+    other_cfg = resolve_config(cli={**synth_cli, **off}, environ={})
+    summaries[other] = synthesize(other_cfg, [str(docs)], outputs[other], log)
     s = summaries["synthetic"]
     generator = {
         **s["generator"],
@@ -119,6 +163,7 @@ def main() -> None:
         "dropped": {name: summaries[name]["questions"]["dropped"] for name in summaries},
         "consistency_top_k": s["consistency"]["top_k"],
         "own_chunk_rank_histogram": s["consistency"]["own_chunk_rank_histogram"],
+        "grounding": {name: summaries[name].get("grounding") for name in summaries},
     }
     log(f"generator: {json.dumps(generator)}")
     if args.generate_only:
@@ -129,9 +174,10 @@ def main() -> None:
     done = {r["name"]: r for r in previous.get("rows", [])}
     rows = []
     defaults = JobConfig().to_dict()
-    for name in [r for r in args.rows.split(",") if r]:
-        if name not in ROWS:
-            sys.exit(f"error: unknown row {name!r}; rows are {', '.join(ROWS)}")
+    known = BEIR_ROWS if args.beir else ROWS
+    for name in [r for r in (args.rows or ",".join(known)).split(",") if r]:
+        if name not in known:
+            sys.exit(f"error: unknown row {name!r}; rows are {', '.join(known)}")
         pairs = source
         if name in outputs:
             pairs = [data.Pair(r["question"], r["passage"]) for r in data.read_jsonl(outputs[name])]
@@ -153,6 +199,9 @@ def main() -> None:
             "base" if name == "base" else name, cfg, config, fingerprint, pairs, validation, plain, dedup, work, log
         )
         row["train_pairs"] = len(pairs) if trained else 0
+        if args.beir:
+            row.pop("test_ndcg@10_dedup", None)  # the same numbers: a BEIR corpus has nothing to merge
+            row["domain"] = protocol["domain"]
         rows.append(row)
         log(f"{name}: done")
         write_json(out, {"protocol": protocol, "generator": generator,

@@ -12,7 +12,7 @@ import click
 
 from infra.publish.cli import push  # `job push` lives with the publishing code
 from infra.sagemaker.cli import launch  # `job launch` (SageMaker) lives with the cloud code
-from job import config, progress, storage
+from job import config, progress, steps, storage
 from job.cli_common import SectionedCommand, StepOrderGroup, config_options, echo, run_cli
 from job.errors import JobError
 
@@ -117,33 +117,6 @@ def synthesize_cmd(cfg, out: str | None) -> None:
         synthesize(cfg, cfg.docs, target, echo)
 
 
-@cli.command("prepare", cls=SectionedCommand)
-@config_options
-def prepare_cmd(cfg) -> None:
-    """Load, validate, de-duplicate and split the pairs; build the evaluation corpus."""
-    from job.models import load_model
-    from job.pipeline import prepare
-
-    rd = _rd(cfg)
-    cfg = _step_cfg(cfg, rd)
-    with _hold(rd, "job prepare"), storage.storage_errors(rd.root, "the prepare step's outputs"):
-        progress.phase_done(
-            "prepare", prepare(cfg, rd, echo, model=load_model(cfg.model, max_seq_length=cfg.max_seq_length))
-        )
-
-
-@cli.command("baseline", cls=SectionedCommand)
-@config_options
-def baseline_cmd(cfg) -> None:
-    """Score the base model on the test split at every Matryoshka dim."""
-    from job.pipeline import baseline
-
-    rd = _rd(cfg)
-    cfg = _step_cfg(cfg, rd)
-    with _hold(rd, "job baseline"), storage.storage_errors(rd.root, "the baseline step's outputs"):
-        progress.phase_done("baseline", baseline(cfg, rd, echo))
-
-
 @cli.command("train", cls=SectionedCommand)
 @config_options
 @click.option("--resume", is_flag=True, help="Continue from the last checkpoint in the run directory.")
@@ -165,16 +138,22 @@ def train_cmd(cfg, resume: bool, force: bool) -> None:
         raise
 
 
-@cli.command("evaluate", cls=SectionedCommand)
-@config_options
-def evaluate_cmd(cfg) -> None:
-    """Score base and fine-tuned models on the test split; write the report (Markdown, JSON, PNG)."""
-    from job.pipeline import evaluate
+def _step_command(step: steps.Step) -> None:
+    """`job NAME` for a registered step: its configuration, the run directory held, its outputs' storage errors
+    named, its result shown as the phase's end."""
 
-    rd = _rd(cfg)
-    cfg = _step_cfg(cfg, rd)
-    with _hold(rd, "job evaluate"), storage.storage_errors(rd.root, "the evaluate step's outputs"):
-        progress.phase_done("evaluate", evaluate(cfg, rd, echo))
+    @cli.command(step.name, cls=SectionedCommand, help=step.summary)
+    @config_options
+    def command(cfg) -> None:
+        rd = _rd(cfg)
+        cfg = _step_cfg(cfg, rd)
+        with _hold(rd, f"job {step.name}"), storage.storage_errors(rd.root, f"the {step.name} step's outputs"):
+            progress.phase_done(step.name, step.body(steps.Run(cfg, rd, echo, alone=True)))
+
+
+for _step in steps.steps():  # prepare, baseline, evaluate and any step registered since (train has its own)
+    if _step.command:
+        _step_command(_step)
 
 
 @cli.command("export", cls=SectionedCommand)
@@ -266,9 +245,7 @@ def run_cmd(cfg, force: bool) -> None:
 
 cli.add_command(push)
 cli.add_command(launch)
-cli.order = (
-    "synthesize", "prepare", "baseline", "train", "evaluate", "run", "export", "push", "launch", "config", "presets",
-)  # fmt: skip
+cli.order = ("synthesize", *steps.names(), "run", "export", "push", "launch", "config", "presets")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -41,12 +41,12 @@ from typing import Any
 
 from job.errors import JobError
 
-STEPS = ("prepare", "baseline", "train", "evaluate")
 DATA, IR, BASELINE, CHECKPOINTS, MODEL, REPORT = "data", "ir", "baseline", "checkpoints", "model", "report"
 CHROMA, RAG_EVAL, LOGS, SYNTH = "chroma", "rag_eval", "logs", "synth"
 SYNTH_PAIRS = f"{SYNTH}/pairs.jsonl"  # `job run --docs` trains on this file
 BASE_EXPORT = f"{BASELINE}/model"  # the base model's exports, for `rag-eval serve --backend`
-# Each step's "done" record, relative to the run directory: its presence means the step finished.
+# Each step's "done" record, relative to the run directory: its presence means the step finished (a step registered
+# in job/steps.py adds its own).
 DONE_FILES = {
     "prepare": f"{DATA}/prepare.json",
     "baseline": f"{BASELINE}/metrics.json",

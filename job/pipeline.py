@@ -19,12 +19,10 @@ from pathlib import Path
 from typing import Any
 
 from job import card, checkpoints, data, guard, merge, storage
+from job import steps as registry
 from job.config import (
     EMBEDDED_DATA,
-    EVALUATE_FIELDS,
-    MODEL_FIELDS,
     PREPARE_FIELDS,
-    TRAIN_FIELDS,
     JobConfig,
     fields_where,
     fingerprint_digest,
@@ -37,7 +35,6 @@ from job.layout import (
     DATA,
     IR,
     MODEL,
-    STEPS,
     RunDir,
     changed_outputs,
     output_stamp,
@@ -101,17 +98,25 @@ def input_digests(cfg: JobConfig, known: dict[str, Any] | None = None) -> dict[s
 
 
 def step_fingerprint(cfg: JobConfig, rd: RunDir, step: str) -> dict[str, Any]:
-    if step == "prepare":
-        known = (rd.record("prepare") or {}).get("inputs")
-        return {
-            **cfg.fingerprint(PREPARE_FIELDS),
-            "inputs": {k: v["sha256"] for k, v in input_digests(cfg, known).items()},
-        }
-    data_digest = _require(rd, "prepare", f"job {step}")["data_digest"]
-    fields = {"baseline": MODEL_FIELDS, "train": TRAIN_FIELDS, "evaluate": EVALUATE_FIELDS}[step]
-    if step == "train" and cfg.merge_base == "auto":  # the guard set chooses alpha: it shapes the saved model
-        fields = tuple(fields) + ("guard_data", "guard_split", "guard_max_drop")
-    return {**cfg.fingerprint(fields), "data_digest": data_digest}
+    """What ``step``'s outputs depend on: its configuration fields and the data digest of the prepare step it
+    reads (a step with its own :attr:`Step.fingerprint`: that)."""
+    s = registry.get(step)
+    if s.fingerprint is not None:
+        return s.fingerprint(cfg, rd)
+    records = {need: _require(rd, need, f"job {step}") for need in s.needs}
+    out = cfg.fingerprint(s.fields_for(cfg))
+    if "prepare" in records:
+        out["data_digest"] = records["prepare"]["data_digest"]
+    return out
+
+
+def prepare_fingerprint(cfg: JobConfig, rd: RunDir) -> dict[str, Any]:
+    """The prepare step's: its fields and the SHA-256 of each local input file (an edited file re-runs it)."""
+    known = (rd.record("prepare") or {}).get("inputs")
+    return {
+        **cfg.fingerprint(PREPARE_FIELDS),
+        "inputs": {k: v["sha256"] for k, v in input_digests(cfg, known).items()},
+    }
 
 
 def changed_fields(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
@@ -678,7 +683,7 @@ def run(
     on_step: Callable[[str, dict[str, Any]], None] | None = None,
     train_step: Callable[[bool], dict[str, Any]] | None = None,
     mismatch_fix: str | None = None,
-    steps: tuple[str, ...] = STEPS,
+    steps: tuple[str, ...] | None = None,
     strict_exports: bool = True,
 ) -> dict[str, Any]:
     """Every step in order (or those of ``steps``); a step whose done record matches the configuration is skipped.
@@ -686,7 +691,8 @@ def run(
     ``on_step(step, result)`` sees every step's result, skipped ones included; ``train_step(resume)``
     replaces the training call (the SageMaker container runs its own, with its callbacks);
     ``mismatch_fix`` replaces the advice given when the run dir holds another configuration's output;
-    ``steps`` limits the run (another machine of a multi-machine job only prepares and trains).
+    ``steps`` limits the run to the steps named (another machine of a multi-machine job runs
+    :func:`job.steps.worker_steps`); the order is always :func:`job.steps.steps`'.
     With ``strict_exports`` (the default), an export that failed (now, or when the evaluate step ran) is raised
     as :class:`job.export.ExportsFailed` once every step has finished and ``on_step`` has seen it (its ``results``
     holds the steps' results); without, the caller reads the failures from the evaluate record
@@ -709,7 +715,7 @@ def _run_steps(cfg, rd, echo, force, on_step, train_step, mismatch_fix, steps) -
         cfg = with_synthesized_data(cfg, rd)
     ran_earlier_step = False  # once a step runs, every later step must run on its new output
     inputs_changed = False if force else _inputs_changed(cfg, rd, echo)
-    for step in (s for s in STEPS if s in steps):
+    for step in (n for n in registry.names() if steps is None or n in steps):
         rec = rd.record(step)
         if rec is not None and not force and not ran_earlier_step and not inputs_changed:
             want = step_fingerprint(cfg, rd, step)
@@ -749,21 +755,22 @@ def _run_steps(cfg, rd, echo, force, on_step, train_step, mismatch_fix, steps) -
 def _run_step(
     step: str, cfg: JobConfig, rd: RunDir, echo: Echo, force: bool, inputs_changed: bool, train_step
 ) -> dict[str, Any]:
-    if step == "prepare":
-        return prepare(cfg, rd, echo, model=load_model(cfg.model, max_seq_length=cfg.max_seq_length))
-    if step == "baseline":
-        return baseline(cfg, rd, echo)
-    if step == "evaluate":
-        return evaluate(cfg, rd, echo, strict_exports=False)
-    if inputs_changed and rd.checkpoints.exists():  # made on the old data: of no use, but not deleted
+    return registry.get(step).body(registry.Run(cfg, rd, echo, force, inputs_changed, train_step))
+
+
+def train_in_run(r: registry.Run) -> dict[str, Any]:
+    """The train step inside `job run`: checkpoints of old data moved aside, then resume from this
+    configuration's newest complete checkpoint (none with --force)."""
+    cfg, rd, echo = r.cfg, r.rd, r.echo
+    if r.inputs_changed and rd.checkpoints.exists():  # made on the old data: of no use, but not deleted
         stale = rd.root / f"{rd.checkpoints.name}.before-{time.strftime('%Y%m%d-%H%M%S')}"
         rd.checkpoints.rename(stale)
         echo(f"train: the checkpoints were made on the old data; moved them to {stale}")
-    resume_from = None if force else _resume_point(cfg, rd, echo)
+    resume_from = None if r.force else _resume_point(cfg, rd, echo)
     if resume_from is not None:
         echo(f"train: resuming from {resume_from}")
     resume = resume_from is not None
-    return train_step(resume) if train_step else train(cfg, rd, echo, resume=resume, force=force)
+    return r.train_step(resume) if r.train_step else train(cfg, rd, echo, resume=resume, force=r.force)
 
 
 def _inputs_changed(cfg: JobConfig, rd: RunDir, echo: Echo) -> bool:

@@ -49,8 +49,10 @@ def run_steps(
 ) -> dict[str, Any]:
     """``job run``'s steps and skip/refuse rules (``job.pipeline.run``); training resumes from the run's
     checkpoints (a spot restart), carries our callbacks, and runs under torchrun when ``nproc`` > 1 or
-    the job has several hosts (``node``: this host's part; the hosts after the first prepare and train only)."""
+    the job has several hosts (``node``: this host's part; the hosts after the first run the worker steps only:
+    prepare and train)."""
     from job import pipeline
+    from job.steps import worker_steps
 
     node = node or Node(Cluster(), echo)
 
@@ -66,7 +68,7 @@ def run_steps(
             return _train_distributed(cfg, rd, nproc, resume, echo, node)
         return pipeline.train(cfg, rd, echo, resume=resume, callbacks=callbacks)
 
-    steps = layout.STEPS if node.is_main else ("prepare", "train")
+    steps = None if node.is_main else worker_steps()  # the first machine runs every step
     # strict_exports=False: a failed export costs only itself here; run_job names it after the outputs are copied
     return pipeline.run(cfg, rd, echo, on_step=_emit_step, train_step=train_step, mismatch_fix=fix, steps=steps,
                         strict_exports=False)  # fmt: skip
