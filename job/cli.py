@@ -148,7 +148,7 @@ def _step_command(step: steps.Step) -> None:
         rd = _rd(cfg)
         cfg = _step_cfg(cfg, rd)
         with _hold(rd, f"job {step.name}"), storage.storage_errors(rd.root, f"the {step.name} step's outputs"):
-            progress.phase_done(step.name, step.body(steps.Run(cfg, rd, echo, alone=True)))
+            progress.phase_done(step.name, step.run(steps.Run(cfg, rd, echo, alone=True)))
 
 
 for _step in steps.steps():  # prepare, baseline, evaluate and any step registered since (train has its own)

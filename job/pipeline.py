@@ -101,8 +101,9 @@ def step_fingerprint(cfg: JobConfig, rd: RunDir, step: str) -> dict[str, Any]:
     """What ``step``'s outputs depend on: its configuration fields and the data digest of the prepare step it
     reads (a step with its own :attr:`Step.fingerprint`: that)."""
     s = registry.get(step)
-    if s.fingerprint is not None:
-        return s.fingerprint(cfg, rd)
+    own = s.own_fingerprint(cfg, rd)
+    if own is not None:
+        return own
     records = {need: _require(rd, need, f"job {step}") for need in s.needs}
     out = cfg.fingerprint(s.fields_for(cfg))
     if "prepare" in records:
@@ -755,7 +756,20 @@ def _run_steps(cfg, rd, echo, force, on_step, train_step, mismatch_fix, steps) -
 def _run_step(
     step: str, cfg: JobConfig, rd: RunDir, echo: Echo, force: bool, inputs_changed: bool, train_step
 ) -> dict[str, Any]:
-    return registry.get(step).body(registry.Run(cfg, rd, echo, force, inputs_changed, train_step))
+    return registry.get(step).run(registry.Run(cfg, rd, echo, force, inputs_changed, train_step))
+
+
+# --- the steps' bodies (job/steps.py names them) -------------------------------------------------------------
+def prepare_in_run(r: registry.Run) -> dict[str, Any]:
+    return prepare(r.cfg, r.rd, r.echo, model=load_model(r.cfg.model, max_seq_length=r.cfg.max_seq_length))
+
+
+def baseline_in_run(r: registry.Run) -> dict[str, Any]:
+    return baseline(r.cfg, r.rd, r.echo)
+
+
+def evaluate_in_run(r: registry.Run) -> dict[str, Any]:
+    return evaluate(r.cfg, r.rd, r.echo, strict_exports=r.alone)  # in `job run`: a failed export is said at the end
 
 
 def train_in_run(r: registry.Run) -> dict[str, Any]:

@@ -41,14 +41,9 @@ FORMATS = ("text", "json")
 SECONDS_ENV = "JOB_PROGRESS_SECONDS"
 FORMAT_ENV = "JOB_LOG_FORMAT"
 DEFAULT_SECONDS = 30.0
-STEPS = ("synthesize", "prepare", "baseline", "train", "evaluate", "export")  # the phases beside job/steps.py's
-
-
-def _phases() -> set[str]:
-    """The phases a message may be about: the built-in ones and every registered step."""
-    from job import steps  # (late: job.steps imports the configuration, which this module must not need)
-
-    return {*STEPS, *steps.names()}
+# What a message may be about (its "phase" in JSON logs): the pipeline's steps (job/steps.py adds each one it
+# registers), synthesize and export.
+PHASES = {"synthesize", "prepare", "baseline", "train", "evaluate", "export"}
 
 
 _state: dict[str, Any] = {"format": "text", "seconds": None, "clock": None, "installed": None, "handlers": None}
@@ -149,7 +144,7 @@ def say(msg: str) -> None:
         click.echo(msg)
         return
     head = msg.split(":", 1)[0] if ":" in msg.split("\n", 1)[0] else ""
-    emit("message", **({"phase": head} if head in _phases() else {}), message=msg)
+    emit("message", **({"phase": head} if head in PHASES else {}), message=msg)
 
 
 def error(problem: str, fix: str | None, message: str, exit_code: int) -> None:

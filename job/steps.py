@@ -7,17 +7,19 @@ it too. `job run` (skip a step whose record matches, resume, re-run what follows
 commands and the SageMaker container (:mod:`infra.container.entry`) all go through :func:`steps`; a new step is
 one :func:`register` call beside its body (tests/test_steps.py adds one in a test).
 
-The four built-in steps are registered at the end of this module; their bodies live in :mod:`job.pipeline`,
-imported when a step runs (so `job --help` does not load torch).
+The four built-in steps are registered at the end of this module. Their bodies live in :mod:`job.pipeline` and
+are named here as ``"module:function"``, imported when a step runs: `job --help` does not load torch, and the
+pipeline (which reads this list) and its steps do not import each other.
 """
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from job import layout
+from job import layout, progress
 from job.config import EVALUATE_FIELDS, MODEL_FIELDS, TRAIN_FIELDS
 
 if TYPE_CHECKING:
@@ -45,15 +47,29 @@ class Step:
     name: str
     summary: str  # one line: the `job NAME` command's help
     done_file: str  # its done record, relative to the run directory
-    body: Callable[[Run], dict[str, Any]]  # runs the step; returns what it wrote into its done record
+    body: Callable[[Run], dict[str, Any]] | str  # runs the step, returns its done record ("module:function": late)
     fields: tuple[str, ...] | Callable[[JobConfig], tuple[str, ...]] = ()  # the config fields of its fingerprint
     needs: tuple[str, ...] = ("prepare",)  # steps whose done records it reads (prepare's data digest joins it)
-    fingerprint: Callable[[JobConfig, RunDir], dict[str, Any]] | None = None  # instead of fields + needs
+    fingerprint: Callable[[JobConfig, RunDir], dict[str, Any]] | str | None = None  # instead of fields + needs
     worker: bool = False  # the other machines of a multi-machine job run it too (they prepare and train)
     command: bool = True  # a generic `job NAME` command (False: the CLI defines its own, with its options)
 
     def fields_for(self, cfg: JobConfig) -> tuple[str, ...]:
         return tuple(self.fields(cfg) if callable(self.fields) else self.fields)
+
+    def run(self, r: Run) -> dict[str, Any]:
+        return _resolve(self.body)(r)
+
+    def own_fingerprint(self, cfg: JobConfig, rd: RunDir) -> dict[str, Any] | None:
+        """The step's own fingerprint, when it has one (else: its fields and what it needs)."""
+        return None if self.fingerprint is None else _resolve(self.fingerprint)(cfg, rd)
+
+
+def _resolve(ref: Callable | str) -> Callable:
+    if callable(ref):
+        return ref
+    module, _, name = ref.partition(":")
+    return getattr(importlib.import_module(module), name)
 
 
 _STEPS: dict[str, Step] = {}
@@ -76,12 +92,15 @@ def register(step: Step, *, before: str | None = None) -> Step:
     _STEPS.clear()
     _STEPS.update(items)
     layout.DONE_FILES[step.name] = step.done_file
+    progress.PHASES.add(step.name)  # its messages carry it as their phase in --log-format json
     return step
 
 
 def unregister(name: str) -> None:
-    """Remove a registered step (tests)."""
+    """Remove a registered step, its done record and its phase (tests)."""
     _STEPS.pop(name, None)
+    layout.DONE_FILES.pop(name, None)
+    progress.PHASES.discard(name)
 
 
 def steps() -> list[Step]:
@@ -102,58 +121,28 @@ def worker_steps() -> tuple[str, ...]:
     return tuple(s.name for s in _STEPS.values() if s.worker)
 
 
-# --- the built-in steps, in order --------------------------------------------------------------------------
-def _prepare(r: Run) -> dict[str, Any]:
-    from job.models import load_model
-    from job.pipeline import prepare
-
-    return prepare(r.cfg, r.rd, r.echo, model=load_model(r.cfg.model, max_seq_length=r.cfg.max_seq_length))
-
-
-def _prepare_fingerprint(cfg: JobConfig, rd: RunDir) -> dict[str, Any]:
-    from job.pipeline import prepare_fingerprint
-
-    return prepare_fingerprint(cfg, rd)
-
-
-def _baseline(r: Run) -> dict[str, Any]:
-    from job.pipeline import baseline
-
-    return baseline(r.cfg, r.rd, r.echo)
-
-
-def _train(r: Run) -> dict[str, Any]:
-    from job.pipeline import train_in_run
-
-    return train_in_run(r)
-
-
+# --- the built-in steps, in order (bodies in job/pipeline.py) ----------------------------------------------
 def _train_fields(cfg: JobConfig) -> tuple[str, ...]:
     if cfg.merge_base == "auto":  # the guard set chooses alpha: it shapes the saved model
         return tuple(TRAIN_FIELDS) + ("guard_data", "guard_split", "guard_max_drop")
     return tuple(TRAIN_FIELDS)
 
 
-def _evaluate(r: Run) -> dict[str, Any]:
-    from job.pipeline import evaluate
-
-    return evaluate(r.cfg, r.rd, r.echo, strict_exports=r.alone)  # in `job run`: a failed export is said at the end
-
-
 register(Step(
     "prepare", "Load, validate, de-duplicate and split the pairs; build the evaluation corpus.",
-    layout.DONE_FILES["prepare"], _prepare, needs=(), fingerprint=_prepare_fingerprint, worker=True,
+    layout.DONE_FILES["prepare"], "job.pipeline:prepare_in_run", needs=(),
+    fingerprint="job.pipeline:prepare_fingerprint", worker=True,
 ))  # fmt: skip
 register(Step(
     "baseline", "Score the base model on the test split at every Matryoshka dim.", layout.DONE_FILES["baseline"],
-    _baseline, fields=MODEL_FIELDS,
+    "job.pipeline:baseline_in_run", fields=MODEL_FIELDS,
 ))  # fmt: skip
 register(Step(
     "train", "Fine-tune with MatryoshkaLoss(MNRL); keep the best checkpoint by validation NDCG@10.",
-    layout.DONE_FILES["train"], _train, fields=_train_fields, worker=True,
+    layout.DONE_FILES["train"], "job.pipeline:train_in_run", fields=_train_fields, worker=True,
     command=False,  # `job train` has its own command: --resume / --force, and the torchrun ranks' errors
 ))  # fmt: skip
 register(Step(
     "evaluate", "Score base and fine-tuned models on the test split; write the report (Markdown, JSON, PNG).",
-    layout.DONE_FILES["evaluate"], _evaluate, fields=EVALUATE_FIELDS,
+    layout.DONE_FILES["evaluate"], "job.pipeline:evaluate_in_run", fields=EVALUATE_FIELDS,
 ))  # fmt: skip

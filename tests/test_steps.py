@@ -44,7 +44,7 @@ def toy_step():
     )
     yield calls
     steps.unregister("toy")
-    layout.DONE_FILES.pop("toy", None)
+    assert "toy" not in layout.DONE_FILES
 
 
 def test_a_registered_step_runs_in_place_skips_reruns_and_recovers(tmp_path, tiny_model_path, pairs_file, toy_step):
