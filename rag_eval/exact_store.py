@@ -38,7 +38,7 @@ import numpy as np
 
 from job.errors import JobError
 from job.storage import storage_errors
-from rag_eval.index import CORRUPT, OURS, Hit, VectorIndex, VectorStore, WriteResult
+from rag_eval.index import CORRUPT, Hit, VectorIndex, VectorStore, WriteResult
 from rag_eval.naming import WRITE_KEY, metadata_changes, write_key
 from rag_eval.quantized import DEFAULT_RESCORE_MULTIPLIER, PRECISIONS, QuantizedIndex
 
@@ -257,20 +257,9 @@ class ExactStore(VectorStore):
         start = time.perf_counter()
         key = write_key(metadata)
         metadata = {**metadata, WRITE_KEY: key}
-        old = self.open(name)
-        note = ""
-        if old is not None:
-            kind, problems = old.check(metadata["dim"])
-            if kind != OURS and not force:
-                raise JobError(
-                    f"A {kind} index named {name} already exists in the {self.describe()}: {'; '.join(problems)}.",
-                    "pass --force to replace it, or use another --collection-prefix.",
-                )
-            if kind != OURS:
-                note = f"replaced a {kind} index (--force)"
-            elif old.metadata.get(WRITE_KEY) == key and not force:
-                old.refresh_description(metadata)
-                return WriteResult(name, "kept", "unchanged: already complete", time.perf_counter() - start)
+        old, note, kept = self.existing(name, metadata, force, start)
+        if kept is not None:
+            return kept
         staging = self.root / (name + STAGING)
         done = self._staging(staging, key, metadata, force)
         position = {cid: i for i, cid in enumerate(ids)}

@@ -19,14 +19,16 @@ from __future__ import annotations
 
 import abc
 import contextlib
+import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from job.errors import JobError
 from rag_eval import SCHEMA_VERSION
-from rag_eval.naming import REQUIRED_METADATA, description_changes
+from rag_eval.naming import REQUIRED_METADATA, WRITE_KEY, description_changes
 
 # What :meth:`VectorIndex.check` finds under one of our names
 FOREIGN, CORRUPT, OURS = "foreign", "corrupted", "ours"
@@ -147,6 +149,7 @@ class VectorStore(abc.ABC):
 
     kind: str  # its name in rag_eval.stores.STORES ("chroma", "exact")
     label: str  # how reports and pages name it ("Chroma", "exact store")
+    noun = "index"  # what messages call one of its indexes ("collection" in Chroma)
 
     @abc.abstractmethod
     def describe(self) -> str:
@@ -180,6 +183,28 @@ class VectorStore(abc.ABC):
         """Write (or replace) one index in batches; the old one stays readable until the new one is complete,
         a write killed midway continues where it stopped when called again with the same metadata, and an
         index already complete with the same metadata is kept (``force``: written afresh)."""
+
+    def existing(
+        self, name: str, metadata: dict[str, Any], force: bool, start: float
+    ) -> tuple[VectorIndex | None, str, WriteResult | None]:
+        """Before a write of ``metadata`` (with its write key): the index already under ``name``, a note on it, and
+        the result when it is kept. A foreign or corrupted one is a JobError unless ``force`` (then replaced); one
+        complete with the same write key is kept, its descriptive metadata brought up to date."""
+        old = self.open(name)
+        if old is None:
+            return None, "", None
+        kind, problems = old.check(metadata["dim"])
+        if kind != OURS and not force:
+            raise JobError(
+                f"A {kind} {self.noun} named {name} already exists in the {self.describe()}: {'; '.join(problems)}.",
+                "pass --force to replace it, or use another --collection-prefix.",
+            )
+        if kind != OURS:
+            return old, f"replaced a {kind} {self.noun} (--force)", None
+        if old.metadata.get(WRITE_KEY) == metadata[WRITE_KEY] and not force:
+            old.refresh_description(metadata)
+            return old, "", WriteResult(name, "kept", "unchanged: already complete", time.perf_counter() - start)
+        return old, "", None
 
     @abc.abstractmethod
     def delete(self, name: str) -> None: ...

@@ -319,7 +319,7 @@ class ChromaIndex(VectorIndex):
 class ChromaStore(VectorStore):
     """A Chroma client (embedded or server) as a :class:`~rag_eval.index.VectorStore`."""
 
-    kind, label = "chroma", "Chroma"
+    kind, label, noun = "chroma", "Chroma", "collection"
 
     def __init__(self, client, target: StoreTarget):
         self.client = client
@@ -383,22 +383,11 @@ class ChromaStore(VectorStore):
         start = time.perf_counter()
         key = write_key(metadata)
         metadata = {**metadata, WRITE_KEY: key}
-        old = self.open(name)
-        note = ""
-        if old is not None:
-            kind, problems = inspect(old, metadata["dim"])
-            if kind != OURS and not force:
-                raise JobError(
-                    f"A {kind} collection named {name} already exists: {'; '.join(problems)}.",
-                    "pass --force to replace it, or use another --collection-prefix.",
-                )
-            if kind != OURS:
-                note = f"replaced a {kind} collection (--force)"
-            elif old.metadata.get(WRITE_KEY) == key and not force:
-                refresh_description(old, metadata)
-                return WriteResult(name, "kept", "unchanged: already complete", time.perf_counter() - start)
-            elif old.settings != settings:
-                note = f"HNSW settings changed ({describe_changes(old.settings, settings)}): recreated"
+        old, note, kept = self.existing(name, metadata, force, start)
+        if kept is not None:
+            return kept
+        if isinstance(old, ChromaIndex) and not note and old.settings != settings:
+            note = f"HNSW settings changed ({describe_changes(old.settings, settings)}): recreated"
         staging = name + STAGING_SUFFIX
         col, todo = self._staging(staging, ids, metadata, settings, force)
         resumed = len(ids) - len(todo)
@@ -517,11 +506,6 @@ class ChromaStore(VectorStore):
                 f"check that the server runs ({check}), then {resume}.",
             )
         return exc
-
-
-def refresh_description(index: VectorIndex, metadata: dict[str, Any]) -> bool:
-    """:meth:`VectorIndex.refresh_description` (kept for callers of the module function)."""
-    return index.refresh_description(metadata)
 
 
 # Chroma's words for a full disk: SQLite's SQLITE_FULL, the OS's ENOSPC, and what a Chroma 1.5 server answers
