@@ -205,3 +205,34 @@ def run_cli(capsys, *args) -> tuple[int, str, str]:
     code = main([str(a) for a in args])
     out, err = capsys.readouterr()
     return code, out, err
+
+
+def killed_writer(test_module: str) -> str:
+    """A script (argument: the store's folder) that writes ``test_module``'s NAME index of ``_vectors()`` in
+    batches of BATCH through ``write_vectors`` and SIGKILLs itself once KILL_AFTER vectors are written: no cleanup
+    of any kind, as a killed job. The module gives the store and what to write: ``_writer_args(path) -> (store,
+    metadata, settings)``."""
+    import textwrap
+
+    here = Path(__file__).resolve().parent
+    return textwrap.dedent(
+        f"""
+        import os, signal, sys
+        sys.path.insert(0, {str(here.parents[1])!r})
+        sys.path.insert(0, {str(here)!r})
+        from pathlib import Path
+        from rag_eval.indexing import write_vectors
+        from {test_module} import NAME, BATCH, KILL_AFTER, _vectors, _writer_args
+
+        written = 0
+        def progress(n):
+            global written
+            written += n
+            if written >= KILL_AFTER:
+                os.kill(os.getpid(), signal.SIGKILL)
+        vs, meta, settings = _writer_args(Path(sys.argv[1]))
+        ids, vectors = _vectors()
+        write_vectors(vs, NAME, ids, vectors, None, meta, settings, write_batch=BATCH, progress=progress)
+        print("not killed")
+        """
+    )

@@ -11,12 +11,11 @@ import json
 import signal
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import numpy as np
 import pytest
-from rag_eval_helpers import PASSAGES, run_cli, tiny_pairs, tiny_run_dir  # noqa: F401 - fixtures
+from rag_eval_helpers import PASSAGES, killed_writer, run_cli, tiny_pairs, tiny_run_dir  # noqa: F401 - fixtures
 
 from job.errors import JobError
 from rag_eval import exact_store, metrics, stores
@@ -76,27 +75,11 @@ def test_the_registry_hands_out_the_exact_store_and_its_search_is_exact(tmp_path
     assert sorted(p.name for p in (tmp_path / "exact").iterdir()) == sorted([NAME, exact_store.MARKER])
 
 
-KILLED_WRITER = textwrap.dedent(
-    f"""
-    import os, signal, sys
-    sys.path.insert(0, {str(ROOT)!r})
-    sys.path.insert(0, {str(Path(__file__).parent)!r})
-    from pathlib import Path
-    from rag_eval.indexing import write_vectors
-    from test_exact_store import NAME, BATCH, KILL_AFTER, _meta, _store, _vectors
+def _writer_args(path: Path):
+    return _store(path), _meta(), None
 
-    written = 0
-    def progress(n):
-        global written
-        written += n
-        if written >= KILL_AFTER:
-            os.kill(os.getpid(), signal.SIGKILL)  # no cleanup of any kind, as a killed job
-    ids, vectors = _vectors()
-    write_vectors(_store(Path(sys.argv[1])), NAME, ids, vectors, None, _meta(), None, write_batch=BATCH,
-                  progress=progress)
-    print("not killed")
-    """
-)
+
+KILLED_WRITER = killed_writer("test_exact_store")
 
 
 def test_a_killed_write_resumes_from_its_complete_batches(tmp_path):

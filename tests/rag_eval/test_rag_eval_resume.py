@@ -8,12 +8,11 @@ import shutil
 import signal
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import numpy as np
 import pytest
-from rag_eval_helpers import free_port  # noqa: F401 - fixture
+from rag_eval_helpers import free_port, killed_writer  # noqa: F401 - fixture
 
 from job.errors import JobError
 from rag_eval import store
@@ -38,29 +37,11 @@ def _meta(n: int = N, ef_search: int = 400) -> tuple[dict, store.HnswSettings]:
     return meta, settings
 
 
-KILLED_WRITER = textwrap.dedent(
-    f"""
-    import os, signal, sys
-    sys.path.insert(0, {str(ROOT)!r})
-    sys.path.insert(0, {str(Path(__file__).parent)!r})
-    from pathlib import Path
-    from rag_eval import store
-    from rag_eval.indexing import write_vectors
-    from test_rag_eval_resume import NAME, BATCH, KILL_AFTER, _meta, _vectors
+def _writer_args(path: Path):
+    return (store.connect(store.StoreTarget(path=path)), *_meta())
 
-    written = 0
-    def progress(n):
-        global written
-        written += n
-        if written >= KILL_AFTER:
-            os.kill(os.getpid(), signal.SIGKILL)  # no cleanup of any kind, as a killed job
-    vs = store.connect(store.StoreTarget(path=Path(sys.argv[1])))
-    ids, vectors = _vectors()
-    meta, settings = _meta()
-    write_vectors(vs, NAME, ids, vectors, None, meta, settings, write_batch=BATCH, progress=progress)
-    print("not killed")
-    """
-)
+
+KILLED_WRITER = killed_writer("test_rag_eval_resume")
 
 
 def test_a_killed_write_resumes_where_it_stopped_and_completes(tmp_path):
