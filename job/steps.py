@@ -83,14 +83,14 @@ def register(step: Step, *, before: str | None = None) -> Step:
     unknown = [n for n in step.needs if n not in _STEPS and n != step.name]
     if unknown:
         raise ValueError(f"step {step.name!r} needs unregistered step(s) {', '.join(unknown)}")
-    items = [(n, s) for n, s in _STEPS.items() if n != step.name]
     if step.name in _STEPS and before is None:
-        items = [(n, step if n == step.name else s) for n, s in _STEPS.items()]
+        _STEPS[step.name] = step  # (a dict keeps the place)
     else:
+        items = [(n, s) for n, s in _STEPS.items() if n != step.name]
         at = next((i for i, (n, _) in enumerate(items) if n == before), len(items))
         items.insert(at, (step.name, step))
-    _STEPS.clear()
-    _STEPS.update(items)
+        _STEPS.clear()
+        _STEPS.update(items)
     layout.DONE_FILES[step.name] = step.done_file
     progress.PHASES.add(step.name)  # its messages carry it as their phase in --log-format json
     return step

@@ -41,6 +41,7 @@ from job.storage import storage_errors
 from rag_eval.index import CORRUPT, Hit, VectorIndex, VectorStore, WriteResult
 from rag_eval.naming import WRITE_KEY, metadata_changes, write_key
 from rag_eval.quantized import DEFAULT_RESCORE_MULTIPLIER, PRECISIONS, QuantizedIndex
+from rag_eval.store_access import StoreTarget
 
 MARKER = "rag-eval-exact-store.json"
 FORMAT = 1
@@ -174,19 +175,14 @@ class ExactStore(VectorStore):
         self.rescore_multiplier = rescore_multiplier
 
     def describe(self) -> str:
-        searched = "" if self.precision == "float32" else f", searched as {self.precision} codes"
-        return f"exact store {self.root}{searched}"
+        return StoreTarget(path=self.root, kind=self.kind, precision=self.precision).describe()
 
     def public(self) -> str:
         return "exact vector store" if self.precision == "float32" else f"exact vector store ({self.precision})"
 
     @contextlib.contextmanager
     def errors(self) -> Iterator[None]:
-        fix = (
-            "free space on that disk (or pass a --store-path on a larger one), then run the same command again: "
-            "a write continues from its complete batches."
-        )
-        with storage_errors(self.root, f"the exact store {self.root}", fix):
+        with _storage_errors(self.root):
             yield
 
     # -- names, and repair of a swap cut short ------------------------------------------------------
@@ -371,7 +367,7 @@ def connect(
                 f"{root} is not empty and is not an exact store (no {MARKER}).",
                 "pass an empty or new folder as --store-path.",
             )
-        with storage_errors(root, f"the exact store {root}"):
+        with _storage_errors(root):
             root.mkdir(parents=True, exist_ok=True)
             _write_json(marker, {"rag_eval_exact_store": FORMAT})
     elif json.loads(marker.read_text()).get("rag_eval_exact_store", 0) > FORMAT:
@@ -384,8 +380,14 @@ def connect(
     return ExactStore(root, precision)
 
 
-@contextlib.contextmanager
-def errors(target) -> Iterator[None]:
-    """Failures outside a store's own calls (connecting): a full disk or read-only folder as a JobError."""
-    with storage_errors(Path(target.path).expanduser(), f"the exact store {target.path}"):
-        yield
+def errors(target) -> contextlib.AbstractContextManager[None]:
+    """rag_eval.stores' entry point: a full disk, a read-only folder or a permission error as a JobError."""
+    return _storage_errors(Path(target.path).expanduser())
+
+
+def _storage_errors(root: Path) -> contextlib.AbstractContextManager[None]:
+    return storage_errors(
+        root, f"the exact store {root}",
+        "free space on that disk or make the folder writable (or pass another --store-path), then run the same "
+        "command again: a write continues from its complete batches.",
+    )  # fmt: skip

@@ -8,6 +8,7 @@ resumes from its complete batches; a swap cut between its two renames is repaire
 from __future__ import annotations
 
 import json
+import shutil
 import signal
 import subprocess
 import sys
@@ -193,3 +194,17 @@ def test_serve_answers_from_the_exact_store_like_exact_search(tiny_run_dir, tmp_
         q = vectors[[ids.index(column.rows[0].id)]]  # the top passage's own vector ranks itself first
         assert [h.id for h in searcher.index.query(q, 1)[0]] == [column.rows[0].id]
         assert [r.rank for r in column.rows] == [1, 2, 3] and all(r.text for r in column.rows)
+
+
+def test_a_full_disk_is_named_with_the_fix_and_the_write_resumes_elsewhere(mount_tmpfs, tmp_path):
+    small = mount_tmpfs("64k")
+    ids, vectors = _vectors()
+    with pytest.raises(JobError, match=r"(?s)disk is full.*exact store.*--store-path.*continues"):
+        vs = _store(small / "exact")
+        with vs.errors():
+            write_vectors(vs, NAME, ids, vectors, None, _meta(), None, write_batch=BATCH)
+    assert _store(small / "exact", create=False).names() == []  # nothing half-written under the final name
+    big = tmp_path / "exact"  # the same folder copied to a larger disk: the complete batches are kept
+    shutil.copytree(small / "exact", big)
+    result = write_vectors(_store(big, create=False), NAME, ids, vectors, None, _meta(), None, write_batch=BATCH)
+    assert result.action == "created" and result.resumed > 0 and result.resumed + result.written == N
