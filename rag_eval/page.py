@@ -140,7 +140,9 @@ def _num(value: Any, fmt: str) -> str:
 def render_facts(service: RetrievalService) -> str:
     labels = [m.label for m in service.models]
     scored_in = (
-        (service.score_report or {}).get("store_label", "Chroma") if service.score_report else service.store.label
+        (service.page.score_report or {}).get("store_label", "Chroma")
+        if service.page.score_report
+        else service.store.label
     )
     head = f"<th>dim</th><th>vectors</th><th>bytes/vector ({esc(service.precision)})</th><th>bytes/vector on disk</th>"
     head += "".join(
@@ -162,8 +164,8 @@ def render_facts(service: RetrievalService) -> str:
                 f"{_num(s['ndcg_store'], '.4f')} / {_num(s['ndcg_exact'], '.4f')} ({_num(s['ndcg_delta'], '+.4f')})"
             )
         rows.append(f'<tr data-dim="{f.dim}">' + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
-    text = service.score_note
-    if service.score_report is None:
+    text = service.page.score_note
+    if service.page.score_report is None:
         text += (
             " Run `rag-eval score` with the same --model for ANN recall, size on disk and NDCG@10 through the store "
             "vs exact."
@@ -176,16 +178,16 @@ def render_facts(service: RetrievalService) -> str:
 
 
 def render_quality(service: RetrievalService) -> str:
-    q = service.quality
-    if q is None and service.quality_plot is None:
+    q = service.page.quality
+    if q is None and service.page.quality_plot is None:
         return (
             '<div class="re-note">'
             f"{note('No held-out report for this model (`job run` / `job evaluate` write it into a run directory).')}"
             "</div>"
         )
     parts = ['<div class="re-quality">']
-    if service.quality_plot is not None:
-        data = base64.b64encode(service.quality_plot).decode("ascii")
+    if service.page.quality_plot is not None:
+        data = base64.b64encode(service.page.quality_plot).decode("ascii")
         parts.append(
             f'<img class="re-plot" alt="NDCG@10 by dim, baseline and fine-tuned" src="data:image/png;base64,{data}">'
         )

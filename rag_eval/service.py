@@ -14,13 +14,13 @@ stage per model (the models side by side, neither waiting for the other): the ba
 model in one call, as length-sorted chunks of ENCODE_CHUNK. A request whose vectors are all there goes on to
 the search stage: each (dim, model) collection queried once for the whole batch, then the missing passage texts
 in one call; a batch wakes each waiting event loop once. While the search stage serves one batch, the encoders
-already run the next. The page's HTML is :mod:`rag_eval.page`; the HTTP layer is :mod:`rag_eval.web`.
+already run the next. What the page shows beside the answers (the run's title, held-out questions, reports) is
+:mod:`rag_eval.page_data`; the page's HTML is :mod:`rag_eval.page`; the HTTP layer is :mod:`rag_eval.web`.
 """
 
 from __future__ import annotations
 
 import functools
-import json
 import math
 import re
 import threading
@@ -28,17 +28,16 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from job.errors import JobError
-from job.layout import RAG_EVAL, REPORT_RECORD
 from rag_eval import stores
 from rag_eval.batching import LRU, Reply, Stage, name_os_thread, settle
 from rag_eval.index import VectorStore
 from rag_eval.naming import DEFAULT_PREFIX, dims_in_store
+from rag_eval.page_data import PageData
 from rag_eval.quantized import DEFAULT_RESCORE_MULTIPLIER, QuantizedIndex, bytes_per_vector
 from rag_eval.searcher import RANK_DEPTH, Searcher
 from rag_eval.sources import LoadedModel, Sources
@@ -50,14 +49,12 @@ MAX_QUESTION_CHARS = 2000  # far beyond what the models read (MiniLM: 256 tokens
 MAX_K = 50  # at most RANK_DEPTH: every ranking is searched RANK_DEPTH deep
 EMBED_CACHE = 2048  # question vectors kept per model: switching dims or k re-uses them
 DOC_CACHE = 50_000  # passage texts kept
-SCORE_REPORT = "metrics.json"  # in RUN_DIR/rag_eval (`rag-eval score`)
 ENCODE_BATCH = 64  # the encode stage's largest batch (requests per pass through the encoders)
 # The encoders run a batch as length-sorted chunks of this many questions: a chunk pads only to its own longest
 # question (on the 2-core machine measured, 64 questions in chunks of 8 encoded 20-65 % faster than in one call;
 # BENCHMARKS.md, `rag-eval serve` at the encoders' ceiling).
 ENCODE_CHUNK = 8
 SEARCH_BATCH = 256  # the search stage's largest batch (requests per pass over the collections)
-QUALITY_PLOT = "ndcg_by_dim.png"  # in RUN_DIR/report (`job evaluate`)
 
 
 # --- answers -------------------------------------------------------------------------------------
@@ -184,14 +181,8 @@ class RetrievalService:
         searchers: dict[int, list[Searcher]],
         vector_store: VectorStore,
         *,
-        questions: list[tuple[str, str]] | None = None,
-        gold: dict[str, set[str]] | None = None,
+        page: PageData | None = None,
         k: int = 5,
-        title: str = "",
-        score_report: dict[str, Any] | None = None,
-        score_note: str = "",
-        quality: dict[str, Any] | None = None,
-        quality_plot: bytes | None = None,
         backend: str = "torch",
         backend_note: str = "",
         precision: str = "float32",
@@ -203,14 +194,8 @@ class RetrievalService:
         self.searchers = searchers
         self.dims = sorted(searchers, reverse=True)
         self.store = vector_store
-        self.questions = questions or []
-        self.gold = gold or {}
+        self.page = page or PageData()  # what the page shows beside the answers (rag_eval.page_data)
         self.k = k
-        self.title = title
-        self.score_report = score_report
-        self.score_note = score_note
-        self.quality = quality
-        self.quality_plot = quality_plot
         self.backend = backend  # what encodes the questions: torch, onnx or onnx-int8 (`rag-eval serve --backend`)
         self.backend_note = backend_note
 
@@ -269,35 +254,22 @@ class RetrievalService:
                 ),
                 "serve with the --data it was indexed from, or re-run `rag-eval index` with this --data.",
             ) from None
-        questions, gold = [], {}
-        if ir is not None:
-            relevant = ir.relevant_docs()
-            questions = [(qid, text) for qid, text in ir.queries.items() if relevant.get(qid)]
-            gold = {text.strip(): set(relevant[qid]) for qid, text in questions}
-        run_dir = sources.run_dir
-        report_dir = run_dir.rag_eval if run_dir is not None else Path("rag_eval_report")
-        score_report, score_note = load_score_report(report_dir / SCORE_REPORT, models, f"{RAG_EVAL}/{SCORE_REPORT}")
-        quality, plot = load_quality(run_dir.root if run_dir is not None else None)
-        title = run_dir.root.name if run_dir is not None else models[-1].spec.name  # a name, never a path
+        page = PageData.gather(sources.run_dir, models, ir)
         service = cls(
-            models, searchers, vector_store, questions=questions, gold=gold, k=k, title=title,
-            score_report=score_report, score_note=score_note, quality=quality, quality_plot=plot, backend=backend,
-            backend_note=backend_note, precision=precision,
-            rescore_multiplier=rescore_multiplier if precision != "float32" else 0,
+            models, searchers, vector_store, page=page, k=k, backend=backend, backend_note=backend_note,
+            precision=precision, rescore_multiplier=rescore_multiplier if precision != "float32" else 0,
         )  # fmt: skip
         service.warm_up()
         echo(
             f"serve: {', '.join(f'{m.label} {m.spec.ref}' for m in models)} on {backend} ({backend_note or 'asked'}); "
-            f"dims {', '.join(map(str, service.dims))} from the {service.describe_search()}; {len(questions)} "
-            f"held-out questions; score report: {'yes' if score_report else 'none'}; "
-            f"quality report: {'yes' if quality else 'none'}"
+            f"dims {', '.join(map(str, service.dims))} from the {service.describe_search()}; {page.describe()}"
         )
         return service
 
     def _dim_facts(self, dim: int) -> DimFacts:
         vectors = {s.model.label: int(s.size if s.size is not None else s.index.count()) for s in self.searchers[dim]}
         scored = {}
-        report = self.score_report or {}
+        report = self.page.score_report or {}
         for m in self.models if report else []:
             row = report["models"].get(m.label, {}).get("dims", {}).get(str(dim))
             if row:
@@ -486,7 +458,7 @@ class RetrievalService:
         """The answer of a request the stages are done with. Times from the request's arrival: each model's
         vector (queue, encoder), then from both vectors on: each ranking, and the passages' texts."""
         searchers = self.searchers[p.dim]
-        gold = self.gold.get(p.question, set())
+        gold = self.page.gold.get(p.question, set())
         t1 = max(p.encoded_at.values())
         rankings = [p.rankings[s.model.label] for s in searchers]
         ranks = [{h.id: h.rank for h in hits} for hits in rankings]
@@ -516,7 +488,7 @@ class RetrievalService:
     def info(self) -> dict[str, Any]:
         """What the page shows besides answers (also the JSON API's /api/info)."""
         return {
-            "title": self.title,
+            "title": self.page.title,
             "models": [{"label": m.label, "model": m.spec.name, "dim": m.dim} for m in self.models],
             "backend": self.backend,
             "dims": self.dims,
@@ -526,9 +498,9 @@ class RetrievalService:
             "store": self.describe_search(public=True),
             "precision": self.precision,
             "rescore_multiplier": self.rescore_multiplier,
-            "questions": [text for _, text in self.questions],
+            "questions": [text for _, text in self.page.questions],
             "index": [asdict(f) for f in self.facts],
-            "quality": self.quality,
+            "quality": self.page.quality,
         }
 
 
@@ -541,48 +513,6 @@ def _searcher(vector_store: VectorStore, model, dim, prefix, corpus_fp, precisio
     if precision != "float32":
         index = QuantizedIndex.from_index(index, precision, multiplier)
     return Searcher(model, index, dim, size=index.count())
-
-
-# --- reports of the run --------------------------------------------------------------------------
-def load_score_report(
-    path: Path, models: list[LoadedModel], shown: str | None = None
-) -> tuple[dict[str, Any] | None, str]:
-    """`rag-eval score`'s metrics.json, if it exists and was made from these models' weights; the note names it as
-    ``shown`` (the page's words: a path relative to the run, never one on the server's disk)."""
-    shown = shown or path.name
-    if not path.is_file():
-        return None, f"No `rag-eval score` report ({shown})."
-    try:
-        report = json.loads(path.read_text())
-        scored = report["models"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return None, f"The `rag-eval score` report ({shown}) cannot be read."
-    stale = [m.label for m in models if m.label in scored and scored[m.label].get("fingerprint") != m.fingerprint]
-    if stale:
-        return None, f"The `rag-eval score` report ({shown}) was made from other weights of {', '.join(stale)}."
-    return report, f"From the run's `rag-eval score` report ({shown})."
-
-
-def load_quality(run_root: Path | None) -> tuple[dict[str, Any] | None, bytes | None]:
-    """The job's held-out NDCG@10 by dim (report/metrics.json) and its plot, for the run directory."""
-    if run_root is None:
-        return None, None
-    metrics_path = run_root / REPORT_RECORD
-    plot_path = metrics_path.with_name(QUALITY_PLOT)
-    quality = None
-    try:
-        payload = json.loads(metrics_path.read_text())
-        rows = [
-            {"dim": int(r["dim"]), "baseline": float(r["baseline"]), "finetuned": float(r["finetuned"])}
-            for r in payload.get("comparison", [])
-        ]
-        if rows:
-            quality = {"rows": sorted(rows, key=lambda r: -r["dim"]), "test_queries": payload.get("test_queries"),
-                       "corpus_size": payload.get("corpus_size"), "source": REPORT_RECORD}  # fmt: skip
-    except (OSError, ValueError, KeyError, TypeError):
-        quality = None
-    plot = plot_path.read_bytes() if plot_path.is_file() else None
-    return quality, plot
 
 
 _STOPWORDS = frozenset(

@@ -154,7 +154,7 @@ def build_blocks(service: RetrievalService):
 
     models = " vs ".join(f"{m.label} <code>{html_page.esc(m.spec.name)}</code>" for m in service.models)
     header = (
-        f'<h2 style="margin:0">Retrieval demo: {html_page.esc(service.title)}</h2>'
+        f'<h2 style="margin:0">Retrieval demo: {html_page.esc(service.page.title)}</h2>'
         f'<div class="re-note">{models}; questions encoded with {html_page.esc(service.backend)}; '
         f"{html_page.esc(service.describe_search(public=True))}; the models are loaded once.</div>"
     )
@@ -175,9 +175,11 @@ def build_blocks(service: RetrievalService):
                 choices=service.dims, value=service.dims[0], label="Matryoshka dim (indexed)", elem_id="dim", scale=3
             )
             k = gr.Slider(1, MAX_K, value=service.k, step=1, label="top-k", elem_id="k", scale=2)
-        listed = [text for _, text in service.questions[:MAX_LISTED]]
+        listed = [text for _, text in service.page.questions[:MAX_LISTED]]
         count = (
-            f"{len(listed)} of {len(service.questions)}" if len(listed) < len(service.questions) else str(len(listed))
+            f"{len(listed)} of {len(service.page.questions)}"
+            if len(listed) < len(service.page.questions)
+            else str(len(listed))
         )
         heldout = gr.Dropdown(
             choices=listed, value=None, label=f"Held-out test questions ({count}): pick one to see whether each "

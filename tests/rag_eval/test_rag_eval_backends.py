@@ -14,7 +14,7 @@ from rag_eval_helpers import free_port, make_serve_run, tiny_pairs, tiny_run_dir
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnx")
 
-from job.export import EXPORTS, export_model
+from job.export.onnx import EXPORTS, export_model
 from job.layout import RunDir
 from rag_eval import page as html_page
 from rag_eval import store, web
@@ -111,7 +111,7 @@ def test_page_and_api_name_models_never_paths(exported_run):
             html_page.render_answer(service.search(HELD_OUT, 3, 16)),
         ]
     )
-    shown = json.dumps(info) + json.dumps(answer) + html + service.title
+    shown = json.dumps(info) + json.dumps(answer) + html + service.page.title
     for private in (str(exported_run.parent), str(exported_run), "/tmp", "site-packages"):
         assert private not in shown, private
 

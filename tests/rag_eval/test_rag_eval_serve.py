@@ -29,7 +29,8 @@ from job.errors import JobError
 from rag_eval import page as html_page
 from rag_eval import store, web
 from rag_eval.cli import main
-from rag_eval.service import MAX_K, RetrievalService, load_score_report, query_terms
+from rag_eval.page_data import load_score_report
+from rag_eval.service import MAX_K, RetrievalService, query_terms
 from rag_eval.sources import load_eval_data, resolve_models
 
 REPO = Path(__file__).resolve().parents[2]
@@ -57,7 +58,7 @@ def test_both_models_side_by_side_with_moves_relevance_and_timings(service):
     full = service.search(HELD_OUT, MAX_K, 16)  # every passage, both models
     assert (answer.dim, answer.k) == (16, 3)
     assert [c.label for c in answer.columns] == ["baseline", "fine-tuned"]
-    assert answer.relevant and set(answer.relevant) == service.gold[HELD_OUT]
+    assert answer.relevant and set(answer.relevant) == service.page.gold[HELD_OUT]
     full_rank = {c.label: {r.id: r.rank for r in c.rows} for c in full.columns}
     for column, other in zip(answer.columns, ("fine-tuned", "baseline")):
         assert [r.rank for r in column.rows] == [1, 2, 3]
@@ -218,14 +219,14 @@ def test_index_facts_and_quality_by_dim_come_from_the_run_reports(service, serve
             assert f.scored[label]["ndcg_exact"] == row["evaluator"]["ndcg@10"]
     facts = html_page.render_facts(service)
     assert facts.count("<tr data-dim=") == 3 and "rag_eval/metrics.json" in facts
-    assert [r["dim"] for r in service.quality["rows"]] == DIMS
-    assert service.quality["rows"][0]["finetuned"] == quality["comparison"][0]["finetuned"]
+    assert [r["dim"] for r in service.page.quality["rows"]] == DIMS
+    assert service.page.quality["rows"][0]["finetuned"] == quality["comparison"][0]["finetuned"]
     html = html_page.render_quality(service)
     assert 'src="data:image/png;base64,iVBOR' in html and f"{quality['comparison'][0]['baseline']:.4f}" in html
 
     bare = copy.copy(service)  # a model without a run directory's reports
-    bare.score_report, bare.quality, bare.quality_plot = None, None, None
-    bare.score_note = "No `rag-eval score` report at x."
+    bare.page.score_report, bare.page.quality, bare.page.quality_plot = None, None, None
+    bare.page.score_note = "No `rag-eval score` report at x."
     bare.facts = [bare._dim_facts(d) for d in bare.dims]
     assert "<code>rag-eval score</code>" in html_page.render_facts(bare) and "n/a" in html_page.render_facts(bare)
     assert "No held-out report" in html_page.render_quality(bare)
@@ -524,7 +525,7 @@ def test_a_question_both_columns_ranks_latency_and_dims(page):
 
 def test_a_held_out_question_marks_the_relevant_passage_at_each_dim(page, service):
     options = browser.heldout_options(page)
-    assert len(options) == len(service.questions) and HELD_OUT in options
+    assert len(options) == len(service.page.questions) and HELD_OUT in options
     browser.pick_heldout(page, HELD_OUT)
     assert _css(page, "#question textarea")[0].get_attribute("value") == HELD_OUT
     for dim in DIMS:
