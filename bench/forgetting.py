@@ -40,11 +40,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from quality import load_protocol, merge_rows, parse_settings, resolve_row, torch_threads, validation_at_best
 
-from job import data
-from job.evaluation import evaluate_model, evaluation_options
+from job.data import prepare as data
+from job.evaluate.retrieval import evaluate_model, evaluation_options
 from job.layout import write_json
 from job.models import load_model, resolve_best_dim, resolve_dims
-from job.train import last_checkpoint, train_model
+from job.train.finetune import last_checkpoint, train_model
 
 ROWS = {
     "base": None,

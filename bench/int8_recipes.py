@@ -6,7 +6,7 @@ Recipes (ONNX Runtime dynamic quantization; activations are always uint8 there):
 
 - ``old``: every MatMul/Gemm, per-channel 8-bit weights (the recipe before issue #30);
 - ``matmul-only``: MatMuls with a constant weight, per-channel 8-bit;
-- ``excl-down``: the same without the FFN down-projections (found by graph structure, job.export.find_ffn);
+- ``excl-down``: the same without the FFN down-projections (found by graph structure, job.export.onnx.find_ffn);
 - ``excl-down-reduce``: the same with 7-bit weights (``reduce_range``: safe on CPUs without VNNI) -- the recipe
   `job export` uses now;
 - ``excl-down-u8u8``: uint8 weights instead;
@@ -34,10 +34,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np
 from machine import cpu_facts  # bench/machine.py
 
-from job import export as E
-from job.data import IRData
-from job.evaluation import evaluate_model
-from job.exported import ExportedModel
+from job.data.prepare import IRData
+from job.evaluate.retrieval import evaluate_model
+from job.export import onnx as E
+from job.export.runtime import ExportedModel
 from job.layout import write_json
 from job.models import load_model
 

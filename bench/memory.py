@@ -26,9 +26,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from job import data  # noqa: E402
 from job.config import resolve_config  # noqa: E402
-from job.evaluation import evaluate_model, evaluation_options  # noqa: E402
+from job.data import prepare as data  # noqa: E402
+from job.evaluate.retrieval import evaluate_model, evaluation_options  # noqa: E402
 from job.models import load_model, resolve_dims  # noqa: E402
 
 
@@ -92,7 +92,7 @@ def main() -> None:
     ap.add_argument("--set", action="append", default=[], help="config KEY=VALUE")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
-    from job.train import train_model
+    from job.train.finetune import train_model
 
     extra = dict(kv.split("=", 1) for kv in args.set)
     cfg = resolve_config(cli={"model": args.model, "max_steps": args.steps, **extra}, environ={})
@@ -109,7 +109,7 @@ def main() -> None:
     model = phase("load", lambda: load_model(cfg.model, max_seq_length=cfg.max_seq_length, train=True), results)
     dims = resolve_dims(cfg, model)
     if cfg.hard_negatives:
-        from job.negatives import add_hard_negatives
+        from job.train.negatives import add_hard_negatives
 
         phase(
             "mine",

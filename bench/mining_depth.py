@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from quality import load_protocol  # noqa: E402
 
 from job.models import load_model  # noqa: E402
-from job.negatives import add_hard_negatives  # noqa: E402
+from job.train.negatives import add_hard_negatives  # noqa: E402
 
 
 def main() -> None:

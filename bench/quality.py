@@ -28,12 +28,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from job import data  # noqa: E402
 from job.config import MODEL_FIELDS, PUBLISH_FIELDS, JobConfig, fields_where, fingerprint_digest, resolve_config  # noqa: E402
-from job.evaluation import evaluate_model, evaluation_options, per_dim_metrics  # noqa: E402
+from job.data import prepare as data  # noqa: E402
+from job.evaluate.retrieval import evaluate_model, evaluation_options, per_dim_metrics  # noqa: E402
 from job.layout import write_json  # noqa: E402
 from job.models import load_model, resolve_best_dim, resolve_dims  # noqa: E402
-from job.train import VALIDATION, last_checkpoint, train_model  # noqa: E402
+from job.train.finetune import VALIDATION, last_checkpoint, train_model  # noqa: E402
 
 
 def protocol_split(pairs: list[data.Pair], seed: int, val_rows: int, test_fraction: float = 0.1):

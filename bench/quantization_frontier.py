@@ -34,7 +34,7 @@ FIELDS = ("model", "dim", "precision", "rescore", "ndcg@10", "bytes_per_vector",
 def write_beir(out: Path, csv_path: Path) -> None:
     from quality import load_protocol
 
-    from job.data import write_beir as write
+    from job.data.prepare import write_beir as write
 
     _, _, _, dedup, protocol = load_protocol(str(csv_path), 42, 0)
     write(out, dedup, "test")

@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine import machine
 from quality import measure_row, merge_rows, resolve_row, torch_threads
 
-from job import data
+from job.data import prepare as data
 from job.layout import write_json
 
 ROWS = {"base": None, "blog": {"preset": "blog"}, "default": {}}

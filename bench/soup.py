@@ -24,10 +24,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from quality import load_protocol, torch_threads  # noqa: E402
 
-from job import soup  # noqa: E402
-from job.evaluation import VALIDATION, evaluate_model, per_dim_metrics  # noqa: E402
+from job.evaluate.retrieval import VALIDATION, evaluate_model, per_dim_metrics  # noqa: E402
 from job.layout import write_json  # noqa: E402
 from job.models import load_model  # noqa: E402
+from job.train import soup  # noqa: E402
 
 
 def logged_validation(checkpoint: Path) -> dict[int, dict[int, float]]:

@@ -46,10 +46,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from quality import load_protocol, measure_row, merge_rows, print_tables, row_fingerprint, scored_config, torch_threads
 
-from job import data
 from job.config import JobConfig, fingerprint_digest, resolve_config
+from job.data import prepare as data
 from job.layout import write_json
-from job.synthesize import side_files, synthesize
+from job.synth.synthesize import side_files, synthesize
 
 ROWS = ("base", "synthetic", "synthetic_unfiltered", "real")
 BEIR_ROWS = ("base", "synthetic", "synthetic_nogrounding", "real")

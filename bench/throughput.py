@@ -41,10 +41,10 @@ import torch  # noqa: E402
 from machine import machine  # noqa: E402 - bench/machine.py
 from transformers import TrainerCallback  # noqa: E402
 
-from job import data  # noqa: E402
 from job.config import resolve_config  # noqa: E402
+from job.data import prepare as data  # noqa: E402
 from job.models import load_model, resolve_dims  # noqa: E402
-from job.train import train_model  # noqa: E402
+from job.train.finetune import train_model  # noqa: E402
 
 
 def load_pairs(path: str, limit: int | None) -> list[data.Pair]:
@@ -62,8 +62,8 @@ def bench_pipeline(pairs: list[data.Pair], model, batch_size: int, token_cache: 
     from sentence_transformers.base.sampler import BatchSamplers
     from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
 
-    from job.sampler import no_duplicates_sampler
-    from job.token_cache import cached_trainer_class
+    from job.train.sampler import no_duplicates_sampler
+    from job.train.token_cache import cached_trainer_class
 
     ds = datasets.Dataset.from_dict({"anchor": [p.question for p in pairs], "positive": [p.passage for p in pairs]})
     with tempfile.TemporaryDirectory() as tmp:
@@ -107,7 +107,7 @@ def bench_samplers(pairs: list[data.Pair], batch_size: int, epochs: int = 3, see
     import datasets
     from sentence_transformers.base.sampler import NoDuplicatesBatchSampler
 
-    from job.sampler import LengthGroupedBatchSampler
+    from job.train.sampler import LengthGroupedBatchSampler
 
     rng = random.Random(seed)
     passages = [p.passage for p in pairs]
@@ -152,8 +152,8 @@ def bench_padding(pairs: list[data.Pair], model, batch_size: int, pools: list[in
     import datasets
     import numpy as np
 
-    from job.sampler import LengthGroupedBatchSampler, no_duplicates_sampler
-    from job.train import token_counter
+    from job.train.finetune import token_counter
+    from job.train.sampler import LengthGroupedBatchSampler, no_duplicates_sampler
 
     rng = random.Random(seed)
     passages = [p.passage for p in pairs]

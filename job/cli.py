@@ -10,9 +10,7 @@ import sys
 
 import click
 
-from infra.publish.cli import push  # `job push` lives with the publishing code
-from infra.sagemaker.cli import launch  # `job launch` (SageMaker) lives with the cloud code
-from job import config, progress, steps, storage
+from job import config, plugins, progress, steps, storage
 from job.cli_common import SectionedCommand, StepOrderGroup, config_options, echo, run_cli
 from job.errors import JobError
 
@@ -43,7 +41,7 @@ def _check_precision(cfg) -> None:
     """An explicit --mixed-precision fp16/bf16 that this machine cannot train in is refused before any work
     (auto and no always resolve)."""
     if cfg.mixed_precision in ("fp16", "bf16"):
-        from job.train import resolve_precision
+        from job.train.finetune import resolve_precision
 
         resolve_precision(cfg.mixed_precision)
 
@@ -103,7 +101,7 @@ def synthesize_cmd(cfg, out: str | None) -> None:
     from pathlib import Path
 
     from job.layout import RunDir
-    from job.synthesize import synthesize
+    from job.synth.synthesize import synthesize
 
     if not cfg.docs:
         raise JobError("job synthesize needs documents.", "pass --docs FOLDER (or files, comma-separated).")
@@ -123,8 +121,8 @@ def synthesize_cmd(cfg, out: str | None) -> None:
 @click.option("--force", is_flag=True, help="Discard checkpoints of an earlier unfinished run.")
 def train_cmd(cfg, resume: bool, force: bool) -> None:
     """Fine-tune with MatryoshkaLoss(MNRL); keep the best checkpoint by validation NDCG@10."""
-    from job import distributed
     from job.pipeline import train
+    from job.train import distributed
 
     rd = _rd(cfg)
     cfg = _step_cfg(cfg, rd)
@@ -176,7 +174,7 @@ def export_cmd(cfg, force: bool, model_dir: str | None) -> None:
     import dataclasses
     from pathlib import Path
 
-    from job.export import EXPORTS, export_model
+    from job.export.onnx import EXPORTS, export_model
 
     names = cfg.export or list(EXPORTS)
     if model_dir is not None:
@@ -227,11 +225,10 @@ def run_cmd(cfg, force: bool) -> None:
     With --s3-uri, --hub-repo and/or --publish-dir the finished run is then published (as `job push` does);
     every destination is checked before any step runs.
     """
-    from infra.publish.cli import check_destinations, push_run
-
     options = {name: getattr(cfg, name) for name in config.PUBLISH_FIELDS}
     publish = bool(cfg.s3_uri or cfg.hub_repo or cfg.publish_dir)
     if publish:
+        check_destinations, push_run = plugins.publishing()
         check_destinations(**options)
     from job.pipeline import run  # after the checks: importing torch takes seconds
 
@@ -243,8 +240,8 @@ def run_cmd(cfg, force: bool) -> None:
         push_run(cfg.run_dir, echo=echo, progress=True, **options)
 
 
-cli.add_command(push)
-cli.add_command(launch)
+for command in plugins.commands():  # `job push` (publishing) and `job launch` (SageMaker), from infra
+    cli.add_command(command)
 cli.order = ("synthesize", *steps.names(), "run", "export", "push", "launch", "config", "presets")
 
 

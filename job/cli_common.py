@@ -13,6 +13,7 @@ import logging
 import os
 import sys
 import traceback
+from collections.abc import Iterable
 from typing import Any
 
 import click
@@ -80,10 +81,21 @@ class StepOrderGroup(click.Group):
         return first + [name for name in self.commands if name not in first]
 
 
+def field_options(names: Iterable[str]):
+    """One flag per configuration field named (its help, default and JOB_* variable from the field itself): how a
+    command that reads a few fields alone (`job push`: the publishing ones) offers them, declared once."""
+
+    def decorate(func):
+        for name in reversed(list(names)):
+            func = _field_option(name)(func)
+        return func
+
+    return decorate
+
+
 def config_options(func):
     """Add --config FILE, --debug and one flag per configuration field."""
-    for name in reversed(list(config.FIELDS)):
-        func = _field_option(name)(func)
+    func = field_options(config.FIELDS)(func)
     func = click.option(
         "--config",
         "config_file",

@@ -28,10 +28,10 @@ from typing import Any
 
 import yaml
 
-from job import losses
 from job.errors import JobError
-from job.llm import check_base_url
 from job.redact import KEY_SHAPED, redact_url
+from job.synth.llm import check_base_url
+from job.train import losses
 
 ENV_PREFIX = "JOB_"
 # transformers' SchedulerType values that need no extra arguments
@@ -47,13 +47,13 @@ LR_SCHEDULERS = (
     "warmup_stable_decay",
 )
 REPORT_TO = ("auto", "none", "tensorboard", "mlflow", "wandb", "trackio")
-LOSSES = losses.REGISTRY  # name -> entry (job/losses.py): a loss registered there is a valid --loss
+LOSSES = losses.REGISTRY  # name -> entry (job/train/losses.py): a loss registered there is a valid --loss
 LOSS_DIRECTIONS = ("query_to_doc", "doc_to_query", "query_to_query", "doc_to_doc")
 EMBEDDED_DATA = "embedded"
 AUTO_MODEL = "auto"
 ONLINE_DEFAULT_MODEL = "BAAI/bge-base-en-v1.5"
 OFFLINE_DEFAULT_MODEL = "bundled:all-MiniLM-L6-v2"
-# `--export`: what job/export.py writes into model/ (OpenVINO's exporter, optimum-intel, needs transformers < 5.6)
+# `--export`: what job/export/onnx.py writes into model/ (OpenVINO's exporter, optimum-intel, needs transformers < 5.6)
 EXPORT_NAMES = ("onnx", "onnx-int8")
 
 
@@ -406,19 +406,21 @@ class JobConfig:
     # --- publishing ------------------------------------------------------------------------
     s3_uri: str | None = _opt(
         None,
-        "Publish model and report under this s3://bucket/prefix (one sub-prefix per run) after `job run`.",
+        "Publish model and report under this s3://bucket/prefix, one sub-prefix per run (`job push`, or after "
+        "`job run`).",
         group="publish",
     )
     hub_repo: str | None = _opt(
         None,
-        "Push the model (with its evaluation card) to this Hugging Face Hub repo after `job run`.",
+        "Push the model (with its evaluation card) to this Hugging Face Hub repo, NAMESPACE/NAME (`job push`, or "
+        "after `job run`).",
         group="publish",
     )
-    hub_private: bool = _opt(True, "Create the Hub repo as private.", group="publish")
+    hub_private: bool = _opt(True, "Create the Hub repo as private (default) or public.", group="publish")
     publish_dir: str | None = _opt(
         None,
         "Copy model and report into this folder (a mounted volume, NFS; one sub-folder per run, every file verified, "
-        "manifest last) after `job run`.",
+        "manifest last; `job push`, or after `job run`).",
         group="publish",
     )
 
@@ -772,6 +774,22 @@ def resolve_config(
     cfg = JobConfig(**values)
     validate_config(cfg)
     return cfg
+
+
+def resolve_fields(
+    names: typing.Iterable[str], cli: dict[str, Any] | None = None, environ: typing.Mapping[str, str] | None = None
+) -> dict[str, Any]:
+    """Some fields alone, for a command that reads only those (`job push`: the publishing fields): defaults <
+    environment (JOB_*) < command line, each value coerced and checked as :func:`resolve_config` does."""
+    names = tuple(names)
+    values: dict[str, Any] = {}
+    for name in names:
+        f = FIELDS[name]
+        values[name] = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+    env = env_values(environ)
+    _apply(values, {k: v for k, v in env.items() if k in names}, "the environment (JOB_*)")
+    _apply(values, {k: v for k, v in (cli or {}).items() if k in names and v is not None}, "the command line")
+    return values
 
 
 CHOICE_SPLITS = ("train", "dev")  # a guard set's queries that --merge-base auto may choose alpha on

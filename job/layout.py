@@ -65,7 +65,7 @@ CARD_MARK = "<!-- job:evaluation -->"
 CHECKPOINT_FINGERPRINT = "job_fingerprint.json"
 LOCK_FILE = ".lock"  # one writer per run directory (see run_lock)
 _LOCK_ENV = "JOB_RUN_LOCK_HELD"  # the run directories this process (or its parent, for torchrun ranks) holds
-# Multi-process training (job.distributed): the configuration every rank reads, and the error paragraph a
+# Multi-process training (job.train.distributed): the configuration every rank reads, and the error paragraph a
 # failing rank leaves for the process that started torchrun on its machine.
 DDP_CONFIG, DDP_ERRORS = "ddp_config.yaml", "ddp_errors"
 

@@ -18,8 +18,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from job import card, checkpoints, data, guard, merge, storage
 from job import steps as registry
+from job import storage
 from job.config import (
     EMBEDDED_DATA,
     PREPARE_FIELDS,
@@ -28,8 +28,12 @@ from job.config import (
     fingerprint_digest,
     fingerprints_match,
 )
+from job.data import prepare as data
 from job.errors import JobError
-from job.evaluation import VALIDATION, build_evaluator, evaluate_model, evaluation_options, per_dim_metrics
+from job.evaluate import card, guard
+from job.evaluate.report import markdown_table, write_report
+from job.evaluate.retrieval import VALIDATION, build_evaluator, evaluate_model, evaluation_options, per_dim_metrics
+from job.export.portable import carry_prompts, make_portable
 from job.layout import (
     CHECKPOINT_FINGERPRINT,
     DATA,
@@ -43,8 +47,7 @@ from job.layout import (
     write_json,
 )
 from job.models import load_model, resolve_best_dim, resolve_dims, resolve_model_name
-from job.portable import carry_prompts, make_portable
-from job.report import markdown_table, write_report
+from job.train import checkpoints, merge
 
 logger = logging.getLogger(__name__)
 
@@ -136,7 +139,7 @@ def with_synthesized_data(cfg: JobConfig, rd: RunDir) -> JobConfig:
 def synthesize_step(cfg: JobConfig, rd: RunDir, echo: Echo, force: bool = False) -> dict[str, Any]:
     """`job run --docs`: the synthesize step, skipped when its summary matches the documents and settings
     (a changed document or setting re-runs it; unchanged chunks come from the answer cache)."""
-    from job.synthesize import side_files, synth_fingerprint, synthesize
+    from job.synth.synthesize import side_files, synth_fingerprint, synthesize
 
     assert cfg.docs, "the synthesize step runs with --docs only"
     docs = cfg.docs
@@ -361,8 +364,8 @@ def _score(cfg: JobConfig, model, ir: data.IRData, dims: list[int], name: str) -
 def train(
     cfg: JobConfig, rd: RunDir, echo: Echo = print, resume: bool = False, force: bool = False, callbacks=None
 ) -> dict[str, Any]:
-    from job import distributed
-    from job.train import train_model
+    from job.train import distributed
+    from job.train.finetune import train_model
 
     merge.check_merge(cfg)  # before any training: --merge-base auto needs the guard's train/dev queries
     fingerprint = step_fingerprint(cfg, rd, "train")
@@ -522,7 +525,7 @@ def check_checkpoints(
 def evaluate(cfg: JobConfig, rd: RunDir, echo: Echo = print, *, strict_exports: bool = True) -> dict[str, Any]:
     """Score the base and fine-tuned models (and with --export, every export), then write the report and the
     card. An export that fails costs only itself: its row says why, the report and card are written, and then,
-    with ``strict_exports``, :class:`job.export.ExportsFailed` names it (`job run` raises it after every step)."""
+    with ``strict_exports``, :class:`job.export.onnx.ExportsFailed` names it (`job run` raises it after every step)."""
     fingerprint = step_fingerprint(cfg, rd, "evaluate")
     training = _require(rd, "train", "job evaluate")
     guard.check_guard(cfg)  # a guard folder that is not BEIR, or NanoBEIR offline, fails before any scoring
@@ -539,12 +542,12 @@ def evaluate(cfg: JobConfig, rd: RunDir, echo: Echo = print, *, strict_exports: 
     tuned = load_model(str(rd.model), max_seq_length=cfg.max_seq_length)
     memo = None
     if cfg.export:
-        from job.export_scores import Memo
+        from job.evaluate.export_scores import Memo
 
         memo = Memo(tuned)  # keeps the PyTorch passage vectors for the exports' questions-only scores
     tuned_metrics = _score(cfg, memo or tuned, test, dims, "test")
     exports = _exports(cfg, rd, tuned, memo, base_model, test, dims, tuned_metrics, echo) if cfg.export else None
-    from job.report import per_question
+    from job.evaluate.report import per_question
 
     base_model = base_model or load_model(cfg.model, max_seq_length=cfg.max_seq_length)
     options = evaluation_options(cfg)  # each test question under both models, for the per-question picture
@@ -602,8 +605,8 @@ def evaluate(cfg: JobConfig, rd: RunDir, echo: Echo = print, *, strict_exports: 
 
 def check_exports(rd: RunDir, record: dict[str, Any] | None, results: dict[str, Any] | None = None) -> None:
     """The evaluate record's failed exports as one error (exit 2), raised once everything else is written."""
-    from job.export import ExportsFailed
-    from job.export_scores import failed_exports
+    from job.evaluate.export_scores import failed_exports
+    from job.export.onnx import ExportsFailed
 
     failures = failed_exports((record or {}).get("exports"))
     if not failures:
@@ -632,8 +635,8 @@ def check_exports(rd: RunDir, record: dict[str, Any] | None, results: dict[str, 
 def _exports(cfg: JobConfig, rd: RunDir, tuned, memo, base_model, test, dims, tuned_metrics, echo: Echo):
     """--export: make the fine-tuned model's exports (and the base model's, for `rag-eval serve`), then score them.
     A failed or crashed export is recorded in the table with the reason; nothing here stops the evaluate step."""
-    from job.export import export_model, failure_reason, status
-    from job.export_scores import score_exports
+    from job.evaluate.export_scores import score_exports
+    from job.export.onnx import export_model, failure_reason, status
 
     exports = cfg.export or []  # (called with --export only)
     crashed: dict[str, str] = {}
@@ -695,9 +698,9 @@ def run(
     ``steps`` limits the run to the steps named (another machine of a multi-machine job runs
     :func:`job.steps.worker_steps`); the order is always :func:`job.steps.steps`'.
     With ``strict_exports`` (the default), an export that failed (now, or when the evaluate step ran) is raised
-    as :class:`job.export.ExportsFailed` once every step has finished and ``on_step`` has seen it (its ``results``
+    as :class:`job.export.onnx.ExportsFailed` once every step has finished and ``on_step`` has seen it (its ``results``
     holds the steps' results); without, the caller reads the failures from the evaluate record
-    (:func:`job.export_scores.failed_exports`).
+    (:func:`job.evaluate.export_scores.failed_exports`).
     """
     storage.probe_writable(rd.root)  # before any model is loaded
     guard.check_guard(cfg)  # a bad --guard-data fails now, not after training

@@ -363,7 +363,7 @@ def trainer_events():
         def on_log(self, args, state, control, logs=None, **kwargs):
             if not state.is_world_process_zero or not logs or not is_json():
                 return
-            from job.evaluation import VALIDATION, per_dim_metrics
+            from job.evaluate.retrieval import VALIDATION, per_dim_metrics
 
             where = {"step": state.global_step, "max_steps": state.max_steps, "epoch": state.epoch}
             scores = per_dim_metrics(logs, VALIDATION)

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from job import layout, progress
 from job.config import EVALUATE_FIELDS, MODEL_FIELDS, TRAIN_FIELDS
+from job.errors import JobError
 
 if TYPE_CHECKING:
     from job.config import JobConfig
@@ -113,6 +114,8 @@ def names() -> tuple[str, ...]:
 
 
 def get(name: str) -> Step:
+    if name not in _STEPS:
+        raise JobError(f"There is no step named {name!r}.", f"use one of: {', '.join(_STEPS)}.")
     return _STEPS[name]
 
 

@@ -18,8 +18,10 @@ import click
 from job.errors import JobError
 from rag_eval import stores
 from rag_eval.naming import check_prefix, dims_in_store
-from rag_eval.store import HnswSettings  # Chroma's index parameters (--ef-construction ...); the exact store has none
-from rag_eval.store_access import StoreTarget
+from rag_eval.store_access import (
+    HnswSettings,  # Chroma's index parameters (--ef-construction ...); no chromadb import
+    StoreTarget,
+)
 from rag_eval.store_options import store_options, store_target
 
 DEBUG_ENV = "RAG_EVAL_DEBUG"

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from job.data import IRData
+from job.data.prepare import IRData
 from job.errors import JobError
 from rag_eval import naming
 from rag_eval.index import VectorStore, WriteResult

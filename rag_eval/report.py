@@ -299,7 +299,7 @@ def write(out_dir: Path, result: dict[str, Any], meta: dict[str, Any]) -> dict[s
         _replace(paths["frontier"], lambda p: frontier.plot(frontier_rows(result), recommended, p))
         run_report = out_dir.parent / "report"
         if out_dir.name == "rag_eval" and (run_report / "report.md").is_file():  # RUN_DIR/rag_eval: a job run's
-            from job.report import attach_frontier
+            from job.evaluate.report import attach_frontier
 
             attach_frontier(run_report, paths["frontier"], frontier_section(result))
     _replace(paths["json"], lambda p: p.write_text(json.dumps(_clean({**meta, **result}), indent=2)))

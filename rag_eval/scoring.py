@@ -28,9 +28,9 @@ from typing import Any
 
 import numpy as np
 
-from job.data import IRData
+from job.data.prepare import IRData
 from job.errors import JobError
-from job.evaluation import evaluate_model
+from job.evaluate.retrieval import evaluate_model
 from rag_eval import frontier, metrics, naming
 from rag_eval.index import OURS, VectorIndex, VectorStore
 from rag_eval.quantized import QuantizedIndex

@@ -18,7 +18,7 @@ from typing import Any
 import click
 
 from job.config import OFFLINE_DEFAULT_MODEL
-from job.data import (
+from job.data.prepare import (
     IRData,
     build_ir_corpus,
     build_ir_queries,
@@ -190,7 +190,7 @@ def load_models(
         if backend == "torch":
             st = load_model(spec.ref, max_seq_length=max_seq_length)
         else:
-            from job.export import open_export
+            from job.export.onnx import open_export
 
             if spec.export_dir is None:
                 raise JobError(
@@ -207,18 +207,19 @@ def choose_backend(sources: Sources, requested: str, warn: Callable[[str], None]
     """(backend, why): ``requested``, or for ``auto`` the fastest export within the drop limit that every model
     has (from the run's evaluate step: report/metrics.json's export table), else torch.
 
-    For ``auto`` the chosen export is also checked on this machine (its probe texts, :func:`job.export.open_export`):
-    one whose vectors are too far from the PyTorch model's here is passed over with a warning (``warn``, default
-    stderr) naming it and the measured cosine, and the next one is tried (the float32 export, then torch). An
-    export asked for by name is checked when it is loaded, and refused with a JobError."""
+    For ``auto`` the chosen export is also checked on this machine (its probe texts,
+    :func:`job.export.onnx.open_export`): one whose vectors are too far from the PyTorch model's here is passed over
+    with a warning (``warn``, default stderr) naming it and the measured cosine, and the next one is tried (the
+    float32 export, then torch). An export asked for by name is checked when it is loaded, and refused with a
+    JobError."""
     if requested != "auto":
         return requested, "asked for"
     if sources.run_dir is None:
         return "torch", "no run directory, so no scored export"
     import json
 
-    from job.export import EXPORTS, status
-    from job.export_scores import pick_backend
+    from job.evaluate.export_scores import pick_backend
+    from job.export.onnx import EXPORTS, status
 
     try:
         table = json.loads((sources.run_dir.root / REPORT_RECORD).read_text()).get("exports")
@@ -259,7 +260,7 @@ def choose_backend(sources: Sources, requested: str, warn: Callable[[str], None]
 def _refusal(sources: Sources, backend: str) -> tuple[str, str] | None:
     """Why ``backend`` cannot serve here, as (the error's problem, a short note), or None: every model's export
     loads and passes its probe check on this machine."""
-    from job.export import ExportRefused, open_export
+    from job.export.onnx import ExportRefused, open_export
 
     for spec in sources.models:
         source = Path(spec.ref) if Path(spec.ref).is_dir() else None

@@ -24,7 +24,7 @@ import re
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -50,8 +50,10 @@ from rag_eval.naming import (  # noqa: F401 - re-exported: callers name collecti
 from rag_eval.store_access import (  # noqa: F401 - re-exported: the store's options and targets, as before
     DEFAULT_DATABASE,
     DEFAULT_TENANT,
+    HnswSettings,
     StoreTarget,
     check_writable,
+    describe_changes,
     missing_scope,
     store_errors,
     unreachable,
@@ -70,56 +72,6 @@ from rag_eval.store_faults import (
 STAGING_SUFFIX = "-staging"
 errors = store_errors  # rag_eval.stores' entry point: failures at any step as JobErrors naming the store
 _SEGMENT_ID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
-
-
-# --- settings --------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class HnswSettings:
-    """HNSW parameters, always set explicitly. The defaults reach recall@10 >= 0.99 against exact
-    search on the evaluation corpora (see ``rag-eval score``'s ANN recall column and bench/chroma_scale.py);
-    Chroma's own defaults (ef_search 100, max_neighbors 16) gave 0.71 on 5k random vectors."""
-
-    ef_construction: int = 200
-    ef_search: int = 400
-    max_neighbors: int = 32
-    space: str = "cosine"
-
-    def configuration(self) -> dict[str, Any]:
-        return {"hnsw": asdict(self)}
-
-    def check(self) -> None:
-        for name in ("ef_construction", "ef_search", "max_neighbors"):
-            if getattr(self, name) < 1:
-                raise JobError(
-                    f"{name} is {getattr(self, name)}; it must be at least 1.",
-                    f"pass a positive --{name.replace('_', '-')}.",
-                )
-        if self.space != "cosine":
-            raise JobError(
-                f"space {self.space!r} is not supported.", "rag_eval scores cosine similarity, as the evaluator does."
-            )
-
-    @classmethod
-    def of(cls, collection) -> HnswSettings | None:
-        """The settings a collection was created with (from Chroma's configuration), if it has HNSW ones."""
-        hnsw = (collection.configuration_json or {}).get("hnsw") or {}
-        try:
-            return cls(
-                int(hnsw["ef_construction"]),
-                int(hnsw["ef_search"]),
-                int(hnsw["max_neighbors"]),
-                str(hnsw.get("space", "l2")),
-            )
-        except (KeyError, TypeError, ValueError):
-            return None
-
-
-def describe_changes(old: HnswSettings | None, new: HnswSettings) -> str:
-    if old is None:
-        return "unknown before"
-    return ", ".join(
-        f"{k} {getattr(old, k)} -> {getattr(new, k)}" for k in asdict(new) if getattr(old, k) != getattr(new, k)
-    )
 
 
 # --- connecting ----------------------------------------------------------------------------------

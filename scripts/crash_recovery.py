@@ -45,7 +45,7 @@ def die(*_args, **_kwargs):
     os.kill(os.getpid(), signal.SIGKILL)
 
 if point == "prepare":
-    import job.data as D
+    import job.data.prepare as D
     real = D.write_pairs
     def write_pairs(path, pairs):
         real(path, pairs)
@@ -144,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     data = args.data
     if data is None:
         sys.path.insert(0, str(REPO))
-        from job.data import embedded_data_path
+        from job.data.prepare import embedded_data_path
 
         data = str(workdir / "pairs.jsonl")
         Path(data).write_text("".join(embedded_data_path().read_text().splitlines(keepends=True)[:60]))

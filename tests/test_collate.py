@@ -10,10 +10,10 @@ import sys
 import pytest
 from sentence_transformers import SentenceTransformer
 
-from job.collate import BatchError, RowNamingCollator, raise_for_batch_failure
 from job.config import resolve_config
 from job.errors import JobError
 from job.pipeline import RunDir, prepare, train
+from job.train.collate import BatchError, RowNamingCollator, raise_for_batch_failure
 
 
 def _prepared(tmp_path, model, data, **extra):

@@ -67,8 +67,8 @@ def saved(tmp_path_factory, minilm_path):
     --export onnx,onnx-int8` leaves model/; and the reference vectors of sentence-transformers 6."""
     from sentence_transformers import SentenceTransformer
 
-    from job.export import export_model
-    from job.portable import make_portable
+    from job.export.onnx import export_model
+    from job.export.portable import make_portable
 
     folder = tmp_path_factory.mktemp("compat") / "model"
     model = SentenceTransformer(str(minilm_path), device="cpu")
@@ -96,8 +96,8 @@ def test_sentence_transformers_3_loads_the_saved_model_with_the_same_vectors(sav
 
 
 def test_sentence_transformers_5_loads_the_model_and_its_onnx_exports(saved):
-    from job.export import EXPORTS
-    from job.exported import ExportedModel
+    from job.export.onnx import EXPORTS
+    from job.export.runtime import ExportedModel
 
     folder, reference = saved
     files = [EXPORTS["onnx"].file, EXPORTS["onnx-int8"].file]

@@ -1,4 +1,4 @@
-"""Data preparation (job/data.py): loading, column mapping, validation, de-duplication, splitting,
+"""Data preparation (job/data/prepare.py): loading, column mapping, validation, de-duplication, splitting,
 IR sets, leakage, the BEIR format and truncation counts. No model, no network; exact values."""
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from job import data as D
-from job.data import IRData, Pair, Records
+from job.data import prepare as D
+from job.data.prepare import IRData, Pair, Records
 from job.errors import JobError
 
 FIX_EMPTY = (

@@ -9,8 +9,8 @@ import torch
 from sentence_transformers.sentence_transformer.evaluation import InformationRetrievalEvaluator
 from sentence_transformers.util import cos_sim
 
-from job.data import IRData
-from job.evaluation import build_evaluator, evaluate_model, per_dim_metrics
+from job.data.prepare import IRData
+from job.evaluate.retrieval import build_evaluator, evaluate_model, per_dim_metrics
 
 KEYWORDS = ["alpha", "beta", "gamma", "delta"]
 

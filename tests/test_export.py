@@ -1,4 +1,5 @@
-"""`job export` and the evaluate step's export table (job/export.py, job/exported.py, job/export_scores.py).
+"""`job export` and the evaluate step's export table (job/export/onnx.py, job/export/runtime.py,
+job/evaluate/export_scores.py).
 
 Tolerances: the float32 ONNX export gives the PyTorch model's unit vectors within 1e-4 per component (measured:
 ~1e-7); the int8 export within a cosine of 0.98 of each vector on MiniLM (measured with the recipe of issue #30,
@@ -19,9 +20,9 @@ pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 
 from job.errors import JobError
-from job.export import EXPORTS, export_model, open_export, read_manifest, status
-from job.exported import ExportedModel
-from job.portable import PROBE_TEXTS
+from job.export.onnx import EXPORTS, export_model, open_export, read_manifest, status
+from job.export.portable import PROBE_TEXTS
+from job.export.runtime import ExportedModel
 
 TEXTS = [*PROBE_TEXTS, "What about revenue?", "Backlog reached 5.3 billion dollars at year end."]
 
@@ -47,7 +48,7 @@ def test_exports_land_inside_the_model_with_sentence_transformers_names(exported
     assert set(manifest["exports"]) == {"onnx", "onnx-int8"} and manifest["portable"]["portable"] is True
     assert all(status(exported_tiny, n) == "ok" for n in EXPORTS)
     # TEI's ONNX backend loads onnx/model.onnx as float32: it must not be the quantized one
-    from job.portable import tei_problems
+    from job.export.portable import tei_problems
 
     assert tei_problems(exported_tiny) == []
 
@@ -154,7 +155,7 @@ def test_evaluate_with_export_scores_every_export_at_every_dim(tmp_path, tiny_mo
     for text in (report, card):
         assert "Exports" in text and "model_qint8.onnx" in text and 'backend="onnx"' in text
         assert "sentence-transformers 3.x-6.x" in text
-    from job.card import MODEL_ID_PLACEHOLDER  # `job push` puts the repo id there
+    from job.evaluate.card import MODEL_ID_PLACEHOLDER  # `job push` puts the repo id there
 
     assert f'SentenceTransformer("{MODEL_ID_PLACEHOLDER}", backend="onnx"' in card
     # the base model is exported too, for rag-eval serve's baseline column
@@ -172,7 +173,7 @@ def test_evaluate_with_export_scores_every_export_at_every_dim(tmp_path, tiny_mo
 
 
 def test_an_export_over_the_drop_limit_is_flagged(monkeypatch):
-    from job.export_scores import markdown, pick_backend
+    from job.evaluate.export_scores import markdown, pick_backend
 
     table = {"max_drop_points": 1.0, "models": {
         "pytorch": {"file": "model.safetensors", "bytes": 1, "texts_per_s": 10, "question_ms": 9.0,

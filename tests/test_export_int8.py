@@ -14,9 +14,9 @@ import pytest
 pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 
-from job import export as E
 from job.errors import JobError
-from job.export import EXPORTS, ExportRefused, ExportsFailed, export_model, open_export, read_manifest, status
+from job.export import onnx as E
+from job.export.onnx import EXPORTS, ExportRefused, ExportsFailed, export_model, open_export, read_manifest, status
 
 QUIET = lambda m: None  # noqa: E731
 LEGACY = "onnx/model_qint8_avx512_vnni.onnx"
@@ -59,7 +59,7 @@ def test_an_int8_export_leaves_the_job_s_warnings_on(tmp_path, tiny_model_path, 
     export_model(_copy(tiny_model_path, tmp_path), ["onnx-int8"], echo=QUIET)
     assert root.level == before
     caplog.clear()
-    logging.getLogger("job.merge").warning("still heard")
+    logging.getLogger("job.train.merge").warning("still heard")
     assert "still heard" in caplog.text
 
 
@@ -350,7 +350,7 @@ def test_a_failed_export_still_gets_the_report_and_the_card_and_exit_2(
         run / "model" / "onnx" / "model_qint8.onnx"
     ).exists()
     # rag-eval serve --backend auto never picks it
-    from job.export_scores import pick_backend
+    from job.evaluate.export_scores import pick_backend
 
     assert pick_backend(metrics["exports"], ["onnx", "onnx-int8"]) == "onnx"
     # a rerun redoes nothing, and says so again

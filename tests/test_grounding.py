@@ -11,9 +11,9 @@ import json
 import pytest
 from llm_servers import FakeChatServer, completion
 
-from job import grounding, llm
 from job.cli import main
-from job.synthesize import example_pairs, side_files
+from job.synth import grounding, llm
+from job.synth.synthesize import example_pairs, side_files
 
 OLD_EXAMPLE = (
     "In fiscal 2022 the company opened 120 new stores in North America, bringing the total to 1,450 stores.",

@@ -6,10 +6,10 @@ import json
 
 import pytest
 
-from job import guard
 from job.cli import main
 from job.config import resolve_config
 from job.errors import JobError
+from job.evaluate import guard
 
 OTHER_DOMAIN = {
     "g1": "Photosynthesis converts light energy into chemical energy in chloroplasts.",

@@ -276,7 +276,7 @@ def test_push_command_hub(hub_env, monkeypatch, fake_run_dir, fake_hub, capsys):
 
 
 def test_pushed_card_loads_the_model_from_its_repo(hub_env, monkeypatch, fake_run_dir, fake_hub):
-    from job.card import MODEL_ID_PLACEHOLDER
+    from job.evaluate.card import MODEL_ID_PLACEHOLDER
 
     card = fake_run_dir / "model" / "README.md"
     card.write_text(card.read_text() + f'\nmodel = SentenceTransformer("{MODEL_ID_PLACEHOLDER}", truncate_dim=16)\n')

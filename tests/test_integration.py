@@ -7,7 +7,7 @@ import json
 import pytest
 
 from job.cli import main
-from job.data import embedded_data_path
+from job.data.prepare import embedded_data_path
 
 pytestmark = pytest.mark.slow
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from job import data as D
+from job.data import prepare as D
 from job.errors import JobError
 
 BREAKS = {"NEL": "\u0085", "LS": "\u2028", "PS": "\u2029"}

@@ -1,4 +1,4 @@
-"""The loss table (job/losses.py, issue #31 item 3): a loss is one registered entry; the configuration, the CPU
+"""The loss table (job/train/losses.py, issue #31 item 3): a loss is one registered entry; the configuration, the CPU
 memory check and the out-of-memory retry read what they need from the entry, never from the loss's name."""
 
 from __future__ import annotations
@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 from sentence_transformers import SentenceTransformer
 
-from job import losses, memory
 from job.config import resolve_config
 from job.errors import JobError
+from job.train import losses, memory
 
 
 @pytest.fixture
@@ -24,8 +24,8 @@ def test_a_loss_added_in_one_place_is_a_valid_choice_and_trains(tmp_path, tiny_m
     from conftest import make_pairs
     from sentence_transformers.sentence_transformer.losses import MultipleNegativesSymmetricRankingLoss
 
-    from job.data import Pair
-    from job.train import build_loss, train_model
+    from job.data.prepare import Pair
+    from job.train.finetune import build_loss, train_model
 
     built = []
 

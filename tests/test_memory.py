@@ -1,6 +1,6 @@
 """Training that would not fit in the CPU's memory: the cached loss instead, or the fix before any work (#30).
 
-The machine's free memory is the one thing faked (``job.memory.available_bytes``, at its boundary): a real
+The machine's free memory is the one thing faked (``job.train.memory.available_bytes``, at its boundary): a real
 out-of-memory on the CPU is the OS killing the process, which no test should do to the machine it runs on.
 """
 
@@ -11,9 +11,9 @@ import logging
 
 import pytest
 
-from job import memory
 from job.cli import main
 from job.config import resolve_config
+from job.train import memory
 
 MPNET = memory.Shape(params=109_486_464, hidden=768, intermediate=3072, layers=12, heads=12)
 MINILM = memory.Shape(params=22_713_216, hidden=384, intermediate=1536, layers=6, heads=12)
@@ -40,7 +40,7 @@ def test_a_plain_loss_that_would_not_fit_trains_with_the_cached_one(tmp_path, ti
     # enough for 2 pairs at a time, not for the batch of 8
     monkeypatch.setattr(memory, "available_bytes", lambda: int(memory.step_bytes(shape, 2 * 2, 64) / 0.9) + 1)
     assert one_pair < memory.step_bytes(shape, 16, 64)
-    with caplog.at_level(logging.WARNING, logger="job.memory"):
+    with caplog.at_level(logging.WARNING, logger="job.train.memory"):
         assert main(_args(tmp_path / "run", tiny_model_path, pairs_file)) == 0
     assert "training with cached_mnrl instead" in caplog.text and "mini-batches of 2" in caplog.text
     assert json.loads((tmp_path / "run" / "model" / "training.json").read_text())["global_steps"] == 2

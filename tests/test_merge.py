@@ -8,10 +8,10 @@ import json
 import pytest
 import torch
 
-from job import merge
 from job.cli import main
 from job.config import resolve_config
 from job.errors import JobError
+from job.train import merge
 
 OTHER = {
     "g1": "Photosynthesis converts light energy into chemical energy in chloroplasts.",

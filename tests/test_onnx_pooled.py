@@ -4,7 +4,7 @@
 Nothing from the project encodes here: the graph is run by ``onnxruntime.InferenceSession`` with the model's own
 tokenizer (``transformers.AutoTokenizer`` on the saved folder, truncated at ``sentence_bert_config.json``'s
 ``max_seq_length``), reading the ``sentence_embedding`` output, as another runtime would. Per text: cosine >= 0.9999
-for float32, and >= the int8 export's own probe limit (``job.export.INT8_MIN_COSINE``) for int8. Mean pooling (tiny
+for float32, and >= the int8 export's own probe limit (``job.export.onnx.INT8_MIN_COSINE``) for int8. Mean pooling (tiny
 BERT like all-MiniLM), CLS pooling (like bge) and last-token pooling of a decoder with LEFT padding (like
 Qwen3-Embedding, also run with right padding: the graph finds the last kept token from the attention mask).
 """
@@ -23,7 +23,7 @@ ort = pytest.importorskip("onnxruntime")
 from architectures import build  # noqa: E402
 from conftest import make_pairs  # noqa: E402
 
-from job import export as job_export  # noqa: E402
+from job.export import onnx as job_export  # noqa: E402
 
 TEXTS = [
     "What was the order backlog at year end?",
@@ -115,7 +115,7 @@ def test_an_older_graph_without_the_pooled_output_is_still_served(models, tmp_pa
     """Exports made before issue #33 output ``last_hidden_state`` only: our path pools them in Python."""
     import onnx
 
-    from job.exported import ExportedModel
+    from job.export.runtime import ExportedModel
 
     folder = models["bert-mean"]
     model = onnx.load(str(folder / "onnx" / "model.onnx"))

@@ -178,8 +178,8 @@ def test_hard_negatives_never_use_the_positive_or_its_duplicates(tiny_model_path
     from conftest import make_pairs
     from sentence_transformers import SentenceTransformer
 
-    from job.data import Pair
-    from job.negatives import add_hard_negatives
+    from job.data.prepare import Pair
+    from job.train.negatives import add_hard_negatives
 
     pairs = [Pair(r["question"], r["context"]) for r in make_pairs(3)]  # each passage appears 3 times
     ds, stats = add_hard_negatives(pairs, SentenceTransformer(str(tiny_model_path)), 3, seed=1)
@@ -198,8 +198,8 @@ def test_hard_negative_depth_reaches_mining_and_fewer_pairs_fall_back(tiny_model
     from conftest import make_pairs
     from sentence_transformers import SentenceTransformer
 
-    from job.data import Pair
-    from job.negatives import add_hard_negatives
+    from job.data.prepare import Pair
+    from job.train.negatives import add_hard_negatives
 
     pairs = [Pair(r["question"], r["context"]) for r in make_pairs(3)]
     model = SentenceTransformer(str(tiny_model_path))
@@ -298,7 +298,8 @@ def test_more_processes_than_cores_is_a_clear_error(tmp_path, tiny_model_path, p
 def test_checkpoint_average_is_reported_and_saved_with_its_own_scores(
     tmp_path, tiny_model_path, pairs_file, monkeypatch, average_wins
 ):
-    from job import card, soup
+    from job.evaluate import card
+    from job.train import soup
 
     rescores = []
     rescore, try_soup = card.rescore_for_card, soup.try_soup
@@ -335,7 +336,7 @@ def test_a_crash_while_averaging_checkpoints_is_recovered_by_the_next_run(
 ):
     """Averaging writes nothing until the model is saved: a crash there leaves complete checkpoints, and
     `job run` resumes from the last one, finishes at once and averages."""
-    from job import checkpoints, soup
+    from job.train import checkpoints, soup
 
     cfg = _cfg(
         tmp_path, tiny_model_path, pairs_file, epochs=2, matryoshka_dims=[32, 16], average_checkpoints=2,

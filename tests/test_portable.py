@@ -1,4 +1,4 @@
-"""The saved model in the format every reader understands (job/portable.py), and what TEI would read from it.
+"""The saved model in the format every reader understands (job/export/portable.py), and what TEI would read from it.
 
 Loading in the other stacks for real (sentence-transformers 3.4.1 and 5.7, infinity-emb) is tests/test_compat.py.
 """
@@ -11,7 +11,7 @@ import shutil
 import numpy as np
 import pytest
 
-from job import portable
+from job.export import portable
 
 
 @pytest.fixture()

@@ -1,9 +1,9 @@
 """--mixed-precision auto|no|fp16|bf16: what each resolves to on each kind of machine, and the refusals.
 
-There is no GPU here: the GPUs are described to :func:`job.train.resolve_precision` as
-:class:`job.train.Accelerator` values (its one input about the hardware, which :func:`job.train.detect_accelerator`
-fills from torch on a real machine); nothing inside torch or transformers is faked. The trainer's own check
-(transformers' TrainingArguments) runs for real for the CPU cases only.
+There is no GPU here: the GPUs are described to :func:`job.train.finetune.resolve_precision` as
+:class:`job.train.finetune.Accelerator` values (its one input about the hardware, which
+:func:`job.train.finetune.detect_accelerator` fills from torch on a real machine); nothing inside torch or
+transformers is faked. The trainer's own check (transformers' TrainingArguments) runs for real for the CPU cases only.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import pytest
 from job.cli import main
 from job.config import JobConfig
 from job.errors import JobError
-from job.train import Accelerator, detect_accelerator, resolve_precision, training_arguments
+from job.train.finetune import Accelerator, detect_accelerator, resolve_precision, training_arguments
 
 H100 = Accelerator("cuda", "NVIDIA H100 80GB HBM3", (9, 0), native_bf16=True)
 A10G = Accelerator("cuda", "NVIDIA A10G", (8, 6), native_bf16=True)

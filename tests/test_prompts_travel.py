@@ -88,7 +88,7 @@ def test_the_portable_save_still_loads(prompted_run):
     pooling = json.loads((model_dir / pooling_dir / "config.json").read_text())
     true_modes = [k for k, v in pooling.items() if v is True and k.startswith("pooling_mode_")]
     assert true_modes == ["pooling_mode_mean_tokens"]
-    from job.portable import read_pipeline
+    from job.export.portable import read_pipeline
 
     assert read_pipeline(model_dir).prompts == {"query": "query: ", "document": "passage: "}
 
@@ -96,7 +96,7 @@ def test_the_portable_save_still_loads(prompted_run):
 def test_our_onnx_path_and_rag_eval_encoders_apply_them_without_flags(prompted_run):
     from sentence_transformers import SentenceTransformer
 
-    from job.export import open_export
+    from job.export.onnx import open_export
     from rag_eval.vectors import encode_passages, encode_queries
 
     model_dir = prompted_run / "model"

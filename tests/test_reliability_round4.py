@@ -47,7 +47,7 @@ def _merge_args(run_dir, model, data, *extra):
 
 def test_a_damaged_merge_scores_file_is_said_and_scored_again(tmp_path, tiny_model_path, pairs_file, capsys, caplog):
     """M04/M05: a cut-short or wrong-shape checkpoints/merge_scores.json used to fail every rerun (exit 1)."""
-    from job import merge
+    from job.train import merge
 
     run_dir = tmp_path / "run"
     args = _merge_args(run_dir, tiny_model_path, pairs_file, "--merge-alphas", "1,0.5")

@@ -13,9 +13,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from job import card, plots
-from job.report import FRONTIER_START, attach_frontier, per_query_ndcg, per_question, write_report
-from job.report_html import write_html
+from job.evaluate import card, plots
+from job.evaluate.report import FRONTIER_START, attach_frontier, per_query_ndcg, per_question, write_report
+from job.evaluate.report_html import write_html
 
 DIMS = [64, 32]
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -156,7 +156,7 @@ class _FakeModel:
 
 
 def test_per_question_scores_from_each_models_ranking():
-    from job.data import IRData
+    from job.data.prepare import IRData
 
     ir = IRData(corpus={"a": "pa", "b": "pb", "c": "pc"}, queries={"q1": "x", "q2": "y"},
                 qrels={"q1": {"a": 1}, "q2": {"b": 1}})  # fmt: skip

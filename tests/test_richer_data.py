@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 from conftest import TOPICS
 
-from job import data as D
-from job.data import Pair, Records
+from job.data import prepare as D
+from job.data.prepare import Pair, Records
 from job.errors import JobError
 
 FORMS = ("What about {t}?", "Tell me the {t} figure.", "How did {t} change?")
@@ -218,7 +218,7 @@ def test_no_batch_holds_one_question_twice():
     import torch
     from sentence_transformers.base.sampler import NoDuplicatesBatchSampler
 
-    from job.sampler import LengthGroupedBatchSampler
+    from job.train.sampler import LengthGroupedBatchSampler
 
     pairs = _several_positives(questions=40, most=5, seed=1)
     ds = datasets.Dataset.from_dict({"anchor": [p.question for p in pairs], "positive": [p.passage for p in pairs]})
@@ -271,7 +271,7 @@ def _spy(monkeypatch, fail: bool = False) -> list[dict]:
 
 
 def test_given_negatives_are_used_as_given_and_never_re_mined(tiny_model, monkeypatch):
-    from job.negatives import add_hard_negatives
+    from job.train.negatives import add_hard_negatives
 
     _spy(monkeypatch, fail=True)
     pairs = _pairs_from(flag_rows(without_negatives=0))
@@ -285,7 +285,7 @@ def test_given_negatives_are_used_as_given_and_never_re_mined(tiny_model, monkey
 
 
 def test_mining_fills_only_the_questions_without_enough_given_negatives(tiny_model, monkeypatch):
-    from job.negatives import add_hard_negatives
+    from job.train.negatives import add_hard_negatives
 
     seen = _spy(monkeypatch)
     rows = flag_rows(without_negatives=1)
@@ -315,7 +315,7 @@ def test_mining_fills_only_the_questions_without_enough_given_negatives(tiny_mod
 
 
 def test_without_mining_short_pairs_repeat_their_given_negatives(tiny_model, monkeypatch):
-    from job.negatives import add_hard_negatives
+    from job.train.negatives import add_hard_negatives
 
     _spy(monkeypatch, fail=True)
     pairs = [
@@ -338,7 +338,7 @@ def test_mining_without_given_negatives_is_unchanged(tiny_model, monkeypatch):
     rows, the same random fallback."""
     from conftest import make_pairs
 
-    from job.negatives import add_hard_negatives
+    from job.train.negatives import add_hard_negatives
 
     seen = _spy(monkeypatch)
     pairs = [Pair(r["question"], r["context"]) for r in make_pairs(3)]
@@ -353,7 +353,7 @@ def test_mining_without_given_negatives_is_unchanged(tiny_model, monkeypatch):
 
 
 def test_library_statistics_are_read_from_its_printed_table():
-    from job.negatives import library_statistics
+    from job.train.negatives import library_statistics
 
     printed = """Setting range_max to 23 based on the provided parameters.
 Negative candidates mined, preparing dataset...

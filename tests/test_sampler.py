@@ -8,7 +8,7 @@ import pytest
 import torch
 from sentence_transformers.base.sampler import NoDuplicatesBatchSampler
 
-from job.sampler import LengthGroupedBatchSampler, no_duplicates_sampler
+from job.train.sampler import LengthGroupedBatchSampler, no_duplicates_sampler
 
 
 def _dataset():

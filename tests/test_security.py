@@ -23,9 +23,9 @@ import pytest
 from llm_servers import FakeChatServer, completion, free_port
 from test_synthesize import PASSAGES
 
-from job import documents, llm
 from job.cli import main
 from job.layout import run_lock, write_json
+from job.synth import documents, llm
 
 ROOT = Path(__file__).resolve().parents[1]
 SECRET_ENV = "sk-proj-envsecret0123456789abcdef"

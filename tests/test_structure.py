@@ -1,9 +1,9 @@
 """The shape of the code base: who may import whom, and no import circle.
 
-``job`` is the bottom layer (its command-line entry ``job.cli`` aside, which registers the
-``launch`` and ``push`` commands that live in ``infra``); ``infra`` and ``rag_eval`` build on it and
-use the shared command-line pieces in ``job.cli_common``, never ``job.cli`` itself. Imports inside
-functions count too: a lazy import is still a dependency.
+``job`` is the bottom layer: it imports neither ``infra`` nor ``rag_eval`` (``infra``'s ``launch`` and ``push``
+join the `job` program through entry points, :mod:`job.plugins`); ``infra`` and ``rag_eval`` build on it and use
+the shared command-line pieces in ``job.cli_common``, never ``job.cli`` itself. Imports inside functions count
+too: a lazy import is still a dependency. Each extension point is a registry that callers go through.
 """
 
 from __future__ import annotations
@@ -45,11 +45,11 @@ def test_the_graph_is_read():
     assert "infra.container.contract" in graph["infra.container.entry"]
 
 
-def test_job_core_never_imports_infra_or_rag_eval():
+def test_job_never_imports_infra_or_rag_eval():
     bad = {
         (mod, dep)
         for mod, deps in import_graph().items()
-        if mod.startswith("job") and mod not in JOB_ENTRY
+        if mod.startswith("job")
         for dep in deps
         if dep.split(".")[0] in ("infra", "rag_eval")
     }
@@ -153,3 +153,101 @@ def test_publishing_loops_over_destinations():
     assert set(kinds) == {S3Destination, HubDestination}
     for kind in kinds:
         assert all(callable(getattr(kind, name, None)) for name in ("check", "publish")), Destination
+
+
+JOB_FOLDERS = ["data", "evaluate", "export", "synth", "train"]
+# the run itself, at the top of job/: its configuration, directory, steps, pipeline, command line and what they share
+JOB_TOP = {"__init__", "__main__", "cli", "cli_common", "config", "errors", "layout", "models", "pipeline", "plugins",
+           "progress", "redact", "steps", "storage"}  # fmt: skip
+
+
+def test_job_is_grouped_by_concern():
+    """job/ is laid out like infra/: the run itself at the top, each concern in its folder, each folder's docstring
+    naming what it holds."""
+    folders = sorted(p.name for p in (ROOT / "job").iterdir() if p.is_dir() and p.name != "__pycache__")
+    assert folders == JOB_FOLDERS
+    flat = {p.stem for p in (ROOT / "job").glob("*.py")}
+    assert flat <= JOB_TOP, f"job/ modules belong in a folder by concern ({', '.join(JOB_FOLDERS)}): {flat - JOB_TOP}"
+    for folder in JOB_FOLDERS:
+        doc = ast.get_docstring(ast.parse((ROOT / "job" / folder / "__init__.py").read_text())) or ""
+        unnamed = [p.stem for p in (ROOT / "job" / folder).glob("*.py")
+                   if p.stem != "__init__" and f"job.{folder}.{p.stem}" not in doc]  # fmt: skip
+        assert not unnamed, f"job/{folder}/__init__.py's docstring does not say what these hold: {unnamed}"
+
+
+def test_no_module_shares_a_name_with_a_folder():
+    clashes = [str(p.relative_to(ROOT)) for pkg in PACKAGES for p in (ROOT / pkg).rglob("*.py")
+               if p.with_suffix("").is_dir()]  # fmt: skip
+    assert not clashes, clashes
+
+
+def test_only_the_registry_names_the_store_modules():
+    """A store is reached through rag_eval.stores (``--store NAME``): no module imports an implementation."""
+    from rag_eval.stores import STORES
+
+    graph = import_graph()
+    importers = {impl: sorted(m for m, deps in graph.items() if impl in deps) for impl in STORES.values()}
+    assert importers == {impl: [] for impl in STORES.values()}, importers
+    named = [m for m, p in ((_module_name(p), p) for p in (ROOT / "rag_eval").rglob("*.py"))
+             if m != "rag_eval.stores" and any(f'"{impl}"' in p.read_text() for impl in STORES.values())]  # fmt: skip
+    assert not named, f"only rag_eval/stores.py names the store modules: {named}"
+
+
+def test_only_the_destination_modules_talk_to_s3_and_the_hub():
+    """boto3 for publishing lives in the S3 destination's modules (the SageMaker launcher is AWS too), the Hub's
+    client in its destination's module; job and rag_eval touch neither (the model card's classes aside)."""
+    users: dict[str, list[str]] = {"boto3": [], "botocore": [], "huggingface_hub": []}
+    for module in sorted(import_graph()):
+        for lib in users.keys() & _third_party_imports(module):
+            users[lib].append(module)
+    aws = {"infra.publish.s3", "infra.publish.s3_publish"}
+    assert set(users["boto3"]) | set(users["botocore"]) <= aws | {
+        m for m in import_graph() if m.startswith("infra.sagemaker")
+    }, users
+    assert set(users["huggingface_hub"]) <= {"infra.publish.hub", "job.evaluate.card", "job.cli_common"}, users
+    graph = import_graph()
+    assert not graph["infra.publish.cli"] & (aws | {"infra.publish.hub", "infra.publish.folder"})
+
+
+def test_every_registry_refuses_an_unknown_name():
+    """No registry lookup falls through to a default: an unknown loss, store or step is a JobError naming the
+    choices, and a loss name is compared nowhere but in its registry."""
+    import pytest
+
+    from job import steps
+    from job.errors import JobError
+    from job.train import losses
+    from rag_eval import stores
+
+    for lookup in (losses.get, stores.module, steps.get):
+        with pytest.raises(JobError):
+            lookup("no-such-entry")
+    names = set(losses.REGISTRY)
+    compared = []
+    for path in (ROOT / "job").rglob("*.py"):
+        if path.name == "losses.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Compare):
+                parts = [node.left, *node.comparators]
+                parts += [e for p in parts if isinstance(p, (ast.Tuple, ast.List, ast.Set)) for e in p.elts]
+                if {p.value for p in parts if isinstance(p, ast.Constant)} & names:
+                    compared.append(f"{path.relative_to(ROOT)}:{node.lineno}")
+    assert not compared, f"a loss's behaviour belongs in its registry entry (job/train/losses.py): {compared}"
+
+
+def test_publishing_options_are_declared_once():
+    """`job push` offers the configuration's publishing fields themselves (same flags, help, JOB_* variables as
+    `job run`), and each option that names a destination is a publishing field."""
+    from infra.publish.cli import push
+    from infra.publish.destinations import KINDS
+    from job import config
+
+    params = {p.name: p for p in push.params}
+    assert set(config.PUBLISH_FIELDS) <= set(params)
+    for name in config.PUBLISH_FIELDS:
+        assert params[name].help.startswith(config.FIELDS[name].metadata["help"]), name
+    assert set(KINDS) <= set(config.PUBLISH_FIELDS)
+    source = (ROOT / "infra" / "publish" / "cli.py").read_text()
+    twice = [flag for flag in ('"--s3-uri"', '"--hub-repo"', '"--publish-dir"', '"JOB_HUB_REPO"') if flag in source]
+    assert not twice, f"declared twice (infra/publish/cli.py and job/config.py): {twice}"

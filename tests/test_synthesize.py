@@ -20,11 +20,11 @@ import numpy as np
 import pytest
 from llm_servers import FakeChatServer, completion, error, passage_of, require_llama, start_llama_server
 
-from job import documents, llm
 from job.cli import main
 from job.config import resolve_config
 from job.errors import JobError
-from job.synthesize import (
+from job.synth import documents, llm
+from job.synth.synthesize import (
     copies_chunk,
     normalise_question,
     own_chunk_ranks,

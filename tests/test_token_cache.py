@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from job.token_cache import TokenCache
+from job.train.token_cache import TokenCache
 
 
 def _batches():
@@ -75,9 +75,9 @@ def test_outputs_it_cannot_rebuild_fall_back_to_the_original():
 
 def test_training_with_and_without_the_cache_is_identical(tmp_path, tiny_model_path, pairs_file):
     from job.config import resolve_config
-    from job.data import load_records, validate_pairs
+    from job.data.prepare import load_records, validate_pairs
     from job.models import load_model
-    from job.train import train_model
+    from job.train.finetune import train_model
 
     records = load_records(str(pairs_file))
     pairs = validate_pairs(records, "question", "context").pairs

@@ -9,7 +9,7 @@ from sentence_transformers import SentenceTransformer
 
 from job.config import resolve_config
 from job.errors import JobError
-from job.train import build_loss
+from job.train.finetune import build_loss
 
 
 def test_matryoshka_weights_reach_the_loss(tiny_model_path):
@@ -40,8 +40,8 @@ def test_each_loss_trains_a_step(tmp_path, tiny_model_path, settings, inner):
     """Every loss the configuration offers builds, takes its options and trains (2 steps, tiny model)."""
     from conftest import make_pairs
 
-    from job.data import Pair
-    from job.train import train_model
+    from job.data.prepare import Pair
+    from job.train.finetune import train_model
 
     model = SentenceTransformer(str(tiny_model_path), device="cpu")
     cfg = resolve_config(
@@ -52,14 +52,16 @@ def test_each_loss_trains_a_step(tmp_path, tiny_model_path, settings, inner):
     result = train_model(cfg, model, [32, 16], 32, pairs, None, tmp_path / "ckpt")
     assert result.summary["global_steps"] == 2
     assert any((a != b).any() for a, b in zip(before, model.parameters()))
-    loss = build_loss(model, cfg, [32, 16], __import__("job.train").train.load_guide(cfg, model))
+    loss = build_loss(
+        model, cfg, [32, 16], __import__("job.train.finetune", fromlist=["load_guide"]).load_guide(cfg, model)
+    )
     assert type(loss.loss).__name__ == inner
     if "loss_directions" in settings:
         assert loss.loss.directions == ("query_to_doc", "doc_to_query") and loss.loss.scale == 30
 
 
 def test_gist_guide_problems_are_named_before_training(tiny_model_path, tmp_path):
-    from job.train import load_guide
+    from job.train.finetune import load_guide
 
     model = SentenceTransformer(str(tiny_model_path), device="cpu")
     with pytest.raises(JobError, match="The guide model could not be loaded: Model path .*nope does not exist"):
@@ -75,7 +77,7 @@ def test_gist_guide_problems_are_named_before_training(tiny_model_path, tmp_path
 def test_report_to_auto_is_tensorboard_only_when_installed(tmp_path, monkeypatch):
     import importlib.util
 
-    from job.train import report_targets
+    from job.train.finetune import report_targets
 
     monkeypatch.delenv("TENSORBOARD_LOGGING_DIR", raising=False)
     installed = (
@@ -94,7 +96,7 @@ def test_report_to_auto_is_tensorboard_only_when_installed(tmp_path, monkeypatch
 
 
 def test_attention_dropout_reaches_every_attention_layer(tiny_model_path):
-    from job.train import set_attention_dropout
+    from job.train.finetune import set_attention_dropout
 
     model = SentenceTransformer(str(tiny_model_path), device="cpu")
     assert set_attention_dropout(model, None) == 0
@@ -108,9 +110,9 @@ def test_length_grouped_training_checkpoints_and_resumes(tmp_path, tiny_model_pa
     """The grouped sampler is built by the trainer (its arguments, saved with each checkpoint, must pickle)."""
     from conftest import make_pairs
 
-    from job import checkpoints, sampler
-    from job.data import Pair
-    from job.train import train_model
+    from job.data.prepare import Pair
+    from job.train import checkpoints, sampler
+    from job.train.finetune import train_model
 
     built = []
     real_init = sampler.LengthGroupedBatchSampler.__init__
@@ -147,9 +149,9 @@ def test_checkpoint_average_is_kept_only_when_it_wins_on_validation(tmp_path, ti
     import torch
     from conftest import TOPICS, make_pairs
 
-    from job import checkpoints, soup
-    from job.data import IRData, Pair
-    from job.train import train_model
+    from job.data.prepare import IRData, Pair
+    from job.train import checkpoints, soup
+    from job.train.finetune import train_model
 
     pairs = [Pair(r["question"], r["context"]) for r in make_pairs(3)]
     validation = IRData(
@@ -178,7 +180,7 @@ def test_checkpoint_average_is_kept_only_when_it_wins_on_validation(tmp_path, ti
 def test_checkpoint_average_mean_and_settings():
     import torch
 
-    from job import soup
+    from job.train import soup
 
     states = [
         {"w": torch.tensor([1.0, 3.0]), "ids": torch.tensor([0, 1])},
@@ -193,7 +195,7 @@ def test_checkpoint_average_mean_and_settings():
 
 
 def test_checkpoint_average_needs_two_checkpoints(tmp_path, tiny_model_path):
-    from job import soup
+    from job.train import soup
 
     model = SentenceTransformer(str(tiny_model_path), device="cpu")
     model.save(str(tmp_path / "checkpoint-2"))

@@ -16,9 +16,9 @@ import pytest
 import torch
 from sentence_transformers.util import cos_sim
 
-from job.data import IRData, load_beir
+from job.data.prepare import IRData, load_beir
 from job.errors import JobError
-from job.evaluation import evaluate_model, graded_ndcg_at_k, per_dim_metrics
+from job.evaluate.retrieval import evaluate_model, graded_ndcg_at_k, per_dim_metrics
 from rag_eval import metrics, store
 from rag_eval.indexing import index_models
 from rag_eval.scoring import QRELS_FILE, ScoreOptions, score_models

@@ -32,8 +32,8 @@ from typing import Any
 
 from infra.container.contract import RENDEZVOUS_PORT, Cluster
 from infra.container.hooks import SIGTERM
-from job import distributed
 from job.errors import JobError
+from job.train import distributed
 
 Echo = Callable[[str], None]
 

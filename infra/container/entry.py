@@ -36,9 +36,10 @@ from infra.container.contract import EXIT_SIGTERM, FAILURE_LIMIT, OPT_ML, Cluste
 from infra.container.hooks import SIGTERM, Interrupted
 from infra.container.hooks import callbacks as container_callbacks
 from infra.container.inputs import read_cluster, resolve_container_config
-from job import config, distributed, layout
+from job import config, layout
 from job.errors import JobError
 from job.layout import RunDir
+from job.train import distributed
 
 Echo = Callable[[str], None]
 
@@ -196,7 +197,7 @@ def tensorboard_dir(path: Path):
     """TensorBoard's event files go to ``path`` (SageMaker's TensorBoard output folder, synced to the job's
     TensorBoardOutputConfig) instead of RUN_DIR/logs, for the steps run here and the torchrun ranks started
     from here: transformers' TensorBoardCallback reads TENSORBOARD_LOGGING_DIR, which
-    :func:`job.train.report_targets` keeps when it is set."""
+    :func:`job.train.finetune.report_targets` keeps when it is set."""
     old = os.environ.get("TENSORBOARD_LOGGING_DIR")
     os.environ["TENSORBOARD_LOGGING_DIR"] = str(path)
     try:
@@ -242,7 +243,7 @@ def _warn_failed_exports(cfg: config.JobConfig, results: dict[str, Any], echo: E
     """A failed export does not fail the job (the model and the report it earned are in /opt/ml/model and the
     output): it is said here, and the report and the card list it with the reason."""
     from job import pipeline
-    from job.export import ExportsFailed
+    from job.export.onnx import ExportsFailed
 
     try:
         pipeline.check_exports(RunDir(Path(cfg.run_dir)), results.get("evaluate"))

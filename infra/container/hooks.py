@@ -19,7 +19,7 @@ def callbacks(distributed: bool = False) -> list:
     """Trainer callbacks for the container: metric lines and the SIGTERM checkpoint."""
     from transformers import TrainerCallback
 
-    from job.evaluation import per_dim_metrics
+    from job.evaluate.retrieval import per_dim_metrics
 
     class MetricLines(TrainerCallback):
         def on_log(self, args, state, control, logs=None, **kwargs):

@@ -105,7 +105,7 @@ def _channel(paths: ContainerPaths, name: str, required: bool, why: str) -> Path
 
 
 def _data_files(d: Path) -> list[Path]:
-    from job.data import LOCAL_SUFFIXES
+    from job.data.prepare import LOCAL_SUFFIXES
 
     return sorted(p for p in d.rglob("*") if p.is_file() and p.suffix.lower() in LOCAL_SUFFIXES)
 
@@ -160,7 +160,7 @@ def channel_values(paths: ContainerPaths, hps: dict[str, Any]) -> dict[str, Any]
         else:
             files = _data_files(train)
             if len(files) != 1:
-                from job.data import LOCAL_SUFFIXES
+                from job.data.prepare import LOCAL_SUFFIXES
 
                 listed = ", ".join(p.relative_to(train).as_posix() for p in files[:10]) or "none"
                 raise JobError(

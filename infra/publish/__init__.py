@@ -1,1 +1,1 @@
-"""Publishing a finished run: destinations (S3, the Hugging Face Hub) behind one interface, and `job push`."""
+"""Publishing a finished run: destinations (S3, the Hugging Face Hub, a folder) behind one interface, and `job push`."""

@@ -1,13 +1,17 @@
 """``job push``: publish a finished run to S3, the Hugging Face Hub and/or a folder.
 
-Registered on the main group with ``cli.add_command(push)`` in :mod:`job.cli`; errors are
-JobErrors, which ``job.cli.main`` prints as one paragraph with exit code 2.
+Added to the `job` program through the ``job.commands`` entry point (pyproject.toml; :mod:`job.plugins`), and
+``check_destinations`` / ``push_run`` are what `job run --s3-uri/--hub-repo/--publish-dir` calls, through the
+``job.publish`` entry points. The publishing options are the configuration's ``group="publish"`` fields, declared once
+in :mod:`job.config`. Errors are JobErrors, which ``job.cli.main`` prints as one paragraph with exit code 2.
 """
 
 from __future__ import annotations
 
 import click
 
+from job import config
+from job.cli_common import field_options
 from job.errors import JobError
 
 
@@ -36,38 +40,18 @@ def push_run(run_dir, *, echo=click.echo, progress: bool = False, **options) -> 
 @click.option(
     "--run-dir", required=True, type=click.Path(file_okay=False), help="A finished run directory (after `job run`)."
 )
-@click.option(
-    "--s3-uri", envvar="JOB_S3_URI", default=None, help="Publish under s3://BUCKET/PREFIX/<run-id>/.  [env JOB_S3_URI]"
-)
-@click.option(
-    "--hub-repo",
-    envvar="JOB_HUB_REPO",
-    default=None,
-    help="Push the model to this Hub repo (NAMESPACE/NAME).  [env JOB_HUB_REPO]",
-)
-@click.option(
-    "--hub-private/--public", "hub_private", envvar="JOB_HUB_PRIVATE", default=True,
-    help="Create the Hub repo as private (default) or public.  [env JOB_HUB_PRIVATE]",
-)  # fmt: skip
+@field_options(config.PUBLISH_FIELDS)  # the same fields, flags and JOB_* variables as `job run`'s: declared once
 @click.option(
     "--endpoint-url", envvar="AWS_ENDPOINT_URL_S3", default=None,
     help="S3-compatible endpoint (MinIO, SeaweedFS...).  [env AWS_ENDPOINT_URL_S3]",
 )  # fmt: skip
-@click.option(
-    "--publish-dir", envvar="JOB_PUBLISH_DIR", default=None, type=click.Path(file_okay=False),
-    help="Copy the run into this folder (a mounted volume, NFS) under <run-id>/, verified, manifest last.  "
-    "[env JOB_PUBLISH_DIR]",
-)  # fmt: skip
 @click.option("--debug", is_flag=True, help="Show Python tracebacks for errors.")
-def push(
-    run_dir: str, s3_uri: str | None, hub_repo: str | None, hub_private: bool, endpoint_url: str | None,
-    publish_dir: str | None, debug: bool,
-) -> None:  # fmt: skip
+def push(run_dir: str, endpoint_url: str | None, debug: bool, **cli_values) -> None:
     """Publish a finished run: model, report and manifest to S3 or a folder; the model with its card to the Hub.
 
     Credentials come from the environment only: AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY (or an
     AWS profile) for S3, HF_TOKEN or the token file (HF_TOKEN_PATH, `hf auth login`) for the Hub.
-    Both destinations are checked before anything is uploaded.
+    Every destination is checked before anything is uploaded.
     """
-    push_run(run_dir, echo=click.echo, progress=True, s3_uri=s3_uri, hub_repo=hub_repo, hub_private=hub_private,
-             endpoint_url=endpoint_url, publish_dir=publish_dir)  # fmt: skip
+    options = config.resolve_fields(config.PUBLISH_FIELDS, cli_values)
+    push_run(run_dir, echo=click.echo, progress=True, endpoint_url=endpoint_url, **options)

@@ -146,7 +146,7 @@ def _model_files(model_dir: Path, repo_id: str) -> list:
     (the run's own README.md is left as it is, so its S3 publication stays the same content)."""
     from huggingface_hub import CommitOperationAdd
 
-    from job.card import MODEL_ID_PLACEHOLDER
+    from job.evaluate.card import MODEL_ID_PLACEHOLDER
 
     files = sorted(p for p in model_dir.rglob("*") if p.is_file() and not p.name.endswith(".tmp"))
     ops = []

@@ -6,7 +6,8 @@ and follow it up.
     job launch status NAME
     job launch fetch NAME [--run-dir DIR]
 
-The group is registered on the job's command line (``job launch ...``); ``python -m infra.sagemaker.cli``
+The group is added to the job's command line (``job launch ...``) through the ``job.commands`` entry point
+(pyproject.toml; :mod:`job.plugins`); ``python -m infra.sagemaker.cli``
 runs it on its own with the same error handling.
 """
 

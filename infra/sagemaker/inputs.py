@@ -146,7 +146,7 @@ def plan_local_inputs(cfg: config.JobConfig, stage: Path | None = None) -> Input
 
 
 def _data_suffixes() -> set[str]:
-    from job.data import LOCAL_SUFFIXES
+    from job.data.prepare import LOCAL_SUFFIXES
 
     return set(LOCAL_SUFFIXES)
 

@@ -229,7 +229,7 @@ def check_instances(cfg: config.JobConfig, instance_count: int, gpus: int | None
     """Training processes per instance for ``instance_count`` instances of ``instance`` with ``gpus`` GPUs
     each (None: not a GPU type, or not known), checked before anything is uploaded or started: --nproc
     must fit the GPUs, and the global batch must split evenly over every process of every instance."""
-    from job import distributed
+    from job.train import distributed
 
     check_count(instance_count)
     if gpus and cfg.nproc > gpus:

@@ -17,7 +17,7 @@ import pytest
 import torch
 from sentence_transformers.util import cos_sim
 
-from job.data import IRData, Pair, build_ir_corpus, build_ir_queries, write_beir
+from job.data.prepare import IRData, Pair, build_ir_corpus, build_ir_queries, write_beir
 from job.layout import RunDir, write_json
 from rag_eval.sources import FINETUNED, LoadedModel, ModelSpec
 
@@ -170,9 +170,9 @@ def make_serve_run(root: Path, tiny_run: Path, *, report: bool = True) -> Path:
     job's evaluator on the tiny models) when ``report``."""
     import shutil
 
-    from job.evaluation import evaluate_model
+    from job.evaluate.report import write_report
+    from job.evaluate.retrieval import evaluate_model
     from job.models import load_model
-    from job.report import write_report
     from rag_eval.cli import main
 
     run = root / "serve-run"

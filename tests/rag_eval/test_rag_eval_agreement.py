@@ -22,7 +22,7 @@ import math
 import pytest
 from rag_eval_helpers import hand_data, loaded
 
-from job.evaluation import evaluate_model
+from job.evaluate.retrieval import evaluate_model
 from rag_eval import store
 from rag_eval.indexing import index_models
 from rag_eval.scoring import ScoreOptions, score_models

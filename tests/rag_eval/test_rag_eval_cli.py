@@ -237,7 +237,7 @@ def test_python_dash_m_runs_the_same_command_line():
 def test_graded_beir_folder_and_pairs_file_as_evaluation_data(tiny_model_path, tmp_path, capsys):
     from rag_eval_helpers import tiny_ir
 
-    from job.data import IRData, write_beir
+    from job.data.prepare import IRData, write_beir
 
     ir = tiny_ir()
     graded = IRData(

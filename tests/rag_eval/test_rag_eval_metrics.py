@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from rag_eval_helpers import TableModel
 
-from job.data import IRData
-from job.evaluation import evaluate_model
+from job.data.prepare import IRData
+from job.evaluate.retrieval import evaluate_model
 from rag_eval import metrics
 from rag_eval.vectors import truncate_normalise
 
