@@ -22,6 +22,7 @@ import math
 import os
 import re
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -57,12 +58,62 @@ OFFLINE_DEFAULT_MODEL = "bundled:all-MiniLM-L6-v2"
 EXPORT_NAMES = ("onnx", "onnx-int8")
 
 
-def _opt(default: Any, help: str, *, step: str | tuple[str, ...] = (), group: str | None = None, **extra: Any) -> Any:
-    """A configuration field. ``step``: the steps whose outputs depend on it (``prepare``, ``model`` - the
-    base model as baseline and training load it -, ``train``), so a change re-runs them and a new field
-    cannot be left out of a fingerprint. ``group``: ``publish`` for publishing destinations, ``local``
-    for what only makes sense on this machine; neither travels to a SageMaker job."""
+@dataclass(frozen=True)
+class Check:
+    """A field's own constraint, declared beside it (``_opt(..., check=...)``): ``ok(value)``, the words for what the
+    value must be, and the fix (``{flag}`` is the field's flag). An optional field left unset (None) passes."""
+
+    ok: Callable[[Any], bool]
+    want: str
+    fix: str
+
+
+def at_least(low: float, example: str | None = None, *, want: str | None = None, fix: str | None = None) -> Check:
+    words = want or ("0 or more" if low == 0 else f"at least {low}")
+    return Check(lambda v: v >= low, words, fix or f"pass e.g. {{flag}} {example}.")
+
+
+def positive(example: str, *, want: str = "positive") -> Check:
+    return Check(lambda v: v > 0, want, f"pass e.g. {{flag}} {example}.")
+
+
+def fraction(example: str) -> Check:
+    return Check(lambda v: 0 <= v < 1, "in [0, 1)", f"pass e.g. {{flag}} {example}.")
+
+
+def between(low: float, high: float, example: str) -> Check:
+    return Check(lambda v: low <= v <= high, f"in [{low}, {high}]", f"pass e.g. {{flag}} {example}.")
+
+
+_NO_LEGACY = object()
+
+
+def _opt(
+    default: Any,
+    help: str,
+    *,
+    step: str | tuple[str, ...] = (),
+    group: str | None = None,
+    section: str | None = None,
+    legacy: Any = _NO_LEGACY,
+    check: Check | None = None,
+    **extra: Any,
+) -> Any:
+    """A configuration field and everything about it, in one place:
+
+    - ``step``: the steps whose outputs depend on it (``prepare``, ``model`` - the base model as baseline and training
+      load it -, ``train``), so a change re-runs them and a new field cannot be left out of a fingerprint;
+    - ``group``: ``publish`` for publishing destinations, ``local`` for what only makes sense on this machine, neither
+      travels to a SageMaker job; ``synthesize`` for `job synthesize`'s own;
+    - ``section``: its `--help` section when it is not the one its steps imply (:func:`help_section`);
+    - ``legacy``: for a field added after run directories existed, the value that reproduces what a run did before
+      it existed (a fingerprint recorded without the field matches a configuration with that value);
+    - ``check``: its own constraint (:class:`Check`); rules across fields stay in :func:`validate_config`;
+    - ``choices``, ``normalize`` (a function applied to every value read, e.g. lower-casing): in ``extra``."""
     meta = {"help": help, "steps": (step,) if isinstance(step, str) else tuple(step), "group": group, **extra}
+    meta.update({k: v for k, v in (("section", section), ("check", check)) if v is not None})
+    if legacy is not _NO_LEGACY:
+        meta["legacy"] = legacy
     if isinstance(default, list):
         return field(default_factory=lambda: list(default), metadata=meta)
     return field(default=default, metadata=meta)
@@ -85,11 +136,24 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
-@dataclass
+def normal_merge_base(value: str) -> str:
+    """merge_base as every reader compares it: 'off', 'auto' or an alpha written as a float (' AUTO' -> 'auto',
+    '.5' -> '0.5'); a value that is none of these is returned as given, for :func:`validate_merge` to name."""
+    mode = value.strip().lower()
+    try:
+        return mode if mode in ("off", "auto") else str(float(mode))
+    except ValueError:
+        return value
+
+
+@dataclass(frozen=True)
 class JobConfig:
     # --- where things go -------------------------------------------------------------------
     run_dir: str = _opt(
-        "runs/default", "Run directory: prepared data, metrics, checkpoints, model, report.", group="local"
+        "runs/default",
+        "Run directory: prepared data, metrics, checkpoints, model, report.",
+        group="local",
+        section="Run",
     )
     # --- model -----------------------------------------------------------------------------
     model: str = _opt(
@@ -110,7 +174,15 @@ class JobConfig:
         step="train",
     )
     max_seq_length: int | None = _opt(
-        None, "Token limit for texts; longer texts are truncated. Default: the model's.", step="model"
+        None,
+        "Token limit for texts; longer texts are truncated. Default: the model's.",
+        step="model",
+        check=at_least(
+            8,
+            "128",
+            want="at least 8 tokens (or left out: the model's own)",
+            fix="pass e.g. {flag} 128, or leave it out.",
+        ),
     )
     query_prompt: str | None = _opt(
         None, "Text prepended to every question (baseline and fine-tuned alike).", step="model"
@@ -133,8 +205,11 @@ class JobConfig:
     chunk_tokens: int | None = _opt(
         None, "Chunk size in the base model's tokens. Default: the model's max_seq_length - 2.",
         step="synthesize", group="synthesize",
+        check=at_least(8, "256"),
     )  # fmt: skip
-    chunk_overlap: int = _opt(0, "Tokens that neighbouring chunks share.", step="synthesize", group="synthesize")
+    chunk_overlap: int = _opt(
+        0, "Tokens that neighbouring chunks share.", step="synthesize", group="synthesize", check=at_least(0, "32")
+    )
     llm_base_url: str | None = _opt(
         None,
         "OpenAI-compatible endpoint that writes the questions (vLLM, Ollama, llama.cpp server, TGI, a gateway), "
@@ -150,7 +225,9 @@ class JobConfig:
         "Environment variable that holds the endpoint's API key (the key itself is never a flag).",
         group="synthesize",
     )
-    questions_per_chunk: int = _opt(1, "Questions asked per chunk.", step="synthesize", group="synthesize")
+    questions_per_chunk: int = _opt(
+        1, "Questions asked per chunk.", step="synthesize", group="synthesize", check=at_least(1, "1")
+    )
     prompt_file: str | None = _opt(
         None,
         "Prompt template replacing the built-in one: text with {passage} (and {n}), optionally in '### system' / "
@@ -158,25 +235,45 @@ class JobConfig:
         step="synthesize",
         group="synthesize",
     )
-    llm_temperature: float = _opt(0.0, "Sampling temperature of the LLM.", step="synthesize", group="synthesize")
-    llm_max_tokens: int | None = _opt(
-        None, "Answer length limit in tokens. Default: 64 per question.", step="synthesize", group="synthesize"
+    llm_temperature: float = _opt(
+        0.0, "Sampling temperature of the LLM.", step="synthesize", group="synthesize", check=between(0, 2, "0")
     )
-    llm_concurrency: int = _opt(4, "LLM requests in flight at once.", group="synthesize")
-    llm_timeout: float = _opt(60.0, "Seconds one LLM request may take before it is retried.", group="synthesize")
+    llm_max_tokens: int | None = _opt(
+        None,
+        "Answer length limit in tokens. Default: 64 per question.",
+        step="synthesize",
+        group="synthesize",
+        check=at_least(1, "64"),
+    )
+    llm_concurrency: int = _opt(4, "LLM requests in flight at once.", group="synthesize", check=at_least(1, "4"))
+    llm_timeout: float = _opt(
+        60.0,
+        "Seconds one LLM request may take before it is retried.",
+        group="synthesize",
+        check=positive("60", want="positive (seconds)"),
+    )
     llm_max_retries: int = _opt(
-        5, "Retries (exponential back-off) on 429, 5xx, timeouts and dropped connections.", group="synthesize"
+        5,
+        "Retries (exponential back-off) on 429, 5xx, timeouts and dropped connections.",
+        group="synthesize",
+        check=at_least(0, "5"),
     )
     llm_price_in: float | None = _opt(
-        None, "Price per million input tokens, for the cost line (e.g. 0.15).", group="synthesize"
+        None,
+        "Price per million input tokens, for the cost line (e.g. 0.15).",
+        group="synthesize",
+        check=at_least(0, "0.15"),
     )
-    llm_price_out: float | None = _opt(None, "Price per million output tokens.", group="synthesize")
+    llm_price_out: float | None = _opt(
+        None, "Price per million output tokens.", group="synthesize", check=at_least(0, "0.6")
+    )
     consistency_top_k: int = _opt(
         5,
         "Round-trip filter: keep a generated question only when the base model ranks its own chunk within the top k "
         "of all chunks (0: off).",
         step="synthesize",
         group="synthesize",
+        check=at_least(0, "5", want="0 (off) or more"),
     )
     grounding_filter: bool = _opt(
         True,
@@ -204,6 +301,7 @@ class JobConfig:
         "Columns holding hard negatives given with the data (each a string or a list of strings). 'auto': "
         "negative, negatives, neg, hard_negative(s) and numbered ones (negative_1, ...); 'off': none.",
         step="prepare",
+        legacy=["auto"],
     )
     check_column_order: bool = _opt(
         True,
@@ -225,15 +323,30 @@ class JobConfig:
         "A BEIR folder from outside the training domain: the evaluate step scores base and fine-tuned models on it "
         "too and warns when fine-tuning costs more than --guard-max-drop points.",
         step="evaluate",
+        section="Evaluation and checkpoints",
+        legacy=None,
     )
-    guard_split: str = _opt("test", "qrels split to read from --guard-data.", step="evaluate")
+    guard_split: str = _opt(
+        "test",
+        "qrels split to read from --guard-data.",
+        step="evaluate",
+        section="Evaluation and checkpoints",
+        legacy="test",
+    )
     guard_nanobeir: list[str] | None = _opt(
         None,
         "NanoBEIR datasets (online) to guard with, e.g. msmarco,nq,scifact (scored at the full dim).",
         step="evaluate",
+        section="Evaluation and checkpoints",
+        legacy=None,
     )
     guard_max_drop: float = _opt(
-        2.0, "Warn when a guard set's NDCG@10 drops by more than this many points.", step="evaluate"
+        2.0,
+        "Warn when a guard set's NDCG@10 drops by more than this many points.",
+        step="evaluate",
+        section="Evaluation and checkpoints",
+        legacy=2.0,
+        check=at_least(0, "2", want="0 or more (NDCG@10 points)"),
     )
     export: list[str] | None = _opt(
         None,
@@ -241,16 +354,26 @@ class JobConfig:
         "onnx (float32), onnx-int8 (dynamic int8), comma-separated; the base model is exported too, for "
         "`rag-eval serve --backend`. `job export` does the same for a finished run.",
         step="evaluate",
+        section="Evaluation and checkpoints",
+        legacy=None,
     )
     export_max_drop: float = _opt(
         1.0,
         "Flag an export whose NDCG@10 is more than this many points below the PyTorch model's at any dim "
         "(`rag-eval serve` does not pick a flagged export by default).",
         step="evaluate",
+        section="Evaluation and checkpoints",
+        legacy=1.0,
+        check=at_least(0, "1", want="0 or more (NDCG@10 points)"),
     )
-    val_fraction: float = _opt(0.1, "Fraction of pairs held out for validation (model selection).", step="prepare")
+    val_fraction: float = _opt(
+        0.1, "Fraction of pairs held out for validation (model selection).", step="prepare", check=fraction("0.1")
+    )
     test_fraction: float = _opt(
-        0.1, "Fraction of pairs held out for the final test (ignored with --eval-data).", step="prepare"
+        0.1,
+        "Fraction of pairs held out for the final test (ignored with --eval-data).",
+        step="prepare",
+        check=fraction("0.1"),
     )
     split_by: str = _opt(
         "pair",
@@ -258,35 +381,50 @@ class JobConfig:
         choices=("pair", "passage"),
         step="prepare",
     )
-    seed: int = _opt(42, "Seed for the split, the sampler and the model initialisation.", step=("prepare", "train"))
+    seed: int = _opt(
+        42,
+        "Seed for the split, the sampler and the model initialisation.",
+        step=("prepare", "train"),
+        section="Data",
+        check=Check(lambda v: 0 <= v < 2**32, "in [0, 2**32)", "pass e.g. {flag} 42."),
+    )
     # --- training recipe -------------------------------------------------------------------
-    preset: str | None = _opt(None, "Named recipe: see `job presets`.", choices=tuple(PRESETS))
+    preset: str | None = _opt(None, "Named recipe: see `job presets`.", choices=tuple(PRESETS), section="Run")
     loss: str = _opt(
         "mnrl",
         losses.help_text(),
         choices=LOSSES,
         step="train",
     )
-    mini_batch_size: int = _opt(32, "Mini-batch size for the cached losses.", step="train")
+    mini_batch_size: int = _opt(
+        32, "Mini-batch size for the cached losses.", step="train", check=at_least(1, fix="pass a positive {flag}.")
+    )
     loss_directions: list[str] = _opt(
         ["query_to_doc"],
         "Which similarities the (cached) MNRL loss contrasts: query_to_doc, plus doc_to_query for the symmetric loss "
         "(passage-to-question too), query_to_query, doc_to_doc.",
         step="train",
+        legacy=["query_to_doc"],
     )
     loss_scale: float = _opt(
-        20.0, "Inverse temperature of the (cached) MNRL loss (similarities are multiplied by it).", step="train"
+        20.0,
+        "Inverse temperature of the (cached) MNRL loss (similarities are multiplied by it).",
+        step="train",
+        legacy=20.0,
+        check=positive("20"),
     )
     guide_model: str | None = _opt(
         None,
         "Guide for the gist losses: a Hub id or local path. Default: a frozen copy of the base model.",
         step="train",
+        legacy=None,
     )
     hard_negatives: int = _opt(
         1,
         "Hard negatives per pair: mined from the training passages with the base model before training, for the "
         "places the negatives given with the data (--negative-columns) leave (0: no mining).",
         step="train",
+        check=at_least(0, "1"),
     )
     hard_negative_margin: float = _opt(
         0.05,
@@ -298,33 +436,51 @@ class JobConfig:
         "How many of the base model's top-ranked passages per question mining looks through for negatives that pass "
         "the margin (0: the library's default, 10 per negative + 1); a pair with too few gets random passages.",
         step="train",
+        legacy=0,
     )
     hard_negative_range_min: int = _opt(
         0,
         "Mining skips each question's N top-ranked passages (a guard against false negatives: unlabelled passages "
         "that answer the question rank first); they count in --hard-negative-depth, and the default depth adds them.",
         step="train",
+        legacy=0,
+        check=at_least(0, "3"),
     )
     epochs: float = _opt(4.0, "Training epochs.", step="train")
     max_steps: int = _opt(-1, "Stop after this many optimizer steps (-1: run all epochs).", step="train")
-    batch_size: int = _opt(32, "Pairs per batch: every other passage in the batch is a negative.", step="train")
+    batch_size: int = _opt(
+        32,
+        "Pairs per batch: every other passage in the batch is a negative.",
+        step="train",
+        check=at_least(1, fix="pass a positive {flag}."),
+    )
     length_grouping: int = _opt(
         0,
         "Group each batch's rows by passage length (pools of N batches sorted by length, batch order shuffled) so "
         "that little of a step is padding; 0: random no-duplicates batches.",
         step="train",
+        section="Speed and hardware",
+        legacy=0,
+        check=at_least(0, "16", want="0 (off) or more"),
     )
     gradient_accumulation_steps: int = _opt(
-        1, "Optimizer steps every N batches (does not add negatives).", step="train"
+        1,
+        "Optimizer steps every N batches (does not add negatives).",
+        step="train",
+        check=at_least(1, fix="pass a positive {flag}."),
     )
     attention_dropout: float | None = _opt(
         None,
         "Dropout on the attention probabilities while training (0 lets PyTorch's fused attention skip storing the "
         "seq x seq matrices: about half the training memory). Default: the model's own (0.1 for BERT models).",
         step="train",
+        legacy=None,
+        check=fraction("0"),
     )
-    learning_rate: float = _opt(1e-4, "Peak learning rate.", step="train")
-    warmup_ratio: float = _opt(0.1, "Fraction of steps spent warming up the learning rate.", step="train")
+    learning_rate: float = _opt(1e-4, "Peak learning rate.", step="train", check=positive("1e-4"))
+    warmup_ratio: float = _opt(
+        0.1, "Fraction of steps spent warming up the learning rate.", step="train", check=fraction("0.1")
+    )
     lr_scheduler: str = _opt(
         "cosine", "Learning-rate schedule (transformers' lr_scheduler_type).", step="train", choices=LR_SCHEDULERS
     )
@@ -333,13 +489,22 @@ class JobConfig:
         None,
         "Dim whose validation NDCG@10 picks the best checkpoint. Default: the largest Matryoshka dim.",
         step="train",
+        section="Evaluation and checkpoints",
     )
-    eval_steps: int | None = _opt(None, "Validate and checkpoint every N steps instead of every epoch.", step="train")
+    eval_steps: int | None = _opt(
+        None,
+        "Validate and checkpoint every N steps instead of every epoch.",
+        step="train",
+        section="Evaluation and checkpoints",
+        check=at_least(1, fix="pass a positive {flag} or leave it unset."),
+    )
     average_checkpoints: int = _opt(
         0,
         "Average the weights of the last N checkpoints (a model soup, N >= 2) and keep the average only when it beats "
         "the best single checkpoint on validation; 0: off. Keeps N + 1 checkpoints on disk.",
         step="train",
+        section="Evaluation and checkpoints",
+        legacy=0,
     )
     merge_base: str = _opt(
         "off",
@@ -348,25 +513,48 @@ class JobConfig:
         "and, with --guard-data, on the guard set's train/dev queries; kept: the best in-domain alpha whose guard drop "
         "is within --guard-max-drop). Default: off, and auto when --guard-data has train or dev queries to choose on.",
         step="train",
+        section="Evaluation and checkpoints",
+        legacy="off",
+        normalize=normal_merge_base,
     )
     merge_alphas: list[float] = _opt(
-        [1.0, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3], "The alphas --merge-base auto tries.", step="train"
+        [1.0, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3],
+        "The alphas --merge-base auto tries.",
+        step="train",
+        section="Evaluation and checkpoints",
+        legacy=[1.0, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3],
     )
-    eval_batch_size: int = _opt(64, "Batch size for encoding during evaluation.")
+    eval_batch_size: int = _opt(
+        64,
+        "Batch size for encoding during evaluation.",
+        section="Evaluation and checkpoints",
+        check=at_least(1, fix="pass a positive {flag}."),
+    )
     relevance_threshold: int = _opt(
         1,
         "On graded qrels (BEIR scores above 1): the grade from which a passage counts as relevant for the binary "
         "metrics (the evaluator's NDCG@10, MRR, MAP, recall; model selection). 1: every grade > 0; TREC-DL uses 2. "
         "Graded NDCG@10 (linear gains) is reported beside them either way; binary qrels ignore it.",
         step="model",
+        section="Evaluation and checkpoints",
+        legacy=1,
+        check=at_least(1, fix="pass a positive {flag}."),
     )
-    save_total_limit: int = _opt(2, "Checkpoints kept on disk (the best one is always kept).")
-    logging_steps: int = _opt(10, "Log the training loss every N steps.")
+    save_total_limit: int = _opt(
+        2, "Checkpoints kept on disk (the best one is always kept).", section="Evaluation and checkpoints"
+    )
+    logging_steps: int = _opt(
+        10,
+        "Log the training loss every N steps.",
+        section="Evaluation and checkpoints",
+        check=at_least(1, fix="pass a positive {flag}."),
+    )
     report_to: str = _opt(
         "auto",
         "Where the trainer logs metrics: tensorboard (into RUN_DIR/logs), mlflow, wandb, trackio or none; 'auto' is "
         "tensorboard when it is installed, else none.",
         choices=REPORT_TO,
+        section="Evaluation and checkpoints",
     )
     log_format: str = _opt(
         "text",
@@ -374,12 +562,15 @@ class JobConfig:
         "losses, validation NDCG@10 by dim, phase timings, errors with their fix; for a log collector).",
         choices=("text", "json"),
         group="local",
+        section="Run",
     )
     progress_seconds: float = _opt(
         30.0,
         "Where the output is not a terminal (a file, docker logs, CI, CloudWatch), progress bars print one line "
         "every N seconds and one when they end, instead of redrawing; 0: only the line at the end.",
         group="local",
+        section="Run",
+        check=Check(lambda v: 0 <= v < math.inf, "0 or more", "pass e.g. {flag} 30."),
     )
     mixed_precision: str = _opt(
         "auto",
@@ -390,18 +581,25 @@ class JobConfig:
         "unless 'no'. training.json records what was used.",
         choices=("auto", "no", "fp16", "bf16"),
         step="train",
+        section="Speed and hardware",
     )
-    dataloader_workers: int = _opt(0, "DataLoader worker processes.")
+    dataloader_workers: int = _opt(0, "DataLoader worker processes.", section="Speed and hardware")
     memory_check: bool = _opt(
         True,
         "On the CPU, estimate a training step's memory before training: switch to the cached loss when the plain one "
         "would not fit, stop with the fix when nothing would (the GPU retries after a real out-of-memory instead).",
     )
-    nproc: int = _opt(0, "Training processes (DDP through torchrun); 0 = one per visible GPU, 1 on CPU.")
+    nproc: int = _opt(
+        0,
+        "Training processes (DDP through torchrun); 0 = one per visible GPU, 1 on CPU.",
+        section="Speed and hardware",
+        check=at_least(0, "2", want="0 (one per GPU) or more"),
+    )
     token_cache: bool = _opt(
         True,
         "Fast data pipeline: tokenize each distinct training text once (not in every batch of every epoch) and "
         "check batch duplicates on integer ids. Same batches and tensors as sentence-transformers' own pipeline.",
+        section="Speed and hardware",
     )
     # --- publishing ------------------------------------------------------------------------
     s3_uri: str | None = _opt(
@@ -463,16 +661,9 @@ PREPARE_FIELDS = fields_where(step="prepare")
 MODEL_FIELDS = fields_where(step="model")
 TRAIN_FIELDS = MODEL_FIELDS + fields_where(step="train")
 EVALUATE_FIELDS = TRAIN_FIELDS + fields_where(step="evaluate")
-# Fields added after run directories existed, with the value that reproduces what a run did before
-# the field existed: a fingerprint recorded without the field matches a configuration with that value.
-LEGACY_VALUES: dict[str, Any] = {
-    "length_grouping": 0, "loss_directions": ["query_to_doc"], "loss_scale": 20.0, "guide_model": None,
-    "attention_dropout": None, "guard_data": None, "guard_split": "test", "guard_nanobeir": None, "guard_max_drop": 2.0,
-    "average_checkpoints": 0, "hard_negative_depth": 0, "merge_base": "off", "negative_columns": ["auto"],
-    "hard_negative_range_min": 0,
-    "merge_alphas": [1.0, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3], "export": None, "export_max_drop": 1.0,
-    "relevance_threshold": 1,
-}  # fmt: skip
+# Fields added after run directories existed, with the value that reproduces what a run did before the field
+# existed (each field's ``legacy=``): a fingerprint recorded without the field matches a configuration with that value.
+LEGACY_VALUES: dict[str, Any] = {name: f.metadata["legacy"] for name, f in FIELDS.items() if "legacy" in f.metadata}
 
 
 def fingerprints_match(recorded: dict[str, Any], current: dict[str, Any]) -> bool:
@@ -485,7 +676,7 @@ def fingerprints_match(recorded: dict[str, Any], current: dict[str, Any]) -> boo
     return all(recorded[k] == current[k] for k in recorded)  # (a record without input digests cannot tell)
 
 
-# `--help` sections, in order; a field's section follows from what it affects unless named here.
+# `--help` sections, in order; a field's section follows from what it affects unless its ``section=`` names one.
 HELP_SECTIONS = (
     "Run",
     "Synthesize",
@@ -496,26 +687,12 @@ HELP_SECTIONS = (
     "Speed and hardware",
     "Publishing",
 )
-_SECTION_OF = {
-    "run_dir": "Run", "preset": "Run", "seed": "Data", "log_format": "Run", "progress_seconds": "Run",
-    "best_model_dim": "Evaluation and checkpoints", "eval_steps": "Evaluation and checkpoints",
-    "eval_batch_size": "Evaluation and checkpoints", "relevance_threshold": "Evaluation and checkpoints",
-    "average_checkpoints": "Evaluation and checkpoints",
-    "merge_base": "Evaluation and checkpoints", "merge_alphas": "Evaluation and checkpoints",
-    "save_total_limit": "Evaluation and checkpoints",
-    "logging_steps": "Evaluation and checkpoints", "report_to": "Evaluation and checkpoints",
-    "mixed_precision": "Speed and hardware", "dataloader_workers": "Speed and hardware", "nproc": "Speed and hardware",
-    "token_cache": "Speed and hardware", "length_grouping": "Speed and hardware",
-    "guard_data": "Evaluation and checkpoints", "guard_split": "Evaluation and checkpoints",
-    "guard_nanobeir": "Evaluation and checkpoints", "guard_max_drop": "Evaluation and checkpoints",
-    "export": "Evaluation and checkpoints", "export_max_drop": "Evaluation and checkpoints",
-}  # fmt: skip
 
 
 def help_section(name: str) -> str:
-    if name in _SECTION_OF:
-        return _SECTION_OF[name]
     meta = FIELDS[name].metadata
+    if meta.get("section"):
+        return meta["section"]
     if meta["group"] == "publish":
         return "Publishing"
     if meta["group"] == "synthesize":
@@ -608,6 +785,9 @@ def coerce(name: str, value: Any, source: str) -> Any:
         raise JobError(f"{where} has the value {value!r}, which is not a valid {kind}.", f"give a {kind}.") from None
     if base is str and not is_list and not optional and not out.strip():
         raise JobError(f"{where} must not be empty.", "give a value.")
+    normalize = FIELDS[name].metadata.get("normalize")
+    if normalize is not None:
+        out = normalize(out)
     choices = FIELDS[name].metadata.get("choices")
     if choices and out not in choices and name != "preset":  # an unknown preset is named by resolve_config
         raise JobError(f"{where} is {out!r}.", f"use one of: {', '.join(choices)}.")
@@ -803,25 +983,26 @@ def guard_choice_split(guard_dir: str | os.PathLike | None, report_split: str) -
     return next((s for s in CHOICE_SPLITS if s != report_split and (qrels / f"{s}.tsv").is_file()), None)
 
 
+def check_fields(cfg: JobConfig) -> None:
+    """Each field's own constraint (its ``check=``): the first value that breaks one is a JobError."""
+    for name, f in FIELDS.items():
+        check, value = f.metadata.get("check"), getattr(cfg, name)
+        if check is not None and value is not None and not check.ok(value):
+            flag = "--" + name.replace("_", "-")
+            raise JobError(f"{name} is {value}; it must be {check.want}.", check.fix.format(flag=flag))
+
+
 def validate_config(cfg: JobConfig) -> None:
+    """Checks a configuration; never changes it (resolved values are derived in :func:`resolve_config` and by
+    :func:`coerce`). Each field's own constraint first, then the rules across fields."""
+    check_fields(cfg)
     validate_synthesize(cfg)
     validate_merge(cfg)
-    if cfg.nproc < 0:
-        raise JobError(f"nproc is {cfg.nproc}; it must be 0 (one per GPU) or more.", "pass e.g. --nproc 2.")
-    if cfg.hard_negatives < 0:
-        raise JobError(
-            f"hard_negatives is {cfg.hard_negatives}; it must be 0 or more.", "pass e.g. --hard-negatives 1."
-        )
     if cfg.hard_negative_depth and cfg.hard_negative_depth <= cfg.hard_negatives:
         raise JobError(
             f"hard_negative_depth is {cfg.hard_negative_depth}; mining {cfg.hard_negatives} negative(s) per pair must "
             "look through more passages than that (and 0 is the library's default).",
             f"pass e.g. --hard-negative-depth {max(50, 10 * cfg.hard_negatives + 1)}, or 0.",
-        )
-    if cfg.hard_negative_range_min < 0:
-        raise JobError(
-            f"hard_negative_range_min is {cfg.hard_negative_range_min}; it must be 0 or more.",
-            "pass e.g. --hard-negative-range-min 3.",
         )
     if cfg.hard_negative_depth and cfg.hard_negative_depth - cfg.hard_negative_range_min < cfg.hard_negatives:
         raise JobError(
@@ -835,10 +1016,6 @@ def validate_config(cfg: JobConfig) -> None:
         raise JobError(
             f"average_checkpoints is {cfg.average_checkpoints}; it must be 0 (off) or at least 2.",
             "pass e.g. --average-checkpoints 3, or 0 to keep the best single checkpoint.",
-        )
-    if cfg.eval_steps is not None and cfg.eval_steps < 1:
-        raise JobError(
-            f"eval_steps is {cfg.eval_steps}; it must be at least 1.", "pass a positive --eval-steps or leave it unset."
         )
     bad = [d for d in cfg.loss_directions if d not in LOSS_DIRECTIONS]
     if bad or not cfg.loss_directions or "query_to_doc" not in cfg.loss_directions:
@@ -860,15 +1037,6 @@ def validate_config(cfg: JobConfig) -> None:
             f"{', '.join(n for n, e in losses.REGISTRY.items() if e.guide)} use a guide.",
             "pass --loss gist, or drop --guide-model.",
         )
-    if cfg.attention_dropout is not None and not 0 <= cfg.attention_dropout < 1:
-        raise JobError(
-            f"attention_dropout is {cfg.attention_dropout}; it must be in [0, 1).", "pass e.g. --attention-dropout 0."
-        )
-    if cfg.guard_max_drop < 0:
-        raise JobError(
-            f"guard_max_drop is {cfg.guard_max_drop}; it must be 0 or more (NDCG@10 points).",
-            "pass e.g. --guard-max-drop 2.",
-        )
     if cfg.export is not None:
         unknown = [e for e in cfg.export if e not in EXPORT_NAMES]
         if unknown or not cfg.export:
@@ -881,58 +1049,18 @@ def validate_config(cfg: JobConfig) -> None:
                 f"export {cfg.export} names {', '.join(unknown) or 'nothing'}{why}.",
                 f"pass one or more of {', '.join(EXPORT_NAMES)}, e.g. --export onnx,onnx-int8 (or leave it out).",
             )
-    if cfg.export_max_drop < 0:
-        raise JobError(
-            f"export_max_drop is {cfg.export_max_drop}; it must be 0 or more (NDCG@10 points).",
-            "pass e.g. --export-max-drop 1.",
-        )
-    if cfg.loss_scale <= 0:
-        raise JobError(f"loss_scale is {cfg.loss_scale}; it must be positive.", "pass e.g. --loss-scale 20.")
-    if not 0 <= cfg.progress_seconds < float("inf"):
-        raise JobError(
-            f"progress_seconds is {cfg.progress_seconds}; it must be 0 or more.", "pass e.g. --progress-seconds 30."
-        )
-    if cfg.length_grouping < 0:
-        raise JobError(
-            f"length_grouping is {cfg.length_grouping}; it must be 0 (off) or more.", "pass e.g. --length-grouping 16."
-        )
-    positive_ints = (
-        "batch_size", "gradient_accumulation_steps", "mini_batch_size", "eval_batch_size", "logging_steps",
-        "relevance_threshold",
-    )  # fmt: skip
-    for name in positive_ints:
-        if getattr(cfg, name) < 1:
-            raise JobError(
-                f"{name} is {getattr(cfg, name)}; it must be at least 1.",
-                f"pass a positive --{name.replace('_', '-')}.",
-            )
     if cfg.max_steps == 0 or cfg.max_steps < -1:
         raise JobError(
             f"max_steps is {cfg.max_steps}; it must be at least 1, or -1 to train all epochs.",
             "pass e.g. --max-steps 100, or leave it out.",
         )
-    if cfg.max_seq_length is not None and cfg.max_seq_length < 8:
-        raise JobError(
-            f"max_seq_length is {cfg.max_seq_length}; it must be at least 8 tokens (or left out: the model's own).",
-            "pass e.g. --max-seq-length 128, or leave it out.",
-        )
-    if not 0 <= cfg.seed < 2**32:
-        raise JobError(f"seed is {cfg.seed}; it must be in [0, 2**32).", "pass e.g. --seed 42.")
     if cfg.epochs <= 0 and cfg.max_steps <= 0:
         raise JobError(f"epochs is {cfg.epochs}; it must be positive.", "pass --epochs > 0 or --max-steps > 0.")
-    if cfg.learning_rate <= 0:
-        raise JobError(f"learning_rate is {cfg.learning_rate}; it must be positive.", "pass e.g. --learning-rate 1e-4.")
-    for name in ("val_fraction", "test_fraction"):
-        v = getattr(cfg, name)
-        if not 0 <= v < 1:
-            raise JobError(f"{name} is {v}; it must be in [0, 1).", f"pass e.g. --{name.replace('_', '-')} 0.1.")
     if cfg.val_fraction + cfg.test_fraction >= 1:
         raise JobError(
             f"val_fraction + test_fraction = {cfg.val_fraction + cfg.test_fraction:g} leaves no training data.",
             "lower them so that their sum is below 1 (e.g. 0.1 and 0.1).",
         )
-    if not 0 <= cfg.warmup_ratio < 1:
-        raise JobError(f"warmup_ratio is {cfg.warmup_ratio}; it must be in [0, 1).", "pass e.g. --warmup-ratio 0.1.")
     if cfg.matryoshka_dims is not None:
         if not cfg.matryoshka_dims or any(d < 1 for d in cfg.matryoshka_dims):
             raise JobError(
@@ -954,19 +1082,17 @@ def validate_config(cfg: JobConfig) -> None:
 
 
 def validate_merge(cfg: JobConfig) -> None:
-    mode = cfg.merge_base.strip().lower()
+    mode = cfg.merge_base
     if mode not in ("off", "auto"):
         try:
             alpha = float(mode)
         except ValueError:
             alpha = None
-        if alpha is None or not 0 < alpha <= 1:
+        if alpha is None or not 0 < alpha <= 1 or mode != str(alpha):
             raise JobError(
                 f"merge_base is {cfg.merge_base!r}; it must be off, auto, or an alpha in (0, 1].",
                 "pass e.g. --merge-base auto, --merge-base 0.5, or --merge-base off.",
             )
-        mode = str(alpha)
-    cfg.merge_base = mode
     if not cfg.merge_alphas or any(not 0 < a <= 1 for a in cfg.merge_alphas):
         raise JobError(
             f"merge_alphas {cfg.merge_alphas} must be numbers in (0, 1].", "pass e.g. --merge-alphas 1,0.8,0.6,0.5,0.4."
@@ -987,23 +1113,6 @@ def validate_synthesize(cfg: JobConfig) -> None:
             f"Both --docs ({','.join(cfg.docs)}) and --data ({cfg.data}) are given; a run trains on one of them.",
             "drop --data to train on pairs synthesized from the documents, or drop --docs to train on your pairs.",
         )
-    checks = {
-        "questions_per_chunk": (cfg.questions_per_chunk >= 1, "at least 1", "1"),
-        "llm_concurrency": (cfg.llm_concurrency >= 1, "at least 1", "4"),
-        "llm_timeout": (cfg.llm_timeout > 0, "positive (seconds)", "60"),
-        "llm_max_retries": (cfg.llm_max_retries >= 0, "0 or more", "5"),
-        "chunk_overlap": (cfg.chunk_overlap >= 0, "0 or more", "32"),
-        "chunk_tokens": (cfg.chunk_tokens is None or cfg.chunk_tokens >= 8, "at least 8", "256"),
-        "consistency_top_k": (cfg.consistency_top_k >= 0, "0 (off) or more", "5"),
-        "llm_temperature": (0 <= cfg.llm_temperature <= 2, "in [0, 2]", "0"),
-        "llm_max_tokens": (cfg.llm_max_tokens is None or cfg.llm_max_tokens >= 1, "at least 1", "64"),
-        "llm_price_in": (cfg.llm_price_in is None or cfg.llm_price_in >= 0, "0 or more", "0.15"),
-        "llm_price_out": (cfg.llm_price_out is None or cfg.llm_price_out >= 0, "0 or more", "0.6"),
-    }
-    for name, (ok, want, example) in checks.items():
-        if not ok:
-            flag = "--" + name.replace("_", "-")
-            raise JobError(f"{name} is {getattr(cfg, name)}; it must be {want}.", f"pass e.g. {flag} {example}.")
     if cfg.chunk_tokens is not None and cfg.chunk_overlap >= cfg.chunk_tokens:
         raise JobError(
             f"chunk_overlap ({cfg.chunk_overlap}) must be below chunk_tokens ({cfg.chunk_tokens}).",

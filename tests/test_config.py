@@ -522,3 +522,38 @@ def test_gpu_bench_variants_are_valid_configurations():
         name, _, settings = spec.partition(":")
         assert name and settings, spec
         resolve_config(cli=parse_settings(settings), environ={})
+
+
+def test_a_fields_constraint_section_and_legacy_value_live_beside_it():
+    """Each field carries its own check, --help section and legacy value (in its _opt): the tables every reader
+    uses are derived from the fields, so a new field is one declaration."""
+    from job import config
+
+    meta = config.FIELDS["batch_size"].metadata
+    assert meta["check"].want == "at least 1" and not meta["check"].ok(0) and meta["check"].ok(1)
+    assert config.FIELDS["merge_base"].metadata["section"] == config.help_section("merge_base")
+    assert config.LEGACY_VALUES == {n: f.metadata["legacy"] for n, f in config.FIELDS.items() if "legacy" in f.metadata}
+    assert config.LEGACY_VALUES["guide_model"] is None and config.LEGACY_VALUES["merge_base"] == "off"
+    checked = [n for n, f in config.FIELDS.items() if "check" in f.metadata]
+    assert len(checked) >= 30
+    for name in checked:  # every check's fix names the field's own flag
+        assert "{flag}" in config.FIELDS[name].metadata["check"].fix, name
+
+
+def test_validation_never_changes_the_configuration_and_it_is_frozen():
+    import dataclasses
+
+    from job.config import JobConfig, validate_config
+
+    cfg = resolve_config(cli={"merge_base": " AUTO "}, environ={})
+    assert cfg.merge_base == "auto"  # normalised when read (coerce), not by the validation
+    assert resolve_config(cli={"merge_base": ".5"}, environ={}).merge_base == "0.5"
+    before = cfg.to_dict()
+    validate_config(cfg)
+    assert cfg.to_dict() == before
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.epochs = 3.0  # type: ignore[misc]
+    with pytest.raises(JobError, match="merge_base is 'AUTO'; it must be off, auto, or an alpha"):
+        validate_config(JobConfig(merge_base="AUTO"))  # built in code: given as every reader compares it, or refused
+    changed = dataclasses.replace(cfg, epochs=3.0)
+    assert changed.epochs == 3.0 and cfg.epochs != 3.0

@@ -7,6 +7,7 @@ over real HTTP (tests/llm_servers.py), because a real small model cannot be made
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -385,7 +386,7 @@ def test_the_consistency_filter_drops_questions_that_do_not_find_their_chunk(tmp
     cfg = resolve_config(cli={"docs": str(docs), "llm_model": "m", "model": str(minilm_path),
                               "consistency_top_k": 1, "grounding_filter": False}, environ={})  # fmt: skip
     with FakeChatServer(answers) as server:
-        cfg.llm_base_url = server.url
+        cfg = dataclasses.replace(cfg, llm_base_url=server.url)
         summary = synthesize(cfg, [str(docs)], out, echo=lambda m: None)
     dropped = summary["questions"]["dropped"]
     # the second unrelated question is a duplicate of the first; the first is inconsistent
