@@ -18,6 +18,15 @@ Recipes (ONNX Runtime dynamic quantization; activations are always uint8 there):
 
 The model folder is copied into --work-dir; nothing is downloaded. CPU flags matter (VNNI or not): the output
 records them.
+
+**Another CPU class** (``--emulate-cpu Haswell``): every export is made here, then its vectors are computed under
+``qemu-x86_64 -cpu Haswell`` (bench/encode_export.py; Debian's ``qemu-user``), an AVX2-only CPU: no AVX-512, no
+VNNI. ONNX Runtime picks its int8 kernels from the CPUID the emulator reports (recorded: numpy's CPUID probe inside
+the emulator), so the u8s8 path that can saturate without VNNI is the one that runs; the reference vectors are
+PyTorch's, here. Emulation is ~100x slower than native: ``--cosine-only`` skips NDCG (probe and real texts only).
+
+    .venv/bin/python bench/int8_recipes.py --model runs/demo/model --recipes old,excl-down-reduce \
+        --emulate-cpu Haswell --out bench/results/int8_recipes_demo_avx2_emulated.json
 """
 
 from __future__ import annotations
@@ -54,6 +63,9 @@ def main() -> None:
                     "embedded pairs (which a model fine-tuned on them has seen)")  # fmt: skip
     ap.add_argument("--out", default=None)
     ap.add_argument("--work-dir", default=".bench/int8_recipes")
+    ap.add_argument("--emulate-cpu", default=None, help="encode under qemu-x86_64 -cpu NAME (e.g. Haswell: AVX2 only)")
+    ap.add_argument("--qemu", default="qemu-x86_64")
+    ap.add_argument("--cosine-only", action="store_true", help="no NDCG (emulation: probe and real texts only)")
     args = ap.parse_args()
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
@@ -98,6 +110,10 @@ def main() -> None:
     wanted = [r for r in args.recipes.split(",") if r] or list(recipes)
     out = {"model": src.name, "cpu": cpu_facts(), "ffn_down_projections": len(down), "ndcg_on": evaluated_on,
            "recipes": {}}  # fmt: skip
+    if args.emulate_cpu:
+        out["emulated_cpu"] = {"qemu": args.qemu, "cpu": args.emulate_cpu, "reference": "PyTorch, natively"}
+    if args.cosine_only:
+        out["ndcg_on"] = None
     for name in wanted:
         kw = recipes[name]
         f = fp32 if kw is None else work / "onnx" / f"{name}.onnx"
@@ -105,21 +121,66 @@ def main() -> None:
             quantize_dynamic(str(fp32 if name == "old" else pre), str(f), extra_options={"MatMulConstBOnly": True},
                              **kw)  # fmt: skip
         m = ExportedModel(work.resolve(), str(f.resolve()))
+        if args.emulate_cpu:
+            m = emulated(m, work, f, probes + real, None if args.cosine_only else (ir, dims), args, out)
         cp = (ref_p * m.encode(probes, normalize_embeddings=True)).sum(1)
         cr = (ref_r * m.encode(real, normalize_embeddings=True)).sum(1)
         m.encode(real[:32], batch_size=32)
         t = time.perf_counter()
         m.encode(real[:64], batch_size=32)
-        nd = evaluate_model(m, ir, dims, "t", batch_size=32)
+        speed = None if args.emulate_cpu else round(64 / (time.perf_counter() - t), 1)  # emulated: not a speed
+        nd = {} if args.cosine_only else evaluate_model(m, ir, dims, "t", batch_size=32)
         out["recipes"][name] = {
             "probe_min": round(float(np.min(cp)), 4), "probe_mean": round(float(np.mean(cp)), 4),
             "real_min": round(float(np.min(cr)), 4), "real_mean": round(float(np.mean(cr)), 4),
-            "texts_per_s": round(64 / (time.perf_counter() - t), 1), "MiB": round(f.stat().st_size / 2**20, 1),
+            "texts_per_s": speed, "MiB": round(f.stat().st_size / 2**20, 1),
             "ndcg@10": {d: round(v["ndcg@10"], 4) for d, v in nd.items()},
         }  # fmt: skip
         print(name, json.dumps(out["recipes"][name]), flush=True)
     if args.out:
         write_json(Path(args.out), out)
+
+
+class _Recording(ExportedModel):
+    """Encodes natively and notes every text the ONNX session is given (prompts included)."""
+
+    def _run(self, texts: list[str]) -> np.ndarray:
+        self.seen.update(texts)
+        return super()._run(texts)
+
+
+class _Stored(ExportedModel):
+    """Answers from vectors computed elsewhere (under the emulator), for exactly the texts it was asked for."""
+
+    def _run(self, texts: list[str]) -> np.ndarray:
+        return np.stack([self.vectors[t] for t in texts])
+
+
+def emulated(m: ExportedModel, work: Path, f: Path, texts: list[str], ir_dims, args, out) -> ExportedModel:
+    """The same export, its vectors computed under ``qemu -cpu args.emulate_cpu``: a native dry run lists every text
+    the measurements give the session, the emulator encodes them, and the model answers from those vectors."""
+    import subprocess
+
+    rec = _Recording(work.resolve(), str(f.resolve()))
+    rec.seen = set()
+    rec.encode(texts)
+    if ir_dims is not None:
+        evaluate_model(rec, ir_dims[0], ir_dims[1], "t", batch_size=32)
+    listed = sorted(rec.seen)
+    texts_file, vectors_file = work / f"{f.stem}.texts.json", work / f"{f.stem}.{args.emulate_cpu}.npy"
+    texts_file.write_text(json.dumps(listed))
+    cmd = [args.qemu, "-cpu", args.emulate_cpu, sys.executable, str(REPO / "bench" / "encode_export.py"),
+           "--folder", str(work), "--onnx", str(f), "--texts", str(texts_file), "--out", str(vectors_file)]  # fmt: skip
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"the emulated encode failed ({done.returncode}): {done.stderr[-2000:]}")
+    facts = json.loads(Path(str(vectors_file) + ".cpu.json").read_text())
+    out["emulated_cpu"]["cpu_features"] = facts["cpu_features"]  # what CPUID says inside the emulator
+    print(f"{f.name}: {facts['texts']} texts under {args.qemu} -cpu {args.emulate_cpu} in {facts['seconds']} s "
+          f"({facts['cpu_features']})", flush=True)  # fmt: skip
+    stored = _Stored(work.resolve(), str(f.resolve()))
+    stored.vectors = dict(zip(listed, np.load(vectors_file)))
+    return stored
 
 
 if __name__ == "__main__":
