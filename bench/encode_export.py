@@ -33,9 +33,11 @@ def main() -> None:
     ap.add_argument("--texts", required=True, help="a JSON list of texts, encoded exactly as given (no prompt added)")
     ap.add_argument("--out", required=True)
     ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--threads", type=int, default=1, help="ONNX Runtime threads (1, no spinning: under an emulator "
+                    "waiting threads spin on emulated instructions)")  # fmt: skip
     args = ap.parse_args()
     texts = json.loads(Path(args.texts).read_text())
-    model = ExportedModel(Path(args.folder).resolve(), str(Path(args.onnx).resolve()))
+    model = ExportedModel(Path(args.folder).resolve(), str(Path(args.onnx).resolve()), threads=args.threads, spin=False)
     start = time.perf_counter()
     out = np.zeros((len(texts), model.get_sentence_embedding_dimension()), dtype=np.float32)
     order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
