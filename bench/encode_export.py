@@ -39,12 +39,7 @@ def main() -> None:
     texts = json.loads(Path(args.texts).read_text())
     model = ExportedModel(Path(args.folder).resolve(), str(Path(args.onnx).resolve()), threads=args.threads, spin=False)
     start = time.perf_counter()
-    out = np.zeros((len(texts), model.get_sentence_embedding_dimension()), dtype=np.float32)
-    order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
-    for s in range(0, len(texts), args.batch_size):
-        chunk = order[s : s + args.batch_size]
-        out[chunk] = model._run([texts[i] for i in chunk])
-    np.save(args.out, out)
+    np.save(args.out, model.encode(texts, batch_size=args.batch_size))  # no prompt: the texts exactly as listed
     from numpy._core._multiarray_umath import __cpu_features__ as seen  # numpy's CPUID probe
 
     facts = {"cpu_features": {k: bool(seen.get(k)) for k in FEATURES if k in seen},

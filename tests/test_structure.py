@@ -196,16 +196,15 @@ def test_only_the_registry_names_the_store_modules():
 def test_only_the_destination_modules_talk_to_s3_and_the_hub():
     """boto3 for publishing lives in the S3 destination's modules (the SageMaker launcher is AWS too), the Hub's
     client in its destination's module; job and rag_eval touch neither (the model card's classes aside)."""
+    graph = import_graph()
     users: dict[str, list[str]] = {"boto3": [], "botocore": [], "huggingface_hub": []}
-    for module in sorted(import_graph()):
+    for module in sorted(graph):
         for lib in users.keys() & _third_party_imports(module):
             users[lib].append(module)
     aws = {"infra.publish.s3", "infra.publish.s3_publish"}
-    assert set(users["boto3"]) | set(users["botocore"]) <= aws | {
-        m for m in import_graph() if m.startswith("infra.sagemaker")
-    }, users
+    sagemaker = {m for m in graph if m.startswith("infra.sagemaker")}
+    assert set(users["boto3"]) | set(users["botocore"]) <= aws | sagemaker, users
     assert set(users["huggingface_hub"]) <= {"infra.publish.hub", "job.evaluate.card", "job.cli_common"}, users
-    graph = import_graph()
     assert not graph["infra.publish.cli"] & (aws | {"infra.publish.hub", "infra.publish.folder"})
 
 
