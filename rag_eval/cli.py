@@ -245,14 +245,14 @@ def index_cmd(model, baseline, no_baseline, query_prompt, passage_prompt, data, 
     check_prefix(collection_prefix)
     wanted = parse_dims(dims)
     target = store_target(chroma, None)  # checks the store options before any model loads
-    if target.kind != "chroma":
+    if stores.index_settings(target.kind) is not HnswSettings:  # the store takes no HNSW parameters
         if settings != HnswSettings():
             raise JobError(
                 f"--ef-construction, --ef-search and --max-neighbors set Chroma's HNSW index; --store {target.kind} "
                 "has no index parameters.",
                 f"drop them, or drop --store {target.kind}.",
             )
-        settings = None  # type: ignore[assignment]  # (the exact store: no index parameters)
+        settings = None  # type: ignore[assignment]  # (e.g. the exact store: no index parameters)
     sources = _sources(model, baseline, no_baseline, query_prompt, passage_prompt)
     ir, source = load_eval_data(data, sources, split)
     target = store_target(chroma, sources.run_dir)
@@ -273,7 +273,7 @@ def index_cmd(model, baseline, no_baseline, query_prompt, passage_prompt, data, 
             if settings is not None
             else "exact search"
         )
-        + f" -> {target.describe()}"
+        + f" -> {stores.describe(target)}"
     )
 
 

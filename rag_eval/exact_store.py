@@ -34,6 +34,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import click
 import numpy as np
 
 from job.errors import JobError
@@ -48,6 +49,30 @@ FORMAT = 1
 STAGING, OLD = ".staging", ".old"
 META, IDS, VECTORS, DOCUMENTS, WRITE = "meta.json", "ids.json", "vectors.npy", "documents.json", "write.json"
 DEFAULT_BATCH = 5000
+FOLDER = "exact_store"  # the store's folder in a run directory (or the working directory)
+
+
+def options(func):
+    """rag_eval.stores' entry point: the exact store's options (`rag_eval.store_options` adds them to every
+    command and refuses them with another store)."""
+    func = click.option(
+        "--exact-precision", type=click.Choice(PRECISIONS), default="float32", show_default=True,
+        envvar="RAG_EVAL_EXACT_PRECISION",
+        help="--store exact: search float32 vectors, or int8 / binary codes of them (top candidates rescored).",
+    )(func)  # fmt: skip
+    func = click.option(
+        "--store-path", type=click.Path(path_type=Path), default=None, envvar="RAG_EVAL_STORE_PATH",
+        help=f"--store exact: its folder. Default: RUN_DIR/{FOLDER} with a run directory, else ./{FOLDER}.",
+    )(func)  # fmt: skip
+    return func
+
+
+def make_target(values: dict[str, Any], run_dir) -> StoreTarget:
+    """rag_eval.stores' entry point: the store at --store-path (default RUN_DIR/exact_store, else ./exact_store)."""
+    path = values.get("store_path")
+    if path is None:
+        path = run_dir.root / FOLDER if run_dir is not None else Path(FOLDER)
+    return StoreTarget(path=Path(path).expanduser(), kind="exact", precision=values.get("exact_precision") or "float32")
 
 
 def _fsync_dir(path: Path) -> None:
@@ -168,6 +193,7 @@ class ExactStore(VectorStore):
     """A folder of :class:`ExactIndex` folders."""
 
     kind, label = "exact", "exact store"
+    disk_note = "Disk: the index's saved files (float32 vectors, ids and texts)."
 
     def __init__(self, root: Path, precision: str = "float32", rescore_multiplier: int = DEFAULT_RESCORE_MULTIPLIER):
         self.root = root
@@ -175,7 +201,7 @@ class ExactStore(VectorStore):
         self.rescore_multiplier = rescore_multiplier
 
     def describe(self) -> str:
-        return StoreTarget(path=self.root, kind=self.kind, precision=self.precision).describe()
+        return describe_target(StoreTarget(path=self.root, kind=self.kind, precision=self.precision))
 
     def public(self) -> str:
         return "exact vector store" if self.precision == "float32" else f"exact vector store ({self.precision})"
@@ -345,6 +371,12 @@ class ExactStore(VectorStore):
         staging.rename(final)
         _fsync_dir(self.root)
         shutil.rmtree(old, ignore_errors=True)
+
+
+def describe_target(target: StoreTarget) -> str:
+    """rag_eval.stores' entry point: how messages name the store."""
+    searched = f", searched as {target.precision} codes" if target.precision != "float32" else ""
+    return f"exact store {target.path}{searched}"
 
 
 def connect(

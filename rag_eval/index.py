@@ -150,6 +150,8 @@ class VectorStore(abc.ABC):
     kind: str  # its name in rag_eval.stores.STORES ("chroma", "exact")
     label: str  # how reports and pages name it ("Chroma", "exact store")
     noun = "index"  # what messages call one of its indexes ("collection" in Chroma)
+    search_name = "Search"  # what the report calls its search settings ("HNSW" in Chroma)
+    disk_note = "Disk: the index's saved files."  # what footprint_bytes measures, for the report
 
     @abc.abstractmethod
     def describe(self) -> str:

@@ -362,6 +362,8 @@ def score_models(
         "store": vector_store.describe(),
         "store_kind": vector_store.kind,
         "store_label": vector_store.label,
+        "store_search": vector_store.search_name,
+        "store_disk": vector_store.disk_note,
         "data": {
             "queries": len(qids),
             "corpus_size": len(data.corpus),

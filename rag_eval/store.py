@@ -32,6 +32,7 @@ import numpy as np
 
 from job.errors import JobError
 from rag_eval import store_access as access
+from rag_eval.chroma_options import describe_target, make_target, options  # noqa: F401 - rag_eval.stores' entry points
 from rag_eval.index import CORRUPT, FOREIGN, OURS, Hit, VectorIndex, VectorStore, WriteResult, ranked  # noqa: F401
 from rag_eval.naming import (  # noqa: F401 - re-exported: callers name collections through the store module
     DEFAULT_PREFIX,
@@ -71,6 +72,7 @@ from rag_eval.store_faults import (
 
 STAGING_SUFFIX = "-staging"
 errors = store_errors  # rag_eval.stores' entry point: failures at any step as JobErrors naming the store
+INDEX_SETTINGS = HnswSettings  # rag_eval.stores' entry point: the index parameters `rag-eval index` sets
 _SEGMENT_ID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 
 
@@ -173,7 +175,7 @@ def _connect_server(target: StoreTarget, *, create: bool, echo: Callable[[str], 
             raise missing_scope(target, exc) from None
         except ChromaAuthError as exc:
             raise JobError(
-                f"The {target.describe()} does not give this token access: {str(exc).splitlines()[0]}",
+                f"The {describe_target(target)} does not give this token access: {str(exc).splitlines()[0]}",
                 "check --chroma-tenant and --chroma-database (Chroma Cloud: leave them out to use the key's own).",
             ) from None
         except ValueError as exc:  # chromadb raises ValueError("Could not connect to a Chroma server...")
@@ -271,14 +273,15 @@ class ChromaIndex(VectorIndex):
 class ChromaStore(VectorStore):
     """A Chroma client (embedded or server) as a :class:`~rag_eval.index.VectorStore`."""
 
-    kind, label, noun = "chroma", "Chroma", "collection"
+    kind, label, noun, search_name = "chroma", "Chroma", "collection", "HNSW"
+    disk_note = "Disk: the collection alone in an embedded store (SQLite log, records and documents, HNSW files)."
 
     def __init__(self, client, target: StoreTarget):
         self.client = client
         self.target = target
 
     def describe(self) -> str:
-        return self.target.describe()
+        return describe_target(self.target)
 
     def names(self) -> list[str]:
         names, offset = [], 0

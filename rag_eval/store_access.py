@@ -71,21 +71,6 @@ class StoreTarget:
         host = f"[{host}]" if host and ":" in host else host
         return f"{'https' if self.tls else 'http'}://{host}:{port}"
 
-    def describe(self) -> str:
-        if self.kind == "exact":
-            return f"exact store {self.path}" + (
-                f", searched as {self.precision} codes" if self.precision != "float32" else ""
-            )
-        if not self.is_server:
-            return f"embedded Chroma store {self.path}"
-        where = "Chroma Cloud" if self.cloud else f"Chroma server {self.url}"
-        scope = []
-        if self.tenant and self.tenant != DEFAULT_TENANT:
-            scope.append(f"tenant {self.tenant}")
-        if self.database and self.database != DEFAULT_DATABASE:
-            scope.append(f"database {self.database}")
-        return f"{where} ({', '.join(scope)})" if scope else where
-
     @property
     def key_env(self) -> str:
         """Chroma Cloud: the environment variable its API key is read from."""
@@ -109,6 +94,20 @@ class StoreTarget:
             if os.environ.get(env):
                 return os.environ[env], env
         return None, ""
+
+
+def describe_chroma(target: StoreTarget) -> str:
+    """The phrase messages name a Chroma store by (never a secret: tokens and headers are not part of it);
+    rag_eval.stores.describe names any store."""
+    if not target.is_server:
+        return f"embedded Chroma store {target.path}"
+    where = "Chroma Cloud" if target.cloud else f"Chroma server {target.url}"
+    scope = []
+    if target.tenant and target.tenant != DEFAULT_TENANT:
+        scope.append(f"tenant {target.tenant}")
+    if target.database and target.database != DEFAULT_DATABASE:
+        scope.append(f"database {target.database}")
+    return f"{where} ({', '.join(scope)})" if scope else where
 
 
 def secret(env: str, option: str, what: str = "", value_is: str = "the value") -> str:
@@ -187,13 +186,13 @@ def refused(target: StoreTarget, status: str) -> JobError:
     )
     if not sent:
         return JobError(
-            f"The {target.describe()} refused the request ({status}): it requires a token and none was sent.",
+            f"The {describe_chroma(target)} refused the request ({status}): it requires a token and none was sent.",
             "put the token in an environment variable and pass its name with --chroma-token-env NAME (sent as "
             "'Authorization: Bearer <token>'; --chroma-auth-header x-chroma-token sends 'X-Chroma-Token: <token>'). "
             "The token is never taken from the command line.",
         )
     return JobError(
-        f"The {target.describe()} refused {' and '.join(sent)} ({status}).",
+        f"The {describe_chroma(target)} refused {' and '.join(sent)} ({status}).",
         f"check the token in {target.token_env or 'the variables named'} and the header the proxy expects ({how}).",
     )
 
@@ -318,7 +317,7 @@ def create_database(target: StoreTarget, headers: dict[str, str], verify: str | 
         resp = http.post(f"{target.url}/api/v2/tenants/{tenant}/databases", json={"name": database}, headers=headers)
     if resp.status_code >= 400:
         raise JobError(
-            f"{target.describe()} did not create database {database} in tenant {tenant} "
+            f"{describe_chroma(target)} did not create database {database} in tenant {tenant} "
             f"(HTTP {resp.status_code}: {resp.text.strip()[:200]}).",
             "create it yourself (chromadb.AdminClient(...).create_database), or pass an existing --chroma-database.",
         )

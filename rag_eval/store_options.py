@@ -1,240 +1,88 @@
-"""The store's command-line options, the same for every `rag-eval` command, and the target they name.
+"""The store options every `rag-eval` command takes, and the target they name.
 
-`--store chroma` (the default) or `--store exact` (a folder of saved vectors searched exactly: `--store-path`,
-`--exact-precision`; see :mod:`rag_eval.exact_store`).
-Chroma: `--chroma-path` (embedded), `--chroma-host/--chroma-port` (a server; with `--chroma-ssl`, `--chroma-ca-bundle`,
-`--chroma-token-env`/`--chroma-auth-header`, `--chroma-header`, `--chroma-tenant`, `--chroma-database`) or
-`--chroma-cloud`. Secrets are never option values: the options name the environment variables that hold them,
-and a value that may be a secret given by mistake is never echoed in an error.
+`--store NAME` picks a store of :data:`rag_eval.stores.STORES` (default chroma), `--collection-prefix` names its
+indexes, and each store adds its own options (its module's ``options``: Chroma's in :mod:`rag_eval.chroma_options`,
+the exact store's `--store-path` and `--exact-precision` in :mod:`rag_eval.exact_store`). The store's module turns
+the values into a :class:`~rag_eval.store_access.StoreTarget` (its ``make_target``; a store without one gets the
+folder RUN_DIR/<name>); an option of a store other than the one picked is refused, naming it.
 """
 
 from __future__ import annotations
 
 import functools
-import re
 from pathlib import Path
+from typing import Any
 
 import click
 
 from job.errors import JobError
-from rag_eval import store_access
+from rag_eval import stores
 from rag_eval.naming import DEFAULT_PREFIX
-from rag_eval.quantized import PRECISIONS
 from rag_eval.store_access import StoreTarget
 from rag_eval.stores import DEFAULT_STORE, STORES
 
-EXACT_FOLDER = "exact_store"  # the exact store's folder in a run directory (or the working directory)
 
-_STORE_KEYS = (
-    "store", "store_path", "exact_precision",
-    "chroma_path", "chroma_host", "chroma_port", "chroma_ssl", "chroma_ca_bundle", "chroma_token_env",
-    "chroma_auth_header", "chroma_headers", "chroma_tenant", "chroma_database", "chroma_cloud",
-)  # fmt: skip
+def store_params() -> dict[str, list[click.Parameter]]:
+    """Each registered store's own options, as click parameters (read off its module's ``options``)."""
+
+    def none() -> None: ...
+
+    found = {}
+    for kind in STORES:
+        add = getattr(stores.module(kind), "options", None)
+        found[kind] = list(getattr(add(none), "__click_params__", [])) if add else []
+        none.__dict__.pop("__click_params__", None)
+    return found
+
+
+def store_keys() -> list[str]:
+    """The values the store options hand the command (``--store`` and every store's own)."""
+    return ["store", *(p.name for params in store_params().values() for p in params if p.name)]
 
 
 def store_options(func):
-    """The store's options; the command receives them as one ``chroma`` dict (see :func:`store_target`)."""
+    """`--store`, every store's options and `--collection-prefix`; the command receives the store's values as
+    one ``chroma`` dict (see :func:`store_target`)."""
 
-    command = func
+    command, keys = func, store_keys()
 
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
-        return command(*args, chroma={k: kwargs.pop(k) for k in _STORE_KEYS}, **kwargs)
+        return command(*args, chroma={k: kwargs.pop(k) for k in keys}, **kwargs)
 
     func = wrapper
     func = click.option(
         "--collection-prefix", default=DEFAULT_PREFIX, show_default=True, envvar="RAG_EVAL_COLLECTION_PREFIX",
         help="Collections are named PREFIX-<model>-<hash>-d<dim>.",
     )(func)  # fmt: skip
+    for kind in STORES:
+        add = getattr(stores.module(kind), "options", None)
+        func = add(func) if add else func
     func = click.option(
-        "--chroma-cloud", is_flag=True, envvar="RAG_EVAL_CHROMA_CLOUD",
-        help=f"Use Chroma Cloud (CloudClient); its API key is read from {store_access.CLOUD_KEY_ENV}, tenant and "
-        "database from the key unless given.",
-    )(func)  # fmt: skip
-    func = click.option(
-        "--chroma-database", default=None, envvar="RAG_EVAL_CHROMA_DATABASE", metavar="NAME",
-        help=f"Server or Cloud database (default {store_access.DEFAULT_DATABASE}; `index` creates it on a server).",
-    )(func)  # fmt: skip
-    func = click.option(
-        "--chroma-tenant", default=None, envvar="RAG_EVAL_CHROMA_TENANT", metavar="NAME",
-        help=f"Server or Cloud tenant (default {store_access.DEFAULT_TENANT}).",
-    )(func)  # fmt: skip
-    func = click.option(
-        "--chroma-header", "--chroma-headers", "chroma_headers", multiple=True, metavar="NAME=ENV_VAR",
-        help="Send header NAME with the value of environment variable ENV_VAR on every request (repeatable), "
-        "for proxies that check other headers.",
-    )(func)  # fmt: skip
-    func = click.option(
-        "--chroma-auth-header", type=click.Choice(sorted(store_access.AUTH_HEADERS)), default="authorization",
-        show_default=True, envvar="RAG_EVAL_CHROMA_AUTH_HEADER",
-        help="How the token is sent: 'Authorization: Bearer <token>' or 'X-Chroma-Token: <token>'.",
-    )(func)  # fmt: skip
-    func = click.option(
-        "--chroma-token-env", default=None, metavar="ENV_VAR", envvar="RAG_EVAL_CHROMA_TOKEN_ENV",
-        help="Name of the environment variable that holds the token the server's proxy checks (never the token "
-        f"itself). With --chroma-cloud: read the API key from it instead of {store_access.CLOUD_KEY_ENV}.",
-    )(func)  # fmt: skip
-    func = click.option(
-        "--chroma-ca-bundle", type=click.Path(path_type=Path), default=None, envvar="RAG_EVAL_CHROMA_CA_BUNDLE",
-        metavar="FILE",
-        help="PEM file of the CA certificates that sign the server's (a private CA, or a self-signed certificate "
-        "itself). Default: SSL_CERT_FILE, else REQUESTS_CA_BUNDLE, else the certifi bundle.",
-    )(func)  # fmt: skip
-    func = click.option(
-        "--chroma-ssl", is_flag=True, envvar="RAG_EVAL_CHROMA_SSL",
-        help="Connect to the Chroma server over HTTPS (TLS), e.g. through a reverse proxy.",
-    )(func)  # fmt: skip
-    func = click.option(
-        "--chroma-port",
-        type=int,
-        default=None,
-        envvar="RAG_EVAL_CHROMA_PORT",
-        help="Chroma server port (default 8000 with --chroma-host, 443 with --chroma-ssl).",
-    )(func)
-    func = click.option(
-        "--chroma-host",
-        default=None,
-        envvar="RAG_EVAL_CHROMA_HOST",
-        help="Use the Chroma server on this host (HttpClient) instead of an embedded store; "
-        "https://HOST[:PORT] implies --chroma-ssl.",
-    )(func)
-    func = click.option(
-        "--chroma-path", type=click.Path(path_type=Path), default=None, envvar="RAG_EVAL_CHROMA_PATH",
-        help="Embedded persistent Chroma store. Default: RUN_DIR/chroma with a run directory, else ./chroma.",
-    )(func)  # fmt: skip
-    func = click.option(
-        "--exact-precision", type=click.Choice(PRECISIONS), default="float32", show_default=True,
-        envvar="RAG_EVAL_EXACT_PRECISION",
-        help="--store exact: search float32 vectors, or int8 / binary codes of them (top candidates rescored).",
-    )(func)  # fmt: skip
-    func = click.option(
-        "--store-path", type=click.Path(path_type=Path), default=None, envvar="RAG_EVAL_STORE_PATH",
-        help=f"--store exact: its folder. Default: RUN_DIR/{EXACT_FOLDER} with a run directory, else ./{EXACT_FOLDER}.",
-    )(func)  # fmt: skip
-    func = click.option(
-        "--store", type=click.Choice(sorted(STORES)), default=DEFAULT_STORE, show_default=True,
-        envvar="RAG_EVAL_STORE",
-        help="The vector store: chroma (embedded, a server or Chroma Cloud; HNSW search) or exact (a folder of "
-        "saved vectors, every passage scored: small corpora, or the ground truth).",
+        "--store", default=DEFAULT_STORE, show_default=True, envvar="RAG_EVAL_STORE", metavar="NAME",
+        help=f"The vector store: {' or '.join(STORES)}. chroma: embedded, a server or Chroma Cloud; HNSW search. "
+        "exact: a folder of saved vectors, every passage scored (small corpora, or the ground truth).",
     )(func)  # fmt: skip
     return func
 
 
-def store_target(chroma: dict, run_dir) -> StoreTarget:
-    """The store the options name: the exact store (--store exact, --store-path), or Chroma: an embedded store
-    (--chroma-path, default the run's), a server (--chroma-host/--chroma-port, with TLS, a token, headers, a
-    tenant and a database) or Chroma Cloud."""
-    from urllib.parse import urlsplit
+def _given(value: Any, param: click.Parameter) -> bool:
+    return value not in (None, (), False) and value != param.default
 
+
+def store_target(chroma: dict[str, Any], run_dir) -> StoreTarget:
+    """The store the options name, built by its module's ``make_target`` (without one: the folder RUN_DIR/<name>, or
+    ./<name>). A JobError for an unknown store, or options of another store."""
     kind = chroma.get("store") or DEFAULT_STORE
-    if kind != "chroma":
-        chroma_given = [
-            "--" + k.replace("_", "-").replace("chroma-headers", "chroma-header")
-            for k in _STORE_KEYS
-            if k.startswith("chroma_") and k != "chroma_auth_header" and chroma.get(k)
-        ]
-        if chroma_given:
+    module = stores.module(kind)
+    for other, params in store_params().items():
+        given = [p.opts[0] for p in params if other != kind and p.name and _given(chroma.get(p.name), p)]
+        if given:
             raise JobError(
-                f"{', '.join(chroma_given)} apply to a Chroma store, but --store {kind} is picked.",
-                f"drop them, or drop --store {kind}.",
+                f"{', '.join(given)} apply to --store {other}, but the store is {kind}.",
+                f"add --store {other}, or drop them.",
             )
-        path = chroma.get("store_path")
-        if path is None:
-            path = run_dir.root / EXACT_FOLDER if run_dir is not None else Path(EXACT_FOLDER)
-        return StoreTarget(
-            path=Path(path).expanduser(), kind=kind, precision=chroma.get("exact_precision") or "float32"
-        )
-    extra = [
-        name
-        for name, key, unset in (
-            ("--store-path", "store_path", None),
-            ("--exact-precision", "exact_precision", "float32"),
-        )
-        if chroma.get(key) not in (None, unset)
-    ]
-    if extra:
-        raise JobError(
-            f"{', '.join(extra)} apply to the exact store, but the store is Chroma.",
-            "add --store exact, or drop them (Chroma's folder is --chroma-path).",
-        )
-
-    path, host, port = chroma["chroma_path"], chroma["chroma_host"], chroma["chroma_port"]
-    ssl = bool(chroma["chroma_ssl"])
-    if host is not None and host.startswith(("http://", "https://")):
-        parts = urlsplit(host)
-        if not parts.hostname or parts.path not in ("", "/"):
-            raise JobError(f"--chroma-host {host} is not a server address.", "pass e.g. --chroma-host chroma.internal.")
-        ssl = ssl or parts.scheme == "https"
-        host, port = parts.hostname, parts.port if parts.port is not None else port
-    remote = {
-        "--chroma-ssl": ssl, "--chroma-ca-bundle": chroma["chroma_ca_bundle"],
-        "--chroma-token-env": chroma["chroma_token_env"], "--chroma-header": chroma["chroma_headers"],
-        "--chroma-tenant": chroma["chroma_tenant"], "--chroma-database": chroma["chroma_database"],
-    }  # fmt: skip
-    given = [name for name, value in remote.items() if value]
-    headers = tuple(_header_env(h) for h in chroma["chroma_headers"])
-    for env in [chroma["chroma_token_env"], *(e for _, e in headers)]:
-        if env is not None and not _ENV_NAME.fullmatch(env):
-            raise JobError(  # not echoed: it may be the secret itself, given by mistake
-                "--chroma-token-env and --chroma-header take the NAME of an environment variable (letters, digits "
-                "and _), and one given is not a name.",
-                "pass the variable's NAME (e.g. --chroma-token-env CHROMA_TOKEN with CHROMA_TOKEN exported), never "
-                "the secret itself.",
-            )
-    bundle = chroma["chroma_ca_bundle"]
-    if bundle is not None and not Path(bundle).expanduser().is_file():
-        raise JobError(
-            f"--chroma-ca-bundle {bundle} is not a file.",
-            "pass the PEM file with the certificate of the CA that signed the server's certificate.",
-        )
-    common = dict(
-        ca_bundle=chroma["chroma_ca_bundle"], token_env=chroma["chroma_token_env"],
-        auth_header=chroma["chroma_auth_header"], header_envs=headers, tenant=chroma["chroma_tenant"],
-        database=chroma["chroma_database"],
-    )  # fmt: skip
-    if chroma["chroma_cloud"]:
-        clash = [n for n, v in (("--chroma-path", path), ("--chroma-host", host), ("--chroma-port", port)) if v]
-        if clash or ssl:
-            raise JobError(
-                f"--chroma-cloud connects to Chroma Cloud; {', '.join(clash) or '--chroma-ssl'} name another store.",
-                "drop them, or drop --chroma-cloud.",
-            )
-        return StoreTarget(cloud=True, **common)
-    if host is None and port is not None:
-        host = "localhost"
-    if host is not None:
-        if path is not None:
-            raise JobError(
-                "Both --chroma-path and --chroma-host are given.",
-                "pass --chroma-path for an embedded store or --chroma-host/--chroma-port for a server, not both.",
-            )
-        port = port if port is not None else (443 if ssl else 8000)
-        if not 0 < port < 65536:
-            raise JobError(f"--chroma-port {port} is not a TCP port.", "pass a port between 1 and 65535.")
-        if chroma["chroma_ca_bundle"] is not None and not ssl:
-            raise JobError(
-                "--chroma-ca-bundle is given without --chroma-ssl.", "add --chroma-ssl (the server speaks TLS)."
-            )
-        return StoreTarget(host=host, port=port, ssl=ssl, **common)
-    if given:
-        raise JobError(
-            f"{', '.join(given)} apply to a Chroma server, but none is named.",
-            "add --chroma-host (and --chroma-port), or --chroma-cloud; or drop them to use the embedded store.",
-        )
-    if path is None:
-        path = run_dir.chroma if run_dir is not None else Path("chroma")
-    return StoreTarget(path=Path(path).expanduser())
-
-
-_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-
-
-def _header_env(value: str) -> tuple[str, str]:
-    name, sep, env = value.partition("=")
-    if not sep or not re.fullmatch(r"[A-Za-z0-9!#$%&'*+.^_`|~-]+", name.strip()) or not env.strip():
-        raise JobError(
-            "A --chroma-header is not NAME=ENV_VAR (not shown: it may hold a secret given by mistake).",
-            "pass the header's name and the environment variable that holds its value, e.g. "
-            "--chroma-header CF-Access-Client-Secret=CF_SECRET (the value itself never goes on the command line).",
-        )
-    return name.strip(), env.strip()
+    make = getattr(module, "make_target", None)
+    if make is not None:
+        return make(chroma, run_dir)
+    return StoreTarget(path=(run_dir.root if run_dir is not None else Path(".")) / kind, kind=kind)

@@ -496,11 +496,11 @@ def test_a_kept_collection_gets_the_new_metadata_without_a_rewrite(tmp_path):
 
 
 def test_store_options_are_checked_before_connecting(tiny_run_dir, tmp_path, capsys, monkeypatch):
-    from rag_eval import store
-    from rag_eval.store_options import _STORE_KEYS, store_target
+    from rag_eval import store, stores
+    from rag_eval.store_options import store_keys, store_target
 
     def target(**given):
-        options = {k: None for k in _STORE_KEYS} | {"chroma_headers": (), "chroma_auth_header": "authorization"}
+        options = {k: None for k in store_keys()} | {"chroma_headers": (), "chroma_auth_header": "authorization"}
         return store_target(options | given, None)
 
     assert target(chroma_host="https://chroma.internal") == store.StoreTarget(
@@ -512,8 +512,8 @@ def test_store_options_are_checked_before_connecting(tiny_run_dir, tmp_path, cap
     monkeypatch.setenv("T", "the-token")
     monkeypatch.setenv("E", "extra")
     assert t.request_headers() == {"X-Extra": "extra", "Authorization": "Bearer the-token"}
-    assert "the-token" not in repr(t) + t.describe()
-    assert target(chroma_cloud=True, chroma_tenant="t", chroma_database="d").describe() == (
+    assert "the-token" not in repr(t) + stores.describe(t)
+    assert stores.describe(target(chroma_cloud=True, chroma_tenant="t", chroma_database="d")) == (
         "Chroma Cloud (tenant t, database d)"
     )
 

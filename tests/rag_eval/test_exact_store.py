@@ -160,10 +160,13 @@ def test_index_score_and_query_run_on_the_exact_store(tiny_run_dir, tmp_path, ca
 @pytest.mark.parametrize(
     "args, needle",
     [
-        (("--store", "exact", "--chroma-host", "localhost"), "--chroma-host apply to a Chroma store"),
-        (("--store-path", "x"), "--store-path apply to the exact store"),
-        (("--exact-precision", "int8"), "--exact-precision apply to the exact store"),
-        (("--store", "pgvector"), "Invalid value for '--store'"),
+        (
+            ("--store", "exact", "--chroma-host", "localhost"),
+            "--chroma-host apply to --store chroma, but the store is exact",
+        ),
+        (("--store-path", "x"), "--store-path apply to --store exact, but the store is chroma"),
+        (("--exact-precision", "int8"), "--exact-precision apply to --store exact"),
+        (("--store", "pgvector"), "There is no store named 'pgvector'"),
     ],
 )
 def test_options_of_another_store_are_exit_2(tiny_run_dir, tmp_path, capsys, args, needle):
