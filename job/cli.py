@@ -226,7 +226,7 @@ def run_cmd(cfg, force: bool) -> None:
     every destination is checked before any step runs.
     """
     options = {name: getattr(cfg, name) for name in config.PUBLISH_FIELDS}
-    publish = bool(cfg.s3_uri or cfg.hub_repo or cfg.publish_dir)
+    publish = any(getattr(cfg, name) for name in config.DESTINATION_FIELDS)
     if publish:
         check_destinations, push_run = plugins.publishing()
         check_destinations(**options)

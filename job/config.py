@@ -109,7 +109,8 @@ def _opt(
     - ``legacy``: for a field added after run directories existed, the value that reproduces what a run did before
       it existed (a fingerprint recorded without the field matches a configuration with that value);
     - ``check``: its own constraint (:class:`Check`); rules across fields stay in :func:`validate_config`;
-    - ``choices``, ``normalize`` (a function applied to every value read, e.g. lower-casing): in ``extra``."""
+    - ``choices``, ``normalize`` (a function applied to every value read, e.g. lower-casing), ``destination``
+      (a publishing field that names a destination: set means publish there): in ``extra``."""
     meta = {"help": help, "steps": (step,) if isinstance(step, str) else tuple(step), "group": group, **extra}
     meta.update({k: v for k, v in (("section", section), ("check", check)) if v is not None})
     if legacy is not _NO_LEGACY:
@@ -607,12 +608,14 @@ class JobConfig:
         "Publish model and report under this s3://bucket/prefix, one sub-prefix per run (`job push`, or after "
         "`job run`).",
         group="publish",
+        destination=True,
     )
     hub_repo: str | None = _opt(
         None,
         "Push the model (with its evaluation card) to this Hugging Face Hub repo, NAMESPACE/NAME (`job push`, or "
         "after `job run`).",
         group="publish",
+        destination=True,
     )
     hub_private: bool = _opt(True, "Create the Hub repo as private (default) or public.", group="publish")
     publish_dir: str | None = _opt(
@@ -620,6 +623,7 @@ class JobConfig:
         "Copy model and report into this folder (a mounted volume, NFS; one sub-folder per run, every file verified, "
         "manifest last; `job push`, or after `job run`).",
         group="publish",
+        destination=True,
     )
 
     # ----------------------------------------------------------------------------------------
@@ -703,6 +707,8 @@ def help_section(name: str) -> str:
 
 # Publishing destinations: checked before `job run` starts, used after it ends; never sent to a job.
 PUBLISH_FIELDS = fields_where(group="publish")
+# the publishing fields that each name a destination (set: publish there; infra.publish.destinations.DESTINATIONS)
+DESTINATION_FIELDS = tuple(n for n in PUBLISH_FIELDS if FIELDS[n].metadata.get("destination"))
 # `job synthesize`: runs where the documents and the LLM endpoint are (never inside a SageMaker job).
 SYNTH_GROUP_FIELDS = fields_where(group="synthesize")
 SYNTH_FIELDS = fields_where(step="synthesize")

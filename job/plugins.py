@@ -41,11 +41,14 @@ def commands() -> list[Any]:
 
 def publishing() -> tuple[Callable[..., None], Callable[..., str]]:
     """(check, push) of the installed publishing package."""
+    from job.config import DESTINATION_FIELDS
+
+    flags = ["--" + name.replace("_", "-") for name in DESTINATION_FIELDS]
     found = {ep.name: ep for ep in entry_points(group=PUBLISH)}
     if not {"check", "push"} <= set(found):
         raise JobError(
             "Publishing is not installed with this copy of the job (no 'job.publish' entry points).",
             "install the project (`make setup`, or `pip install -e .` in the checkout; the image has it), or run "
-            "without --s3-uri/--hub-repo/--publish-dir and publish later with `job push`.",
+            f"without {'/'.join(flags)} and publish later with `job push`.",
         )
     return found["check"].load(), found["push"].load()

@@ -239,14 +239,16 @@ def test_publishing_options_are_declared_once():
     """`job push` offers the configuration's publishing fields themselves (same flags, help, JOB_* variables as
     `job run`), and each option that names a destination is a publishing field."""
     from infra.publish.cli import push
-    from infra.publish.destinations import KINDS
+    from infra.publish.destinations import DESTINATIONS
     from job import config
 
     params = {p.name: p for p in push.params}
     assert set(config.PUBLISH_FIELDS) <= set(params)
     for name in config.PUBLISH_FIELDS:
         assert params[name].help.startswith(config.FIELDS[name].metadata["help"]), name
-    assert set(KINDS) <= set(config.PUBLISH_FIELDS)
+    # each destination is named by a field of its own, and each field that names one names a destination
+    assert sorted(d.option for d in DESTINATIONS) == sorted(config.DESTINATION_FIELDS)
+    assert {r for d in DESTINATIONS for r in d.reads} <= set(config.PUBLISH_FIELDS)
     source = (ROOT / "infra" / "publish" / "cli.py").read_text()
     twice = [flag for flag in ('"--s3-uri"', '"--hub-repo"', '"--publish-dir"', '"JOB_HUB_REPO"') if flag in source]
     assert not twice, f"declared twice (infra/publish/cli.py and job/config.py): {twice}"

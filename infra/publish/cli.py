@@ -27,12 +27,12 @@ def check_destinations(**options) -> None:
 def push_run(run_dir, *, echo=click.echo, progress: bool = False, **options) -> str:
     """Check every destination the options name first, then publish; return the one-line summary (also echoed)."""
     from infra.publish.bundle import run_root
-    from infra.publish.destinations import NOTHING_FIX, destinations, publish_all
+    from infra.publish.destinations import destinations, nothing_fix, publish_all
 
     root = run_root(run_dir)
     dests = destinations(run_dir=root, **options)
     if not dests:
-        raise JobError("Nothing to publish to.", NOTHING_FIX)
+        raise JobError("Nothing to publish to.", nothing_fix())
     return publish_all(root, dests, echo=echo, progress=progress)
 
 

@@ -5,8 +5,11 @@ access: run before any training, so a bad destination fails in seconds) and :met
 (returns the one-line summary). `job push` and `job run --s3-uri/--hub-repo/--publish-dir` build the list with
 :func:`destinations` from the publishing options (the ``group="publish"`` fields of :class:`job.config.JobConfig`)
 and loop over it: every destination is checked before any is written to. A new destination (GCS, a model
-registry, ...) is its module, one class here, one entry in :data:`KINDS` and its option (a publish field of the
-configuration, and the flag of `job push`).
+registry, ...) is its module (its class: the configuration field that names it, the fields it also reads, how
+it is made from them, ``check`` and ``publish``), one entry in :data:`DESTINATIONS`, and its option, a
+``group="publish", destination=True`` field of :class:`job.config.JobConfig` (which is `job run`'s and `job push`'s
+flag, JOB_* variable and YAML key); tests/test_structure.py ties the two lists, tests/test_publish_registry.py
+adds a destination.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Any, ClassVar, Protocol
 
 from job.errors import JobError
 
@@ -23,6 +26,14 @@ Echo = Callable[[str], None]
 
 class Destination(Protocol):
     name: str
+    option: ClassVar[str]  # the publishing field that names it (``s3_uri``): set means publish there
+    example: ClassVar[str]  # that option as a user passes it, for messages
+    reads: ClassVar[tuple[str, ...]]  # the other options it is made from (``hub_private``)
+
+    @classmethod
+    def from_options(cls, options: dict[str, Any]) -> Destination:
+        """Made from the publishing options (its own, ``reads``, and ``run_dir``/``endpoint_url``/``client``)."""
+        ...
 
     def check(self) -> None:
         """Raise a JobError naming the problem and the fix when publishing here cannot work."""
@@ -37,6 +48,13 @@ class S3Destination:
     endpoint_url: str | None = None
     name: str = "S3"
     _client: object = field(default=None, repr=False)
+    option: ClassVar[str] = "s3_uri"
+    example: ClassVar[str] = "--s3-uri s3://BUCKET/PREFIX"
+    reads: ClassVar[tuple[str, ...]] = ()
+
+    @classmethod
+    def from_options(cls, o: dict[str, Any]) -> S3Destination:
+        return cls(o["s3_uri"], o.get("endpoint_url"), _client=o.get("client"))
 
     def client(self):
         if self._client is None:
@@ -62,6 +80,13 @@ class HubDestination:
     repo_id: str
     private: bool = True
     name: str = "Hub"
+    option: ClassVar[str] = "hub_repo"
+    example: ClassVar[str] = "--hub-repo NAMESPACE/NAME"
+    reads: ClassVar[tuple[str, ...]] = ("hub_private",)
+
+    @classmethod
+    def from_options(cls, o: dict[str, Any]) -> HubDestination:
+        return cls(o["hub_repo"], o.get("hub_private", True))
 
     def check(self) -> None:
         from infra.publish.hub import check_hub_token
@@ -80,6 +105,13 @@ class FolderDestination:
     folder: str
     name: str = "folder"
     run_dir: Path | None = None  # known before publishing: the check also compares the free space with its size
+    option: ClassVar[str] = "publish_dir"
+    example: ClassVar[str] = "--publish-dir FOLDER"
+    reads: ClassVar[tuple[str, ...]] = ()
+
+    @classmethod
+    def from_options(cls, o: dict[str, Any]) -> FolderDestination:
+        return cls(o["publish_dir"], run_dir=o.get("run_dir"))
 
     def check(self) -> None:
         from infra.publish.folder import check_folder
@@ -93,25 +125,26 @@ class FolderDestination:
         return f"folder {pub.path} ({pub.status}: {pub.files} files, {pub.bytes / 1e6:.1f} MB, manifest last)"
 
 
-# The option that names each destination -> how its settings make it. In checking order: the cheap checks first
-# (the Hub's makes no request, a folder's touches a local disk, S3's makes one request).
-KINDS: dict[str, Callable[[dict], Destination]] = {
-    "hub_repo": lambda o: HubDestination(o["hub_repo"], o.get("hub_private", True)),
-    "publish_dir": lambda o: FolderDestination(o["publish_dir"], run_dir=o.get("run_dir")),
-    "s3_uri": lambda o: S3Destination(o["s3_uri"], o.get("endpoint_url"), _client=o.get("client")),
-}
+# Every destination, in checking order: the cheap checks first (the Hub's makes no request, a folder's touches a
+# local disk, S3's makes one request). A new one is one line here.
+DESTINATIONS: list[type[Destination]] = [HubDestination, FolderDestination, S3Destination]
+CONTEXT = ("endpoint_url", "client", "run_dir")  # what every destination may be given besides the options
 
 
 def destinations(**options) -> list[Destination]:
-    """The destinations these options name: ``hub_repo`` (with ``hub_private``), ``publish_dir``, ``s3_uri`` (with
-    ``endpoint_url`` and a test's ``client``); ``run_dir`` lets the checks compare sizes."""
-    unknown = set(options) - set(KINDS) - {"hub_private", "endpoint_url", "client", "run_dir"}
+    """The destinations these options name (each by its ``option``, made with its ``reads``); ``run_dir`` lets the
+    checks compare sizes, ``endpoint_url`` and a test's ``client`` reach S3."""
+    known = {name for d in DESTINATIONS for name in (d.option, *d.reads)} | set(CONTEXT)
+    unknown = set(options) - known
     if unknown:
         raise TypeError(f"unknown publishing options: {sorted(unknown)}")
-    return [build(options) for key, build in KINDS.items() if options.get(key)]
+    return [d.from_options(options) for d in DESTINATIONS if options.get(d.option)]
 
 
-NOTHING_FIX = "pass --s3-uri s3://BUCKET/PREFIX, --hub-repo NAMESPACE/NAME and/or --publish-dir FOLDER."
+def nothing_fix() -> str:
+    """The fix when no destination is named: each destination's option, as a user passes it."""
+    examples = [d.example for d in DESTINATIONS]
+    return f"pass {', '.join(examples[:-1])} and/or {examples[-1]}."
 
 
 def check_all(dests: list[Destination]) -> None:
@@ -122,7 +155,7 @@ def check_all(dests: list[Destination]) -> None:
 def publish_all(root: Path, dests: list[Destination], *, echo: Echo, progress: bool = False) -> str:
     """Check every destination, then publish to each; the summary line is echoed and returned."""
     if not dests:
-        raise JobError("Nothing to publish to.", NOTHING_FIX)
+        raise JobError("Nothing to publish to.", nothing_fix())
     check_all(dests)
     done = [d.publish(root, echo=echo, progress=progress) for d in sorted(dests, key=lambda d: d.name != "S3")]
     line = f"push: {root} -> " + "; ".join(done)
