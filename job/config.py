@@ -69,6 +69,8 @@ class Check:
 
 
 def at_least(low: float, example: str | None = None, *, want: str | None = None, fix: str | None = None) -> Check:
+    if example is None and fix is None:  # the error's fix would read "pass e.g. --flag None"
+        raise TypeError("at_least() needs an example value or a fix")
     words = want or ("0 or more" if low == 0 else f"at least {low}")
     return Check(lambda v: v >= low, words, fix or f"pass e.g. {{flag}} {example}.")
 

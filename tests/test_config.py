@@ -557,3 +557,11 @@ def test_validation_never_changes_the_configuration_and_it_is_frozen():
         validate_config(JobConfig(merge_base="AUTO"))  # built in code: given as every reader compares it, or refused
     changed = dataclasses.replace(cfg, epochs=3.0)
     assert changed.epochs == 3.0 and cfg.epochs != 3.0
+
+
+def test_a_range_check_without_an_example_or_a_fix_is_refused_where_it_is_declared():
+    from job.config import at_least
+
+    with pytest.raises(TypeError, match="example value or a fix"):
+        at_least(1)
+    assert "pass e.g. {flag} 4." == at_least(1, "4").fix and at_least(1, fix="drop it.").fix == "drop it."
