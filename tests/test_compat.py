@@ -95,6 +95,72 @@ def test_sentence_transformers_3_loads_the_saved_model_with_the_same_vectors(sav
     assert np.abs(got["torch"] - reference).max() <= 1e-5
 
 
+ENCODE_EACH = """
+import json, sys
+from sentence_transformers import SentenceTransformer
+folders, texts, out = json.loads(sys.argv[1]), json.loads(sys.argv[2]), {}
+for name, folder in folders.items():
+    try:
+        model = SentenceTransformer(folder, device="cpu")
+        out[name] = {"plain": model.encode(texts).tolist()}
+        if (getattr(model, "prompts", None) or {}).get("query"):
+            out[name]["query"] = model.encode(texts, prompt_name="query").tolist()
+    except Exception as exc:
+        out[name] = {"error": f"{type(exc).__name__}: {exc}"[:500]}
+print(json.dumps(out))
+"""
+
+
+@pytest.fixture(scope="module")
+def saved_architectures(tmp_path_factory):
+    """Each tiny architecture of tests/architectures.py saved by sentence-transformers 6 and made portable (as the
+    job's train step leaves model/), with its reference vectors, plain and with its query prompt."""
+    from architectures import ARCHITECTURES, build
+    from conftest import make_pairs
+    from sentence_transformers import SentenceTransformer
+
+    from job.export.portable import make_portable
+
+    rows = make_pairs(5)
+    texts = [r["question"] for r in rows] + [r["context"] for r in rows]
+    root = tmp_path_factory.mktemp("compat-arch")
+    out = {}
+    for name in ARCHITECTURES:
+        model = SentenceTransformer(str(build(name, root, texts)), device="cpu")
+        folder = root / f"{name}-saved"
+        model.save(str(folder))
+        record = make_portable(folder, model)
+        assert record["portable"], (name, record.get("why"))
+        reference = {"plain": model.encode(texts[:4])}
+        if (model.prompts or {}).get("query"):
+            reference["query"] = model.encode(texts[:4], prompt_name="query")
+        out[name] = (folder, reference)
+    return out, texts[:4]
+
+
+@pytest.mark.parametrize("stack", ["st3", "st5"])
+def test_older_stacks_load_every_architecture_with_the_same_vectors(saved_architectures, stack):
+    """BERT (CLS, mean, prompts), MPNet, XLM-RoBERTa, ModernBERT and a Qwen3 decoder (last token, left padding),
+    each as the job saves it, in sentence-transformers 3.4.1 and 5.7 with transformers 4.57.6: a tokenizer saved as
+    transformers 5's TokenizersBackend, or one that gives token_type_ids ModernBERT refuses, failed there before
+    the portable save rewrote tokenizer_config.json."""
+    models, texts = saved_architectures
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    env.pop("PYTHONPATH", None)
+    folders = {name: str(folder) for name, (folder, _) in models.items()}
+    done = subprocess.run(
+        [str(_venv(stack) / "bin" / "python"), "-c", ENCODE_EACH, json.dumps(folders), json.dumps(texts)],
+        capture_output=True, text=True, env=env, timeout=600,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    got = json.loads(done.stdout.strip().splitlines()[-1])
+    failed = {name: got[name]["error"] for name in models if "error" in got[name]}
+    assert not failed, failed
+    for name, (_, reference) in models.items():
+        for kind, vectors in reference.items():
+            assert np.abs(np.asarray(got[name][kind], dtype=np.float32) - vectors).max() <= 1e-5, (name, kind)
+
+
 def test_sentence_transformers_5_loads_the_model_and_its_onnx_exports(saved):
     from job.export.onnx import EXPORTS
     from job.export.runtime import ExportedModel

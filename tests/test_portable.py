@@ -97,3 +97,19 @@ def test_read_pipeline_reads_both_formats(saved):
     old = portable.read_pipeline(saved)
     assert (new.pooling, new.normalize, new.dim) == (old.pooling, old.normalize, old.dim) == ("mean", True, 32)
     assert old.max_seq_length == 64
+
+
+def test_a_tokenizer_only_transformers_5_names_is_saved_as_one_older_releases_have(saved):
+    """A tokenizer built with the `tokenizers` library is saved by transformers 5 as ``TokenizersBackend``, which
+    transformers 4 cannot import (every older stack failed on such a model: tests/test_compat.py loads one of each
+    architecture there); the inputs it gives are written too (else transformers 4 adds token_type_ids)."""
+    path = saved / portable.TOKENIZER_CONFIG
+    config = {k: v for k, v in json.loads(path.read_text()).items() if k != "model_input_names"}
+    path.write_text(json.dumps({**config, "tokenizer_class": "TokenizersBackend"}))
+    record = portable.make_portable(saved, _load(saved))
+    assert record["portable"] is True and record["reload_max_abs_diff"] == 0.0
+    written = json.loads(path.read_text())
+    assert written["tokenizer_class"] == "PreTrainedTokenizerFast"
+    assert written["model_input_names"] == _load(saved).tokenizer.model_input_names
+    assert portable._legacy_tokenizer({"tokenizer_class": "BertTokenizer", "model_input_names": ["input_ids"]},
+                                      ["input_ids", "attention_mask"]) is None  # fmt: skip

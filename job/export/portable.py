@@ -19,7 +19,9 @@ pins 3.4.1) fail on those files, and Text Embeddings Inference (TEI) reads two o
 
 The decision here: **the files older readers need replace sentence-transformers 6's three files in place**, in
 the format every reader from sentence-transformers 3.x to 6.x, infinity-emb and TEI reads; no ``compat/``
-copy (it would double the weights, and TEI and infinity-emb read only the model's root). sentence-transformers
+copy (it would double the weights, and TEI and infinity-emb read only the model's root). ``tokenizer_config.json``
+too, where transformers 5 wrote a tokenizer class older releases lack (``TokenizersBackend``: a tokenizer built with
+the `tokenizers` library) or left out the inputs the tokenizer gives. sentence-transformers
 6 reads these files through its own compatibility path with identical vectors, and :func:`make_portable`
 proves it on every save: it reloads the rewritten folder and compares embeddings with the model in memory,
 and puts the originals back if anything differs. A model whose modules the old format cannot express (another
@@ -47,6 +49,10 @@ ST_CONFIG_NAMES = (
     "sentence_xlnet_config.json",
 )
 TEI_POOLING_DIR = "1_Pooling"  # TEI reads this path, whatever modules.json says
+TOKENIZER_CONFIG = "tokenizer_config.json"
+# tokenizer classes only transformers 5 has -> the class older releases load the same tokenizer.json with (a
+# tokenizer built with the `tokenizers` library is saved as TokenizersBackend, which transformers 4 cannot import)
+NEW_TOKENIZER_CLASSES = {"TokenizersBackend": "PreTrainedTokenizerFast"}
 LEGACY_TYPES = {
     "Transformer": "sentence_transformers.models.Transformer",
     "Pooling": "sentence_transformers.models.Pooling",
@@ -279,11 +285,29 @@ def _legacy_dense(config: dict[str, Any]) -> dict[str, Any]:
     return {k: config[k] for k in ("in_features", "out_features", "bias", "activation_function") if k in config}
 
 
-def legacy_files(folder: Path, max_seq_length: int | None, do_lower_case: bool = False) -> dict[str, Any]:
-    """{relative path: JSON content} of the old-format files for the model in ``folder``; NotPortable if it
-    cannot be expressed."""
+def _legacy_tokenizer(config: dict[str, Any], input_names: list[str] | None) -> dict[str, Any] | None:
+    """``tokenizer_config.json`` as older transformers read it (None: unchanged): a class they have, and the inputs
+    the tokenizer gives when the file does not say (transformers 4's generic fast tokenizer would add
+    ``token_type_ids``, which e.g. ModernBERT's forward refuses)."""
+    out = dict(config)
+    if out.get("tokenizer_class") in NEW_TOKENIZER_CLASSES:
+        out["tokenizer_class"] = NEW_TOKENIZER_CLASSES[out["tokenizer_class"]]
+    if input_names and "model_input_names" not in out:
+        out["model_input_names"] = list(input_names)
+    return out if out != config else None
+
+
+def legacy_files(
+    folder: Path, max_seq_length: int | None, do_lower_case: bool = False, input_names: list[str] | None = None
+) -> dict[str, Any]:
+    """{relative path: JSON content} of the old-format files for the model in ``folder`` (``input_names``: what its
+    tokenizer gives the model); NotPortable if it cannot be expressed."""
     modules = _json(folder / MODULES)
     files: dict[str, Any] = {}
+    if (folder / TOKENIZER_CONFIG).is_file():
+        tokenizer = _legacy_tokenizer(_json(folder / TOKENIZER_CONFIG), input_names)
+        if tokenizer is not None:
+            files[TOKENIZER_CONFIG] = tokenizer
     new_modules = []
     for entry in modules:
         kind = _kind(entry["type"])
@@ -340,8 +364,9 @@ def make_portable(folder: str | Path, model=None, *, verify: bool = True) -> dic
     source: Any = model if model is not None else before
     max_len = getattr(source, "max_seq_length", None)
     do_lower = bool(getattr(source[0], "do_lower_case", False))
+    input_names = getattr(getattr(source[0], "tokenizer", None), "model_input_names", None)
     try:
-        files = legacy_files(folder, max_len, do_lower)
+        files = legacy_files(folder, max_len, do_lower, input_names)
     except NotPortable as exc:
         record["why"] = str(exc)
     else:
