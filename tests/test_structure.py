@@ -193,6 +193,25 @@ def test_only_the_registry_names_the_store_modules():
     assert not named, f"only rag_eval/stores.py names the store modules: {named}"
 
 
+def test_no_caller_compares_a_store_s_name():
+    """What differs between stores is a method, an attribute or an entry point of the store's module (search_name,
+    disk_note, INDEX_SETTINGS, describe_target...), never ``kind == "chroma"`` in a caller: only the stores' own
+    modules (and the registry) compare store names."""
+    from rag_eval.stores import STORES
+
+    own = {"stores.py", "store.py", "exact_store.py", "chroma_options.py", "store_access.py", "store_faults.py"}
+    compared = []
+    for path in sorted((ROOT / "rag_eval").rglob("*.py")):
+        if path.name in own:
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Compare):
+                constants = {p.value for p in (node.left, *node.comparators) if isinstance(p, ast.Constant)}
+                if constants & set(STORES):
+                    compared.append(f"{path.relative_to(ROOT)}:{node.lineno}")
+    assert not compared, f"a store's difference belongs in its module (rag_eval/stores.py says how): {compared}"
+
+
 def test_only_the_destination_modules_talk_to_s3_and_the_hub():
     """boto3 for publishing lives in the S3 destination's modules (the SageMaker launcher is AWS too), the Hub's
     client in its destination's module; job and rag_eval touch neither (the model card's classes aside)."""
