@@ -50,6 +50,7 @@ STAGING, OLD = ".staging", ".old"
 META, IDS, VECTORS, DOCUMENTS, WRITE = "meta.json", "ids.json", "vectors.npy", "documents.json", "write.json"
 DEFAULT_BATCH = 5000
 FOLDER = "exact_store"  # the store's folder in a run directory (or the working directory)
+HELP = "a folder of saved vectors, every passage scored (small corpora, or the ground truth)"  # --store's help
 
 
 def options(func):

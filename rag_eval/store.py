@@ -73,6 +73,7 @@ from rag_eval.store_faults import (
 STAGING_SUFFIX = "-staging"
 errors = store_errors  # rag_eval.stores' entry point: failures at any step as JobErrors naming the store
 INDEX_SETTINGS = HnswSettings  # rag_eval.stores' entry point: the index parameters `rag-eval index` sets
+HELP = "embedded, a server or Chroma Cloud; HNSW search"  # rag_eval.stores' entry point: --store's help
 _SEGMENT_ID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 
 

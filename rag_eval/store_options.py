@@ -60,8 +60,8 @@ def store_options(func):
         func = add(func) if add else func
     func = click.option(
         "--store", default=DEFAULT_STORE, show_default=True, envvar="RAG_EVAL_STORE", metavar="NAME",
-        help=f"The vector store: {' or '.join(STORES)}. chroma: embedded, a server or Chroma Cloud; HNSW search. "
-        "exact: a folder of saved vectors, every passage scored (small corpora, or the ground truth).",
+        help=f"The vector store: {' or '.join(STORES)}. "
+        + " ".join(f"{k}: {getattr(stores.module(k), 'HELP', 'see its module')}." for k in STORES),
     )(func)  # fmt: skip
     return func
 

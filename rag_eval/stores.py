@@ -5,9 +5,9 @@ Each entry names the module that implements :mod:`rag_eval.index`'s two classes 
 store's failures while connecting into JobErrors naming it and the fix); and, where it has them, ``options`` (a
 decorator adding its command-line options to every `rag-eval` command), ``make_target(values, run_dir)`` (the
 :class:`~rag_eval.store_access.StoreTarget` those options name; without one: the folder RUN_DIR/<name>),
-``describe_target(target)`` (the phrase messages name it by) and ``INDEX_SETTINGS`` (the class of the index
-parameters `rag-eval index` sets: Chroma's HNSW settings). Modules are imported when first used, and a store's
-client library only when that store is picked. A new store is one module and one line here
+``describe_target(target)`` (the phrase messages name it by), ``HELP`` (its words in ``--store``'s help) and
+``INDEX_SETTINGS`` (the class of the index parameters `rag-eval index` sets: Chroma's HNSW settings). Modules are
+imported when first used, and a store's client library only when that store is picked. A new store is one module and one line here
 (tests/rag_eval/test_store_registry.py adds one).
 """
 
