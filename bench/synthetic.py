@@ -9,7 +9,9 @@ training split (never its questions); validation and test questions are the real
 - ``synthetic``: trained on the synthetic pairs that pass every filter, round-trip consistency included;
 - ``synthetic_unfiltered``: the same answers with the consistency filter off (the rule filters stay:
   a line that is not a question cannot be trained on);
-- ``real``: trained on the real training pairs (the reference).
+- ``real``: trained on the real training pairs (the reference);
+- ``real_matched``: a seeded sample of the real training pairs, as many as the ``synthetic`` row kept: what the
+  real pairs give at the synthetic set's size (quantity vs what each pair is).
 
     python bench/synthetic.py --data ../shared/data/financial-qa-10k/Financial-QA-10k.csv \\
         --llm-base-url http://127.0.0.1:8089/v1 --llm-model SmolLM2-135M-Instruct-Q4_1 \\
@@ -36,6 +38,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import random
 import shutil
 import sys
 import time
@@ -51,8 +54,8 @@ from job.data import prepare as data
 from job.layout import write_json
 from job.synth.synthesize import side_files, synthesize
 
-ROWS = ("base", "synthetic", "synthetic_unfiltered", "real")
-BEIR_ROWS = ("base", "synthetic", "synthetic_nogrounding", "real")
+ROWS = ("base", "synthetic", "synthetic_unfiltered", "real", "real_matched")
+BEIR_ROWS = ("base", "synthetic", "synthetic_nogrounding", "real", "real_matched")
 
 
 def beir_documents(test: data.IRData, limit: int | None, seed: int, path: Path) -> int:
@@ -181,6 +184,9 @@ def main() -> None:
         pairs = source
         if name in outputs:
             pairs = [data.Pair(r["question"], r["passage"]) for r in data.read_jsonl(outputs[name])]
+        elif name == "real_matched":  # the real pairs, cut to the synthetic row's size (seeded)
+            kept = sum(1 for _ in data.read_jsonl(outputs["synthetic"]))
+            pairs = random.Random(42).sample(list(source), min(kept, len(source)))
         cli = {"model": args.model, "max_seq_length": args.max_seq_length, "seed": 42}
         if args.epochs is not None and name != "base":
             cli["epochs"] = args.epochs

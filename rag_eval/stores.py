@@ -7,8 +7,8 @@ decorator adding its command-line options to every `rag-eval` command), ``make_t
 :class:`~rag_eval.store_access.StoreTarget` those options name; without one: the folder RUN_DIR/<name>),
 ``describe_target(target)`` (the phrase messages name it by), ``HELP`` (its words in ``--store``'s help) and
 ``INDEX_SETTINGS`` (the class of the index parameters `rag-eval index` sets: Chroma's HNSW settings). Modules are
-imported when first used, and a store's client library only when that store is picked. A new store is one module and one line here
-(tests/rag_eval/test_store_registry.py adds one).
+imported when first used, and a store's client library only when that store is picked. A new store is one module
+and one line here (tests/rag_eval/test_store_registry.py adds one).
 """
 
 from __future__ import annotations
