@@ -278,6 +278,15 @@ class JobConfig:
         group="synthesize",
         check=at_least(0, "5", want="0 (off) or more"),
     )
+    query_form: str = _opt(
+        "question",
+        "What the LLM writes for each chunk, in the form your users search with: 'question' (kept when it ends in "
+        "'?' or starts like one) or 'statement' (a claim or search phrase, e.g. SciFact's claims: any line is "
+        "kept; the built-in prompt then asks for statements).",
+        step="synthesize",
+        group="synthesize",
+        choices=("question", "statement"),
+    )
     grounding_filter: bool = _opt(
         True,
         "Grounding filter: drop a generated question that names a number, a year, a name or a domain phrase ('the "

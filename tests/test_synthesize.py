@@ -177,6 +177,17 @@ def test_parse_questions(answer, n, expected):
     assert parse_questions(answer, n) == expected
 
 
+def test_statements_are_kept_as_lines_in_the_statement_form():
+    from job.synth.synthesize import normalise_query
+
+    answer = "Here are the statements:\n1. The board raised the dividend to 62 cents.\n- Dividends rose in February"
+    assert parse_questions(answer, 2, "statement") == ["The board raised the dividend to 62 cents.",
+                                                      "Dividends rose in February"]  # fmt: skip
+    assert parse_questions("What is X? What is Y?", 1, "statement") == ["What is X? What is Y?"]  # one line, one query
+    assert normalise_query("The  backlog grew.", "statement") == "The backlog grew."
+    assert normalise_query("The backlog grew.", "question") is None  # the question form drops it
+
+
 def test_normalise_question():
     assert normalise_question("What is the tax rate??") == "What is the tax rate?"
     assert normalise_question("How large is the backlog.") == "How large is the backlog?"
@@ -310,6 +321,38 @@ def test_pairs_columns_summary_and_reasons(tmp_path, tiny_model_path, capsys):
     assert "questions 12: kept 10" in text and "cost $0.0009" in text
     # the pairs train: prepare reads them
     assert main(["prepare", "--run-dir", tmp_path / "run", "--data", out, "--model", tiny_model_path]) == 0
+
+
+def test_the_statement_form_keeps_claims_and_asks_for_them(tmp_path, tiny_model_path, capsys):
+    """--query-form statement (users who search with claims or phrases): the built-in prompt asks for statements,
+    and a claim is kept where the question form counts it as not a question; the rules still apply."""
+    docs = _one_passage_per_file(tmp_path)
+    asked = []
+
+    def answers(request):
+        asked.append(request["messages"][0]["content"])
+        topic = _topic(request)
+        if topic == "notes":
+            return completion("The passage describes the notes.")  # still names the passage: dropped
+        return completion(f"Figures on the {topic} are reported.")
+
+    out = tmp_path / "out" / "claims.jsonl"
+    with FakeChatServer(answers) as server:
+        code = main(_synth_args(docs, out, server.url, tiny_model_path, "--consistency-top-k", 0,
+                                "--query-form", "statement"))  # fmt: skip
+    _, err = capsys.readouterr()
+    assert code == 0, err
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(rows) == 11 and all(r["question"].endswith("are reported.") for r in rows)
+    summary = json.loads(side_files(out)["summary"].read_text())
+    assert summary["questions"]["dropped"]["not_a_question"] == 0
+    assert summary["questions"]["dropped"]["mentions_passage"] == 1
+    assert all("statement" in a and "not questions" in a for a in asked)  # the built-in statement prompt
+    assert summary["generator"]["prompt"] == "(built-in, statements)"
+    with FakeChatServer(answers) as server:  # the question form: the same claims are not questions
+        code = main(_synth_args(docs, tmp_path / "q.jsonl", server.url, tiny_model_path, "--consistency-top-k", 0))
+    err = " ".join(capsys.readouterr().err.split())
+    assert code == 2 and "not_a_question 12" in err and "--query-form statement keeps them" in err, err
 
 
 def test_a_kill_mid_generation_then_the_same_command_asks_only_for_what_is_missing(tmp_path, tiny_model_path):

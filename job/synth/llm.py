@@ -54,6 +54,22 @@ How many vehicles cross the Harwick Bridge each day?
 Passage: {passage}
 """
 
+# --query-form statement: the same instructions for a claim or search phrase (users who search with statements,
+# e.g. SciFact's claims); its example paraphrases the passage (a copied sentence is dropped as copies_chunk)
+STATEMENT_PROMPT = """### system
+You write search queries. Given a passage from a document, write {n} short statement(s) that a person searching \
+for this passage would type: a claim the passage supports, in your own words, one per line. A statement must make \
+sense on its own, without the passage: name what it is about, using only names, numbers and terms that appear in \
+the passage. Reply with the statement(s) only, not questions.
+### user
+Passage: The Harwick Bridge, opened in 1932, carries about 18,000 vehicles a day across the Tamsin River.
+### assistant
+Some 18,000 vehicles use the Harwick Bridge daily.
+### user
+Passage: {passage}
+"""
+BUILT_IN = {"question": DEFAULT_PROMPT, "statement": STATEMENT_PROMPT}
+
 
 @dataclass(frozen=True)
 class Prompt:
@@ -102,9 +118,10 @@ def parse_prompt(text: str, source: str) -> Prompt:
     return Prompt(tuple(messages), source)
 
 
-def load_prompt(path: str | None) -> Prompt:
+def load_prompt(path: str | None, form: str = "question") -> Prompt:
+    """The prompt file's, or the built-in prompt for the query form (``question`` or ``statement``)."""
     if path is None:
-        return parse_prompt(DEFAULT_PROMPT, "(built-in)")
+        return parse_prompt(BUILT_IN[form], "(built-in)" if form == "question" else f"(built-in, {form}s)")
     p = Path(path).expanduser()
     if not p.is_file():
         raise JobError(f"Prompt file {p} does not exist.", "pass a text file to --prompt-file.")

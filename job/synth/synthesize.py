@@ -95,19 +95,30 @@ def settings_of(cfg: JobConfig) -> llm.LLMSettings:
 
 
 # --- parsing and rule filters ---------------------------------------------------------------------
-def parse_questions(answer: str, n: int) -> list[str]:
+def parse_questions(answer: str, n: int, form: str = "question") -> list[str]:
     """The first ``n`` questions of an answer (one per line, or several on a line, each ending in '?';
     numbering, bullets, "Question:" labels and quotes removed; a preamble such as "Sure, here they are:"
-    passed over). An answer with no question at all gives its first line, to be counted as not a question."""
+    passed over). An answer with no question at all gives its first line, to be counted as not a question.
+    ``form="statement"``: the first ``n`` lines, whatever their punctuation, cleaned the same way."""
     pieces = []
     for line in answer.splitlines():
         text = _LEAD.sub("", line.strip()).strip().strip("\"'“”‘’`*").strip()
-        for piece in re.findall(r"[^?]*\?|[^?]+$", text) if text else []:
+        split = re.findall(r"[^?]*\?|[^?]+$", text) if form == "question" else [text]
+        for piece in split if text else []:
             piece = _LEAD.sub("", piece.strip()).strip().strip("\"'“”‘’`*").strip()
             if piece:
                 pieces.append(piece)
-    questions = [p for p in pieces if normalise_question(p) is not None]
+    questions = [p for p in pieces if normalise_query(p, form) is not None]
     return questions[:n] if questions else pieces[:1]
+
+
+def normalise_query(text: str, form: str = "question") -> str | None:
+    """The query as it is kept: a question (:func:`normalise_question`), or a statement with its whitespace
+    collapsed (None: empty, or a preamble line such as "Here are the statements:")."""
+    if form == "question":
+        return normalise_question(text)
+    text = re.sub(r"\s+", " ", text).strip()
+    return text if text and not text.endswith(":") else None
 
 
 def normalise_question(text: str) -> str | None:
@@ -274,7 +285,7 @@ def synthesize(cfg: JobConfig, sources: list[str], out: Path, echo: Echo = print
 
     start = time.perf_counter()
     settings = settings_of(cfg)
-    prompt = llm.load_prompt(cfg.prompt_file)
+    prompt = llm.load_prompt(cfg.prompt_file, cfg.query_form)
     paths = side_files(Path(out))
     read = documents.read_documents(sources, cfg.text_column)
     for name, why in read.skipped:
@@ -346,13 +357,13 @@ def synthesize(cfg: JobConfig, sources: list[str], out: Path, echo: Echo = print
             dropped_reasons["request_failed"] += 1
             dropped_rows.append({"chunk_id": chunk.id, "reason": "request_failed", "error": rec.get("error")})
             continue
-        parsed = parse_questions(rec["answer"], settings.questions)
+        parsed = parse_questions(rec["answer"], settings.questions, cfg.query_form)
         if not parsed:
             dropped_reasons["empty_answer"] += 1
             dropped_rows.append({"chunk_id": chunk.id, "reason": "empty_answer", "answer": rec["answer"]})
             continue
         for line in parsed:
-            question = normalise_question(line)
+            question = normalise_query(line, cfg.query_form)
             reason = rule_check(question, chunk.text, seen, examples)
             if reason or question is None:  # (no question: rule_check names why)
                 reason = reason or "not_a_question"
@@ -464,7 +475,13 @@ def synthesize(cfg: JobConfig, sources: list[str], out: Path, echo: Echo = print
             f"empty answers are asked again on the next run), the dropped questions with their reason in "
             f"{paths['dropped']}.",
             "add documents, raise --questions-per-chunk, use a stronger --llm-model or --prompt-file, or loosen the "
-            "filter (--consistency-top-k larger, 0 turns it off).",
+            "filter (--consistency-top-k larger, 0 turns it off)"
+            + (
+                "; the answers are mostly statements: if your users search with statements, --query-form statement "
+                "keeps them."
+                if cfg.query_form == "question" and dropped_reasons["not_a_question"] * 2 > generated
+                else "."
+            ),
         )
     return summary
 
