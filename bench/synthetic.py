@@ -92,6 +92,7 @@ def main() -> None:
     ap.add_argument("--llm-concurrency", type=int, default=1, help="1 on a one-slot local server: times add up")
     ap.add_argument("--consistency-top-k", type=int, default=None, help="default: the job's default")
     ap.add_argument("--questions-per-chunk", type=int, default=1)
+    ap.add_argument("--query-form", default=None, help="question (the job's default) or statement (claims)")
     ap.add_argument("--rows", default=None, help=f"default: {','.join(ROWS)} ({','.join(BEIR_ROWS)} with --beir)")
     ap.add_argument("--val-rows", type=int, default=300)
     ap.add_argument("--epochs", type=float, default=None)
@@ -142,6 +143,8 @@ def main() -> None:
     }  # fmt: skip
     if args.consistency_top_k is not None:
         synth_cli["consistency_top_k"] = args.consistency_top_k
+    if args.query_form is not None:
+        synth_cli["query_form"] = protocol["query_form"] = args.query_form
     filtered_cfg = resolve_config(cli=synth_cli, environ={})
     # the second set: the same answers with one filter off (the consistency filter; with --beir the grounding
     # filter): the answer cache is copied, nothing is asked again
