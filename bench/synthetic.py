@@ -9,6 +9,7 @@ training split (never its questions); validation and test questions are the real
 - ``synthetic``: trained on the synthetic pairs that pass every filter, round-trip consistency included;
 - ``synthetic_unfiltered``: the same answers with the consistency filter off (the rule filters stay:
   a line that is not a question cannot be trained on);
+- ``synthetic_nogrounding``: the same answers with the grounding filter off (the others on);
 - ``real``: trained on the real training pairs (the reference);
 - ``real_matched``: a seeded sample of the real training pairs, as many as the ``synthetic`` row kept: what the
   real pairs give at the synthetic set's size (quantity vs what each pair is).
@@ -54,8 +55,8 @@ from job.data import prepare as data
 from job.layout import write_json
 from job.synth.synthesize import side_files, synthesize
 
-ROWS = ("base", "synthetic", "synthetic_unfiltered", "real", "real_matched")
-BEIR_ROWS = ("base", "synthetic", "synthetic_nogrounding", "real", "real_matched")
+ROWS = ("base", "synthetic", "synthetic_unfiltered", "synthetic_nogrounding", "real", "real_matched")
+BEIR_ROWS = ("base", "synthetic", "synthetic_nogrounding", "synthetic_unfiltered", "real", "real_matched")
 
 
 def beir_documents(test: data.IRData, limit: int | None, seed: int, path: Path) -> int:
@@ -146,15 +147,15 @@ def main() -> None:
     if args.query_form is not None:
         synth_cli["query_form"] = protocol["query_form"] = args.query_form
     filtered_cfg = resolve_config(cli=synth_cli, environ={})
-    # the second set: the same answers with one filter off (the consistency filter; with --beir the grounding
-    # filter): the answer cache is copied, nothing is asked again
-    other, off = ("synthetic_nogrounding", {"grounding_filter": False}) if args.beir else (
-        "synthetic_unfiltered", {"consistency_top_k": 0})  # fmt: skip
-    outputs = {"synthetic": work / "synthetic.jsonl", other: work / f"{other}.jsonl"}
+    # the other sets: the same answers with one filter off (the consistency filter, the grounding filter): the
+    # answer cache is copied, nothing is asked again
+    offs = {"synthetic_unfiltered": {"consistency_top_k": 0}, "synthetic_nogrounding": {"grounding_filter": False}}
+    outputs = {"synthetic": work / "synthetic.jsonl", **{name: work / f"{name}.jsonl" for name in offs}}
     summaries = {"synthetic": synthesize(filtered_cfg, [str(docs)], outputs["synthetic"], log)}
-    shutil.copyfile(side_files(outputs["synthetic"])["answers"], side_files(outputs[other])["answers"])
-    other_cfg = resolve_config(cli={**synth_cli, **off}, environ={})
-    summaries[other] = synthesize(other_cfg, [str(docs)], outputs[other], log)
+    for other, off in offs.items():
+        shutil.copyfile(side_files(outputs["synthetic"])["answers"], side_files(outputs[other])["answers"])
+        other_cfg = resolve_config(cli={**synth_cli, **off}, environ={})
+        summaries[other] = synthesize(other_cfg, [str(docs)], outputs[other], log)
     s = summaries["synthetic"]
     generator = {
         **s["generator"],
