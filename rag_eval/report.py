@@ -37,9 +37,6 @@ def _mib(n: int | None) -> str:
     return "n/a" if n is None else f"{n / 2**20:.2f}"
 
 
-CHROMA_DISK = "Disk: the collection alone in an embedded store (SQLite log, records and documents, HNSW files)."
-
-
 def store_label(result: dict[str, Any]) -> str:
     """How the report names the store it scored ("Chroma", "exact store"; reports before 2026-12-07: Chroma)."""
     return result.get("store_label", "Chroma")
@@ -182,8 +179,7 @@ def markdown(result: dict[str, Any], meta: dict[str, Any]) -> str:
     label = store_label(result)
     searched = next((r.get("store_settings", r.get("hnsw")) for _, _, r in _rows(result)), None) or {}
     settings = ", ".join(f"{k} {v}" for k, v in searched.items()) or "none"
-    disk_note = result.get("store_disk", CHROMA_DISK) + " "  # (results before 12-08 name neither: Chroma's)
-    search_name = result.get("store_search", "HNSW")
+    disk_note, search_name = result["store_disk"] + " ", result["store_search"]  # (the store's own: score_models)
     relevance = "graded relevance (NDCG with graded gains)" if d["graded"] else "binary relevance"
     models = "; ".join(f"{label}: {m['model']}" for label, m in result["models"].items())
     return "\n".join(
