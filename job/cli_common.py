@@ -25,7 +25,7 @@ from job.errors import JobError
 def _field_option(name: str):
     f = config.FIELDS[name]
     base, is_list, _ = config.field_kind(name)
-    flag = "--" + name.replace("_", "-")
+    flag = config.flag(name)
     help_text = f.metadata.get("help", "")
     default = (
         f.default

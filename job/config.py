@@ -1000,13 +1000,17 @@ def guard_choice_split(guard_dir: str | os.PathLike | None, report_split: str) -
     return next((s for s in CHOICE_SPLITS if s != report_split and (qrels / f"{s}.tsv").is_file()), None)
 
 
+def flag(name: str) -> str:
+    """A field's command-line flag (``hub_repo`` -> ``--hub-repo``)."""
+    return "--" + name.replace("_", "-")
+
+
 def check_fields(cfg: JobConfig) -> None:
     """Each field's own constraint (its ``check=``): the first value that breaks one is a JobError."""
     for name, f in FIELDS.items():
         check, value = f.metadata.get("check"), getattr(cfg, name)
         if check is not None and value is not None and not check.ok(value):
-            flag = "--" + name.replace("_", "-")
-            raise JobError(f"{name} is {value}; it must be {check.want}.", check.fix.format(flag=flag))
+            raise JobError(f"{name} is {value}; it must be {check.want}.", check.fix.format(flag=flag(name)))
 
 
 def validate_config(cfg: JobConfig) -> None:

@@ -41,9 +41,9 @@ def commands() -> list[Any]:
 
 def publishing() -> tuple[Callable[..., None], Callable[..., str]]:
     """(check, push) of the installed publishing package."""
-    from job.config import DESTINATION_FIELDS
+    from job.config import DESTINATION_FIELDS, flag
 
-    flags = ["--" + name.replace("_", "-") for name in DESTINATION_FIELDS]
+    flags = [flag(name) for name in DESTINATION_FIELDS]
     found = {ep.name: ep for ep in entry_points(group=PUBLISH)}
     if not {"check", "push"} <= set(found):
         raise JobError(
