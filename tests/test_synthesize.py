@@ -183,7 +183,19 @@ def test_statements_are_kept_as_lines_in_the_statement_form():
     answer = "Here are the statements:\n1. The board raised the dividend to 62 cents.\n- Dividends rose in February"
     assert parse_questions(answer, 2, "statement") == ["The board raised the dividend to 62 cents.",
                                                       "Dividends rose in February"]  # fmt: skip
-    assert parse_questions("What is X? What is Y?", 1, "statement") == ["What is X? What is Y?"]  # one line, one query
+    # one statement per sentence: a paragraph on one line (what SmolLM2-135M writes for most SciFact abstracts) gives
+    # its first sentence, not one 60-word "statement" to drop as too long
+    paragraph = (
+        "GATA-3 is required for the maintenance of LT-HSCs. Approximately 75% of cells in a highly enriched "
+        "HSC population are quiescent, e.g. in G0. (Fig. 2b) shows it"
+    )
+    assert parse_questions(paragraph, 1, "statement") == ["GATA-3 is required for the maintenance of LT-HSCs."]
+    assert parse_questions(paragraph, 3, "statement") == [
+        "GATA-3 is required for the maintenance of LT-HSCs.",
+        "Approximately 75% of cells in a highly enriched HSC population are quiescent, e.g. in G0.",
+        "(Fig. 2b) shows it",
+    ]
+    assert parse_questions("What is X? What is Y?", 2, "statement") == ["What is X?", "What is Y?"]
     assert normalise_query("The  backlog grew.", "statement") == "The backlog grew."
     assert normalise_query("The backlog grew.", "question") is None  # the question form drops it
 

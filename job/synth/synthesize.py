@@ -61,6 +61,9 @@ _MENTIONS = re.compile(
     re.IGNORECASE,
 )
 _WORDS = re.compile(r"\w+", re.UNICODE)
+# a sentence ends at . ! or ? followed by a space and a capital or an opening quote or bracket ("3.1%", "e.g. in"
+# and "Fig. 2b" stay whole; "vs. Placebo" is cut, a rare loss in a query of one sentence)
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z\"'“‘(\[])")
 
 
 def side_files(out: Path) -> dict[str, Path]:
@@ -99,11 +102,13 @@ def parse_questions(answer: str, n: int, form: str = "question") -> list[str]:
     """The first ``n`` questions of an answer (one per line, or several on a line, each ending in '?';
     numbering, bullets, "Question:" labels and quotes removed; a preamble such as "Sure, here they are:"
     passed over). An answer with no question at all gives its first line, to be counted as not a question.
-    ``form="statement"``: the first ``n`` lines, whatever their punctuation, cleaned the same way."""
+    ``form="statement"``: one statement per sentence, whatever its punctuation, cleaned the same way: a line that
+    runs on into a paragraph (small models do) gives its sentences in order, so its first sentence is the first
+    candidate rather than the whole paragraph being dropped as too long."""
     pieces = []
     for line in answer.splitlines():
         text = _LEAD.sub("", line.strip()).strip().strip("\"'“”‘’`*").strip()
-        split = re.findall(r"[^?]*\?|[^?]+$", text) if form == "question" else [text]
+        split = re.findall(r"[^?]*\?|[^?]+$", text) if form == "question" else _SENTENCE_END.split(text)
         for piece in split if text else []:
             piece = _LEAD.sub("", piece.strip()).strip().strip("\"'“”‘’`*").strip()
             if piece:
